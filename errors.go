@@ -5,9 +5,31 @@ import "errors"
 // Sentinel errors. Every error dim returns wraps one of these with detail, so
 // callers branch with [errors.Is].
 var (
+	// ErrInvalidOption reports an option New cannot accept, or a missing
+	// required one.
+	ErrInvalidOption = errors.New("dim: invalid option")
 	// ErrInvalidNode reports a node that Balance cannot use: an empty or
 	// duplicate ID, or a weight outside 0..MaxWeight.
 	ErrInvalidNode = errors.New("dim: invalid node")
 	// ErrInvalidKey reports an empty config key.
 	ErrInvalidKey = errors.New("dim: invalid key")
+	// ErrDuplicateKey reports two configs with the same key in one result of
+	// getConfig.
+	ErrDuplicateKey = errors.New("dim: duplicate config key")
+	// ErrInvalidConfig reports a config dim cannot key: nil, or not
+	// encodable as JSON when no WithKey is given.
+	ErrInvalidConfig = errors.New("dim: invalid config")
+	// ErrCallback reports a user callback that panicked or did not return
+	// within the callback timeout.
+	ErrCallback = errors.New("dim: callback failed")
+	// ErrRedis reports that Redis could not be reached or refused a command
+	// dim needs.
+	ErrRedis = errors.New("dim: redis unavailable")
+	// ErrAlreadyStarted reports a second call of Start.
+	ErrAlreadyStarted = errors.New("dim: already started")
+	// ErrNotStarted reports a call that needs a running Manager before Start.
+	ErrNotStarted = errors.New("dim: not started")
+	// ErrStopped reports a call on a Manager that was stopped; a stopped
+	// Manager cannot be started again.
+	ErrStopped = errors.New("dim: stopped")
 )

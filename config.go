@@ -1,0 +1,141 @@
+package dim
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"reflect"
+	"slices"
+	"time"
+)
+
+// config is one configured instance as getConfig returned it, with the hash
+// of its content that tells whether it changed.
+type config[C any] struct {
+	value C
+	sum   string
+}
+
+// loadConfigs calls getConfig under the callback timeout and keys its result.
+// Any error leaves the caller's previous configs in force.
+func (m *Manager[C, I]) loadConfigs(ctx context.Context) (map[string]config[C], error) {
+	var list []C
+	err := m.callWithTimeout(ctx, "", func(ctx context.Context) error {
+		var err error
+		list, err = m.getConfig(ctx)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("getConfig: %w", err)
+	}
+	out := make(map[string]config[C], len(list))
+	for i, c := range list {
+		key, sum, err := m.identify(c)
+		if err != nil {
+			return nil, fmt.Errorf("getConfig: config %d: %w", i, err)
+		}
+		if _, dup := out[key]; dup {
+			return nil, fmt.Errorf("getConfig: config %d: %w: %q", i, ErrDuplicateKey, key)
+		}
+		out[key] = config[C]{value: c, sum: sum}
+	}
+	return out, nil
+}
+
+// identify returns a config's key and content hash. Without WithKey the key
+// is the content hash, so every change of content is a new instance.
+func (m *Manager[C, I]) identify(c C) (key, sum string, err error) {
+	if isNil(c) {
+		return "", "", fmt.Errorf("%w: config is nil", ErrInvalidConfig)
+	}
+	if m.keyOf == nil {
+		sum, err = contentHash(c)
+		if err != nil {
+			return "", "", fmt.Errorf("%w: %w (give WithKey to key such configs)", ErrInvalidConfig, err)
+		}
+		return sum, sum, nil
+	}
+	_, err = callSafely(func() (struct{}, error) {
+		key = m.keyOf(c)
+		return struct{}{}, nil
+	})
+	if err != nil {
+		return "", "", fmt.Errorf("key function: %w", err)
+	}
+	if key == "" {
+		return "", "", fmt.Errorf("%w: the key function returned an empty key", ErrInvalidKey)
+	}
+	// A keyed config that cannot be encoded still runs; only changes of its
+	// content go unnoticed.
+	sum, _ = contentHash(c)
+	return key, sum, nil
+}
+
+func contentHash(c any) (string, error) {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return "", fmt.Errorf("cannot encode config as JSON: %w", err)
+	}
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:16]), nil
+}
+
+func isNil(c any) bool {
+	if c == nil {
+		return true
+	}
+	switch v := reflect.ValueOf(c); v.Kind() {
+	case reflect.Pointer, reflect.Map, reflect.Slice, reflect.Interface, reflect.Func, reflect.Chan:
+		return v.IsNil()
+	}
+	return false
+}
+
+// nodeConfigs returns the configs this node knows, calling getConfig again
+// when they are marked stale or an assigned key is missing from them (the
+// leader saw a newer list). On error the old configs stay in force.
+func (m *Manager[C, I]) nodeConfigs(ctx context.Context, assigned map[string]bool) map[string]config[C] {
+	stale := m.configsStale.Swap(false) || m.configs == nil
+	if !stale && time.Since(m.configsAt) > m.s.heartbeat {
+		for key := range assigned {
+			if _, ok := m.configs[key]; !ok {
+				stale = true
+				break
+			}
+		}
+	}
+	if !stale {
+		return m.configs
+	}
+	configs, err := m.loadConfigs(ctx)
+	if err != nil {
+		m.log.Error("cannot refresh configs; keeping what runs", "err", err)
+		m.tel.configFailed(ctx)
+		m.configsStale.Store(true)
+		m.tab.retryAt = time.Now().Add(m.configBackoff.next())
+		if m.configs == nil {
+			return map[string]config[C]{}
+		}
+		return m.configs
+	}
+	m.configBackoff.reset()
+	m.configs, m.configsAt = configs, time.Now()
+	return configs
+}
+
+// fingerprint summarises a config list, so the leader can tell nodes when
+// content changed under unchanged keys.
+func fingerprint[C any](configs map[string]config[C]) string {
+	keys := make([]string, 0, len(configs))
+	for k := range configs {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	h := sha256.New()
+	for _, k := range keys {
+		fmt.Fprintf(h, "%d:%s=%s;", len(k), k, configs[k].sum)
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
+}

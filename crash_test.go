@@ -1,0 +1,12 @@
+package dim
+
+// crashForTest stops a Manager as a crash would: its goroutines end, but
+// nothing is disconnected, released or removed from Redis. The caller cuts
+// its link to Redis first, so not even the lock release gets through.
+func (m *Manager[C, I]) crashForTest() {
+	m.runCancel()
+	m.wg.Wait()
+	m.locker.Close()
+	m.client.Close()
+	m.state.Store(stateStopped)
+}

@@ -1,0 +1,492 @@
+// Package dim runs a service's configured instances — workers, pollers,
+// websocket or broker connections, anything long-lived — spread evenly over
+// the service's live replicas, with at most one live instance per
+// configuration, using Redis as the only shared component.
+//
+// Every replica creates a [Manager] with the same service name and starts it:
+//
+//	m, err := dim.New(getConfig, connect,
+//		dim.WithService("ingest"),
+//		dim.WithRedis(rueidis.ClientOption{InitAddress: []string{"redis:6379"}}),
+//		dim.WithHealthcheck(ping),
+//		dim.WithDisconnect(closeConn),
+//	)
+//	if err != nil { ... }
+//	if err := m.Start(ctx); err != nil { ... }
+//	defer m.Stop(context.Background())
+//
+// One replica is elected leader through a Redis lock. It calls getConfig,
+// spreads the configs' keys over the live replicas with [Balance] (perfectly
+// even, fewest moves) and writes the assignment, fenced by its epoch so that
+// a deposed leader can never write. Each replica claims the keys assigned to
+// it — a claim succeeds only if the key is unowned or its owner's lease has
+// run out — and only then calls createInstance. A replica that cannot renew
+// its lease stops its instances before the lease can expire in Redis, so no
+// configuration ever runs twice, even when a replica is cut off from Redis.
+//
+// The guarantee rests on Redis being the single source of truth: leases are
+// measured in Redis server time, and every replica fences itself a margin
+// (a fifth of the node TTL) before its lease can end. Instance contexts carry
+// a [FencingToken] for resources that can check it.
+//
+// Defaults: Redis at 127.0.0.1:6379, node TTL 5s with a heartbeat every
+// second, leader lock TTL 5s refreshed every second, health checks every 10s,
+// leader health checks every 5s, config refresh every 30s, callbacks bounded
+// by 10s. See the With… options.
+package dim
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/rueidis"
+	"github.com/redis/rueidis/rueidislock"
+	"github.com/robfig/cron/v3"
+)
+
+// Manager runs this replica's share of a service's instances. C is the config
+// type, I the instance type. Create it with [New], then [Manager.Start]; a
+// stopped Manager is not reused.
+type Manager[C, I any] struct {
+	s              settings
+	k              keys
+	log            *slog.Logger
+	tel            *telemetry
+	getConfig      func(context.Context) ([]C, error)
+	createInstance func(context.Context, C) (I, error)
+	keyOf          func(C) string
+	healthcheck    func(context.Context, I) error
+	disconnect     func(context.Context, I) error
+
+	claimRetry time.Duration // how soon a refused claim is tried again
+	retryMin   time.Duration // backoff after a failed create or health check
+	retryMax   time.Duration
+
+	state     atomic.Int32 // stateNew, stateRunning, stateStopped
+	stopping  atomic.Bool
+	runCtx    context.Context
+	runCancel context.CancelFunc
+	wg        sync.WaitGroup
+	client    rueidis.Client
+	locker    rueidislock.Locker
+
+	lease  lease
+	leader leadership
+
+	// Signals, each coalesced in a buffer of one.
+	nodeCh          chan struct{}
+	fenceCh         chan struct{}
+	campaignCh      chan struct{}
+	leaderCh        chan string
+	healthTickCh    chan struct{}
+	healthCh        chan healthResult[I]
+	handoffCh       chan chan struct{}
+	handoffLeaderCh chan chan struct{}
+
+	// Owned by the node loop.
+	tab           table[I]
+	hung          hungSet
+	configs       map[string]config[C]
+	configsAt     time.Time
+	configsStale  atomic.Bool
+	configBackoff *backoff
+
+	viewMu sync.RWMutex
+	view   map[string]I
+}
+
+const (
+	stateNew int32 = iota
+	stateRunning
+	stateStopped
+)
+
+// New returns a Manager for one replica of a service. getConfig lists the
+// configured instances; createInstance starts one. Both are required, as is
+// [WithService]. New checks every option and the relations between them and
+// returns an error wrapping [ErrInvalidOption] that names the option; it
+// connects to nothing, and never panics.
+func New[C, I any](
+	getConfig func(context.Context) ([]C, error),
+	createInstance func(context.Context, C) (I, error),
+	opts ...Option,
+) (*Manager[C, I], error) {
+	if getConfig == nil {
+		return nil, fmt.Errorf("%w: getConfig is nil", ErrInvalidOption)
+	}
+	if createInstance == nil {
+		return nil, fmt.Errorf("%w: createInstance is nil", ErrInvalidOption)
+	}
+	s := defaultSettings()
+	for _, opt := range opts {
+		if opt == nil {
+			return nil, fmt.Errorf("%w: nil option", ErrInvalidOption)
+		}
+		if err := opt.apply(&s); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.validate(); err != nil {
+		return nil, err
+	}
+	m := &Manager[C, I]{
+		s:               s,
+		k:               newKeys(s.service),
+		getConfig:       getConfig,
+		createInstance:  createInstance,
+		claimRetry:      max(s.heartbeat/4, 10*time.Millisecond),
+		retryMin:        100 * time.Millisecond,
+		retryMax:        30 * time.Second,
+		nodeCh:          make(chan struct{}, 1),
+		fenceCh:         make(chan struct{}, 1),
+		campaignCh:      make(chan struct{}, 1),
+		leaderCh:        make(chan string, 1),
+		healthTickCh:    make(chan struct{}, 1),
+		healthCh:        make(chan healthResult[I]),
+		handoffCh:       make(chan chan struct{}),
+		handoffLeaderCh: make(chan chan struct{}),
+		tab:             newTable[I](),
+		configBackoff:   newBackoff(100*time.Millisecond, 30*time.Second),
+		view:            map[string]I{},
+	}
+	m.leader.forced = make(chan grant, 1)
+	var err error
+	if m.keyOf, err = checkHook[func(C) string]("WithKey", s.key, "config type"); err != nil {
+		return nil, err
+	}
+	if m.healthcheck, err = checkHook[func(context.Context, I) error]("WithHealthcheck", s.healthcheck, "instance type"); err != nil {
+		return nil, err
+	}
+	if m.disconnect, err = checkHook[func(context.Context, I) error]("WithDisconnect", s.disconnect, "instance type"); err != nil {
+		return nil, err
+	}
+	m.log = s.logger.With("service", s.service, "node", s.nodeID)
+	m.tel = newTelemetry(s, m.log)
+	m.lease.ctx, m.lease.cancel = context.WithCancel(context.Background())
+	m.lease.cancel()
+	return m, nil
+}
+
+// NodeID returns this replica's ID.
+func (m *Manager[C, I]) NodeID() string { return m.s.nodeID }
+
+// Service returns the service name.
+func (m *Manager[C, I]) Service() string { return m.s.service }
+
+// IsLeader reports whether this replica currently leads the service.
+func (m *Manager[C, I]) IsLeader() bool {
+	epoch, _ := m.leader.current()
+	return epoch != 0
+}
+
+// Instances returns a snapshot of the instances running on this replica, by
+// config key. The map is the caller's; the instances are shared.
+func (m *Manager[C, I]) Instances() map[string]I {
+	m.viewMu.RLock()
+	defer m.viewMu.RUnlock()
+	out := make(map[string]I, len(m.view))
+	for k, v := range m.view {
+		out[k] = v
+	}
+	return out
+}
+
+// Start connects to Redis, registers this replica as a member of the service
+// and starts its work: election, reconciliation and health checks. It
+// returns once the replica is registered; its instances start right after.
+// It may return [ErrAlreadyStarted], [ErrStopped], or an error wrapping
+// [ErrRedis] that names the address when Redis cannot be reached; then
+// nothing is left running.
+func (m *Manager[C, I]) Start(ctx context.Context) error {
+	if !m.state.CompareAndSwap(stateNew, stateRunning) {
+		if m.state.Load() == stateStopped {
+			return ErrStopped
+		}
+		return ErrAlreadyStarted
+	}
+	if err := m.start(ctx); err != nil {
+		m.state.Store(stateStopped)
+		return err
+	}
+	m.log.Info("started", "weight", m.s.weight)
+	return nil
+}
+
+func (m *Manager[C, I]) start(ctx context.Context) error {
+	addr := fmt.Sprint(m.s.redis.InitAddress)
+	client, err := rueidis.NewClient(m.s.redis)
+	if err != nil {
+		return fmt.Errorf("%w: connect to %s: %w", ErrRedis, addr, err)
+	}
+	locker, err := rueidislock.NewLocker(rueidislock.LockerOption{
+		ClientOption:   m.s.redis,
+		KeyPrefix:      m.k.lock,
+		KeyValidity:    m.s.lockTTL,
+		ExtendInterval: m.s.lockRefresh,
+		KeyMajority:    int32(m.s.lockMajority),
+	})
+	if err != nil {
+		client.Close()
+		return fmt.Errorf("%w: connect to %s: %w", ErrRedis, addr, err)
+	}
+	m.client, m.locker = client, locker
+	m.runCtx, m.runCancel = context.WithCancel(context.WithoutCancel(ctx))
+
+	subscribed := make(chan struct{})
+	m.wg.Go(func() { m.subscribeLoop(subscribed) })
+	fail := func(err error) error {
+		m.runCancel()
+		m.wg.Wait()
+		m.locker.Close()
+		m.client.Close()
+		return err
+	}
+	select {
+	case <-subscribed:
+	case <-ctx.Done():
+		return fail(fmt.Errorf("%w: subscribe at %s: %w", ErrRedis, addr, ctx.Err()))
+	case <-time.After(m.s.nodeTTL):
+		return fail(fmt.Errorf("%w: subscribe at %s: no answer within %v", ErrRedis, addr, m.s.nodeTTL))
+	}
+	if err := m.join(ctx); err != nil {
+		return fail(fmt.Errorf("%w: register at %s: %w", ErrRedis, addr, err))
+	}
+
+	m.wg.Go(m.heartbeatLoop)
+	m.wg.Go(m.nodeLoop)
+	m.wg.Go(m.campaignLoop)
+	m.wg.Go(func() { m.every(m.s.health, func() { signal(m.healthTickCh) }) })
+	m.wg.Go(func() { m.every(m.s.leaderHealth, m.checkLeader) })
+	m.wg.Go(func() {
+		m.every(m.s.refresh, func() {
+			m.configsStale.Store(true)
+			m.triggerNode()
+			m.triggerLeader("config refresh")
+		})
+	})
+	m.triggerNode()
+	m.triggerCampaign()
+	return nil
+}
+
+// Stop hands this replica's instances off gracefully: it asks the leader to
+// move its keys away while it still holds its lease, disconnects its
+// instances, releases their claims so the new owners start within
+// milliseconds, gives up leadership and leaves the service. If ctx ends
+// first, Stop skips the remaining Redis steps (the lease then simply
+// expires) and returns ctx.Err(); the instances are disconnected all the
+// same before it returns. Stop returns [ErrNotStarted] before Start and
+// [ErrStopped] on a second call.
+func (m *Manager[C, I]) Stop(ctx context.Context) error {
+	switch m.state.Load() {
+	case stateNew:
+		return ErrNotStarted
+	case stateStopped:
+		return ErrStopped
+	}
+	if !m.stopping.CompareAndSwap(false, true) {
+		return ErrStopped
+	}
+	start := time.Now()
+	if err := m.drain(ctx); err != nil && ctx.Err() == nil {
+		m.log.Warn("drain failed; keys move when the lease expires", "err", err)
+	}
+	// The leader moves this node's keys itself before it lets go.
+	if m.IsLeader() {
+		done := make(chan struct{})
+		select {
+		case m.handoffLeaderCh <- done:
+			select {
+			case <-done:
+			case <-ctx.Done():
+			}
+		case <-ctx.Done():
+		}
+	}
+	m.stepDown()
+	// Local instances go even when ctx has ended: nothing may leak.
+	done := make(chan struct{})
+	select {
+	case m.handoffCh <- done:
+		<-done
+	case <-m.runCtx.Done():
+	}
+	// A callback that still hangs may yet bring an instance to life: keep
+	// the lease (and so the claims) until it returns or ctx ends.
+	if err := m.hung.wait(ctx); err != nil {
+		m.log.Warn("callbacks still running at the Stop deadline; their keys move when the lease expires")
+	}
+	if ctx.Err() == nil {
+		lctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+		if err := m.leave(lctx); err != nil {
+			m.log.Warn("leave failed; the lease expires by itself", "err", err)
+		}
+		cancel()
+	}
+	m.lease.end()
+	m.runCancel()
+	m.wg.Wait()
+	// Leadership released its lock in lead(); only now may the clients go.
+	select {
+	case g := <-m.leader.forced:
+		g.release()
+	default:
+	}
+	m.locker.Close()
+	m.client.Close()
+	m.state.Store(stateStopped)
+	m.log.Info("stopped", "took", time.Since(start))
+	return ctx.Err()
+}
+
+// Rebalance asks the leader for an immediate rebalance with fresh configs,
+// from any replica. It returns once the request is sent, or [ErrNotStarted]
+// or [ErrStopped], or an error wrapping [ErrRedis].
+func (m *Manager[C, I]) Rebalance(ctx context.Context) error {
+	switch m.state.Load() {
+	case stateNew:
+		return ErrNotStarted
+	case stateStopped:
+		return ErrStopped
+	}
+	if m.IsLeader() {
+		m.triggerLeader("rebalance requested")
+		return nil
+	}
+	err := m.client.Do(ctx, m.client.B().Publish().Channel(m.k.channel).Message(evRebalance).Build()).Error()
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrRedis, err)
+	}
+	return nil
+}
+
+// subscribeLoop listens on the service channel for as long as the node runs,
+// resubscribing after a lost connection. Messages may be lost while it is
+// away, so every resubscription triggers a full reconcile and rebalance.
+func (m *Manager[C, I]) subscribeLoop(subscribed chan<- struct{}) {
+	var once sync.Once
+	var ok atomic.Bool
+	backoff := newBackoff(50*time.Millisecond, m.s.heartbeat)
+	for m.runCtx.Err() == nil {
+		ctx := rueidis.WithOnSubscriptionHook(m.runCtx, func(s rueidis.PubSubSubscription) {
+			if s.Kind != "subscribe" {
+				return
+			}
+			ok.Store(true)
+			once.Do(func() { close(subscribed) })
+			m.triggerNode()
+			m.triggerLeader("resubscribed")
+		})
+		err := m.client.Receive(ctx, m.client.B().Subscribe().Channel(m.k.channel).Build(), m.onEvent)
+		if m.runCtx.Err() != nil {
+			return
+		}
+		m.log.Debug("subscription lost", "err", err)
+		if ok.Swap(false) {
+			backoff.reset()
+		}
+		sleepCtx(m.runCtx, backoff.next())
+	}
+}
+
+// onEvent routes one message of the service channel.
+func (m *Manager[C, I]) onEvent(msg rueidis.PubSubMessage) {
+	verb, args := parseEvent(msg.Message)
+	switch verb {
+	case evJoin, evLeave, evDrain:
+		m.triggerLeader("node " + verb)
+	case evRebalance:
+		m.configsStale.Store(true)
+		m.triggerLeader("rebalance requested")
+	case evAssign:
+		if len(args) > 1 && slices.Contains(args[1:], m.s.nodeID) {
+			m.triggerNode()
+		}
+	case evRelease:
+		if len(args) > 0 && args[0] != m.s.nodeID {
+			m.triggerNode()
+		}
+	case evConfig:
+		m.configsStale.Store(true)
+		m.triggerNode()
+	case evLeader:
+		m.log.Debug("new leader", "leader", args)
+	}
+}
+
+// every calls fn on a cron schedule until the node stops.
+func (m *Manager[C, I]) every(s cron.Schedule, fn func()) {
+	for {
+		now := time.Now()
+		t := time.NewTimer(s.Next(now).Sub(now))
+		select {
+		case <-m.runCtx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+			fn()
+		}
+	}
+}
+
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+func (m *Manager[C, I]) triggerNode()     { signal(m.nodeCh) }
+func (m *Manager[C, I]) triggerCampaign() { signal(m.campaignCh) }
+
+// triggerLeader wakes the leader loop; a pending reason is kept, later ones
+// coalesce into it.
+func (m *Manager[C, I]) triggerLeader(reason string) {
+	select {
+	case m.leaderCh <- reason:
+	default:
+	}
+}
+
+// backoff doubles a delay from min to max; reset starts over.
+type backoff struct {
+	min, max, cur time.Duration
+}
+
+func newBackoff(min, max time.Duration) *backoff { return &backoff{min: min, max: max} }
+
+func (b *backoff) next() time.Duration {
+	if b.cur == 0 {
+		b.cur = b.min
+	} else {
+		b.cur = min(b.cur*2, b.max)
+	}
+	return b.cur
+}
+
+func (b *backoff) reset() { b.cur = 0 }
+
+// sleepCtx waits for d or until ctx ends, and reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+func randomSuffix() string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,231 @@
+package dim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/redis/rueidis/rueidislock"
+)
+
+// lockName is the name of the leader lock under the service's lock prefix.
+const lockName = "leader"
+
+// leadership is this node's view of its own leadership. Work done for the
+// leader runs under ctx, which ends the moment leadership is lost.
+type leadership struct {
+	mu     sync.Mutex
+	epoch  uint64 // 0 when not leader
+	ctx    context.Context
+	cancel context.CancelFunc // releases the lock
+	forced chan grant         // a lock taken from a dead leader
+}
+
+func (l *leadership) current() (uint64, context.Context) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.epoch, l.ctx
+}
+
+// grant is a held leader lock, won by waiting or by force.
+type grant struct {
+	ctx     context.Context
+	release context.CancelFunc
+	err     error
+}
+
+// campaignLoop competes for the leader lock for as long as the node runs:
+// after losing leadership, or failing to get it, it tries again with backoff,
+// never giving up.
+func (m *Manager[C, I]) campaignLoop() {
+	backoff := newBackoff(50*time.Millisecond, m.s.lockTTL)
+	waited := make(chan grant, 1)
+	waiting := false
+	defer func() {
+		if waiting { // the locker returns once runCtx is done
+			if g := <-waited; g.err == nil {
+				g.release()
+			}
+		}
+	}()
+	for m.runCtx.Err() == nil {
+		if !m.waitMember() {
+			return
+		}
+		if !waiting {
+			waiting = true
+			go func() {
+				ctx, release, err := m.locker.WithContext(m.runCtx, lockName)
+				waited <- grant{ctx, release, err}
+			}()
+		}
+		var g grant
+		select {
+		case <-m.runCtx.Done():
+			return
+		case g = <-waited:
+			waiting = false
+		case g = <-m.leader.forced:
+		}
+		if g.err != nil {
+			if m.runCtx.Err() != nil || errors.Is(g.err, rueidislock.ErrLockerClosed) {
+				return
+			}
+			m.log.Warn("leader election failed", "err", g.err)
+			sleepCtx(m.runCtx, backoff.next())
+			continue
+		}
+		epoch, err := m.becomeLeader(g.ctx)
+		if err != nil || epoch == 0 {
+			g.release()
+			if err != nil && m.runCtx.Err() == nil {
+				m.log.Warn("could not take leadership", "err", err)
+			}
+			sleepCtx(m.runCtx, backoff.next())
+			continue
+		}
+		backoff.reset()
+		m.lead(g.ctx, g.release, epoch)
+	}
+}
+
+// waitMember blocks until the node holds a lease or the Manager stops.
+func (m *Manager[C, I]) waitMember() bool {
+	for {
+		if session, _ := m.lease.current(); session != "" && !m.stopping.Load() {
+			return true
+		}
+		select {
+		case <-m.runCtx.Done():
+			return false
+		case <-m.campaignCh:
+		}
+	}
+}
+
+// becomeLeader records this node as leader under a new epoch.
+func (m *Manager[C, I]) becomeLeader(ctx context.Context) (uint64, error) {
+	session, _ := m.lease.current()
+	if session == "" {
+		return 0, nil
+	}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	defer cancel()
+	s, err := leadScript.Exec(ctx, m.client,
+		[]string{m.k.nodes, m.k.sessions, m.k.epoch, m.k.leader},
+		[]string{m.s.nodeID, session, m.k.channel}).ToString()
+	if err != nil {
+		m.tel.election(ctx, start, "error", err)
+		return 0, err
+	}
+	epoch, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("leader epoch %q: %w", s, err)
+	}
+	m.tel.election(ctx, start, "won", nil)
+	return epoch, nil
+}
+
+// lead runs the leader's work until the lock is lost, a write is refused or
+// the node stops, then releases the lock. Releasing cancels the lock before
+// anything closes the client, so the key goes at once instead of expiring.
+func (m *Manager[C, I]) lead(lockCtx context.Context, release context.CancelFunc, epoch uint64) {
+	ctx, cancel := context.WithCancel(lockCtx)
+	m.leader.mu.Lock()
+	m.leader.epoch, m.leader.ctx, m.leader.cancel = epoch, ctx, cancel
+	m.leader.mu.Unlock()
+	m.log.Info("became leader", "epoch", epoch)
+	m.tel.setLeader(epoch)
+
+	m.leaderLoop(ctx, epoch)
+
+	m.leader.mu.Lock()
+	m.leader.epoch, m.leader.ctx, m.leader.cancel = 0, nil, nil
+	m.leader.mu.Unlock()
+	cancel()
+	release()
+	m.tel.setLeader(0)
+	m.log.Info("leadership ended", "epoch", epoch)
+}
+
+// stepDown ends this node's leadership, if any, at once.
+func (m *Manager[C, I]) stepDown() {
+	m.leader.mu.Lock()
+	cancel := m.leader.cancel
+	m.leader.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+}
+
+// leaderStatus is the leader as recorded in Redis.
+type leaderStatus struct {
+	node  string
+	epoch uint64
+	live  bool
+}
+
+func (m *Manager[C, I]) readLeader(ctx context.Context) (leaderStatus, error) {
+	res, err := leaderScript.Exec(ctx, m.client,
+		[]string{m.k.nodes, m.k.sessions, m.k.leader}, nil).ToArray()
+	if err != nil {
+		return leaderStatus{}, err
+	}
+	if len(res) != 3 {
+		return leaderStatus{}, fmt.Errorf("leader: unexpected reply of %d values", len(res))
+	}
+	var st leaderStatus
+	st.node, _ = res[0].ToString()
+	e, _ := res[1].ToString()
+	st.epoch, _ = strconv.ParseUint(e, 10, 64)
+	live, _ := res[2].AsInt64()
+	st.live = live == 1
+	return st, nil
+}
+
+// checkLeader is the leader health check every node runs on its schedule: a
+// recorded leader that is no longer a live member may still hold the lock (a
+// stuck process, say), so one node forces it out.
+func (m *Manager[C, I]) checkLeader() {
+	ctx, cancel := context.WithTimeout(m.runCtx, m.s.heartbeat)
+	defer cancel()
+	start := time.Now()
+	st, err := m.readLeader(ctx)
+	outcome := "healthy"
+	switch {
+	case err != nil:
+		outcome = "error"
+	case st.node == "":
+		outcome = "none"
+	case !st.live && st.node != m.s.nodeID:
+		outcome = "dead"
+	}
+	m.tel.leaderCheck(ctx, start, st.node, st.epoch, outcome, err)
+	if outcome != "dead" {
+		return
+	}
+	session, _ := m.lease.current()
+	if session == "" {
+		return
+	}
+	ok, err := forceGateScript.Exec(ctx, m.client, []string{m.k.forcing},
+		[]string{m.s.nodeID, ms(m.s.lockTTL)}).AsInt64()
+	if err != nil || ok != 1 {
+		return
+	}
+	m.log.Warn("leader is not a live member; forcing it out", "leader", st.node, "epoch", st.epoch)
+	lockCtx, release, err := m.locker.ForceWithContext(m.runCtx, lockName)
+	m.tel.election(ctx, start, "forced", err)
+	if err != nil {
+		return
+	}
+	select {
+	case m.leader.forced <- grant{lockCtx, release, nil}:
+	default:
+		release()
+	}
+}

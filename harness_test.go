@@ -1,0 +1,342 @@
+package dim
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-dim/dim/internal/faultproxy"
+	"github.com/go-dim/dim/internal/history"
+	"github.com/go-dim/dim/internal/redistest"
+	"github.com/redis/rueidis"
+	"github.com/stretchr/testify/require"
+	"net"
+)
+
+// testConfig is the config type of the integration tests: keyed, with a
+// version so that a change of content under one key can be made.
+type testConfig struct {
+	Key     string
+	Version int
+}
+
+// testInst is what createInstance returns in the tests.
+type testInst struct {
+	node    string
+	key     string
+	version int
+	id      int64
+	ctx     context.Context
+}
+
+// Timings short enough for tests, in the relations New demands.
+const (
+	testTTL       = time.Second
+	testHeartbeat = 100 * time.Millisecond
+	testLockTTL   = time.Second
+	testLockEvery = 200 * time.Millisecond
+)
+
+// testCluster is one Redis and the dim nodes of one service around it. Each
+// node reaches Redis through its own fault proxy, so a test can cut a node
+// off or crash it.
+type testCluster struct {
+	t       *testing.T
+	srv     *redistest.Server
+	rec     *history.Recorder
+	service string
+
+	mu      sync.Mutex
+	configs []testConfig
+	nodes   map[string]*testNode
+
+	// Failure injection, by key; nil means succeed.
+	createErr    sync.Map // key → func() error
+	healthErr    sync.Map // key → func() error
+	getConfErr   atomic.Pointer[error]
+	getConfFails atomic.Int64
+	creates      atomic.Int64
+}
+
+type testNode struct {
+	id      string
+	m       *Manager[testConfig, *testInst]
+	proxy   *faultproxy.Proxy
+	crashed bool
+}
+
+func newTestCluster(t *testing.T, keys int) *testCluster {
+	t.Helper()
+	c := &testCluster{
+		t:       t,
+		srv:     redistest.Start(t),
+		rec:     history.New(),
+		service: "svc",
+		nodes:   map[string]*testNode{},
+	}
+	c.setKeys(keys)
+	t.Cleanup(func() {
+		c.stopAll()
+		if problems := history.Problems(c.rec.Events()); len(problems) > 0 {
+			t.Errorf("history has %d problems:\n%v", len(problems), problems)
+		}
+	})
+	return c
+}
+
+func (c *testCluster) setKeys(n int) {
+	cfgs := make([]testConfig, n)
+	for i := range cfgs {
+		cfgs[i] = testConfig{Key: fmt.Sprintf("cfg-%02d", i)}
+	}
+	c.setConfigs(cfgs)
+}
+
+func (c *testCluster) setConfigs(cfgs []testConfig) {
+	c.mu.Lock()
+	c.configs = slices.Clone(cfgs)
+	c.mu.Unlock()
+}
+
+func (c *testCluster) keys() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var keys []string
+	for _, cfg := range c.configs {
+		keys = append(keys, cfg.Key)
+	}
+	return keys
+}
+
+func (c *testCluster) getConfig(context.Context) ([]testConfig, error) {
+	if err := c.getConfErr.Load(); err != nil {
+		c.getConfFails.Add(1)
+		return nil, *err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.configs), nil
+}
+
+func testOptions(extra ...Option) []Option {
+	return append([]Option{
+		WithNodeTTL(testTTL),
+		WithHeartbeat(testHeartbeat),
+		WithLeaderLockTTL(testLockTTL),
+		WithLeaderLockRefresh(testLockEvery),
+		WithLeaderHealthcheckSchedule("@every 1s"),
+		WithHealthcheckSchedule("@every 1s"),
+		WithConfigRefreshSchedule("@every 1s"),
+		WithCallbackTimeout(2 * time.Second),
+		WithKey(func(c testConfig) string { return c.Key }),
+	}, extra...)
+}
+
+// testLogger logs to stderr when DIM_TEST_LOG is set.
+func testLogger(t *testing.T) *slog.Logger {
+	if os.Getenv("DIM_TEST_LOG") == "" {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// newNode creates a node without starting it.
+func (c *testCluster) newNode(id string, extra ...Option) *testNode {
+	c.t.Helper()
+	proxy, err := faultproxy.New(c.srv.Addr())
+	require.NoError(c.t, err)
+	c.t.Cleanup(func() { _ = proxy.Close() })
+	ropt := c.srv.ClientOption()
+	ropt.InitAddress = []string{proxy.Addr()}
+
+	create := func(ctx context.Context, cfg testConfig) (*testInst, error) {
+		c.creates.Add(1)
+		inst := c.rec.Up(id, cfg.Key)
+		if f, ok := c.createErr.Load(cfg.Key); ok {
+			ok := false
+			defer func() {
+				if !ok { // it panicked
+					c.rec.Failed(id, cfg.Key, inst)
+				}
+			}()
+			if err := f.(func() error)(); err != nil {
+				ok = true
+				c.rec.Failed(id, cfg.Key, inst)
+				return nil, err
+			}
+			ok = true
+		}
+		return &testInst{node: id, key: cfg.Key, version: cfg.Version, id: inst, ctx: ctx}, nil
+	}
+	opts := []Option{
+		WithService(c.service),
+		WithNodeID(id),
+		WithRedis(ropt),
+		WithDisconnect(func(_ context.Context, inst *testInst) error {
+			c.rec.Down(inst.node, inst.key, inst.id)
+			return nil
+		}),
+		WithHealthcheck(func(_ context.Context, inst *testInst) error {
+			if f, ok := c.healthErr.Load(inst.key); ok {
+				return f.(func() error)()
+			}
+			return nil
+		}),
+	}
+	if l := testLogger(c.t); l != nil {
+		opts = append(opts, WithLogger(l))
+	}
+	m, err := New(c.getConfig, create, append(testOptions(opts...), extra...)...)
+	require.NoError(c.t, err)
+	n := &testNode{id: id, m: m, proxy: proxy}
+	c.mu.Lock()
+	c.nodes[id] = n
+	c.mu.Unlock()
+	return n
+}
+
+// start creates and starts a node.
+func (c *testCluster) start(id string, extra ...Option) *testNode {
+	c.t.Helper()
+	n := c.newNode(id, extra...)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	require.NoError(c.t, n.m.Start(ctx))
+	return n
+}
+
+// stop stops a node gracefully.
+func (c *testCluster) stop(id string) {
+	c.t.Helper()
+	n := c.node(id)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	require.NoError(c.t, n.m.Stop(ctx))
+}
+
+// crash kills a node as a crash would: its link to Redis goes silent, its
+// loops stop, its instances die with it and nothing is released.
+func (c *testCluster) crash(id string) {
+	c.t.Helper()
+	n := c.node(id)
+	n.proxy.Cut(faultproxy.Both)
+	c.rec.Kill(id)
+	n.m.crashForTest()
+	n.crashed = true
+}
+
+func (c *testCluster) node(id string) *testNode {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := c.nodes[id]
+	require.NotNil(c.t, n, "no node %q", id)
+	return n
+}
+
+func (c *testCluster) stopAll() {
+	c.mu.Lock()
+	nodes := make([]*testNode, 0, len(c.nodes))
+	for _, n := range c.nodes {
+		nodes = append(nodes, n)
+	}
+	c.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, n := range nodes {
+		if n.crashed || n.m.state.Load() != stateRunning {
+			continue
+		}
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = n.m.Stop(ctx)
+		})
+	}
+	wg.Wait()
+}
+
+// leader returns the node that leads, waiting for one.
+func (c *testCluster) leader() *testNode {
+	c.t.Helper()
+	var found *testNode
+	c.eventually(5*time.Second, "a leader", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		found = nil
+		for _, n := range c.nodes {
+			if !n.crashed && n.m.IsLeader() {
+				if found != nil {
+					return false
+				}
+				found = n
+			}
+		}
+		return found != nil
+	})
+	return found
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func (c *testCluster) eventually(within time.Duration, what string, cond func() bool) {
+	c.t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			c.t.Fatalf("not within %v: %s; live: %s", within, what, c.rec.Summary())
+		}
+		select {
+		case <-c.rec.Changed():
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// converged reports whether every configured key is live exactly once, on a
+// live node, with perfectly even loads over the given nodes.
+func (c *testCluster) converged(nodes ...string) bool {
+	live := c.rec.LiveByKey()
+	keys := c.keys()
+	if len(live) != len(keys) {
+		return false
+	}
+	loads := map[string]int{}
+	for _, key := range keys {
+		on := live[key]
+		if len(on) != 1 || !slices.Contains(nodes, on[0]) {
+			return false
+		}
+		loads[on[0]]++
+	}
+	lo, hi := len(keys)/len(nodes), (len(keys)+len(nodes)-1)/len(nodes)
+	for _, n := range nodes {
+		if loads[n] < lo || loads[n] > hi {
+			return false
+		}
+	}
+	return true
+}
+
+func (c *testCluster) waitConverged(within time.Duration, nodes ...string) time.Duration {
+	c.t.Helper()
+	start := time.Now()
+	c.eventually(within, fmt.Sprintf("every key live once on %v", nodes), func() bool { return c.converged(nodes...) })
+	return time.Since(start)
+}
+
+// loads returns how many instances each node runs now.
+func (c *testCluster) loads() map[string]int {
+	loads := map[string]int{}
+	for _, iv := range c.rec.Live() {
+		loads[iv.Node]++
+	}
+	return loads
+}
+
+func redisOption(addrs ...string) rueidis.ClientOption {
+	return rueidis.ClientOption{InitAddress: addrs, Dialer: net.Dialer{Timeout: time.Second}}
+}

@@ -1,0 +1,329 @@
+package dim
+
+import (
+	"strings"
+
+	"github.com/redis/rueidis"
+)
+
+// keys names every Redis key and the channel of one service. All share the
+// hash tag {service}, so each script touches a single slot and dim runs
+// unchanged on Redis Cluster.
+//
+//	<p>:nodes      ZSET  node → lease expiry (server ms)
+//	<p>:sessions   HASH  node → session: a fresh number at every join
+//	<p>:weights    HASH  node → weight; 0 while it drains, "pending" until
+//	                     its first heartbeat
+//	<p>:grace      STRING server ms before which no claim is granted
+//	<p>:epoch      STRING the last leader epoch (fencing token)
+//	<p>:leader     HASH  node, session, epoch of the current leader
+//	<p>:forcing    STRING who is forcing out a dead leader (short TTL)
+//	<p>:assign     HASH  key → node: the assignment
+//	<p>:a:<node>   SET   the keys assigned to one node
+//	<p>:owner      HASH  key → "node session token": who runs it
+//	<p>:fence      STRING the last token handed out
+//	<p>:lock:…     rueidislock's leader lock
+//	<p>:events     the service's pub/sub channel
+//
+// where <p> is "dim:{service}".
+type keys struct {
+	prefix   string
+	nodes    string
+	sessions string
+	weights  string
+	grace    string
+	epoch    string
+	leader   string
+	forcing  string
+	assign   string
+	owner    string
+	fence    string
+	lock     string
+	channel  string
+}
+
+func newKeys(service string) keys {
+	p := "dim:{" + service + "}"
+	return keys{
+		prefix:   p,
+		nodes:    p + ":nodes",
+		sessions: p + ":sessions",
+		weights:  p + ":weights",
+		grace:    p + ":grace",
+		epoch:    p + ":epoch",
+		leader:   p + ":leader",
+		forcing:  p + ":forcing",
+		assign:   p + ":assign",
+		owner:    p + ":owner",
+		fence:    p + ":fence",
+		lock:     p + ":lock",
+		channel:  p + ":events",
+	}
+}
+
+// assigned is the set of keys assigned to node.
+func (k keys) assigned(node string) string { return k.prefix + ":a:" + node }
+
+// Events on the service channel: a verb and space-separated arguments. Node
+// IDs contain no spaces (see namePattern).
+const (
+	evJoin      = "join"      // node
+	evDrain     = "drain"     // node: stopping, move its keys away
+	evLeave     = "leave"     // node...
+	evLeader    = "leader"    // node epoch
+	evAssign    = "assign"    // epoch node...: these nodes' keys changed
+	evRelease   = "release"   // node: it let some keys go
+	evConfig    = "config"    // the configs changed
+	evRebalance = "rebalance" // someone asks the leader to rebalance
+)
+
+func parseEvent(msg string) (verb string, args []string) {
+	f := strings.Fields(msg)
+	if len(f) == 0 {
+		return "", nil
+	}
+	return f[0], f[1:]
+}
+
+// Every script reads the clock with TIME, so leases never depend on a
+// client's clock. nextToken makes counters that only grow, even across a
+// restart of Redis that loses them: a new value is at least the server time
+// in microseconds (exact in Lua's doubles until the year 2255).
+const luaPrelude = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function nextToken(key)
+  local v = math.max(tonumber(redis.call('GET', key) or '0') + 1, tonumber(t[1]) * 1000000 + tonumber(t[2]))
+  local s = string.format('%.0f', v)
+  redis.call('SET', key, s)
+  return s
+end
+local function live(nodes, sessions, node, session)
+  local score = redis.call('ZSCORE', nodes, node)
+  return score and tonumber(score) > now and redis.call('HGET', sessions, node) == session
+end
+`
+
+func script(body string) *rueidis.Lua { return rueidis.NewLuaScript(luaPrelude + body) }
+
+// joinScript registers a node with a fresh session, as pending: the leader
+// gives it keys only after its first heartbeat proves that it received the
+// session, so a node whose replies are lost (a one-way partition) can hold a
+// membership but never work. The first join into an empty service starts
+// the grace period: Redis may have lost the state of replicas that still run
+// instances, so nothing may be claimed until one lease has passed.
+//
+// KEYS: nodes sessions weights grace fence
+// ARGV: node ttl_ms
+// Returns {session, server_ms, grace_until_ms}.
+var joinScript = script(`
+local node, ttl = ARGV[1], tonumber(ARGV[2])
+local grace = redis.call('GET', KEYS[4])
+if not grace then
+  grace = string.format('%.0f', now + ttl)
+  redis.call('SET', KEYS[4], grace)
+end
+local session = nextToken(KEYS[5])
+redis.call('ZADD', KEYS[1], now + ttl, node)
+redis.call('HSET', KEYS[2], node, session)
+redis.call('HSET', KEYS[3], node, 'pending')
+return {session, now, tonumber(grace)}
+`)
+
+// heartbeatScript renews a lease; the first renewal of a session confirms
+// the join and announces it. A node whose lease has passed or whose session
+// was replaced is told so (0) and must fence itself: others may already run
+// its keys.
+//
+// KEYS: nodes sessions weights
+// ARGV: node session ttl_ms weight channel
+// Returns {1 or 0, server_ms}.
+var heartbeatScript = script(`
+if not live(KEYS[1], KEYS[2], ARGV[1], ARGV[2]) then
+  return {0, now}
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+if redis.call('HGET', KEYS[3], ARGV[1]) == 'pending' then
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+  redis.call('PUBLISH', ARGV[5], 'join ' .. ARGV[1])
+end
+return {1, now}
+`)
+
+// drainScript marks a stopping node: the leader gives its keys to others
+// while it keeps its lease until it has let every instance go.
+//
+// KEYS: nodes sessions weights
+// ARGV: node session channel
+var drainScript = script(`
+if not live(KEYS[1], KEYS[2], ARGV[1], ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[3], ARGV[1], 0)
+redis.call('PUBLISH', ARGV[3], 'drain ' .. ARGV[1])
+return 1
+`)
+
+// leaveScript ends a node's membership if its session is still current.
+//
+// KEYS: nodes sessions weights
+// ARGV: node session channel
+var leaveScript = script(`
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('PUBLISH', ARGV[3], 'leave ' .. ARGV[1])
+return 1
+`)
+
+// membersScript drops expired members (announcing them as left) and lists
+// the live ones.
+//
+// KEYS: nodes sessions weights
+// ARGV: channel
+// Returns {server_ms, node, expiry_ms, weight, node, …}.
+var membersScript = script(`
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+if #dead > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  redis.call('HDEL', KEYS[2], unpack(dead))
+  redis.call('HDEL', KEYS[3], unpack(dead))
+  redis.call('PUBLISH', ARGV[1], 'leave ' .. table.concat(dead, ' '))
+end
+local out = {now}
+local alive = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
+for i = 1, #alive, 2 do
+  out[#out + 1] = alive[i]
+  out[#out + 1] = tonumber(alive[i + 1])
+  out[#out + 1] = tonumber(redis.call('HGET', KEYS[3], alive[i]) or '0') or 0
+end
+return out
+`)
+
+// leadScript records a new leader after it won the lock, with a new epoch.
+// Only a live member may lead.
+//
+// KEYS: nodes sessions epoch leader
+// ARGV: node session channel
+// Returns the epoch, or 0 if the node is not live.
+var leadScript = script(`
+if not live(KEYS[1], KEYS[2], ARGV[1], ARGV[2]) then return '0' end
+local epoch = nextToken(KEYS[3])
+redis.call('HSET', KEYS[4], 'node', ARGV[1], 'session', ARGV[2], 'epoch', epoch)
+redis.call('PUBLISH', ARGV[3], 'leader ' .. ARGV[1] .. ' ' .. epoch)
+return epoch
+`)
+
+// leaderScript reports the recorded leader and whether it is a live member.
+//
+// KEYS: nodes sessions leader
+// Returns {node, epoch, 1 if live else 0}; node is "" when there is none.
+var leaderScript = script(`
+local l = redis.call('HMGET', KEYS[3], 'node', 'session', 'epoch')
+if not l[1] then return {'', '0', 0} end
+local ok = 0
+if live(KEYS[1], KEYS[2], l[1], l[2]) then ok = 1 end
+return {l[1], l[3], ok}
+`)
+
+// writeScript applies a diff of the assignment, but only for the current
+// epoch, so a deposed leader can never write. It tells every node whose set
+// changed.
+//
+// KEYS: epoch assign set_1 … set_m (the per-node sets involved)
+// ARGV: epoch channel m node_1 … node_m then triples (key, new, old), where
+// new and old number the nodes (0: none).
+// Returns 1, or 0 if the epoch is stale.
+var writeScript = script(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local m = tonumber(ARGV[3])
+local touched = {}
+for i = 4 + m, #ARGV, 3 do
+  local key, new, old = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  if old > 0 then
+    redis.call('SREM', KEYS[2 + old], key)
+    touched[old] = true
+  end
+  if new > 0 then
+    redis.call('SADD', KEYS[2 + new], key)
+    redis.call('HSET', KEYS[2], key, ARGV[3 + new])
+    touched[new] = true
+  else
+    redis.call('HDEL', KEYS[2], key)
+  end
+end
+local notify = {}
+for i = 1, m do
+  if touched[i] then notify[#notify + 1] = ARGV[3 + i] end
+end
+if #notify > 0 then
+  redis.call('PUBLISH', ARGV[2], 'assign ' .. ARGV[1] .. ' ' .. table.concat(notify, ' '))
+end
+return 1
+`)
+
+// claimScript takes ownership of keys for a node, each only if it is
+// assigned to the node and unowned, already the node's, or owned by a node
+// that is no longer live. Every new claim gets a token larger than any
+// before it.
+//
+// KEYS: nodes sessions assign owner fence grace
+// ARGV: node session key…
+// Returns {status, wait_ms, token per key}: status 1 ok, -1 the node itself
+// is not live, -2 the grace period runs for wait_ms more; a token of "0" means
+// the key was refused.
+var claimScript = script(`
+local node, session = ARGV[1], ARGV[2]
+if not live(KEYS[1], KEYS[2], node, session) then return {-1, 0} end
+local grace = tonumber(redis.call('GET', KEYS[6]) or '0')
+if now < grace then return {-2, grace - now} end
+local out = {1, 0}
+local mine = node .. ' ' .. session .. ' '
+for i = 3, #ARGV do
+  local key = ARGV[i]
+  local token = '0'
+  if redis.call('HGET', KEYS[3], key) == node then
+    local cur = redis.call('HGET', KEYS[4], key)
+    if cur and string.sub(cur, 1, #mine) == mine then
+      token = string.sub(cur, #mine + 1)
+    else
+      local free = true
+      if cur then
+        local on, os = string.match(cur, '^(%S+) (%S+) ')
+        free = not live(KEYS[1], KEYS[2], on, os)
+      end
+      if free then
+        token = nextToken(KEYS[5])
+        redis.call('HSET', KEYS[4], key, mine .. token)
+      end
+    end
+  end
+  out[#out + 1] = token
+end
+return out
+`)
+
+// releaseScript gives up keys the node owns and tells waiting claimants.
+//
+// KEYS: owner
+// ARGV: node session channel key…
+var releaseScript = script(`
+local mine = ARGV[1] .. ' ' .. ARGV[2] .. ' '
+local n = 0
+for i = 4, #ARGV do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  if cur and string.sub(cur, 1, #mine) == mine then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    n = n + 1
+  end
+end
+if n > 0 then redis.call('PUBLISH', ARGV[3], 'release ' .. ARGV[1]) end
+return n
+`)
+
+// forceGateScript lets one node at a time force out a dead leader.
+//
+// KEYS: forcing
+// ARGV: node ttl_ms
+var forceGateScript = rueidis.NewLuaScript(`
+return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
+`)

@@ -1,0 +1,428 @@
+package dim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-dim/dim/internal/faultproxy"
+	"github.com/go-dim/dim/internal/history"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestThreeNodesSpreadTenConfigsThenAFourthJoins(t *testing.T) {
+	c := newTestCluster(t, 10)
+	c.start("n1")
+	c.start("n2")
+	c.start("n3")
+	c.waitConverged(10*time.Second, "n1", "n2", "n3")
+	before := c.loads()
+	assert.ElementsMatch(t, []int{4, 3, 3}, []int{before["n1"], before["n2"], before["n3"]})
+
+	creates := c.creates.Load()
+	c.start("n4")
+	took := c.waitConverged(5*time.Second, "n1", "n2", "n3", "n4")
+	t.Logf("join converged in %v", took)
+	// 10 keys on 4 nodes: 3/3/2/2. The joiner takes exactly its 2 and
+	// nothing else moves.
+	assert.Equal(t, 2, c.loads()["n4"])
+	assert.EqualValues(t, 2, c.creates.Load()-creates, "creates after the join")
+}
+
+func TestGracefulStopHandsOffWithinMilliseconds(t *testing.T) {
+	c := newTestCluster(t, 12)
+	for _, id := range []string{"n1", "n2", "n3"} {
+		c.start(id)
+	}
+	c.waitConverged(10*time.Second, "n1", "n2", "n3")
+	// Stop a follower, then the leader: both hand off without a TTL.
+	for _, victim := range []string{followerOf(c), c.leader().id} {
+		var rest []string
+		for id, n := range c.nodes {
+			if id != victim && n.m.state.Load() == stateRunning {
+				rest = append(rest, id)
+			}
+		}
+		start := time.Now()
+		c.stop(victim)
+		c.waitConverged(testTTL, rest...)
+		t.Logf("graceful stop of %s: all keys live elsewhere %v after Stop was called", victim, time.Since(start))
+	}
+}
+
+func followerOf(c *testCluster) string {
+	leader := c.leader().id
+	for id := range c.nodes {
+		if id != leader {
+			return id
+		}
+	}
+	return ""
+}
+
+func TestCrashedNodeIsTakenOverAfterItsLease(t *testing.T) {
+	c := newTestCluster(t, 12)
+	for _, id := range []string{"n1", "n2", "n3"} {
+		c.start(id)
+	}
+	c.waitConverged(10*time.Second, "n1", "n2", "n3")
+	victim := followerOf(c)
+	start := time.Now()
+	c.crash(victim)
+	var rest []string
+	for _, id := range []string{"n1", "n2", "n3"} {
+		if id != victim {
+			rest = append(rest, id)
+		}
+	}
+	c.waitConverged(testTTL+2*time.Second, rest...)
+	took := time.Since(start)
+	t.Logf("crash of %s: all keys live elsewhere after %v (node TTL %v)", victim, took, testTTL)
+	assert.Greater(t, took, testTTL-testTTL/5-testHeartbeat, "taken over before the lease could expire")
+}
+
+func TestLeaderCrashElectsANewLeaderWithAHigherEpoch(t *testing.T) {
+	c := newTestCluster(t, 9)
+	for _, id := range []string{"n1", "n2", "n3"} {
+		c.start(id)
+	}
+	c.waitConverged(10*time.Second, "n1", "n2", "n3")
+	old := c.leader()
+	oldEpoch, _ := old.m.leader.current()
+	start := time.Now()
+	c.crash(old.id)
+	next := c.leader()
+	elected := time.Since(start)
+	newEpoch, _ := next.m.leader.current()
+	assert.NotEqual(t, old.id, next.id)
+	assert.Greater(t, newEpoch, oldEpoch)
+	var rest []string
+	for _, id := range []string{"n1", "n2", "n3"} {
+		if id != old.id {
+			rest = append(rest, id)
+		}
+	}
+	c.waitConverged(testTTL+2*time.Second, rest...)
+	t.Logf("leader crash: new leader after %v (lock TTL %v), every key live after %v", elected, testLockTTL, time.Since(start))
+}
+
+func TestADeposedLeadersWriteIsRefused(t *testing.T) {
+	c := newTestCluster(t, 4)
+	c.start("n1")
+	c.start("n2")
+	c.waitConverged(10*time.Second, "n1", "n2")
+	old := c.leader()
+	oldEpoch, _ := old.m.leader.current()
+	c.stop(old.id)
+	survivor := c.leader()
+	newEpoch, _ := survivor.m.leader.current()
+	require.Greater(t, newEpoch, oldEpoch)
+
+	// The survivor writes with the old epoch, as a deposed leader would.
+	err := survivor.m.writeChunk(context.Background(), oldEpoch, []change{{key: "cfg-00", to: "ghost"}})
+	require.ErrorIs(t, err, errStaleEpoch)
+	assigned, err := c.srv.Client(t).Do(context.Background(),
+		c.srv.Client(t).B().Hget().Key(survivor.m.k.assign).Field("cfg-00").Build()).ToString()
+	require.NoError(t, err)
+	assert.Equal(t, survivor.id, assigned)
+}
+
+func TestConfigsAddedRemovedAndChanged(t *testing.T) {
+	c := newTestCluster(t, 6)
+	c.start("n1")
+	c.start("n2")
+	c.waitConverged(10*time.Second, "n1", "n2")
+	ids := func() map[string]int64 {
+		out := map[string]int64{}
+		for _, iv := range c.rec.Live() {
+			out[iv.Key] = iv.Instance
+		}
+		return out
+	}
+	before := ids()
+
+	cfgs := []testConfig{
+		{Key: "cfg-00"}, {Key: "cfg-01"}, {Key: "cfg-02"}, {Key: "cfg-03"},
+		{Key: "cfg-04", Version: 1}, // changed in place
+		{Key: "cfg-10"},             // added; cfg-05 removed
+	}
+	c.setConfigs(cfgs)
+	c.waitConverged(5*time.Second, "n1", "n2")
+	c.eventually(5*time.Second, "cfg-04 replaced", func() bool { return ids()["cfg-04"] != before["cfg-04"] })
+	after := ids()
+	for _, key := range []string{"cfg-00", "cfg-01", "cfg-02", "cfg-03"} {
+		assert.Equal(t, before[key], after[key], "unchanged %s kept running", key)
+	}
+	_, removed := after["cfg-05"]
+	assert.False(t, removed)
+	for _, n := range c.nodes {
+		if inst, ok := n.m.Instances()["cfg-04"]; ok {
+			assert.Equal(t, 1, inst.version)
+		}
+	}
+}
+
+func TestAFailingHealthCheckDisconnectsAndRecreates(t *testing.T) {
+	c := newTestCluster(t, 3)
+	var fails atomic.Int32
+	c.healthErr.Store("cfg-01", func() error {
+		if fails.Add(1) <= 2 {
+			return errors.New("broken pipe")
+		}
+		return nil
+	})
+	c.start("n1")
+	c.waitConverged(10*time.Second, "n1")
+	c.eventually(10*time.Second, "cfg-01 recreated twice", func() bool {
+		ups := 0
+		for _, e := range c.rec.Events() {
+			if e.Key == "cfg-01" && e.Kind == history.Up {
+				ups++
+			}
+		}
+		return ups >= 3 && c.converged("n1")
+	})
+}
+
+func TestCreateInstanceThatErrsPanicsOrHangsIsRetried(t *testing.T) {
+	c := newTestCluster(t, 4)
+	var errs, panics, hangs atomic.Int32
+	release := make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock)
+	c.createErr.Store("cfg-00", func() error {
+		if errs.Add(1) <= 2 {
+			return errors.New("connection refused")
+		}
+		return nil
+	})
+	c.createErr.Store("cfg-01", func() error {
+		if panics.Add(1) == 1 {
+			panic("boom")
+		}
+		return nil
+	})
+	c.createErr.Store("cfg-02", func() error {
+		if hangs.Add(1) == 1 {
+			<-release // ignores its context, like a stuck dial
+		}
+		return nil
+	})
+	n := c.start("n1", WithCallbackTimeout(300*time.Millisecond))
+	c.eventually(5*time.Second, "the hanging create given up on", func() bool { return n.m.hung.has("cfg-02") })
+	// While the call hangs it may still bring an instance to life, so the
+	// key is not created again...
+	c.eventually(10*time.Second, "the other keys live", func() bool {
+		live := c.rec.LiveByKey()
+		return len(live["cfg-00"]) == 1 && len(live["cfg-01"]) == 1 && len(live["cfg-03"]) == 1
+	})
+	assert.EqualValues(t, 1, hangs.Load())
+	// ...until it returns; then its late instance is disconnected and the
+	// key created anew.
+	unblock()
+	c.eventually(10*time.Second, "cfg-02 created again", func() bool { return hangs.Load() >= 2 })
+	c.waitConverged(15*time.Second, "n1")
+	assert.GreaterOrEqual(t, errs.Load(), int32(3))
+	assert.GreaterOrEqual(t, panics.Load(), int32(2))
+}
+
+func TestANodeCutOffFromRedisStopsBeforeOthersStart(t *testing.T) {
+	for _, dir := range []faultproxy.Direction{faultproxy.Both, faultproxy.Upstream, faultproxy.Downstream} {
+		t.Run("cut "+dir.String(), func(t *testing.T) {
+			c := newTestCluster(t, 12)
+			for _, id := range []string{"n1", "n2", "n3"} {
+				c.start(id)
+			}
+			c.waitConverged(10*time.Second, "n1", "n2", "n3")
+			victim := c.node(followerOf(c))
+			var ctxs []context.Context
+			for _, inst := range victim.m.Instances() {
+				ctxs = append(ctxs, inst.ctx)
+			}
+			cut := time.Now()
+			victim.proxy.Cut(dir)
+			var rest []string
+			for _, id := range []string{"n1", "n2", "n3"} {
+				if id != victim.id {
+					rest = append(rest, id)
+				}
+			}
+			c.waitConverged(testTTL+2*time.Second, rest...)
+			t.Logf("cut %v: keys live on the others after %v", dir, time.Since(cut))
+			for _, ctx := range ctxs {
+				require.Error(t, ctx.Err(), "the cut node's instance contexts are cancelled")
+			}
+			// The overlap check in the cleanup proves the order; healed, the
+			// node comes back and takes its share again.
+			victim.proxy.Heal()
+			c.waitConverged(10*time.Second, "n1", "n2", "n3")
+		})
+	}
+}
+
+func TestRedisRestartedEmptyReconvergesWithoutOverlap(t *testing.T) {
+	c := newTestCluster(t, 9)
+	for _, id := range []string{"n1", "n2", "n3"} {
+		c.start(id)
+	}
+	c.waitConverged(10*time.Second, "n1", "n2", "n3")
+	c.srv.Restart()
+	start := time.Now()
+	c.eventually(10*time.Second, "instances stopped after the state was lost", func() bool {
+		return len(c.rec.Live()) < 9
+	})
+	c.waitConverged(15*time.Second, "n1", "n2", "n3")
+	t.Logf("Redis restarted empty: reconverged after %v", time.Since(start))
+}
+
+func TestFencingTokensGrowAndInstanceContextsEndOnMove(t *testing.T) {
+	c := newTestCluster(t, 1)
+	n1 := c.start("n1")
+	var first *testInst
+	c.eventually(10*time.Second, "cfg-00 running on n1", func() bool {
+		first = n1.m.Instances()["cfg-00"]
+		return first != nil
+	})
+	tok1, ok := FencingToken(first.ctx)
+	require.True(t, ok)
+	key, _ := InstanceKey(first.ctx)
+	assert.Equal(t, "cfg-00", key)
+
+	n2 := c.start("n2")
+	c.stop("n1")
+	var second *testInst
+	c.eventually(5*time.Second, "cfg-00 running on n2", func() bool {
+		second = n2.m.Instances()["cfg-00"]
+		return second != nil
+	})
+	tok2, _ := FencingToken(second.ctx)
+	assert.Greater(t, tok2, tok1)
+	assert.ErrorIs(t, first.ctx.Err(), context.Canceled)
+	assert.NoError(t, second.ctx.Err())
+}
+
+func TestRebalanceFromAFollowerPicksUpNewConfigs(t *testing.T) {
+	c := newTestCluster(t, 2)
+	slow := WithConfigRefreshSchedule("@every 1h")
+	c.start("n1", slow)
+	c.start("n2", slow)
+	c.waitConverged(10*time.Second, "n1", "n2")
+	c.setKeys(4)
+	follower := c.node(followerOf(c))
+	start := time.Now()
+	require.NoError(t, follower.m.Rebalance(context.Background()))
+	c.waitConverged(5*time.Second, "n1", "n2")
+	t.Logf("Rebalance from a follower: new configs live after %v", time.Since(start))
+}
+
+func TestAGetConfigErrorKeepsWhatRuns(t *testing.T) {
+	c := newTestCluster(t, 4)
+	c.start("n1")
+	c.start("n2")
+	c.waitConverged(10*time.Second, "n1", "n2")
+	err := errors.New("config store down")
+	c.getConfErr.Store(&err)
+	creates := c.creates.Load()
+	failed := c.getConfFails.Load()
+	c.start("n3") // a join forces a rebalance without configs
+	// The leader's rebalance and the joiner's reconcile both fail to read
+	// configs; nothing that runs may stop because of it.
+	c.eventually(5*time.Second, "getConfig failing after the join", func() bool {
+		return c.getConfFails.Load() >= failed+3
+	})
+	assert.True(t, c.converged("n1", "n2"), "all keys still live on n1 and n2: %s", c.rec.Summary())
+	c.getConfErr.Store(nil)
+	c.waitConverged(5*time.Second, "n1", "n2", "n3")
+	assert.EqualValues(t, 1, c.creates.Load()-creates, "only the joiner's share moved")
+}
+
+func TestLifecycleErrors(t *testing.T) {
+	c := newTestCluster(t, 1)
+	n := c.newNode("n1")
+	require.ErrorIs(t, n.m.Stop(context.Background()), ErrNotStarted)
+	require.ErrorIs(t, n.m.Rebalance(context.Background()), ErrNotStarted)
+	require.NoError(t, n.m.Start(context.Background()))
+	require.ErrorIs(t, n.m.Start(context.Background()), ErrAlreadyStarted)
+	require.NoError(t, n.m.Stop(context.Background()))
+	require.ErrorIs(t, n.m.Stop(context.Background()), ErrStopped)
+	require.ErrorIs(t, n.m.Start(context.Background()), ErrStopped)
+}
+
+func TestStartFailsClearlyWhenRedisIsUnreachable(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := l.Addr().String()
+	require.NoError(t, l.Close()) // nothing listens there now
+	m, err := New(func(context.Context) ([]string, error) { return nil, nil },
+		func(context.Context, string) (int, error) { return 0, nil },
+		WithService("svc"), WithRedis(redisOption(addr)))
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err = m.Start(ctx)
+	require.ErrorIs(t, err, ErrRedis)
+	assert.Contains(t, err.Error(), addr)
+	assert.ErrorIs(t, m.Start(ctx), ErrStopped)
+}
+
+func TestNewRejectsBadOptions(t *testing.T) {
+	get := func(context.Context) ([]string, error) { return nil, nil }
+	create := func(context.Context, string) (int, error) { return 0, nil }
+	tests := []struct {
+		name string
+		opts []Option
+		want string
+	}{
+		{"no service", nil, "WithService: a service name is required"},
+		{"a service with a brace", []Option{WithService("a{b}")}, "WithService"},
+		{"a service with a space", []Option{WithService("a b")}, "WithService"},
+		{"a node ID with a star", []Option{WithService("s"), WithNodeID("n*")}, "WithNodeID"},
+		{"a bad schedule", []Option{WithService("s"), WithHealthcheckSchedule("every minute")}, "WithHealthcheckSchedule"},
+		{"a bad leader schedule", []Option{WithService("s"), WithLeaderHealthcheckSchedule("* * *")}, "WithLeaderHealthcheckSchedule"},
+		{"a bad refresh schedule", []Option{WithService("s"), WithConfigRefreshSchedule("")}, "WithConfigRefreshSchedule"},
+		{"a lock refresh not below the TTL", []Option{WithService("s"), WithLeaderLockRefresh(5 * time.Second)}, "WithLeaderLockRefresh"},
+		{"a heartbeat too slow for the TTL", []Option{WithService("s"), WithHeartbeat(3 * time.Second)}, "WithHeartbeat"},
+		{"a tiny node TTL", []Option{WithService("s"), WithNodeTTL(time.Millisecond)}, "WithNodeTTL"},
+		{"a zero weight", []Option{WithService("s"), WithWeight(0)}, "WithWeight"},
+		{"a zero callback timeout", []Option{WithService("s"), WithCallbackTimeout(0)}, "WithCallbackTimeout"},
+		{"no Redis address", []Option{WithService("s"), WithRedis(redisOption())}, "WithRedis"},
+		{"a nil option", []Option{WithService("s"), nil}, "nil option"},
+		{"a lock majority of zero", []Option{WithService("s"), WithLockKeyMajority(0)}, "WithLockKeyMajority"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := New(get, create, tt.opts...)
+			require.ErrorIs(t, err, ErrInvalidOption)
+			assert.Contains(t, err.Error(), tt.want)
+			assert.Nil(t, m)
+		})
+	}
+	t.Run("nil callbacks", func(t *testing.T) {
+		_, err := New[string, int](nil, create, WithService("s"))
+		require.ErrorIs(t, err, ErrInvalidOption)
+		_, err = New[string, int](get, nil, WithService("s"))
+		require.ErrorIs(t, err, ErrInvalidOption)
+	})
+}
+
+func TestAHookOfTheWrongTypeNamesBothTypes(t *testing.T) {
+	get := func(context.Context) ([]string, error) { return nil, nil }
+	create := func(context.Context, string) (int, error) { return 0, nil }
+	_, err := New(get, create, WithService("s"),
+		WithHealthcheck(func(context.Context, *net.Conn) error { return nil }))
+	require.ErrorIs(t, err, ErrInvalidOption)
+	assert.Contains(t, err.Error(), "*net.Conn")
+	assert.Contains(t, err.Error(), "func(context.Context, int) error")
+
+	_, err = New(get, create, WithService("s"), WithKey(func(c fmt.Stringer) string { return "" }))
+	require.ErrorIs(t, err, ErrInvalidOption)
+	assert.True(t, strings.Contains(err.Error(), "func(string) string"), err.Error())
+}

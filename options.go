@@ -1,0 +1,399 @@
+package dim
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"reflect"
+	"regexp"
+	"strconv"
+	"time"
+
+	"github.com/redis/rueidis"
+	"github.com/robfig/cron/v3"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Defaults of every setting, in one place. Each option's doc repeats its own.
+const (
+	DefaultRedisAddress              = "127.0.0.1:6379"
+	DefaultHealthcheckSchedule       = "@every 10s"
+	DefaultLeaderHealthcheckSchedule = "@every 5s"
+	DefaultConfigRefreshSchedule     = "@every 30s"
+	DefaultLeaderLockTTL             = 5 * time.Second
+	DefaultLeaderLockRefresh         = time.Second
+	DefaultLockKeyMajority           = 1
+	DefaultNodeTTL                   = 5 * time.Second
+	DefaultHeartbeat                 = time.Second
+	DefaultCallbackTimeout           = 10 * time.Second
+	DefaultWeight                    = 1
+)
+
+// Option configures a [Manager]. Options are not generic, so call sites read
+// dim.WithHealthcheck(check) without type arguments; the hooks that mention
+// the config or instance type are checked against C and I by [New].
+type Option interface {
+	apply(*settings) error
+}
+
+type optionFunc func(*settings) error
+
+func (f optionFunc) apply(s *settings) error { return f(s) }
+
+// settings is what the options produce; New turns it into a Manager.
+type settings struct {
+	service      string
+	keyPrefix    string
+	redis        rueidis.ClientOption
+	redisSet     bool
+	nodeID       string
+	weight       int
+	nodeTTL      time.Duration
+	heartbeat    time.Duration
+	lockTTL      time.Duration
+	lockRefresh  time.Duration
+	lockMajority int
+	timeout      time.Duration
+
+	healthSpec       string
+	leaderHealthSpec string
+	refreshSpec      string
+	health           cron.Schedule
+	leaderHealth     cron.Schedule
+	refresh          cron.Schedule
+
+	// Hooks as given; New checks their types against C and I.
+	key         any // func(C) string
+	healthcheck any // func(context.Context, I) error
+	disconnect  any // func(context.Context, I) error
+
+	logger         *slog.Logger
+	tracerProvider trace.TracerProvider
+	meterProvider  metric.MeterProvider
+}
+
+func defaultSettings() settings {
+	return settings{
+		redis:            rueidis.ClientOption{InitAddress: []string{DefaultRedisAddress}},
+		weight:           DefaultWeight,
+		nodeTTL:          DefaultNodeTTL,
+		heartbeat:        DefaultHeartbeat,
+		lockTTL:          DefaultLeaderLockTTL,
+		lockRefresh:      DefaultLeaderLockRefresh,
+		lockMajority:     DefaultLockKeyMajority,
+		timeout:          DefaultCallbackTimeout,
+		healthSpec:       DefaultHealthcheckSchedule,
+		leaderHealthSpec: DefaultLeaderHealthcheckSchedule,
+		refreshSpec:      DefaultConfigRefreshSchedule,
+	}
+}
+
+// namePattern restricts service names, key prefixes and node IDs to
+// characters that cannot break out of dim's Redis key names, hash tags or
+// channel messages: no braces, glob characters, whitespace or controls.
+var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$`)
+
+// WithService names the service: every replica of one service passes the same
+// name, and all of the service's Redis keys live under it. Letters, digits and
+// ". _ : / @ -" only, at most 128 characters. Required.
+func WithService(name string) Option {
+	return optionFunc(func(s *settings) error {
+		if !namePattern.MatchString(name) {
+			return invalid("WithService", "%q is not a valid service name: use 1-128 letters, digits or . _ : / @ -, starting with a letter or digit", name)
+		}
+		s.service = name
+		return nil
+	})
+}
+
+// WithRedis sets how to connect to Redis. TLS, ACL users, Sentinel and
+// Cluster all come through [rueidis.ClientOption]. Default: a single server
+// at 127.0.0.1:6379.
+func WithRedis(opt rueidis.ClientOption) Option {
+	return optionFunc(func(s *settings) error {
+		if len(opt.InitAddress) == 0 {
+			return invalid("WithRedis", "ClientOption.InitAddress is empty")
+		}
+		s.redis = opt
+		s.redisSet = true
+		return nil
+	})
+}
+
+// WithNodeID names this replica. IDs must be unique among the live replicas
+// of a service: a second process with the same ID fences the first. Same
+// characters as [WithService]. Default: host name, process ID and a random
+// suffix.
+func WithNodeID(id string) Option {
+	return optionFunc(func(s *settings) error {
+		if !namePattern.MatchString(id) {
+			return invalid("WithNodeID", "%q is not a valid node ID: use 1-128 letters, digits or . _ : / @ -", id)
+		}
+		s.nodeID = id
+		return nil
+	})
+}
+
+// WithKey sets the identity of a config: configs with the same key are the
+// same instance, and a change of content under the same key replaces the
+// instance in place. keyOf must be deterministic and return non-empty,
+// unique keys. Its type parameter must be the Manager's config type C.
+// Default: a SHA-256 hash of the config's JSON encoding, so any change of
+// content is a new instance.
+func WithKey[C any](keyOf func(C) string) Option {
+	return optionFunc(func(s *settings) error {
+		if keyOf == nil {
+			return invalid("WithKey", "the key function is nil")
+		}
+		s.key = keyOf
+		return nil
+	})
+}
+
+// WithHealthcheck sets a check run on every instance on the health-check
+// schedule, with the callback timeout. An error, a timeout or a panic marks
+// the instance unhealthy: it is disconnected and created again, with
+// exponential backoff. Its type parameter must be the Manager's instance type
+// I. Default: no check.
+func WithHealthcheck[I any](check func(ctx context.Context, instance I) error) Option {
+	return optionFunc(func(s *settings) error {
+		if check == nil {
+			return invalid("WithHealthcheck", "the check is nil")
+		}
+		s.healthcheck = check
+		return nil
+	})
+}
+
+// WithDisconnect sets how to stop an instance: called exactly once for every
+// created instance, when it moves away, fails its health check, is fenced or
+// the Manager stops. Its type parameter must be the Manager's instance type I.
+// Default: none; the context passed to createInstance is cancelled all the
+// same.
+func WithDisconnect[I any](disconnect func(ctx context.Context, instance I) error) Option {
+	return optionFunc(func(s *settings) error {
+		if disconnect == nil {
+			return invalid("WithDisconnect", "the disconnect function is nil")
+		}
+		s.disconnect = disconnect
+		return nil
+	})
+}
+
+// WithHealthcheckSchedule sets when instance health checks run, as a cron
+// spec with an optional seconds field ("*/10 * * * * *") or a descriptor
+// ("@every 10s"). Default: "@every 10s".
+func WithHealthcheckSchedule(spec string) Option {
+	return optionFunc(func(s *settings) error {
+		s.healthSpec = spec
+		return nil
+	})
+}
+
+// WithLeaderHealthcheckSchedule sets when every node checks that the leader is
+// still a live member, forcing it out if not. Cron spec as in
+// [WithHealthcheckSchedule]. Default: "@every 5s".
+func WithLeaderHealthcheckSchedule(spec string) Option {
+	return optionFunc(func(s *settings) error {
+		s.leaderHealthSpec = spec
+		return nil
+	})
+}
+
+// WithConfigRefreshSchedule sets when the leader calls getConfig to look for
+// added, removed or changed configs and rebalances. It is also the period of
+// every node's safety reconcile. Cron spec as in [WithHealthcheckSchedule].
+// Default: "@every 30s".
+func WithConfigRefreshSchedule(spec string) Option {
+	return optionFunc(func(s *settings) error {
+		s.refreshSpec = spec
+		return nil
+	})
+}
+
+// WithLeaderLockTTL sets how long the leader lock stays valid without being
+// extended: a crashed leader is replaced after about this long. Must exceed
+// [WithLeaderLockRefresh]. Default: 5s.
+func WithLeaderLockTTL(ttl time.Duration) Option {
+	return optionFunc(func(s *settings) error {
+		s.lockTTL = ttl
+		return nil
+	})
+}
+
+// WithLeaderLockRefresh sets how often the leader extends its lock. Default: 1s.
+func WithLeaderLockRefresh(every time.Duration) Option {
+	return optionFunc(func(s *settings) error {
+		s.lockRefresh = every
+		return nil
+	})
+}
+
+// WithLockKeyMajority sets rueidislock's KeyMajority: the lock is held on n of
+// 2n−1 Redis keys. Default: 1.
+func WithLockKeyMajority(n int) Option {
+	return optionFunc(func(s *settings) error {
+		if n < 1 || n > 16 {
+			return invalid("WithLockKeyMajority", "%d is out of range 1..16", n)
+		}
+		s.lockMajority = n
+		return nil
+	})
+}
+
+// WithNodeTTL sets the node lease: a replica that has not renewed its
+// membership for this long, in Redis server time, is dead and its instances
+// move. The replica itself stops its instances a margin (a fifth of the TTL)
+// before its lease can run out. Default: 5s.
+func WithNodeTTL(ttl time.Duration) Option {
+	return optionFunc(func(s *settings) error {
+		s.nodeTTL = ttl
+		return nil
+	})
+}
+
+// WithHeartbeat sets how often a replica renews its lease. At least two
+// renewals must fit in the part of the lease before self-fencing, so the
+// interval is at most 2/5 of the node TTL. Default: 1s.
+func WithHeartbeat(every time.Duration) Option {
+	return optionFunc(func(s *settings) error {
+		s.heartbeat = every
+		return nil
+	})
+}
+
+// WithCallbackTimeout bounds each call of createInstance, a health check and
+// disconnect; a call past it counts as failed. getConfig has the same bound.
+// Default: 10s.
+func WithCallbackTimeout(d time.Duration) Option {
+	return optionFunc(func(s *settings) error {
+		s.timeout = d
+		return nil
+	})
+}
+
+// WithWeight sets this replica's capacity relative to the others: a replica of
+// weight 2 runs twice the instances of one of weight 1. In 1..[MaxWeight].
+// Default: 1.
+func WithWeight(w int) Option {
+	return optionFunc(func(s *settings) error {
+		if w < 1 || w > MaxWeight {
+			return invalid("WithWeight", "%d is out of range 1..%d", w, MaxWeight)
+		}
+		s.weight = w
+		return nil
+	})
+}
+
+// WithLogger sets where dim logs. A healthy steady state logs nothing above
+// Debug. Default: discard.
+func WithLogger(l *slog.Logger) Option {
+	return optionFunc(func(s *settings) error {
+		s.logger = l
+		return nil
+	})
+}
+
+// WithTracerProvider sets the OpenTelemetry tracer provider for dim's spans.
+// Default: the global provider at the time New is called.
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return optionFunc(func(s *settings) error {
+		s.tracerProvider = tp
+		return nil
+	})
+}
+
+// WithMeterProvider sets the OpenTelemetry meter provider for dim's metrics.
+// Default: the global provider at the time New is called.
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return optionFunc(func(s *settings) error {
+		s.meterProvider = mp
+		return nil
+	})
+}
+
+func invalid(option, format string, args ...any) error {
+	return fmt.Errorf("%w: %s: %s", ErrInvalidOption, option, fmt.Sprintf(format, args...))
+}
+
+var cronParser = cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+
+// validate checks single values and the relations between them, and parses
+// the schedules.
+func (s *settings) validate() error {
+	if s.service == "" {
+		return invalid("WithService", "a service name is required")
+	}
+	for _, sch := range []struct {
+		option string
+		spec   string
+		out    *cron.Schedule
+	}{
+		{"WithHealthcheckSchedule", s.healthSpec, &s.health},
+		{"WithLeaderHealthcheckSchedule", s.leaderHealthSpec, &s.leaderHealth},
+		{"WithConfigRefreshSchedule", s.refreshSpec, &s.refresh},
+	} {
+		parsed, err := cronParser.Parse(sch.spec)
+		if err != nil {
+			return invalid(sch.option, "%q: %v", sch.spec, err)
+		}
+		*sch.out = parsed
+	}
+	switch {
+	case s.nodeTTL < 100*time.Millisecond:
+		return invalid("WithNodeTTL", "%v is below 100ms", s.nodeTTL)
+	case s.heartbeat <= 0:
+		return invalid("WithHeartbeat", "%v is not positive", s.heartbeat)
+	case s.heartbeat > (s.nodeTTL-s.fenceMargin())/2:
+		return invalid("WithHeartbeat", "%v leaves no room for two renewals in a node TTL of %v (at most %v)",
+			s.heartbeat, s.nodeTTL, (s.nodeTTL-s.fenceMargin())/2)
+	case s.lockTTL < 100*time.Millisecond:
+		return invalid("WithLeaderLockTTL", "%v is below 100ms", s.lockTTL)
+	case s.lockRefresh <= 0:
+		return invalid("WithLeaderLockRefresh", "%v is not positive", s.lockRefresh)
+	case s.lockRefresh >= s.lockTTL:
+		return invalid("WithLeaderLockRefresh", "%v must be shorter than the lock TTL %v", s.lockRefresh, s.lockTTL)
+	case s.timeout <= 0:
+		return invalid("WithCallbackTimeout", "%v is not positive", s.timeout)
+	}
+	if s.nodeID == "" {
+		s.nodeID = defaultNodeID()
+	}
+	if s.logger == nil {
+		s.logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return nil
+}
+
+// fenceMargin is how long before its lease can expire in Redis a replica
+// stops its instances. It absorbs clock-rate differences and the time the
+// instances need to stop.
+func (s *settings) fenceMargin() time.Duration { return s.nodeTTL / 5 }
+
+// checkHook verifies that a hook given to an option has the type New needs.
+func checkHook[T any](option string, hook any, what string) (T, error) {
+	var zero T
+	if hook == nil {
+		return zero, nil
+	}
+	fn, ok := hook.(T)
+	if !ok {
+		return zero, invalid(option, "the function has type %v, but the Manager's %s needs %v",
+			reflect.TypeOf(hook), what, reflect.TypeFor[T]())
+	}
+	return fn, nil
+}
+
+func defaultNodeID() string {
+	host, err := os.Hostname()
+	if err != nil || !namePattern.MatchString(host) {
+		host = "node"
+	}
+	if len(host) > 64 {
+		host = host[:64]
+	}
+	return host + "-" + strconv.Itoa(os.Getpid()) + "-" + randomSuffix()
+}
