@@ -138,7 +138,7 @@ func New[C, I any](
 	}
 	m := &Manager[C, I]{
 		s:               s,
-		k:               newKeys(s.service),
+		k:               newKeys(s.keyPrefix, s.service),
 		getConfig:       getConfig,
 		createInstance:  createInstance,
 		claimRetry:      max(s.heartbeat/4, 10*time.Millisecond),
@@ -268,7 +268,7 @@ func (m *Manager[C, I]) start(ctx context.Context) error {
 		m.every(m.s.refresh, func() {
 			m.configsStale.Store(true)
 			m.triggerNode()
-			m.triggerLeader("config refresh")
+			m.triggerLeader(triggerRefresh)
 		})
 	})
 	m.triggerNode()
@@ -357,7 +357,7 @@ func (m *Manager[C, I]) Rebalance(ctx context.Context) error {
 		return ErrStopped
 	}
 	if m.IsLeader() {
-		m.triggerLeader("rebalance requested")
+		m.triggerLeader(triggerRequested)
 		return nil
 	}
 	err := m.client.Do(ctx, m.client.B().Publish().Channel(m.k.channel).Message(evRebalance).Build()).Error()
@@ -382,7 +382,7 @@ func (m *Manager[C, I]) subscribeLoop(subscribed chan<- struct{}) {
 			ok.Store(true)
 			once.Do(func() { close(subscribed) })
 			m.triggerNode()
-			m.triggerLeader("resubscribed")
+			m.triggerLeader(triggerResub)
 		})
 		err := m.client.Receive(ctx, m.client.B().Subscribe().Channel(m.k.channel).Build(), m.onEvent)
 		if m.runCtx.Err() != nil {
@@ -404,9 +404,10 @@ func (m *Manager[C, I]) onEvent(msg rueidis.PubSubMessage) {
 		m.triggerLeader("node " + verb)
 	case evRebalance:
 		m.configsStale.Store(true)
-		m.triggerLeader("rebalance requested")
+		m.triggerLeader(triggerRequested)
 	case evAssign:
-		if len(args) > 1 && slices.Contains(args[1:], m.s.nodeID) {
+		if len(args) > 2 && slices.Contains(args[2:], m.s.nodeID) {
+			m.tel.addLink(args[1])
 			m.triggerNode()
 		}
 	case evRelease:

@@ -56,6 +56,21 @@ func (m *Manager[C, I]) campaignLoop() {
 			return
 		}
 		if !waiting {
+			// One quick try first, so that every attempt is visible: a lock
+			// held elsewhere is an expected outcome, not an error.
+			start := time.Now()
+			ctx, release, err := m.locker.TryWithContext(m.runCtx, lockName)
+			if err == nil {
+				epoch, err := m.becomeLeader(ctx)
+				if err == nil && epoch != 0 {
+					backoff.reset()
+					m.lead(ctx, release, epoch)
+					continue
+				}
+				release()
+			} else if errors.Is(err, rueidislock.ErrNotLocked) {
+				m.tel.election(m.runCtx, start, "lost", 0, nil)
+			}
 			waiting = true
 			go func() {
 				ctx, release, err := m.locker.WithContext(m.runCtx, lockName)
@@ -119,14 +134,14 @@ func (m *Manager[C, I]) becomeLeader(ctx context.Context) (uint64, error) {
 		[]string{m.k.nodes, m.k.sessions, m.k.epoch, m.k.leader},
 		[]string{m.s.nodeID, session, m.k.channel}).ToString()
 	if err != nil {
-		m.tel.election(ctx, start, "error", err)
+		m.tel.election(ctx, start, "error", 0, err)
 		return 0, err
 	}
 	epoch, err := strconv.ParseUint(s, 10, 64)
 	if err != nil {
 		return 0, fmt.Errorf("leader epoch %q: %w", s, err)
 	}
-	m.tel.election(ctx, start, "won", nil)
+	m.tel.election(ctx, start, "won", epoch, nil)
 	return epoch, nil
 }
 
@@ -140,8 +155,17 @@ func (m *Manager[C, I]) lead(lockCtx context.Context, release context.CancelFunc
 	m.leader.mu.Unlock()
 	m.log.Info("became leader", "epoch", epoch)
 	m.tel.setLeader(epoch)
+	start := time.Now()
 
-	m.leaderLoop(ctx, epoch)
+	why := m.leaderLoop(ctx, epoch)
+	if why == "" {
+		why = "stepped down" // fenced or stopping
+		if lockCtx.Err() != nil && m.runCtx.Err() == nil && !m.stopping.Load() {
+			if session, _ := m.lease.current(); session != "" {
+				why = "lock lost"
+			}
+		}
+	}
 
 	m.leader.mu.Lock()
 	m.leader.epoch, m.leader.ctx, m.leader.cancel = 0, nil, nil
@@ -149,7 +173,8 @@ func (m *Manager[C, I]) lead(lockCtx context.Context, release context.CancelFunc
 	cancel()
 	release()
 	m.tel.setLeader(0)
-	m.log.Info("leadership ended", "epoch", epoch)
+	m.tel.election(m.runCtx, start, why, epoch, nil)
+	m.log.Info("leadership ended", "epoch", epoch, "reason", why)
 }
 
 // stepDown ends this node's leadership, if any, at once.
@@ -219,7 +244,7 @@ func (m *Manager[C, I]) checkLeader() {
 	}
 	m.log.Warn("leader is not a live member; forcing it out", "leader", st.node, "epoch", st.epoch)
 	lockCtx, release, err := m.locker.ForceWithContext(m.runCtx, lockName)
-	m.tel.election(ctx, start, "forced", err)
+	m.tel.election(ctx, start, "forced", 0, err)
 	if err != nil {
 		return
 	}

@@ -25,6 +25,8 @@ var (
 	// ErrRedis reports that Redis could not be reached or refused a command
 	// dim needs.
 	ErrRedis = errors.New("dim: redis unavailable")
+	// ErrUnknownService reports a service of which Redis holds nothing.
+	ErrUnknownService = errors.New("dim: unknown service")
 	// ErrAlreadyStarted reports a second call of Start.
 	ErrAlreadyStarted = errors.New("dim: already started")
 	// ErrNotStarted reports a call that needs a running Manager before Start.

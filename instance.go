@@ -183,8 +183,9 @@ func (m *Manager[C, I]) reconcile() {
 	if session == "" || m.stopping.Load() {
 		return
 	}
-	ctx, span := m.tel.startReconcile(leaseCtx)
 	stats := reconcileStats{start: time.Now()}
+	ctx, span, links := m.tel.startReconcile(leaseCtx)
+	stats.links = links
 	defer func() { m.tel.endReconcile(ctx, span, stats) }()
 
 	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
@@ -274,6 +275,7 @@ func (m *Manager[C, I]) reconcile() {
 		}
 	}
 	stats.created, stats.failed = m.createAll(ctx, leaseCtx, session, jobs)
+	stats.waiting = len(m.tab.waiting)
 	m.publishView()
 }
 
@@ -376,18 +378,24 @@ func (m *Manager[C, I]) claim(ctx context.Context, session string, keys []string
 
 // release gives up claims after their instances were disconnected, and tells
 // the waiting claimants at once.
+// A claim whose release fails stays on the books and is released again at
+// the next reconcile, which is scheduled soon.
 func (m *Manager[C, I]) release(ctx context.Context, session string, keys []string) error {
-	for _, key := range keys {
-		delete(m.tab.claimed, key)
-	}
 	if len(keys) == 0 || session == "" {
+		for _, key := range keys {
+			delete(m.tab.claimed, key)
+		}
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
 	args := append([]string{m.s.nodeID, session, m.k.channel}, keys...)
 	if err := releaseScript.Exec(ctx, m.client, []string{m.k.owner}, args).Error(); err != nil {
+		m.tab.retryAt = time.Now().Add(m.claimRetry)
 		return fmt.Errorf("release: %w", err)
+	}
+	for _, key := range keys {
+		delete(m.tab.claimed, key)
 	}
 	return nil
 }
@@ -593,14 +601,20 @@ func (m *Manager[C, I]) callWithTimeout(ctx context.Context, key string, fn func
 	ctx, cancel := context.WithTimeout(ctx, m.s.timeout)
 	done := make(chan error, 1)
 	go func() {
-		defer cancel()
 		_, err := callSafely(func() (struct{}, error) { return struct{}{}, fn(ctx) })
 		done <- err
+		cancel()
 	}()
 	select {
 	case err := <-done:
 		return err
 	case <-ctx.Done():
+		// The parent may have ended as the call returned: prefer its result.
+		select {
+		case err := <-done:
+			return err
+		default:
+		}
 	}
 	if key != "" {
 		m.hung.add(key)

@@ -25,7 +25,7 @@ import (
 //	<p>:lock:…     rueidislock's leader lock
 //	<p>:events     the service's pub/sub channel
 //
-// where <p> is "dim:{service}".
+// where <p> is "dim:{service}", after the optional WithKeyPrefix.
 type keys struct {
 	prefix   string
 	nodes    string
@@ -42,8 +42,8 @@ type keys struct {
 	channel  string
 }
 
-func newKeys(service string) keys {
-	p := "dim:{" + service + "}"
+func newKeys(keyPrefix, service string) keys {
+	p := keyPrefix + "dim:{" + service + "}"
 	return keys{
 		prefix:   p,
 		nodes:    p + ":nodes",
@@ -71,7 +71,7 @@ const (
 	evDrain     = "drain"     // node: stopping, move its keys away
 	evLeave     = "leave"     // node...
 	evLeader    = "leader"    // node epoch
-	evAssign    = "assign"    // epoch node...: these nodes' keys changed
+	evAssign    = "assign"    // epoch traceparent node...: these nodes' keys changed
 	evRelease   = "release"   // node: it let some keys go
 	evConfig    = "config"    // the configs changed
 	evRebalance = "rebalance" // someone asks the leader to rebalance
@@ -227,17 +227,18 @@ return {l[1], l[3], ok}
 
 // writeScript applies a diff of the assignment, but only for the current
 // epoch, so a deposed leader can never write. It tells every node whose set
-// changed.
+// changed, passing on the rebalance's trace context ("-" if none) so that
+// each node's reconcile can link to the rebalance that caused it.
 //
 // KEYS: epoch assign set_1 … set_m (the per-node sets involved)
-// ARGV: epoch channel m node_1 … node_m then triples (key, new, old), where
-// new and old number the nodes (0: none).
+// ARGV: epoch channel traceparent m node_1 … node_m then triples (key, new,
+// old), where new and old number the nodes (0: none).
 // Returns 1, or 0 if the epoch is stale.
 var writeScript = script(`
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local m = tonumber(ARGV[3])
+local m = tonumber(ARGV[4])
 local touched = {}
-for i = 4 + m, #ARGV, 3 do
+for i = 5 + m, #ARGV, 3 do
   local key, new, old = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   if old > 0 then
     redis.call('SREM', KEYS[2 + old], key)
@@ -245,7 +246,7 @@ for i = 4 + m, #ARGV, 3 do
   end
   if new > 0 then
     redis.call('SADD', KEYS[2 + new], key)
-    redis.call('HSET', KEYS[2], key, ARGV[3 + new])
+    redis.call('HSET', KEYS[2], key, ARGV[4 + new])
     touched[new] = true
   else
     redis.call('HDEL', KEYS[2], key)
@@ -253,10 +254,10 @@ for i = 4 + m, #ARGV, 3 do
 end
 local notify = {}
 for i = 1, m do
-  if touched[i] then notify[#notify + 1] = ARGV[3 + i] end
+  if touched[i] then notify[#notify + 1] = ARGV[4 + i] end
 end
 if #notify > 0 then
-  redis.call('PUBLISH', ARGV[2], 'assign ' .. ARGV[1] .. ' ' .. table.concat(notify, ' '))
+  redis.call('PUBLISH', ARGV[2], 'assign ' .. ARGV[1] .. ' ' .. ARGV[3] .. ' ' .. table.concat(notify, ' '))
 end
 return 1
 `)

@@ -109,6 +109,24 @@ func WithService(name string) Option {
 	})
 }
 
+// prefixPattern restricts key prefixes like names, and allows an empty one.
+var prefixPattern = regexp.MustCompile(`^[A-Za-z0-9._:/@-]{0,64}$`)
+
+// WithKeyPrefix puts every Redis key and channel of the service under a
+// prefix, for sharing a Redis with other applications; ACL key patterns can
+// then name it. All replicas of a service must use the same prefix. Same
+// characters as [WithService], at most 64. Default: none, keys start with
+// "dim:{service}".
+func WithKeyPrefix(prefix string) Option {
+	return optionFunc(func(s *settings) error {
+		if !prefixPattern.MatchString(prefix) {
+			return invalid("WithKeyPrefix", "%q is not a valid prefix: use at most 64 letters, digits or . _ : / @ -", prefix)
+		}
+		s.keyPrefix = prefix
+		return nil
+	})
+}
+
 // WithRedis sets how to connect to Redis. TLS, ACL users, Sentinel and
 // Cluster all come through [rueidis.ClientOption]. Default: a single server
 // at 127.0.0.1:6379.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -17,78 +18,103 @@ var errStaleEpoch = errors.New("dim: epoch is stale")
 // rebalance never blocks Redis for long. Each chunk checks the epoch itself.
 const writeChunk = 4096
 
+// Triggers of a rebalance, as recorded on its span.
+const (
+	triggerElected   = "leader elected"
+	triggerExpiry    = "lease expiry"
+	triggerRefresh   = "config refresh"
+	triggerRequested = "rebalance requested"
+	triggerResub     = "resubscribed"
+	triggerStopping  = "leader stopping"
+)
+
+// leaderState is what a leader remembers between rebalances.
+type leaderState struct {
+	keys     []string // from the last successful getConfig; nil before one
+	print    string   // fingerprint of those configs
+	members  string   // the live nodes and weights last balanced over
+	observed time.Time
+}
+
 // leaderLoop rebalances on every trigger until leadership ends: membership
 // events, a lease that is about to expire, the config refresh schedule and
-// Rebalance requests.
-func (m *Manager[C, I]) leaderLoop(ctx context.Context, epoch uint64) {
+// Rebalance requests. It returns why it ended, or "" when ctx did.
+func (m *Manager[C, I]) leaderLoop(ctx context.Context, epoch uint64) string {
 	expiry := time.NewTimer(0)
 	defer expiry.Stop()
 	backoff := newBackoff(50*time.Millisecond, m.s.heartbeat)
-	trigger := "leader elected"
-	lastPrint := ""
+	var st leaderState
+	trigger := triggerElected
 	for {
-		next, fp, err := m.rebalance(ctx, epoch, trigger, lastPrint)
+		next, err := m.rebalance(ctx, epoch, trigger, &st)
 		switch {
 		case errors.Is(err, errStaleEpoch):
 			m.log.Warn("stepping down: a newer leader exists", "epoch", epoch)
-			return
+			return "write refused"
 		case err != nil:
 			if ctx.Err() != nil {
-				return
+				return ""
 			}
-			m.log.Warn("rebalance failed", "epoch", epoch, "err", err)
+			m.log.Warn("rebalance failed", "epoch", epoch, "trigger", trigger, "err", err)
 			expiry.Reset(backoff.next())
 		default:
 			backoff.reset()
-			lastPrint = fp
 			expiry.Reset(next)
+		}
+		if trigger == triggerRefresh || time.Since(st.observed) > m.s.nodeTTL {
+			m.observe(ctx, &st)
 		}
 		select {
 		case <-ctx.Done():
-			return
+			return ""
 		case trigger = <-m.leaderCh:
 		case <-expiry.C:
-			trigger = "lease expiry"
+			trigger = triggerExpiry
 		case done := <-m.handoffLeaderCh:
 			// This node is stopping: one last rebalance moves its keys
 			// away, then leadership is released.
-			if _, _, err := m.rebalance(ctx, epoch, "leader stopping", lastPrint); err != nil {
+			if _, err := m.rebalance(ctx, epoch, triggerStopping, &st); err != nil {
 				m.log.Warn("final rebalance failed", "err", err)
 			}
 			close(done)
-			return
+			return "handed off"
 		}
 	}
 }
 
-// rebalance computes and writes a new assignment. It returns how long until
-// the next lease may expire, when it should look again, and the fingerprint
-// of the configs it used.
-func (m *Manager[C, I]) rebalance(ctx context.Context, epoch uint64, trigger, lastPrint string) (time.Duration, string, error) {
-	ctx, span := m.tel.startRebalance(ctx, trigger, epoch)
-	var stats rebalanceStats
-	stats.start = time.Now()
-	next, fp, err := m.rebalanceOnce(ctx, epoch, lastPrint, &stats)
-	stats.err = err
-	m.tel.endRebalance(ctx, span, stats)
-	return next, fp, err
+// observe records how many keys are not running where they should, from a
+// status snapshot: both counts drain to zero after every disturbance.
+func (m *Manager[C, I]) observe(ctx context.Context, st *leaderState) {
+	st.observed = time.Now()
+	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	defer cancel()
+	status, err := readStatus(rctx, m.client, m.s.service, m.k)
+	if err != nil {
+		return
+	}
+	m.tel.setPending(len(status.Unowned), len(status.Misplaced))
 }
 
-func (m *Manager[C, I]) rebalanceOnce(ctx context.Context, epoch uint64, lastPrint string, stats *rebalanceStats) (time.Duration, string, error) {
+// rebalance computes and writes a new assignment. It returns how long until
+// the next lease may expire, when it should look again.
+func (m *Manager[C, I]) rebalance(ctx context.Context, epoch uint64, trigger string, st *leaderState) (time.Duration, error) {
+	start := time.Now()
 	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	now, live, err := m.members(rctx)
 	cancel()
 	if err != nil {
-		return 0, "", fmt.Errorf("read members: %w", err)
+		return 0, fmt.Errorf("read members: %w", err)
 	}
 	var nodes []Node
 	var earliest int64
+	var sig strings.Builder
 	for _, mb := range live {
 		if earliest == 0 || mb.expires < earliest {
 			earliest = mb.expires
 		}
-		if mb.weight > 0 { // weight 0: draining
+		if mb.weight > 0 { // 0: draining or pending
 			nodes = append(nodes, Node{ID: mb.id, Weight: mb.weight})
+			fmt.Fprintf(&sig, "%s=%d ", mb.id, mb.weight)
 		}
 	}
 	next := m.s.nodeTTL
@@ -96,39 +122,37 @@ func (m *Manager[C, I]) rebalanceOnce(ctx context.Context, epoch uint64, lastPri
 		// Look again just after the earliest lease can expire.
 		next = time.Duration(earliest-now)*time.Millisecond + 5*time.Millisecond
 	}
+	// A lease-expiry check that finds the same members is not worth a span.
+	if trigger == triggerExpiry && sig.String() == st.members {
+		return next, nil
+	}
+	ctx, span := m.tel.startRebalance(ctx, trigger, epoch, start)
+	stats := rebalanceStats{start: start}
+	stats.err = m.assign(ctx, epoch, nodes, st, &stats)
+	m.tel.endRebalance(ctx, span, stats)
+	if stats.err == nil {
+		st.members = sig.String()
+	}
+	return next, stats.err
+}
 
-	rctx, cancel = context.WithTimeout(ctx, m.s.heartbeat)
+// assign balances the keys over nodes and writes the difference.
+func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, nodes []Node, st *leaderState, stats *rebalanceStats) error {
+	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	prev, err := m.client.Do(rctx, m.client.B().Hgetall().Key(m.k.assign).Build()).AsStrMap()
 	cancel()
 	if err != nil {
-		return 0, "", fmt.Errorf("read assignment: %w", err)
+		return fmt.Errorf("read assignment: %w", err)
 	}
 
-	// Without configs the previous keys stay: a failing getConfig must not
-	// stop what runs.
-	fp := lastPrint
-	var keys []string
-	configs, err := m.loadConfigs(ctx)
-	if err != nil {
-		m.log.Error("cannot read configs; keeping the current keys", "err", err)
-		m.tel.configFailed(ctx)
-		for key := range prev {
-			keys = append(keys, key)
-		}
-	} else {
-		for key := range configs {
-			keys = append(keys, key)
-		}
-		fp = fingerprint(configs)
-	}
-
+	keys, keep := m.leaderKeys(ctx, st, prev)
 	assignment, err := Balance(prev, keys, nodes)
 	if err != nil {
-		return 0, "", err
+		return err
 	}
-	if configs == nil {
-		// Nodes may not be able to read configs either: move nothing that
-		// runs, only place the keys of departed nodes.
+	if keep {
+		// Without configs nodes may not be able to read them either: move
+		// nothing that runs, only place the keys of departed nodes.
 		liveIDs := make(map[string]bool, len(nodes))
 		for _, n := range nodes {
 			liveIDs[n.ID] = true
@@ -141,13 +165,38 @@ func (m *Manager[C, I]) rebalanceOnce(ctx context.Context, epoch uint64, lastPri
 	}
 	stats.nodes, stats.keys = len(nodes), len(assignment)
 	stats.moves = Moves(prev, assignment)
-	if err := m.writeAssignment(ctx, epoch, prev, assignment, stats); err != nil {
-		return 0, "", err
+	return m.writeAssignment(ctx, epoch, prev, assignment, stats)
+}
+
+// leaderKeys returns the keys to balance, from a fresh getConfig: a leader
+// that cannot read configs must not move running instances to nodes that
+// may not be able to read them either. If getConfig fails, the last keys
+// (or those of the current assignment) stay and keep is true.
+func (m *Manager[C, I]) leaderKeys(ctx context.Context, st *leaderState, prev Assignment) (keys []string, keep bool) {
+	configs, err := m.loadConfigs(ctx)
+	if err != nil {
+		m.log.Error("cannot read configs; keeping the current assignment", "err", err)
+		m.tel.configFailed(ctx)
+		if st.keys != nil {
+			return st.keys, true
+		}
+		for key := range prev {
+			keys = append(keys, key)
+		}
+		return keys, true
 	}
-	if fp != lastPrint && lastPrint != "" {
+	keys = make([]string, 0, len(configs))
+	for key := range configs {
+		keys = append(keys, key)
+	}
+	fp := fingerprint(configs)
+	if st.print != "" && fp != st.print {
+		// Content may have changed under unchanged keys: nodes read their
+		// configs again.
 		m.publish(ctx, evConfig)
 	}
-	return next, fp, nil
+	st.keys, st.print = keys, fp
+	return keys, false
 }
 
 // change is one key whose node changes; "" means none.
@@ -202,8 +251,8 @@ func (m *Manager[C, I]) writeChunk(ctx context.Context, epoch uint64, chunk []ch
 	}
 	keys := make([]string, 0, 2+len(nodes))
 	keys = append(keys, m.k.epoch, m.k.assign)
-	args := make([]string, 0, 3+len(nodes)+3*len(chunk))
-	args = append(args, strconv.FormatUint(epoch, 10), m.k.channel, strconv.Itoa(len(nodes)))
+	args := make([]string, 0, 4+len(nodes)+3*len(chunk))
+	args = append(args, strconv.FormatUint(epoch, 10), m.k.channel, traceparent(ctx), strconv.Itoa(len(nodes)))
 	for _, n := range nodes {
 		keys = append(keys, m.k.assigned(n))
 		args = append(args, n)

@@ -3,12 +3,14 @@ package dim
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -64,6 +66,9 @@ type telemetry struct {
 	log    *slog.Logger
 	base   []attribute.KeyValue
 
+	linksMu sync.Mutex
+	links   []trace.Link // rebalances that changed this node's keys
+
 	instances      metric.Int64Gauge
 	leader         metric.Int64Gauge
 	epoch          metric.Int64Gauge
@@ -74,6 +79,8 @@ type telemetry struct {
 	callbackFails  metric.Int64Counter
 	fences         metric.Int64Counter
 	configFails    metric.Int64Counter
+	unowned        metric.Int64Gauge
+	misplaced      metric.Int64Gauge
 	rebalanceTime  metric.Float64Histogram
 	reconcileTime  metric.Float64Histogram
 	createTime     metric.Float64Histogram
@@ -106,6 +113,8 @@ func newTelemetry(s settings, log *slog.Logger) *telemetry {
 	t.callbackFails, _ = meter.Int64Counter("dim.callback.failures", metric.WithDescription("Failed createInstance and disconnect calls, by operation."))
 	t.fences, _ = meter.Int64Counter("dim.fences", metric.WithDescription("Times this node fenced itself and stopped all its instances."))
 	t.configFails, _ = meter.Int64Counter("dim.config.failures", metric.WithDescription("Failed getConfig calls."))
+	t.unowned, _ = meter.Int64Gauge("dim.keys.unowned", metric.WithDescription("On the leader: keys assigned but not claimed by any live node."))
+	t.misplaced, _ = meter.Int64Gauge("dim.keys.misplaced", metric.WithDescription("On the leader: keys claimed by a live node they are not assigned to."))
 	t.rebalanceTime, _ = meter.Float64Histogram("dim.rebalance.duration", metric.WithUnit(metricSecondUnit), metric.WithDescription("Duration of rebalances."))
 	t.reconcileTime, _ = meter.Float64Histogram("dim.reconcile.duration", metric.WithUnit(metricSecondUnit), metric.WithDescription("Duration of reconciles."))
 	t.createTime, _ = meter.Float64Histogram("dim.create.duration", metric.WithUnit(metricSecondUnit), metric.WithDescription("Duration of createInstance calls."))
@@ -141,9 +150,14 @@ func (t *telemetry) fenced(ctx context.Context, reason string) {
 	t.fences.Add(ctx, 1, t.attrs())
 }
 
-// election records one attempt to lead and its outcome: won, forced, error.
-func (t *telemetry) election(ctx context.Context, start time.Time, outcome string, err error) {
+// election records one attempt to lead and its outcome (won, lost, forced,
+// error), or the end of a leadership (lock lost, write refused, handed off,
+// stepped down), which then spans the whole term.
+func (t *telemetry) election(ctx context.Context, start time.Time, outcome string, epoch uint64, err error) {
 	_, span := t.startAt(ctx, spanElection, start, attrOutcome.String(outcome))
+	if epoch != 0 {
+		span.SetAttributes(attrEpoch.Int64(int64(epoch)))
+	}
 	end(span, err)
 }
 
@@ -172,8 +186,8 @@ type rebalanceStats struct {
 	err                         error
 }
 
-func (t *telemetry) startRebalance(ctx context.Context, trigger string, epoch uint64) (context.Context, trace.Span) {
-	return t.start(ctx, spanRebalance, attrTrigger.String(trigger), attrEpoch.Int64(int64(epoch)))
+func (t *telemetry) startRebalance(ctx context.Context, trigger string, epoch uint64, at time.Time) (context.Context, trace.Span) {
+	return t.startAt(ctx, spanRebalance, at, attrTrigger.String(trigger), attrEpoch.Int64(int64(epoch)))
 }
 
 func (t *telemetry) endRebalance(ctx context.Context, span trace.Span, s rebalanceStats) {
@@ -194,11 +208,50 @@ type reconcileStats struct {
 	start                               time.Time
 	claimed, refused, created, replaced int
 	disconnected, released, failed      int
+	waiting                             int // keys whose claim must be retried
+	links                               []trace.Link
 	err                                 error
 }
 
-func (t *telemetry) startReconcile(ctx context.Context) (context.Context, trace.Span) {
-	return t.start(ctx, spanReconcile)
+// maxLinks bounds the rebalance links one reconcile span carries.
+const maxLinks = 8
+
+// traceparent encodes the span context of ctx for an event message, "-" if
+// there is none.
+func traceparent(ctx context.Context) string {
+	carrier := propagation.MapCarrier{}
+	propagation.TraceContext{}.Inject(ctx, carrier)
+	if tp := carrier.Get("traceparent"); tp != "" {
+		return tp
+	}
+	return "-"
+}
+
+// addLink remembers the rebalance named by an event's traceparent, so the
+// next reconcile links to it: the trace crosses from the leader to here.
+func (t *telemetry) addLink(tp string) {
+	sc := trace.SpanContextFromContext(propagation.TraceContext{}.Extract(context.Background(),
+		propagation.MapCarrier{"traceparent": tp}))
+	if !sc.IsValid() {
+		return
+	}
+	t.linksMu.Lock()
+	defer t.linksMu.Unlock()
+	if len(t.links) < maxLinks {
+		t.links = append(t.links, trace.Link{SpanContext: sc})
+	}
+}
+
+// startReconcile starts a reconcile span linked to the rebalances that woke
+// it; the links come back in the stats so that endReconcile can carry them
+// on while claims wait.
+func (t *telemetry) startReconcile(ctx context.Context) (context.Context, trace.Span, []trace.Link) {
+	t.linksMu.Lock()
+	links := t.links
+	t.links = nil
+	t.linksMu.Unlock()
+	ctx, span := t.tracer.Start(ctx, spanReconcile, trace.WithLinks(links...), trace.WithAttributes(t.base...))
+	return ctx, span, links
 }
 
 func (t *telemetry) endReconcile(ctx context.Context, span trace.Span, s reconcileStats) {
@@ -208,6 +261,17 @@ func (t *telemetry) endReconcile(ctx context.Context, span trace.Span, s reconci
 	t.reconcileTime.Record(ctx, time.Since(s.start).Seconds(), t.attrs())
 	if s.refused > 0 {
 		t.claimsRefused.Add(ctx, int64(s.refused), t.attrs())
+	}
+	if s.waiting > 0 {
+		// The keys still to claim were moved by those rebalances too: the
+		// reconcile that finally creates them links to them as well.
+		t.linksMu.Lock()
+		for _, l := range s.links {
+			if len(t.links) < maxLinks {
+				t.links = append(t.links, l)
+			}
+		}
+		t.linksMu.Unlock()
 	}
 	if s.err != nil {
 		t.log.Warn("reconcile incomplete", "err", s.err)
@@ -252,4 +316,10 @@ func (t *telemetry) configFailed(ctx context.Context) {
 
 func (t *telemetry) setInstances(n int) {
 	t.instances.Record(context.Background(), int64(n), t.attrs())
+}
+
+func (t *telemetry) setPending(unowned, misplaced int) {
+	ctx := context.Background()
+	t.unowned.Record(ctx, int64(unowned), t.attrs())
+	t.misplaced.Record(ctx, int64(misplaced), t.attrs())
 }

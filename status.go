@@ -1,0 +1,228 @@
+package dim
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// Status is a snapshot of a whole service as Redis holds it, read atomically:
+// who leads, which nodes are live, what is assigned where, who runs what, and
+// what is still moving. It is plain data with JSON tags, for dashboards and
+// the dimctl command.
+type Status struct {
+	Service string `json:"service"`
+	// ServerTime is Redis's clock when the snapshot was taken.
+	ServerTime time.Time `json:"server_time"`
+	// Leader is the recorded leader, "" if none; LeaderLive tells whether it
+	// is still a live member.
+	Leader     string `json:"leader"`
+	LeaderLive bool   `json:"leader_live"`
+	Epoch      uint64 `json:"epoch"`
+	// Nodes are the members whose lease has not expired, by ID.
+	Nodes []NodeStatus `json:"nodes"`
+	// Assignment maps every key to the node it is assigned to.
+	Assignment map[string]string `json:"assignment"`
+	// Owners maps every claimed key to the node that claimed it.
+	Owners map[string]Owner `json:"owners"`
+	// Unowned lists keys assigned but not claimed by a live node: not
+	// running anywhere.
+	Unowned []string `json:"unowned"`
+	// Misplaced lists keys claimed by a live node they are no longer
+	// assigned to: handoffs still under way.
+	Misplaced []string `json:"misplaced"`
+}
+
+// NodeStatus is one live member of a service.
+type NodeStatus struct {
+	ID string `json:"id"`
+	// Weight is the node's weight; 0 while it drains before stopping.
+	Weight int `json:"weight"`
+	// State is "active", "pending" (joined, first heartbeat not yet seen)
+	// or "draining".
+	State string `json:"state"`
+	// LeaseLeft is how long the lease runs without renewal.
+	LeaseLeft time.Duration `json:"lease_left_ns"`
+	// Assigned and Running count the keys assigned to the node and those it
+	// has claimed.
+	Assigned int `json:"assigned"`
+	Running  int `json:"running"`
+}
+
+// Owner is who claimed a key, with the claim's fencing token.
+type Owner struct {
+	Node  string `json:"node"`
+	Token uint64 `json:"token"`
+	Live  bool   `json:"live"`
+}
+
+// statusScript reads everything a Status needs in one atomic step.
+//
+// KEYS: nodes sessions weights leader assign owner
+// Returns {server_ms, leader{node,session,epoch}, nodes{id,expiry,weight,
+// session…}, assign{k,v…}, owner{k,v…}}.
+var statusScript = rueidis.NewLuaScriptReadOnly(luaPrelude + `
+local nodes = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
+local out = {}
+for i = 1, #nodes, 2 do
+  out[#out + 1] = nodes[i]
+  out[#out + 1] = nodes[i + 1]
+  out[#out + 1] = redis.call('HGET', KEYS[3], nodes[i]) or ''
+  out[#out + 1] = redis.call('HGET', KEYS[2], nodes[i]) or ''
+end
+return {now, redis.call('HMGET', KEYS[4], 'node', 'session', 'epoch'), out,
+  redis.call('HGETALL', KEYS[5]), redis.call('HGETALL', KEYS[6])}
+`)
+
+// Status reads a snapshot of the service from Redis. It may return an
+// error wrapping [ErrRedis], or [ErrNotStarted] before Start.
+func (m *Manager[C, I]) Status(ctx context.Context) (*Status, error) {
+	if m.state.Load() == stateNew {
+		return nil, ErrNotStarted
+	}
+	return readStatus(ctx, m.client, m.s.service, m.k)
+}
+
+// ReadStatus reads a snapshot of a service from Redis without running a
+// node, as the dimctl command does. opts must include [WithService] and the
+// service's [WithKeyPrefix] if it has one; other options are ignored. It
+// returns an error wrapping [ErrUnknownService] when Redis holds nothing of
+// the service, or [ErrRedis].
+func ReadStatus(ctx context.Context, client rueidis.Client, opts ...Option) (*Status, error) {
+	s, err := serviceSettings(opts)
+	if err != nil {
+		return nil, err
+	}
+	st, err := readStatus(ctx, client, s.service, newKeys(s.keyPrefix, s.service))
+	if err != nil {
+		return nil, err
+	}
+	if st.Leader == "" && len(st.Nodes) == 0 && len(st.Assignment) == 0 && len(st.Owners) == 0 {
+		return nil, fmt.Errorf("%w: %q has no nodes, leader or assignment in Redis", ErrUnknownService, s.service)
+	}
+	return st, nil
+}
+
+// RequestRebalance asks the leader of a service for an immediate rebalance
+// with fresh configs, without running a node. opts as for [ReadStatus].
+func RequestRebalance(ctx context.Context, client rueidis.Client, opts ...Option) error {
+	s, err := serviceSettings(opts)
+	if err != nil {
+		return err
+	}
+	k := newKeys(s.keyPrefix, s.service)
+	if err := client.Do(ctx, client.B().Publish().Channel(k.channel).Message(evRebalance).Build()).Error(); err != nil {
+		return fmt.Errorf("%w: %w", ErrRedis, err)
+	}
+	return nil
+}
+
+// serviceSettings applies options for the functions that only need to name
+// a service.
+func serviceSettings(opts []Option) (settings, error) {
+	s := defaultSettings()
+	for _, opt := range opts {
+		if opt == nil {
+			continue
+		}
+		if err := opt.apply(&s); err != nil {
+			return s, err
+		}
+	}
+	if s.service == "" {
+		return s, invalid("WithService", "a service name is required")
+	}
+	return s, nil
+}
+
+func readStatus(ctx context.Context, client rueidis.Client, service string, k keys) (*Status, error) {
+	res, err := statusScript.Exec(ctx, client,
+		[]string{k.nodes, k.sessions, k.weights, k.leader, k.assign, k.owner}, nil).ToArray()
+	if err != nil {
+		return nil, fmt.Errorf("%w: read status: %w", ErrRedis, err)
+	}
+	if len(res) != 5 {
+		return nil, fmt.Errorf("%w: read status: unexpected reply of %d values", ErrRedis, len(res))
+	}
+	now, _ := res[0].AsInt64()
+	st := &Status{
+		Service:    service,
+		ServerTime: time.UnixMilli(now).UTC(),
+		Assignment: map[string]string{},
+		Owners:     map[string]Owner{},
+	}
+
+	leader, _ := res[1].ToArray()
+	var leaderSession string
+	if len(leader) == 3 {
+		st.Leader, _ = leader[0].ToString()
+		leaderSession, _ = leader[1].ToString()
+		e, _ := leader[2].ToString()
+		st.Epoch, _ = strconv.ParseUint(e, 10, 64)
+	}
+
+	sessions := map[string]string{}
+	index := map[string]int{}
+	nodes, _ := res[2].AsStrSlice()
+	for i := 0; i+3 < len(nodes); i += 4 {
+		id := nodes[i]
+		exp, _ := strconv.ParseFloat(nodes[i+1], 64)
+		ns := NodeStatus{ID: id, State: "active", LeaseLeft: time.Duration(int64(exp)-now) * time.Millisecond}
+		switch w := nodes[i+2]; w {
+		case "pending":
+			ns.State = "pending"
+		default:
+			ns.Weight, _ = strconv.Atoi(w)
+			if ns.Weight == 0 {
+				ns.State = "draining"
+			}
+		}
+		sessions[id] = nodes[i+3]
+		index[id] = len(st.Nodes)
+		st.Nodes = append(st.Nodes, ns)
+	}
+	st.LeaderLive = st.Leader != "" && sessions[st.Leader] == leaderSession && leaderSession != ""
+
+	st.Assignment, _ = res[3].AsStrMap()
+	if st.Assignment == nil {
+		st.Assignment = map[string]string{}
+	}
+	owners, _ := res[4].AsStrMap()
+	for key, v := range owners {
+		f := strings.Fields(v)
+		if len(f) != 3 {
+			continue
+		}
+		token, _ := strconv.ParseUint(f[2], 10, 64)
+		st.Owners[key] = Owner{Node: f[0], Token: token, Live: sessions[f[0]] == f[1]}
+	}
+
+	for key, node := range st.Assignment {
+		if i, ok := index[node]; ok {
+			st.Nodes[i].Assigned++
+		}
+		if o, ok := st.Owners[key]; !ok || !o.Live {
+			st.Unowned = append(st.Unowned, key)
+		}
+	}
+	for key, o := range st.Owners {
+		if !o.Live {
+			continue
+		}
+		if i, ok := index[o.Node]; ok {
+			st.Nodes[i].Running++
+		}
+		if st.Assignment[key] != o.Node {
+			st.Misplaced = append(st.Misplaced, key)
+		}
+	}
+	slices.Sort(st.Unowned)
+	slices.Sort(st.Misplaced)
+	slices.SortFunc(st.Nodes, func(a, b NodeStatus) int { return strings.Compare(a.ID, b.ID) })
+	return st, nil
+}
