@@ -332,15 +332,27 @@ func (m *Manager[C, I]) Stop(ctx context.Context) error {
 	}
 	m.lease.end()
 	m.runCancel()
-	m.wg.Wait()
-	// Leadership released its lock in lead(); only now may the clients go.
+	// On a dead link, goroutines finish their last command and the clients
+	// their requests in flight only at their timeouts: Stop waits for them
+	// no longer than ctx allows.
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		m.wg.Wait()
+		// Leadership released its lock in lead(); only now may the
+		// clients go.
+		select {
+		case g := <-m.leader.forced:
+			g.release()
+		default:
+		}
+		m.locker.Close()
+		m.client.Close()
+	}()
 	select {
-	case g := <-m.leader.forced:
-		g.release()
-	default:
+	case <-closed:
+	case <-ctx.Done():
 	}
-	m.locker.Close()
-	m.client.Close()
 	m.state.Store(stateStopped)
 	m.log.Info("stopped", "took", time.Since(start))
 	return ctx.Err()
@@ -369,30 +381,57 @@ func (m *Manager[C, I]) Rebalance(ctx context.Context) error {
 
 // subscribeLoop listens on the service channel for as long as the node runs,
 // resubscribing after a lost connection. Messages may be lost while it is
-// away, so every resubscription triggers a full reconcile and rebalance.
+// away, so every resubscription triggers a full reconcile and rebalance. The
+// subscription has a connection of its own, which also suits servers that
+// allow no other command on a subscribed connection.
 func (m *Manager[C, I]) subscribeLoop(subscribed chan<- struct{}) {
 	var once sync.Once
-	var ok atomic.Bool
 	backoff := newBackoff(50*time.Millisecond, m.s.heartbeat)
 	for m.runCtx.Err() == nil {
-		ctx := rueidis.WithOnSubscriptionHook(m.runCtx, func(s rueidis.PubSubSubscription) {
-			if s.Kind != "subscribe" {
-				return
-			}
+		var ok atomic.Bool
+		err := m.subscribeOnce(func() {
 			ok.Store(true)
 			once.Do(func() { close(subscribed) })
 			m.triggerNode()
 			m.triggerLeader(triggerResub)
 		})
-		err := m.client.Receive(ctx, m.client.B().Subscribe().Channel(m.k.channel).Build(), m.onEvent)
 		if m.runCtx.Err() != nil {
 			return
 		}
 		m.log.Debug("subscription lost", "err", err)
-		if ok.Swap(false) {
+		if ok.Load() {
 			backoff.reset()
 		}
 		sleepCtx(m.runCtx, backoff.next())
+	}
+}
+
+// subscribeOnce holds one subscription until its connection breaks or the
+// node stops; onSubscribed runs once the server confirmed it.
+func (m *Manager[C, I]) subscribeOnce(onSubscribed func()) error {
+	// Closed, not returned to the pool: unsubscribing a connection that is
+	// cut off would block for the write timeout.
+	dc, _ := m.client.Dedicate()
+	defer dc.Close()
+	lost := dc.SetPubSubHooks(rueidis.PubSubHooks{
+		OnMessage: m.onEvent,
+		OnSubscription: func(s rueidis.PubSubSubscription) {
+			if s.Kind == "subscribe" {
+				onSubscribed()
+			}
+		},
+	})
+	ctx, cancel := context.WithTimeout(m.runCtx, m.s.heartbeat)
+	err := dc.Do(ctx, dc.B().Subscribe().Channel(m.k.channel).Build()).Error()
+	cancel()
+	if err != nil {
+		return err
+	}
+	select {
+	case err = <-lost:
+		return err
+	case <-m.runCtx.Done():
+		return nil
 	}
 }
 

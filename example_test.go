@@ -1,10 +1,15 @@
 package dim_test
 
 import (
+	"context"
 	"fmt"
 	"slices"
+	"sync"
+	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/go-dim/dim"
+	"github.com/redis/rueidis"
 )
 
 // Balance places ten keys on three nodes, then a fourth node joins: it takes
@@ -47,4 +52,186 @@ func ExampleBalance() {
 	// b [k5 k8 k9]
 	// c [k0 k4]
 	// d [k3 k6]
+}
+
+// Feed is the config type of the examples: one upstream to poll.
+type Feed struct {
+	Name string
+	URL  string
+}
+
+// Conn is the instance type of the examples: a connection to a feed.
+type Conn struct {
+	Feed Feed
+}
+
+// waitFor polls cond for up to five seconds.
+func waitFor(cond func() bool) bool {
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return false
+}
+
+// sortedKeys lists a map's keys in order.
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// A replica of a service with three feeds. Every replica runs the same
+// code; dim gives each its share and moves work when replicas come and go.
+// The example runs an in-process Redis; a deployment passes its own address.
+func ExampleNew() {
+	redis, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer redis.Close()
+
+	getConfig := func(ctx context.Context) ([]Feed, error) {
+		return []Feed{{"prices", "wss://a.example"}, {"news", "wss://b.example"}, {"weather", "wss://c.example"}}, nil
+	}
+	connect := func(ctx context.Context, f Feed) (*Conn, error) {
+		// ctx lives as long as the instance: a worker started here stops
+		// when dim cancels it.
+		return &Conn{Feed: f}, nil
+	}
+	ping := func(ctx context.Context, c *Conn) error { return nil }
+	var mu sync.Mutex
+	var closed []string
+	closeConn := func(ctx context.Context, c *Conn) error {
+		mu.Lock()
+		defer mu.Unlock()
+		closed = append(closed, c.Feed.Name)
+		return nil
+	}
+
+	m, err := dim.New(getConfig, connect,
+		dim.WithService("feeds"),
+		dim.WithRedis(rueidis.ClientOption{InitAddress: []string{redis.Addr()}, DisableCache: true}),
+		dim.WithKey(func(f Feed) string { return f.Name }),
+		dim.WithHealthcheck(ping),
+		dim.WithDisconnect(closeConn),
+		// Short leases keep the example quick; the defaults suit production.
+		dim.WithNodeTTL(500*time.Millisecond),
+		dim.WithHeartbeat(100*time.Millisecond),
+	)
+	if err != nil {
+		panic(err)
+	}
+	if err := m.Start(context.Background()); err != nil {
+		panic(err)
+	}
+	waitFor(func() bool { return len(m.Instances()) == 3 })
+	fmt.Println("running:", sortedKeys(m.Instances()), "leader:", m.IsLeader())
+
+	if err := m.Stop(context.Background()); err != nil {
+		panic(err)
+	}
+	slices.Sort(closed)
+	fmt.Println("closed:", closed)
+	// Output:
+	// running: [news prices weather] leader: true
+	// closed: [news prices weather]
+}
+
+// With a key, a config keeps its identity when its content changes: the
+// instance is replaced in place. Without one, dim keys a config by a hash of
+// its JSON, so any change makes a new instance.
+func ExampleWithKey() {
+	redis, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer redis.Close()
+
+	var mu sync.Mutex
+	url := "wss://old.example"
+	getConfig := func(ctx context.Context) ([]Feed, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return []Feed{{Name: "prices", URL: url}}, nil
+	}
+	connect := func(ctx context.Context, f Feed) (*Conn, error) {
+		fmt.Println("connect", f.Name, f.URL)
+		return &Conn{Feed: f}, nil
+	}
+	closeConn := func(ctx context.Context, c *Conn) error {
+		fmt.Println("close", c.Feed.Name, c.Feed.URL)
+		return nil
+	}
+	m, err := dim.New(getConfig, connect,
+		dim.WithService("keyed"),
+		dim.WithRedis(rueidis.ClientOption{InitAddress: []string{redis.Addr()}, DisableCache: true}),
+		dim.WithKey(func(f Feed) string { return f.Name }),
+		dim.WithDisconnect(closeConn),
+		dim.WithNodeTTL(500*time.Millisecond),
+		dim.WithHeartbeat(100*time.Millisecond),
+	)
+	if err != nil {
+		panic(err)
+	}
+	if err := m.Start(context.Background()); err != nil {
+		panic(err)
+	}
+	defer m.Stop(context.Background())
+	waitFor(func() bool { return len(m.Instances()) == 1 })
+
+	mu.Lock()
+	url = "wss://new.example"
+	mu.Unlock()
+	_ = m.Rebalance(context.Background()) // or wait for the config refresh schedule
+	waitFor(func() bool { return m.Instances()["prices"].Feed.URL == "wss://new.example" })
+	// Output:
+	// connect prices wss://old.example
+	// close prices wss://old.example
+	// connect prices wss://new.example
+	// close prices wss://new.example
+}
+
+// Stop hands the replica's instances to the others and returns once they
+// are disconnected, or when ctx ends.
+func ExampleManager_Stop() {
+	redis, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer redis.Close()
+
+	m, err := dim.New(
+		func(ctx context.Context) ([]Feed, error) { return []Feed{{Name: "prices"}}, nil },
+		func(ctx context.Context, f Feed) (*Conn, error) { return &Conn{Feed: f}, nil },
+		dim.WithService("stopping"),
+		dim.WithRedis(rueidis.ClientOption{InitAddress: []string{redis.Addr()}, DisableCache: true}),
+		dim.WithDisconnect(func(ctx context.Context, c *Conn) error {
+			fmt.Println("closing", c.Feed.Name)
+			return nil
+		}),
+		dim.WithNodeTTL(500*time.Millisecond),
+		dim.WithHeartbeat(100*time.Millisecond),
+	)
+	if err != nil {
+		panic(err)
+	}
+	if err := m.Start(context.Background()); err != nil {
+		panic(err)
+	}
+	waitFor(func() bool { return len(m.Instances()) == 1 })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = m.Stop(ctx)
+	fmt.Println("stopped:", err, "running:", len(m.Instances()))
+	fmt.Println("again:", m.Stop(ctx))
+	// Output:
+	// closing prices
+	// stopped: <nil> running: 0
+	// again: dim: stopped
 }

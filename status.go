@@ -66,7 +66,7 @@ type Owner struct {
 // KEYS: nodes sessions weights leader assign owner
 // Returns {server_ms, leader{node,session,epoch}, nodes{id,expiry,weight,
 // session…}, assign{k,v…}, owner{k,v…}}.
-var statusScript = rueidis.NewLuaScriptReadOnly(luaPrelude + `
+var statusScript = rueidis.NewLuaScript(luaPrelude + `
 local nodes = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
 local out = {}
 for i = 1, #nodes, 2 do
