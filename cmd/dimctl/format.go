@@ -1,0 +1,144 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/go-dim/dim"
+)
+
+// maxListed is how many keys a line of the text output names before it
+// shortens to a count; -json always has them all.
+const maxListed = 10
+
+// writeStatus prints a snapshot for people: a summary, the live nodes as a
+// table, the keys each node runs, and the keys not yet running where they
+// are assigned. Nodes and keys come sorted, so equal snapshots print alike.
+func writeStatus(w io.Writer, st *dim.Status) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+
+	leader := "none"
+	switch {
+	case st.Leader != "" && st.LeaderLive:
+		leader = st.Leader + " (live)"
+	case st.Leader != "":
+		leader = st.Leader + " (not live: its lease ran out or it rejoined; a new leader takes over)"
+	}
+	running := 0
+	for _, o := range st.Owners {
+		if o.Live {
+			running++
+		}
+	}
+	fmt.Fprintf(tw, "service\t%s\n", st.Service)
+	fmt.Fprintf(tw, "leader\t%s\n", leader)
+	fmt.Fprintf(tw, "epoch\t%d\n", st.Epoch)
+	fmt.Fprintf(tw, "keys\t%d assigned, %d running\n", len(st.Assignment), running)
+	fmt.Fprintf(tw, "time\t%s (Redis)\n", st.ServerTime.UTC().Format("2006-01-02 15:04:05.000 MST"))
+
+	nodes := sortedNodes(st.Nodes)
+	fmt.Fprintln(tw)
+	if len(nodes) == 0 {
+		fmt.Fprintln(tw, "no live nodes")
+	} else {
+		fmt.Fprintln(tw, "NODE\tWEIGHT\tSTATE\tLEASE LEFT\tASSIGNED\tRUNNING")
+		for _, n := range nodes {
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\n",
+				n.ID, n.Weight, n.State, roundLease(n.LeaseLeft), n.Assigned, n.Running)
+		}
+
+		runs := map[string][]string{}
+		for key, o := range st.Owners {
+			if o.Live {
+				runs[o.Node] = append(runs[o.Node], key)
+			}
+		}
+		fmt.Fprintln(tw)
+		fmt.Fprintln(tw, "INSTANCES")
+		for _, n := range nodes {
+			fmt.Fprintf(tw, "%s\t%s\n", n.ID, list(runs[n.ID], nil))
+		}
+	}
+
+	fmt.Fprintln(tw)
+	fmt.Fprintln(tw, "PENDING")
+	fmt.Fprintf(tw, "unowned\t%d\t%s\n", len(st.Unowned), list(st.Unowned, func(key string) string {
+		return key + " (to " + st.Assignment[key] + ")"
+	}))
+	fmt.Fprintf(tw, "misplaced\t%d\t%s\n", len(st.Misplaced), list(st.Misplaced, func(key string) string {
+		return key + " (" + st.Owners[key].Node + " to " + st.Assignment[key] + ")"
+	}))
+	return tw.Flush()
+}
+
+// list joins keys sorted, each shown by show if it is not nil, naming at most
+// maxListed of them.
+func list(keys []string, show func(string) string) string {
+	if len(keys) == 0 {
+		return "-"
+	}
+	keys = slices.Sorted(slices.Values(keys))
+	shown := keys[:min(len(keys), maxListed)]
+	if show != nil {
+		shown = slices.Clone(shown)
+		for i, k := range shown {
+			shown[i] = show(k)
+		}
+	}
+	s := strings.Join(shown, ", ")
+	if more := len(keys) - len(shown); more > 0 {
+		s += fmt.Sprintf(", … (%d more)", more)
+	}
+	return s
+}
+
+// roundLease shortens a lease to the precision that matters to people.
+func roundLease(d time.Duration) string {
+	switch {
+	case d >= 10*time.Second:
+		return d.Round(time.Second).String()
+	case d >= time.Second:
+		return d.Round(100 * time.Millisecond).String()
+	default:
+		return d.Round(time.Millisecond).String()
+	}
+}
+
+// writeJSON prints a snapshot as indented JSON, with empty lists as [] rather
+// than null so that consumers need no special case. Map keys come sorted.
+func writeJSON(w io.Writer, st *dim.Status) error {
+	out := *st
+	out.Nodes = orEmpty(sortedNodes(st.Nodes))
+	out.Unowned = orEmpty(slices.Sorted(slices.Values(st.Unowned)))
+	out.Misplaced = orEmpty(slices.Sorted(slices.Values(st.Misplaced)))
+	if out.Assignment == nil {
+		out.Assignment = map[string]string{}
+	}
+	if out.Owners == nil {
+		out.Owners = map[string]dim.Owner{}
+	}
+	data, err := json.MarshalIndent(out, "", "  ")
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(data, '\n'))
+	return err
+}
+
+func sortedNodes(nodes []dim.NodeStatus) []dim.NodeStatus {
+	return slices.SortedFunc(slices.Values(nodes), func(a, b dim.NodeStatus) int {
+		return strings.Compare(a.ID, b.ID)
+	})
+}
+
+func orEmpty[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}

@@ -1,0 +1,379 @@
+// Command dimctl shows and steers a dim service from the outside: who leads,
+// which nodes are live, which instances each node runs and which keys are
+// still moving. It reads everything from the service's Redis and runs no node
+// itself.
+//
+// Usage:
+//
+//	dimctl [flags] <command> <service>
+//
+// The commands are status, watch and rebalance; `dimctl -h` lists the flags.
+// dimctl exits 0 on success, 1 when Redis or the service is not as expected,
+// and 2 on bad usage.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/go-dim/dim"
+	"github.com/redis/rueidis"
+)
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+// passwordEnv names the environment variable read when -password is not
+// given, so that the password need not show in the process list.
+const passwordEnv = "DIMCTL_PASSWORD"
+
+const usageHead = `Usage: dimctl [flags] <command> <service>
+
+Shows and steers a dim service through the Redis it coordinates in.
+
+Commands:
+  status     leader, epoch, live nodes, the instances each node runs, and the
+             keys not yet running where they are assigned
+  watch      status, redrawn every -interval until Ctrl-C
+  rebalance  ask the service's leader to rebalance now
+
+Flags may come before or after the command. The password may also come from
+$` + passwordEnv + `.
+
+Flags:
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// options is the parsed command line.
+type options struct {
+	redis    string
+	prefix   string
+	json     bool
+	timeout  time.Duration
+	interval time.Duration
+	count    int
+	user     string
+	password string
+	tls      bool
+
+	command string
+	service string
+}
+
+// run is dimctl without the process around it: it returns the exit code and
+// ends when ctx does (watch) or when its command is done.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs, o := newFlagSet()
+	if err := o.parse(fs, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printUsage(stdout, fs)
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "dimctl: %v\n\n", err)
+		printUsage(stderr, fs)
+		return exitUsage
+	}
+
+	client, err := connect(o)
+	if err != nil {
+		fmt.Fprintf(stderr, "dimctl: %s\n", o.describeConnect(err))
+		return exitFailure
+	}
+	defer client.Close()
+
+	switch o.command {
+	case "status":
+		err = o.status(ctx, client, stdout)
+	case "watch":
+		err = o.watch(ctx, client, stdout, stderr)
+	case "rebalance":
+		err = o.rebalance(ctx, client, stdout)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "dimctl: %s\n", o.describe(err))
+		return exitFailure
+	}
+	return exitOK
+}
+
+func newFlagSet() (*flag.FlagSet, *options) {
+	o := &options{}
+	fs := flag.NewFlagSet("dimctl", flag.ContinueOnError)
+	// Errors and usage are printed by run, once.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	fs.StringVar(&o.redis, "redis", dim.DefaultRedisAddress, "`host:port` of Redis; comma-separate several to try for a cluster")
+	fs.StringVar(&o.prefix, "prefix", "", "the service's key `prefix`, as given to dim.WithKeyPrefix")
+	fs.BoolVar(&o.json, "json", false, "print the status as indented JSON")
+	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "bound on connecting and on each Redis call")
+	fs.DurationVar(&o.interval, "interval", time.Second, "watch: time between refreshes")
+	fs.IntVar(&o.count, "count", 0, "watch: stop after `N` refreshes; 0 means until interrupted")
+	fs.StringVar(&o.user, "user", "", "Redis ACL user `name`")
+	fs.StringVar(&o.password, "password", "", "Redis `password` (default $"+passwordEnv+")")
+	fs.BoolVar(&o.tls, "tls", false, "connect with TLS, verifying the server against the system's roots")
+	return fs, o
+}
+
+func printUsage(w io.Writer, fs *flag.FlagSet) {
+	fmt.Fprint(w, usageHead)
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
+}
+
+// parse reads the command line, allowing flags after the positional
+// arguments too, and checks it as far as it can without Redis.
+func (o *options) parse(fs *flag.FlagSet, args []string) error {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		rest := fs.Args()
+		if n := len(args) - len(rest); n > 0 && args[n-1] == "--" {
+			pos = append(pos, rest...)
+			break
+		}
+		if len(rest) == 0 {
+			break
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+
+	switch len(pos) {
+	case 0:
+		return errors.New("missing command and service")
+	case 1:
+		return fmt.Errorf("missing service after %q", pos[0])
+	case 2:
+	default:
+		return fmt.Errorf("too many arguments: %q", pos[2:])
+	}
+	o.command, o.service = pos[0], pos[1]
+	switch o.command {
+	case "status", "watch", "rebalance":
+	default:
+		return fmt.Errorf("unknown command %q", o.command)
+	}
+
+	if o.redis == "" {
+		return errors.New("-redis is empty")
+	}
+	if o.timeout <= 0 {
+		return fmt.Errorf("-timeout %v is not positive", o.timeout)
+	}
+	if o.interval <= 0 {
+		return fmt.Errorf("-interval %v is not positive", o.interval)
+	}
+	if o.count < 0 {
+		return fmt.Errorf("-count %d is negative", o.count)
+	}
+	if o.password == "" {
+		o.password = os.Getenv(passwordEnv)
+	}
+	return checkNames(o.service, o.prefix)
+}
+
+// checkNames validates the service name and key prefix with dim's own rules.
+// dim.New checks its options and connects to nothing, so it serves as the
+// validator; the Manager is dropped unused.
+func checkNames(service, prefix string) error {
+	_, err := dim.New(
+		func(context.Context) ([]string, error) { return nil, nil },
+		func(context.Context, string) (string, error) { return "", nil },
+		dim.WithService(service), dim.WithKeyPrefix(prefix))
+	if err != nil {
+		return errors.New(strings.TrimPrefix(err.Error(), dim.ErrInvalidOption.Error()+": "))
+	}
+	return nil
+}
+
+// dimOptions name the service for dim.ReadStatus and dim.RequestRebalance.
+func (o *options) dimOptions() []dim.Option {
+	return []dim.Option{dim.WithService(o.service), dim.WithKeyPrefix(o.prefix)}
+}
+
+func connect(o *options) (rueidis.Client, error) {
+	opt := rueidis.ClientOption{
+		InitAddress: strings.Split(o.redis, ","),
+		// No client-side caching: it needs RESP3 and CLIENT TRACKING, which
+		// not every server or ACL user has, and dimctl reads each key once.
+		DisableCache:     true,
+		Username:         o.user,
+		Password:         o.password,
+		ConnWriteTimeout: o.timeout,
+	}
+	opt.Dialer.Timeout = o.timeout
+	if o.tls {
+		// No ServerName: crypto/tls takes it from each address dialled,
+		// which also holds for the other nodes of a cluster.
+		opt.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	return rueidis.NewClient(opt)
+}
+
+// readStatus reads one snapshot, bounded by -timeout.
+func (o *options) readStatus(ctx context.Context, client rueidis.Client) (*dim.Status, error) {
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	return dim.ReadStatus(ctx, client, o.dimOptions()...)
+}
+
+func (o *options) status(ctx context.Context, client rueidis.Client, stdout io.Writer) error {
+	st, err := o.readStatus(ctx, client)
+	if err != nil {
+		return err
+	}
+	return o.write(stdout, st)
+}
+
+// write prints a snapshot in the format chosen by -json.
+func (o *options) write(w io.Writer, st *dim.Status) error {
+	if o.json {
+		return writeJSON(w, st)
+	}
+	return writeStatus(w, st)
+}
+
+// ANSI sequences: cursor home, then erase the whole screen.
+const clearScreen = "\x1b[H\x1b[2J"
+
+// watch prints a snapshot every -interval until ctx ends or -count snapshots
+// are out. A terminal is redrawn in place; anything else gets the snapshots
+// one after another, separated by a blank line. The first read must succeed,
+// so that a wrong name or address fails at once; later failures are shown
+// and retried, since Redis restarting is what one may be watching.
+func (o *options) watch(ctx context.Context, client rueidis.Client, stdout, stderr io.Writer) error {
+	tty := isTerminal(stdout)
+	ticker := time.NewTicker(o.interval)
+	defer ticker.Stop()
+	var frame strings.Builder
+	for n := 1; ; n++ {
+		st, err := o.readStatus(ctx, client)
+		if ctx.Err() != nil {
+			return nil // interrupted: the normal end of a watch
+		}
+		if err != nil && n == 1 {
+			return err
+		}
+
+		frame.Reset()
+		if tty {
+			fmt.Fprintf(&frame, "%sdimctl watch %s: every %v, Ctrl-C to quit\n\n", clearScreen, o.service, o.interval)
+		} else if n > 1 {
+			frame.WriteString("\n")
+		}
+		switch {
+		case err != nil && tty:
+			fmt.Fprintf(&frame, "dimctl: %s (retrying)\n", o.describe(err))
+		case err != nil:
+			fmt.Fprintf(stderr, "dimctl: %s (retrying)\n", o.describe(err))
+		default:
+			if err := o.write(&frame, st); err != nil {
+				return err
+			}
+		}
+		// One write per frame, so that a terminal does not flicker.
+		if _, err := io.WriteString(stdout, frame.String()); err != nil {
+			return err
+		}
+
+		if o.count > 0 && n >= o.count {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ticker.C:
+		}
+	}
+}
+
+// isTerminal reports whether w is a character device such as a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	info, err := f.Stat()
+	return err == nil && info.Mode()&os.ModeCharDevice != 0
+}
+
+// rebalance asks the leader for a rebalance. It reads the status first: a
+// request to a service that does not exist, or has no live leader, would go
+// unheard without a word.
+func (o *options) rebalance(ctx context.Context, client rueidis.Client, stdout io.Writer) error {
+	st, err := o.readStatus(ctx, client)
+	if err != nil {
+		return err
+	}
+	if !st.LeaderLive {
+		return fmt.Errorf("service %q has no live leader to rebalance it; a new leader rebalances once elected", o.service)
+	}
+	rctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	if err := dim.RequestRebalance(rctx, client, o.dimOptions()...); err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(stdout, "rebalance of %q requested from leader %s (epoch %d)\n", o.service, st.Leader, st.Epoch)
+	return err
+}
+
+// describe turns an error into the message after "dimctl: ", naming the
+// Redis address and what to check, without Go's error chain jargon.
+func (o *options) describe(err error) string {
+	var rerr *rueidis.RedisError
+	switch {
+	case errors.Is(err, dim.ErrUnknownService):
+		return fmt.Sprintf("no service %q in Redis at %s (check the name and -prefix)", o.service, o.redis)
+	case errors.Is(err, context.Canceled):
+		return "interrupted"
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Sprintf("no answer from Redis at %s within %v (see -timeout)", o.redis, o.timeout)
+	case errors.As(err, &rerr):
+		return fmt.Sprintf("Redis at %s refused: %s", o.redis, rerr.Error())
+	case errors.Is(err, dim.ErrRedis):
+		return fmt.Sprintf("cannot reach Redis at %s: %s", o.redis,
+			strings.TrimPrefix(err.Error(), dim.ErrRedis.Error()+": "))
+	default:
+		return err.Error()
+	}
+}
+
+// describeConnect is describe for the errors of rueidis.NewClient: a refused
+// login, or anything from dialling to the handshake.
+func (o *options) describeConnect(err error) string {
+	var rerr *rueidis.RedisError
+	var nerr net.Error
+	switch {
+	case errors.As(err, &rerr):
+		return fmt.Sprintf("Redis at %s refused: %s", o.redis, rerr.Error())
+	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &nerr) && nerr.Timeout():
+		return fmt.Sprintf("no answer from Redis at %s within %v (see -timeout)", o.redis, o.timeout)
+	case !o.tls && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)):
+		// What a TLS-only server does to a plain connection.
+		return fmt.Sprintf("cannot reach Redis at %s: %v (does it need -tls?)", o.redis, err)
+	}
+	return fmt.Sprintf("cannot reach Redis at %s: %v", o.redis, err)
+}

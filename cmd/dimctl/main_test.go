@@ -1,0 +1,469 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-dim/dim"
+	"github.com/go-dim/dim/internal/redistest"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+)
+
+// TestMain fails the package's tests if any goroutine outlives them.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, redistest.GoleakOptions()...)
+}
+
+// testPrefix is the key prefix of the test service, so that every test also
+// checks that -prefix reaches dim.
+const testPrefix = "t:"
+
+// dimctl runs the command line and returns its exit code and output.
+func dimctl(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	var out, errOut bytes.Buffer
+	code = run(ctx, args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+// startService runs two dim nodes, n1 and n2, of a service with keys a, b and
+// c, and returns once every key runs on the node it is assigned to.
+func startService(t *testing.T, srv *redistest.Server, service string) *dim.Status {
+	t.Helper()
+	for _, id := range []string{"n1", "n2"} {
+		m, err := dim.New(
+			func(context.Context) ([]string, error) { return []string{"a", "b", "c"}, nil },
+			func(_ context.Context, cfg string) (string, error) { return cfg, nil },
+			dim.WithService(service), dim.WithKeyPrefix(testPrefix),
+			dim.WithKey(func(c string) string { return c }),
+			dim.WithRedis(srv.ClientOption()), dim.WithNodeID(id),
+			dim.WithNodeTTL(time.Second), dim.WithHeartbeat(100*time.Millisecond),
+			dim.WithLeaderLockTTL(time.Second), dim.WithLeaderLockRefresh(200*time.Millisecond))
+		require.NoError(t, err)
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		require.NoError(t, m.Start(ctx))
+		cancel()
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			assert.NoError(t, m.Stop(ctx))
+		})
+	}
+
+	// The first claims of a fresh service wait out a grace period of one
+	// node TTL, so poll until everything runs where it is assigned.
+	client := srv.Client(t)
+	var settled *dim.Status
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		st, err := dim.ReadStatus(t.Context(), client, dim.WithService(service), dim.WithKeyPrefix(testPrefix))
+		require.NoError(c, err)
+		require.True(c, st.LeaderLive, "leader live")
+		require.Len(c, st.Assignment, 3)
+		require.Empty(c, st.Unowned)
+		require.Empty(c, st.Misplaced)
+		require.Len(c, st.Nodes, 2)
+		for _, n := range st.Nodes {
+			require.Equal(c, "active", n.State, n.ID)
+			require.Positive(c, n.Running, n.ID)
+			require.Equal(c, n.Assigned, n.Running, n.ID)
+		}
+		settled = st
+	}, 15*time.Second, 20*time.Millisecond)
+	return settled
+}
+
+// keysOf returns the sorted keys each node runs.
+func keysOf(st *dim.Status) map[string][]string {
+	runs := map[string][]string{}
+	for key, o := range st.Owners {
+		if o.Live {
+			runs[o.Node] = append(runs[o.Node], key)
+		}
+	}
+	for _, keys := range runs {
+		slices.Sort(keys)
+	}
+	return runs
+}
+
+func TestAgainstALiveService(t *testing.T) {
+	srv := redistest.Start(t)
+	want := startService(t, srv, "svc")
+	conn := []string{"-redis", srv.Addr(), "-prefix", testPrefix}
+	args := func(extra ...string) []string { return append(slices.Clone(conn), extra...) }
+
+	t.Run("status shows the leader, both nodes and the keys each runs", func(t *testing.T) {
+		code, out, errOut := dimctl(t, args("status", "svc")...)
+		require.Equal(t, 0, code, errOut)
+		assert.Empty(t, errOut)
+		assert.Regexp(t, `(?m)^service +svc$`, out)
+		assert.Regexp(t, fmt.Sprintf(`(?m)^leader +%s \(live\)$`, want.Leader), out)
+		assert.Regexp(t, fmt.Sprintf(`(?m)^epoch +%d$`, want.Epoch), out)
+		assert.Regexp(t, `(?m)^keys +3 assigned, 3 running$`, out)
+		assert.Regexp(t, `(?m)^NODE +WEIGHT +STATE +LEASE LEFT +ASSIGNED +RUNNING$`, out)
+		for id, keys := range keysOf(want) {
+			n := len(keys)
+			assert.Regexp(t, fmt.Sprintf(`(?m)^%s +1 +active +\S+ +%d +%d$`, id, n, n), out)
+			assert.Regexp(t, fmt.Sprintf(`(?m)^%s +%s$`, id, regexp.QuoteMeta(strings.Join(keys, ", "))), out)
+		}
+		assert.Regexp(t, `(?m)^unowned +0 +-$`, out)
+		assert.Regexp(t, `(?m)^misplaced +0 +-$`, out)
+		t.Logf("dimctl status:\n%s", out)
+	})
+
+	t.Run("status -json decodes back into the status", func(t *testing.T) {
+		// Flags after the command work too.
+		code, out, errOut := dimctl(t, args("status", "svc", "-json")...)
+		require.Equal(t, 0, code, errOut)
+		var got dim.Status
+		require.NoError(t, json.Unmarshal([]byte(out), &got))
+		assert.Equal(t, "svc", got.Service)
+		assert.Equal(t, want.Leader, got.Leader)
+		assert.True(t, got.LeaderLive)
+		assert.Equal(t, want.Epoch, got.Epoch)
+		assert.Equal(t, want.Assignment, got.Assignment)
+		assert.Equal(t, want.Owners, got.Owners)
+		assert.Empty(t, got.Unowned)
+		assert.Empty(t, got.Misplaced)
+		assert.WithinDuration(t, time.Now(), got.ServerTime, 10*time.Second)
+		require.Len(t, got.Nodes, len(want.Nodes))
+		for i, n := range got.Nodes {
+			w := want.Nodes[i]
+			assert.Equal(t, []any{w.ID, w.Weight, w.State, w.Assigned, w.Running},
+				[]any{n.ID, n.Weight, n.State, n.Assigned, n.Running})
+			assert.Positive(t, n.LeaseLeft)
+		}
+	})
+
+	t.Run("watch -count 2 prints two snapshots", func(t *testing.T) {
+		code, out, errOut := dimctl(t, args("-interval", "10ms", "-count", "2", "watch", "svc")...)
+		require.Equal(t, 0, code, errOut)
+		assert.Len(t, regexp.MustCompile(`(?m)^service +svc$`).FindAllString(out, -1), 2)
+		assert.Contains(t, out, "misplaced  0  -\n\nservice", "snapshots separated by a blank line")
+		assert.NotContains(t, out, "\x1b", "no ANSI codes when stdout is not a terminal")
+	})
+
+	t.Run("watch -json -count 3 prints a stream of three statuses", func(t *testing.T) {
+		code, out, errOut := dimctl(t, args("-json", "-interval", "10ms", "-count", "3", "watch", "svc")...)
+		require.Equal(t, 0, code, errOut)
+		dec := json.NewDecoder(strings.NewReader(out))
+		for range 3 {
+			var st dim.Status
+			require.NoError(t, dec.Decode(&st))
+			assert.Equal(t, want.Assignment, st.Assignment)
+		}
+		var extra dim.Status
+		assert.ErrorIs(t, dec.Decode(&extra), io.EOF)
+	})
+
+	t.Run("watch ends without error when interrupted", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		cancel()
+		var out, errOut bytes.Buffer
+		code := run(ctx, args("-interval", "1h", "watch", "svc"), &out, &errOut)
+		assert.Equal(t, 0, code, errOut.String())
+	})
+
+	t.Run("rebalance asks the leader and says so", func(t *testing.T) {
+		code, out, errOut := dimctl(t, args("rebalance", "svc")...)
+		require.Equal(t, 0, code, errOut)
+		assert.Equal(t, fmt.Sprintf("rebalance of \"svc\" requested from leader %s (epoch %d)\n", want.Leader, want.Epoch), out)
+	})
+
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"an unknown service name", args("status", "nope"), "nope"},
+		{"a service under another prefix", []string{"-redis", srv.Addr(), "status", "svc"}, "svc"},
+		{"watch of an unknown service", args("-count", "5", "watch", "nope"), "nope"},
+		{"rebalance of an unknown service", args("rebalance", "nope"), "nope"},
+	} {
+		t.Run(tc.name+" fails with a clear message", func(t *testing.T) {
+			code, out, errOut := dimctl(t, tc.args...)
+			assert.Equal(t, 1, code)
+			assert.Empty(t, out)
+			assert.Equal(t, fmt.Sprintf("dimctl: no service %q in Redis at %s (check the name and -prefix)\n", tc.want, srv.Addr()), errOut)
+		})
+	}
+}
+
+// onFirstWrite is an io.Writer that calls fn after its first write. The
+// buffer is a field, not embedded, so that io.WriteString cannot bypass
+// Write.
+type onFirstWrite struct {
+	buf  bytes.Buffer
+	fn   func()
+	done bool
+}
+
+func (w *onFirstWrite) Write(p []byte) (int, error) {
+	n, err := w.buf.Write(p)
+	if !w.done {
+		w.done = true
+		w.fn()
+	}
+	return n, err
+}
+
+func TestWatchRetriesAfterRedisGoesAway(t *testing.T) {
+	srv := redistest.Start(t)
+	client := srv.Client(t)
+	// An assignment alone makes a service known; no node need run.
+	require.NoError(t, client.Do(t.Context(),
+		client.B().Hset().Key(testPrefix+"dim:{svc}:assign").FieldValue().FieldValue("a", "n1").Build()).Error())
+
+	out := &onFirstWrite{fn: srv.Kill}
+	var errOut bytes.Buffer
+	code := run(t.Context(), []string{"-redis", srv.Addr(), "-prefix", testPrefix,
+		"-timeout", "500ms", "-interval", "10ms", "-count", "3", "watch", "svc"}, out, &errOut)
+	assert.Equal(t, 0, code, errOut.String())
+	assert.Len(t, regexp.MustCompile(`(?m)^service +svc$`).FindAllString(out.buf.String(), -1), 1)
+	lines := strings.Split(strings.TrimSuffix(errOut.String(), "\n"), "\n")
+	require.Len(t, lines, 2, errOut.String())
+	for _, line := range lines {
+		assert.Regexp(t, `^dimctl: (cannot reach|no answer from) Redis at .* \(retrying\)$`, line)
+	}
+}
+
+// freeAddr returns an address of 127.0.0.1 on which nothing listens.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := l.Addr().String()
+	require.NoError(t, l.Close())
+	return addr
+}
+
+func TestUnreachableRedisFailsClearly(t *testing.T) {
+	addr := freeAddr(t)
+	for _, command := range []string{"status", "watch", "rebalance"} {
+		t.Run(command, func(t *testing.T) {
+			code, out, errOut := dimctl(t, "-redis", addr, command, "svc")
+			assert.Equal(t, 1, code)
+			assert.Empty(t, out)
+			assert.Regexp(t, `^dimctl: cannot reach Redis at `+regexp.QuoteMeta(addr)+`: .*connection refused\n$`, errOut)
+			assert.NotContains(t, errOut, "goroutine")
+		})
+	}
+	goleak.VerifyNone(t, redistest.GoleakOptions()...)
+}
+
+func TestHungRedisTimesOut(t *testing.T) {
+	srv := redistest.Start(t)
+	srv.Pause()
+	t.Cleanup(srv.Resume)
+	start := time.Now()
+	code, out, errOut := dimctl(t, "-redis", srv.Addr(), "-timeout", "200ms", "status", "svc")
+	assert.Equal(t, 1, code)
+	assert.Empty(t, out)
+	assert.Equal(t, "dimctl: no answer from Redis at "+srv.Addr()+" within 200ms (see -timeout)\n", errOut)
+	assert.Less(t, time.Since(start), 5*time.Second)
+}
+
+func TestCredentialsReachRedis(t *testing.T) {
+	srv := redistest.Start(t, redistest.WithArgs("--user", "alice", "on", ">secret", "~*", "+@all"))
+	unknown := fmt.Sprintf("dimctl: no service \"svc\" in Redis at %s (check the name and -prefix)\n", srv.Addr())
+	for _, tc := range []struct {
+		name     string
+		args     []string
+		env      string
+		wantCode int
+		want     string
+	}{
+		{"the right password logs in", []string{"-user", "alice", "-password", "secret"}, "", 1, unknown},
+		{"the password may come from the environment", []string{"-user", "alice"}, "secret", 1, unknown},
+		{"a wrong password is refused", []string{"-user", "alice", "-password", "wrong"}, "", 1,
+			"dimctl: Redis at " + srv.Addr() + " refused: WRONGPASS"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv(passwordEnv, tc.env)
+			code, _, errOut := dimctl(t, append(tc.args, "-redis", srv.Addr(), "status", "svc")...)
+			assert.Equal(t, tc.wantCode, code)
+			assert.True(t, strings.HasPrefix(errOut, tc.want), "stderr %q does not start with %q", errOut, tc.want)
+		})
+	}
+}
+
+// tlsAddrEnv tells a copy of the test binary to run the TLS check against
+// this address, with SSL_CERT_FILE naming the server's CA.
+const tlsAddrEnv = "DIMCTL_TEST_TLS_ADDR"
+
+func TestTLSUsesTheSystemRoots(t *testing.T) {
+	if addr := os.Getenv(tlsAddrEnv); addr != "" {
+		code, _, errOut := dimctl(t, "-tls", "-redis", addr, "status", "svc")
+		assert.Equal(t, 1, code)
+		assert.Equal(t, fmt.Sprintf("dimctl: no service \"svc\" in Redis at %s (check the name and -prefix)\n", addr), errOut,
+			"reached Redis over TLS")
+		return
+	}
+
+	srv := redistest.Start(t, redistest.WithTLS())
+	// crypto/x509 reads the system roots once per process, so the check with
+	// the server's CA as SSL_CERT_FILE runs in a fresh copy of this binary.
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestTLSUsesTheSystemRoots$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(),
+		"SSL_CERT_FILE="+filepath.Join(srv.Dir(), "ca.crt"),
+		tlsAddrEnv+"="+srv.Addr())
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+
+	code, _, errOut := dimctl(t, "-timeout", "1s", "-redis", srv.Addr(), "status", "svc")
+	assert.Equal(t, 1, code)
+	assert.Regexp(t, `^dimctl: cannot reach Redis at `+regexp.QuoteMeta(srv.Addr())+`: .* \(does it need -tls\?\)\n$`, errOut)
+}
+
+func TestBadUsageExitsTwo(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no arguments", nil, "missing command and service"},
+		{"a command without service", []string{"status"}, `missing service after "status"`},
+		{"an unknown command", []string{"frob", "svc"}, `unknown command "frob"`},
+		{"too many arguments", []string{"status", "svc", "more"}, `too many arguments: ["more"]`},
+		{"an unknown flag", []string{"-frob", "status", "svc"}, "flag provided but not defined: -frob"},
+		{"a flag without value", []string{"status", "svc", "-redis"}, "flag needs an argument: -redis"},
+		{"a zero interval", []string{"-interval", "0s", "watch", "svc"}, "-interval 0s is not positive"},
+		{"a negative count", []string{"-count", "-1", "watch", "svc"}, "-count -1 is negative"},
+		{"a zero timeout", []string{"-timeout", "0s", "status", "svc"}, "-timeout 0s is not positive"},
+		{"an empty address", []string{"-redis", "", "status", "svc"}, "-redis is empty"},
+		{"an invalid service name", []string{"status", "a b"}, `"a b" is not a valid service name`},
+		{"an invalid prefix", []string{"-prefix", "{x}", "status", "svc"}, `"{x}" is not a valid prefix`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// Nothing listens here: usage is checked before connecting.
+			code, out, errOut := dimctl(t, append([]string{"-redis", freeAddr(t)}, tc.args...)...)
+			assert.Equal(t, 2, code)
+			assert.Empty(t, out)
+			assert.True(t, strings.HasPrefix(errOut, "dimctl: "), errOut)
+			assert.Contains(t, errOut, tc.want)
+			assert.Contains(t, errOut, "\nUsage: dimctl [flags] <command> <service>\n")
+		})
+	}
+
+	t.Run("-h prints the usage and succeeds", func(t *testing.T) {
+		code, out, errOut := dimctl(t, "-h")
+		assert.Equal(t, 0, code)
+		assert.Empty(t, errOut)
+		assert.True(t, strings.HasPrefix(out, "Usage: dimctl [flags] <command> <service>\n"), out)
+		assert.Contains(t, out, "-interval duration")
+	})
+
+	t.Run("-- ends the flags", func(t *testing.T) {
+		code, _, errOut := dimctl(t, "-redis", freeAddr(t), "--", "status", "-json")
+		assert.Equal(t, 2, code)
+		assert.Contains(t, errOut, `"-json" is not a valid service name`)
+	})
+}
+
+func TestWriteStatusIsSortedAndCompact(t *testing.T) {
+	many := map[string]string{}
+	owners := map[string]dim.Owner{}
+	for i := range 12 {
+		key := fmt.Sprintf("k%02d", i)
+		many[key] = "n2"
+		owners[key] = dim.Owner{Node: "n2", Token: uint64(i + 1), Live: true}
+	}
+	many["x"], owners["x"] = "n1", dim.Owner{Node: "n2", Token: 20, Live: true}
+	many["y"] = "n1"
+	owners["z"] = dim.Owner{Node: "gone", Token: 21}
+
+	for _, tc := range []struct {
+		name string
+		st   *dim.Status
+		want string
+	}{
+		{
+			name: "a busy service lists nodes and keys in order, shortened",
+			st: &dim.Status{
+				Service:    "svc",
+				ServerTime: time.Date(2026, 1, 2, 3, 4, 5, 6e6, time.UTC),
+				Leader:     "n1", LeaderLive: true, Epoch: 7,
+				Nodes: []dim.NodeStatus{
+					{ID: "n2", Weight: 2, State: "active", LeaseLeft: 4321 * time.Millisecond, Assigned: 12, Running: 13},
+					{ID: "n1", Weight: 1, State: "draining", LeaseLeft: 987654 * time.Microsecond, Assigned: 2},
+				},
+				Assignment: many,
+				Owners:     owners,
+				Unowned:    []string{"y"},
+				Misplaced:  []string{"x"},
+			},
+			want: `service  svc
+leader   n1 (live)
+epoch    7
+keys     14 assigned, 13 running
+time     2026-01-02 03:04:05.006 UTC (Redis)
+
+NODE  WEIGHT  STATE     LEASE LEFT  ASSIGNED  RUNNING
+n1    1       draining  988ms       2         0
+n2    2       active    4.3s        12        13
+
+INSTANCES
+n1  -
+n2  k00, k01, k02, k03, k04, k05, k06, k07, k08, k09, … (3 more)
+
+PENDING
+unowned    1  y (to n1)
+misplaced  1  x (n2 to n1)
+`,
+		},
+		{
+			name: "a service without live nodes says so",
+			st: &dim.Status{
+				Service: "svc", ServerTime: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC),
+				Leader: "n1", Epoch: 3,
+				Assignment: map[string]string{"a": "n1"},
+				Unowned:    []string{"a"},
+			},
+			want: `service  svc
+leader   n1 (not live: its lease ran out or it rejoined; a new leader takes over)
+epoch    3
+keys     1 assigned, 0 running
+time     2026-01-02 03:04:05.000 UTC (Redis)
+
+no live nodes
+
+PENDING
+unowned    1  a (to n1)
+misplaced  0  -
+`,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			require.NoError(t, writeStatus(&out, tc.st))
+			assert.Equal(t, tc.want, out.String())
+		})
+	}
+}
+
+func TestWriteJSONHasNoNulls(t *testing.T) {
+	var out bytes.Buffer
+	require.NoError(t, writeJSON(&out, &dim.Status{Service: "svc"}))
+	assert.NotContains(t, out.String(), "null")
+	var got dim.Status
+	require.NoError(t, json.Unmarshal(out.Bytes(), &got))
+	assert.Equal(t, "svc", got.Service)
+}
