@@ -39,6 +39,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -69,6 +70,7 @@ type Manager[C, I any] struct {
 	retryMin   time.Duration // backoff after a failed create or health check
 	retryMax   time.Duration
 
+	lifecycle sync.Mutex   // serialises Start and Stop
 	state     atomic.Int32 // stateNew, stateRunning, stateStopped
 	stopping  atomic.Bool
 	runCtx    context.Context
@@ -96,6 +98,7 @@ type Manager[C, I any] struct {
 	configs       map[string]config[C]
 	configsAt     time.Time
 	configsStale  atomic.Bool
+	lastTrace     string // trace context of the last rebalance seen
 	configBackoff *backoff
 
 	viewMu sync.RWMutex
@@ -205,6 +208,8 @@ func (m *Manager[C, I]) Instances() map[string]I {
 // [ErrRedis] that names the address when Redis cannot be reached; then
 // nothing is left running.
 func (m *Manager[C, I]) Start(ctx context.Context) error {
+	m.lifecycle.Lock()
+	defer m.lifecycle.Unlock()
 	if !m.state.CompareAndSwap(stateNew, stateRunning) {
 		if m.state.Load() == stateStopped {
 			return ErrStopped
@@ -252,10 +257,13 @@ func (m *Manager[C, I]) start(ctx context.Context) error {
 	case <-subscribed:
 	case <-ctx.Done():
 		return fail(fmt.Errorf("%w: subscribe at %s: %w", ErrRedis, addr, ctx.Err()))
-	case <-time.After(m.s.nodeTTL):
-		return fail(fmt.Errorf("%w: subscribe at %s: no answer within %v", ErrRedis, addr, m.s.nodeTTL))
+	case <-time.After(max(m.s.nodeTTL, 5*time.Second)):
+		return fail(fmt.Errorf("%w: subscribe at %s: no answer within %v", ErrRedis, addr, max(m.s.nodeTTL, 5*time.Second)))
 	}
-	if err := m.join(ctx); err != nil {
+	if err := m.joinWaiting(ctx); err != nil {
+		if errors.Is(err, ErrNodeIDInUse) {
+			return fail(err)
+		}
 		return fail(fmt.Errorf("%w: register at %s: %w", ErrRedis, addr, err))
 	}
 
@@ -276,6 +284,26 @@ func (m *Manager[C, I]) start(ctx context.Context) error {
 	return nil
 }
 
+// joinWaiting joins, waiting out a live session that holds this node's ID
+// for as long as ctx allows.
+func (m *Manager[C, I]) joinWaiting(ctx context.Context) error {
+	for {
+		err := m.join(ctx)
+		var inUse *idInUseError
+		if !errors.As(err, &inUse) {
+			return err
+		}
+		m.log.Warn("node ID in use; waiting for its lease to end", "wait", inUse.wait)
+		t := time.NewTimer(inUse.wait + 10*time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%w (start context: %w)", err, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
 // Stop hands this replica's instances off gracefully: it asks the leader to
 // move its keys away while it still holds its lease, disconnects its
 // instances, releases their claims so the new owners start within
@@ -285,6 +313,9 @@ func (m *Manager[C, I]) start(ctx context.Context) error {
 // same before it returns. Stop returns [ErrNotStarted] before Start and
 // [ErrStopped] on a second call.
 func (m *Manager[C, I]) Stop(ctx context.Context) error {
+	// A Stop during Start waits for Start to finish first.
+	m.lifecycle.Lock()
+	defer m.lifecycle.Unlock()
 	switch m.state.Load() {
 	case stateNew:
 		return ErrNotStarted
@@ -295,18 +326,24 @@ func (m *Manager[C, I]) Stop(ctx context.Context) error {
 		return ErrStopped
 	}
 	start := time.Now()
-	if err := m.drain(ctx); err != nil && ctx.Err() == nil {
+	dctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	err := m.drain(dctx)
+	cancel()
+	if err != nil && ctx.Err() == nil {
 		m.log.Warn("drain failed; keys move when the lease expires", "err", err)
 	}
-	// The leader moves this node's keys itself before it lets go.
-	if m.IsLeader() {
+	// The leader moves this node's keys itself before it lets go, unless its
+	// leadership ends first.
+	if epoch, lctx := m.leader.current(); epoch != 0 {
 		done := make(chan struct{})
 		select {
 		case m.handoffLeaderCh <- done:
 			select {
 			case <-done:
+			case <-lctx.Done():
 			case <-ctx.Done():
 			}
+		case <-lctx.Done():
 		case <-ctx.Done():
 		}
 	}
@@ -421,7 +458,7 @@ func (m *Manager[C, I]) subscribeOnce(onSubscribed func()) error {
 			}
 		},
 	})
-	ctx, cancel := context.WithTimeout(m.runCtx, m.s.heartbeat)
+	ctx, cancel := context.WithTimeout(m.runCtx, m.s.nodeTTL)
 	err := dc.Do(ctx, dc.B().Subscribe().Channel(m.k.channel).Build()).Error()
 	cancel()
 	if err != nil {
@@ -445,8 +482,7 @@ func (m *Manager[C, I]) onEvent(msg rueidis.PubSubMessage) {
 		m.configsStale.Store(true)
 		m.triggerLeader(triggerRequested)
 	case evAssign:
-		if len(args) > 2 && slices.Contains(args[2:], m.s.nodeID) {
-			m.tel.addLink(args[1])
+		if len(args) > 1 && slices.Contains(args[1:], m.s.nodeID) {
 			m.triggerNode()
 		}
 	case evRelease:
@@ -465,7 +501,11 @@ func (m *Manager[C, I]) onEvent(msg rueidis.PubSubMessage) {
 func (m *Manager[C, I]) every(s cron.Schedule, fn func()) {
 	for {
 		now := time.Now()
-		t := time.NewTimer(s.Next(now).Sub(now))
+		next := s.Next(now)
+		if next.IsZero() { // New refuses such specs; never spin on one
+			return
+		}
+		t := time.NewTimer(next.Sub(now))
 		select {
 		case <-m.runCtx.Done():
 			t.Stop()

@@ -121,10 +121,11 @@ func (m *Manager[C, I]) waitMember() bool {
 	}
 }
 
-// becomeLeader records this node as leader under a new epoch.
+// becomeLeader records this node as leader under a new epoch; a node that is
+// not a member or is stopping declines (epoch 0).
 func (m *Manager[C, I]) becomeLeader(ctx context.Context) (uint64, error) {
 	session, _ := m.lease.current()
-	if session == "" {
+	if session == "" || m.stopping.Load() {
 		return 0, nil
 	}
 	start := time.Now()
@@ -233,8 +234,7 @@ func (m *Manager[C, I]) checkLeader() {
 	if outcome != "dead" {
 		return
 	}
-	session, _ := m.lease.current()
-	if session == "" {
+	if session, _ := m.lease.current(); session == "" || m.stopping.Load() {
 		return
 	}
 	ok, err := forceGateScript.Exec(ctx, m.client, []string{m.k.forcing},

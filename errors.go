@@ -25,6 +25,10 @@ var (
 	// ErrRedis reports that Redis could not be reached or refused a command
 	// dim needs.
 	ErrRedis = errors.New("dim: redis unavailable")
+	// ErrNodeIDInUse reports that a live session holds this node's ID: a
+	// second process with the same ID, or the node's own previous lease.
+	// Start waits for it to expire, within its context.
+	ErrNodeIDInUse = errors.New("dim: node ID in use")
 	// ErrUnknownService reports a service of which Redis holds nothing.
 	ErrUnknownService = errors.New("dim: unknown service")
 	// ErrAlreadyStarted reports a second call of Start.

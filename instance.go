@@ -36,8 +36,10 @@ type table[I any] struct {
 
 // hungSet holds the keys whose createInstance or disconnect call outlived
 // the callback timeout. Such a call may still bring an instance to life, so
-// the key is neither created again nor released until the call returns: a
-// hanging callback costs liveness, never the at-most-one guarantee.
+// the key is neither created again nor released until the call returns: while
+// the node holds its lease, a hanging callback costs liveness, not the
+// at-most-one guarantee. (A node that loses its lease cannot hold anything:
+// instances must stop within the fence margin; see WithFenceMargin.)
 type hungSet struct {
 	mu      sync.Mutex
 	keys    map[string]int
@@ -159,7 +161,10 @@ func (m *Manager[C, I]) nodeLoop() {
 // again.
 func (m *Manager[C, I]) nextRetry() (time.Time, bool) {
 	var at time.Time
-	for _, f := range m.tab.failures {
+	for key, f := range m.tab.failures {
+		if m.hung.has(key) {
+			continue // its call's return wakes the loop
+		}
 		if at.IsZero() || f.next.Before(at) {
 			at = f.next
 		}
@@ -189,8 +194,20 @@ func (m *Manager[C, I]) reconcile() {
 	defer func() { m.tel.endReconcile(ctx, span, stats) }()
 
 	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-	assigned, err := m.client.Do(rctx, m.client.B().Smembers().Key(m.k.assigned(m.s.nodeID)).Build()).AsStrSlice()
+	res := m.client.DoMulti(rctx,
+		m.client.B().Smembers().Key(m.k.assigned(m.s.nodeID)).Build(),
+		m.client.B().Hget().Key(m.k.traces).Field(m.s.nodeID).Build())
 	cancel()
+	assigned, err := res[0].AsStrSlice()
+	if tp, _ := res[1].ToString(); tp != "" && tp != m.lastTrace {
+		// A rebalance changed this node's keys since the last look: this
+		// reconcile, and any that finish its claims, link to it.
+		m.lastTrace = tp
+		if link, ok := linkTo(tp); ok {
+			span.AddLink(link)
+			stats.links = append(stats.links, link)
+		}
+	}
 	if err != nil {
 		stats.err = fmt.Errorf("read assignment: %w", err)
 		m.tab.retryAt = time.Now().Add(m.s.heartbeat)
@@ -341,8 +358,13 @@ func (m *Manager[C, I]) claim(ctx context.Context, session string, keys []string
 	res, err := claimScript.Exec(ctx, m.client,
 		[]string{m.k.nodes, m.k.sessions, m.k.assign, m.k.owner, m.k.fence, m.k.grace}, args).ToArray()
 	if err != nil {
+		// The script may have run with its reply lost: keep the keys on the
+		// books as claimed, so that they are released if they move away.
 		for _, key := range keys {
 			m.tab.waiting[key] = time.Now().Add(m.claimRetry)
+			if _, ok := m.tab.claimed[key]; !ok {
+				m.tab.claimed[key] = 0
+			}
 		}
 		return granted, fmt.Errorf("claim: %w", err)
 	}
@@ -351,7 +373,7 @@ func (m *Manager[C, I]) claim(ctx context.Context, session string, keys []string
 	}
 	switch status, _ := res[0].AsInt64(); status {
 	case -1:
-		m.fence("claim refused: not a live member")
+		m.fenceSession(session, "claim refused: not a live member")
 		return granted, nil
 	case -2:
 		wait, _ := res[1].AsInt64()

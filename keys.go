@@ -20,6 +20,8 @@ import (
 //	<p>:forcing    STRING who is forcing out a dead leader (short TTL)
 //	<p>:assign     HASH  key → node: the assignment
 //	<p>:a:<node>   SET   the keys assigned to one node
+//	<p>:traces     HASH  node → trace context of the last rebalance that
+//	                     changed its keys
 //	<p>:owner      HASH  key → "node session token": who runs it
 //	<p>:fence      STRING the last token handed out
 //	<p>:lock:…     rueidislock's leader lock
@@ -36,6 +38,7 @@ type keys struct {
 	leader   string
 	forcing  string
 	assign   string
+	traces   string
 	owner    string
 	fence    string
 	lock     string
@@ -54,6 +57,7 @@ func newKeys(keyPrefix, service string) keys {
 		leader:   p + ":leader",
 		forcing:  p + ":forcing",
 		assign:   p + ":assign",
+		traces:   p + ":traces",
 		owner:    p + ":owner",
 		fence:    p + ":fence",
 		lock:     p + ":lock",
@@ -71,7 +75,7 @@ const (
 	evDrain     = "drain"     // node: stopping, move its keys away
 	evLeave     = "leave"     // node...
 	evLeader    = "leader"    // node epoch
-	evAssign    = "assign"    // epoch traceparent node...: these nodes' keys changed
+	evAssign    = "assign"    // epoch node...: these nodes' keys changed
 	evRelease   = "release"   // node: it let some keys go
 	evConfig    = "config"    // the configs changed
 	evRebalance = "rebalance" // someone asks the leader to rebalance
@@ -109,25 +113,38 @@ func script(body string) *rueidis.Lua { return rueidis.NewLuaScript(luaPrelude +
 // joinScript registers a node with a fresh session, as pending: the leader
 // gives it keys only after its first heartbeat proves that it received the
 // session, so a node whose replies are lost (a one-way partition) can hold a
-// membership but never work. The first join into an empty service starts
-// the grace period: Redis may have lost the state of replicas that still run
-// instances, so nothing may be claimed until one lease has passed.
+// membership but never work.
+//
+// A session of the same node that is still live is never replaced: that is
+// either another process with the same ID, or this node's own earlier
+// session, whose claims must stay valid until its lease ends. The caller
+// waits and tries again.
+//
+// A join into a service with no live member starts a grace period: Redis
+// may have lost the state of replicas that still run instances (a restart
+// without persistence, or from an old snapshot), so nothing may be claimed
+// until one lease has passed.
 //
 // KEYS: nodes sessions weights grace fence
 // ARGV: node ttl_ms
-// Returns {session, server_ms, grace_until_ms}.
+// Returns {session, server_ms, grace_until_ms}, or {"", server_ms, wait_ms}
+// while a live session holds the ID.
 var joinScript = script(`
 local node, ttl = ARGV[1], tonumber(ARGV[2])
-local grace = redis.call('GET', KEYS[4])
-if not grace then
-  grace = string.format('%.0f', now + ttl)
-  redis.call('SET', KEYS[4], grace)
+local score = tonumber(redis.call('ZSCORE', KEYS[1], node) or '0')
+if score > now and redis.call('HGET', KEYS[2], node) then
+  return {'', now, score - now}
+end
+local grace = tonumber(redis.call('GET', KEYS[4]) or '0')
+if redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf') == 0 and grace < now + ttl then
+  grace = now + ttl
+  redis.call('SET', KEYS[4], string.format('%.0f', grace))
 end
 local session = nextToken(KEYS[5])
 redis.call('ZADD', KEYS[1], now + ttl, node)
 redis.call('HSET', KEYS[2], node, session)
 redis.call('HSET', KEYS[3], node, 'pending')
-return {session, now, tonumber(grace)}
+return {session, now, grace}
 `)
 
 // heartbeatScript renews a lease; the first renewal of a session confirms
@@ -227,10 +244,10 @@ return {l[1], l[3], ok}
 
 // writeScript applies a diff of the assignment, but only for the current
 // epoch, so a deposed leader can never write. It tells every node whose set
-// changed, passing on the rebalance's trace context ("-" if none) so that
-// each node's reconcile can link to the rebalance that caused it.
+// changed, and leaves the rebalance's trace context ("-" if none) for each of
+// them, so that the reconcile that acts on the change can link to it.
 //
-// KEYS: epoch assign set_1 … set_m (the per-node sets involved)
+// KEYS: epoch assign traces set_1 … set_m (the per-node sets involved)
 // ARGV: epoch channel traceparent m node_1 … node_m then triples (key, new,
 // old), where new and old number the nodes (0: none).
 // Returns 1, or 0 if the epoch is stale.
@@ -241,11 +258,11 @@ local touched = {}
 for i = 5 + m, #ARGV, 3 do
   local key, new, old = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   if old > 0 then
-    redis.call('SREM', KEYS[2 + old], key)
+    redis.call('SREM', KEYS[3 + old], key)
     touched[old] = true
   end
   if new > 0 then
-    redis.call('SADD', KEYS[2 + new], key)
+    redis.call('SADD', KEYS[3 + new], key)
     redis.call('HSET', KEYS[2], key, ARGV[4 + new])
     touched[new] = true
   else
@@ -254,10 +271,13 @@ for i = 5 + m, #ARGV, 3 do
 end
 local notify = {}
 for i = 1, m do
-  if touched[i] then notify[#notify + 1] = ARGV[4 + i] end
+  if touched[i] then
+    notify[#notify + 1] = ARGV[4 + i]
+    if ARGV[3] ~= '-' then redis.call('HSET', KEYS[3], ARGV[4 + i], ARGV[3]) end
+  end
 end
 if #notify > 0 then
-  redis.call('PUBLISH', ARGV[2], 'assign ' .. ARGV[1] .. ' ' .. ARGV[3] .. ' ' .. table.concat(notify, ' '))
+  redis.call('PUBLISH', ARGV[2], 'assign ' .. ARGV[1] .. ' ' .. table.concat(notify, ' '))
 end
 return 1
 `)

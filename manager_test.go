@@ -396,6 +396,9 @@ func TestNewRejectsBadOptions(t *testing.T) {
 		{"no Redis address", []Option{WithService("s"), WithRedis(redisOption())}, "WithRedis"},
 		{"a nil option", []Option{WithService("s"), nil}, "nil option"},
 		{"a lock majority of zero", []Option{WithService("s"), WithLockKeyMajority(0)}, "WithLockKeyMajority"},
+		{"a schedule that never fires", []Option{WithService("s"), WithHealthcheckSchedule("0 0 0 30 2 *")}, "never fires"},
+		{"a fence margin as long as the TTL", []Option{WithService("s"), WithFenceMargin(5 * time.Second)}, "WithFenceMargin"},
+		{"a key prefix with a brace", []Option{WithService("s"), WithKeyPrefix("a{")}, "WithKeyPrefix"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -425,4 +428,113 @@ func TestAHookOfTheWrongTypeNamesBothTypes(t *testing.T) {
 	_, err = New(get, create, WithService("s"), WithKey(func(c fmt.Stringer) string { return "" }))
 	require.ErrorIs(t, err, ErrInvalidOption)
 	assert.True(t, strings.Contains(err.Error(), "func(string) string"), err.Error())
+}
+
+func TestRedisRestartedFromAnOldSnapshotWaitsOutTheGracePeriod(t *testing.T) {
+	c := newTestCluster(t, 6)
+	c.start("n1")
+	c.start("n2")
+	c.waitConverged(10*time.Second, "n1", "n2")
+	admin := c.srv.Client(t)
+	require.NoError(t, admin.Do(context.Background(), admin.B().Save().Build()).Error())
+	saved := time.Now()
+	n3 := c.start("n3")
+	c.waitConverged(10*time.Second, "n1", "n2", "n3")
+	// Once every lease in the snapshot has passed, cut n3 off and restart
+	// Redis from the snapshot: n3 still runs its keys until it fences, and
+	// nobody may claim them before that.
+	c.eventually(5*time.Second, "the snapshot's leases passed", func() bool { return time.Since(saved) > testTTL })
+	n3.proxy.Cut(faultproxy.Both)
+	c.srv.Restart()
+	c.waitConverged(10*time.Second, "n1", "n2")
+	n3.proxy.Heal()
+	c.waitConverged(10*time.Second, "n1", "n2", "n3")
+}
+
+func TestASecondProcessWithTheSameNodeIDWaitsForTheFirst(t *testing.T) {
+	c := newTestCluster(t, 4)
+	first := c.start("n1")
+	c.waitConverged(10*time.Second, "n1")
+	second := c.newNode("n1")
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	err := second.m.Start(ctx)
+	cancel()
+	require.ErrorIs(t, err, ErrNodeIDInUse)
+	assert.Contains(t, err.Error(), `"n1"`)
+
+	require.NoError(t, first.m.Stop(context.Background()))
+	third := c.newNode("n1")
+	ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	require.NoError(t, third.m.Start(ctx), "a graceful stop frees the ID at once")
+	c.waitConverged(10*time.Second, "n1")
+}
+
+func TestStopReturnsWhenLeadershipEndsDuringTheHandoff(t *testing.T) {
+	c := newTestCluster(t, 2)
+	n1 := c.start("n1")
+	c.waitConverged(10*time.Second, "n1")
+	gate, entered := make(chan struct{}), make(chan struct{}, 16)
+	var armed atomic.Bool
+	n1.m.getConfig = func(ctx context.Context) ([]testConfig, error) {
+		if armed.Load() {
+			entered <- struct{}{}
+			<-gate
+		}
+		return c.getConfig(ctx)
+	}
+	armed.Store(true)
+	require.NoError(t, n1.m.Rebalance(context.Background()))
+	<-entered
+	// Another leader's epoch appears while the rebalance waits: its write
+	// will be refused and the leadership end, with Stop already waiting.
+	admin := c.srv.Client(t)
+	require.NoError(t, admin.Do(context.Background(), admin.B().Incr().Key(n1.m.k.epoch).Build()).Error())
+	c.setKeys(3)
+	stopped := make(chan error, 1)
+	go func() { stopped <- n1.m.Stop(context.Background()) }()
+	c.eventually(5*time.Second, "Stop waiting for the handoff", func() bool { return n1.m.stopping.Load() })
+	armed.Store(false)
+	close(gate)
+	select {
+	case err := <-stopped:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Stop hangs after the leadership ended")
+	}
+}
+
+func TestAHangingCreateDoesNotSpinTheNodeLoop(t *testing.T) {
+	c := newTestCluster(t, 2)
+	release := make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock)
+	c.createErr.Store("cfg-01", func() error { <-release; return nil })
+	obs := newObserved(t)
+	n := c.start("n1", append(obs.options(), WithCallbackTimeout(200*time.Millisecond))...)
+	c.eventually(5*time.Second, "the create given up on", func() bool { return n.m.hung.has("cfg-01") })
+	before := len(obs.ended(spanReconcile))
+	// Long enough for many backoff rounds of a key that is not hung.
+	c.eventually(5*time.Second, "two seconds of hanging", func() bool {
+		return len(obs.ended(spanCreate)) > 0 && obs.ended(spanCreate)[0].EndTime().Add(2*time.Second).Before(time.Now())
+	})
+	assert.Less(t, len(obs.ended(spanReconcile))-before, 20, "reconciles while one create hangs")
+	unblock()
+	c.waitConverged(10*time.Second, "n1")
+}
+
+func TestStopDuringAStartThatCannotReachRedis(t *testing.T) {
+	c := newTestCluster(t, 1)
+	n := c.newNode("n1")
+	n.proxy.Cut(faultproxy.Both)
+	started := make(chan error, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	go func() { started <- n.m.Start(ctx) }()
+	c.eventually(time.Second, "Start under way", func() bool { return n.m.state.Load() != stateNew })
+	stopErr := n.m.Stop(context.Background())
+	startErr := <-started
+	require.ErrorIs(t, startErr, ErrRedis)
+	require.ErrorIs(t, stopErr, ErrStopped)
 }

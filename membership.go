@@ -49,6 +49,18 @@ func (l *lease) extend(session string, deadline time.Time) bool {
 	return true
 }
 
+// endIf ends the lease if session is current, and reports whether it did.
+func (l *lease) endIf(session string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.session != session {
+		return false
+	}
+	l.session = ""
+	l.cancel()
+	return true
+}
+
 // end cancels the lease context and reports whether there was a lease.
 func (l *lease) end() bool {
 	l.mu.Lock()
@@ -87,6 +99,10 @@ func (m *Manager[C, I]) join(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("join: %w", err)
 	}
+	if session == "" {
+		wait, _ := res[2].AsInt64()
+		return &idInUseError{id: m.s.nodeID, wait: time.Duration(wait) * time.Millisecond}
+	}
 	m.lease.begin(m.runCtx, session, sent.Add(m.s.nodeTTL-m.s.fenceMargin()))
 	// Confirm at once: the leader counts the node only from here on.
 	if err := m.renew(session, sent.Add(m.s.nodeTTL-m.s.fenceMargin())); err != nil {
@@ -120,7 +136,7 @@ func (m *Manager[C, I]) heartbeatLoop() {
 		// pause must fence before it sends anything.
 		session, until := m.lease.expiresAt()
 		if session != "" && !time.Now().Before(until) {
-			m.fence("lease expired without renewal")
+			m.fenceSession(session, "lease expired without renewal")
 			continue
 		}
 		switch {
@@ -129,7 +145,11 @@ func (m *Manager[C, I]) heartbeatLoop() {
 		case m.stopping.Load():
 		default:
 			if err := m.join(m.runCtx); err != nil {
-				if m.runCtx.Err() == nil {
+				switch {
+				case m.runCtx.Err() != nil:
+				case errors.Is(err, ErrNodeIDInUse):
+					m.log.Debug("rejoin waits for the previous lease", "err", err)
+				default:
 					m.log.Warn("rejoin failed", "err", err)
 				}
 				if !sleepCtx(m.runCtx, backoff.next()) {
@@ -162,7 +182,7 @@ func (m *Manager[C, I]) renew(session string, until time.Time) error {
 		return err
 	}
 	if ok, _ := res[0].AsInt64(); ok != 1 {
-		m.fence("membership lost in Redis")
+		m.fenceSession(session, "membership lost in Redis")
 		return errors.New("membership lost")
 	}
 	m.lease.extend(session, sent.Add(m.s.nodeTTL-m.s.fenceMargin()))
@@ -173,7 +193,14 @@ func (m *Manager[C, I]) renew(session string, until time.Time) error {
 // owns it: the lease context is cancelled first, so every instance sees its
 // context end at once; the node loop then disconnects them.
 func (m *Manager[C, I]) fence(reason string) {
-	if !m.lease.end() {
+	session, _ := m.lease.current()
+	m.fenceSession(session, reason)
+}
+
+// fenceSession fences only if session is still the current one: a verdict on
+// an older session says nothing about a newer one.
+func (m *Manager[C, I]) fenceSession(session, reason string) {
+	if session == "" || !m.lease.endIf(session) {
 		return
 	}
 	m.log.Warn("fenced: stopping all instances", "reason", reason)
@@ -234,5 +261,18 @@ func (m *Manager[C, I]) members(ctx context.Context) (now int64, live []member, 
 	}
 	return now, live, nil
 }
+
+// idInUseError reports a live session holding this node's ID.
+type idInUseError struct {
+	id   string
+	wait time.Duration
+}
+
+func (e *idInUseError) Error() string {
+	return fmt.Sprintf("%v: %q has a live session for %v more (another process with this ID, or this node's own lease from before)",
+		ErrNodeIDInUse, e.id, e.wait)
+}
+
+func (e *idInUseError) Unwrap() error { return ErrNodeIDInUse }
 
 func ms(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) }

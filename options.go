@@ -57,6 +57,7 @@ type settings struct {
 	lockRefresh  time.Duration
 	lockMajority int
 	timeout      time.Duration
+	margin       time.Duration // 0: nodeTTL/5
 
 	healthSpec       string
 	leaderHealthSpec string
@@ -273,9 +274,25 @@ func WithNodeTTL(ttl time.Duration) Option {
 	})
 }
 
+// WithFenceMargin sets how long before its lease can expire in Redis a
+// replica that cannot renew it stops its instances: their contexts are
+// cancelled and the disconnect hook is called at that moment. Instances must
+// be stopped within the margin, which also absorbs any difference between the
+// replica's clock rate and Redis's. Default: a fifth of the node TTL.
+func WithFenceMargin(d time.Duration) Option {
+	return optionFunc(func(s *settings) error {
+		if d <= 0 {
+			return invalid("WithFenceMargin", "%v is not positive", d)
+		}
+		s.margin = d
+		return nil
+	})
+}
+
 // WithHeartbeat sets how often a replica renews its lease. At least two
 // renewals must fit in the part of the lease before self-fencing, so the
-// interval is at most 2/5 of the node TTL. Default: 1s.
+// interval is at most (node TTL − fence margin)/2: 2/5 of the node TTL by
+// default. Default: 1s.
 func WithHeartbeat(every time.Duration) Option {
 	return optionFunc(func(s *settings) error {
 		s.heartbeat = every
@@ -358,11 +375,16 @@ func (s *settings) validate() error {
 		if err != nil {
 			return invalid(sch.option, "%q: %v", sch.spec, err)
 		}
+		if parsed.Next(time.Now()).IsZero() {
+			return invalid(sch.option, "%q never fires", sch.spec)
+		}
 		*sch.out = parsed
 	}
 	switch {
 	case s.nodeTTL < 100*time.Millisecond:
 		return invalid("WithNodeTTL", "%v is below 100ms", s.nodeTTL)
+	case s.fenceMargin() >= s.nodeTTL:
+		return invalid("WithFenceMargin", "%v must be shorter than the node TTL %v", s.fenceMargin(), s.nodeTTL)
 	case s.heartbeat <= 0:
 		return invalid("WithHeartbeat", "%v is not positive", s.heartbeat)
 	case s.heartbeat > (s.nodeTTL-s.fenceMargin())/2:
@@ -389,7 +411,12 @@ func (s *settings) validate() error {
 // fenceMargin is how long before its lease can expire in Redis a replica
 // stops its instances. It absorbs clock-rate differences and the time the
 // instances need to stop.
-func (s *settings) fenceMargin() time.Duration { return s.nodeTTL / 5 }
+func (s *settings) fenceMargin() time.Duration {
+	if s.margin > 0 {
+		return s.margin
+	}
+	return s.nodeTTL / 5
+}
 
 // checkHook verifies that a hook given to an option has the type New needs.
 func checkHook[T any](option string, hook any, what string) (T, error) {

@@ -249,8 +249,8 @@ func (m *Manager[C, I]) writeChunk(ctx context.Context, epoch uint64, chunk []ch
 			}
 		}
 	}
-	keys := make([]string, 0, 2+len(nodes))
-	keys = append(keys, m.k.epoch, m.k.assign)
+	keys := make([]string, 0, 3+len(nodes))
+	keys = append(keys, m.k.epoch, m.k.assign, m.k.traces)
 	args := make([]string, 0, 4+len(nodes)+3*len(chunk))
 	args = append(args, strconv.FormatUint(epoch, 10), m.k.channel, traceparent(ctx), strconv.Itoa(len(nodes)))
 	for _, n := range nodes {

@@ -227,31 +227,28 @@ func traceparent(ctx context.Context) string {
 	return "-"
 }
 
-// addLink remembers the rebalance named by an event's traceparent, so the
-// next reconcile links to it: the trace crosses from the leader to here.
-func (t *telemetry) addLink(tp string) {
+// linkTo makes a link to the span a traceparent names.
+func linkTo(tp string) (trace.Link, bool) {
 	sc := trace.SpanContextFromContext(propagation.TraceContext{}.Extract(context.Background(),
 		propagation.MapCarrier{"traceparent": tp}))
-	if !sc.IsValid() {
-		return
-	}
-	t.linksMu.Lock()
-	defer t.linksMu.Unlock()
-	if len(t.links) < maxLinks {
-		t.links = append(t.links, trace.Link{SpanContext: sc})
-	}
+	return trace.Link{SpanContext: sc}, sc.IsValid()
 }
 
-// startReconcile starts a reconcile span linked to the rebalances that woke
-// it; the links come back in the stats so that endReconcile can carry them
-// on while claims wait.
+// startReconcile starts a reconcile span linked to the rebalances still
+// being acted on; the links come back in the stats so that endReconcile can
+// carry them on while claims wait.
 func (t *telemetry) startReconcile(ctx context.Context) (context.Context, trace.Span, []trace.Link) {
-	t.linksMu.Lock()
-	links := t.links
-	t.links = nil
-	t.linksMu.Unlock()
+	links := t.takeLinks()
 	ctx, span := t.tracer.Start(ctx, spanReconcile, trace.WithLinks(links...), trace.WithAttributes(t.base...))
 	return ctx, span, links
+}
+
+func (t *telemetry) takeLinks() []trace.Link {
+	t.linksMu.Lock()
+	defer t.linksMu.Unlock()
+	links := t.links
+	t.links = nil
+	return links
 }
 
 func (t *telemetry) endReconcile(ctx context.Context, span trace.Span, s reconcileStats) {
