@@ -59,6 +59,7 @@ type testCluster struct {
 	// Failure injection, by key; nil means succeed.
 	createErr    sync.Map // key → func() error
 	healthErr    sync.Map // key → func() error
+	crashes      sync.WaitGroup
 	getConfErr   atomic.Pointer[error]
 	getConfFails atomic.Int64
 	creates      atomic.Int64
@@ -82,6 +83,7 @@ func newTestCluster(t *testing.T, keys int) *testCluster {
 	}
 	c.setKeys(keys)
 	t.Cleanup(func() {
+		c.crashes.Wait()
 		c.stopAll()
 		if problems := history.Problems(c.rec.Events()); len(problems) > 0 {
 			t.Errorf("history has %d problems:\n%v", len(problems), problems)
@@ -227,8 +229,10 @@ func (c *testCluster) crash(id string) {
 	n := c.node(id)
 	n.proxy.Cut(faultproxy.Both)
 	c.rec.Kill(id)
-	n.m.crashForTest()
 	n.crashed = true
+	// The dead process's goroutines wind down in the background: closing
+	// clients on a silent link takes their write timeout.
+	c.crashes.Go(n.m.crashForTest)
 }
 
 func (c *testCluster) node(id string) *testNode {
