@@ -62,6 +62,7 @@ type testCluster struct {
 	crashes      sync.WaitGroup
 	getConfErr   atomic.Pointer[error]
 	getConfFails atomic.Int64
+	getConfCalls atomic.Int64
 	creates      atomic.Int64
 }
 
@@ -117,6 +118,7 @@ func (c *testCluster) keys() []string {
 }
 
 func (c *testCluster) getConfig(context.Context) ([]testConfig, error) {
+	c.getConfCalls.Add(1)
 	if err := c.getConfErr.Load(); err != nil {
 		c.getConfFails.Add(1)
 		return nil, *err

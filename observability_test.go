@@ -3,6 +3,7 @@ package dim
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -282,4 +283,30 @@ func TestStatusMatchesTheService(t *testing.T) {
 	require.ErrorIs(t, err, ErrUnknownService)
 	_, err = ReadStatus(context.Background(), client)
 	require.ErrorIs(t, err, ErrInvalidOption)
+}
+
+func TestASteadyStateLogsNothingAboveDebug(t *testing.T) {
+	c := newTestCluster(t, 6)
+	logs := map[string]*logBuffer{}
+	for _, id := range []string{"n1", "n2"} {
+		logs[id] = &logBuffer{}
+		c.start(id, WithLogger(slog.New(slog.NewTextHandler(logs[id], &slog.HandlerOptions{Level: slog.LevelInfo}))))
+	}
+	c.waitConverged(10*time.Second, "n1", "n2")
+	// Let things settle, then watch two config refreshes (every node calls
+	// getConfig on each) and the heartbeats between them.
+	c.eventually(5*time.Second, "nothing pending", func() bool {
+		st, err := c.node("n1").m.Status(context.Background())
+		return err == nil && len(st.Unowned) == 0 && len(st.Misplaced) == 0
+	})
+	before := map[string]string{}
+	for id, l := range logs {
+		before[id] = l.String()
+	}
+	calls := c.getConfCalls.Load()
+	c.eventually(10*time.Second, "two rounds of config refresh", func() bool { return c.getConfCalls.Load() >= calls+6 })
+	for id, l := range logs {
+		assert.Equal(t, before[id], l.String(), "node %s logged above Debug in a steady state", id)
+	}
+	assert.Contains(t, logs[c.leader().id].String(), "became leader", "leadership changes are Info")
 }
