@@ -3,7 +3,11 @@ package dim
 import (
 	"cmp"
 	"fmt"
+	"hash/maphash"
+	"maps"
+	"math/bits"
 	"slices"
+	"strings"
 )
 
 // MaxWeight is the largest [Node.Weight] that [Balance] accepts. The bound
@@ -70,30 +74,53 @@ func Moves(prev, next Assignment) int {
 // [ErrInvalidKey]; an empty or duplicate node ID or a weight outside
 // [0, MaxWeight] with [ErrInvalidNode].
 //
-// Balance runs in O(N log N + M log M) time and O(N + M) memory.
+// Balance runs in O(N log N + M log M) time and O(N + M) memory. Only the
+// keys placed by hash and the keys of nodes over their quota are sorted, so a
+// join or leave on a balanced assignment takes time close to linear in N.
 func Balance(prev Assignment, keys []string, nodes []Node) (Assignment, error) {
-	b, err := newBalancing(keys, nodes)
+	b, err := newBalancing(nodes)
 	if err != nil {
 		return nil, err
 	}
 	if len(b.nodes) == 0 {
+		if slices.Contains(keys, "") {
+			return nil, errEmptyKey
+		}
 		return Assignment{}, nil
 	}
-	b.keepPrevious(prev)
+	if err := b.readKeys(prev, keys); err != nil {
+		return nil, err
+	}
 	b.setQuotas()
 	b.trimToQuotas()
 	b.placeRest()
-	return b.result(), nil
+	return b.result(prev), nil
 }
 
-// balancing is the working state of one Balance call. Nodes are sorted by ID
-// and keys by (hash, key), so every later step is independent of input order.
+var errEmptyKey = fmt.Errorf("%w: empty key", ErrInvalidKey)
+
+// balancing is the working state of one Balance call. Keys are known by
+// their index in the caller's slice, which is not reordered, so no choice may
+// depend on those indexes: nodes are sorted by ID, and wherever keys need an
+// order it is that of a hash of the key, then of the key itself.
 type balancing struct {
+	keys  []string // as the caller passed them
 	nodes []balNode
-	keys  []balKey // unique keys, sorted
-	// unplaced holds indexes into keys that still need a node.
-	unplaced []int
+	// at[i] is the index into nodes of the node keys[i] is on, unplaced
+	// while it has none, or duplicate if keys[i] occurs earlier in keys.
+	at []int
+	// byHash holds the indexes of the keys that placeRest places by hash.
+	byHash   []int
+	distinct int      // N: the number of different keys
+	inPrev   int      // how many of them have an entry in prev
+	seen     strIndex // the different keys
 }
+
+// Values of balancing.at other than node indexes.
+const (
+	unplaced  = -1
+	duplicate = -2
+)
 
 type balNode struct {
 	id     string
@@ -102,16 +129,10 @@ type balNode struct {
 	floor  int64 // ⌊N·w/W⌋
 	rem    int64 // (N·w) mod W: the fractional part of the share, times W
 	quota  int64
-	held   []int // indexes into keys of the keys this node keeps
+	held   int64 // how many keys are on the node
 }
 
-type balKey struct {
-	key  string
-	hash uint64
-	node int // index into nodes, -1 while unplaced
-}
-
-func newBalancing(keys []string, nodes []Node) (*balancing, error) {
+func newBalancing(nodes []Node) (*balancing, error) {
 	b := &balancing{nodes: make([]balNode, 0, len(nodes))}
 	for _, n := range nodes {
 		switch {
@@ -129,38 +150,49 @@ func newBalancing(keys []string, nodes []Node) (*balancing, error) {
 			return nil, fmt.Errorf("%w: duplicate node ID %q", ErrInvalidNode, b.nodes[i].id)
 		}
 	}
-
-	b.keys = make([]balKey, 0, len(keys))
-	for _, k := range keys {
-		if k == "" {
-			return nil, fmt.Errorf("%w: empty key", ErrInvalidKey)
-		}
-		b.keys = append(b.keys, balKey{key: k, hash: hashString(k), node: -1})
-	}
-	slices.SortFunc(b.keys, func(x, y balKey) int {
-		if c := cmp.Compare(x.hash, y.hash); c != 0 {
-			return c
-		}
-		return cmp.Compare(x.key, y.key)
-	})
-	b.keys = slices.CompactFunc(b.keys, func(x, y balKey) bool { return x.key == y.key })
 	return b, nil
 }
 
-// keepPrevious files every key under its previous node if that node is
-// still live; the rest become unplaced.
-func (b *balancing) keepPrevious(prev Assignment) {
-	index := make(map[string]int, len(b.nodes))
+// readKeys checks the keys, sets repeats aside and files every key under its
+// previous node if that node is still live; the rest go to byHash. Being the
+// step that pays for every key, it does per key only a look-up in the set of
+// keys seen, one in prev and one among the live nodes (a strIndex too, which
+// is cheaper to query than a map), and it visits the keys in the caller's
+// order, usually the order their strings lie in memory. Hashing for order
+// and sorting are left to the keys that need them.
+func (b *balancing) readKeys(prev Assignment, keys []string) error {
+	ids := make([]string, len(b.nodes))
 	for i, n := range b.nodes {
-		index[n.id] = i
+		ids[i] = n.id
 	}
-	for ki := range b.keys {
-		if ni, ok := index[prev[b.keys[ki].key]]; ok {
-			b.nodes[ni].held = append(b.nodes[ni].held, ki)
+	live := newStrIndex(ids)
+	for i := range ids {
+		live.add(i)
+	}
+	b.keys = keys
+	b.at = make([]int, len(keys))
+	b.seen = newStrIndex(keys)
+	for i, k := range keys {
+		if k == "" {
+			return errEmptyKey
+		}
+		if !b.seen.add(i) {
+			b.at[i] = duplicate
 			continue
 		}
-		b.unplaced = append(b.unplaced, ki)
+		b.distinct++
+		if id, ok := prev[k]; ok {
+			b.inPrev++
+			if ni := live.index(id); ni >= 0 {
+				b.at[i] = ni
+				b.nodes[ni].held++
+				continue
+			}
+		}
+		b.at[i] = unplaced
+		b.byHash = append(b.byHash, i)
 	}
+	return nil
 }
 
 // setQuotas gives every node ⌊N·w/W⌋ keys and hands the R = N − Σ⌊N·w/W⌋
@@ -174,7 +206,7 @@ func (b *balancing) setQuotas() {
 	for _, n := range b.nodes {
 		total += n.weight
 	}
-	keys := int64(len(b.keys))
+	keys := int64(b.distinct)
 	extra := keys
 	for i := range b.nodes {
 		n := &b.nodes[i]
@@ -192,7 +224,7 @@ func (b *balancing) setQuotas() {
 			order = append(order, i)
 		}
 	}
-	gains := func(n *balNode) bool { return int64(len(n.held)) > n.floor }
+	gains := func(n *balNode) bool { return n.held > n.floor }
 	slices.SortFunc(order, func(i, j int) int {
 		x, y := &b.nodes[i], &b.nodes[j]
 		if gx, gy := gains(x), gains(y); gx != gy {
@@ -216,24 +248,98 @@ func (b *balancing) setQuotas() {
 	}
 }
 
+// scoredKey is a key, by its index, with a hash that orders it.
+type scoredKey struct {
+	score uint64
+	key   int
+}
+
+// byScore orders scored keys by score, then by the key itself, never by
+// index: different keys score alike when their hashes collide.
+func (b *balancing) byScore(x, y scoredKey) int {
+	if c := cmp.Compare(x.score, y.score); c != 0 {
+		return c
+	}
+	return strings.Compare(b.keys[x.key], b.keys[y.key])
+}
+
+// sortByScore sorts keys as byScore does. Sorting all keys of a first
+// placement by comparison would take most of Balance's time. But scores are
+// uniform hashes, so a counting sort into buckets by their top bits, about
+// one key per bucket, leaves only a few keys per bucket to compare; should
+// many keys share a bucket, they still take only O(n log n).
+func (b *balancing) sortByScore(keys []scoredKey) {
+	const small = 256 // below this, the buckets cost more than they save
+	if len(keys) < small {
+		slices.SortFunc(keys, b.byScore)
+		return
+	}
+	shift := 64 - bits.Len(uint(len(keys)))
+	// Bucket d holds the keys whose score>>shift is d. pos[d+1] first
+	// counts them; summed up, pos[d] is where bucket d starts; and as keys
+	// are put in, where its next key goes, until it is where it ends.
+	pos := make([]int, 1<<(64-shift)+1)
+	for _, k := range keys {
+		pos[k.score>>shift+1]++
+	}
+	for d := 1; d < len(pos); d++ {
+		pos[d] += pos[d-1]
+	}
+	sorted := make([]scoredKey, len(keys))
+	for _, k := range keys {
+		d := k.score >> shift
+		sorted[pos[d]] = k
+		pos[d]++
+	}
+	start := 0
+	for _, end := range pos[:len(pos)-1] {
+		if end-start > 1 {
+			slices.SortFunc(sorted[start:end], b.byScore)
+		}
+		start = end
+	}
+	copy(keys, sorted)
+}
+
 // trimToQuotas keeps at most quota of each node's previous keys: those with
 // the highest affinity hash to the node, so the choice does not depend on
-// order. The rest become unplaced.
+// order. The rest go to byHash.
 func (b *balancing) trimToQuotas() {
-	for i := range b.nodes {
-		n := &b.nodes[i]
-		if int64(len(n.held)) <= n.quota {
+	if !slices.ContainsFunc(b.nodes, func(n balNode) bool { return n.held > n.quota }) {
+		return
+	}
+	// Gather the keys of the crowded nodes into one slice, node by node.
+	// next[ni] is where the next key of node ni goes, −1 if ni is not
+	// crowded; once all are in, it is where the node's run ends.
+	next := make([]int, len(b.nodes))
+	total := 0
+	for ni, n := range b.nodes {
+		next[ni] = -1
+		if n.held > n.quota {
+			next[ni] = total
+			total += int(n.held)
+		}
+	}
+	ranked := make([]scoredKey, total)
+	for i, ni := range b.at {
+		if ni >= 0 && next[ni] >= 0 {
+			// The complement, so that the highest affinity sorts first.
+			ranked[next[ni]] = scoredKey{^affinity(hashString(b.keys[i]), b.nodes[ni].hash), i}
+			next[ni]++
+		}
+	}
+	for ni := range b.nodes {
+		n := &b.nodes[ni]
+		if n.held <= n.quota {
 			continue
 		}
-		slices.SortFunc(n.held, func(x, y int) int {
-			ax, ay := affinity(b.keys[x].hash, n.hash), affinity(b.keys[y].hash, n.hash)
-			if c := cmp.Compare(ay, ax); c != 0 {
-				return c
-			}
-			return cmp.Compare(x, y)
-		})
-		b.unplaced = append(b.unplaced, n.held[n.quota:]...)
-		n.held = n.held[:n.quota]
+		run := ranked[next[ni]-int(n.held) : next[ni]]
+		slices.SortFunc(run, b.byScore)
+		for _, r := range run[n.quota:] {
+			b.at[r.key] = unplaced
+			b.byHash = append(b.byHash, r.key)
+		}
+		n.held = n.quota
 	}
 }
 
@@ -241,17 +347,21 @@ func (b *balancing) trimToQuotas() {
 // quota before it takes the next one in order.
 const placeProbes = 4
 
-// placeRest puts every unplaced key on a node with spare quota. Keys go in
+// placeRest puts every key of byHash on a node with spare quota. Keys go in
 // (hash, key) order; each probes a few nodes chosen by its hash and takes the
 // first with room, else the next node with room after its last probe. A
 // union-find over "next node with room" keeps the fallback near O(1), so the
 // whole step is O(U log U) rather than the O(U·M) of a full rendezvous.
 func (b *balancing) placeRest() {
-	slices.Sort(b.unplaced) // indexes follow the (hash, key) order of keys
-	var spare []int         // node indexes with room
+	order := make([]scoredKey, len(b.byHash))
+	for j, i := range b.byHash {
+		order[j] = scoredKey{hashString(b.keys[i]), i}
+	}
+	b.sortByScore(order)
+	var spare []int // node indexes with room
 	room := make([]int64, 0, len(b.nodes))
 	for i, n := range b.nodes {
-		if r := n.quota - int64(len(n.held)); r > 0 {
+		if r := n.quota - n.held; r > 0 {
 			spare = append(spare, i)
 			room = append(room, r)
 		}
@@ -275,20 +385,21 @@ func (b *balancing) placeRest() {
 	}
 	take := func(s int, ki int) {
 		ni := spare[s]
-		b.nodes[ni].held = append(b.nodes[ni].held, ki)
+		b.at[ki] = ni
+		b.nodes[ni].held++
 		room[s]--
 		if room[s] == 0 {
 			next[s] = s + 1
 		}
 	}
 	n := uint64(len(spare))
-	for _, ki := range b.unplaced {
-		h := b.keys[ki].hash
+	for _, k := range order {
+		h := k.score
 		s, placed := 0, false
 		for p := range uint64(placeProbes) {
 			s = int(mix64(h+p) % n)
 			if room[s] > 0 {
-				take(s, ki)
+				take(s, k.key)
 				placed = true
 				break
 			}
@@ -300,19 +411,105 @@ func (b *balancing) placeRest() {
 		if f == len(spare) {
 			f = find(0)
 		}
-		take(f, ki)
+		take(f, k.key)
 	}
-	b.unplaced = nil
 }
 
-func (b *balancing) result() Assignment {
-	a := make(Assignment, len(b.keys))
-	for _, n := range b.nodes {
-		for _, ki := range n.held {
-			a[b.keys[ki].key] = n.id
+// result builds the assignment. When prev holds most of it, as after a join
+// or leave, a copy of prev patched where keys changed is much cheaper than
+// inserting every key into a new map: maps.Clone copies the table's memory
+// wholesale, without hashing a key. That pays only if at least half of the
+// keys are in prev, and half of prev's keys are still wanted.
+func (b *balancing) result(prev Assignment) Assignment {
+	if b.inPrev == 0 || 2*b.inPrev < b.distinct || 2*b.inPrev < len(prev) {
+		a := make(Assignment, b.distinct)
+		for i, ni := range b.at {
+			if ni >= 0 {
+				a[b.keys[i]] = b.nodes[ni].id
+			}
+		}
+		return a
+	}
+	a := maps.Clone(prev)
+	if b.inPrev < len(prev) {
+		for k := range prev {
+			if b.seen.index(k) < 0 {
+				delete(a, k)
+			}
 		}
 	}
+	// Every key of prev that is still wanted and not in byHash stayed on
+	// its node, so a already maps it right.
+	for _, i := range b.byHash {
+		a[b.keys[i]] = b.nodes[b.at[i]].id
+	}
 	return a
+}
+
+// strIndex finds strings in a slice by value: it maps each string added to
+// its index. It is an open-addressing hash table with linear probing, kept at
+// most half full, of 8-byte slots in one allocation: smaller, and so quicker
+// to fill and probe, than a map[string]int. A slot packs the index plus one
+// (zero marks an empty slot) with 24 more bits of the string's hash, so that
+// a probe compares strings only when those match too.
+//
+// Like Go's own maps, the table hashes with a random seed, so that no choice
+// of keys can make its probes collide on purpose. The seed decides only where
+// a string sits in the table, never anything in the result: Balance stays a
+// function of its arguments alone.
+type strIndex struct {
+	strs  []string
+	seed  maphash.Seed
+	slots []uint64
+	shift uint // 64 − log2(len(slots)): the top bits of a hash pick the slot
+}
+
+// indexBits is the width of the index in a strIndex slot; the hash bits fill
+// the rest. 2⁴⁰ strings would not fit in memory.
+const (
+	indexBits = 40
+	indexMask = 1<<indexBits - 1
+)
+
+// newStrIndex returns an empty index with room for the strings of strs.
+func newStrIndex(strs []string) strIndex {
+	size := bits.Len(uint(len(strs))) + 1 // 2^size > 2·len(strs)
+	return strIndex{
+		strs:  strs,
+		seed:  maphash.MakeSeed(),
+		slots: make([]uint64, 1<<size),
+		shift: uint(64 - size),
+	}
+}
+
+// find returns the slot that holds s, or the empty one where s belongs,
+// and the hash bits a slot holding s carries.
+func (x *strIndex) find(s string) (slot int, tag uint64) {
+	h := maphash.String(x.seed, s)
+	tag = h << indexBits
+	mask := len(x.slots) - 1
+	for p := int(h >> x.shift); ; p = (p + 1) & mask {
+		v := x.slots[p]
+		if v == 0 || v&^indexMask == tag && x.strs[v&indexMask-1] == s {
+			return p, tag
+		}
+	}
+}
+
+// add adds strs[i] and reports whether no equal string was in yet.
+func (x *strIndex) add(i int) bool {
+	p, tag := x.find(x.strs[i])
+	if x.slots[p] != 0 {
+		return false
+	}
+	x.slots[p] = tag | uint64(i+1)
+	return true
+}
+
+// index returns the index of s, or −1 if s is not in.
+func (x *strIndex) index(s string) int {
+	p, _ := x.find(s)
+	return int(x.slots[p]&indexMask) - 1
 }
 
 // hashString is 64-bit FNV-1a followed by a mixing step. It must never
