@@ -226,19 +226,29 @@ func (m *Manager[C, I]) Start(ctx context.Context) error {
 
 func (m *Manager[C, I]) start(ctx context.Context) error {
 	addr := fmt.Sprint(m.s.redis.InitAddress)
-	client, err := rueidis.NewClient(m.s.redis)
-	if err != nil {
-		return fmt.Errorf("%w: connect to %s: %w", ErrRedis, addr, err)
-	}
-	locker, err := rueidislock.NewLocker(rueidislock.LockerOption{
+	lockOpt := rueidislock.LockerOption{
 		ClientOption:   m.s.redis,
 		KeyPrefix:      m.k.lock,
 		KeyValidity:    m.s.lockTTL,
 		ExtendInterval: m.s.lockRefresh,
 		KeyMajority:    int32(m.s.lockMajority),
-	})
+	}
+	client := m.s.client
+	if client == nil {
+		var err error
+		if client, err = rueidis.NewClient(m.s.redis); err != nil {
+			return fmt.Errorf("%w: connect to %s: %w", ErrRedis, addr, err)
+		}
+	} else {
+		// The locker shares the caller's client, which it must not close
+		// and whose invalidations it does not see: it polls instead.
+		addr = "the given client"
+		lockOpt.ClientOption = rueidis.ClientOption{DisableCache: true}
+		lockOpt.ClientBuilder = func(rueidis.ClientOption) (rueidis.Client, error) { return unclosable{client}, nil }
+	}
+	locker, err := rueidislock.NewLocker(lockOpt)
 	if err != nil {
-		client.Close()
+		m.closeClient(client)
 		return fmt.Errorf("%w: connect to %s: %w", ErrRedis, addr, err)
 	}
 	m.client, m.locker = client, locker
@@ -250,7 +260,7 @@ func (m *Manager[C, I]) start(ctx context.Context) error {
 		m.runCancel()
 		m.wg.Wait()
 		m.locker.Close()
-		m.client.Close()
+		m.closeClient(m.client)
 		return err
 	}
 	select {
@@ -384,7 +394,7 @@ func (m *Manager[C, I]) Stop(ctx context.Context) error {
 		default:
 		}
 		m.locker.Close()
-		m.client.Close()
+		m.closeClient(m.client)
 	}()
 	select {
 	case <-closed:
@@ -534,6 +544,20 @@ func (m *Manager[C, I]) triggerLeader(reason string) {
 	default:
 	}
 }
+
+// closeClient closes a client dim made; one given by WithRedisClient stays
+// open.
+func (m *Manager[C, I]) closeClient(c rueidis.Client) {
+	if m.s.client == nil {
+		c.Close()
+	}
+}
+
+// unclosable hands a caller's client to the locker, which closes its client
+// when dim stops.
+type unclosable struct{ rueidis.Client }
+
+func (unclosable) Close() {}
 
 // backoff doubles a delay from min to max; reset starts over.
 type backoff struct {

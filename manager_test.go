@@ -538,3 +538,23 @@ func TestStopDuringAStartThatCannotReachRedis(t *testing.T) {
 	require.ErrorIs(t, startErr, ErrRedis)
 	require.ErrorIs(t, stopErr, ErrStopped)
 }
+
+func TestANodeOnTheCallersOwnClient(t *testing.T) {
+	c := newTestCluster(t, 6)
+	c.start("n1")
+	client := c.srv.Client(t)
+	own := c.newNode("n2", WithRedisClient(client))
+	require.NoError(t, own.m.Start(context.Background()))
+	c.waitConverged(10*time.Second, "n1", "n2")
+	require.NoError(t, own.m.Stop(context.Background()))
+	c.waitConverged(5*time.Second, "n1")
+	require.NoError(t, client.Do(context.Background(), client.B().Ping().Build()).Error(), "dim leaves the caller's client open")
+
+	// Leadership passes to a node that polls the lock instead of waiting
+	// for invalidations.
+	n3 := c.newNode("n3", WithRedisClient(client))
+	require.NoError(t, n3.m.Start(context.Background()))
+	c.stop("n1")
+	c.eventually(5*time.Second, "n3 leads", n3.m.IsLeader)
+	c.waitConverged(5*time.Second, "n3")
+}

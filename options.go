@@ -48,7 +48,7 @@ type settings struct {
 	service      string
 	keyPrefix    string
 	redis        rueidis.ClientOption
-	redisSet     bool
+	client       rueidis.Client // given by WithRedisClient; not dim's to close
 	nodeID       string
 	weight       int
 	nodeTTL      time.Duration
@@ -137,7 +137,21 @@ func WithRedis(opt rueidis.ClientOption) Option {
 			return invalid("WithRedis", "ClientOption.InitAddress is empty")
 		}
 		s.redis = opt
-		s.redisSet = true
+		s.client = nil
+		return nil
+	})
+}
+
+// WithRedisClient makes dim use a client the caller already has, instead of
+// connecting with [WithRedis]. dim never closes it. Without client-side
+// caching on a client of dim's own, a waiting node polls the leader lock
+// every 20 ms instead of being told of its release. Default: none.
+func WithRedisClient(c rueidis.Client) Option {
+	return optionFunc(func(s *settings) error {
+		if c == nil {
+			return invalid("WithRedisClient", "the client is nil")
+		}
+		s.client = c
 		return nil
 	})
 }
