@@ -73,6 +73,7 @@ type Manager[C, I any] struct {
 	lifecycle sync.Mutex   // serialises Start and Stop
 	state     atomic.Int32 // stateNew, stateRunning, stateStopped
 	stopping  atomic.Bool
+	unfenced  atomic.Bool // false from a fence until its instances are stopped
 	runCtx    context.Context
 	runCancel context.CancelFunc
 	wg        sync.WaitGroup
@@ -86,6 +87,7 @@ type Manager[C, I any] struct {
 	nodeCh          chan struct{}
 	fenceCh         chan struct{}
 	campaignCh      chan struct{}
+	leaderCheckCh   chan struct{}
 	leaderCh        chan string
 	healthTickCh    chan struct{}
 	healthCh        chan healthResult[I]
@@ -150,6 +152,7 @@ func New[C, I any](
 		nodeCh:          make(chan struct{}, 1),
 		fenceCh:         make(chan struct{}, 1),
 		campaignCh:      make(chan struct{}, 1),
+		leaderCheckCh:   make(chan struct{}, 1),
 		leaderCh:        make(chan string, 1),
 		healthTickCh:    make(chan struct{}, 1),
 		healthCh:        make(chan healthResult[I]),
@@ -159,7 +162,7 @@ func New[C, I any](
 		configBackoff:   newBackoff(100*time.Millisecond, 30*time.Second),
 		view:            map[string]I{},
 	}
-	m.leader.forced = make(chan grant, 1)
+	m.leader.taken = make(chan grant, 1)
 	var err error
 	if m.keyOf, err = checkHook[func(C) string]("WithKey", s.key, "config type"); err != nil {
 		return nil, err
@@ -174,6 +177,7 @@ func New[C, I any](
 	m.tel = newTelemetry(s, m.log)
 	m.lease.ctx, m.lease.cancel = context.WithCancel(context.Background())
 	m.lease.cancel()
+	m.unfenced.Store(true)
 	return m, nil
 }
 
@@ -255,7 +259,8 @@ func (m *Manager[C, I]) start(ctx context.Context) error {
 	m.runCtx, m.runCancel = context.WithCancel(context.WithoutCancel(ctx))
 
 	subscribed := make(chan struct{})
-	m.wg.Go(func() { m.subscribeLoop(subscribed) })
+	refused := make(chan error, 1)
+	m.wg.Go(func() { m.subscribeLoop(subscribed, refused) })
 	fail := func(err error) error {
 		m.runCancel()
 		m.wg.Wait()
@@ -265,6 +270,8 @@ func (m *Manager[C, I]) start(ctx context.Context) error {
 	}
 	select {
 	case <-subscribed:
+	case err := <-refused:
+		return fail(fmt.Errorf("%w: subscribe at %s: %w", ErrRedis, addr, err))
 	case <-ctx.Done():
 		return fail(fmt.Errorf("%w: subscribe at %s: %w", ErrRedis, addr, ctx.Err()))
 	case <-time.After(max(m.s.nodeTTL, 5*time.Second)):
@@ -281,7 +288,7 @@ func (m *Manager[C, I]) start(ctx context.Context) error {
 	m.wg.Go(m.nodeLoop)
 	m.wg.Go(m.campaignLoop)
 	m.wg.Go(func() { m.every(m.s.health, func() { signal(m.healthTickCh) }) })
-	m.wg.Go(func() { m.every(m.s.leaderHealth, m.checkLeader) })
+	m.wg.Go(m.leaderCheckLoop)
 	m.wg.Go(func() {
 		m.every(m.s.refresh, func() {
 			m.configsStale.Store(true)
@@ -389,7 +396,7 @@ func (m *Manager[C, I]) Stop(ctx context.Context) error {
 		// Leadership released its lock in lead(); only now may the
 		// clients go.
 		select {
-		case g := <-m.leader.forced:
+		case g := <-m.leader.taken:
 			g.release()
 		default:
 		}
@@ -431,19 +438,30 @@ func (m *Manager[C, I]) Rebalance(ctx context.Context) error {
 // away, so every resubscription triggers a full reconcile and rebalance. The
 // subscription has a connection of its own, which also suits servers that
 // allow no other command on a subscribed connection.
-func (m *Manager[C, I]) subscribeLoop(subscribed chan<- struct{}) {
+func (m *Manager[C, I]) subscribeLoop(subscribed chan<- struct{}, refused chan<- error) {
 	var once sync.Once
+	var ever atomic.Bool
 	backoff := newBackoff(50*time.Millisecond, m.s.heartbeat)
 	for m.runCtx.Err() == nil {
 		var ok atomic.Bool
 		err := m.subscribeOnce(func() {
 			ok.Store(true)
+			ever.Store(true)
 			once.Do(func() { close(subscribed) })
 			m.triggerNode()
 			m.triggerLeader(triggerResub)
+			signal(m.leaderCheckCh)
 		})
 		if m.runCtx.Err() != nil {
 			return
+		}
+		// A server that refuses the subscription itself (an ACL without the
+		// channel, say) will not change its mind: Start reports it at once.
+		if _, isRedisErr := rueidis.IsRedisErr(err); isRedisErr && !ever.Load() {
+			select {
+			case refused <- err:
+			default:
+			}
 		}
 		m.log.Debug("subscription lost", "err", err)
 		if ok.Load() {

@@ -21,7 +21,7 @@ type leadership struct {
 	epoch  uint64 // 0 when not leader
 	ctx    context.Context
 	cancel context.CancelFunc // releases the lock
-	forced chan grant         // a lock taken from a dead leader
+	taken  chan grant         // a lock taken by the leader health check
 }
 
 func (l *leadership) current() (uint64, context.Context) {
@@ -83,7 +83,7 @@ func (m *Manager[C, I]) campaignLoop() {
 			return
 		case g = <-waited:
 			waiting = false
-		case g = <-m.leader.forced:
+		case g = <-m.leader.taken:
 		}
 		if g.err != nil {
 			if m.runCtx.Err() != nil || errors.Is(g.err, rueidislock.ErrLockerClosed) {
@@ -213,9 +213,12 @@ func (m *Manager[C, I]) readLeader(ctx context.Context) (leaderStatus, error) {
 	return st, nil
 }
 
-// checkLeader is the leader health check every node runs on its schedule: a
-// recorded leader that is no longer a live member may still hold the lock (a
-// stuck process, say), so one node forces it out.
+// checkLeader is the leader health check every node runs on its schedule,
+// and after its subscription comes back. With no leader recorded (Redis came
+// back empty, say) it tries the lock at once: a node waiting for the lock
+// hears of a release only from the Redis that lost it. A recorded leader that
+// is no longer a live member may still hold the lock (a stuck process), so
+// one node forces it out.
 func (m *Manager[C, I]) checkLeader() {
 	ctx, cancel := context.WithTimeout(m.runCtx, m.s.heartbeat)
 	defer cancel()
@@ -231,10 +234,17 @@ func (m *Manager[C, I]) checkLeader() {
 		outcome = "dead"
 	}
 	m.tel.leaderCheck(ctx, start, st.node, st.epoch, outcome, err)
-	if outcome != "dead" {
+	if outcome != "dead" && outcome != "none" {
 		return
 	}
-	if session, _ := m.lease.current(); session == "" || m.stopping.Load() {
+	if session, _ := m.lease.current(); session == "" || m.stopping.Load() || m.IsLeader() {
+		return
+	}
+	if lockCtx, release, err := m.locker.TryWithContext(m.runCtx, lockName); err == nil {
+		m.hand(grant{lockCtx, release, nil})
+		return
+	}
+	if outcome != "dead" {
 		return
 	}
 	ok, err := forceGateScript.Exec(ctx, m.client, []string{m.k.forcing},
@@ -245,12 +255,35 @@ func (m *Manager[C, I]) checkLeader() {
 	m.log.Warn("leader is not a live member; forcing it out", "leader", st.node, "epoch", st.epoch)
 	lockCtx, release, err := m.locker.ForceWithContext(m.runCtx, lockName)
 	m.tel.election(ctx, start, "forced", 0, err)
-	if err != nil {
-		return
+	if err == nil {
+		m.hand(grant{lockCtx, release, nil})
 	}
+}
+
+// hand gives a lock taken outside the campaign loop to it.
+func (m *Manager[C, I]) hand(g grant) {
 	select {
-	case m.leader.forced <- grant{lockCtx, release, nil}:
+	case m.leader.taken <- g:
 	default:
-		release()
+		g.release()
+	}
+}
+
+// leaderCheckLoop runs the leader health check on its schedule and whenever
+// asked to.
+func (m *Manager[C, I]) leaderCheckLoop() {
+	for {
+		now := time.Now()
+		next := m.s.leaderHealth.Next(now)
+		t := time.NewTimer(next.Sub(now))
+		select {
+		case <-m.runCtx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		case <-m.leaderCheckCh:
+			t.Stop()
+		}
+		m.checkLeader()
 	}
 }

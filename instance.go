@@ -137,6 +137,7 @@ func (m *Manager[C, I]) nodeLoop() {
 			return
 		case <-m.fenceCh:
 			m.dropAll(m.runCtx, "fenced")
+			m.unfenced.Store(true)
 		case <-m.nodeCh:
 			m.reconcile()
 		case <-retry.C:

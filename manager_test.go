@@ -162,11 +162,14 @@ func TestConfigsAddedRemovedAndChanged(t *testing.T) {
 	}
 	_, removed := after["cfg-05"]
 	assert.False(t, removed)
-	for _, n := range c.nodes {
-		if inst, ok := n.m.Instances()["cfg-04"]; ok {
-			assert.Equal(t, 1, inst.version)
+	c.eventually(5*time.Second, "the new cfg-04 running with its new content", func() bool {
+		for _, n := range c.nodes {
+			if inst, ok := n.m.Instances()["cfg-04"]; ok {
+				return inst.version == 1
+			}
 		}
-	}
+		return false
+	})
 }
 
 func TestAFailingHealthCheckDisconnectsAndRecreates(t *testing.T) {
@@ -456,7 +459,7 @@ func TestASecondProcessWithTheSameNodeIDWaitsForTheFirst(t *testing.T) {
 	first := c.start("n1")
 	c.waitConverged(10*time.Second, "n1")
 	second := c.newNode("n1")
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	err := second.m.Start(ctx)
 	cancel()
 	require.ErrorIs(t, err, ErrNodeIDInUse)

@@ -83,7 +83,9 @@ func (l *lease) expiresAt() (string, time.Time) {
 // before the request was sent, so it can only end earlier than the lease in
 // Redis, never later.
 func (m *Manager[C, I]) join(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	// A reply slower than the usable part of a lease would start a lease
+	// that is over on arrival.
+	ctx, cancel := context.WithTimeout(ctx, m.s.nodeTTL-m.s.fenceMargin())
 	defer cancel()
 	sent := time.Now()
 	res, err := joinScript.Exec(ctx, m.client,
@@ -143,6 +145,9 @@ func (m *Manager[C, I]) heartbeatLoop() {
 		case session != "":
 			_ = m.renew(session, until)
 		case m.stopping.Load():
+		case !m.unfenced.Load():
+			// Instances of the fenced session are still stopping: the node
+			// talks to Redis again only once they are gone.
 		default:
 			if err := m.join(m.runCtx); err != nil {
 				switch {
@@ -203,6 +208,7 @@ func (m *Manager[C, I]) fenceSession(session, reason string) {
 	if session == "" || !m.lease.endIf(session) {
 		return
 	}
+	m.unfenced.Store(false) // until the node loop has stopped every instance
 	m.log.Warn("fenced: stopping all instances", "reason", reason)
 	m.tel.fenced(m.runCtx, reason)
 	m.stepDown()
