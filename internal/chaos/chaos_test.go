@@ -1,0 +1,457 @@
+package chaos
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-dim/dim/internal/faultproxy"
+)
+
+var (
+	chaosDuration = flag.Duration("chaos.duration", 40*time.Second, "how long the seeded chaos run injects faults (scripts/chaos runs it long)")
+	chaosSeed     = flag.Uint64("chaos.seed", 0, "seed of the chaos schedule; 0 picks one (it is printed)")
+	chaosNodes    = flag.Int("chaos.nodes", 6, "node processes in the chaos run (5-7)")
+	chaosKeys     = flag.Int("chaos.keys", 20, "configured keys at the start of the chaos run")
+	chaosReport   = flag.String("chaos.report", "", "write the chaos run's results as JSON to this file")
+)
+
+// faultKinds are the faults of the chaos run, with their weights.
+var faultKinds = []struct {
+	kind   string
+	weight int
+}{
+	{"crash", 3},
+	{"leader-crash", 2},
+	{"multi-crash", 1},
+	{"service-restart", 1},
+	{"graceful-stop", 2},
+	{"pause", 3},
+	{"cut-upstream", 1},
+	{"cut-downstream", 1},
+	{"cut-both", 2},
+	{"latency-low", 1},
+	{"latency-high", 1},
+	{"redis-restart", 1},
+	{"redis-outage", 1},
+	{"churn", 3},
+	{"callbacks", 2},
+}
+
+// step is one planned fault: what, against which node slot (an index; the
+// leader-crash picks whoever leads), for how long and with what parameter.
+// Plans are drawn from the seed alone, never from what happens at run
+// time, so a seed replays the same schedule.
+type step struct {
+	kind  string
+	slot  int
+	slots []int
+	gap   time.Duration // wait before it starts
+	hold  time.Duration // how long it lasts
+	param time.Duration // latency, pause length
+	pick  uint64        // more randomness for churn and callbacks
+	flag  bool          // service-restart: SIGTERM instead of SIGKILL
+}
+
+func planRound(rng *rand.Rand, nodes int) []step {
+	total := 0
+	for _, f := range faultKinds {
+		total += f.weight
+	}
+	n := 1 + rng.IntN(3)
+	out := make([]step, 0, n)
+	for range n {
+		w := rng.IntN(total)
+		var kind string
+		for _, f := range faultKinds {
+			if w -= f.weight; w < 0 {
+				kind = f.kind
+				break
+			}
+		}
+		s := step{
+			kind: kind,
+			slot: rng.IntN(nodes),
+			gap:  time.Duration(rng.IntN(600)) * time.Millisecond,
+			hold: 500*time.Millisecond + time.Duration(rng.IntN(2500))*time.Millisecond,
+			pick: rng.Uint64(),
+			flag: rng.IntN(2) == 0,
+		}
+		perm := rng.Perm(nodes)
+		s.slots = perm[:2+rng.IntN(2)]
+		switch kind {
+		case "pause":
+			s.param = NodeTTL + NodeTTL/5 + time.Duration(rng.IntN(int(NodeTTL/time.Millisecond)))*time.Millisecond
+		case "latency-low":
+			s.param = time.Duration(10+rng.IntN(140)) * time.Millisecond // round trip below (TTL − margin)/2
+		case "latency-high":
+			s.param = time.Duration(250+rng.IntN(350)) * time.Millisecond // round trip above it
+		case "redis-outage":
+			s.param = 3*NodeTTL/2 + time.Duration(rng.IntN(int(NodeTTL/time.Millisecond)))*time.Millisecond
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// chaosResult is what the chaos run records; scripts/chaos puts it in
+// RELIABILITY.md.
+type chaosResult struct {
+	Seed           uint64         `json:"seed"`
+	Nodes          int            `json:"nodes"`
+	Rounds         int            `json:"rounds"`
+	Faults         map[string]int `json:"faults"`
+	FaultsTotal    int            `json:"faults_total"`
+	Skipped        int            `json:"skipped"`
+	SimulatedTime  string         `json:"simulated_time"`
+	Events         int            `json:"events"`
+	Instances      int            `json:"instances"`
+	Overlaps       int            `json:"overlaps"`
+	Leaks          int            `json:"leaks"`
+	DoubleDowns    int            `json:"double_disconnects"`
+	StaleWrites    int            `json:"stale_writes_outside_wakeups"`
+	EpochViolation int            `json:"epoch_violations"`
+	LeaderTerms    int            `json:"leader_terms"`
+	Recoveries     int            `json:"recoveries"`
+	Converged      int            `json:"converged"`
+	WorstRecovery  string         `json:"worst_recovery"`
+	RecoveryBound  string         `json:"recovery_bound"`
+	Wakes          int            `json:"wakeups"`
+	WakeCancel     string         `json:"worst_wake_cancel"`
+	WakeDown       string         `json:"worst_wake_disconnect"`
+	WakeOverlaps   int            `json:"post_wake_overlaps"`
+	Refused        int            `json:"old_token_writes_refused"`
+	Accepted       int            `json:"resource_writes_accepted"`
+	Failures       []string       `json:"failures"`
+}
+
+// TestChaosRun runs a seeded random schedule of every fault against node
+// processes and one redis-server, in rounds: each round injects one to
+// three overlapping faults, heals them all, restarts what was stopped and
+// waits for convergence. The history is checked at the end. A failing seed
+// replays the same schedule:
+//
+//	go test ./internal/chaos -run TestChaosRun -chaos.seed=N -chaos.duration=40s
+func TestChaosRun(t *testing.T) {
+	seed := *chaosSeed
+	if seed == 0 {
+		seed = uint64(time.Now().UnixNano())
+	}
+	t.Logf("chaos seed %d (replay: go test ./internal/chaos -run TestChaosRun -chaos.seed=%d -chaos.duration=%v)", seed, seed, *chaosDuration)
+	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	nodes := min(max(*chaosNodes, 5), 7)
+	ids := make([]string, nodes)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("n%d", i+1)
+	}
+	c := NewCluster(t, ids, *chaosKeys)
+	c.Start(ids...)
+	c.WaitReady(settle, ids...)
+	c.Quiet(settle)
+
+	r := &chaosRunner{t: t, c: c, ids: ids, nextKey: *chaosKeys}
+	start := time.Now()
+	rounds := 0
+	for time.Since(start) < *chaosDuration && !t.Failed() {
+		rounds++
+		r.round(planRound(rng, nodes))
+	}
+	rep := c.Finish(DefaultLimits)
+	t.Logf("chaos seed %d: %d rounds\n%s", seed, rounds, rep.Summary())
+	for _, f := range rep.Failures() {
+		t.Error(f)
+	}
+	if t.Failed() {
+		t.Logf("replay: go test ./internal/chaos -run TestChaosRun -chaos.seed=%d -chaos.duration=%v", seed, *chaosDuration)
+	}
+	if *chaosReport != "" {
+		writeChaosReport(t, *chaosReport, seed, nodes, rounds, r.skipped, rep, c)
+	}
+}
+
+type chaosRunner struct {
+	t       *testing.T
+	c       *Cluster
+	ids     []string
+	nextKey int
+	skipped int
+}
+
+// heal is a pending end of a fault.
+type heal struct {
+	at time.Time
+	do func()
+}
+
+func (r *chaosRunner) round(plan []step) {
+	c := r.c
+	var heals []heal
+	var fenced []func(*State) bool
+	for _, s := range plan {
+		time.Sleep(s.gap) // the schedule's spacing of faults, not a synchronisation
+		heals = r.healDue(heals)
+		if h, f := r.inject(s); h != nil || f != nil {
+			if h != nil {
+				heals = append(heals, heal{at: time.Now().Add(s.hold), do: h})
+			}
+			if f != nil {
+				fenced = append(fenced, f)
+			}
+		}
+	}
+	// Let the faults run their course: each ends at its own time.
+	slices.SortFunc(heals, func(a, b heal) int { return a.at.Compare(b.at) })
+	for _, h := range heals {
+		time.Sleep(time.Until(h.at)) // a fault's duration is its parameter
+		h.do()
+	}
+	// Heal what is left and bring every node back.
+	for _, id := range r.ids {
+		c.Resume(id)
+		c.Node(id).Proxy.Heal()
+		c.Node(id).Proxy.SetLatency(faultproxy.Both, 0)
+	}
+	r.behave()
+	c.Start(r.ids...)
+	first := func(s *State) bool {
+		for _, f := range fenced {
+			if !f(s) {
+				return false
+			}
+		}
+		return true
+	}
+	c.QuietAfter(settle, first, r.ids...)
+}
+
+// healDue runs the heals that are due and returns the rest.
+func (r *chaosRunner) healDue(heals []heal) []heal {
+	var rest []heal
+	for _, h := range heals {
+		if time.Now().After(h.at) {
+			h.do()
+		} else {
+			rest = append(rest, h)
+		}
+	}
+	return rest
+}
+
+// inject starts a fault and returns what ends it, and for faults that
+// make every node fence, a condition that holds once they all have.
+func (r *chaosRunner) inject(s step) (func(), func(*State) bool) {
+	c := r.c
+	id := r.ids[s.slot]
+	running := func(id string) bool { return slices.Contains(c.Running(), id) }
+	skip := func() (func(), func(*State) bool) {
+		r.skipped++
+		return nil, nil
+	}
+	switch s.kind {
+	case "crash":
+		if !running(id) {
+			return skip()
+		}
+		c.Fault(s.kind, id)
+		c.Kill(id)
+		return func() { c.Start(id); c.Healed(s.kind, id) }, nil
+	case "leader-crash":
+		c.Sync()
+		leader := c.State.Leader()
+		if leader == "" || !running(leader) {
+			return skip()
+		}
+		c.Fault(s.kind, leader)
+		c.Kill(leader)
+		return func() { c.Start(leader); c.Healed(s.kind, leader) }, nil
+	case "multi-crash":
+		var victims []string
+		for _, i := range s.slots {
+			if running(r.ids[i]) {
+				victims = append(victims, r.ids[i])
+			}
+		}
+		if len(victims) < 2 {
+			return skip()
+		}
+		c.Fault(s.kind, strings.Join(victims, ","))
+		c.Kill(victims...)
+		return func() { c.Start(victims...); c.Healed(s.kind, strings.Join(victims, ",")) }, nil
+	case "service-restart":
+		how := "SIGKILL"
+		if s.flag {
+			how = "SIGTERM"
+		}
+		c.Fault(s.kind, how)
+		if s.flag {
+			c.Term(r.ids...)
+		} else {
+			c.Kill(r.ids...)
+		}
+		c.Start(r.ids...)
+		c.Healed(s.kind, how)
+		return nil, nil
+	case "graceful-stop":
+		if !running(id) {
+			return skip()
+		}
+		c.Fault(s.kind, id)
+		c.Term(id)
+		return func() { c.Start(id); c.Healed(s.kind, id) }, nil
+	case "pause":
+		if !running(id) {
+			return skip()
+		}
+		c.Fault(s.kind, fmt.Sprintf("%s for %v", id, s.param))
+		c.Pause(id)
+		// The pause length is the fault's parameter; Resume ends it.
+		at := time.Now().Add(s.param)
+		return func() {
+			time.Sleep(time.Until(at))
+			c.Resume(id)
+			c.Healed(s.kind, id)
+		}, nil
+	case "cut-upstream", "cut-downstream", "cut-both":
+		dir := map[string]faultproxy.Direction{"cut-upstream": faultproxy.Upstream, "cut-downstream": faultproxy.Downstream, "cut-both": faultproxy.Both}[s.kind]
+		c.Fault(s.kind, id)
+		c.Node(id).Proxy.Cut(dir)
+		return func() { c.Node(id).Proxy.Heal(); c.Healed(s.kind, id) }, nil
+	case "latency-low", "latency-high":
+		c.Fault(s.kind, fmt.Sprintf("%s %v each way", id, s.param))
+		c.Node(id).Proxy.SetLatency(faultproxy.Both, s.param)
+		return func() { c.Node(id).Proxy.SetLatency(faultproxy.Both, 0); c.Healed(s.kind, id) }, nil
+	case "redis-restart":
+		c.Fault(s.kind, "empty")
+		f := c.Fenced()
+		c.Redis.Restart()
+		c.Healed(s.kind, "empty")
+		return nil, f
+	case "redis-outage":
+		c.Fault(s.kind, fmt.Sprintf("frozen for %v", s.param))
+		f := c.Fenced()
+		c.Redis.Pause()
+		time.Sleep(s.param) // the outage's length is the fault's parameter
+		c.Redis.Resume()
+		c.Healed(s.kind, "answers again")
+		return nil, f
+	case "churn":
+		r.churn(s.pick)
+		return nil, nil
+	case "callbacks":
+		r.misbehave(s.pick)
+		return nil, nil
+	}
+	panic("unknown fault " + s.kind)
+}
+
+// churn adds, removes and changes keys, drawn from pick.
+func (r *chaosRunner) churn(pick uint64) {
+	c := r.c
+	rng := rand.New(rand.NewPCG(pick, 1))
+	cfgs := c.Configs()
+	add, remove, change := rng.IntN(3), rng.IntN(3), 1+rng.IntN(3)
+	if len(cfgs)-remove < 10 {
+		remove = 0
+	}
+	if len(cfgs)+add > 30 {
+		add = 0
+	}
+	for range remove {
+		i := rng.IntN(len(cfgs))
+		cfgs = slices.Delete(cfgs, i, i+1)
+	}
+	for range change {
+		cfgs[rng.IntN(len(cfgs))].Version++
+	}
+	for range add {
+		cfgs = append(cfgs, Config{Key: fmt.Sprintf("k%02d", r.nextKey), Version: 1})
+		r.nextKey++
+	}
+	c.Fault("churn", fmt.Sprintf("add %d, remove %d, change %d", add, remove, change))
+	c.SetConfigs(cfgs)
+}
+
+// misbehaviours the chaos run gives callbacks. A disconnect that hangs
+// until its timeout is left out: it outlives the fence margin, which dim
+// documents as outside its guarantee (it has a scenario test of its own).
+var misbehaviours = []struct{ create, disconnect, health string }{
+	{create: "error"}, {create: "panic"}, {create: "hang"}, {create: "slow"},
+	{disconnect: "error"}, {disconnect: "panic"}, {disconnect: "slow"},
+	{health: "error"},
+}
+
+// misbehave makes one to three keys' callbacks misbehave until the round
+// ends.
+func (r *chaosRunner) misbehave(pick uint64) {
+	c := r.c
+	rng := rand.New(rand.NewPCG(pick, 2))
+	cfgs := c.Configs()
+	var what []string
+	for range 1 + rng.IntN(3) {
+		i := rng.IntN(len(cfgs))
+		m := misbehaviours[rng.IntN(len(misbehaviours))]
+		cfgs[i].Create, cfgs[i].Disconnect, cfgs[i].Health = m.create, m.disconnect, m.health
+		cfgs[i].Version++
+		what = append(what, fmt.Sprintf("%s:%s%s%s", cfgs[i].Key, m.create, m.disconnect, m.health))
+	}
+	c.Fault("callbacks", strings.Join(what, " "))
+	c.SetConfigs(cfgs)
+}
+
+// behave ends every misbehaviour.
+func (r *chaosRunner) behave() {
+	cfgs := r.c.Configs()
+	changed := false
+	for i := range cfgs {
+		if cfgs[i].Create != "" || cfgs[i].Disconnect != "" || cfgs[i].Health != "" {
+			cfgs[i].Create, cfgs[i].Disconnect, cfgs[i].Health = "", "", ""
+			cfgs[i].Version++
+			changed = true
+		}
+	}
+	if changed {
+		r.c.SetConfigs(cfgs)
+		r.c.Healed("callbacks", "all behave")
+	}
+}
+
+func writeChaosReport(t *testing.T, path string, seed uint64, nodes, rounds, skipped int, rep *Report, c *Cluster) {
+	total := 0
+	for _, n := range rep.Faults {
+		total += n
+	}
+	wc, wd := rep.WorstWake()
+	converged := 0
+	for _, rc := range rep.Recoveries {
+		if rc.Converged {
+			converged++
+		}
+	}
+	accepted, _ := c.Resource.Counts()
+	res := chaosResult{
+		Seed: seed, Nodes: nodes, Rounds: rounds, Faults: rep.Faults, FaultsTotal: total, Skipped: skipped,
+		SimulatedTime: rep.Span.Round(time.Millisecond).String(), Events: rep.Events, Instances: rep.Instances,
+		Overlaps: len(rep.Overlaps), Leaks: len(rep.Leaks), DoubleDowns: len(rep.DoubleDowns),
+		StaleWrites: len(rep.StaleWrites), EpochViolation: len(rep.EpochViolations), LeaderTerms: rep.Terms,
+		Recoveries: len(rep.Recoveries), Converged: converged,
+		WorstRecovery: rep.WorstRecovery().Round(time.Millisecond).String(),
+		RecoveryBound: DefaultLimits.RecoveryBound.String(),
+		Wakes:         len(rep.Wakes), WakeCancel: wc.Round(time.Microsecond).String(), WakeDown: wd.Round(time.Microsecond).String(),
+		WakeOverlaps: len(rep.WakeOverl), Refused: rep.Refused, Accepted: accepted,
+		Failures: rep.Failures(),
+	}
+	data, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	if err := os.WriteFile(path, append(data, '\n'), 0o644); err != nil {
+		t.Error(err)
+	}
+}

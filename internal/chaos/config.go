@@ -1,0 +1,80 @@
+package chaos
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Config is one configured instance of the chaos test service, as the node
+// program's getConfig reads it from the configs file the driver writes. A
+// misbehaviour field makes that callback misbehave for the key; changing
+// it changes the config's content, so dim replaces the instance.
+type Config struct {
+	Key     string `json:"key"`
+	Version int    `json:"version"`
+	// Create: "" behaves; "error" fails the first two calls of each node
+	// process for this key and version; "panic" panics in the first;
+	// "hang" blocks the first past the callback timeout, until its context
+	// ends, then returns an instance all the same; "slow" takes SlowCreate.
+	Create string `json:"create,omitempty"`
+	// Disconnect: "" behaves; "error" and "panic" stop the instance, then
+	// fail; "slow" takes SlowDisconnect first; "hang" waits for its
+	// context to end (the callback timeout) before stopping the instance.
+	Disconnect string `json:"disconnect,omitempty"`
+	// Health: "" behaves; "error" fails the first check of each instance.
+	Health string `json:"health,omitempty"`
+}
+
+// Durations of the slow callbacks: well inside the callback timeout, and a
+// slow disconnect well inside the fence margin, so that even a fenced node
+// stops a slowly disconnecting instance before its lease can end.
+const (
+	SlowCreate     = 300 * time.Millisecond
+	SlowDisconnect = 50 * time.Millisecond
+	// HangExtra is how long a hanging create keeps going after its context
+	// ended: a callback that notices cancellation late, but well inside the
+	// fence margin.
+	HangExtra = 50 * time.Millisecond
+)
+
+// ReadConfigs reads a configs file.
+func ReadConfigs(path string) ([]Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("chaos: read configs: %w", err)
+	}
+	var out []Config
+	if err := json.Unmarshal(data, &out); err != nil {
+		return nil, fmt.Errorf("chaos: parse configs: %w", err)
+	}
+	return out, nil
+}
+
+// WriteConfigs replaces a configs file atomically, so that a reader sees
+// either the old list or the new one.
+func WriteConfigs(path string, cfgs []Config) error {
+	data, err := json.Marshal(cfgs)
+	if err != nil {
+		return fmt.Errorf("chaos: encode configs: %w", err)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".configs-*")
+	if err != nil {
+		return fmt.Errorf("chaos: write configs: %w", err)
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return fmt.Errorf("chaos: write configs: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("chaos: write configs: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("chaos: write configs: %w", err)
+	}
+	return nil
+}
