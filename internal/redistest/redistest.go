@@ -74,6 +74,9 @@ type config struct {
 	tls          bool
 	startTimeout time.Duration
 	cluster      bool
+	// sentinelConf is the configuration file of a Sentinel process, set by
+	// StartSentinel only: the server then runs in Sentinel mode.
+	sentinelConf string
 }
 
 // WithName names the server in log and failure messages, which helps when a
@@ -413,7 +416,12 @@ func (s *Server) args() []string {
 			"--cluster-port", strconv.Itoa(s.busPort),
 		)
 	}
-	return append(args, s.cfg.args...)
+	args = append(args, s.cfg.args...)
+	if s.cfg.sentinelConf != "" {
+		// Sentinel mode wants its (writable) configuration file first.
+		args = append([]string{s.cfg.sentinelConf, "--sentinel"}, args...)
+	}
+	return args
 }
 
 // start runs redis-server and waits until it answers PING. It returns
