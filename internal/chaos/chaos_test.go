@@ -40,6 +40,7 @@ var faultKinds = []struct {
 	{"latency-high", 1},
 	{"redis-restart", 1},
 	{"redis-outage", 1},
+	{"redis-down", 1},
 	{"churn", 3},
 	{"callbacks", 2},
 }
@@ -92,7 +93,7 @@ func planRound(rng *rand.Rand, nodes int) []step {
 			s.param = time.Duration(10+rng.IntN(140)) * time.Millisecond // round trip below (TTL − margin)/2
 		case "latency-high":
 			s.param = time.Duration(250+rng.IntN(350)) * time.Millisecond // round trip above it
-		case "redis-outage":
+		case "redis-outage", "redis-down":
 			s.param = 3*NodeTTL/2 + time.Duration(rng.IntN(int(NodeTTL/time.Millisecond)))*time.Millisecond
 		}
 		out = append(out, s)
@@ -339,6 +340,17 @@ func (r *chaosRunner) inject(s step) (func(), func(*State) bool) {
 		time.Sleep(s.param) // the outage's length is the fault's parameter
 		c.Redis.Resume()
 		c.Healed(s.kind, "answers again")
+		return nil, f
+	case "redis-down":
+		// Killed for longer than every lease and the lock TTL, then back
+		// empty: nobody may claim before the grace period, and a leader
+		// must be elected without a release ever being announced.
+		c.Fault(s.kind, fmt.Sprintf("killed for %v, back empty", s.param))
+		f := c.Fenced()
+		c.Redis.Kill()
+		time.Sleep(s.param) // the outage's length is the fault's parameter
+		c.Redis.Restart()
+		c.Healed(s.kind, "back empty")
 		return nil, f
 	case "churn":
 		r.churn(s.pick)
