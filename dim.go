@@ -287,10 +287,11 @@ func (m *Manager[C, I]) start(ctx context.Context) error {
 	m.wg.Go(m.heartbeatLoop)
 	m.wg.Go(m.nodeLoop)
 	m.wg.Go(m.campaignLoop)
-	m.wg.Go(func() { m.every(m.s.health, func() { signal(m.healthTickCh) }) })
-	m.wg.Go(m.leaderCheckLoop)
+	m.wg.Go(func() { m.every(m.s.health, nil, func() { signal(m.healthTickCh) }) })
+	// The leader check also runs whenever a subscription comes back.
+	m.wg.Go(func() { m.every(m.s.leaderHealth, m.leaderCheckCh, m.checkLeader) })
 	m.wg.Go(func() {
-		m.every(m.s.refresh, func() {
+		m.every(m.s.refresh, nil, func() {
 			m.configsStale.Store(true)
 			m.triggerNode()
 			m.triggerLeader(triggerRefresh)
@@ -525,8 +526,9 @@ func (m *Manager[C, I]) onEvent(msg rueidis.PubSubMessage) {
 	}
 }
 
-// every calls fn on a cron schedule until the node stops.
-func (m *Manager[C, I]) every(s cron.Schedule, fn func()) {
+// every calls fn on a cron schedule, and whenever wake fires (nil: never),
+// until the node stops.
+func (m *Manager[C, I]) every(s cron.Schedule, wake <-chan struct{}, fn func()) {
 	for {
 		now := time.Now()
 		next := s.Next(now)
@@ -539,8 +541,10 @@ func (m *Manager[C, I]) every(s cron.Schedule, fn func()) {
 			t.Stop()
 			return
 		case <-t.C:
-			fn()
+		case <-wake:
+			t.Stop()
 		}
+		fn()
 	}
 }
 

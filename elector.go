@@ -268,22 +268,3 @@ func (m *Manager[C, I]) hand(g grant) {
 		g.release()
 	}
 }
-
-// leaderCheckLoop runs the leader health check on its schedule and whenever
-// asked to.
-func (m *Manager[C, I]) leaderCheckLoop() {
-	for {
-		now := time.Now()
-		next := m.s.leaderHealth.Next(now)
-		t := time.NewTimer(next.Sub(now))
-		select {
-		case <-m.runCtx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		case <-m.leaderCheckCh:
-			t.Stop()
-		}
-		m.checkLeader()
-	}
-}
