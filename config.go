@@ -14,13 +14,25 @@ import (
 // config is one configured instance as getConfig returned it, with the hash
 // of its content that tells whether it changed.
 type config[C any] struct {
-	value C
-	sum   string
+	value  C
+	sum    string
+	hashed bool // sum is known; a node hashes only the keyed configs assigned to it
 }
 
 // loadConfigs calls getConfig under the callback timeout and keys its result.
 // Any error leaves the caller's previous configs in force.
 func (m *Manager[C, I]) loadConfigs(ctx context.Context) (map[string]config[C], error) {
+	return m.load(ctx, false)
+}
+
+// loadNodeConfigs is loadConfigs without hashing keyed configs: a node needs
+// the content hash only of the configs assigned to it (see withSums), while
+// the leader's fingerprint needs all of them.
+func (m *Manager[C, I]) loadNodeConfigs(ctx context.Context) (map[string]config[C], error) {
+	return m.load(ctx, true)
+}
+
+func (m *Manager[C, I]) load(ctx context.Context, lazy bool) (map[string]config[C], error) {
 	var list []C
 	err := m.callWithTimeout(ctx, "", func(ctx context.Context) error {
 		var err error
@@ -32,21 +44,35 @@ func (m *Manager[C, I]) loadConfigs(ctx context.Context) (map[string]config[C], 
 	}
 	out := make(map[string]config[C], len(list))
 	for i, c := range list {
-		key, sum, err := m.identify(c)
+		key, sum, err := m.identify(c, lazy)
 		if err != nil {
 			return nil, fmt.Errorf("getConfig: config %d: %w", i, err)
 		}
-		if _, dup := out[key]; dup {
+		n := len(out)
+		out[key] = config[C]{value: c, sum: sum, hashed: !lazy || m.keyOf == nil}
+		if len(out) == n {
 			return nil, fmt.Errorf("getConfig: config %d: %w: %q", i, ErrDuplicateKey, key)
 		}
-		out[key] = config[C]{value: c, sum: sum}
 	}
 	return out, nil
 }
 
+// withSums hashes the configs of keys that are not hashed yet.
+func withSums[C any](configs map[string]config[C], keys map[string]bool) {
+	for key := range keys {
+		if c, ok := configs[key]; ok && !c.hashed {
+			// A keyed config that cannot be encoded still runs; only changes
+			// of its content go unnoticed.
+			c.sum, _ = contentHash(c.value)
+			c.hashed = true
+			configs[key] = c
+		}
+	}
+}
+
 // identify returns a config's key and content hash. Without WithKey the key
 // is the content hash, so every change of content is a new instance.
-func (m *Manager[C, I]) identify(c C) (key, sum string, err error) {
+func (m *Manager[C, I]) identify(c C, lazy bool) (key, sum string, err error) {
 	if isNil(c) {
 		return "", "", fmt.Errorf("%w: config is nil", ErrInvalidConfig)
 	}
@@ -66,6 +92,9 @@ func (m *Manager[C, I]) identify(c C) (key, sum string, err error) {
 	}
 	if key == "" {
 		return "", "", fmt.Errorf("%w: the key function returned an empty key", ErrInvalidKey)
+	}
+	if lazy {
+		return key, "", nil
 	}
 	// A keyed config that cannot be encoded still runs; only changes of its
 	// content go unnoticed.
@@ -107,9 +136,10 @@ func (m *Manager[C, I]) nodeConfigs(ctx context.Context, assigned map[string]boo
 		}
 	}
 	if !stale {
+		withSums(m.configs, assigned)
 		return m.configs
 	}
-	configs, err := m.loadConfigs(ctx)
+	configs, err := m.loadNodeConfigs(ctx)
 	if err != nil {
 		m.log.Error("cannot refresh configs; keeping what runs", "err", err)
 		m.tel.configFailed(ctx)
@@ -118,9 +148,11 @@ func (m *Manager[C, I]) nodeConfigs(ctx context.Context, assigned map[string]boo
 		if m.configs == nil {
 			return map[string]config[C]{}
 		}
+		withSums(m.configs, assigned)
 		return m.configs
 	}
 	m.configBackoff.reset()
+	withSums(configs, assigned)
 	m.configs, m.configsAt = configs, time.Now()
 	return configs
 }

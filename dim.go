@@ -100,7 +100,8 @@ type Manager[C, I any] struct {
 	configs       map[string]config[C]
 	configsAt     time.Time
 	configsStale  atomic.Bool
-	lastTrace     string // trace context of the last rebalance seen
+	released      atomic.Bool // another node released keys since the last reconcile
+	lastTrace     string      // trace context of the last rebalance seen
 	configBackoff *backoff
 
 	viewMu sync.RWMutex
@@ -236,6 +237,10 @@ func (m *Manager[C, I]) start(ctx context.Context) error {
 		KeyValidity:    m.s.lockTTL,
 		ExtendInterval: m.s.lockRefresh,
 		KeyMajority:    int32(m.s.lockMajority),
+		// Without NOLOOP, each extension of the lock notifies the leader
+		// itself, and rueidislock extends again on every notice: a busy loop
+		// of thousands of scripts a second for as long as a leader leads.
+		NoLoopTracking: true,
 	}
 	client := m.s.client
 	if client == nil {
@@ -516,6 +521,9 @@ func (m *Manager[C, I]) onEvent(msg rueidis.PubSubMessage) {
 		}
 	case evRelease:
 		if len(args) > 0 && args[0] != m.s.nodeID {
+			// A claim refused a moment ago may succeed now: retry it at
+			// once, not after claimRetry.
+			m.released.Store(true)
 			m.triggerNode()
 		}
 	case evConfig:

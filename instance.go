@@ -161,6 +161,12 @@ func (m *Manager[C, I]) nodeLoop() {
 // nextRetry is the earliest time a failed or refused key should be tried
 // again.
 func (m *Manager[C, I]) nextRetry() (time.Time, bool) {
+	// Without a lease, or while stopping, reconcile does nothing, so a retry
+	// time that has passed would wake the loop again at once, over and over
+	// until the node rejoins. A rejoin triggers a reconcile by itself.
+	if session, _ := m.lease.current(); session == "" || m.stopping.Load() {
+		return time.Time{}, false
+	}
 	var at time.Time
 	for key, f := range m.tab.failures {
 		if m.hung.has(key) {
@@ -259,8 +265,10 @@ func (m *Manager[C, I]) reconcile() {
 	stats.released = len(release)
 
 	// Claim and create what is ours but not running, including what was
-	// just replaced: claiming a key this node owns returns its token.
+	// just replaced: claiming a key this node owns returns its token. After
+	// another node released keys, refused claims are tried again at once.
 	now := time.Now()
+	retryRefused := m.released.Swap(false)
 	var want []string
 	for key := range mine {
 		if _, running := m.tab.running[key]; running {
@@ -272,7 +280,7 @@ func (m *Manager[C, I]) reconcile() {
 		if f := m.tab.failures[key]; f != nil && now.Before(f.next) {
 			continue
 		}
-		if w, ok := m.tab.waiting[key]; ok && now.Before(w) {
+		if w, ok := m.tab.waiting[key]; ok && now.Before(w) && !retryRefused {
 			continue
 		}
 		want = append(want, key)
@@ -288,8 +296,11 @@ func (m *Manager[C, I]) reconcile() {
 		if token, ok := granted[key]; ok {
 			delete(m.tab.waiting, key)
 			jobs = append(jobs, createJob[C]{key: key, cfg: configs[key], token: token})
-		} else if err == nil {
-			m.tab.waiting[key] = now.Add(m.claimRetry)
+		} else if retry := now.Add(m.claimRetry); err == nil && !m.tab.waiting[key].After(retry) {
+			// Refused: try again soon. A later time set by claim (the end
+			// of a grace period) stands, so that the node wakes when the
+			// grace ends instead of polling through it.
+			m.tab.waiting[key] = retry
 		}
 	}
 	stats.created, stats.failed = m.createAll(ctx, leaseCtx, session, jobs)

@@ -459,7 +459,7 @@ func TestASecondProcessWithTheSameNodeIDWaitsForTheFirst(t *testing.T) {
 	first := c.start("n1")
 	c.waitConverged(10*time.Second, "n1")
 	second := c.newNode("n1")
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	err := second.m.Start(ctx)
 	cancel()
 	require.ErrorIs(t, err, ErrNodeIDInUse)
