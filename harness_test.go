@@ -208,7 +208,12 @@ func (c *testCluster) newNode(id string, extra ...Option) *testNode {
 // start creates and starts a node.
 func (c *testCluster) start(id string, extra ...Option) *testNode {
 	c.t.Helper()
-	n := c.newNode(id, extra...)
+	return c.startNode(c.newNode(id, extra...))
+}
+
+// startNode starts a node made by any harness.
+func (c *testCluster) startNode(n *testNode) *testNode {
+	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	require.NoError(c.t, n.m.Start(ctx))

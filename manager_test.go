@@ -76,12 +76,7 @@ func TestCrashedNodeIsTakenOverAfterItsLease(t *testing.T) {
 	victim := followerOf(c)
 	start := time.Now()
 	c.crash(victim)
-	var rest []string
-	for _, id := range []string{"n1", "n2", "n3"} {
-		if id != victim {
-			rest = append(rest, id)
-		}
-	}
+	rest := without([]string{"n1", "n2", "n3"}, victim)
 	c.waitConverged(testTTL+2*time.Second, rest...)
 	took := time.Since(start)
 	t.Logf("crash of %s: all keys live elsewhere after %v (node TTL %v)", victim, took, testTTL)
@@ -103,12 +98,7 @@ func TestLeaderCrashElectsANewLeaderWithAHigherEpoch(t *testing.T) {
 	newEpoch, _ := next.m.leader.current()
 	assert.NotEqual(t, old.id, next.id)
 	assert.Greater(t, newEpoch, oldEpoch)
-	var rest []string
-	for _, id := range []string{"n1", "n2", "n3"} {
-		if id != old.id {
-			rest = append(rest, id)
-		}
-	}
+	rest := without([]string{"n1", "n2", "n3"}, old.id)
 	c.waitConverged(testTTL+2*time.Second, rest...)
 	t.Logf("leader crash: new leader after %v (lock TTL %v), every key live after %v", elected, testLockTTL, time.Since(start))
 }
@@ -252,12 +242,7 @@ func TestANodeCutOffFromRedisStopsBeforeOthersStart(t *testing.T) {
 			}
 			cut := time.Now()
 			victim.proxy.Cut(dir)
-			var rest []string
-			for _, id := range []string{"n1", "n2", "n3"} {
-				if id != victim.id {
-					rest = append(rest, id)
-				}
-			}
+			rest := without([]string{"n1", "n2", "n3"}, victim.id)
 			c.waitConverged(testTTL+2*time.Second, rest...)
 			t.Logf("cut %v: keys live on the others after %v", dir, time.Since(cut))
 			for _, ctx := range ctxs {

@@ -92,11 +92,7 @@ func (c *directCluster) newNode(id string, extra ...Option) *testNode {
 // start creates and starts a node.
 func (c *directCluster) start(id string, extra ...Option) *testNode {
 	c.t.Helper()
-	n := c.newNode(id, extra...)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	require.NoError(c.t, n.m.Start(ctx))
-	return n
+	return c.startNode(c.newNode(id, extra...))
 }
 
 // crash kills a node as a crash would. Its connections are closed and no
