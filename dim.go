@@ -310,9 +310,13 @@ func (m *Manager[C, I]) start(ctx context.Context) error {
 // joinWaiting joins, waiting out a live session that holds this node's ID
 // for as long as ctx allows.
 func (m *Manager[C, I]) joinWaiting(ctx context.Context) error {
+	var inUse *idInUseError
 	for {
 		err := m.join(ctx)
-		var inUse *idInUseError
+		if inUse != nil && ctx.Err() != nil {
+			// ctx ended during a retry: the ID being in use is the reason.
+			return fmt.Errorf("%w (start context: %w)", inUse, ctx.Err())
+		}
 		if !errors.As(err, &inUse) {
 			return err
 		}

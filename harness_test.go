@@ -86,6 +86,19 @@ func newTestCluster(t *testing.T, keys int) *testCluster {
 	t.Cleanup(func() {
 		c.crashes.Wait()
 		c.stopAll()
+		// No leak: once every node stopped, every instance was disconnected
+		// (a late create that outlived its timeout is disconnected when it
+		// returns, so allow it a moment).
+		deadline := time.Now().Add(5 * time.Second)
+		for len(c.rec.Live()) > 0 && time.Now().Before(deadline) {
+			select {
+			case <-c.rec.Changed():
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		if live := c.rec.Live(); len(live) > 0 {
+			t.Errorf("%d instances never disconnected after every node stopped: %s", len(live), c.rec.Summary())
+		}
 		if problems := history.Problems(c.rec.Events()); len(problems) > 0 {
 			t.Errorf("history has %d problems:\n%v", len(problems), problems)
 		}
