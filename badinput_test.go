@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -142,14 +143,32 @@ func TestAStopDeadlineMidHandoffStillDisconnectsEverything(t *testing.T) {
 	c.waitConverged(10*time.Second, "n1")
 	n1 := c.node("n1")
 	slow := n1.m.disconnect
+	var called atomic.Int64
 	n1.m.disconnect = func(ctx context.Context, inst *testInst) error {
-		time.Sleep(100 * time.Millisecond) // a slow close, longer than Stop allows
+		called.Add(1)
+		time.Sleep(300 * time.Millisecond) // a slow close, longer than Stop allows
 		return slow(ctx, inst)
 	}
+	var running map[string]*testInst
+	c.eventually(5*time.Second, "the view shows every instance", func() bool {
+		running = n1.m.Instances()
+		return len(running) == 6
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
+	start := time.Now()
 	err := n1.m.Stop(ctx)
+	took := time.Since(start)
 	require.True(t, errors.Is(err, context.DeadlineExceeded), "Stop returns the context's error: %v", err)
-	assert.Empty(t, c.rec.Live(), "every instance was disconnected before Stop returned")
-	assert.Empty(t, n1.m.Instances())
+	assert.Less(t, took, 250*time.Millisecond, "Stop returns by its deadline, not when the disconnects do")
+	assert.Contains(t, err.Error(), "cfg-00", "Stop names what still runs")
+	// Every instance was told to stop before Stop returned.
+	assert.EqualValues(t, len(running), called.Load())
+	for key, inst := range running {
+		assert.Error(t, inst.ctx.Err(), key)
+	}
+	// Another node gets the keys only once the disconnects returned: the
+	// history check of the cleanup catches any overlap.
+	c.start("n2")
+	c.waitConverged(10*time.Second, "n2")
 }

@@ -32,41 +32,84 @@ func (m *Manager[C, I]) loadNodeConfigs(ctx context.Context) (map[string]config[
 	return m.load(ctx, true)
 }
 
+// load calls getConfig and keys its result, all under the callback timeout:
+// getConfig, the key function and a config's JSON encoding are the user's
+// code and may hang or panic. A call that hangs is abandoned, and until it
+// returns no other is started; the caller keeps what it had, as for any
+// failed getConfig.
 func (m *Manager[C, I]) load(ctx context.Context, lazy bool) (map[string]config[C], error) {
-	var list []C
-	err := m.callWithTimeout(ctx, "", func(ctx context.Context) error {
-		var err error
-		list, err = m.getConfig(ctx)
+	var out map[string]config[C]
+	err := m.callOnce(ctx, &m.configGuard, "getConfig", func(ctx context.Context) error {
+		list, err := m.getConfig(ctx)
+		if err != nil {
+			return err
+		}
+		out, err = m.index(list, lazy)
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("getConfig: %w", err)
 	}
+	return out, nil
+}
+
+// index keys a config list; lazy leaves keyed configs unhashed.
+func (m *Manager[C, I]) index(list []C, lazy bool) (map[string]config[C], error) {
 	out := make(map[string]config[C], len(list))
 	for i, c := range list {
 		key, sum, err := m.identify(c, lazy)
 		if err != nil {
-			return nil, fmt.Errorf("getConfig: config %d: %w", i, err)
+			return nil, fmt.Errorf("config %d: %w", i, err)
 		}
 		n := len(out)
 		out[key] = config[C]{value: c, sum: sum, hashed: !lazy || m.keyOf == nil}
 		if len(out) == n {
-			return nil, fmt.Errorf("getConfig: config %d: %w: %q", i, ErrDuplicateKey, key)
+			return nil, fmt.Errorf("config %d: %w: %q", i, ErrDuplicateKey, key)
 		}
 	}
 	return out, nil
 }
 
-// withSums hashes the configs of keys that are not hashed yet.
-func withSums[C any](configs map[string]config[C], keys map[string]bool) {
+// withSums hashes the configs of keys that are not hashed yet, under the
+// callback timeout: a config's MarshalJSON is the user's code. A config that
+// cannot be hashed still runs; only changes of its content go unnoticed.
+func (m *Manager[C, I]) withSums(ctx context.Context, configs map[string]config[C], keys map[string]bool) {
+	todo := map[string]C{}
 	for key := range keys {
 		if c, ok := configs[key]; ok && !c.hashed {
-			// A keyed config that cannot be encoded still runs; only changes
-			// of its content go unnoticed.
-			c.sum, _ = contentHash(c.value)
-			c.hashed = true
-			configs[key] = c
+			todo[key] = c.value
 		}
+	}
+	if len(todo) == 0 {
+		return
+	}
+	var sums map[string]string
+	var failed []string
+	err := m.callOnce(ctx, &m.hashGuard, "config JSON encoding", func(context.Context) error {
+		sums = make(map[string]string, len(todo))
+		for key, v := range todo {
+			sum, err := callSafely(func() (string, error) { return contentHash(v) })
+			if err != nil {
+				failed = append(failed, key)
+			}
+			sums[key] = sum
+		}
+		return nil
+	})
+	if err != nil {
+		m.log.Warn("cannot hash configs; changes of their content go unnoticed for now", "err", err)
+		m.tel.callbackFailed(ctx, "hash")
+		return
+	}
+	for key, sum := range sums {
+		c := configs[key]
+		c.sum, c.hashed = sum, true
+		configs[key] = c
+	}
+	if len(failed) > 0 {
+		slices.Sort(failed)
+		m.log.Warn("configs cannot be encoded as JSON; they run, but changes of their content go unnoticed", "keys", failed)
+		m.tel.callbackFailed(ctx, "hash")
 	}
 }
 
@@ -77,16 +120,13 @@ func (m *Manager[C, I]) identify(c C, lazy bool) (key, sum string, err error) {
 		return "", "", fmt.Errorf("%w: config is nil", ErrInvalidConfig)
 	}
 	if m.keyOf == nil {
-		sum, err = contentHash(c)
+		sum, err = callSafely(func() (string, error) { return contentHash(c) })
 		if err != nil {
 			return "", "", fmt.Errorf("%w: %w (give WithKey to key such configs)", ErrInvalidConfig, err)
 		}
 		return sum, sum, nil
 	}
-	_, err = callSafely(func() (struct{}, error) {
-		key = m.keyOf(c)
-		return struct{}{}, nil
-	})
+	key, err = callSafely(func() (string, error) { return m.keyOf(c), nil })
 	if err != nil {
 		return "", "", fmt.Errorf("key function: %w", err)
 	}
@@ -98,7 +138,7 @@ func (m *Manager[C, I]) identify(c C, lazy bool) (key, sum string, err error) {
 	}
 	// A keyed config that cannot be encoded still runs; only changes of its
 	// content go unnoticed.
-	sum, _ = contentHash(c)
+	sum, _ = callSafely(func() (string, error) { return contentHash(c) })
 	return key, sum, nil
 }
 
@@ -136,7 +176,7 @@ func (m *Manager[C, I]) nodeConfigs(ctx context.Context, assigned map[string]boo
 		}
 	}
 	if !stale {
-		withSums(m.configs, assigned)
+		m.withSums(ctx, m.configs, assigned)
 		return m.configs
 	}
 	configs, err := m.loadNodeConfigs(ctx)
@@ -148,11 +188,11 @@ func (m *Manager[C, I]) nodeConfigs(ctx context.Context, assigned map[string]boo
 		if m.configs == nil {
 			return map[string]config[C]{}
 		}
-		withSums(m.configs, assigned)
+		m.withSums(ctx, m.configs, assigned)
 		return m.configs
 	}
 	m.configBackoff.reset()
-	withSums(configs, assigned)
+	m.withSums(ctx, configs, assigned)
 	m.configs, m.configsAt = configs, time.Now()
 	return configs
 }

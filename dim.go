@@ -43,6 +43,8 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -80,8 +82,15 @@ type Manager[C, I any] struct {
 	client    rueidis.Client
 	locker    rueidislock.Locker
 
-	lease  lease
-	leader leadership
+	lease      lease
+	leader     leadership
+	instances  liveSet[I]
+	gen        atomic.Pointer[string] // generation of the record, from the last heartbeat
+	maxTTLSeen atomic.Int64           // largest node TTL declared in the service, ms
+
+	// One call of each kind at a time; see guard.
+	configGuard guard
+	hashGuard   guard
 
 	// Signals, each coalesced in a buffer of one.
 	nodeCh          chan struct{}
@@ -178,6 +187,9 @@ func New[C, I any](
 	m.tel = newTelemetry(s, m.log)
 	m.lease.ctx, m.lease.cancel = context.WithCancel(context.Background())
 	m.lease.cancel()
+	m.lease.boot = bootClock
+	m.lease.onExpire = func(session string) { m.fenceSession(session, "lease expired without renewal") }
+	m.instances.stop = m.disconnectOne
 	m.unfenced.Store(true)
 	return m, nil
 }
@@ -290,6 +302,7 @@ func (m *Manager[C, I]) start(ctx context.Context) error {
 	}
 
 	m.wg.Go(m.heartbeatLoop)
+	m.wg.Go(m.watchdog)
 	m.wg.Go(m.nodeLoop)
 	m.wg.Go(m.campaignLoop)
 	m.wg.Go(func() { m.every(m.s.health, nil, func() { signal(m.healthTickCh) }) })
@@ -334,11 +347,17 @@ func (m *Manager[C, I]) joinWaiting(ctx context.Context) error {
 // Stop hands this replica's instances off gracefully: it asks the leader to
 // move its keys away while it still holds its lease, disconnects its
 // instances, releases their claims so the new owners start within
-// milliseconds, gives up leadership and leaves the service. If ctx ends
-// first, Stop skips the remaining Redis steps (the lease then simply
-// expires) and returns ctx.Err(); the instances are disconnected all the
-// same before it returns. Stop returns [ErrNotStarted] before Start and
-// [ErrStopped] on a second call.
+// milliseconds, gives up leadership and leaves the service.
+//
+// Stop returns by ctx's deadline. If the deadline comes first, every
+// instance's context has been cancelled and its disconnect hook called when
+// Stop returns, and Stop returns an error wrapping ctx.Err() that names the
+// keys whose disconnect (or createInstance) has not returned yet. The
+// replica then finishes in the background: it keeps its lease, and with it
+// those keys, which no other replica may take until the calls return; then
+// it releases them and leaves. (If the process exits first, its lease simply
+// expires.) Stop returns [ErrNotStarted] before Start and [ErrStopped] on a
+// second call.
 func (m *Manager[C, I]) Stop(ctx context.Context) error {
 	// A Stop during Start waits for Start to finish first.
 	m.lifecycle.Lock()
@@ -353,11 +372,58 @@ func (m *Manager[C, I]) Stop(ctx context.Context) error {
 		return ErrStopped
 	}
 	start := time.Now()
-	dctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-	err := m.drain(dctx)
-	cancel()
-	if err != nil && ctx.Err() == nil {
-		m.log.Warn("drain failed; keys move when the lease expires", "err", err)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		m.shutdown(ctx)
+	}()
+	select {
+	case <-done:
+		m.state.Store(stateStopped)
+		m.log.Info("stopped", "took", time.Since(start))
+		return ctx.Err()
+	case <-ctx.Done():
+	}
+	m.state.Store(stateStopped)
+	// Nothing may outlive Stop unasked: every instance is told to stop now.
+	m.instances.stopAll()
+	left := m.stillRunning()
+	m.log.Warn("stop deadline passed; finishing in the background", "took", time.Since(start), "still_running", left)
+	if len(left) == 0 {
+		return fmt.Errorf("dim: stop: %w; leaving in the background", ctx.Err())
+	}
+	return fmt.Errorf("dim: stop: %w; still running, holding their keys until they return: %s", ctx.Err(), strings.Join(left, ", "))
+}
+
+// stillRunning names the calls Stop could not wait for: disconnects of
+// instances and hung creates or disconnects, by key.
+func (m *Manager[C, I]) stillRunning() []string {
+	seen := map[string]bool{}
+	m.instances.each(func(e *entry[I]) { seen[e.key] = true })
+	for _, key := range m.hung.list() {
+		seen[key] = true
+	}
+	keys := make([]string, 0, len(seen))
+	for key := range seen {
+		keys = append(keys, strconv.Quote(key))
+	}
+	slices.Sort(keys)
+	if len(keys) > 20 {
+		keys = append(keys[:20], fmt.Sprintf("and %d more", len(keys)-20))
+	}
+	return keys
+}
+
+// shutdown is Stop's work. ctx bounds only the waits that concern the rest
+// of the service (the leader's handoff); what this node holds is stopped,
+// released and left in full, in the background if Stop has returned.
+func (m *Manager[C, I]) shutdown(ctx context.Context) {
+	if ctx.Err() == nil {
+		dctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+		if err := m.drain(dctx); err != nil && ctx.Err() == nil {
+			m.log.Warn("drain failed; keys move when the lease expires", "err", err)
+		}
+		cancel()
 	}
 	// The leader moves this node's keys itself before it lets go, unless its
 	// leadership ends first.
@@ -375,7 +441,7 @@ func (m *Manager[C, I]) Stop(ctx context.Context) error {
 		}
 	}
 	m.stepDown()
-	// Local instances go even when ctx has ended: nothing may leak.
+	// Local instances go, whatever ctx says: nothing may leak.
 	done := make(chan struct{})
 	select {
 	case m.handoffCh <- done:
@@ -383,43 +449,27 @@ func (m *Manager[C, I]) Stop(ctx context.Context) error {
 	case <-m.runCtx.Done():
 	}
 	// A callback that still hangs may yet bring an instance to life: keep
-	// the lease (and so the claims) until it returns or ctx ends.
-	if err := m.hung.wait(ctx); err != nil {
-		m.log.Warn("callbacks still running at the Stop deadline; their keys move when the lease expires")
+	// the lease (and so the claims) until it returns.
+	if m.hung.wait(ctx) != nil {
+		m.log.Warn("callbacks still running; their keys stay claimed until they return")
+		_ = m.hung.wait(context.Background())
 	}
-	if ctx.Err() == nil {
-		lctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-		if err := m.leave(lctx); err != nil {
-			m.log.Warn("leave failed; the lease expires by itself", "err", err)
-		}
-		cancel()
+	lctx, cancel := context.WithTimeout(context.Background(), m.s.heartbeat)
+	if err := m.leave(lctx); err != nil {
+		m.log.Warn("leave failed; the lease expires by itself", "err", err)
 	}
+	cancel()
 	m.lease.end()
 	m.runCancel()
-	// On a dead link, goroutines finish their last command and the clients
-	// their requests in flight only at their timeouts: Stop waits for them
-	// no longer than ctx allows.
-	closed := make(chan struct{})
-	go func() {
-		defer close(closed)
-		m.wg.Wait()
-		// Leadership released its lock in lead(); only now may the
-		// clients go.
-		select {
-		case g := <-m.leader.taken:
-			g.release()
-		default:
-		}
-		m.locker.Close()
-		m.closeClient(m.client)
-	}()
+	m.wg.Wait()
+	// Leadership released its lock in lead(); only now may the clients go.
 	select {
-	case <-closed:
-	case <-ctx.Done():
+	case g := <-m.leader.taken:
+		g.release()
+	default:
 	}
-	m.state.Store(stateStopped)
-	m.log.Info("stopped", "took", time.Since(start))
-	return ctx.Err()
+	m.locker.Close()
+	m.closeClient(m.client)
 }
 
 // Rebalance asks the leader for an immediate rebalance with fresh configs,

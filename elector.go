@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/rueidis/rueidislock"
@@ -158,7 +159,15 @@ func (m *Manager[C, I]) lead(lockCtx context.Context, release context.CancelFunc
 	m.tel.setLeader(epoch)
 	start := time.Now()
 
-	why := m.leaderLoop(ctx, epoch)
+	var busy atomic.Int64 // when the current rebalance began, unix ns; 0 while idle
+	stuck := make(chan struct{})
+	go func() {
+		defer close(stuck)
+		m.watchLeaderLoop(ctx, &busy, cancel)
+	}()
+	why := m.leaderLoop(ctx, epoch, &busy)
+	cancel()
+	<-stuck
 	if why == "" {
 		why = "stepped down" // fenced or stopping
 		if lockCtx.Err() != nil && m.runCtx.Err() == nil && !m.stopping.Load() {
@@ -176,6 +185,29 @@ func (m *Manager[C, I]) lead(lockCtx context.Context, release context.CancelFunc
 	m.tel.setLeader(0)
 	m.tel.election(m.runCtx, start, why, epoch, nil)
 	m.log.Info("leadership ended", "epoch", epoch, "reason", why)
+}
+
+// watchLeaderLoop ends the leadership when the leader loop has been busy
+// for longer than any of its bounded steps can take: a leader that holds
+// the lock but cannot rebalance would leave joiners without keys forever.
+// Releasing the lock lets another node lead; the stuck loop's writes carry
+// a stale epoch and are refused.
+func (m *Manager[C, I]) watchLeaderLoop(ctx context.Context, busy *atomic.Int64, stepDown context.CancelFunc) {
+	bound := m.s.timeout + 2*m.s.nodeTTL + m.s.lockTTL
+	tick := time.NewTicker(max(bound/8, 10*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			if at := busy.Load(); at != 0 && time.Since(time.Unix(0, at)) > bound {
+				m.log.Warn("the leader loop is stuck; stepping down", "busy_for", time.Since(time.Unix(0, at)))
+				stepDown()
+				return
+			}
+		}
+	}
 }
 
 // stepDown ends this node's leadership, if any, at once.

@@ -75,9 +75,15 @@ type testNode struct {
 
 func newTestCluster(t *testing.T, keys int) *testCluster {
 	t.Helper()
+	return newTestClusterOn(t, keys, redistest.Start(t))
+}
+
+// newTestClusterOn is newTestCluster on a server the test started.
+func newTestClusterOn(t *testing.T, keys int, srv *redistest.Server) *testCluster {
+	t.Helper()
 	c := &testCluster{
 		t:       t,
-		srv:     redistest.Start(t),
+		srv:     srv,
 		rec:     history.New(),
 		service: "svc",
 		nodes:   map[string]*testNode{},

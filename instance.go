@@ -2,27 +2,105 @@ package dim
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
-// maxParallelCallbacks bounds how many createInstance, health check or
-// disconnect calls run at once on one node.
-const maxParallelCallbacks = 16
+// maxParallelCreates bounds how many createInstance calls run at once on
+// one node. Disconnects are not bounded: a fence must stop every instance at
+// once.
+const maxParallelCreates = 16
 
 // entry is one running instance on this node.
 type entry[I any] struct {
-	key      string
-	sum      string // content hash of the config it was created from
-	inst     I
-	token    uint64
-	session  string // the lease it runs under
-	cancel   context.CancelFunc
-	checking bool
+	key     string
+	sum     string // content hash of the config it was created from
+	inst    I
+	token   uint64
+	session string // the lease it runs under
+	ctx     context.Context
+	cancel  context.CancelFunc
+	check   guard // the health check in flight, abandoned or not
+
+	stopOnce sync.Once
+	stopping atomic.Bool   // stop has begun: the instance is no longer running
+	stopped  chan struct{} // closed once disconnect returned or was abandoned
 }
+
+// liveSet is every instance alive on this node. Unlike the table, which only
+// the node loop touches, any goroutine may stop its entries: the fence
+// stops them all at once, whatever the node loop is doing, and each
+// entry's disconnect hook is still called exactly once.
+type liveSet[I any] struct {
+	mu      sync.Mutex
+	entries map[*entry[I]]struct{}
+	stop    func(*entry[I]) // cancels the instance and calls disconnect
+}
+
+// add files e unless its context has already ended (a fence that ran
+// before it could be filed); the caller then stops it itself.
+func (s *liveSet[I]) add(e *entry[I]) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e.ctx.Err() != nil {
+		return false
+	}
+	if s.entries == nil {
+		s.entries = map[*entry[I]]struct{}{}
+	}
+	s.entries[e] = struct{}{}
+	return true
+}
+
+// begin starts stopping e, once; the returned channel closes when its
+// disconnect hook has returned or been abandoned at the callback timeout.
+func (s *liveSet[I]) begin(e *entry[I]) <-chan struct{} {
+	e.stopOnce.Do(func() {
+		e.stopping.Store(true)
+		e.cancel()
+		go func() {
+			defer close(e.stopped)
+			s.stop(e)
+			s.mu.Lock()
+			delete(s.entries, e)
+			s.mu.Unlock()
+		}()
+	})
+	return e.stopped
+}
+
+// stopAll begins stopping every entry at once.
+func (s *liveSet[I]) stopAll() {
+	s.mu.Lock()
+	all := make([]*entry[I], 0, len(s.entries))
+	for e := range s.entries {
+		all = append(all, e)
+	}
+	s.mu.Unlock()
+	for _, e := range all {
+		s.begin(e)
+	}
+}
+
+// each calls fn for every entry; fn must not block.
+func (s *liveSet[I]) each(fn func(*entry[I])) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for e := range s.entries {
+		fn(e)
+	}
+}
+
+// guard lets one call of a kind of callback run at a time: a call
+// abandoned at its timeout keeps its guard until it returns, so that a hung
+// callback costs one goroutine, not one per attempt.
+type guard struct{ busy atomic.Bool }
 
 // table is the node's local state, owned by the node loop: nothing else
 // touches it, so reconciliation is serialised by construction.
@@ -64,6 +142,16 @@ func (h *hungSet) remove(key string) {
 	}
 	close(h.changed)
 	h.changed = make(chan struct{})
+}
+
+func (h *hungSet) list() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	keys := make([]string, 0, len(h.keys))
+	for key := range h.keys {
+		keys = append(keys, key)
+	}
+	return keys
 }
 
 func (h *hungSet) has(key string) bool {
@@ -233,13 +321,19 @@ func (m *Manager[C, I]) reconcile() {
 	for key, e := range m.tab.running {
 		cfg, ok := configs[key]
 		switch {
+		case e.stopping.Load():
+			// Stopped behind the node loop's back: after a restore, Redis
+			// no longer says this node owns it.
+			stop = append(stop, e)
 		case !mine[key] || !ok:
 			stop = append(stop, e)
-		case cfg.sum != e.sum:
+		case cfg.hashed && e.sum == "":
+			e.sum = cfg.sum // created before its config could be hashed
+		case cfg.hashed && cfg.sum != e.sum:
 			replace = append(replace, e)
 		}
 	}
-	m.disconnectAll(ctx, append(stop, replace...))
+	m.disconnectAll(append(stop, replace...))
 	stats.disconnected = len(stop)
 	stats.replaced = len(replace)
 
@@ -313,12 +407,12 @@ func (m *Manager[C, I]) reconcile() {
 func (m *Manager[C, I]) dropStale(session string) {
 	var stale []*entry[I]
 	for _, e := range m.tab.running {
-		if e.session != session {
+		if e.session != session || e.stopping.Load() {
 			stale = append(stale, e)
 		}
 	}
 	if len(stale) > 0 {
-		m.disconnectAll(m.runCtx, stale)
+		m.disconnectAll(stale)
 	}
 	if session == "" {
 		clear(m.tab.claimed)
@@ -337,7 +431,7 @@ func (m *Manager[C, I]) dropAll(ctx context.Context, why string) {
 	if len(all) > 0 {
 		m.log.Info("disconnecting all instances", "reason", why, "count", len(all))
 	}
-	m.disconnectAll(ctx, all)
+	m.disconnectAll(all)
 	if session, _ := m.lease.current(); session != "" && len(m.tab.claimed) > 0 {
 		keys := make([]string, 0, len(m.tab.claimed))
 		for key := range m.tab.claimed {
@@ -364,11 +458,14 @@ func (m *Manager[C, I]) claim(ctx context.Context, session string, keys []string
 	if len(keys) == 0 {
 		return granted, nil
 	}
+	if m.checkLease() != session {
+		return granted, nil // fenced: claims died with the lease
+	}
 	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
-	args := append([]string{m.s.nodeID, session}, keys...)
+	args := append([]string{m.s.nodeID, session, ms(m.ttlFloor()), m.durable()}, keys...)
 	res, err := claimScript.Exec(ctx, m.client,
-		[]string{m.k.nodes, m.k.sessions, m.k.assign, m.k.owner, m.k.fence, m.k.grace}, args).ToArray()
+		append([]string{m.k.nodes, m.k.sessions, m.k.assign, m.k.owner, m.k.fence}, m.k.trustKeys()...), args).ToArray()
 	if err != nil {
 		// The script may have run with its reply lost: keep the keys on the
 		// books as claimed, so that they are released if they move away.
@@ -448,7 +545,7 @@ func (m *Manager[C, I]) createAll(ctx, leaseCtx context.Context, session string,
 		err error
 	}
 	results := make(chan result, len(jobs))
-	sem := make(chan struct{}, maxParallelCallbacks)
+	sem := make(chan struct{}, maxParallelCreates)
 	for _, job := range jobs {
 		sem <- struct{}{}
 		go func() {
@@ -488,6 +585,12 @@ func (m *Manager[C, I]) recordFailure(key, what string, err error) {
 // cancelled the moment this node loses the right to run the instance.
 func (m *Manager[C, I]) create(ctx, leaseCtx context.Context, session string, job createJob[C]) (*entry[I], error) {
 	ictx, cancel := context.WithCancel(context.WithValue(leaseCtx, tokenKey{}, ownership{job.key, job.token}))
+	// A fence or a suspend between the claim and now: the claim died with
+	// the lease, and createInstance must not see a context that has ended.
+	if m.checkLease() != session || ictx.Err() != nil {
+		cancel()
+		return nil, fmt.Errorf("%w: the lease ended before create", errFencedBeforeCreate)
+	}
 	spanCtx, span := m.tel.startCallback(ctx, spanCreate, job.key)
 	start := time.Now()
 	type result struct {
@@ -504,9 +607,10 @@ func (m *Manager[C, I]) create(ctx, leaseCtx context.Context, session string, jo
 	var err error
 	select {
 	case r := <-done:
-		if r.err == nil && ictx.Err() == nil {
+		e := m.newEntry(job, session, r.inst, ictx, cancel)
+		if r.err == nil && m.instances.add(e) {
 			m.tel.endCallback(spanCtx, span, spanCreate, start, nil)
-			return &entry[I]{key: job.key, sum: job.cfg.sum, inst: r.inst, token: job.token, session: session, cancel: cancel}, nil
+			return e, nil
 		}
 		cancel()
 		if r.err != nil {
@@ -514,7 +618,7 @@ func (m *Manager[C, I]) create(ctx, leaseCtx context.Context, session string, jo
 			return nil, r.err
 		}
 		// Fenced while creating: the new instance must not run.
-		m.disconnectOne(ctx, &entry[I]{key: job.key, inst: r.inst, cancel: cancel})
+		<-m.instances.begin(e)
 		err = fmt.Errorf("fenced while creating: %w", ictx.Err())
 		m.tel.endCallback(spanCtx, span, spanCreate, start, err)
 		return nil, err
@@ -532,35 +636,42 @@ func (m *Manager[C, I]) create(ctx, leaseCtx context.Context, session string, jo
 		defer m.triggerNode()
 		defer m.hung.remove(job.key)
 		if r := <-done; r.err == nil {
-			m.disconnectOne(context.Background(), &entry[I]{key: job.key, inst: r.inst, cancel: cancel})
+			<-m.instances.begin(m.newEntry(job, session, r.inst, ictx, cancel))
 		}
 	}()
 	return nil, err
 }
 
-// disconnectAll stops entries in parallel and removes them from the table.
-func (m *Manager[C, I]) disconnectAll(ctx context.Context, entries []*entry[I]) {
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, maxParallelCallbacks)
-	for _, e := range entries {
-		delete(m.tab.running, e.key)
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			m.disconnectOne(ctx, e)
-		})
-	}
-	wg.Wait()
+func (m *Manager[C, I]) newEntry(job createJob[C], session string, inst I, ctx context.Context, cancel context.CancelFunc) *entry[I] {
+	return &entry[I]{key: job.key, sum: job.cfg.sum, inst: inst, token: job.token, session: session,
+		ctx: ctx, cancel: cancel, stopped: make(chan struct{})}
 }
 
-// disconnectOne cancels the instance's context, then calls the disconnect
-// hook once, under the callback timeout.
-func (m *Manager[C, I]) disconnectOne(ctx context.Context, e *entry[I]) {
-	e.cancel()
+// errFencedBeforeCreate marks a create that was never called because the
+// lease had ended.
+var errFencedBeforeCreate = errors.New("dim: fenced")
+
+// disconnectAll stops entries, all at once, removes them from the table and
+// waits until each disconnect hook returned or was abandoned.
+func (m *Manager[C, I]) disconnectAll(entries []*entry[I]) {
+	chans := make([]<-chan struct{}, 0, len(entries))
+	for _, e := range entries {
+		delete(m.tab.running, e.key)
+		chans = append(chans, m.instances.begin(e))
+	}
+	for _, ch := range chans {
+		<-ch
+	}
+}
+
+// disconnectOne calls the disconnect hook of a stopping entry once, under
+// the callback timeout; the entry's context has been cancelled already.
+// Returning, with an error or not, means the instance stopped.
+func (m *Manager[C, I]) disconnectOne(e *entry[I]) {
 	if m.disconnect == nil {
 		return
 	}
-	spanCtx, span := m.tel.startCallback(ctx, spanDisconnect, e.key)
+	spanCtx, span := m.tel.startCallback(m.runCtx, spanDisconnect, e.key)
 	start := time.Now()
 	err := m.callWithTimeout(context.WithoutCancel(spanCtx), e.key, func(ctx context.Context) error {
 		return m.disconnect(ctx, e.inst)
@@ -571,6 +682,40 @@ func (m *Manager[C, I]) disconnectOne(ctx context.Context, e *entry[I]) {
 	}
 }
 
+// verifyOwnership stops at once every instance of session whose key the
+// record in Redis does not say this node owns: after a restore, its owner
+// is another node, or nobody whose claim may be granted to another.
+func (m *Manager[C, I]) verifyOwnership(session string) {
+	var keys []string
+	byKey := map[string]*entry[I]{}
+	m.instances.each(func(e *entry[I]) {
+		if e.session == session && !e.stopping.Load() {
+			keys = append(keys, e.key)
+			byKey[e.key] = e
+		}
+	})
+	slices.Sort(keys)
+	for chunk := range slices.Chunk(keys, verifyChunk) {
+		ctx, cancel := context.WithTimeout(m.runCtx, m.s.heartbeat)
+		lost, err := verifyScript.Exec(ctx, m.client, []string{m.k.owner},
+			append([]string{m.s.nodeID, session}, chunk...)).AsStrSlice()
+		cancel()
+		if err != nil {
+			// Unsure what this node still owns: it must not run anything.
+			m.fenceSession(session, "cannot check ownership after Redis restored an older record")
+			return
+		}
+		for _, key := range lost {
+			m.log.Warn("the restored record says another node owns this key; stopping it", "key", key)
+			m.instances.begin(byKey[key])
+		}
+	}
+	m.triggerNode()
+}
+
+// verifyChunk bounds the keys one verify script checks.
+const verifyChunk = 1000
+
 // healthResult is the outcome of one instance health check.
 type healthResult[I any] struct {
 	e   *entry[I]
@@ -578,53 +723,72 @@ type healthResult[I any] struct {
 }
 
 // startHealthChecks checks every running instance in the background; the
-// results come back to the node loop.
+// results come back to the node loop. An instance whose previous check has
+// not returned yet (abandoned at its timeout) is not checked again.
 func (m *Manager[C, I]) startHealthChecks() {
 	if m.healthcheck == nil {
 		return
 	}
-	var batch []*entry[I]
 	for _, e := range m.tab.running {
-		if !e.checking {
-			e.checking = true
-			batch = append(batch, e)
+		if e.stopping.Load() || !e.check.busy.CompareAndSwap(false, true) {
+			continue
 		}
+		m.wg.Go(func() {
+			ctx, span := m.tel.startCallback(m.runCtx, spanHealth, e.key)
+			start := time.Now()
+			err := m.callGuarded(ctx, &e.check, func(ctx context.Context) error { return m.healthcheck(ctx, e.inst) })
+			m.tel.endCallback(ctx, span, spanHealth, start, err)
+			select {
+			case m.healthCh <- healthResult[I]{e, err}:
+			case <-m.runCtx.Done():
+			}
+		})
 	}
-	if len(batch) == 0 {
-		return
-	}
-	m.wg.Go(func() {
-		sem := make(chan struct{}, maxParallelCallbacks)
-		var wg sync.WaitGroup
-		for _, e := range batch {
-			sem <- struct{}{}
-			wg.Go(func() {
-				defer func() { <-sem }()
-				ctx, span := m.tel.startCallback(m.runCtx, spanHealth, e.key)
-				start := time.Now()
-				err := m.callWithTimeout(ctx, "", func(ctx context.Context) error { return m.healthcheck(ctx, e.inst) })
-				m.tel.endCallback(ctx, span, spanHealth, start, err)
-				select {
-				case m.healthCh <- healthResult[I]{e, err}:
-				case <-m.runCtx.Done():
-				}
-			})
-		}
-		wg.Wait()
-	})
 }
 
 // onHealth disconnects an unhealthy instance; reconcile creates it again
 // after a backoff.
 func (m *Manager[C, I]) onHealth(r healthResult[I]) {
-	r.e.checking = false
 	if m.tab.running[r.e.key] != r.e || r.err == nil {
 		return
 	}
 	m.tel.healthFailed(m.runCtx, "instance")
-	m.disconnectAll(m.runCtx, []*entry[I]{r.e})
+	m.disconnectAll([]*entry[I]{r.e})
 	m.recordFailure(r.e.key, "health check", r.err)
 	m.publishView()
+}
+
+// callGuarded runs fn under the callback timeout with g already held, and
+// lets g go when fn returns, even long after an abandoned call.
+func (m *Manager[C, I]) callGuarded(ctx context.Context, g *guard, fn func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, m.s.timeout)
+	done := make(chan error, 1)
+	go func() {
+		defer g.busy.Store(false)
+		defer cancel()
+		_, err := callSafely(func() (struct{}, error) { return struct{}{}, fn(ctx) })
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		select {
+		case err := <-done:
+			return err
+		default:
+		}
+	}
+	return fmt.Errorf("%w: did not return within %v", ErrCallback, m.s.timeout)
+}
+
+// callOnce runs fn like callGuarded if no earlier call of g's kind is still
+// running, and fails at once otherwise.
+func (m *Manager[C, I]) callOnce(ctx context.Context, g *guard, what string, fn func(context.Context) error) error {
+	if !g.busy.CompareAndSwap(false, true) {
+		return fmt.Errorf("%w: %s: an earlier call has not returned yet", ErrCallback, what)
+	}
+	return m.callGuarded(ctx, g, fn)
 }
 
 // callWithTimeout runs a callback with the callback timeout, turning a panic

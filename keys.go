@@ -14,7 +14,12 @@ import (
 //	<p>:sessions   HASH  node → session: a fresh number at every join
 //	<p>:weights    HASH  node → weight; 0 while it drains, "pending" until
 //	                     its first heartbeat
-//	<p>:grace      STRING server ms before which no claim is granted
+//	<p>:graceperiod HASH  until: server ms before which no claim is granted;
+//	                     why: "new" (no record) or "restored" (rolled back)
+//	<p>:origin     HASH  id: run id and replication id of the Redis that
+//	                     wrote the record; gen: changes at every restore
+//	<p>:ttls       HASH  node → the node TTL it declared, in ms
+//	<p>:maxttl     STRING the largest node TTL declared at the last join
 //	<p>:epoch      STRING the last leader epoch (fencing token)
 //	<p>:leader     HASH  node, session, epoch of the current leader
 //	<p>:forcing    STRING who is forcing out a dead leader (short TTL)
@@ -34,6 +39,9 @@ type keys struct {
 	sessions string
 	weights  string
 	grace    string
+	origin   string
+	ttls     string
+	maxTTL   string
 	epoch    string
 	leader   string
 	forcing  string
@@ -52,7 +60,10 @@ func newKeys(keyPrefix, service string) keys {
 		nodes:    p + ":nodes",
 		sessions: p + ":sessions",
 		weights:  p + ":weights",
-		grace:    p + ":grace",
+		grace:    p + ":graceperiod",
+		origin:   p + ":origin",
+		ttls:     p + ":ttls",
+		maxTTL:   p + ":maxttl",
 		epoch:    p + ":epoch",
 		leader:   p + ":leader",
 		forcing:  p + ":forcing",
@@ -93,12 +104,26 @@ func parseEvent(msg string) (verb string, args []string) {
 // client's clock. nextToken makes counters that only grow, even across a
 // restart of Redis that loses them: a new value is at least the server time
 // in microseconds (exact in Lua's doubles until the year 2255).
+//
+// trust guards every script that renews, joins or grants: it compares the
+// server that runs the script (its run id, new at every start, and its
+// replication id, new at every promotion) with the one recorded as having
+// written the service's record. A record that is absent ("new": a first
+// start, or a Redis that lost everything) or was written by another server
+// ("restored": a restart from RDB or AOF, a failover) cannot be trusted:
+// nodes that Redis forgot may still run instances, so no claim is granted
+// for the largest node TTL anyone declared, and the record gets a new
+// generation, which tells every node to check that it still owns what it
+// runs. A server that gives no ids (an embedded test server) leaves trust to
+// the older rule in joinScript. With WithDurableRedis, a record written by
+// another server is trusted as it is.
 const luaPrelude = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function fmt(v) return string.format('%.0f', v) end
 local function nextToken(key)
   local v = math.max(tonumber(redis.call('GET', key) or '0') + 1, tonumber(t[1]) * 1000000 + tonumber(t[2]))
-  local s = string.format('%.0f', v)
+  local s = fmt(v)
   redis.call('SET', key, s)
   return s
 end
@@ -106,9 +131,55 @@ local function live(nodes, sessions, node, session)
   local score = redis.call('ZSCORE', nodes, node)
   return score and tonumber(score) > now and redis.call('HGET', sessions, node) == session
 end
+local function info(section, field)
+  local s = redis.pcall('INFO', section)
+  if type(s) == 'table' then
+    if s.err and (string.find(s.err, 'NOPERM', 1, true) or string.find(s.err, "can't run", 1, true)) then error(s) end
+    return nil
+  end
+  return string.match(s, field .. ':(%x+)')
+end
+local function serverID()
+  local run = info('server', 'run_id')
+  if not run then return nil end
+  return run .. ':' .. (info('replication', 'master_replid') or '')
+end
+local function largestTTL(ttls, maxttl, floor)
+  local m = math.max(floor, tonumber(redis.call('GET', maxttl) or '0') or 0)
+  for _, v in ipairs(redis.call('HVALS', ttls)) do m = math.max(m, tonumber(v) or 0) end
+  return m
+end
+local function startGrace(grace, untilMs, why)
+  if tonumber(redis.call('HGET', grace, 'until') or '0') < untilMs then
+    redis.call('HSET', grace, 'until', fmt(untilMs), 'why', why)
+  end
+end
+local function graceLeft(grace)
+  return math.max(0, tonumber(redis.call('HGET', grace, 'until') or '0') - now)
+end
+local function trust(origin, grace, ttls, maxttl, floor, durable)
+  local id = serverID()
+  if not id then return '', false end
+  local cur = redis.call('HMGET', origin, 'id', 'gen')
+  if cur[1] == id then return cur[2], true end
+  if cur[1] and durable == '1' then
+    redis.call('HSET', origin, 'id', id)
+    return cur[2], true
+  end
+  local why = 'new'
+  if cur[1] then why = 'restored' end
+  startGrace(grace, now + largestTTL(ttls, maxttl, floor), why)
+  local gen = fmt(tonumber(t[1]) * 1000000 + tonumber(t[2]))
+  redis.call('HSET', origin, 'id', id, 'gen', gen)
+  return gen, true
+end
 `
 
 func script(body string) *rueidis.Lua { return rueidis.NewLuaScript(luaPrelude + body) }
+
+// trustKeys are the keys trust needs, in its order; scripts that call it
+// take them last among their KEYS.
+func (k keys) trustKeys() []string { return []string{k.origin, k.grace, k.ttls, k.maxTTL} }
 
 // joinScript registers a node with a fresh session, as pending: the leader
 // gives it keys only after its first heartbeat proves that it received the
@@ -120,51 +191,79 @@ func script(body string) *rueidis.Lua { return rueidis.NewLuaScript(luaPrelude +
 // session, whose claims must stay valid until its lease ends. The caller
 // waits and tries again.
 //
-// A join into a service with no live member starts a grace period: Redis
-// may have lost the state of replicas that still run instances (a restart
-// without persistence, or from an old snapshot), so nothing may be claimed
-// until one lease has passed.
+// Where the server gives no ids to check the record with (see trust), a join
+// into a service with no live member starts a grace period, as the only sign
+// left that Redis may have lost the state of nodes that still run instances.
+// With ids, a service whose record is intact needs none: every node that
+// could run anything holds a live lease in it.
 //
-// KEYS: nodes sessions weights grace fence
-// ARGV: node ttl_ms
-// Returns {session, server_ms, grace_until_ms}, or {"", server_ms, wait_ms}
-// while a live session holds the ID.
+// The node's TTL is recorded, and the stored maximum becomes the largest TTL
+// of the live members: the grace after a restore covers the longest lease.
+//
+// KEYS: nodes sessions weights fence origin grace ttls maxttl
+// ARGV: node ttl_ms floor_ms (the largest TTL this node has seen) durable
+// Returns {session, server_ms, grace_left_ms, generation, max_ttl_ms}, or
+// {"", server_ms, wait_ms, "", 0} while a live session holds the ID.
 var joinScript = script(`
-local node, ttl = ARGV[1], tonumber(ARGV[2])
+local node, ttl, floor = ARGV[1], tonumber(ARGV[2]), math.max(tonumber(ARGV[2]), tonumber(ARGV[3]))
 local score = tonumber(redis.call('ZSCORE', KEYS[1], node) or '0')
 if score > now and redis.call('HGET', KEYS[2], node) then
-  return {'', now, score - now}
+  return {'', now, score - now, '', 0}
 end
-local grace = tonumber(redis.call('GET', KEYS[4]) or '0')
-if redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf') == 0 and grace < now + ttl then
-  grace = now + ttl
-  redis.call('SET', KEYS[4], string.format('%.0f', grace))
+local gen, known = trust(KEYS[5], KEYS[6], KEYS[7], KEYS[8], floor, ARGV[4])
+if not known and #redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'LIMIT', 0, 1) == 0 then
+  startGrace(KEYS[6], now + largestTTL(KEYS[7], KEYS[8], floor), 'new')
 end
-local session = nextToken(KEYS[5])
+local session = nextToken(KEYS[4])
 redis.call('ZADD', KEYS[1], now + ttl, node)
 redis.call('HSET', KEYS[2], node, session)
 redis.call('HSET', KEYS[3], node, 'pending')
-return {session, now, grace}
+redis.call('HSET', KEYS[7], node, ttl)
+local m = ttl
+for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')) do
+  m = math.max(m, tonumber(redis.call('HGET', KEYS[7], n) or '0') or 0)
+end
+redis.call('SET', KEYS[8], m)
+return {session, now, graceLeft(KEYS[6]), gen, m}
 `)
 
 // heartbeatScript renews a lease; the first renewal of a session confirms
 // the join and announces it. A node whose lease has passed or whose session
 // was replaced is told so (0) and must fence itself: others may already run
-// its keys.
+// its keys. The record's generation tells the node when Redis restored an
+// older record (see trust), and the stored maximum TTL lets every node know
+// the longest lease in the service.
 //
-// KEYS: nodes sessions weights
-// ARGV: node session ttl_ms weight channel
-// Returns {1 or 0, server_ms}.
+// KEYS: nodes sessions weights origin grace ttls maxttl
+// ARGV: node session ttl_ms weight channel floor_ms durable
+// Returns {1 or 0, server_ms, generation, max_ttl_ms}.
 var heartbeatScript = script(`
+local gen = trust(KEYS[4], KEYS[5], KEYS[6], KEYS[7], math.max(tonumber(ARGV[3]), tonumber(ARGV[6])), ARGV[7])
+local maxttl = tonumber(redis.call('GET', KEYS[7]) or '0') or 0
 if not live(KEYS[1], KEYS[2], ARGV[1], ARGV[2]) then
-  return {0, now}
+  return {0, now, gen, maxttl}
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 if redis.call('HGET', KEYS[3], ARGV[1]) == 'pending' then
   redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
   redis.call('PUBLISH', ARGV[5], 'join ' .. ARGV[1])
 end
-return {1, now}
+return {1, now, gen, maxttl}
+`)
+
+// verifyScript lists which of the given keys the node's session does not
+// own: after a restore, the node stops those at once.
+//
+// KEYS: owner
+// ARGV: node session key…
+var verifyScript = script(`
+local mine = ARGV[1] .. ' ' .. ARGV[2] .. ' '
+local out = {}
+for i = 3, #ARGV do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  if not cur or string.sub(cur, 1, #mine) ~= mine then out[#out + 1] = ARGV[i] end
+end
+return out
 `)
 
 // drainScript marks a stopping node: the leader gives its keys to others
@@ -181,13 +280,14 @@ return 1
 
 // leaveScript ends a node's membership if its session is still current.
 //
-// KEYS: nodes sessions weights
+// KEYS: nodes sessions weights ttls
 // ARGV: node session channel
 var leaveScript = script(`
 if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('PUBLISH', ARGV[3], 'leave ' .. ARGV[1])
 return 1
 `)
@@ -195,15 +295,18 @@ return 1
 // membersScript drops expired members (announcing them as left) and lists
 // the live ones.
 //
-// KEYS: nodes sessions weights
+// KEYS: nodes sessions weights ttls
 // ARGV: channel
 // Returns {server_ms, node, expiry_ms, weight, node, …}.
 var membersScript = script(`
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 if #dead > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-  redis.call('HDEL', KEYS[2], unpack(dead))
-  redis.call('HDEL', KEYS[3], unpack(dead))
+  for _, n in ipairs(dead) do
+    redis.call('HDEL', KEYS[2], n)
+    redis.call('HDEL', KEYS[3], n)
+    redis.call('HDEL', KEYS[4], n)
+  end
   redis.call('PUBLISH', ARGV[1], 'leave ' .. table.concat(dead, ' '))
 end
 local out = {now}
@@ -284,38 +387,36 @@ return 1
 
 // claimScript takes ownership of keys for a node, each only if it is
 // assigned to the node and unowned, already the node's, or owned by a node
-// that is no longer live. Every new claim gets a token larger than any
-// before it.
+// that is no longer live. Every grant mints a new token, larger than any
+// before it, even for a key the node already owns: a token is never handed
+// out twice, whatever older record Redis comes back with.
 //
-// KEYS: nodes sessions assign owner fence grace
-// ARGV: node session key…
+// KEYS: nodes sessions assign owner fence origin grace ttls maxttl
+// ARGV: node session floor_ms durable key…
 // Returns {status, wait_ms, token per key}: status 1 ok, -1 the node itself
 // is not live, -2 the grace period runs for wait_ms more; a token of "0" means
 // the key was refused.
 var claimScript = script(`
 local node, session = ARGV[1], ARGV[2]
+trust(KEYS[6], KEYS[7], KEYS[8], KEYS[9], tonumber(ARGV[3]), ARGV[4])
 if not live(KEYS[1], KEYS[2], node, session) then return {-1, 0} end
-local grace = tonumber(redis.call('GET', KEYS[6]) or '0')
-if now < grace then return {-2, grace - now} end
+local left = graceLeft(KEYS[7])
+if left > 0 then return {-2, left} end
 local out = {1, 0}
 local mine = node .. ' ' .. session .. ' '
-for i = 3, #ARGV do
+for i = 5, #ARGV do
   local key = ARGV[i]
   local token = '0'
   if redis.call('HGET', KEYS[3], key) == node then
     local cur = redis.call('HGET', KEYS[4], key)
-    if cur and string.sub(cur, 1, #mine) == mine then
-      token = string.sub(cur, #mine + 1)
-    else
-      local free = true
-      if cur then
-        local on, os = string.match(cur, '^(%S+) (%S+) ')
-        free = not live(KEYS[1], KEYS[2], on, os)
-      end
-      if free then
-        token = nextToken(KEYS[5])
-        redis.call('HSET', KEYS[4], key, mine .. token)
-      end
+    local free = true
+    if cur and string.sub(cur, 1, #mine) ~= mine then
+      local on, os = string.match(cur, '^(%S+) (%S+) ')
+      free = not live(KEYS[1], KEYS[2], on, os)
+    end
+    if free then
+      token = nextToken(KEYS[5])
+      redis.call('HSET', KEYS[4], key, mine .. token)
     end
   end
   out[#out + 1] = token

@@ -12,12 +12,24 @@ import (
 // lease is this node's membership as it sees it. Its context is the root of
 // every instance's context: cancelling it (self-fencing) stops them all at
 // once, whatever else the node is doing.
+//
+// The lease is valid for TTL − margin from the moment its last confirmed
+// renewal was sent, on two clocks: Go's monotonic clock, and the boot clock,
+// which also counts the time a suspended host or VM slept (the monotonic
+// clock stands still then). A timer fences at the deadline, independent of
+// every loop of the node; a watchdog and the checks before every renewal,
+// claim and create catch a wake-up after a suspend before the node acts.
 type lease struct {
 	mu       sync.Mutex
-	session  string    // "" while not a member
-	deadline time.Time // local monotonic time after which we must be fenced
+	session  string        // "" while not a member
+	sent     time.Time     // monotonic: when the last confirmed renewal was sent
+	sentBoot time.Duration // boot clock at the same moment
+	valid    time.Duration // TTL − fence margin
 	ctx      context.Context
 	cancel   context.CancelFunc
+	timer    *time.Timer
+	onExpire func(session string) // fences; set once by New
+	boot     func() time.Duration // the boot clock; tests shift it
 }
 
 // current returns the session and its context; the context is already
@@ -28,36 +40,59 @@ func (l *lease) current() (string, context.Context) {
 	return l.session, l.ctx
 }
 
-func (l *lease) begin(parent context.Context, session string, deadline time.Time) {
+func (l *lease) begin(parent context.Context, session string, sent time.Time, sentBoot, valid time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.cancel != nil {
 		l.cancel()
 	}
-	l.session, l.deadline = session, deadline
+	l.session, l.sent, l.sentBoot, l.valid = session, sent, sentBoot, valid
 	l.ctx, l.cancel = context.WithCancel(parent)
+	l.armLocked()
 }
 
-// extend moves the local deadline after a renewal that was sent at sent.
-func (l *lease) extend(session string, deadline time.Time) bool {
+// armLocked sets the fence timer to the deadline of the current session.
+func (l *lease) armLocked() {
+	if l.timer != nil {
+		l.timer.Stop()
+	}
+	session := l.session
+	l.timer = time.AfterFunc(time.Until(l.sent.Add(l.valid)), func() { l.onExpire(session) })
+}
+
+// extend moves the deadline after a renewal of session that was sent at
+// sent.
+func (l *lease) extend(session string, sent time.Time, sentBoot time.Duration) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.session != session {
+	if l.session != session || l.expiredLocked() {
 		return false
 	}
-	l.deadline = deadline
+	l.sent, l.sentBoot = sent, sentBoot
+	l.armLocked()
 	return true
+}
+
+// expired reports whether session's lease may have run out in Redis, on
+// either clock. A session that is not current has expired.
+func (l *lease) expired(session string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.session != session || l.expiredLocked()
+}
+
+func (l *lease) expiredLocked() bool {
+	return time.Since(l.sent) >= l.valid || l.boot()-l.sentBoot >= l.valid
 }
 
 // endIf ends the lease if session is current, and reports whether it did.
 func (l *lease) endIf(session string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.session != session {
+	if session == "" || l.session != session {
 		return false
 	}
-	l.session = ""
-	l.cancel()
+	l.endLocked()
 	return true
 }
 
@@ -66,35 +101,37 @@ func (l *lease) end() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	had := l.session != ""
-	l.session = ""
-	if l.cancel != nil {
-		l.cancel()
-	}
+	l.endLocked()
 	return had
 }
 
-func (l *lease) expiresAt() (string, time.Time) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.session, l.deadline
+func (l *lease) endLocked() {
+	l.session = ""
+	if l.timer != nil {
+		l.timer.Stop()
+	}
+	if l.cancel != nil {
+		l.cancel()
+	}
 }
 
-// join registers the node and starts a lease. The local deadline counts from
-// before the request was sent, so it can only end earlier than the lease in
-// Redis, never later.
+// join registers the node and starts a lease. The lease counts from before
+// the request was sent, so it can only end earlier than the lease in Redis,
+// never later.
 func (m *Manager[C, I]) join(ctx context.Context) error {
 	// A reply slower than the usable part of a lease would start a lease
 	// that is over on arrival.
-	ctx, cancel := context.WithTimeout(ctx, m.s.nodeTTL-m.s.fenceMargin())
+	valid := m.s.nodeTTL - m.s.fenceMargin()
+	ctx, cancel := context.WithTimeout(ctx, valid)
 	defer cancel()
-	sent := time.Now()
+	sent, sentBoot := time.Now(), m.lease.boot()
 	res, err := joinScript.Exec(ctx, m.client,
-		[]string{m.k.nodes, m.k.sessions, m.k.weights, m.k.grace, m.k.fence},
-		[]string{m.s.nodeID, ms(m.s.nodeTTL)}).ToArray()
+		append([]string{m.k.nodes, m.k.sessions, m.k.weights, m.k.fence}, m.k.trustKeys()...),
+		[]string{m.s.nodeID, ms(m.s.nodeTTL), ms(m.ttlFloor()), m.durable()}).ToArray()
 	if err != nil {
 		return fmt.Errorf("join: %w", err)
 	}
-	if len(res) != 3 {
+	if len(res) != 5 {
 		return fmt.Errorf("join: unexpected reply of %d values", len(res))
 	}
 	session, err := res[0].ToString()
@@ -105,9 +142,17 @@ func (m *Manager[C, I]) join(ctx context.Context) error {
 		wait, _ := res[2].AsInt64()
 		return &idInUseError{id: m.s.nodeID, wait: time.Duration(wait) * time.Millisecond}
 	}
-	m.lease.begin(m.runCtx, session, sent.Add(m.s.nodeTTL-m.s.fenceMargin()))
+	graceLeft, _ := res[2].AsInt64()
+	gen, _ := res[3].ToString()
+	maxTTL, _ := res[4].AsInt64()
+	m.seeTTL(maxTTL)
+	m.gen.Store(&gen)
+	if graceLeft > 0 {
+		m.log.Info("claims wait for the grace period", "wait", time.Duration(graceLeft)*time.Millisecond)
+	}
+	m.lease.begin(m.runCtx, session, sent, sentBoot, valid)
 	// Confirm at once: the leader counts the node only from here on.
-	if err := m.renew(session, sent.Add(m.s.nodeTTL-m.s.fenceMargin())); err != nil {
+	if err := m.renew(session); err != nil {
 		m.lease.end()
 		return fmt.Errorf("join: confirm: %w", err)
 	}
@@ -115,35 +160,47 @@ func (m *Manager[C, I]) join(ctx context.Context) error {
 	return nil
 }
 
-// heartbeatLoop renews the lease and fences the node the moment the lease
-// may have run out: when a renewal is refused, or when the local deadline
-// passes without one. After a fence it rejoins with a new session.
+// ttlFloor is the least grace a record that Redis lost or rolled back must
+// get: the largest node TTL this process has seen declared in the service,
+// its own, and the service-wide bound of WithMaxNodeTTL.
+func (m *Manager[C, I]) ttlFloor() time.Duration {
+	return max(m.s.nodeTTL, m.s.maxNodeTTL, time.Duration(m.maxTTLSeen.Load())*time.Millisecond)
+}
+
+// durable is the scripts' flag for WithDurableRedis.
+func (m *Manager[C, I]) durable() string {
+	if m.s.durable {
+		return "1"
+	}
+	return "0"
+}
+
+func (m *Manager[C, I]) seeTTL(ms int64) {
+	for {
+		cur := m.maxTTLSeen.Load()
+		if ms <= cur || m.maxTTLSeen.CompareAndSwap(cur, ms) {
+			return
+		}
+	}
+}
+
+// heartbeatLoop renews the lease and rejoins after a fence. The fence itself
+// is the lease's own timer (see lease), not this loop's business, so that
+// nothing the loop waits for can delay it.
 func (m *Manager[C, I]) heartbeatLoop() {
 	tick := time.NewTicker(m.s.heartbeat)
 	defer tick.Stop()
-	deadline := time.NewTimer(m.s.nodeTTL)
-	defer deadline.Stop()
 	backoff := newBackoff(m.s.heartbeat/4, m.s.heartbeat)
 	for {
-		if session, until := m.lease.expiresAt(); session != "" {
-			deadline.Reset(time.Until(until))
-		}
 		select {
 		case <-m.runCtx.Done():
 			return
-		case <-deadline.C:
 		case <-tick.C:
 		}
-		// Checked first on every wake-up: a process resumed after a long
-		// pause must fence before it sends anything.
-		session, until := m.lease.expiresAt()
-		if session != "" && !time.Now().Before(until) {
-			m.fenceSession(session, "lease expired without renewal")
-			continue
-		}
+		session, _ := m.lease.current()
 		switch {
 		case session != "":
-			_ = m.renew(session, until)
+			_ = m.renew(session)
 		case m.stopping.Load():
 		case !m.unfenced.Load():
 			// Instances of the fenced session are still stopping: the node
@@ -169,15 +226,49 @@ func (m *Manager[C, I]) heartbeatLoop() {
 	}
 }
 
+// watchdog checks the lease on the boot clock, which runs on while a host
+// or VM is suspended: a node that wakes after its lease fences within one
+// tick, before its heartbeat, claims or creates (which check for themselves
+// too).
+func (m *Manager[C, I]) watchdog() {
+	tick := time.NewTicker(max(m.s.fenceMargin()/4, 5*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-m.runCtx.Done():
+			return
+		case <-tick.C:
+			m.checkLease()
+		}
+	}
+}
+
+// checkLease fences the node if its lease may have run out, and returns the
+// session that is still valid, or "".
+func (m *Manager[C, I]) checkLease() string {
+	session, _ := m.lease.current()
+	if session != "" && m.lease.expired(session) {
+		m.fenceSession(session, "lease expired without renewal")
+		return ""
+	}
+	return session
+}
+
 // renew sends one heartbeat, bounded so that it cannot outlive the lease.
-func (m *Manager[C, I]) renew(session string, until time.Time) error {
+func (m *Manager[C, I]) renew(session string) error {
+	if m.checkLease() != session {
+		return errors.New("lease expired")
+	}
+	m.lease.mu.Lock()
+	until := m.lease.sent.Add(m.lease.valid)
+	m.lease.mu.Unlock()
 	ctx, cancel := context.WithDeadline(m.runCtx, until)
 	defer cancel()
-	sent := time.Now()
+	sent, sentBoot := time.Now(), m.lease.boot()
 	res, err := heartbeatScript.Exec(ctx, m.client,
-		[]string{m.k.nodes, m.k.sessions, m.k.weights},
-		[]string{m.s.nodeID, session, ms(m.s.nodeTTL), strconv.Itoa(m.s.weight), m.k.channel}).ToArray()
-	if err == nil && len(res) != 2 {
+		append([]string{m.k.nodes, m.k.sessions, m.k.weights}, m.k.trustKeys()...),
+		[]string{m.s.nodeID, session, ms(m.s.nodeTTL), strconv.Itoa(m.s.weight), m.k.channel, ms(m.ttlFloor()), m.durable()}).ToArray()
+	if err == nil && len(res) != 4 {
 		err = fmt.Errorf("unexpected reply of %d values", len(res))
 	}
 	if err != nil {
@@ -186,29 +277,35 @@ func (m *Manager[C, I]) renew(session string, until time.Time) error {
 		}
 		return err
 	}
+	gen, _ := res[2].ToString()
+	maxTTL, _ := res[3].AsInt64()
+	m.seeTTL(maxTTL)
 	if ok, _ := res[0].AsInt64(); ok != 1 {
 		m.fenceSession(session, "membership lost in Redis")
 		return errors.New("membership lost")
 	}
-	m.lease.extend(session, sent.Add(m.s.nodeTTL-m.s.fenceMargin()))
+	if !m.lease.extend(session, sent, sentBoot) {
+		return errors.New("lease expired")
+	}
+	if prev := m.gen.Swap(&gen); prev != nil && *prev != gen && gen != "" {
+		// Redis came back with an older record: whatever it does not say
+		// this node owns, another node may own; stop it now.
+		m.log.Warn("Redis restarted or failed over; checking what this node runs against the restored record")
+		m.verifyOwnership(session)
+	}
 	return nil
-}
-
-// fence stops everything this node runs because it can no longer prove it
-// owns it: the lease context is cancelled first, so every instance sees its
-// context end at once; the node loop then disconnects them.
-func (m *Manager[C, I]) fence(reason string) {
-	session, _ := m.lease.current()
-	m.fenceSession(session, reason)
 }
 
 // fenceSession fences only if session is still the current one: a verdict on
 // an older session says nothing about a newer one.
 func (m *Manager[C, I]) fenceSession(session, reason string) {
-	if session == "" || !m.lease.endIf(session) {
+	if !m.lease.endIf(session) {
 		return
 	}
 	m.unfenced.Store(false) // until the node loop has stopped every instance
+	// Every instance's context ended with the lease; every disconnect hook
+	// is called now, all at once, whatever the node loop is doing.
+	m.instances.stopAll()
 	m.log.Warn("fenced: stopping all instances", "reason", reason)
 	m.tel.fenced(m.runCtx, reason)
 	m.stepDown()
@@ -235,7 +332,7 @@ func (m *Manager[C, I]) leave(ctx context.Context) error {
 	}
 	m.lease.end()
 	return leaveScript.Exec(ctx, m.client,
-		[]string{m.k.nodes, m.k.sessions, m.k.weights},
+		[]string{m.k.nodes, m.k.sessions, m.k.weights, m.k.ttls},
 		[]string{m.s.nodeID, session, m.k.channel}).Error()
 }
 
@@ -250,7 +347,7 @@ type member struct {
 // time, in milliseconds.
 func (m *Manager[C, I]) members(ctx context.Context) (now int64, live []member, err error) {
 	res, err := membersScript.Exec(ctx, m.client,
-		[]string{m.k.nodes, m.k.sessions, m.k.weights},
+		[]string{m.k.nodes, m.k.sessions, m.k.weights, m.k.ttls},
 		[]string{m.k.channel}).ToArray()
 	if err != nil {
 		return 0, nil, err

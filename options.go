@@ -58,6 +58,8 @@ type settings struct {
 	lockMajority int
 	timeout      time.Duration
 	margin       time.Duration // 0: nodeTTL/5
+	maxNodeTTL   time.Duration // 0: none
+	durable      bool
 
 	healthSpec       string
 	leaderHealthSpec string
@@ -288,6 +290,40 @@ func WithNodeTTL(ttl time.Duration) Option {
 	})
 }
 
+// WithMaxNodeTTL declares the largest node TTL any replica of the service
+// may use, now or during a rolling change of [WithNodeTTL]. dim waits at
+// least this long before it grants claims on a record that Redis lost or
+// rolled back, so that every replica Redis forgot has fenced itself first.
+// Without it, that wait is the largest TTL that the record or this process
+// has seen declared, which misses a replica that joined with a larger TTL
+// just before Redis lost its writes. Must not be below this replica's own
+// node TTL. Default: none.
+func WithMaxNodeTTL(ttl time.Duration) Option {
+	return optionFunc(func(s *settings) error {
+		if ttl <= 0 {
+			return invalid("WithMaxNodeTTL", "%v is not positive", ttl)
+		}
+		s.maxNodeTTL = ttl
+		return nil
+	})
+}
+
+// WithDurableRedis tells dim that Redis never loses a write it acknowledged:
+// a single server (no failover, no replica promotion) with appendonly yes
+// and appendfsync always. dim then trusts the record it finds after Redis
+// restarted, so that a restart neither stops instances nor holds claims for
+// a grace period. Anything less — appendfsync everysec, RDB snapshots, a
+// failover to an asynchronous replica — can bring back an older record, and
+// trusting it can run a key twice (see docs/SAFETY.md). A record that is
+// absent still gets its grace period. Every replica of the service should
+// agree; one without it is merely more careful. Default: off.
+func WithDurableRedis() Option {
+	return optionFunc(func(s *settings) error {
+		s.durable = true
+		return nil
+	})
+}
+
 // WithFenceMargin sets how long before its lease can expire in Redis a
 // replica that cannot renew it stops its instances: their contexts are
 // cancelled and the disconnect hook is called at that moment. Instances must
@@ -412,6 +448,8 @@ func (s *settings) validate() error {
 		return invalid("WithLeaderLockRefresh", "%v must be shorter than the lock TTL %v", s.lockRefresh, s.lockTTL)
 	case s.timeout <= 0:
 		return invalid("WithCallbackTimeout", "%v is not positive", s.timeout)
+	case s.maxNodeTTL > 0 && s.maxNodeTTL < s.nodeTTL:
+		return invalid("WithMaxNodeTTL", "%v is below this replica's node TTL %v", s.maxNodeTTL, s.nodeTTL)
 	}
 	if s.nodeID == "" {
 		s.nodeID = defaultNodeID()

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -36,16 +37,31 @@ type leaderState struct {
 	observed time.Time
 }
 
+// joinWindow is how long a leader waits for further joins after a join or
+// its election before it places keys, and joinWindowMax the longest it
+// waits in all: when many nodes start at once, keys are placed once over
+// all of them instead of going to the first and then moving on as the rest
+// join.
+const (
+	joinWindow    = 25 * time.Millisecond
+	joinWindowMax = 500 * time.Millisecond
+)
+
 // leaderLoop rebalances on every trigger until leadership ends: membership
 // events, a lease that is about to expire, the config refresh schedule and
-// Rebalance requests. It returns why it ended, or "" when ctx did.
-func (m *Manager[C, I]) leaderLoop(ctx context.Context, epoch uint64) string {
+// Rebalance requests. It returns why it ended, or "" when ctx did. busy
+// holds when the current rebalance began, for watchLeaderLoop.
+func (m *Manager[C, I]) leaderLoop(ctx context.Context, epoch uint64, busy *atomic.Int64) string {
 	expiry := time.NewTimer(0)
 	defer expiry.Stop()
 	backoff := newBackoff(50*time.Millisecond, m.s.heartbeat)
 	var st leaderState
 	trigger := triggerElected
 	for {
+		if trigger == triggerElected || trigger == "node "+evJoin {
+			m.settleJoins(ctx)
+		}
+		busy.Store(time.Now().UnixNano())
 		next, err := m.rebalance(ctx, epoch, trigger, &st)
 		switch {
 		case errors.Is(err, errStaleEpoch):
@@ -64,6 +80,7 @@ func (m *Manager[C, I]) leaderLoop(ctx context.Context, epoch uint64) string {
 		if trigger == triggerRefresh || time.Since(st.observed) > m.s.nodeTTL {
 			m.observe(ctx, &st)
 		}
+		busy.Store(0)
 		select {
 		case <-ctx.Done():
 			return ""
@@ -73,11 +90,34 @@ func (m *Manager[C, I]) leaderLoop(ctx context.Context, epoch uint64) string {
 		case done := <-m.handoffLeaderCh:
 			// This node is stopping: one last rebalance moves its keys
 			// away, then leadership is released.
+			busy.Store(time.Now().UnixNano())
 			if _, err := m.rebalance(ctx, epoch, triggerStopping, &st); err != nil {
 				m.log.Warn("final rebalance failed", "err", err)
 			}
 			close(done)
 			return "handed off"
+		}
+	}
+}
+
+// settleJoins waits until no trigger has come for joinWindow, at most
+// joinWindowMax in all; the triggers that came are covered by the rebalance
+// that follows.
+func (m *Manager[C, I]) settleJoins(ctx context.Context) {
+	deadline := time.NewTimer(joinWindowMax)
+	defer deadline.Stop()
+	quiet := time.NewTimer(joinWindow)
+	defer quiet.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-deadline.C:
+			return
+		case <-quiet.C:
+			return
+		case <-m.leaderCh:
+			quiet.Reset(joinWindow)
 		}
 	}
 }

@@ -181,7 +181,7 @@ func TestACLMinimalUserFromTheDocsRunsEveryScenario(t *testing.T) {
 	})
 	t.Run("a user without a command dim needs fails at Start", func(t *testing.T) {
 		createUser(t, admin, "dim-lacking", password, "", aclDocService)
-		require.NoError(t, admin.Do(context.Background(), admin.B().Arbitrary("ACL", "SETUSER").Args("dim-lacking", "-zcount").Build()).Error())
+		require.NoError(t, admin.Do(context.Background(), admin.B().Arbitrary("ACL", "SETUSER").Args("dim-lacking", "-info").Build()).Error())
 		lacking := opt
 		lacking.Username = "dim-lacking"
 		err := startOnce(t, aclDocService, lacking)
@@ -607,7 +607,7 @@ func FuzzInjectNamesStayInTheirHashTag(f *testing.F) {
 			}
 		}
 		k := newKeys(prefix, service)
-		names := []string{k.nodes, k.sessions, k.weights, k.grace, k.epoch, k.leader, k.forcing,
+		names := []string{k.nodes, k.sessions, k.weights, k.grace, k.origin, k.ttls, k.maxTTL, k.epoch, k.leader, k.forcing,
 			k.assign, k.traces, k.owner, k.fence, k.lock + ":0:" + lockName, k.channel, k.assigned(node)}
 		for _, name := range names {
 			tag, ok := hashTag(name)

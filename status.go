@@ -36,7 +36,31 @@ type Status struct {
 	// Misplaced lists keys claimed by a live node they are no longer
 	// assigned to: handoffs still under way.
 	Misplaced []string `json:"misplaced"`
+	// Grace is set while no claim is granted because Redis's record of the
+	// service is absent or cannot be trusted; nil otherwise.
+	Grace *Grace `json:"grace,omitempty"`
 }
+
+// Grace is a grace period during which no claim is granted: nodes that
+// Redis has forgotten may still run instances until their leases end.
+type Grace struct {
+	// Left is how long it still runs.
+	Left time.Duration `json:"left_ns"`
+	// Reason is GraceNew or GraceRestored.
+	Reason string `json:"reason"`
+}
+
+// Reasons for a grace period.
+const (
+	// GraceNew: Redis holds no record of the service: its first start, or
+	// a Redis that lost its data. The first start of a service waits one
+	// node TTL before any instance starts.
+	GraceNew = "new"
+	// GraceRestored: Redis restarted from a snapshot or log, or failed over,
+	// since the record was written, so the record may be older than what
+	// nodes did; see docs/SAFETY.md.
+	GraceRestored = "restored"
+)
 
 // NodeStatus is one live member of a service.
 type NodeStatus struct {
@@ -63,10 +87,10 @@ type Owner struct {
 
 // statusScript reads everything a Status needs in one atomic step.
 //
-// KEYS: nodes sessions weights leader assign owner
+// KEYS: nodes sessions weights leader assign owner graceperiod
 // Returns {server_ms, leader{node,session,epoch}, nodes{id,expiry,weight,
-// session…}, assign{k,v…}, owner{k,v…}}.
-var statusScript = rueidis.NewLuaScript(luaPrelude + `
+// session…}, assign{k,v…}, owner{k,v…}, {grace_left_ms, why}}.
+var statusScript = script(`
 local nodes = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
 local out = {}
 for i = 1, #nodes, 2 do
@@ -76,7 +100,8 @@ for i = 1, #nodes, 2 do
   out[#out + 1] = redis.call('HGET', KEYS[2], nodes[i]) or ''
 end
 return {now, redis.call('HMGET', KEYS[4], 'node', 'session', 'epoch'), out,
-  redis.call('HGETALL', KEYS[5]), redis.call('HGETALL', KEYS[6])}
+  redis.call('HGETALL', KEYS[5]), redis.call('HGETALL', KEYS[6]),
+  {graceLeft(KEYS[7]), redis.call('HGET', KEYS[7], 'why') or ''}}
 `)
 
 // Status reads a snapshot of the service from Redis. It may return an
@@ -142,11 +167,11 @@ func serviceSettings(opts []Option) (settings, error) {
 
 func readStatus(ctx context.Context, client rueidis.Client, service string, k keys) (*Status, error) {
 	res, err := statusScript.Exec(ctx, client,
-		[]string{k.nodes, k.sessions, k.weights, k.leader, k.assign, k.owner}, nil).ToArray()
+		[]string{k.nodes, k.sessions, k.weights, k.leader, k.assign, k.owner, k.grace}, nil).ToArray()
 	if err != nil {
 		return nil, fmt.Errorf("%w: read status: %w", ErrRedis, err)
 	}
-	if len(res) != 5 {
+	if len(res) != 6 {
 		return nil, fmt.Errorf("%w: read status: unexpected reply of %d values", ErrRedis, len(res))
 	}
 	now, _ := res[0].AsInt64()
@@ -219,6 +244,13 @@ func readStatus(ctx context.Context, client rueidis.Client, service string, k ke
 		}
 		if st.Assignment[key] != o.Node {
 			st.Misplaced = append(st.Misplaced, key)
+		}
+	}
+	if g, _ := res[5].ToArray(); len(g) == 2 {
+		left, _ := g[0].AsInt64()
+		why, _ := g[1].ToString()
+		if left > 0 {
+			st.Grace = &Grace{Left: time.Duration(left) * time.Millisecond, Reason: why}
 		}
 	}
 	slices.Sort(st.Unowned)

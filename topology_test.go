@@ -279,7 +279,7 @@ func TestClusterRunsEveryScenarioForServicesOnEachMaster(t *testing.T) {
 		// Every key of the service, the lock's included, is in one slot.
 		k := newKeys("", service)
 		slot := slotOf(t, admin, k.nodes)
-		for _, key := range []string{k.sessions, k.weights, k.grace, k.epoch, k.leader, k.forcing,
+		for _, key := range []string{k.sessions, k.weights, k.grace, k.origin, k.ttls, k.maxTTL, k.epoch, k.leader, k.forcing,
 			k.assign, k.traces, k.owner, k.fence, k.assigned("n1"), k.lock + ":0:" + lockName} {
 			assert.Equal(t, slot, slotOf(t, admin, key), key)
 		}

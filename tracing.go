@@ -303,6 +303,13 @@ func (t *telemetry) endCallback(ctx context.Context, span trace.Span, name strin
 	}
 }
 
+// callbackFailed counts a failed user function other than a create or a
+// disconnect (those count in endCallback): "hash" for a config's JSON
+// encoding.
+func (t *telemetry) callbackFailed(ctx context.Context, operation string) {
+	t.callbackFails.Add(ctx, 1, t.attrs(attrOperation.String(operation)))
+}
+
 func (t *telemetry) healthFailed(ctx context.Context, kind string) {
 	t.healthFailures.Add(ctx, 1, t.attrs(attrKind.String(kind)))
 }

@@ -340,7 +340,7 @@ func (c *cluster) watchGrace(ctx context.Context) <-chan time.Time {
 
 // graceEnd reads when the grace period ends, from Redis.
 func (c *cluster) graceEnd(ctx context.Context) (time.Time, error) {
-	v, err := c.b.admin.Do(ctx, c.b.admin.B().Get().Key("dim:{"+c.service+"}:grace").Build()).ToString()
+	v, err := c.b.admin.Do(ctx, c.b.admin.B().Hget().Key("dim:{"+c.service+"}:graceperiod").Field("until").Build()).ToString()
 	if err != nil {
 		return time.Time{}, fmt.Errorf("read grace: %w", err)
 	}

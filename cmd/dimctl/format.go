@@ -40,6 +40,13 @@ func writeStatus(w io.Writer, st *dim.Status) error {
 	fmt.Fprintf(tw, "epoch\t%d\n", st.Epoch)
 	fmt.Fprintf(tw, "keys\t%d assigned, %d running\n", len(st.Assignment), running)
 	fmt.Fprintf(tw, "time\t%s (Redis)\n", st.ServerTime.UTC().Format("2006-01-02 15:04:05.000 MST"))
+	if g := st.Grace; g != nil {
+		why := "Redis holds no record of the service (its first start, or Redis lost its data)"
+		if g.Reason == dim.GraceRestored {
+			why = "Redis restarted or failed over since the record was written; nodes it forgot may still run instances"
+		}
+		fmt.Fprintf(tw, "grace\tno instance starts for %s more: %s\n", roundLease(g.Left), why)
+	}
 
 	nodes := sortedNodes(st.Nodes)
 	fmt.Fprintln(tw)

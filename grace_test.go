@@ -1,0 +1,179 @@
+package dim
+
+import (
+	"context"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-dim/dim/internal/redistest"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// slowTTL is long enough that a grace period of one node TTL cannot be
+// mistaken for the milliseconds a start without one takes.
+const slowTTL = 4 * time.Second
+
+func slowTTLOptions() []Option {
+	return []Option{WithNodeTTL(slowTTL), WithHeartbeat(400 * time.Millisecond)}
+}
+
+func TestTheFirstStartOfAServiceWaitsOneTTLAndSaysWhy(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 4)
+	n1 := c.start("n1", slowTTLOptions()...)
+	st, err := n1.m.Status(context.Background())
+	require.NoError(t, err)
+	require.NotNil(t, st.Grace, "a service Redis has no record of waits")
+	assert.Equal(t, GraceNew, st.Grace.Reason)
+	assert.Greater(t, st.Grace.Left, slowTTL/2)
+	assert.Empty(t, c.rec.Live(), "nothing starts during the grace period")
+	c.waitConverged(2*slowTTL, "n1")
+	st, err = n1.m.Status(context.Background())
+	require.NoError(t, err)
+	assert.Nil(t, st.Grace)
+}
+
+func TestRestartingAWholeKnownServiceNeedsNoGrace(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 12)
+	ids := []string{"n1", "n2", "n3"}
+	for _, id := range ids {
+		c.start(id, slowTTLOptions()...)
+	}
+	c.waitConverged(3*slowTTL, ids...)
+	for _, id := range ids {
+		c.stop(id)
+	}
+	// The same service comes back, as after a deploy that stopped every
+	// replica: Redis's record is intact and nobody runs anything, so there
+	// is nothing to wait for.
+	for _, id := range ids {
+		c.start(id, slowTTLOptions()...)
+	}
+	up := time.Now()
+	st, err := c.node("n1").m.Status(context.Background())
+	require.NoError(t, err)
+	assert.Nil(t, st.Grace, "an intact record needs no grace")
+	c.waitConverged(slowTTL/2, ids...)
+	t.Logf("every key live %v after the last Start returned", time.Since(up))
+}
+
+func TestAServiceWhoseLeasesExpiredInRedisNeedsNoGrace(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 6)
+	c.start("n1")
+	c.start("n2")
+	c.waitConverged(10*time.Second, "n1", "n2")
+	// Both crash; their leases run out in Redis time, which the record
+	// shows: whatever they ran, they stopped before that.
+	c.crash("n1")
+	c.crash("n2")
+	c.eventually(5*time.Second, "the crashed leases expired", func() bool {
+		st, err := ReadStatus(context.Background(), c.srv.Client(t), WithService(c.service))
+		return err == nil && len(st.Nodes) == 0
+	})
+	n3 := c.start("n3")
+	st, err := n3.m.Status(context.Background())
+	require.NoError(t, err)
+	assert.Nil(t, st.Grace)
+	c.waitConverged(testTTL/2, "n3")
+}
+
+func TestARestoredRecordStartsAGraceThatStatusExplains(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 6)
+	c.start("n1", slowTTLOptions()...)
+	c.start("n2", slowTTLOptions()...)
+	c.waitConverged(3*slowTTL, "n1", "n2")
+	admin := c.srv.Client(t)
+	require.NoError(t, admin.Do(context.Background(), admin.B().Save().Build()).Error())
+	c.srv.Restart()
+	c.eventually(5*time.Second, "a grace period for the restored record", func() bool {
+		st, err := ReadStatus(context.Background(), c.srv.Client(t), WithService(c.service))
+		return err == nil && st.Grace != nil && st.Grace.Reason == GraceRestored
+	})
+	// What the restored record says each node owns, it keeps running.
+	c.waitConverged(3*slowTTL, "n1", "n2")
+}
+
+func TestASuspendedHostFencesOnWakeBeforeItRenews(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 4)
+	n1 := c.newNode("n1")
+	// The boot clock counts a suspend; Go's monotonic clock does not. A
+	// host that slept longer than the lease shows only on the boot clock.
+	var slept atomic.Int64
+	n1.m.lease.boot = func() time.Duration { return bootClock() + time.Duration(slept.Load()) }
+	c.startNode(n1)
+	c.waitConverged(10*time.Second, "n1")
+	before, _ := n1.m.lease.current()
+	var renewed atomic.Int64
+	n1.m.lease.mu.Lock()
+	sent := n1.m.lease.sent
+	n1.m.lease.mu.Unlock()
+	slept.Store(int64(2 * testTTL))
+	c.eventually(testTTL, "n1 fenced on waking", func() bool {
+		s, _ := n1.m.lease.current()
+		return s != before
+	})
+	n1.m.lease.mu.Lock()
+	if n1.m.lease.session == before && n1.m.lease.sent.After(sent) {
+		renewed.Add(1)
+	}
+	n1.m.lease.mu.Unlock()
+	assert.Zero(t, renewed.Load(), "the old session was never renewed after the wake-up")
+	slept.Store(0)
+	c.waitConverged(10*time.Second, "n1")
+}
+
+func TestADurableRedisRestartStopsNothingAndWaitsForNothing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestClusterOn(t, 6, redistest.Start(t, redistest.WithArgs("--appendonly", "yes", "--appendfsync", "always")))
+	c.start("n1", WithDurableRedis())
+	c.start("n2", WithDurableRedis())
+	c.waitConverged(10*time.Second, "n1", "n2")
+	ups := len(c.rec.Events())
+	c.srv.Restart()
+	st, err := ReadStatus(context.Background(), c.srv.Client(t), WithService(c.service))
+	require.NoError(t, err)
+	assert.Nil(t, st.Grace)
+	// Once a heartbeat has run on the restarted server, nothing changed.
+	admin := c.srv.Client(t)
+	k := newKeys("", c.service)
+	c.eventually(5*time.Second, "a heartbeat on the restarted server", func() bool {
+		info, err := admin.Do(context.Background(), admin.B().Info().Section("server").Build()).ToString()
+		require.NoError(t, err)
+		id, err := admin.Do(context.Background(), admin.B().Hget().Key(k.origin).Field("id").Build()).ToString()
+		return err == nil && strings.Contains(id, runID(info))
+	})
+	require.True(t, c.converged("n1", "n2"))
+	st, err = ReadStatus(context.Background(), c.srv.Client(t), WithService(c.service))
+	require.NoError(t, err)
+	assert.Nil(t, st.Grace, "the restarted record is trusted")
+	assert.Len(t, c.rec.Events(), ups, "no instance stopped or started")
+}
+
+// runID picks the run id out of INFO server.
+func runID(info string) string {
+	for line := range strings.Lines(info) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "run_id:"); ok {
+			return v
+		}
+	}
+	return "none"
+}
