@@ -22,65 +22,59 @@ var (
 	chaosReport   = flag.String("chaos.report", "", "write the chaos run's results as JSON to this file")
 )
 
-// faultKinds are the faults of the chaos run, with their weights.
-var faultKinds = []struct {
-	kind   string
-	weight int
-}{
-	{"crash", 3},
-	{"leader-crash", 2},
-	{"multi-crash", 1},
-	{"service-restart", 1},
-	{"graceful-stop", 2},
-	{"pause", 3},
-	{"cut-upstream", 1},
-	{"cut-downstream", 1},
-	{"cut-both", 2},
-	{"latency-low", 1},
-	{"latency-high", 1},
-	{"redis-restart", 1},
-	{"redis-outage", 1},
-	{"redis-down", 1},
-	{"churn", 3},
-	{"callbacks", 2},
+// faultKinds are the faults of the chaos run. The schedule deals them
+// round-robin from a deck shuffled anew (from the seed) each time it runs
+// out, so that every kind comes up equally often, the slow ones included.
+var faultKinds = []string{
+	"crash", "leader-crash", "multi-crash", "service-restart", "graceful-stop", "pause",
+	"cut-upstream", "cut-downstream", "cut-both", "latency-low", "latency-high",
+	"redis-restart", "redis-outage", "redis-down", "redis-restart-rdb", "redis-restart-aof", "failover",
+	"churn", "callbacks", "mixed-timing", "mass-slow-disconnect", "keyfn-hang", "keyfn-panic",
+}
+
+// deck deals fault kinds round-robin in a seeded shuffled order.
+type deck struct {
+	rng  *rand.Rand
+	left []string
+}
+
+func (d *deck) next() string {
+	if len(d.left) == 0 {
+		d.left = slices.Clone(faultKinds)
+		d.rng.Shuffle(len(d.left), func(i, j int) { d.left[i], d.left[j] = d.left[j], d.left[i] })
+	}
+	k := d.left[0]
+	d.left = d.left[1:]
+	return k
 }
 
 // step is one planned fault: what, against which node slot (an index; the
-// leader-crash picks whoever leads), for how long and with what parameter.
-// Plans are drawn from the seed alone, never from what happens at run
-// time, so a seed replays the same schedule.
+// leader-crash picks whoever leads, and a fault against a node that is not
+// running takes the next running one), for how long and with what
+// parameter. Plans are drawn from the seed alone, never from what happens
+// at run time, so a seed replays the same schedule.
 type step struct {
-	kind  string
-	slot  int
-	slots []int
-	gap   time.Duration // wait before it starts
-	hold  time.Duration // how long it lasts
-	param time.Duration // latency, pause length
-	pick  uint64        // more randomness for churn and callbacks
-	flag  bool          // service-restart: SIGTERM instead of SIGKILL
+	kind   string
+	slot   int
+	slots  []int
+	gap    time.Duration // wait before it starts
+	hold   time.Duration // how long it lasts
+	param  time.Duration // latency, outage length, snapshot age, failover delay
+	factor float64       // pause length in leases of the paused node
+	pick   uint64        // more randomness for churn, callbacks, timings
+	flag   bool          // service-restart: SIGTERM instead of SIGKILL; failover: a graceful stop as the handoff; mass-slow-disconnect: cut the node off
 }
 
-func planRound(rng *rand.Rand, nodes int) []step {
-	total := 0
-	for _, f := range faultKinds {
-		total += f.weight
-	}
-	n := 1 + rng.IntN(3)
+func planRound(rng *rand.Rand, d *deck, nodes int) []step {
+	n := 2 + rng.IntN(3)
 	out := make([]step, 0, n)
 	for range n {
-		w := rng.IntN(total)
-		var kind string
-		for _, f := range faultKinds {
-			if w -= f.weight; w < 0 {
-				kind = f.kind
-				break
-			}
-		}
+		kind := d.next()
 		s := step{
 			kind: kind,
 			slot: rng.IntN(nodes),
-			gap:  time.Duration(rng.IntN(600)) * time.Millisecond,
-			hold: 500*time.Millisecond + time.Duration(rng.IntN(2500))*time.Millisecond,
+			gap:  time.Duration(rng.IntN(400)) * time.Millisecond,
+			hold: 400*time.Millisecond + time.Duration(rng.IntN(2000))*time.Millisecond,
 			pick: rng.Uint64(),
 			flag: rng.IntN(2) == 0,
 		}
@@ -88,13 +82,17 @@ func planRound(rng *rand.Rand, nodes int) []step {
 		s.slots = perm[:2+rng.IntN(2)]
 		switch kind {
 		case "pause":
-			s.param = NodeTTL + NodeTTL/5 + time.Duration(rng.IntN(int(NodeTTL/time.Millisecond)))*time.Millisecond
+			s.factor = 1.2 + rng.Float64()
 		case "latency-low":
 			s.param = time.Duration(10+rng.IntN(140)) * time.Millisecond // round trip below (TTL − margin)/2
 		case "latency-high":
 			s.param = time.Duration(250+rng.IntN(350)) * time.Millisecond // round trip above it
 		case "redis-outage", "redis-down":
 			s.param = 3*NodeTTL/2 + time.Duration(rng.IntN(int(NodeTTL/time.Millisecond)))*time.Millisecond
+		case "redis-restart-rdb":
+			s.param = time.Duration(300+rng.IntN(2700)) * time.Millisecond // age of the snapshot
+		case "failover":
+			s.param = time.Duration(rng.IntN(300)) * time.Millisecond // handoff → failover
 		}
 		out = append(out, s)
 	}
@@ -110,6 +108,8 @@ type chaosResult struct {
 	Faults         map[string]int `json:"faults"`
 	FaultsTotal    int            `json:"faults_total"`
 	Skipped        int            `json:"skipped"`
+	SkippedByKind  map[string]int `json:"skipped_by_kind"`
+	FewestOfAKind  int            `json:"fewest_of_a_kind"`
 	SimulatedTime  string         `json:"simulated_time"`
 	Events         int            `json:"events"`
 	Instances      int            `json:"instances"`
@@ -129,12 +129,18 @@ type chaosResult struct {
 	WakeOverlaps   int            `json:"post_wake_overlaps"`
 	Refused        int            `json:"old_token_writes_refused"`
 	Accepted       int            `json:"resource_writes_accepted"`
+	TokenChecks    int            `json:"token_checks"`
+	TokenPassed    int            `json:"token_checks_passed"`
+	TokenRefused   int            `json:"token_checks_refused"`
+	RefusedInWake  int            `json:"token_refused_in_post_wake_windows"`
+	RefusedBadly   int            `json:"token_refused_violations"`
+	MaxTTL         string         `json:"max_node_ttl"`
 	Failures       []string       `json:"failures"`
 }
 
 // TestChaosRun runs a seeded random schedule of every fault against node
-// processes and one redis-server, in rounds: each round injects one to
-// three overlapping faults, heals them all, restarts what was stopped and
+// processes and one redis-server, in rounds: each round injects two to
+// four overlapping faults, heals them all, restarts what was stopped and
 // waits for convergence. The history is checked at the end. A failing seed
 // replays the same schedule:
 //
@@ -151,20 +157,28 @@ func TestChaosRun(t *testing.T) {
 	for i := range ids {
 		ids[i] = fmt.Sprintf("n%d", i+1)
 	}
-	c := NewCluster(t, ids, *chaosKeys)
+	c := NewClusterWith(t, ids, *chaosKeys, Options{Persist: true, Sentinel: true})
+	// One service, mixed timings: slot i starts with Timings[i mod len].
+	for i, id := range ids {
+		c.SetTiming(id, Timings[i%len(Timings)])
+	}
 	c.Start(ids...)
 	c.WaitReady(settle, ids...)
 	c.Quiet(settle)
 
-	r := &chaosRunner{t: t, c: c, ids: ids, nextKey: *chaosKeys}
+	r := &chaosRunner{t: t, c: c, ids: ids, nextKey: *chaosKeys, skippedBy: map[string]int{}}
+	d := &deck{rng: rng}
 	start := time.Now()
 	rounds := 0
-	for time.Since(start) < *chaosDuration && !t.Failed() {
+	// The run goes on after a violation, so that a long run shows them all
+	// and every kind gets its share; the checker reports them at the end.
+	for time.Since(start) < *chaosDuration {
 		rounds++
-		r.round(planRound(rng, nodes))
+		r.round(planRound(rng, d, nodes))
 	}
 	rep := c.Finish(DefaultLimits)
 	t.Logf("chaos seed %d: %d rounds\n%s", seed, rounds, rep.Summary())
+	t.Logf("faults by kind (skipped: %v):\n%s", r.skippedBy, kindTable(rep.Faults))
 	for _, f := range rep.Failures() {
 		t.Error(f)
 	}
@@ -172,16 +186,26 @@ func TestChaosRun(t *testing.T) {
 		t.Logf("replay: go test ./internal/chaos -run TestChaosRun -chaos.seed=%d -chaos.duration=%v", seed, *chaosDuration)
 	}
 	if *chaosReport != "" {
-		writeChaosReport(t, *chaosReport, seed, nodes, rounds, r.skipped, rep, c)
+		writeChaosReport(t, *chaosReport, seed, nodes, rounds, r, rep)
 	}
 }
 
 type chaosRunner struct {
-	t       *testing.T
-	c       *Cluster
-	ids     []string
-	nextKey int
-	skipped int
+	t         *testing.T
+	c         *Cluster
+	ids       []string
+	nextKey   int
+	skipped   int
+	skippedBy map[string]int
+}
+
+// kindTable lists every fault kind with its count, one a line.
+func kindTable(faults map[string]int) string {
+	var b strings.Builder
+	for _, k := range faultKinds {
+		fmt.Fprintf(&b, "  %-22s %d\n", k, faults[k])
+	}
+	return b.String()
 }
 
 // heal is a pending end of a fault.
@@ -248,10 +272,18 @@ func (r *chaosRunner) healDue(heals []heal) []heal {
 // make every node fence, a condition that holds once they all have.
 func (r *chaosRunner) inject(s step) (func(), func(*State) bool) {
 	c := r.c
-	id := r.ids[s.slot]
 	running := func(id string) bool { return slices.Contains(c.Running(), id) }
+	// The planned slot, or the next one that runs.
+	id := r.ids[s.slot]
+	for i := range r.ids {
+		if cand := r.ids[(s.slot+i)%len(r.ids)]; running(cand) {
+			id = cand
+			break
+		}
+	}
 	skip := func() (func(), func(*State) bool) {
 		r.skipped++
+		r.skippedBy[s.kind]++
 		return nil, nil
 	}
 	switch s.kind {
@@ -309,10 +341,12 @@ func (r *chaosRunner) inject(s step) (func(), func(*State) bool) {
 		if !running(id) {
 			return skip()
 		}
-		c.Fault(s.kind, fmt.Sprintf("%s for %v", id, s.param))
+		// In leases of the paused node's own TTL.
+		length := time.Duration(s.factor * float64(c.Node(id).Timing.TTL))
+		c.Fault(s.kind, fmt.Sprintf("%s for %v", id, length))
 		c.Pause(id)
 		// The pause length is the fault's parameter; Resume ends it.
-		at := time.Now().Add(s.param)
+		at := time.Now().Add(length)
 		return func() {
 			time.Sleep(time.Until(at))
 			c.Resume(id)
@@ -352,6 +386,71 @@ func (r *chaosRunner) inject(s step) (func(), func(*State) bool) {
 		c.Redis.Restart()
 		c.Healed(s.kind, "back empty")
 		return nil, f
+	case "redis-restart-rdb":
+		// A snapshot, then changes it lacks (handoffs, claims), then a
+		// crash and a restart from the snapshot: Redis comes back with an
+		// old record in which old leases and claims are live.
+		c.Fault(s.kind, fmt.Sprintf("snapshot %v old", s.param))
+		c.Redis.Save()
+		r.bump(s.pick, 1+int(s.pick%3))
+		time.Sleep(s.param) // the snapshot's age is the fault's parameter
+		c.Redis.RestartFromRDB()
+		c.Healed(s.kind, "back from the snapshot")
+		return nil, nil
+	case "redis-restart-aof":
+		c.Fault(s.kind, "appendfsync everysec")
+		c.Redis.RestartFromAOF()
+		c.Healed(s.kind, "back from the append-only file")
+		return nil, nil
+	case "failover":
+		// Cut the replica off, hand keys off (a config change, or a graceful
+		// stop), fail over: the new master lacks the handoff.
+		what := "config change"
+		var victim string
+		if s.flag && running(id) {
+			what, victim = "graceful stop of "+id, id
+		}
+		c.Fault(s.kind, "after a "+what)
+		c.Failover(true, func() {
+			if victim != "" {
+				c.Term(victim)
+			} else {
+				r.bump(s.pick, 2+int(s.pick%3))
+			}
+			time.Sleep(s.param) // the handoff's head start is the fault's parameter
+		})
+		c.Healed(s.kind, "master now "+c.Redis.Name())
+		if victim != "" {
+			return func() { c.Start(victim) }, nil
+		}
+		return nil, nil
+	case "mixed-timing":
+		// A rolling change of WithNodeTTL: one node restarts gracefully
+		// with another timing.
+		if !running(id) {
+			return skip()
+		}
+		cur := c.Node(id).Timing
+		next := Timings[int(s.pick%uint64(len(Timings)))]
+		if next == cur {
+			next = Timings[(int(s.pick%uint64(len(Timings)))+1)%len(Timings)]
+		}
+		c.Fault(s.kind, fmt.Sprintf("%s from %v to %v", id, cur, next))
+		c.Term(id)
+		c.SetTiming(id, next)
+		c.Start(id)
+		c.Healed(s.kind, id)
+		return nil, nil
+	case "mass-slow-disconnect":
+		return r.massSlow(s)
+	case "keyfn-hang", "keyfn-panic":
+		cfgs := c.Configs()
+		i := int(s.pick % uint64(len(cfgs)))
+		cfgs[i].KeyFn = strings.TrimPrefix(s.kind, "keyfn-")
+		cfgs[i].Version++
+		c.Fault(s.kind, cfgs[i].Key)
+		c.SetConfigs(cfgs)
+		return nil, nil // behave ends it with the round
 	case "churn":
 		r.churn(s.pick)
 		return nil, nil
@@ -360,6 +459,97 @@ func (r *chaosRunner) inject(s step) (func(), func(*State) bool) {
 		return nil, nil
 	}
 	panic("unknown fault " + s.kind)
+}
+
+// bump changes n configs drawn from pick (a new version each): dim
+// replaces their instances, a handoff of each.
+func (r *chaosRunner) bump(pick uint64, n int) {
+	rng := rand.New(rand.NewPCG(pick, 3))
+	cfgs := r.c.Configs()
+	for range n {
+		cfgs[rng.IntN(len(cfgs))].Version++
+	}
+	r.c.SetConfigs(cfgs)
+}
+
+// Mass slow disconnects: keys are added until every running node runs
+// massPerNode instances, each of whose disconnects takes massSlow (with
+// the node cut off) or some of which hang until the callback timeout
+// (with its keys changed instead); the misbehaviour ends massWindow after
+// the keys are added, and the keys are removed then.
+const (
+	massPerNode = 51
+	massSlow    = 150 * time.Millisecond
+	massWindow  = 6 * time.Second
+)
+
+func (r *chaosRunner) massSlow(s step) (func(), func(*State) bool) {
+	c := r.c
+	running := c.Running()
+	if len(running) == 0 {
+		r.skipped++
+		r.skippedBy[s.kind]++
+		return nil, nil
+	}
+	cfgs := c.Configs()
+	until := time.Now().Add(massWindow)
+	added := map[string]bool{}
+	for i := range max(massPerNode*len(running)-len(cfgs), 0) {
+		cfg := Config{Key: fmt.Sprintf("k%02d", r.nextKey), Version: 1, Disconnect: "slow", SlowMS: int(massSlow / time.Millisecond), Until: until.UnixNano()}
+		if !s.flag && i%10 == 0 {
+			// Hung past the callback timeout: only in a handoff, where no
+			// lease is lost (dim documents that a disconnect ignoring its
+			// context past the fence margin may outlive a lost lease).
+			cfg.Disconnect, cfg.SlowMS = "hang", 0
+		}
+		r.nextKey++
+		added[cfg.Key] = true
+		cfgs = append(cfgs, cfg)
+	}
+	how := "its keys changed"
+	if s.flag {
+		how = "cut off from Redis"
+	}
+	c.SetConfigs(cfgs)
+	var victim string
+	c.Wait(massWindow/2, func(st *State) bool {
+		loads := st.Loads()
+		for _, id := range running {
+			if loads[id] >= massPerNode-1 && (victim == "" || loads[id] > loads[victim]) {
+				victim = id
+			}
+		}
+		return victim != ""
+	})
+	if victim == "" {
+		loads := c.State.Loads()
+		victim = running[0]
+		for _, id := range running {
+			if loads[id] > loads[victim] {
+				victim = id
+			}
+		}
+	}
+	on := c.State.KeysOn(victim)
+	c.Fault(s.kind, fmt.Sprintf("%d keys added, %s runs %d, %s", len(added), victim, len(on), how))
+	if s.flag {
+		c.Node(victim).Proxy.Cut(faultproxy.Both)
+	} else {
+		cfgs = c.Configs()
+		for i := range cfgs {
+			if slices.Contains(on, cfgs[i].Key) {
+				cfgs[i].Version++
+			}
+		}
+		c.SetConfigs(cfgs)
+	}
+	return func() {
+		// Fast again, then the keys go.
+		time.Sleep(time.Until(until))
+		c.Node(victim).Proxy.Heal()
+		c.SetConfigs(slices.DeleteFunc(c.Configs(), func(cfg Config) bool { return added[cfg.Key] }))
+		c.Healed(s.kind, victim)
+	}, nil
 }
 
 // churn adds, removes and changes keys, drawn from pick.
@@ -421,8 +611,8 @@ func (r *chaosRunner) behave() {
 	cfgs := r.c.Configs()
 	changed := false
 	for i := range cfgs {
-		if cfgs[i].Create != "" || cfgs[i].Disconnect != "" || cfgs[i].Health != "" {
-			cfgs[i].Create, cfgs[i].Disconnect, cfgs[i].Health = "", "", ""
+		if cfgs[i].Misbehaves() {
+			cfgs[i] = cfgs[i].Behave()
 			cfgs[i].Version++
 			changed = true
 		}
@@ -433,10 +623,14 @@ func (r *chaosRunner) behave() {
 	}
 }
 
-func writeChaosReport(t *testing.T, path string, seed uint64, nodes, rounds, skipped int, rep *Report, c *Cluster) {
+func writeChaosReport(t *testing.T, path string, seed uint64, nodes, rounds int, r *chaosRunner, rep *Report) {
 	total := 0
-	for _, n := range rep.Faults {
-		total += n
+	fewest := -1
+	for _, k := range faultKinds {
+		total += rep.Faults[k]
+		if fewest < 0 || rep.Faults[k] < fewest {
+			fewest = rep.Faults[k]
+		}
 	}
 	wc, wd := rep.WorstWake()
 	converged := 0
@@ -445,17 +639,19 @@ func writeChaosReport(t *testing.T, path string, seed uint64, nodes, rounds, ski
 			converged++
 		}
 	}
-	accepted, _ := c.Resource.Counts()
 	res := chaosResult{
-		Seed: seed, Nodes: nodes, Rounds: rounds, Faults: rep.Faults, FaultsTotal: total, Skipped: skipped,
+		Seed: seed, Nodes: nodes, Rounds: rounds, Faults: rep.Faults, FaultsTotal: total, Skipped: r.skipped,
+		SkippedByKind: r.skippedBy, FewestOfAKind: fewest,
 		SimulatedTime: rep.Span.Round(time.Millisecond).String(), Events: rep.Events, Instances: rep.Instances,
 		Overlaps: len(rep.Overlaps), Leaks: len(rep.Leaks), DoubleDowns: len(rep.DoubleDowns),
 		StaleWrites: len(rep.StaleWrites), EpochViolation: len(rep.EpochViolations), LeaderTerms: rep.Terms,
 		Recoveries: len(rep.Recoveries), Converged: converged,
 		WorstRecovery: rep.WorstRecovery().Round(time.Millisecond).String(),
-		RecoveryBound: DefaultLimits.RecoveryBound.String(),
+		RecoveryBound: DefaultLimits.recoveryBound(rep.MaxTTL).String(),
 		Wakes:         len(rep.Wakes), WakeCancel: wc.Round(time.Microsecond).String(), WakeDown: wd.Round(time.Microsecond).String(),
-		WakeOverlaps: len(rep.WakeOverl), Refused: rep.Refused, Accepted: accepted,
+		WakeOverlaps: len(rep.WakeOverl), Refused: rep.Refused, Accepted: rep.TokenAccepted,
+		TokenChecks: rep.TokenAccepted + rep.TokenRefused, TokenPassed: rep.TokenAccepted, TokenRefused: rep.TokenRefused,
+		RefusedInWake: rep.Refused, RefusedBadly: len(rep.StaleWrites), MaxTTL: rep.MaxTTL.String(),
 		Failures: rep.Failures(),
 	}
 	data, err := json.MarshalIndent(res, "", "  ")

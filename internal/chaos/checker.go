@@ -18,8 +18,35 @@ type Limits struct {
 	// counted apart, as post-wake overlaps; longer ones are violations.
 	WakeBound time.Duration
 	// RecoveryBound is how long after a Quiet event every configured key
-	// may take to be live exactly once, evenly spread.
+	// may take to be live exactly once, evenly spread, when no node's TTL
+	// exceeds NodeTTL; with larger TTLs in play it grows by the largest
+	// TTL's excess over NodeTTL.
 	RecoveryBound time.Duration
+}
+
+// ttl returns a process's node TTL, NodeTTL if the history does not say.
+func (lim Limits) ttl(p *process) time.Duration {
+	if p != nil && p.ttl > 0 {
+		return p.ttl
+	}
+	return lim.NodeTTL
+}
+
+// wakeBound is WakeBound scaled to a node TTL: the fence margin is a fifth
+// of the node's own TTL.
+func (lim Limits) wakeBound(ttl time.Duration) time.Duration {
+	if lim.NodeTTL <= 0 || ttl <= lim.NodeTTL {
+		return lim.WakeBound
+	}
+	return time.Duration(int64(lim.WakeBound) * int64(ttl) / int64(lim.NodeTTL))
+}
+
+// recoveryBound is RecoveryBound with maxTTL the largest TTL in play.
+func (lim Limits) recoveryBound(maxTTL time.Duration) time.Duration {
+	if maxTTL <= lim.NodeTTL {
+		return lim.RecoveryBound
+	}
+	return lim.RecoveryBound + maxTTL - lim.NodeTTL
 }
 
 // Overlap is a stretch of time in which two instances of one key were live
@@ -59,18 +86,23 @@ type Recovery struct {
 // Report is what the checker found. Failures lists every violation; an
 // empty list means the history keeps every guarantee.
 type Report struct {
-	Events     int
-	Span       time.Duration // first to last event
-	Processes  int
-	Instances  int // createInstance calls
-	Faults     map[string]int
-	LiveAtEnd  int // instances still live when the history ends
-	Overlaps   []Overlap
-	WakeOverl  []Overlap
-	Wakes      []Wake
-	Refused    int // stale writes refused in post-wake windows
-	Terms      int // leadership terms observed
-	Recoveries []Recovery
+	Events    int
+	Span      time.Duration // first to last event
+	Processes int
+	Instances int // createInstance calls
+	Faults    map[string]int
+	LiveAtEnd int // instances still live when the history ends
+	Overlaps  []Overlap
+	WakeOverl []Overlap
+	Wakes     []Wake
+	Refused   int           // stale writes refused in post-wake windows
+	MaxTTL    time.Duration // the largest node TTL in the history
+	// TokenAccepted and TokenRefused count the fenced resource's token
+	// checks: writes accepted and refused. Refused ones are Refused (in
+	// post-wake windows) plus StaleWrites (violations). Set by the driver.
+	TokenAccepted, TokenRefused int
+	Terms                       int // leadership terms observed
+	Recoveries                  []Recovery
 
 	Leaks            []string
 	DoubleDowns      []string
@@ -138,6 +170,8 @@ func (r *Report) Summary() string {
 	wc, wd := r.WorstWake()
 	fmt.Fprintf(&b, "wake-ups beyond the lease: %d; worst resume→cancel %v, resume→disconnect %v; post-wake overlaps %d; old-token writes refused %d\n",
 		len(r.Wakes), wc.Round(time.Microsecond), wd.Round(time.Microsecond), len(r.WakeOverl), r.Refused)
+	fmt.Fprintf(&b, "fencing-token checks: %d writes accepted, %d refused (%d inside post-wake windows, %d violations)\n",
+		r.TokenAccepted, r.TokenRefused, r.Refused, len(r.StaleWrites))
 	ok := 0
 	for _, rc := range r.Recoveries {
 		if rc.Converged {
@@ -189,12 +223,29 @@ func Check(events []Event, lim Limits) *Report {
 		why   string
 	}
 	var q *pending
+	// inPlay is the largest TTL of the processes alive since the last
+	// Settled: the longest a lease of this round can hold a key.
+	var inPlay time.Duration
+	alive := func() time.Duration {
+		var m time.Duration
+		for _, p := range s.procs {
+			if p.alive {
+				m = max(m, lim.ttl(p))
+			}
+		}
+		return m
+	}
 	for _, e := range events {
 		if n := lastN[e.Src]; e.N != n+1 {
 			r.Problems = append(r.Problems, fmt.Sprintf("event %d: %s line %d follows line %d (lines lost or repeated)", e.Seq, e.Src, e.N, n))
 		}
 		lastN[e.Src] = e.N
 		s.Apply(e)
+		if e.Kind == Spawn || e.Kind == Start {
+			ttl := lim.ttl(s.procs[e.Proc()])
+			inPlay = max(inPlay, ttl)
+			r.MaxTTL = max(r.MaxTTL, ttl)
+		}
 		switch e.Kind {
 		case Fault:
 			r.Faults[e.Fault]++
@@ -217,14 +268,15 @@ func Check(events []Event, lim Limits) *Report {
 				rc := Recovery{Quiet: q.quiet.Time(), Converged: q.since.Seq != 0, Why: q.why}
 				if rc.Converged {
 					rc.Took = time.Duration(q.since.T - q.quiet.T)
-					if lim.RecoveryBound > 0 && rc.Took > lim.RecoveryBound {
-						r.RecoveryFailures = append(r.RecoveryFailures, fmt.Sprintf("quiet at event %d took %v to converge (bound %v)", q.quiet.Seq, rc.Took, lim.RecoveryBound))
+					if bound := lim.recoveryBound(inPlay); lim.RecoveryBound > 0 && rc.Took > bound {
+						r.RecoveryFailures = append(r.RecoveryFailures, fmt.Sprintf("quiet at event %d took %v to converge (bound %v)", q.quiet.Seq, rc.Took, bound))
 					}
 				} else {
 					r.RecoveryFailures = append(r.RecoveryFailures, fmt.Sprintf("quiet at event %d: not converged at event %d: %s", q.quiet.Seq, e.Seq, q.why))
 				}
 				r.Recoveries = append(r.Recoveries, rc)
 				q = nil
+				inPlay = alive()
 			}
 		}
 	}
@@ -235,7 +287,7 @@ func Check(events []Event, lim Limits) *Report {
 	end.Seq++ // open intervals end after the last event
 
 	segs := segments(s, end)
-	checkOverlaps(r, segs, lim)
+	checkOverlaps(r, s, segs, lim)
 	checkInstances(r, s)
 	checkStale(r, segs)
 	checkWakes(r, s, lim)
@@ -273,7 +325,8 @@ func segments(s *State, end Event) map[*instance][]segment {
 }
 
 // checkOverlaps sweeps each key's segments in order of their start.
-func checkOverlaps(r *Report, segs map[*instance][]segment, lim Limits) {
+func checkOverlaps(r *Report, s *State, segs map[*instance][]segment, lim Limits) {
+	bound := func(sg segment) int64 { return int64(lim.wakeBound(lim.ttl(s.procs[sg.in.proc]))) }
 	byKey := map[string][]segment{}
 	for in, list := range segs {
 		byKey[in.key] = append(byKey[in.key], list...)
@@ -299,8 +352,8 @@ func checkOverlaps(r *Report, segs map[*instance][]segment, lim Limits) {
 					to = b.to
 				}
 				o := Overlap{Key: key, A: a.in.id, B: b.in.id, From: b.from.Time(), To: to.Time()}
-				o.Wake = (a.wake && a.to.T-a.from.T <= int64(lim.WakeBound)) ||
-					(b.wake && b.to.T-b.from.T <= int64(lim.WakeBound))
+				o.Wake = (a.wake && a.to.T-a.from.T <= bound(a)) ||
+					(b.wake && b.to.T-b.from.T <= bound(b))
 				if o.Wake {
 					r.WakeOverl = append(r.WakeOverl, o)
 				} else {
@@ -360,9 +413,11 @@ func checkStale(r *Report, segs map[*instance][]segment) {
 func checkWakes(r *Report, s *State, lim Limits) {
 	for _, name := range slices.Sorted(maps.Keys(s.procs)) {
 		p := s.procs[name]
+		ttl := lim.ttl(p)
+		wakeBound := lim.wakeBound(ttl)
 		for _, w := range p.pauses {
 			paused := time.Duration(w.to.T - w.from.T)
-			if w.to.Kind != Resume || paused < lim.NodeTTL {
+			if w.to.Kind != Resume || paused < ttl {
 				continue
 			}
 			wk := Wake{Proc: name, Paused: paused}
@@ -393,9 +448,9 @@ func checkWakes(r *Report, s *State, lim Limits) {
 						wk.Refused++
 					}
 				}
-				if in.endKind == Down && time.Duration(in.end.T-w.to.T) > lim.WakeBound {
+				if in.endKind == Down && time.Duration(in.end.T-w.to.T) > wakeBound {
 					r.WakeViolations = append(r.WakeViolations, fmt.Sprintf("%s woke at event %d and stopped %s (key %s) only after %v (bound %v)",
-						name, w.to.Seq, in.id, in.key, time.Duration(in.end.T-w.to.T), lim.WakeBound))
+						name, w.to.Seq, in.id, in.key, time.Duration(in.end.T-w.to.T), wakeBound))
 				}
 			}
 			if fenced && lastDown.Seq != 0 {

@@ -26,6 +26,31 @@ type Config struct {
 	Disconnect string `json:"disconnect,omitempty"`
 	// Health: "" behaves; "error" fails the first check of each instance.
 	Health string `json:"health,omitempty"`
+	// SlowMS, if set, is how long a "slow" disconnect takes, in
+	// milliseconds, instead of SlowDisconnect.
+	SlowMS int `json:"slow_ms,omitempty"`
+	// Until, if set, ends the Disconnect misbehaviour at this wall clock
+	// (Unix nanoseconds): a disconnect called later behaves. It bounds a
+	// fault that makes many disconnects slow.
+	Until int64 `json:"until,omitempty"`
+	// KeyFn: "" behaves; "hang" makes the key function (dim.WithKey) block
+	// for KeyHangFactor × the callback timeout on every call for this
+	// config before it answers; "panic" makes it panic on every call.
+	KeyFn string `json:"keyfn,omitempty"`
+}
+
+// KeyHangFactor times the callback timeout is how long a hanging key
+// function blocks.
+const KeyHangFactor = 3
+
+// Misbehaves reports whether any callback of the config misbehaves.
+func (c Config) Misbehaves() bool {
+	return c.Create != "" || c.Disconnect != "" || c.Health != "" || c.KeyFn != "" || c.SlowMS != 0 || c.Until != 0
+}
+
+// Behave returns the config without its misbehaviours.
+func (c Config) Behave() Config {
+	return Config{Key: c.Key, Version: c.Version}
 }
 
 // Durations of the slow callbacks: well inside the callback timeout, and a

@@ -32,6 +32,33 @@ const (
 	CallbackTimeout = time.Second
 )
 
+// Timing is a node's lease timing: its node TTL and heartbeat. The fence
+// margin is dim's default, TTL/5.
+type Timing struct {
+	TTL       time.Duration
+	Heartbeat time.Duration
+}
+
+func (t Timing) String() string { return fmt.Sprintf("ttl %v/heartbeat %v", t.TTL, t.Heartbeat) }
+
+// Timings are the node timings the chaos run mixes in one service, each
+// in dim's relation heartbeat ≤ (TTL − TTL/5)/2; the first is the default.
+var Timings = []Timing{
+	{NodeTTL, Heartbeat},
+	{1500 * time.Millisecond, 200 * time.Millisecond},
+	{2 * time.Second, 300 * time.Millisecond},
+	{1500 * time.Millisecond, 100 * time.Millisecond},
+}
+
+// MaxTTL is the largest node TTL of [Timings].
+func MaxTTL() time.Duration {
+	var m time.Duration
+	for _, t := range Timings {
+		m = max(m, t.TTL)
+	}
+	return m
+}
+
 // DefaultLimits are the bounds the tests hold histories to:
 //   - a node woken after a pause beyond its lease must have stopped its old
 //     instances within the fence margin, the time dim itself gives an
@@ -42,6 +69,10 @@ const (
 //     plus a margin of 2 s for the rest: a second lease when a join whose
 //     reply was lost to the fault holds the node's ID, a restarted process
 //     that starts and joins, and a rebalance and its claims.
+//
+// With nodes of other TTLs in play ([Timings]), the checker scales both:
+// the wake bound with the paused node's own TTL (its fence margin), the
+// recovery bound by the largest TTL in play over NodeTTL.
 var DefaultLimits = Limits{
 	NodeTTL:       NodeTTL,
 	WakeBound:     FenceMargin,
@@ -100,8 +131,9 @@ func RemoveNodeBinary() {
 // Node is one slot of the cluster: a node ID, its fault proxy to Redis and
 // the process that runs it, if any.
 type Node struct {
-	ID    string
-	Proxy *faultproxy.Proxy
+	ID     string
+	Proxy  *faultproxy.Proxy
+	Timing Timing // of the next process started
 
 	cmd    *exec.Cmd
 	pid    int
@@ -115,10 +147,17 @@ type Node struct {
 // one service around them, each reaching Redis through its own fault
 // proxy; all of them write one history.
 type Cluster struct {
-	tb       testing.TB
-	Dir      string
-	bin      string
-	Redis    *redistest.Server
+	tb  testing.TB
+	Dir string
+	bin string
+	// Redis is the Redis master the nodes reach: the only server, or with
+	// [Options.Sentinel] the current master, which [Cluster.Failover]
+	// changes.
+	Redis *redistest.Server
+	// Sentinel is the replicated Redis, with [Options.Sentinel]; nil
+	// otherwise.
+	Sentinel *redistest.Sentinel
+	ctl      *faultproxy.Proxy // the driver's own way to Redis, never faulted
 	Resource *Resource
 	HistPath string
 	hist     *Writer
@@ -134,21 +173,49 @@ type Cluster struct {
 	configs []Config
 }
 
+// Options choose the Redis of a cluster.
+type Options struct {
+	// Persist runs Redis with an append-only file and snapshots on demand,
+	// so that it can restart from them (redis-restart-rdb, -aof).
+	Persist bool
+	// Sentinel runs a master and a replica watched by a Sentinel instead
+	// of one server, so that it can fail over. The Sentinel never fails
+	// over by itself (its down-after is a minute): only [Cluster.Failover]
+	// does, so a killed or frozen master stays the master.
+	Sentinel bool
+}
+
 // NewCluster starts Redis, the resource and a proxy per node ID, and writes
 // configs for keys k00…; it starts no node. Everything is torn down when
 // tb's test ends.
 func NewCluster(tb testing.TB, ids []string, keys int) *Cluster {
+	tb.Helper()
+	return NewClusterWith(tb, ids, keys, Options{})
+}
+
+// NewClusterWith is [NewCluster] with a Redis chosen by opts.
+func NewClusterWith(tb testing.TB, ids []string, keys int, opts Options) *Cluster {
 	tb.Helper()
 	bin := NodeBinary(tb)
 	c := &Cluster{
 		tb:     tb,
 		Dir:    tb.TempDir(),
 		bin:    bin,
-		Redis:  redistest.Start(tb),
 		State:  NewState(),
 		nodes:  map[string]*Node{},
 		debug:  os.Getenv("CHAOS_DEBUG") != "",
 		client: nil,
+	}
+	var ropts []redistest.Option
+	if opts.Persist {
+		ropts = append(ropts, redistest.WithPersistence())
+	}
+	if opts.Sentinel {
+		c.Sentinel = redistest.StartSentinel(tb, ropts...)
+		c.Sentinel.Set("down-after-milliseconds", "60000")
+		c.Redis = c.Sentinel.Master()
+	} else {
+		c.Redis = redistest.Start(tb, ropts...)
 	}
 	c.HistPath = filepath.Join(c.Dir, "history.jsonl")
 	c.cfgPath = filepath.Join(c.Dir, "configs.json")
@@ -161,7 +228,11 @@ func NewCluster(tb testing.TB, ids []string, keys int) *Cluster {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(c.cleanup)
+	if c.ctl, err = faultproxy.New(c.Redis.Addr()); err != nil {
+		tb.Fatal(err)
+	}
 	opt := c.Redis.ClientOption()
+	opt.InitAddress = []string{c.ctl.Addr()}
 	if c.client, err = rueidis.NewClient(opt); err != nil {
 		tb.Fatal(err)
 	}
@@ -170,7 +241,7 @@ func NewCluster(tb testing.TB, ids []string, keys int) *Cluster {
 		if err != nil {
 			tb.Fatal(err)
 		}
-		c.nodes[id] = &Node{ID: id, Proxy: p}
+		c.nodes[id] = &Node{ID: id, Proxy: p, Timing: Timings[0]}
 		c.order = append(c.order, id)
 	}
 	cfgs := make([]Config, keys)
@@ -269,7 +340,7 @@ func (c *Cluster) spawn(n *Node) {
 		"-id", n.ID, "-service", Service,
 		"-redis", n.Proxy.Addr(),
 		"-history", c.HistPath, "-configs", c.cfgPath, "-resource", c.Resource.Addr(),
-		"-ttl", NodeTTL.String(), "-heartbeat", Heartbeat.String(),
+		"-ttl", n.Timing.TTL.String(), "-heartbeat", n.Timing.Heartbeat.String(),
 		"-lock-ttl", LockTTL.String(), "-lock-refresh", LockRefresh.String(),
 		"-timeout", CallbackTimeout.String(),
 	}
@@ -287,7 +358,7 @@ func (c *Cluster) spawn(n *Node) {
 	c.mu.Lock()
 	n.cmd, n.pid, n.done, n.expect, n.paused, n.status = cmd, cmd.Process.Pid, done, "", false, ""
 	c.mu.Unlock()
-	c.Log(Event{Kind: Spawn, Node: n.ID, PID: cmd.Process.Pid})
+	c.Log(Event{Kind: Spawn, Node: n.ID, PID: cmd.Process.Pid, TTL: int64(n.Timing.TTL), Detail: n.Timing.String()})
 	go func() {
 		err := cmd.Wait()
 		status := "exit 0"
@@ -306,6 +377,40 @@ func (c *Cluster) spawn(n *Node) {
 		}
 		close(done)
 	}()
+}
+
+// SetTiming gives node id the timing t from its next start on.
+func (c *Cluster) SetTiming(id string, t Timing) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.Node(id).Timing = t
+}
+
+// Failover fails Redis over to its replica through the Sentinel
+// (SENTINEL FAILOVER) and moves every proxy, the nodes' and the driver's,
+// to the new master, as a virtual IP would follow it: existing connections
+// are cut, new ones reach the new master. With lose, the replica is cut
+// off the master's writes first (redistest's DetachReplica) and handoff
+// runs before the failover (nil: nothing), so that the new master lacks
+// every write the old one accepted meanwhile, handoff's included. The old
+// master becomes a replica of the new one. Only with [Options.Sentinel].
+func (c *Cluster) Failover(lose bool, handoff func()) {
+	c.tb.Helper()
+	if c.Sentinel == nil {
+		c.tb.Fatal("chaos: Failover needs a cluster with Options.Sentinel")
+	}
+	if lose {
+		c.Sentinel.DetachReplica()
+	}
+	if handoff != nil {
+		handoff()
+	}
+	next := c.Sentinel.Failover()
+	c.Redis = next
+	for _, id := range c.order {
+		c.nodes[id].Proxy.SetTarget(next.Addr())
+	}
+	c.ctl.SetTarget(next.Addr())
 }
 
 // proc returns a node's running process, or nil.
@@ -624,7 +729,9 @@ func (c *Cluster) Check(lim Limits) *Report {
 	if err != nil {
 		c.tb.Fatal(err)
 	}
-	return Check(events, lim)
+	r := Check(events, lim)
+	r.TokenAccepted, r.TokenRefused = c.Resource.Counts()
+	return r
 }
 
 // cleanup kills whatever still runs and closes the proxies, the resource
@@ -639,6 +746,9 @@ func (c *Cluster) cleanup() {
 	c.Kill(running...)
 	for _, id := range c.order {
 		_ = c.nodes[id].Proxy.Close()
+	}
+	if c.ctl != nil {
+		_ = c.ctl.Close()
 	}
 	c.Resource.Close()
 	if c.client != nil {

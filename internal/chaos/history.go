@@ -61,7 +61,8 @@ const (
 
 // Events written by the driver.
 const (
-	// Spawn: the driver started a node process (Node, PID).
+	// Spawn: the driver started a node process (Node, PID) with node TTL
+	// TTL.
 	Spawn Kind = "spawn"
 	// Kill: a node process was SIGKILLed and reaped; everything it ran
 	// died no later than this.
@@ -115,7 +116,10 @@ type Event struct {
 	Nodes    []string `json:"nodes,omitempty"`
 	Fault    string   `json:"fault,omitempty"`
 	Expected bool     `json:"expected,omitempty"`
-	Detail   string   `json:"detail,omitempty"`
+	// TTL is the node TTL a Spawn gives the process, in nanoseconds (0:
+	// the checker's Limits.NodeTTL).
+	TTL    int64  `json:"ttl,omitempty"`
+	Detail string `json:"detail,omitempty"`
 }
 
 // Time returns T as a time.

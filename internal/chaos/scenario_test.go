@@ -391,3 +391,194 @@ func TestMisbehavingCallbacks(t *testing.T) {
 	c.Quiet(settle)
 	finish(t, c)
 }
+
+// newScenarioWith is newScenario on a Redis chosen by opts.
+func newScenarioWith(t *testing.T, n, keys int, opts Options) *Cluster {
+	t.Helper()
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = "n" + string(rune('1'+i))
+	}
+	c := NewClusterWith(t, ids, keys, opts)
+	c.Start(ids...)
+	c.WaitReady(settle, ids...)
+	_, ok := c.Quiet(settle)
+	require.True(t, ok, "initial convergence")
+	return c
+}
+
+// bumpAll gives every config a new version: a handoff of every key.
+func bumpAll(c *Cluster) {
+	cfgs := c.Configs()
+	for i := range cfgs {
+		cfgs[i].Version++
+	}
+	c.SetConfigs(cfgs)
+}
+
+// TestRedisRestartedFromAnOldSnapshot: Redis is killed and comes back from
+// an RDB snapshot taken before every key was handed off, so its record
+// holds old claims and live leases. Fails on the root package before the
+// rollback fixes (tokens reused after a rollback, a key run twice).
+func TestRedisRestartedFromAnOldSnapshot(t *testing.T) {
+	c := newScenarioWith(t, 3, 9, Options{Persist: true})
+	c.Fault("redis-restart-rdb", "snapshot, every key handed off, killed 1s later")
+	c.Redis.Save()
+	bumpAll(c)
+	_, ok := c.Quiet(settle)
+	require.True(t, ok, "handoff after the snapshot")
+	time.Sleep(NodeTTL) // the snapshot's age is the fault's parameter
+	c.Redis.RestartFromRDB()
+	c.Healed("redis-restart-rdb", "back from the snapshot")
+	took, _ := c.Quiet(settle)
+	t.Logf("Redis back from a snapshot %v old: converged %v later", NodeTTL, took)
+	r := finish(t, c)
+	assert.Empty(t, r.Overlaps)
+	assert.Empty(t, r.StaleWrites, "writes refused outside wake-ups: a token issued twice")
+}
+
+// TestRedisRestartedFromItsAOF: killed and restarted from its append-only
+// file (appendfsync everysec) right after a handoff.
+func TestRedisRestartedFromItsAOF(t *testing.T) {
+	c := newScenarioWith(t, 3, 9, Options{Persist: true})
+	for range 2 {
+		c.Fault("redis-restart-aof", "killed right after every key was handed off")
+		bumpAll(c)
+		time.Sleep(100 * time.Millisecond) // the handoff's head start
+		c.Redis.RestartFromAOF()
+		c.Healed("redis-restart-aof", "back from the append-only file")
+		took, _ := c.Quiet(settle)
+		t.Logf("Redis back from its append-only file: converged %v later", took)
+	}
+	r := finish(t, c)
+	assert.Empty(t, r.Overlaps)
+	assert.Empty(t, r.StaleWrites)
+}
+
+// TestASentinelFailoverDuringAHandoff: the replica stops receiving writes,
+// every key is handed off (then a node stops gracefully), and Sentinel
+// fails over: the new master lacks the handoff. Twice, so the second
+// failover goes back to the first master. Fails on the root package
+// before the rollback fixes.
+func TestASentinelFailoverDuringAHandoff(t *testing.T) {
+	c := newScenarioWith(t, 3, 9, Options{Sentinel: true})
+	first := c.Redis
+	c.Fault("failover", "after a config change")
+	c.Failover(true, func() {
+		bumpAll(c)
+		time.Sleep(200 * time.Millisecond) // the handoff's head start
+	})
+	c.Healed("failover", c.Redis.Name())
+	require.NotSame(t, first, c.Redis)
+	took, _ := c.Quiet(settle)
+	t.Logf("failed over to %s after a handoff it never saw: converged %v later", c.Redis.Name(), took)
+
+	leader := c.Leader(settle)
+	victim := others(c, leader)[0]
+	c.Fault("failover", "after a graceful stop of "+victim)
+	c.Failover(true, func() { c.Term(victim) })
+	c.Healed("failover", c.Redis.Name())
+	require.Same(t, first, c.Redis)
+	took, _ = c.Quiet(settle)
+	t.Logf("failed back to %s after %s stopped: converged %v later", c.Redis.Name(), victim, took)
+	c.Start(victim)
+	c.WaitReady(settle, victim)
+	c.Quiet(settle)
+	r := finish(t, c)
+	assert.Empty(t, r.Overlaps)
+	assert.Empty(t, r.StaleWrites)
+}
+
+// TestNodesWithMixedTimings: one service with nodes of node TTL 1 s,
+// 1.5 s and 2 s; a rolling change moves each to another TTL, and a crash
+// and a pause follow. Fails on the root package before the mixed-TTL fix.
+func TestNodesWithMixedTimings(t *testing.T) {
+	ids := []string{"n1", "n2", "n3"}
+	c := NewCluster(t, ids, 9)
+	for i, id := range ids {
+		c.SetTiming(id, Timings[i%3])
+	}
+	c.Start(ids...)
+	c.WaitReady(settle, ids...)
+	c.Quiet(settle)
+	for i, id := range ids {
+		next := Timings[(i+1)%3]
+		c.Fault("mixed-timing", fmt.Sprintf("%s to %v", id, next))
+		c.Term(id)
+		c.SetTiming(id, next)
+		c.Start(id)
+		c.WaitReady(settle, id)
+		c.Healed("mixed-timing", id)
+		c.Quiet(settle)
+	}
+	// n1 now has a 1.5 s TTL, n3 1 s: crash the one, pause the other.
+	c.Fault("crash", "n1")
+	c.Kill("n1")
+	took, _ := c.Quiet(settle, "n2", "n3")
+	t.Logf("n1 (TTL 1.5s) crashed: its keys live elsewhere %v later", took)
+	c.Start("n1")
+	c.WaitReady(settle, "n1")
+	c.Quiet(settle)
+	c.Fault("pause", "n2 (TTL 2s) for 1.5 leases")
+	c.Pause("n2")
+	time.Sleep(3 * Timings[2].TTL / 2) // the fault's parameter
+	c.Resume("n2")
+	c.Healed("pause", "n2")
+	c.Quiet(settle)
+	r := finish(t, c)
+	assert.Equal(t, 2*time.Second, r.MaxTTL)
+	assert.Len(t, r.Wakes, 1)
+	assert.Empty(t, r.Overlaps)
+}
+
+// TestMassSlowDisconnects: one node runs 50+ instances whose disconnects
+// take 150 ms each, and is cut off from Redis: it must fence all of them
+// before its lease ends. Then the same with its keys changed and some
+// disconnects hung. Fails on the root package before the slow-fence fix.
+func TestMassSlowDisconnects(t *testing.T) {
+	c := newScenario(t, 2, 4)
+	for _, cut := range []bool{true, false} {
+		r := &chaosRunner{t: t, c: c, ids: c.IDs(), nextKey: 100, skippedBy: map[string]int{}}
+		heal, _ := r.massSlow(step{kind: "mass-slow-disconnect", flag: cut})
+		heal()
+		took, _ := c.Quiet(settle)
+		t.Logf("50+ slow disconnects (cut %v): converged %v after the keys went", cut, took)
+	}
+	rep := finish(t, c)
+	assert.Equal(t, 2, rep.Faults["mass-slow-disconnect"])
+	assert.Empty(t, rep.Overlaps)
+}
+
+// TestAKeyFunctionThatHangsOrPanics: the key function hangs (3× the
+// callback timeout on every call) or panics for one config; a node
+// crashes meanwhile. No node may freeze or die of it, and once the config
+// behaves every key converges within the bound. Fails on the root package
+// before the key-function fix (a hanging key function freezes a node and
+// the leader; a panic kills the process).
+func TestAKeyFunctionThatHangsOrPanics(t *testing.T) {
+	for _, how := range []string{"hang", "panic"} {
+		t.Run(how, func(t *testing.T) {
+			c := newScenario(t, 3, 9)
+			leader := c.Leader(settle)
+			cfgs := c.Configs()
+			cfgs[0].KeyFn = how
+			cfgs[0].Version++
+			c.Fault("keyfn-"+how, cfgs[0].Key)
+			c.SetConfigs(cfgs)
+			victim := others(c, leader)[0]
+			c.Fault("crash", victim)
+			c.Kill(victim)
+			time.Sleep(2 * NodeTTL) // the fault's length
+			cfgs[0] = cfgs[0].Behave()
+			cfgs[0].Version++
+			c.SetConfigs(cfgs)
+			c.Healed("keyfn-"+how, cfgs[0].Key)
+			c.Start(victim)
+			c.WaitReady(settle, victim)
+			took, _ := c.Quiet(settle)
+			t.Logf("key function %s for 2s: converged %v after it behaved", how, took)
+			r := finish(t, c)
+			assert.Empty(t, r.Problems, "no node froze or died")
+		})
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 )
 
 // instance is one createInstance call and the life it led.
@@ -31,7 +32,8 @@ type process struct {
 	alive  bool
 	ready  bool
 	termed bool
-	ended  Event // Kill or Exit
+	ttl    time.Duration // node TTL; 0 if the history does not say
+	ended  Event         // Kill or Exit
 	pauses []window
 	paused *window // open pause
 }
@@ -80,7 +82,10 @@ func (s *State) Apply(e Event) {
 	s.last = e
 	switch e.Kind {
 	case Spawn, Start:
-		s.proc(e)
+		p := s.proc(e)
+		if e.TTL > 0 {
+			p.ttl = time.Duration(e.TTL)
+		}
 	case Ready:
 		s.proc(e).ready = true
 	case Up:
@@ -195,6 +200,20 @@ func (s *State) Loads() map[string]int {
 			out[in.node]++
 		}
 	}
+	return out
+}
+
+// KeysOn returns the keys live on node, sorted.
+func (s *State) KeysOn(node string) []string {
+	var out []string
+	for key, byID := range s.live {
+		for _, in := range byID {
+			if in.node == node {
+				out = append(out, key)
+			}
+		}
+	}
+	slices.Sort(out)
 	return out
 }
 

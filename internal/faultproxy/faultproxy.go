@@ -91,13 +91,13 @@ func (d Direction) String() string {
 // subject to the faults switched on. Its methods are safe for concurrent
 // use.
 type Proxy struct {
-	target string
 	addr   string
 	ctx    context.Context // cancelled by Close; bounds dials
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // every goroutine of the proxy
 
 	mu        sync.Mutex
+	target    string
 	listener  net.Listener // nil while refusing
 	closed    bool
 	cut       Direction
@@ -132,8 +132,24 @@ func New(target string) (*Proxy, error) {
 // the same for the proxy's whole life, across [Proxy.Refuse].
 func (p *Proxy) Addr() string { return p.addr }
 
-// Target returns the address that connections are forwarded to.
-func (p *Proxy) Target() string { return p.target }
+// Target returns the address that new connections are forwarded to.
+func (p *Proxy) Target() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.target
+}
+
+// SetTarget makes the proxy forward new connections to target (host:port)
+// from now on, as a virtual IP moved to a new server (after a failover, say)
+// would, and resets every open connection, since each is still joined to
+// the old target: clients see their connections fail and reconnect, to the
+// new target. Faults switched on (cuts, latency, refusal) stay on.
+func (p *Proxy) SetTarget(target string) {
+	p.mu.Lock()
+	p.target = target
+	p.mu.Unlock()
+	p.Reset()
+}
 
 // Conns returns the number of connections currently forwarded (including
 // those silenced by a cut).
@@ -297,7 +313,8 @@ func (p *Proxy) accept(l net.Listener) {
 func (p *Proxy) serve(client *net.TCPConn) {
 	defer p.wg.Done()
 	ctx, cancel := context.WithTimeout(p.ctx, DialTimeout)
-	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", p.target)
+	target := p.Target()
+	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", target)
 	cancel()
 	if err != nil {
 		reset(client)
@@ -308,8 +325,9 @@ func (p *Proxy) serve(client *net.TCPConn) {
 	l := &link{p: p, client: client, server: server, done: make(chan struct{})}
 	l.open.Store(2)
 	p.mu.Lock()
-	if p.closed || p.listener == nil {
-		// Refused or closed while dialling: the client must not get through.
+	if p.closed || p.listener == nil || p.target != target {
+		// Refused, closed or retargeted while dialling: the client must
+		// not get through (to the old target).
 		p.mu.Unlock()
 		reset(client)
 		reset(server)

@@ -350,6 +350,30 @@ func TestReset(t *testing.T) {
 	roundTrip(t, dial(t, p.Addr()), "after")
 }
 
+func TestSetTargetMovesNewConnectionsAndResetsOldOnes(t *testing.T) {
+	first, second := startEcho(t), startEcho(t)
+	p := newProxy(t, first.addr())
+	old := dial(t, p.Addr())
+	roundTrip(t, old, "old")
+	p.Cut(faultproxy.Downstream)
+
+	p.SetTarget(second.addr())
+	require.Equal(t, second.addr(), p.Target())
+	requireReset(t, old)
+	require.Zero(t, p.Conns())
+
+	// The cut stays on across the move.
+	cut := dial(t, p.Addr())
+	_, err := io.WriteString(cut, "cut")
+	require.NoError(t, err)
+	requireSilent(t, cut)
+	p.Heal()
+
+	roundTrip(t, dial(t, p.Addr()), "new")
+	waitFor(t, "the new connection reached the new target", func() bool { return second.received.Load() >= int64(len("cutnew")) })
+	require.Equal(t, int64(len("old")), first.received.Load())
+}
+
 func TestUnreachableTargetResetsTheClient(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)

@@ -1,8 +1,9 @@
 // Package redistest starts real redis-server processes for tests.
 //
 // Every server listens on a free loopback port, keeps its files in the test's
-// temporary directory, persists nothing (`--save "" --appendonly no`) and is
-// killed, and waited for, when the test ends:
+// temporary directory, persists nothing (`--save "" --appendonly no`, unless
+// started [WithPersistence]) and is killed, and waited for, when the test
+// ends:
 //
 //	srv := redistest.Start(t)
 //	client := srv.Client(t)
@@ -74,6 +75,7 @@ type config struct {
 	tls          bool
 	startTimeout time.Duration
 	cluster      bool
+	persist      bool
 	// sentinelConf is the configuration file of a Sentinel process, set by
 	// StartSentinel only: the server then runs in Sentinel mode.
 	sentinelConf string
@@ -118,6 +120,18 @@ func WithStartTimeout(d time.Duration) Option {
 	return func(c *config) { c.startTimeout = d }
 }
 
+// WithPersistence makes the server persist, as a production server would:
+// it writes an append-only file (`--appendonly yes --appendfsync everysec`,
+// in Redis 7 a directory, appendonlydir, of an RDB base and incremental
+// files) and keeps it and any snapshot taken with [Server.Save] across
+// restarts. [Server.RestartFromRDB] and [Server.RestartFromAOF] then bring
+// the server back from its own files after a crash; [Server.Restart] still
+// brings it back empty (it deletes them first). It takes no automatic
+// snapshots (`--save ""`). Default: nothing is persisted.
+func WithPersistence() Option {
+	return func(c *config) { c.persist = true }
+}
+
 // withCluster enables cluster mode; it is set by StartCluster only.
 func withCluster() Option {
 	return func(c *config) { c.cluster = true }
@@ -140,6 +154,11 @@ type Server struct {
 	mu     sync.Mutex
 	proc   *process // nil while not running
 	paused bool
+	// role is added to the command line of every later start: the role
+	// (replicaof) the server has now, which a failover changes.
+	role []string
+	// once is added to the command line of the next start only.
+	once []string
 }
 
 // process is one run of redis-server; done is closed once it has exited and
@@ -343,15 +362,119 @@ func (s *Server) Stop() {
 
 // Restart starts the server again on the same port and returns once it
 // answers PING. A running server is killed first. The new server starts
-// empty, since nothing is persisted; a cluster node keeps its cluster
-// configuration (node ID and slots), as a real node restarting would.
+// empty: nothing is persisted, and a server started [WithPersistence] has
+// its files deleted first; a cluster node keeps its cluster configuration
+// (node ID and slots), as a real node restarting would.
 func (s *Server) Restart() {
 	s.tb.Helper()
 	s.mu.Lock()
 	s.killLocked()
 	s.mu.Unlock()
+	if s.cfg.persist {
+		for _, name := range []string{rdbFile, aofDir} {
+			if err := os.RemoveAll(filepath.Join(s.dir, name)); err != nil {
+				s.tb.Fatalf("redistest: restart %s empty: %v", s.cfg.name, err)
+			}
+		}
+	}
 	if err := s.start(); err != nil {
 		s.tb.Fatalf("redistest: restart %s: %v", s.cfg.name, err)
+	}
+}
+
+// Files a server started [WithPersistence] keeps in its directory.
+const (
+	rdbFile = "dump.rdb"
+	aofDir  = "appendonlydir"
+)
+
+// PersistTimeout bounds [Server.Save] and the AOF rewrite that
+// [Server.RestartFromRDB] waits for.
+const PersistTimeout = 10 * time.Second
+
+// Save takes a snapshot of the data now (SAVE) into the server's RDB file,
+// which [Server.RestartFromRDB] loads.
+func (s *Server) Save() {
+	s.tb.Helper()
+	if _, err := s.do(PersistTimeout, "SAVE"); err != nil {
+		s.tb.Fatalf("redistest: SAVE on %s: %v", s.cfg.name, err)
+	}
+}
+
+// RestartFromRDB kills the server with SIGKILL, as a crash would, and starts
+// it again on the same port from its last snapshot ([Server.Save]): it comes
+// back with the data of that moment, older than what it had when killed,
+// and a missing snapshot brings it back empty. A server started
+// [WithPersistence] then writes its append-only file again (CONFIG SET
+// appendonly yes) from what it loaded, and RestartFromRDB returns once
+// that rewrite is done, so that a later [Server.RestartFromAOF] finds a
+// complete file.
+func (s *Server) RestartFromRDB() {
+	s.tb.Helper()
+	s.mu.Lock()
+	s.killLocked()
+	s.once = []string{"--appendonly", "no"}
+	s.mu.Unlock()
+	if err := s.start(); err != nil {
+		s.tb.Fatalf("redistest: restart %s from its RDB file: %v", s.cfg.name, err)
+	}
+	if !s.cfg.persist {
+		return
+	}
+	if _, err := s.do(time.Second, "CONFIG", "SET", "appendonly", "yes"); err != nil {
+		s.tb.Fatalf("redistest: %s: CONFIG SET appendonly yes: %v", s.cfg.name, err)
+	}
+	deadline := time.Now().Add(PersistTimeout)
+	for {
+		done, err := s.aofRewritten()
+		if done {
+			return
+		}
+		if time.Now().After(deadline) {
+			s.tb.Fatalf("redistest: %s: append-only file not rewritten within %v: %v", s.cfg.name, PersistTimeout, err)
+		}
+		time.Sleep(5 * time.Millisecond) // polling the server's state
+	}
+}
+
+// aofRewritten reports whether the append-only file is on and no rewrite is
+// running or scheduled.
+func (s *Server) aofRewritten() (bool, error) {
+	out, err := s.do(time.Second, "INFO", "persistence")
+	if err != nil {
+		return false, err
+	}
+	want := map[string]string{"aof_enabled": "1", "aof_rewrite_in_progress": "0", "aof_rewrite_scheduled": "0", "aof_last_bgrewrite_status": "ok"}
+	for line := range strings.Lines(out) {
+		k, v, _ := strings.Cut(strings.TrimSpace(line), ":")
+		if w, ok := want[k]; ok {
+			if v != w {
+				return false, fmt.Errorf("%s:%s", k, v)
+			}
+			delete(want, k)
+		}
+	}
+	if len(want) > 0 {
+		return false, fmt.Errorf("INFO persistence lacks %v", want)
+	}
+	return true, nil
+}
+
+// RestartFromAOF kills the server with SIGKILL, as a crash would, and
+// starts it again on the same port from its append-only file: with
+// `appendfsync everysec` it comes back with what it had up to a second or
+// so before the kill (what the kernel had been given survives a process
+// crash). The server must have been started [WithPersistence].
+func (s *Server) RestartFromAOF() {
+	s.tb.Helper()
+	if !s.cfg.persist {
+		s.tb.Fatalf("redistest: RestartFromAOF of %s, which was not started WithPersistence", s.cfg.name)
+	}
+	s.mu.Lock()
+	s.killLocked()
+	s.mu.Unlock()
+	if err := s.start(); err != nil {
+		s.tb.Fatalf("redistest: restart %s from its append-only file: %v", s.cfg.name, err)
 	}
 }
 
@@ -385,14 +508,18 @@ func (s *Server) signal(sig syscall.Signal, paused bool) {
 // so that the caller's arguments override them.
 func (s *Server) args() []string {
 	port := strconv.Itoa(s.port)
+	aof := []string{"--appendonly", "no"}
+	if s.cfg.persist {
+		aof = []string{"--appendonly", "yes", "--appendfsync", "everysec", "--appenddirname", aofDir, "--dbfilename", rdbFile}
+	}
 	args := []string{
 		"--bind", "127.0.0.1",
 		"--save", "",
-		"--appendonly", "no",
 		"--dir", s.dir,
 		// Lets tests freeze the server with DEBUG SLEEP.
 		"--enable-debug-command", "local",
 	}
+	args = append(args, aof...)
 	if s.tlsConf != nil {
 		args = append(args,
 			"--port", "0",
@@ -417,6 +544,11 @@ func (s *Server) args() []string {
 		)
 	}
 	args = append(args, s.cfg.args...)
+	s.mu.Lock()
+	args = append(args, s.role...)
+	args = append(args, s.once...)
+	s.once = nil
+	s.mu.Unlock()
 	if s.cfg.sentinelConf != "" {
 		// Sentinel mode wants its (writable) configuration file first.
 		args = append([]string{s.cfg.sentinelConf, "--sentinel"}, args...)

@@ -318,3 +318,47 @@ func (f *fakeTB) runCleanups() {
 		f.cleanups[i]()
 	}
 }
+
+func TestRestartFromRDBComesBackWithTheSnapshot(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t, redistest.WithPersistence())
+	client := srv.Client(t)
+	set := func(k, v string) {
+		t.Helper()
+		require.NoError(t, client.Do(t.Context(), client.B().Set().Key(k).Value(v).Build()).Error())
+	}
+	get := func(k string) (string, error) {
+		c, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		defer cancel()
+		for {
+			v, err := client.Do(c, client.B().Get().Key(k).Build()).ToString()
+			if err == nil || rueidis.IsRedisNil(err) || c.Err() != nil {
+				return v, err
+			}
+			time.Sleep(10 * time.Millisecond) // reconnecting after the restart
+		}
+	}
+	set("k", "old")
+	srv.Save()
+	set("k", "new")
+	set("after", "x")
+
+	srv.RestartFromRDB()
+	v, err := get("k")
+	require.NoError(t, err)
+	require.Equal(t, "old", v, "the snapshot's value")
+	_, err = get("after")
+	require.True(t, rueidis.IsRedisNil(err), "a key written after the snapshot: %v", err)
+
+	// The append-only file was rewritten from the snapshot and goes on.
+	set("k", "aof")
+	require.Eventually(t, func() bool {
+		srv.RestartFromAOF()
+		v, err := get("k")
+		return err == nil && v == "aof"
+	}, 10*time.Second, 1100*time.Millisecond, "a write a second old survives a crash with appendfsync everysec")
+
+	srv.Restart()
+	_, err = get("k")
+	require.True(t, rueidis.IsRedisNil(err), "Restart comes back empty: %v", err)
+}

@@ -20,6 +20,10 @@ const (
 	SentinelDownAfter = 500 * time.Millisecond
 	// SentinelFailoverTimeout is the Sentinel's failover-timeout.
 	SentinelFailoverTimeout = 2 * time.Second
+	// SentinelInfoPeriod is how often the Sentinel reads INFO of the servers
+	// (SENTINEL DEBUG info-period; Redis's default is 10 s): how soon it
+	// learns of a replica after a failover.
+	SentinelInfoPeriod = 200 * time.Millisecond
 	// DefaultFailoverTimeout bounds how long [Sentinel.Failover] and
 	// [Sentinel.WaitFailover] wait for a new master.
 	DefaultFailoverTimeout = 15 * time.Second
@@ -92,6 +96,9 @@ func StartSentinel(tb testing.TB, opts ...Option) *Sentinel {
 	}
 	s.sentinel = start(tb, config{name: "sentinel", startTimeout: base.startTimeout, sentinelConf: path})
 
+	if _, err := s.sentinel.do(time.Second, "SENTINEL", "DEBUG", "info-period", strconv.Itoa(int(SentinelInfoPeriod.Milliseconds()))); err != nil {
+		tb.Fatalf("redistest: SENTINEL DEBUG info-period: %v", err)
+	}
 	s.waitUntil(DefaultFailoverTimeout, "the replica in sync and known to the Sentinel", func() error {
 		if err := s.inSync(replica); err != nil {
 			return err
@@ -116,8 +123,9 @@ func (s *Sentinel) MasterSet() string { return SentinelMasterSet }
 
 // Server returns data server i: 0 started as the master, 1 as its replica.
 // Kill, Pause or Restart them to inject faults; a restarted server comes
-// back empty, with the role it started with, until the Sentinel
-// reconfigures it.
+// back with the role it had when [Sentinel.Failover] last changed it (at
+// first, the one it started with), empty unless it restarts from its own
+// files ([WithPersistence]).
 func (s *Sentinel) Server(i int) *Server { return s.data[i] }
 
 // SentinelServer returns the Sentinel process itself.
@@ -149,15 +157,60 @@ func (s *Sentinel) Master() *Server {
 func (s *Sentinel) Failover() *Server {
 	s.tb.Helper()
 	old := s.Master()
-	if _, err := s.sentinel.do(time.Second, "SENTINEL", "FAILOVER", SentinelMasterSet); err != nil {
-		s.tb.Fatalf("redistest: SENTINEL FAILOVER: %v", err)
-	}
+	// Right after a failover the Sentinel knows the old master as a replica
+	// only once it has read its INFO (every SentinelInfoPeriod), and until
+	// then answers NOGOODSLAVE.
+	s.waitUntil(DefaultFailoverTimeout, "the Sentinel to start a failover", func() error {
+		_, err := s.sentinel.do(time.Second, "SENTINEL", "FAILOVER", SentinelMasterSet)
+		return err
+	})
 	next := s.WaitFailover(old)
+	// Restarts keep the new roles.
+	next.setRole("--replicaof", "no", "one")
+	old.setRole("--replicaof", "127.0.0.1", strconv.Itoa(next.Port()))
 	if _, err := old.do(time.Second, "REPLICAOF", "127.0.0.1", strconv.Itoa(next.Port())); err != nil {
 		s.tb.Fatalf("redistest: make the old master %s a replica: %v", old.Name(), err)
 	}
 	s.waitUntil(DefaultFailoverTimeout, "the old master in sync with the new one", func() error { return s.inSync(old) })
 	return next
+}
+
+// Replica returns the data server that is not [Sentinel.Master].
+func (s *Sentinel) Replica() *Server {
+	s.tb.Helper()
+	if s.Master() == s.data[0] {
+		return s.data[1]
+	}
+	return s.data[0]
+}
+
+// DetachReplica cuts the replica off the master's stream of writes without
+// telling the Sentinel: the replica is pointed at a port where nothing
+// listens (REPLICAOF), so it keeps its data but receives nothing more, like
+// a replica whose link has stalled. A [Sentinel.Failover] that follows
+// promotes it all the same and so loses every write the master accepted
+// since; the Failover reattaches both servers.
+func (s *Sentinel) DetachReplica() {
+	s.tb.Helper()
+	r := s.Replica()
+	port, err := freePort()
+	if err != nil {
+		s.tb.Fatalf("redistest: %v", err)
+	}
+	if _, err := r.do(time.Second, "REPLICAOF", "127.0.0.1", strconv.Itoa(port)); err != nil {
+		s.tb.Fatalf("redistest: detach the replica %s: %v", r.Name(), err)
+	}
+}
+
+// Set changes a setting of the monitored master in the Sentinel
+// (SENTINEL SET), for example "down-after-milliseconds" "30000" to keep the
+// Sentinel from failing over on its own while a test kills or freezes the
+// master.
+func (s *Sentinel) Set(option, value string) {
+	s.tb.Helper()
+	if _, err := s.sentinel.do(time.Second, "SENTINEL", "SET", SentinelMasterSet, option, value); err != nil {
+		s.tb.Fatalf("redistest: SENTINEL SET %s %s: %v", option, value, err)
+	}
 }
 
 // WaitFailover waits until the Sentinel reports a master other than old and
@@ -275,6 +328,13 @@ func (s *Sentinel) waitUntil(within time.Duration, what string, check func() err
 		}
 		<-ticker.C
 	}
+}
+
+// setRole sets the replicaof arguments of every later start.
+func (s *Server) setRole(args ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.role = args
 }
 
 // info returns one field of an INFO section of the server.

@@ -74,3 +74,33 @@ func eventuallyWrites(t *testing.T, client rueidis.Client, v string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+func TestSentinelFailoverAfterDetachLosesWrites(t *testing.T) {
+	t.Parallel()
+	s := redistest.StartSentinel(t, redistest.WithPersistence())
+	s.Set("down-after-milliseconds", "30000")
+	client := s.Client(t)
+	require.NoError(t, client.Do(ctx(t), client.B().Set().Key("k").Value("kept").Build()).Error())
+	n, err := client.Do(ctx(t), client.B().Wait().Numreplicas(1).Timeout(1000).Build()).AsInt64()
+	require.NoError(t, err)
+	require.EqualValues(t, 1, n)
+
+	s.DetachReplica()
+	require.NoError(t, client.Do(ctx(t), client.B().Set().Key("k").Value("lost").Build()).Error())
+	old := s.Master()
+	next := s.Failover()
+	require.NotSame(t, old, next)
+	require.Same(t, old, s.Replica())
+	got, err := client.Do(ctx(t), client.B().Get().Key("k").Build()).ToString()
+	for err != nil {
+		time.Sleep(20 * time.Millisecond) // the client follows the Sentinel
+		got, err = client.Do(ctx(t), client.B().Get().Key("k").Build()).ToString()
+	}
+	require.Equal(t, "kept", got, "the write the old master accepted after the detach is lost")
+
+	// A restart keeps the new roles: the new master stays the master.
+	next.RestartFromAOF()
+	require.Same(t, next, s.Master())
+	back := s.Failover()
+	require.Same(t, old, back)
+}

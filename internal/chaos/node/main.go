@@ -82,7 +82,7 @@ func main() {
 		os.Exit(1)
 	}
 	n := &node{id: *id, pid: pid, hist: hist, res: chaos.NewResourceClient(*resource), configs: *configs, attempts: map[string]int{}}
-	n.log(chaos.Event{Kind: chaos.Start})
+	n.log(chaos.Event{Kind: chaos.Start, TTL: int64(*ttl)})
 
 	level := slog.LevelInfo
 	if *debug {
@@ -96,7 +96,7 @@ func main() {
 			dim.WithService(*service),
 			dim.WithNodeID(*id),
 			dim.WithRedis(ropt),
-			dim.WithKey(func(c chaos.Config) string { return c.Key }),
+			dim.WithKey(func(c chaos.Config) string { return keyOf(c, *timeout) }),
 			dim.WithDisconnect(n.disconnect),
 			dim.WithHealthcheck(n.healthcheck),
 			dim.WithNodeTTL(*ttl),
@@ -245,11 +245,28 @@ func (n *node) write(in *inst, what string) {
 	}
 }
 
-func (n *node) disconnect(ctx context.Context, in *inst) error {
-	switch in.cfg.Disconnect {
-	case "slow":
-		time.Sleep(chaos.SlowDisconnect)
+// keyOf is the key function: it misbehaves as the config asks.
+func keyOf(c chaos.Config, timeout time.Duration) string {
+	switch c.KeyFn {
 	case "hang":
+		time.Sleep(chaos.KeyHangFactor * timeout)
+	case "panic":
+		panic("key function of " + c.Key + ": injected panic")
+	}
+	return c.Key
+}
+
+func (n *node) disconnect(ctx context.Context, in *inst) error {
+	misbehave := in.cfg.Until == 0 || time.Now().UnixNano() < in.cfg.Until
+	switch {
+	case !misbehave:
+	case in.cfg.Disconnect == "slow":
+		d := chaos.SlowDisconnect
+		if in.cfg.SlowMS > 0 {
+			d = time.Duration(in.cfg.SlowMS) * time.Millisecond
+		}
+		time.Sleep(d)
+	case in.cfg.Disconnect == "hang":
 		<-ctx.Done()
 	}
 	in.stop()
