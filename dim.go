@@ -85,8 +85,7 @@ type Manager[C, I any] struct {
 	lease      lease
 	leader     leadership
 	instances  liveSet[I]
-	gen        atomic.Pointer[string] // generation of the record, from the last heartbeat
-	maxTTLSeen atomic.Int64           // largest node TTL declared in the service, ms
+	maxTTLSeen atomic.Int64 // largest node TTL declared in the service, ms
 
 	// One call of each kind at a time; see guard.
 	configGuard guard

@@ -24,6 +24,7 @@ type entry[I any] struct {
 	inst    I
 	token   uint64
 	session string // the lease it runs under
+	gen     string // the record's generation when it was claimed
 	ctx     context.Context
 	cancel  context.CancelFunc
 	check   guard // the health check in flight, abandoned or not
@@ -40,15 +41,17 @@ type entry[I any] struct {
 type liveSet[I any] struct {
 	mu      sync.Mutex
 	entries map[*entry[I]]struct{}
+	gen     string          // the generation of Redis's record, as last seen
 	stop    func(*entry[I]) // cancels the instance and calls disconnect
 }
 
 // add files e unless its context has already ended (a fence that ran
-// before it could be filed); the caller then stops it itself.
+// before it could be filed) or its claim was granted on a record that Redis
+// has since replaced with an older one; the caller then stops it itself.
 func (s *liveSet[I]) add(e *entry[I]) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e.ctx.Err() != nil {
+	if e.ctx.Err() != nil || e.gen != s.gen {
 		return false
 	}
 	if s.entries == nil {
@@ -73,6 +76,29 @@ func (s *liveSet[I]) begin(e *entry[I]) <-chan struct{} {
 		}()
 	})
 	return e.stopped
+}
+
+// generation returns the record's generation as last seen.
+func (s *liveSet[I]) generation() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gen
+}
+
+// setGeneration records the record's generation and, if it changed, returns
+// the entries filed under the old one, which must be checked against the
+// new record. No entry can be filed under the old one after this.
+func (s *liveSet[I]) setGeneration(gen string) (changed bool, check []*entry[I]) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if gen == s.gen {
+		return false, nil
+	}
+	s.gen = gen
+	for e := range s.entries {
+		check = append(check, e)
+	}
+	return true, check
 }
 
 // stopAll begins stopping every entry at once.
@@ -379,6 +405,7 @@ func (m *Manager[C, I]) reconcile() {
 		}
 		want = append(want, key)
 	}
+	gen := m.instances.generation()
 	granted, err := m.claim(ctx, session, want)
 	if err != nil {
 		stats.err = err
@@ -389,7 +416,7 @@ func (m *Manager[C, I]) reconcile() {
 	for _, key := range want {
 		if token, ok := granted[key]; ok {
 			delete(m.tab.waiting, key)
-			jobs = append(jobs, createJob[C]{key: key, cfg: configs[key], token: token})
+			jobs = append(jobs, createJob[C]{key: key, cfg: configs[key], token: token, gen: gen})
 		} else if retry := now.Add(m.claimRetry); err == nil && !m.tab.waiting[key].After(retry) {
 			// Refused: try again soon. A later time set by claim (the end
 			// of a grace period) stands, so that the node wakes when the
@@ -535,6 +562,7 @@ type createJob[C any] struct {
 	key   string
 	cfg   config[C]
 	token uint64
+	gen   string // the record's generation when the claim was sent
 }
 
 // createAll creates instances in parallel and files them in the table.
@@ -617,9 +645,13 @@ func (m *Manager[C, I]) create(ctx, leaseCtx context.Context, session string, jo
 			m.tel.endCallback(spanCtx, span, spanCreate, start, r.err)
 			return nil, r.err
 		}
-		// Fenced while creating: the new instance must not run.
+		// Fenced while creating, or Redis came back with an older record:
+		// the new instance must not run.
 		<-m.instances.begin(e)
-		err = fmt.Errorf("fenced while creating: %w", ictx.Err())
+		err = errors.New("fenced while creating")
+		if ictx.Err() == nil {
+			err = errors.New("Redis restored an older record while creating")
+		}
 		m.tel.endCallback(spanCtx, span, spanCreate, start, err)
 		return nil, err
 	case <-timer.C:
@@ -644,7 +676,7 @@ func (m *Manager[C, I]) create(ctx, leaseCtx context.Context, session string, jo
 
 func (m *Manager[C, I]) newEntry(job createJob[C], session string, inst I, ctx context.Context, cancel context.CancelFunc) *entry[I] {
 	return &entry[I]{key: job.key, sum: job.cfg.sum, inst: inst, token: job.token, session: session,
-		ctx: ctx, cancel: cancel, stopped: make(chan struct{})}
+		gen: job.gen, ctx: ctx, cancel: cancel, stopped: make(chan struct{})}
 }
 
 // errFencedBeforeCreate marks a create that was never called because the
@@ -685,19 +717,26 @@ func (m *Manager[C, I]) disconnectOne(e *entry[I]) {
 // verifyOwnership stops at once every instance of session whose key the
 // record in Redis does not say this node owns: after a restore, its owner
 // is another node, or nobody whose claim may be granted to another.
-func (m *Manager[C, I]) verifyOwnership(session string) {
+func (m *Manager[C, I]) verifyOwnership(session string, entries []*entry[I]) {
 	var keys []string
 	byKey := map[string]*entry[I]{}
-	m.instances.each(func(e *entry[I]) {
+	for _, e := range entries {
 		if e.session == session && !e.stopping.Load() {
 			keys = append(keys, e.key)
 			byKey[e.key] = e
 		}
-	})
+	}
+	// A hung create or disconnect may yet run an instance: its claim must be
+	// confirmed too, or another node could take the key after the grace.
+	for _, key := range m.hung.list() {
+		if _, ok := byKey[key]; !ok {
+			keys = append(keys, key)
+		}
+	}
 	slices.Sort(keys)
 	for chunk := range slices.Chunk(keys, verifyChunk) {
 		ctx, cancel := context.WithTimeout(m.runCtx, m.s.heartbeat)
-		lost, err := verifyScript.Exec(ctx, m.client, []string{m.k.owner},
+		lost, err := verifyScript.Exec(ctx, m.client, []string{m.k.owner, m.k.origin},
 			append([]string{m.s.nodeID, session}, chunk...)).AsStrSlice()
 		cancel()
 		if err != nil {
@@ -706,8 +745,10 @@ func (m *Manager[C, I]) verifyOwnership(session string) {
 			return
 		}
 		for _, key := range lost {
-			m.log.Warn("the restored record says another node owns this key; stopping it", "key", key)
-			m.instances.begin(byKey[key])
+			if e := byKey[key]; e != nil {
+				m.log.Warn("the restored record says another node owns this key; stopping it", "key", key)
+				m.instances.begin(e)
+			}
 		}
 	}
 	m.triggerNode()

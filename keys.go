@@ -251,17 +251,26 @@ end
 return {1, now, gen, maxttl}
 `)
 
-// verifyScript lists which of the given keys the node's session does not
-// own: after a restore, the node stops those at once.
+// verifyScript confirms, after a restore, which keys the node's session
+// owns in the record: each such entry is stamped with the record's current
+// generation, and the keys the record does not give to the session are
+// listed, for the node to stop at once. An entry left unconfirmed when the
+// grace period ends is free to claim.
 //
-// KEYS: owner
+// KEYS: owner origin
 // ARGV: node session key…
 var verifyScript = script(`
+local gen = redis.call('HGET', KEYS[2], 'gen') or '-'
 local mine = ARGV[1] .. ' ' .. ARGV[2] .. ' '
 local out = {}
 for i = 3, #ARGV do
   local cur = redis.call('HGET', KEYS[1], ARGV[i])
-  if not cur or string.sub(cur, 1, #mine) ~= mine then out[#out + 1] = ARGV[i] end
+  if cur and string.sub(cur, 1, #mine) == mine then
+    local token = string.match(cur, '^%S+ %S+ (%S+)')
+    redis.call('HSET', KEYS[1], ARGV[i], mine .. token .. ' ' .. gen)
+  else
+    out[#out + 1] = ARGV[i]
+  end
 end
 return out
 `)
@@ -386,10 +395,15 @@ return 1
 `)
 
 // claimScript takes ownership of keys for a node, each only if it is
-// assigned to the node and unowned, already the node's, or owned by a node
-// that is no longer live. Every grant mints a new token, larger than any
-// before it, even for a key the node already owns: a token is never handed
-// out twice, whatever older record Redis comes back with.
+// assigned to the node and unowned, already the node's, owned by a node that
+// is no longer live, or owned under an older generation of the record and not
+// confirmed since (see verifyScript): after a restore, a claim that its owner
+// did not confirm within the grace period is not running anywhere. Every
+// grant mints a new token, larger than any before it, even for a key the
+// node already owns: a token is never handed out twice, whatever older record
+// Redis comes back with.
+//
+// An owner entry is "node session token generation".
 //
 // KEYS: nodes sessions assign owner fence origin grace ttls maxttl
 // ARGV: node session floor_ms durable key…
@@ -398,7 +412,8 @@ return 1
 // the key was refused.
 var claimScript = script(`
 local node, session = ARGV[1], ARGV[2]
-trust(KEYS[6], KEYS[7], KEYS[8], KEYS[9], tonumber(ARGV[3]), ARGV[4])
+local gen = trust(KEYS[6], KEYS[7], KEYS[8], KEYS[9], tonumber(ARGV[3]), ARGV[4])
+if gen == '' then gen = '-' end
 if not live(KEYS[1], KEYS[2], node, session) then return {-1, 0} end
 local left = graceLeft(KEYS[7])
 if left > 0 then return {-2, left} end
@@ -411,12 +426,12 @@ for i = 5, #ARGV do
     local cur = redis.call('HGET', KEYS[4], key)
     local free = true
     if cur and string.sub(cur, 1, #mine) ~= mine then
-      local on, os = string.match(cur, '^(%S+) (%S+) ')
-      free = not live(KEYS[1], KEYS[2], on, os)
+      local on, os, _, og = string.match(cur, '^(%S+) (%S+) (%S+) ?(%S*)')
+      free = og ~= gen or not live(KEYS[1], KEYS[2], on, os)
     end
     if free then
       token = nextToken(KEYS[5])
-      redis.call('HSET', KEYS[4], key, mine .. token)
+      redis.call('HSET', KEYS[4], key, mine .. token .. ' ' .. gen)
     end
   end
   out[#out + 1] = token

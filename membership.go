@@ -146,7 +146,7 @@ func (m *Manager[C, I]) join(ctx context.Context) error {
 	gen, _ := res[3].ToString()
 	maxTTL, _ := res[4].AsInt64()
 	m.seeTTL(maxTTL)
-	m.gen.Store(&gen)
+	m.instances.setGeneration(gen)
 	if graceLeft > 0 {
 		m.log.Info("claims wait for the grace period", "wait", time.Duration(graceLeft)*time.Millisecond)
 	}
@@ -287,11 +287,11 @@ func (m *Manager[C, I]) renew(session string) error {
 	if !m.lease.extend(session, sent, sentBoot) {
 		return errors.New("lease expired")
 	}
-	if prev := m.gen.Swap(&gen); prev != nil && *prev != gen && gen != "" {
+	if changed, check := m.instances.setGeneration(gen); changed {
 		// Redis came back with an older record: whatever it does not say
 		// this node owns, another node may own; stop it now.
 		m.log.Warn("Redis restarted or failed over; checking what this node runs against the restored record")
-		m.verifyOwnership(session)
+		m.verifyOwnership(session, check)
 	}
 	return nil
 }

@@ -159,7 +159,9 @@ func WithRedisClient(c rueidis.Client) Option {
 }
 
 // WithNodeID names this replica. IDs must be unique among the live replicas
-// of a service: a second process with the same ID fences the first. Same
+// of a service: a second process started with the ID of a live one waits in
+// Start until the first one's lease ends ([ErrNodeIDInUse] if its context
+// ends first), and never takes the first one's keys. Same
 // characters as [WithService]. Default: host name, process ID and a random
 // suffix.
 func WithNodeID(id string) Option {
@@ -205,9 +207,14 @@ func WithHealthcheck[I any](check func(ctx context.Context, instance I) error) O
 
 // WithDisconnect sets how to stop an instance: called exactly once for every
 // created instance, when it moves away, fails its health check, is fenced or
-// the Manager stops. Its type parameter must be the Manager's instance type I.
-// Default: none; the context passed to createInstance is cancelled all the
-// same.
+// the Manager stops, right after the instance's context (the one passed to
+// createInstance) was cancelled. Its return, with an error or not, means the
+// instance has stopped: the key is released and may start on another
+// replica at once, so return only when the instance can no longer act; an
+// error is logged and counted. A call that outlives the callback timeout
+// keeps the key claimed, here and nowhere else, until it returns. Its type
+// parameter must be the Manager's instance type I. Default: none; the
+// instance's context is cancelled all the same.
 func WithDisconnect[I any](disconnect func(ctx context.Context, instance I) error) Option {
 	return optionFunc(func(s *settings) error {
 		if disconnect == nil {

@@ -219,8 +219,8 @@ func readStatus(ctx context.Context, client rueidis.Client, service string, k ke
 	}
 	owners, _ := res[4].AsStrMap()
 	for key, v := range owners {
-		f := strings.Fields(v)
-		if len(f) != 3 {
+		f := strings.Fields(v) // node session token [generation]
+		if len(f) < 3 {
 			continue
 		}
 		token, _ := strconv.ParseUint(f[2], 10, 64)
