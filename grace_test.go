@@ -177,3 +177,28 @@ func runID(info string) string {
 	}
 	return "none"
 }
+
+func TestAStuckLeaderLoopStepsDown(t *testing.T) {
+	m, err := New(func(context.Context) ([]string, error) { return nil, nil },
+		func(context.Context, string) (string, error) { return "", nil },
+		WithService("s"), WithCallbackTimeout(100*time.Millisecond), WithNodeTTL(100*time.Millisecond),
+		WithHeartbeat(40*time.Millisecond), WithLeaderLockTTL(100*time.Millisecond), WithLeaderLockRefresh(50*time.Millisecond))
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var busy atomic.Int64
+	stepped := make(chan struct{})
+	go m.watchLeaderLoop(ctx, &busy, func() { close(stepped) })
+	// Idle: waiting for a trigger is not being stuck.
+	select {
+	case <-stepped:
+		t.Fatal("an idle leader loop stepped down")
+	case <-time.After(500 * time.Millisecond):
+	}
+	busy.Store(time.Now().UnixNano())
+	select {
+	case <-stepped:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a leader loop busy past every bound did not step down")
+	}
+}

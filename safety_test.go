@@ -462,3 +462,31 @@ func TestCreateInstanceIsNeverCalledWithAnEndedContext(t *testing.T) {
 		"createInstance was called with an already cancelled context (of %d calls)", c.creates.Load())
 	n1.proxy.Heal()
 }
+
+// 2, Sentinel: a failover to a replica that missed a handoff. The record on
+// the new master gives the handed-off keys back to their old owners while
+// the node that took them, cut off, still runs them until it fences.
+func TestASentinelFailoverThatLostAHandoffNeverRunsAKeyTwice(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	s := redistest.StartSentinel(t)
+	s.Set("down-after-milliseconds", "30000") // only the test fails over
+	opt := s.ClientOption()
+	opt.Sentinel.TopologyRefreshInterval = time.Second
+	c := newDirectCluster(t, "svc", opt, 6, WithNodeTTL(3*time.Second), WithHeartbeat(300*time.Millisecond))
+	c.start("n1")
+	c.start("n2")
+	c.waitConverged(10*time.Second, "n1", "n2")
+	// From here on the replica receives nothing: the failover loses it all.
+	s.DetachReplica()
+	c.start("n3")
+	c.waitConverged(10*time.Second, "n1", "n2", "n3")
+	require.NotZero(t, c.loads()["n3"], "n3 took keys over")
+	c.linksMu.Lock()
+	c.links["n3"].sever()
+	c.linksMu.Unlock()
+	s.Failover()
+	c.waitConverged(20*time.Second, "n1", "n2")
+	assertNoOverlap(t, c.rec, "a failover that lost a handoff gave its keys back to their old owners while the new one still ran them")
+}
