@@ -2,6 +2,7 @@ package dim
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -201,4 +202,26 @@ func TestAStuckLeaderLoopStepsDown(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("a leader loop busy past every bound did not step down")
 	}
+}
+
+func TestADisconnectThatReturnsAnErrorStillReleasesItsKey(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 4)
+	n1 := c.start("n1")
+	c.waitConverged(10*time.Second, "n1")
+	c.start("n2")
+	c.waitConverged(10*time.Second, "n1", "n2")
+	// Returning, with an error or not, means the instance stopped: the key
+	// moves at once, not after a lease.
+	down := n1.m.disconnect
+	n1.m.disconnect = func(ctx context.Context, inst *testInst) error {
+		_ = down(ctx, inst)
+		return errors.New("close: connection reset")
+	}
+	start := time.Now()
+	c.stop("n1")
+	c.waitConverged(testTTL/2, "n2")
+	t.Logf("every key live on n2 %v after Stop", time.Since(start))
 }

@@ -450,6 +450,33 @@ unowned    1  a (to n1)
 misplaced  0  -
 `,
 		},
+		{
+			name: "a grace period says how long and why",
+			st: &dim.Status{
+				Service: "svc", ServerTime: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC),
+				Assignment: map[string]string{"a": "n1"},
+				Nodes:      []dim.NodeStatus{{ID: "n1", Weight: 1, State: "active", LeaseLeft: time.Second}},
+				Unowned:    []string{"a"},
+				Grace:      &dim.Grace{Left: 2345 * time.Millisecond, Reason: dim.GraceRestored},
+			},
+			want: `service  svc
+leader   none
+epoch    0
+keys     1 assigned, 0 running
+time     2026-01-02 03:04:05.000 UTC (Redis)
+grace    no instance starts for 2.3s more: Redis restarted or failed over since the record was written; nodes it forgot may still run instances
+
+NODE  WEIGHT  STATE   LEASE LEFT  ASSIGNED  RUNNING
+n1    1       active  1s          0         0
+
+INSTANCES
+n1  -
+
+PENDING
+unowned    1  a (to n1)
+misplaced  0  -
+`,
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out bytes.Buffer
