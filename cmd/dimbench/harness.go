@@ -64,24 +64,32 @@ func keyNames(n int) []string {
 // disconnect is reported with the time it happened.
 func newManager(addr, service, id string, keys []string, t timing, logger *slog.Logger,
 	created, disconnected func(key string, at time.Time)) (*dim.Manager[string, string], error) {
+	return newManagerWith(addr, service, id, keys, t, logger,
+		func(_ context.Context, key string) (string, error) {
+			created(key, time.Now())
+			return key, nil
+		},
+		func(_ context.Context, key string) error {
+			disconnected(key, time.Now())
+			return nil
+		})
+}
+
+// newManagerWith is newManager with the create and disconnect callbacks
+// given whole, for scenarios that need an instance's context or a slow
+// disconnect.
+func newManagerWith(addr, service, id string, keys []string, t timing, logger *slog.Logger,
+	create func(ctx context.Context, key string) (string, error),
+	disconnect func(ctx context.Context, key string) error) (*dim.Manager[string, string], error) {
 	opts := append([]dim.Option{
 		dim.WithService(service),
 		dim.WithRedis(rueidis.ClientOption{InitAddress: []string{addr}}),
 		dim.WithNodeID(id),
 		dim.WithKey(func(k string) string { return k }),
-		dim.WithDisconnect(func(_ context.Context, key string) error {
-			disconnected(key, time.Now())
-			return nil
-		}),
+		dim.WithDisconnect(disconnect),
 		dim.WithLogger(logger),
 	}, t.options()...)
-	return dim.New(
-		func(context.Context) ([]string, error) { return keys, nil },
-		func(_ context.Context, key string) (string, error) {
-			created(key, time.Now())
-			return key, nil
-		},
-		opts...)
+	return dim.New(func(context.Context) ([]string, error) { return keys, nil }, create, opts...)
 }
 
 // tracker records which node runs each key, as the nodes' callbacks report
@@ -90,15 +98,19 @@ type tracker struct {
 	mu       sync.Mutex
 	live     map[string]string // key → node
 	creates  int64
-	overlaps int64 // a create while another node still ran the key
+	overlaps int64       // a create while another node still ran the key
+	lastAt   time.Time   // the latest create
+	times    []time.Time // every create's time, while keepTimes
+	keep     bool
 	w        *watch
 }
 
 // watch waits for every key of a set to be created on a node other than
-// exclude; last is the latest of those creates.
+// exclude; first and last are the earliest and latest of those creates.
 type watch struct {
 	pending map[string]bool
 	exclude string
+	first   time.Time
 	last    time.Time
 	done    chan struct{}
 }
@@ -115,10 +127,19 @@ func (t *tracker) created(node, key string, at time.Time) {
 	}
 	t.live[key] = node
 	t.creates++
+	if at.After(t.lastAt) {
+		t.lastAt = at
+	}
+	if t.keep {
+		t.times = append(t.times, at)
+	}
 	if w := t.w; w != nil && node != w.exclude && w.pending[key] {
 		delete(w.pending, key)
 		if at.After(w.last) {
 			w.last = at
+		}
+		if w.first.IsZero() || at.Before(w.first) {
+			w.first = at
 		}
 		if len(w.pending) == 0 {
 			close(w.done)
@@ -168,6 +189,50 @@ func (t *tracker) counts() (creates, overlaps int64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.creates, t.overlaps
+}
+
+// keepTimes starts recording the time of every create, forgetting those
+// recorded before.
+func (t *tracker) keepTimes() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.keep, t.times = true, nil
+}
+
+// createTimes returns the times recorded since keepTimes.
+func (t *tracker) createTimes() []time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return slices.Clone(t.times)
+}
+
+// waitQuiet waits until no key has been created for quiet, reading only
+// the tracker, so that a scenario can let a convergence finish before it
+// asks Redis (a status of 10k keys costs Redis milliseconds, which would
+// delay the claims being measured).
+func (t *tracker) waitQuiet(ctx context.Context, quiet, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		idle := time.Since(t.lastCreate())
+		if idle >= quiet {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("keys still being created after %v", timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(quiet - idle):
+		}
+	}
+}
+
+// lastCreate is the time of the latest create on any node.
+func (t *tracker) lastCreate() time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.lastAt
 }
 
 // watchKeys starts waiting for keys to be created on any node but exclude.
@@ -272,6 +337,7 @@ type cluster struct {
 	tr      *tracker
 	nextID  int
 	retries atomic.Int64 // failed Starts retried
+	logger  *slog.Logger // the nodes' logger, when set (else the bench's warning counter)
 
 	mu    sync.Mutex
 	local map[string]*dim.Manager[string, string]
@@ -302,14 +368,27 @@ func (c *cluster) newID() string {
 // once every Start has returned.
 func (c *cluster) startLocal(ctx context.Context, n int) ([]string, error) {
 	ids := make([]string, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i := range n {
+	for i := range ids {
 		ids[i] = c.newID()
-		wg.Go(func() { errs[i] = c.startOne(ctx, ids[i]) })
+	}
+	_, err := c.startIDs(ctx, ids)
+	return ids, err
+}
+
+// startIDs starts in-process nodes with the given IDs concurrently and
+// returns, once every Start has returned, the instant each one returned.
+func (c *cluster) startIDs(ctx context.Context, ids []string) ([]time.Time, error) {
+	errs := make([]error, len(ids))
+	returned := make([]time.Time, len(ids))
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		wg.Go(func() {
+			errs[i] = c.startOne(ctx, id)
+			returned[i] = time.Now()
+		})
 	}
 	wg.Wait()
-	return ids, errors.Join(errs...)
+	return returned, errors.Join(errs...)
 }
 
 // startOne starts one in-process node. A Start that fails with a Redis
@@ -323,8 +402,12 @@ func (c *cluster) startOne(ctx context.Context, id string) error {
 			c.retries.Add(1)
 			time.Sleep(50 * time.Millisecond)
 		}
+		logger := c.logger
+		if logger == nil {
+			logger = slog.New(c.b.warns)
+		}
 		var m *dim.Manager[string, string]
-		m, err = newManager(c.b.addr, c.service, id, c.keys, c.t, slog.New(c.b.warns),
+		m, err = newManager(c.b.addr, c.service, id, c.keys, c.t, logger,
 			func(key string, at time.Time) { c.tr.created(id, key, at) },
 			func(key string, _ time.Time) { c.tr.disconnected(id, key) })
 		if err != nil {
@@ -362,6 +445,25 @@ func (c *cluster) stopLocal(ctx context.Context, id string) error {
 	delete(c.local, id)
 	c.mu.Unlock()
 	return err
+}
+
+// stopAll stops every in-process node concurrently and gracefully, and
+// keeps the service's record in Redis (unlike close). It returns how long
+// the slowest Stop took.
+func (c *cluster) stopAll(ctx context.Context) (time.Duration, error) {
+	ids := c.localIDs()
+	errs := make([]error, len(ids))
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		wg.Go(func() {
+			if err := c.stopLocal(ctx, id); err != nil {
+				errs[i] = fmt.Errorf("stop %s: %w", id, err)
+			}
+		})
+	}
+	wg.Wait()
+	return time.Since(start), errors.Join(errs...)
 }
 
 // leaders returns the in-process nodes that lead.

@@ -16,6 +16,10 @@
 //	cold     M nodes start from nothing: first Start → every key live once
 //	steady   commands/s, Redis CPU and memory, this process's CPU and heap
 //	churn    a rolling restart of all M nodes: moves versus the minimum, and time
+//	restart  all M nodes of a known service stop gracefully and M new ones start:
+//	         last Start returned → every key live (no grace period), moves
+//	fence    a node running n instances with a slow disconnect hook is cut off
+//	         from Redis: fence → last disconnect returned, per n
 //
 // In-process nodes each have their own Redis connections; crash scenarios
 // run the victim as a child process (this program re-executed as "node")
@@ -89,6 +93,11 @@ type config struct {
 	steadyWindow time.Duration
 	churn        []size
 	churnTTL     time.Duration
+	restart      []size
+	restartTTL   time.Duration
+	fence        []int
+	fenceTTL     time.Duration
+	fenceHook    time.Duration
 	cpuProfile   string
 	memProfile   string
 	mdPath       string
@@ -96,7 +105,7 @@ type config struct {
 	verbose      bool
 }
 
-var allScenarios = []string{"handoff", "crash", "leader", "cold", "steady", "churn"}
+var allScenarios = []string{"handoff", "crash", "leader", "cold", "steady", "churn", "restart", "fence"}
 
 func flagSet(name string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
@@ -109,7 +118,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	var (
 		cfg                                             config
 		scenarios, handoff, crash, leader, cold, steady string
-		churn                                           string
+		churn, restart, fence                           string
 		quick                                           bool
 	)
 	fs.StringVar(&scenarios, "scenarios", "all", "comma-separated scenarios: "+strings.Join(allScenarios, ",")+", or all")
@@ -130,6 +139,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&cfg.steadyWindow, "steady-window", 30*time.Second, "steady: measurement window, split in three")
 	fs.StringVar(&churn, "churn", "3x12,10x1000", "churn: sizes, nodes x keys")
 	fs.DurationVar(&cfg.churnTTL, "churn-ttl", time.Second, "churn: node TTL")
+	fs.StringVar(&restart, "restart", "3x12,100x10000", "restart: sizes, nodes x keys")
+	fs.DurationVar(&cfg.restartTTL, "restart-ttl", 5*time.Second, "restart: node TTL (5s: dim's default timings)")
+	fs.StringVar(&fence, "fence", "100,1000,10000", "fence: instance counts of the node that fences")
+	fs.DurationVar(&cfg.fenceTTL, "fence-ttl", 2*time.Second, "fence: node TTL; the fence margin is a fifth of it and must exceed -fence-hook")
+	fs.DurationVar(&cfg.fenceHook, "fence-hook", 150*time.Millisecond, "fence: how long each disconnect hook takes")
 	fs.StringVar(&cfg.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run")
 	fs.StringVar(&cfg.memProfile, "memprofile", "", "write a heap profile while the first steady-state size runs (else at the end)")
 	fs.StringVar(&cfg.mdPath, "md", "", "also write the table as Markdown to this file")
@@ -146,6 +160,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		const ttl = 500 * time.Millisecond
 		handoff, crash, leader, cold, steady, churn = "12", ttl.String(), ttl.String(), "3x12", "3x12", "3x12"
 		cfg.leaderStops, cfg.ttl, cfg.coldTTL, cfg.steadyTTL, cfg.churnTTL = 2, ttl, ttl, ttl, ttl
+		restart, cfg.restartTTL = "3x12", ttl
+		fence, cfg.fenceTTL, cfg.fenceHook = "100", time.Second, 50*time.Millisecond
 		cfg.steadyWindow = 900 * time.Millisecond
 		if cfg.runs == 0 {
 			cfg.runs = 1
@@ -179,13 +195,24 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		flag string
 		s    string
 		out  *[]size
-	}{{"-cold", cold, &cfg.cold}, {"-steady", steady, &cfg.steady}, {"-churn", churn, &cfg.churn}} {
+	}{{"-cold", cold, &cfg.cold}, {"-steady", steady, &cfg.steady}, {"-churn", churn, &cfg.churn}, {"-restart", restart, &cfg.restart}} {
 		if *p.out, err = parseList(p.s, parseSize); err != nil {
 			return nil, fmt.Errorf("%s: %w", p.flag, err)
 		}
 	}
+	if cfg.fence, err = parseList(fence, strconv.Atoi); err != nil {
+		return nil, fmt.Errorf("-fence: %w", err)
+	}
+	for _, n := range cfg.fence {
+		if n < 1 {
+			return nil, fmt.Errorf("-fence: %d instances: at least 1", n)
+		}
+	}
 	if cfg.handoffNodes < 2 {
 		return nil, errors.New("-handoff-nodes: at least 2")
+	}
+	if cfg.fenceHook <= 0 || cfg.fenceHook >= cfg.fenceTTL/5 {
+		return nil, fmt.Errorf("-fence-hook: %v must be above 0 and below the fence margin, %v (a fifth of -fence-ttl)", cfg.fenceHook, cfg.fenceTTL/5)
 	}
 	return &cfg, nil
 }
@@ -313,6 +340,7 @@ func runBench(ctx context.Context, cfg *config, args []string, stdout, stderr io
 	}{
 		{"handoff", b.handoff}, {"crash", b.crash}, {"leader", b.leader},
 		{"cold", b.cold}, {"steady", b.steady}, {"churn", b.churn},
+		{"restart", b.restart}, {"fence", b.fence},
 	} {
 		if !cfg.scenarios[s.name] {
 			continue

@@ -64,12 +64,13 @@ func TestQuick(t *testing.T) {
 		}
 	}
 	for _, s := range []string{"floor", "1 graceful handoff", "2 node crash", "3 leader crash", "3 leader stop",
-		"4 cold start", "5 steady state", "6 rolling restart"} {
+		"4 cold start", "5 steady state", "6 rolling restart", "7 whole restart", "8 fence"} {
 		if !seen[s] {
 			t.Errorf("no result for scenario %q", s)
 		}
 	}
-	for _, want := range []string{"scenario", "median", "× floor", "SIGKILL → its keys live elsewhere"} {
+	for _, want := range []string{"scenario", "median", "× floor", "SIGKILL → its keys live elsewhere",
+		"last Start returned → every key live", "fence → last disconnect returned"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
 		}
@@ -82,6 +83,9 @@ func TestFlags(t *testing.T) {
 		{"-scenarios", "nope"},
 		{"-cold", "3x"},
 		{"-crash-ttls", "soon"},
+		{"-restart", "100"},
+		{"-fence", "0"},
+		{"-fence-hook", "1s"}, // beyond the fence margin of the default -fence-ttl
 		{"extra"},
 	} {
 		var out, errOut bytes.Buffer
