@@ -87,6 +87,10 @@ type Manager[C, I any] struct {
 	instances  liveSet[I]
 	maxTTLSeen atomic.Int64 // largest node TTL declared in the service, ms
 
+	requests    requestSet    // rebalance requests waiting for the leader's answer
+	deadLeader  atomic.Uint64 // epoch of a dead leader seen by the last leader check
+	noIDsLogged atomic.Bool
+
 	// One call of each kind at a time; see guard.
 	configGuard guard
 	hashGuard   guard
@@ -105,6 +109,7 @@ type Manager[C, I any] struct {
 	// Owned by the node loop.
 	tab           table[I]
 	hung          hungSet
+	inflight      hungSet // keys with a create or disconnect call under way
 	configs       map[string]config[C]
 	configsAt     time.Time
 	configsStale  atomic.Bool
@@ -566,6 +571,9 @@ func (m *Manager[C, I]) onEvent(msg rueidis.PubSubMessage) {
 	case evJoin, evLeave, evDrain:
 		m.triggerLeader("node " + verb)
 	case evRebalance:
+		if len(args) > 0 {
+			m.requests.add(args[0])
+		}
 		m.configsStale.Store(true)
 		m.triggerLeader(triggerRequested)
 	case evAssign:

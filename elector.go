@@ -181,6 +181,13 @@ func (m *Manager[C, I]) lead(lockCtx context.Context, release context.CancelFunc
 	m.leader.epoch, m.leader.ctx, m.leader.cancel = 0, nil, nil
 	m.leader.mu.Unlock()
 	cancel()
+	if why == "handed off" {
+		// A graceful end leaves no dead leader on record for others to
+		// force out.
+		ctx, cancel := context.WithTimeout(m.runCtx, m.s.heartbeat)
+		_ = abdicateScript.Exec(ctx, m.client, []string{m.k.epoch, m.k.leader}, []string{strconv.FormatUint(epoch, 10)}).Error()
+		cancel()
+	}
 	release()
 	m.tel.setLeader(0)
 	m.tel.election(m.runCtx, start, why, epoch, nil)
@@ -277,6 +284,11 @@ func (m *Manager[C, I]) checkLeader() {
 		return
 	}
 	if outcome != "dead" {
+		return
+	}
+	// A leader elected a moment ago holds the lock before it records
+	// itself: force out only a dead leader seen by two checks in a row.
+	if m.deadLeader.Swap(st.epoch) != st.epoch {
 		return
 	}
 	ok, err := forceGateScript.Exec(ctx, m.client, []string{m.k.forcing},

@@ -29,6 +29,9 @@ var (
 	// second process with the same ID, or the node's own previous lease.
 	// Start waits for it to expire, within its context.
 	ErrNodeIDInUse = errors.New("dim: node ID in use")
+	// ErrRebalance reports a rebalance that the leader tried and could not
+	// complete; the error carries its reason.
+	ErrRebalance = errors.New("dim: rebalance failed")
 	// ErrUnknownService reports a service of which Redis holds nothing.
 	ErrUnknownService = errors.New("dim: unknown service")
 	// ErrAlreadyStarted reports a second call of Start.

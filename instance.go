@@ -2,8 +2,10 @@ package dim
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -46,12 +48,11 @@ type liveSet[I any] struct {
 }
 
 // add files e unless its context has already ended (a fence that ran
-// before it could be filed) or its claim was granted on a record that Redis
-// has since replaced with an older one; the caller then stops it itself.
+// before it could be filed); the caller then stops it itself.
 func (s *liveSet[I]) add(e *entry[I]) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e.ctx.Err() != nil || e.gen != s.gen {
+	if e.ctx.Err() != nil {
 		return false
 	}
 	if s.entries == nil {
@@ -135,6 +136,7 @@ type table[I any] struct {
 	claimed  map[string]uint64    // keys this node owns in Redis, with tokens
 	failures map[string]*failure  // keys whose create or health check failed
 	waiting  map[string]time.Time // keys whose claim was refused, and when to retry
+	states   map[string]keyRecord // what Redis holds of this node's key states
 	retryAt  time.Time            // when to reconcile again after a failed read
 }
 
@@ -206,6 +208,7 @@ func (h *hungSet) wait(ctx context.Context) error {
 type failure struct {
 	attempts int
 	next     time.Time
+	err      string // the last error, shortened
 }
 
 func newTable[I any]() table[I] {
@@ -214,6 +217,7 @@ func newTable[I any]() table[I] {
 		claimed:  make(map[string]uint64),
 		failures: make(map[string]*failure),
 		waiting:  make(map[string]time.Time),
+		states:   make(map[string]keyRecord),
 	}
 }
 
@@ -406,12 +410,12 @@ func (m *Manager[C, I]) reconcile() {
 		want = append(want, key)
 	}
 	gen := m.instances.generation()
-	granted, err := m.claim(ctx, session, want)
+	granted, held, err := m.claim(ctx, session, want)
 	if err != nil {
 		stats.err = err
 	}
 	stats.claimed = len(granted)
-	stats.refused = len(want) - len(granted)
+	stats.refused = held
 	var jobs []createJob[C]
 	for _, key := range want {
 		if token, ok := granted[key]; ok {
@@ -426,6 +430,17 @@ func (m *Manager[C, I]) reconcile() {
 	}
 	stats.created, stats.failed = m.createAll(ctx, leaseCtx, session, jobs)
 	stats.waiting = len(m.tab.waiting)
+	unknown := map[string]bool{}
+	for key := range mine {
+		if _, ok := configs[key]; !ok {
+			unknown[key] = true
+			if m.tab.states[key].State != KeyUnknown {
+				m.log.Warn("assigned a key that this node's getConfig does not return; it cannot run here", "key", key)
+			}
+		}
+	}
+	m.tel.setUnknown(len(unknown))
+	m.syncStates(ctx, session, unknown)
 	m.publishView()
 }
 
@@ -444,6 +459,7 @@ func (m *Manager[C, I]) dropStale(session string) {
 	if session == "" {
 		clear(m.tab.claimed)
 		clear(m.tab.waiting)
+		clear(m.tab.states)
 	}
 	m.publishView()
 }
@@ -475,24 +491,43 @@ func (m *Manager[C, I]) dropAll(ctx context.Context, why string) {
 	clear(m.tab.claimed)
 	clear(m.tab.waiting)
 	clear(m.tab.failures)
+	if session, _ := m.lease.current(); session != "" {
+		m.syncStates(context.WithoutCancel(ctx), session, nil)
+	}
+	clear(m.tab.states)
 	m.publishView()
 }
 
 // claim asks Redis for ownership of keys and returns the granted ones with
 // their fencing tokens.
-func (m *Manager[C, I]) claim(ctx context.Context, session string, keys []string) (map[string]uint64, error) {
-	granted := make(map[string]uint64, len(keys))
-	if len(keys) == 0 {
-		return granted, nil
+func (m *Manager[C, I]) claim(ctx context.Context, session string, keys []string) (granted map[string]uint64, held int, err error) {
+	granted = make(map[string]uint64, len(keys))
+	for chunk := range slices.Chunk(keys, claimChunk) {
+		if m.checkLease() != session {
+			return granted, held, nil // fenced: claims died with the lease
+		}
+		n, done, err := m.claimChunk(ctx, session, chunk, granted)
+		held += n
+		if done || err != nil {
+			return granted, held, err
+		}
 	}
-	if m.checkLease() != session {
-		return granted, nil // fenced: claims died with the lease
-	}
+	return granted, held, nil
+}
+
+// claimChunk bounds the keys one claim script takes, so that no script
+// blocks Redis for long.
+const claimChunk = 1000
+
+// claimChunk claims one chunk of keys into granted, and reports how many
+// another live node still holds and whether the rest must wait (the node is
+// fenced, or a grace period runs).
+func (m *Manager[C, I]) claimChunk(ctx context.Context, session string, keys []string, granted map[string]uint64) (held int, done bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
 	args := append([]string{m.s.nodeID, session, ms(m.ttlFloor()), m.durable()}, keys...)
 	res, err := claimScript.Exec(ctx, m.client,
-		append([]string{m.k.nodes, m.k.sessions, m.k.assign, m.k.owner, m.k.fence}, m.k.trustKeys()...), args).ToArray()
+		append(append([]string{m.k.nodes, m.k.sessions, m.k.assign, m.k.owner, m.k.fence}, m.k.trustKeys()...), m.k.state), args).ToArray()
 	if err != nil {
 		// The script may have run with its reply lost: keep the keys on the
 		// books as claimed, so that they are released if they move away.
@@ -502,36 +537,41 @@ func (m *Manager[C, I]) claim(ctx context.Context, session string, keys []string
 				m.tab.claimed[key] = 0
 			}
 		}
-		return granted, fmt.Errorf("claim: %w", err)
+		return 0, true, fmt.Errorf("claim: %w", err)
 	}
 	if len(res) < 2 {
-		return granted, fmt.Errorf("claim: unexpected reply of %d values", len(res))
+		return 0, true, fmt.Errorf("claim: unexpected reply of %d values", len(res))
 	}
 	switch status, _ := res[0].AsInt64(); status {
 	case -1:
 		m.fenceSession(session, "claim refused: not a live member")
-		return granted, nil
+		return 0, true, nil
 	case -2:
 		wait, _ := res[1].AsInt64()
 		at := time.Now().Add(time.Duration(wait) * time.Millisecond)
 		for _, key := range keys {
 			m.tab.waiting[key] = at
 		}
-		m.log.Debug("claims wait for the grace period after Redis lost its state", "wait_ms", wait)
-		return granted, nil
+		m.log.Debug("claims wait for the grace period", "wait_ms", wait)
+		return 0, true, nil
 	}
 	if len(res) != len(keys)+2 {
-		return granted, fmt.Errorf("claim: unexpected reply of %d values for %d keys", len(res), len(keys))
+		return 0, true, fmt.Errorf("claim: unexpected reply of %d values for %d keys", len(res), len(keys))
 	}
 	for i, key := range keys {
 		s, _ := res[i+2].ToString()
+		if s == "-" {
+			held++
+			continue
+		}
 		token, _ := strconv.ParseUint(s, 10, 64)
 		if token > 0 {
 			granted[key] = token
 			m.tab.claimed[key] = token
+			m.tab.states[key] = keyRecord{Node: m.s.nodeID, Session: session, State: KeyCreating, Since: time.Now().UnixMilli()}
 		}
 	}
-	return granted, nil
+	return held, false, nil
 }
 
 // release gives up claims after their instances were disconnected, and tells
@@ -548,12 +588,13 @@ func (m *Manager[C, I]) release(ctx context.Context, session string, keys []stri
 	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
 	args := append([]string{m.s.nodeID, session, m.k.channel}, keys...)
-	if err := releaseScript.Exec(ctx, m.client, []string{m.k.owner}, args).Error(); err != nil {
+	if err := releaseScript.Exec(ctx, m.client, []string{m.k.owner, m.k.state}, args).Error(); err != nil {
 		m.tab.retryAt = time.Now().Add(m.claimRetry)
 		return fmt.Errorf("release: %w", err)
 	}
 	for _, key := range keys {
 		delete(m.tab.claimed, key)
+		delete(m.tab.states, key) // the release dropped it
 	}
 	return nil
 }
@@ -603,6 +644,7 @@ func (m *Manager[C, I]) recordFailure(key, what string, err error) {
 		m.tab.failures[key] = f
 	}
 	f.attempts++
+	f.err = shortError(err)
 	delay := min(m.retryMin<<min(f.attempts-1, 20), m.retryMax)
 	f.next = time.Now().Add(delay)
 	m.log.Warn(what+" failed", "key", key, "attempt", f.attempts, "retry_in", delay, "err", err)
@@ -619,6 +661,15 @@ func (m *Manager[C, I]) create(ctx, leaseCtx context.Context, session string, jo
 		cancel()
 		return nil, fmt.Errorf("%w: the lease ended before create", errFencedBeforeCreate)
 	}
+	// In flight from here until createInstance returns, however long: a
+	// restore must find it (see verifyOwnership). A claim granted on a record
+	// that Redis has since replaced is claimed again instead.
+	m.inflight.add(job.key)
+	if job.gen != m.instances.generation() {
+		m.inflight.remove(job.key)
+		cancel()
+		return nil, errors.New("Redis restored an older record after the claim; claiming again")
+	}
 	spanCtx, span := m.tel.startCallback(ctx, spanCreate, job.key)
 	start := time.Now()
 	type result struct {
@@ -627,6 +678,7 @@ func (m *Manager[C, I]) create(ctx, leaseCtx context.Context, session string, jo
 	}
 	done := make(chan result, 1)
 	go func() {
+		defer m.inflight.remove(job.key)
 		inst, err := callSafely(func() (I, error) { return m.createInstance(ictx, job.cfg.value) })
 		done <- result{inst, err}
 	}()
@@ -645,13 +697,9 @@ func (m *Manager[C, I]) create(ctx, leaseCtx context.Context, session string, jo
 			m.tel.endCallback(spanCtx, span, spanCreate, start, r.err)
 			return nil, r.err
 		}
-		// Fenced while creating, or Redis came back with an older record:
-		// the new instance must not run.
+		// Fenced while creating: the new instance must not run.
 		<-m.instances.begin(e)
-		err = errors.New("fenced while creating")
-		if ictx.Err() == nil {
-			err = errors.New("Redis restored an older record while creating")
-		}
+		err = fmt.Errorf("fenced while creating: %w", ictx.Err())
 		m.tel.endCallback(spanCtx, span, spanCreate, start, err)
 		return nil, err
 	case <-timer.C:
@@ -691,8 +739,43 @@ func (m *Manager[C, I]) disconnectAll(entries []*entry[I]) {
 		delete(m.tab.running, e.key)
 		chans = append(chans, m.instances.begin(e))
 	}
-	for _, ch := range chans {
+	slow := time.NewTimer(stoppingAfter)
+	defer slow.Stop()
+	for i, ch := range chans {
+		select {
+		case <-ch:
+			continue
+		case <-slow.C:
+			// Disconnects that take their time show as stopping.
+			m.markStopping(entries[i:], chans[i:])
+		}
 		<-ch
+	}
+}
+
+// stoppingAfter is how long a disconnect runs before its key is shown as
+// stopping; quicker ones are never published.
+const stoppingAfter = 100 * time.Millisecond
+
+// markStopping publishes the entries whose disconnect still runs as
+// stopping.
+func (m *Manager[C, I]) markStopping(entries []*entry[I], chans []<-chan struct{}) {
+	var args []string
+	session := ""
+	for i, e := range entries {
+		select {
+		case <-chans[i]:
+			continue
+		default:
+		}
+		session = e.session
+		r := keyRecord{Node: m.s.nodeID, Session: e.session, State: KeyStopping, Since: time.Now().UnixMilli()}
+		b, _ := json.Marshal(r)
+		args = append(args, e.key, string(b))
+		m.tab.states[e.key] = r
+	}
+	if len(args) > 0 {
+		_, _ = m.publishStates(m.runCtx, session, args)
 	}
 }
 
@@ -703,6 +786,8 @@ func (m *Manager[C, I]) disconnectOne(e *entry[I]) {
 	if m.disconnect == nil {
 		return
 	}
+	m.inflight.add(e.key)
+	defer m.inflight.remove(e.key)
 	spanCtx, span := m.tel.startCallback(m.runCtx, spanDisconnect, e.key)
 	start := time.Now()
 	err := m.callWithTimeout(context.WithoutCancel(spanCtx), e.key, func(ctx context.Context) error {
@@ -714,44 +799,46 @@ func (m *Manager[C, I]) disconnectOne(e *entry[I]) {
 	}
 }
 
-// verifyOwnership stops at once every instance of session whose key the
-// record in Redis does not say this node owns: after a restore, its owner
-// is another node, or nobody whose claim may be granted to another.
-func (m *Manager[C, I]) verifyOwnership(session string, entries []*entry[I]) {
-	var keys []string
+// verifyOwnership makes Redis's restored record say again what this node's
+// session holds: every key it runs, stops, or has a create or disconnect
+// call in flight for (see verifyScript). It runs before the heartbeat that
+// brought the new generation extends the lease, so it is done before the
+// grace period can end, or the node fences.
+func (m *Manager[C, I]) verifyOwnership(session string, entries []*entry[I]) error {
 	byKey := map[string]*entry[I]{}
+	held := map[string]bool{}
 	for _, e := range entries {
-		if e.session == session && !e.stopping.Load() {
-			keys = append(keys, e.key)
-			byKey[e.key] = e
+		if e.session == session {
+			held[e.key] = true
+			if !e.stopping.Load() {
+				byKey[e.key] = e
+			}
 		}
 	}
-	// A hung create or disconnect may yet run an instance: its claim must be
-	// confirmed too, or another node could take the key after the grace.
+	for _, key := range m.inflight.list() {
+		held[key] = true
+	}
 	for _, key := range m.hung.list() {
-		if _, ok := byKey[key]; !ok {
-			keys = append(keys, key)
-		}
+		held[key] = true
 	}
-	slices.Sort(keys)
+	keys := slices.Sorted(maps.Keys(held))
 	for chunk := range slices.Chunk(keys, verifyChunk) {
 		ctx, cancel := context.WithTimeout(m.runCtx, m.s.heartbeat)
-		lost, err := verifyScript.Exec(ctx, m.client, []string{m.k.owner, m.k.origin},
+		lost, err := verifyScript.Exec(ctx, m.client, []string{m.k.owner, m.k.origin, m.k.fence},
 			append([]string{m.s.nodeID, session}, chunk...)).AsStrSlice()
 		cancel()
 		if err != nil {
-			// Unsure what this node still owns: it must not run anything.
-			m.fenceSession(session, "cannot check ownership after Redis restored an older record")
-			return
+			return fmt.Errorf("confirm ownership after Redis restored an older record: %w", err)
 		}
 		for _, key := range lost {
 			if e := byKey[key]; e != nil {
-				m.log.Warn("the restored record says another node owns this key; stopping it", "key", key)
+				m.log.Warn("another node holds this key in the restored record; stopping it", "key", key)
 				m.instances.begin(e)
 			}
 		}
 	}
 	m.triggerNode()
+	return nil
 }
 
 // verifyChunk bounds the keys one verify script checks.
@@ -796,6 +883,9 @@ func (m *Manager[C, I]) onHealth(r healthResult[I]) {
 	m.tel.healthFailed(m.runCtx, "instance")
 	m.disconnectAll([]*entry[I]{r.e})
 	m.recordFailure(r.e.key, "health check", r.err)
+	if session, _ := m.lease.current(); session != "" {
+		m.syncStates(m.runCtx, session, nil)
+	}
 	m.publishView()
 }
 

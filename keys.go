@@ -29,6 +29,8 @@ import (
 //	                     changed its keys
 //	<p>:owner      HASH  key → "node session token": who runs it
 //	<p>:fence      STRING the last token handed out
+//	<p>:state      HASH  key → what the node that holds it says it does:
+//	                     JSON {"n":node,"s":session,"st":state,…}
 //	<p>:lock:…     rueidislock's leader lock
 //	<p>:events     the service's pub/sub channel
 //
@@ -49,6 +51,7 @@ type keys struct {
 	traces   string
 	owner    string
 	fence    string
+	state    string
 	lock     string
 	channel  string
 }
@@ -71,6 +74,7 @@ func newKeys(keyPrefix, service string) keys {
 		traces:   p + ":traces",
 		owner:    p + ":owner",
 		fence:    p + ":fence",
+		state:    p + ":state",
 		lock:     p + ":lock",
 		channel:  p + ":events",
 	}
@@ -82,14 +86,15 @@ func (k keys) assigned(node string) string { return k.prefix + ":a:" + node }
 // Events on the service channel: a verb and space-separated arguments. Node
 // IDs contain no spaces (see namePattern).
 const (
-	evJoin      = "join"      // node
-	evDrain     = "drain"     // node: stopping, move its keys away
-	evLeave     = "leave"     // node...
-	evLeader    = "leader"    // node epoch
-	evAssign    = "assign"    // epoch node...: these nodes' keys changed
-	evRelease   = "release"   // node: it let some keys go
-	evConfig    = "config"    // the configs changed
-	evRebalance = "rebalance" // someone asks the leader to rebalance
+	evJoin       = "join"       // node
+	evDrain      = "drain"      // node: stopping, move its keys away
+	evLeave      = "leave"      // node...
+	evLeader     = "leader"     // node epoch
+	evAssign     = "assign"     // epoch node...: these nodes' keys changed
+	evRelease    = "release"    // node: it let some keys go
+	evConfig     = "config"     // the configs changed
+	evRebalance  = "rebalance"  // [id]: someone asks the leader to rebalance
+	evRebalanced = "rebalanced" // id epoch moves ok|error [message]: the leader's answer
 )
 
 func parseEvent(msg string) (verb string, args []string) {
@@ -106,9 +111,9 @@ func parseEvent(msg string) (verb string, args []string) {
 // in microseconds (exact in Lua's doubles until the year 2255).
 //
 // trust guards every script that renews, joins or grants: it compares the
-// server that runs the script (its run id, new at every start, and its
-// replication id, new at every promotion) with the one recorded as having
-// written the service's record. A record that is absent ("new": a first
+// server that runs the script (its run id, new at every start, and so also
+// different on a promoted replica) with the one recorded as having written
+// the service's record. A record that is absent ("new": a first
 // start, or a Redis that lost everything) or was written by another server
 // ("restored": a restart from RDB or AOF, a failover) cannot be trusted:
 // nodes that Redis forgot may still run instances, so no claim is granted
@@ -140,9 +145,7 @@ local function info(section, field)
   return string.match(s, field .. ':(%x+)')
 end
 local function serverID()
-  local run = info('server', 'run_id')
-  if not run then return nil end
-  return run .. ':' .. (info('replication', 'master_replid') or '')
+  return info('server', 'run_id')
 end
 local function largestTTL(ttls, maxttl, floor)
   local m = math.max(floor, tonumber(redis.call('GET', maxttl) or '0') or 0)
@@ -161,9 +164,10 @@ local function trust(origin, grace, ttls, maxttl, floor, durable)
   local id = serverID()
   if not id then return '', false end
   local cur = redis.call('HMGET', origin, 'id', 'gen')
-  if cur[1] == id then return cur[2], true end
-  if cur[1] and durable == '1' then
-    redis.call('HSET', origin, 'id', id)
+  if cur[1] == id and cur[2] then return cur[2], true end
+  if cur[1] and cur[2] and durable == '1' then
+    -- Trusted as it is, but not adopted: a node without WithDurableRedis
+    -- still sees a record another server wrote.
     return cur[2], true
   end
   local why = 'new'
@@ -251,14 +255,19 @@ end
 return {1, now, gen, maxttl}
 `)
 
-// verifyScript confirms, after a restore, which keys the node's session
-// owns in the record: each such entry is stamped with the record's current
-// generation, and the keys the record does not give to the session are
-// listed, for the node to stop at once. An entry left unconfirmed when the
-// grace period ends is free to claim.
+// verifyScript makes the record say again what a node's session holds,
+// after a restore: for every key the node runs, or has a create or
+// disconnect call in flight for, it claimed the key in the history Redis
+// lost and nobody else runs it (at most one did, before). Each such entry is
+// stamped with the record's current generation, re-asserted with a fresh
+// token if the restored record names another owner. A key that another node
+// already confirmed under this generation is listed instead, for the node to
+// stop at once; that cannot happen while every node keeps to its lease. An
+// entry left unconfirmed when the grace period ends is free to claim.
 //
-// KEYS: owner origin
+// KEYS: owner origin fence
 // ARGV: node session key…
+// Returns the keys confirmed by another node.
 var verifyScript = script(`
 local gen = redis.call('HGET', KEYS[2], 'gen') or '-'
 local mine = ARGV[1] .. ' ' .. ARGV[2] .. ' '
@@ -268,8 +277,10 @@ for i = 3, #ARGV do
   if cur and string.sub(cur, 1, #mine) == mine then
     local token = string.match(cur, '^%S+ %S+ (%S+)')
     redis.call('HSET', KEYS[1], ARGV[i], mine .. token .. ' ' .. gen)
-  else
+  elseif cur and string.match(cur, '^%S+ %S+ %S+ (%S+)') == gen then
     out[#out + 1] = ARGV[i]
+  else
+    redis.call('HSET', KEYS[1], ARGV[i], mine .. nextToken(KEYS[3]) .. ' ' .. gen)
   end
 end
 return out
@@ -366,28 +377,33 @@ return {l[1], l[3], ok}
 var writeScript = script(`
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local m = tonumber(ARGV[4])
-local touched = {}
+local adds, rems, sets, dels = {}, {}, {}, {}
 for i = 5 + m, #ARGV, 3 do
   local key, new, old = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   if old > 0 then
-    redis.call('SREM', KEYS[3 + old], key)
-    touched[old] = true
+    rems[old] = rems[old] or {}
+    table.insert(rems[old], key)
   end
   if new > 0 then
-    redis.call('SADD', KEYS[3 + new], key)
-    redis.call('HSET', KEYS[2], key, ARGV[4 + new])
-    touched[new] = true
+    adds[new] = adds[new] or {}
+    table.insert(adds[new], key)
+    sets[#sets + 1] = key
+    sets[#sets + 1] = ARGV[4 + new]
   else
-    redis.call('HDEL', KEYS[2], key)
+    dels[#dels + 1] = key
   end
 end
 local notify = {}
 for i = 1, m do
-  if touched[i] then
+  if rems[i] then redis.call('SREM', KEYS[3 + i], unpack(rems[i])) end
+  if adds[i] then redis.call('SADD', KEYS[3 + i], unpack(adds[i])) end
+  if rems[i] or adds[i] then
     notify[#notify + 1] = ARGV[4 + i]
     if ARGV[3] ~= '-' then redis.call('HSET', KEYS[3], ARGV[4 + i], ARGV[3]) end
   end
 end
+if #sets > 0 then redis.call('HSET', KEYS[2], unpack(sets)) end
+if #dels > 0 then redis.call('HDEL', KEYS[2], unpack(dels)) end
 if #notify > 0 then
   redis.call('PUBLISH', ARGV[2], 'assign ' .. ARGV[1] .. ' ' .. table.concat(notify, ' '))
 end
@@ -405,11 +421,13 @@ return 1
 //
 // An owner entry is "node session token generation".
 //
-// KEYS: nodes sessions assign owner fence origin grace ttls maxttl
+// A granted key's state becomes "creating".
+//
+// KEYS: nodes sessions assign owner fence origin grace ttls maxttl state
 // ARGV: node session floor_ms durable key…
 // Returns {status, wait_ms, token per key}: status 1 ok, -1 the node itself
 // is not live, -2 the grace period runs for wait_ms more; a token of "0" means
-// the key was refused.
+// the key is not assigned to the node, "-" that another live node holds it.
 var claimScript = script(`
 local node, session = ARGV[1], ARGV[2]
 local gen = trust(KEYS[6], KEYS[7], KEYS[8], KEYS[9], tonumber(ARGV[3]), ARGV[4])
@@ -419,6 +437,9 @@ local left = graceLeft(KEYS[7])
 if left > 0 then return {-2, left} end
 local out = {1, 0}
 local mine = node .. ' ' .. session .. ' '
+local creating = '{"n":"' .. node .. '","s":"' .. session .. '","st":"creating","t":' .. now .. '}'
+local last = math.max(tonumber(redis.call('GET', KEYS[5]) or '0'), tonumber(t[1]) * 1000000 + tonumber(t[2]) - 1)
+local owners, states, alive = {}, {}, {}
 for i = 5, #ARGV do
   local key = ARGV[i]
   local token = '0'
@@ -427,24 +448,43 @@ for i = 5, #ARGV do
     local free = true
     if cur and string.sub(cur, 1, #mine) ~= mine then
       local on, os, _, og = string.match(cur, '^(%S+) (%S+) (%S+) ?(%S*)')
-      free = og ~= gen or not live(KEYS[1], KEYS[2], on, os)
+      if og ~= '' and og ~= gen then
+        free = true
+      else
+        local who = on .. ' ' .. os
+        if alive[who] == nil then alive[who] = live(KEYS[1], KEYS[2], on, os) or false end
+        free = not alive[who]
+      end
     end
-    if free then
-      token = nextToken(KEYS[5])
-      redis.call('HSET', KEYS[4], key, mine .. token .. ' ' .. gen)
+    if not free then
+      token = '-'
+    else
+      last = last + 1
+      token = fmt(last)
+      owners[#owners + 1] = key
+      owners[#owners + 1] = mine .. token .. ' ' .. gen
+      states[#states + 1] = key
+      states[#states + 1] = creating
     end
   end
   out[#out + 1] = token
 end
+if #owners > 0 then
+  redis.call('SET', KEYS[5], fmt(last))
+  redis.call('HSET', KEYS[4], unpack(owners))
+  redis.call('HSET', KEYS[10], unpack(states))
+end
 return out
 `)
 
-// releaseScript gives up keys the node owns and tells waiting claimants.
+// releaseScript gives up keys the node owns, with their published state,
+// and tells waiting claimants.
 //
-// KEYS: owner
+// KEYS: owner state
 // ARGV: node session channel key…
 var releaseScript = script(`
 local mine = ARGV[1] .. ' ' .. ARGV[2] .. ' '
+local minestate = '{"n":"' .. ARGV[1] .. '","s":"' .. ARGV[2] .. '"'
 local n = 0
 for i = 4, #ARGV do
   local cur = redis.call('HGET', KEYS[1], ARGV[i])
@@ -452,9 +492,73 @@ for i = 4, #ARGV do
     redis.call('HDEL', KEYS[1], ARGV[i])
     n = n + 1
   end
+  local st = redis.call('HGET', KEYS[2], ARGV[i])
+  if st and string.sub(st, 1, #minestate) == minestate then
+    redis.call('HDEL', KEYS[2], ARGV[i])
+  end
 end
 if n > 0 then redis.call('PUBLISH', ARGV[3], 'release ' .. ARGV[1]) end
 return n
+`)
+
+// stateScript publishes what a node's keys are doing: a JSON value per key,
+// or "" to drop the node's own entry. A node writes only keys that it owns,
+// that nobody owns, or whose entry is already its own, and only while its
+// session is live.
+//
+// KEYS: nodes sessions owner state
+// ARGV: node session key value key value…
+// Returns {1, refused key…}, or {0} if the session is not live.
+var stateScript = script(`
+if not live(KEYS[1], KEYS[2], ARGV[1], ARGV[2]) then return {0} end
+local mine = ARGV[1] .. ' ' .. ARGV[2] .. ' '
+local minestate = '{"n":"' .. ARGV[1] .. '","s":"' .. ARGV[2] .. '"'
+local out, set = {1}, {}
+for i = 3, #ARGV, 2 do
+  local key, v = ARGV[i], ARGV[i + 1]
+  local cur = redis.call('HGET', KEYS[3], key)
+  if cur and string.sub(cur, 1, #mine) == mine then
+    if v == '' then redis.call('HDEL', KEYS[4], key) else
+      set[#set + 1] = key
+      set[#set + 1] = v
+    end
+  else
+    local st = redis.call('HGET', KEYS[4], key)
+    local own = st and string.sub(st, 1, #minestate) == minestate
+    if v == '' then
+      if own then redis.call('HDEL', KEYS[4], key) end
+    elseif own or not cur then
+      set[#set + 1] = key
+      set[#set + 1] = v
+    else
+      out[#out + 1] = key
+    end
+  end
+end
+if #set > 0 then redis.call('HSET', KEYS[4], unpack(set)) end
+return out
+`)
+
+// abdicateScript removes a leader's record when it hands off gracefully, if
+// its epoch is still the current one.
+//
+// KEYS: epoch leader
+// ARGV: epoch
+var abdicateScript = script(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('HDEL', KEYS[2], 'node', 'session')
+return 1
+`)
+
+// resultScript records the outcome of the leader's last rebalance, for
+// Status and probes, if the epoch is still the leader's.
+//
+// KEYS: epoch leader
+// ARGV: epoch moves error
+var resultScript = script(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[2], 'rb_at', now, 'rb_moves', ARGV[2], 'rb_err', ARGV[3])
+return 1
 `)
 
 // forceGateScript lets one node at a time force out a dead leader.

@@ -387,6 +387,10 @@ func TestNewRejectsBadOptions(t *testing.T) {
 		{"a schedule that never fires", []Option{WithService("s"), WithHealthcheckSchedule("0 0 0 30 2 *")}, "never fires"},
 		{"a fence margin as long as the TTL", []Option{WithService("s"), WithFenceMargin(5 * time.Second)}, "WithFenceMargin"},
 		{"a key prefix with a brace", []Option{WithService("s"), WithKeyPrefix("a{")}, "WithKeyPrefix"},
+		{"a zero heartbeat", []Option{WithService("s"), WithHeartbeat(0)}, "WithHeartbeat: 0s is not positive"},
+		{"a sub-second @every", []Option{WithService("s"), WithHealthcheckSchedule("@every 500ms")}, "at most once a second"},
+		{"a bad Redis URL", []Option{WithService("s"), WithRedisURL("http://nope")}, "WithRedisURL"},
+		{"a heartbeat that does not fit a TTL set alone", []Option{WithService("s"), WithNodeTTL(time.Second), WithHeartbeat(time.Second)}, "at most 400ms"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -402,6 +406,28 @@ func TestNewRejectsBadOptions(t *testing.T) {
 		_, err = New[string, int](get, nil, WithService("s"))
 		require.ErrorIs(t, err, ErrInvalidOption)
 	})
+}
+
+func TestATTLSetAloneDerivesItsIntervals(t *testing.T) {
+	get := func(context.Context) ([]string, error) { return nil, nil }
+	create := func(context.Context, string) (int, error) { return 0, nil }
+	m, err := New(get, create, WithService("s"), WithNodeTTL(time.Second), WithLeaderLockTTL(500*time.Millisecond))
+	require.NoError(t, err, "a TTL alone is enough")
+	assert.Equal(t, 200*time.Millisecond, m.s.heartbeat)
+	assert.Equal(t, 200*time.Millisecond, m.s.fenceMargin())
+	assert.Equal(t, 100*time.Millisecond, m.s.lockRefresh)
+	m, err = New(get, create, WithService("s"))
+	require.NoError(t, err)
+	assert.Equal(t, DefaultHeartbeat, m.s.heartbeat, "the defaults are unchanged")
+	assert.Equal(t, DefaultLeaderLockRefresh, m.s.lockRefresh)
+
+	m, err = New(get, create, WithService("s"), WithRedisURL("rediss://alice:secret@redis.example:6380/2"))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"redis.example:6380"}, m.s.redis.InitAddress)
+	assert.Equal(t, "alice", m.s.redis.Username)
+	assert.Equal(t, "secret", m.s.redis.Password)
+	assert.Equal(t, 2, m.s.redis.SelectDB)
+	assert.NotNil(t, m.s.redis.TLSConfig)
 }
 
 func TestAHookOfTheWrongTypeNamesBothTypes(t *testing.T) {

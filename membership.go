@@ -147,6 +147,9 @@ func (m *Manager[C, I]) join(ctx context.Context) error {
 	maxTTL, _ := res[4].AsInt64()
 	m.seeTTL(maxTTL)
 	m.instances.setGeneration(gen)
+	if gen == "" && m.noIDsLogged.CompareAndSwap(false, true) {
+		m.log.Warn("Redis gives no run id in INFO: a restart or failover cannot be detected, so every join into a service with no live member waits a grace period (see docs/SAFETY.md)")
+	}
 	if graceLeft > 0 {
 		m.log.Info("claims wait for the grace period", "wait", time.Duration(graceLeft)*time.Millisecond)
 	}
@@ -284,14 +287,17 @@ func (m *Manager[C, I]) renew(session string) error {
 		m.fenceSession(session, "membership lost in Redis")
 		return errors.New("membership lost")
 	}
+	if changed, check := m.instances.setGeneration(gen); changed {
+		// Redis came back with an older record: it must say again what this
+		// node holds before the lease is extended, or the node fences.
+		m.log.Warn("Redis restarted or failed over; confirming what this node holds in the restored record")
+		if err := m.verifyOwnership(session, check); err != nil {
+			m.fenceSession(session, err.Error())
+			return err
+		}
+	}
 	if !m.lease.extend(session, sent, sentBoot) {
 		return errors.New("lease expired")
-	}
-	if changed, check := m.instances.setGeneration(gen); changed {
-		// Redis came back with an older record: whatever it does not say
-		// this node owns, another node may own; stop it now.
-		m.log.Warn("Redis restarted or failed over; checking what this node runs against the restored record")
-		m.verifyOwnership(session, check)
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -24,10 +25,10 @@ const (
 	DefaultLeaderHealthcheckSchedule = "@every 5s"
 	DefaultConfigRefreshSchedule     = "@every 30s"
 	DefaultLeaderLockTTL             = 5 * time.Second
-	DefaultLeaderLockRefresh         = time.Second
+	DefaultLeaderLockRefresh         = time.Second // a fifth of the lock TTL
 	DefaultLockKeyMajority           = 1
 	DefaultNodeTTL                   = 5 * time.Second
-	DefaultHeartbeat                 = time.Second
+	DefaultHeartbeat                 = time.Second // a fifth of the node TTL
 	DefaultCallbackTimeout           = 10 * time.Second
 	DefaultWeight                    = 1
 )
@@ -52,14 +53,15 @@ type settings struct {
 	nodeID       string
 	weight       int
 	nodeTTL      time.Duration
-	heartbeat    time.Duration
+	heartbeat    time.Duration // 0: nodeTTL/5
 	lockTTL      time.Duration
-	lockRefresh  time.Duration
+	lockRefresh  time.Duration // 0: lockTTL/5
 	lockMajority int
 	timeout      time.Duration
 	margin       time.Duration // 0: nodeTTL/5
 	maxNodeTTL   time.Duration // 0: none
 	durable      bool
+	nodeMetrics  bool
 
 	healthSpec       string
 	leaderHealthSpec string
@@ -74,6 +76,7 @@ type settings struct {
 	disconnect  any // func(context.Context, I) error
 
 	logger         *slog.Logger
+	loggerSet      bool // WithLogger was given, perhaps with nil
 	tracerProvider trace.TracerProvider
 	meterProvider  metric.MeterProvider
 }
@@ -83,9 +86,7 @@ func defaultSettings() settings {
 		redis:            rueidis.ClientOption{InitAddress: []string{DefaultRedisAddress}},
 		weight:           DefaultWeight,
 		nodeTTL:          DefaultNodeTTL,
-		heartbeat:        DefaultHeartbeat,
 		lockTTL:          DefaultLeaderLockTTL,
-		lockRefresh:      DefaultLeaderLockRefresh,
 		lockMajority:     DefaultLockKeyMajority,
 		timeout:          DefaultCallbackTimeout,
 		healthSpec:       DefaultHealthcheckSchedule,
@@ -137,6 +138,22 @@ func WithRedis(opt rueidis.ClientOption) Option {
 	return optionFunc(func(s *settings) error {
 		if len(opt.InitAddress) == 0 {
 			return invalid("WithRedis", "ClientOption.InitAddress is empty")
+		}
+		s.redis = opt
+		s.client = nil
+		return nil
+	})
+}
+
+// WithRedisURL sets the Redis to connect to as a URL, for the common case:
+// "redis://user:password@host:6379/0", "rediss://…" for TLS, or
+// "unix:///path/to/socket". For anything more (Sentinel, Cluster, client
+// certificates), use [WithRedis]. Default: redis://127.0.0.1:6379.
+func WithRedisURL(url string) Option {
+	return optionFunc(func(s *settings) error {
+		opt, err := rueidis.ParseURL(url)
+		if err != nil {
+			return invalid("WithRedisURL", "%v", err)
 		}
 		s.redis = opt
 		s.client = nil
@@ -266,9 +283,14 @@ func WithLeaderLockTTL(ttl time.Duration) Option {
 	})
 }
 
-// WithLeaderLockRefresh sets how often the leader extends its lock. Default: 1s.
+// WithLeaderLockRefresh sets how often the leader extends its lock; less
+// than the lock TTL. Default: a fifth of the lock TTL (1s with the default
+// TTL).
 func WithLeaderLockRefresh(every time.Duration) Option {
 	return optionFunc(func(s *settings) error {
+		if every <= 0 {
+			return invalid("WithLeaderLockRefresh", "%v is not positive", every)
+		}
 		s.lockRefresh = every
 		return nil
 	})
@@ -349,9 +371,12 @@ func WithFenceMargin(d time.Duration) Option {
 // WithHeartbeat sets how often a replica renews its lease. At least two
 // renewals must fit in the part of the lease before self-fencing, so the
 // interval is at most (node TTL − fence margin)/2: 2/5 of the node TTL by
-// default. Default: 1s.
+// default. Default: a fifth of the node TTL (1s with the default TTL).
 func WithHeartbeat(every time.Duration) Option {
 	return optionFunc(func(s *settings) error {
+		if every <= 0 {
+			return invalid("WithHeartbeat", "%v is not positive", every)
+		}
 		s.heartbeat = every
 		return nil
 	})
@@ -381,10 +406,25 @@ func WithWeight(w int) Option {
 }
 
 // WithLogger sets where dim logs. A healthy steady state logs nothing above
-// Debug. Default: discard.
+// Debug; every failure logs at Warn or Error. A nil logger discards
+// everything. Default: [slog.Default], Warn and above only, so that no
+// failure goes unseen.
 func WithLogger(l *slog.Logger) Option {
 	return optionFunc(func(s *settings) error {
-		s.logger = l
+		s.logger, s.loggerSet = l, true
+		return nil
+	})
+}
+
+// WithNodeMetricAttribute adds the node ID to every metric as the attribute
+// dim.node. Without it, a node is told apart by the OpenTelemetry resource
+// (service.instance.id), which is where its identity belongs: the default
+// node ID changes at every restart, and as an attribute it would make new
+// series each time. Use it in a process that runs several Managers of one
+// service. Default: off.
+func WithNodeMetricAttribute() Option {
+	return optionFunc(func(s *settings) error {
+		s.nodeMetrics = true
 		return nil
 	})
 }
@@ -432,27 +472,39 @@ func (s *settings) validate() error {
 		if err != nil {
 			return invalid(sch.option, "%q: %v", sch.spec, err)
 		}
+		if every, ok := strings.CutPrefix(sch.spec, "@every "); ok {
+			if d, err := time.ParseDuration(strings.TrimSpace(every)); err == nil && d < time.Second {
+				return invalid(sch.option, "%q: schedules run at most once a second (cron cannot go below it); use @every 1s or more", sch.spec)
+			}
+		}
 		if parsed.Next(time.Now()).IsZero() {
 			return invalid(sch.option, "%q never fires", sch.spec)
 		}
 		*sch.out = parsed
 	}
+	// Unset intervals follow their TTLs, so that setting a TTL alone works.
+	if s.heartbeat == 0 {
+		s.heartbeat = s.nodeTTL / 5
+	}
+	if s.lockRefresh == 0 {
+		s.lockRefresh = s.lockTTL / 5
+	}
 	switch {
 	case s.nodeTTL < 100*time.Millisecond:
 		return invalid("WithNodeTTL", "%v is below 100ms", s.nodeTTL)
 	case s.fenceMargin() >= s.nodeTTL:
-		return invalid("WithFenceMargin", "%v must be shorter than the node TTL %v", s.fenceMargin(), s.nodeTTL)
-	case s.heartbeat <= 0:
+		return invalid("WithFenceMargin", "%v must be shorter than the node TTL %v (the default is a fifth of it, %v)", s.fenceMargin(), s.nodeTTL, s.nodeTTL/5)
+	case s.heartbeat < 0:
 		return invalid("WithHeartbeat", "%v is not positive", s.heartbeat)
 	case s.heartbeat > (s.nodeTTL-s.fenceMargin())/2:
 		return invalid("WithHeartbeat", "%v leaves no room for two renewals in a node TTL of %v (at most %v)",
 			s.heartbeat, s.nodeTTL, (s.nodeTTL-s.fenceMargin())/2)
 	case s.lockTTL < 100*time.Millisecond:
 		return invalid("WithLeaderLockTTL", "%v is below 100ms", s.lockTTL)
-	case s.lockRefresh <= 0:
+	case s.lockRefresh < 0:
 		return invalid("WithLeaderLockRefresh", "%v is not positive", s.lockRefresh)
 	case s.lockRefresh >= s.lockTTL:
-		return invalid("WithLeaderLockRefresh", "%v must be shorter than the lock TTL %v", s.lockRefresh, s.lockTTL)
+		return invalid("WithLeaderLockRefresh", "%v must be shorter than the lock TTL %v (try %v, a fifth of it)", s.lockRefresh, s.lockTTL, s.lockTTL/5)
 	case s.timeout <= 0:
 		return invalid("WithCallbackTimeout", "%v is not positive", s.timeout)
 	case s.maxNodeTTL > 0 && s.maxNodeTTL < s.nodeTTL:
@@ -461,11 +513,32 @@ func (s *settings) validate() error {
 	if s.nodeID == "" {
 		s.nodeID = defaultNodeID()
 	}
-	if s.logger == nil {
+	switch {
+	case !s.loggerSet:
+		s.logger = slog.New(minLevel{slog.Default().Handler(), slog.LevelWarn})
+	case s.logger == nil:
 		s.logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	return nil
 }
+
+// minLevel passes on records at or above min only.
+type minLevel struct {
+	h   slog.Handler
+	min slog.Level
+}
+
+func (m minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= m.min && m.h.Enabled(ctx, l)
+}
+
+func (m minLevel) Handle(ctx context.Context, r slog.Record) error { return m.h.Handle(ctx, r) }
+
+func (m minLevel) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return minLevel{m.h.WithAttrs(attrs), m.min}
+}
+
+func (m minLevel) WithGroup(name string) slog.Handler { return minLevel{m.h.WithGroup(name), m.min} }
 
 // fenceMargin is how long before its lease can expire in Redis a replica
 // stops its instances. It absorbs clock-rate differences and the time the

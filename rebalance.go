@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -17,7 +18,7 @@ var errStaleEpoch = errors.New("dim: epoch is stale")
 
 // writeChunk bounds the changes one write script applies, so that a large
 // rebalance never blocks Redis for long. Each chunk checks the epoch itself.
-const writeChunk = 4096
+const writeChunk = 2000
 
 // Triggers of a rebalance, as recorded on its span.
 const (
@@ -29,12 +30,38 @@ const (
 	triggerStopping  = "leader stopping"
 )
 
+// requestSet holds the IDs of rebalance requests that wait for an answer.
+type requestSet struct {
+	mu  sync.Mutex
+	ids []string
+}
+
+func (r *requestSet) add(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.ids) < 1000 { // a flood of requests gets no answers, not memory
+		r.ids = append(r.ids, id)
+	}
+}
+
+func (r *requestSet) take() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ids := r.ids
+	r.ids = nil
+	return ids
+}
+
 // leaderState is what a leader remembers between rebalances.
 type leaderState struct {
 	keys     []string // from the last successful getConfig; nil before one
 	print    string   // fingerprint of those configs
 	members  string   // the live nodes and weights last balanced over
 	observed time.Time
+	moves    int    // of the last rebalance that ran
+	ran      bool   // whether the last call ran a rebalance (not skipped)
+	lastErr  string // the last recorded outcome, "" if it succeeded
+	recorded bool   // an outcome was recorded in this term
 }
 
 // joinWindow is how long a leader waits for further joins after a join or
@@ -55,7 +82,9 @@ func (m *Manager[C, I]) leaderLoop(ctx context.Context, epoch uint64, busy *atom
 	expiry := time.NewTimer(0)
 	defer expiry.Stop()
 	backoff := newBackoff(50*time.Millisecond, m.s.heartbeat)
-	var st leaderState
+	// The first look at what runs comes one TTL into the term: a full
+	// status read of a big service would only slow its start down.
+	st := leaderState{observed: time.Now()}
 	trigger := triggerElected
 	for {
 		if trigger == triggerElected || trigger == "node "+evJoin {
@@ -63,6 +92,7 @@ func (m *Manager[C, I]) leaderLoop(ctx context.Context, epoch uint64, busy *atom
 		}
 		busy.Store(time.Now().UnixNano())
 		next, err := m.rebalance(ctx, epoch, trigger, &st)
+		m.answer(ctx, epoch, &st, err)
 		switch {
 		case errors.Is(err, errStaleEpoch):
 			m.log.Warn("stepping down: a newer leader exists", "epoch", epoch)
@@ -163,17 +193,46 @@ func (m *Manager[C, I]) rebalance(ctx context.Context, epoch uint64, trigger str
 		next = time.Duration(earliest-now)*time.Millisecond + 5*time.Millisecond
 	}
 	// A lease-expiry check that finds the same members is not worth a span.
+	st.ran = false
 	if trigger == triggerExpiry && sig.String() == st.members {
 		return next, nil
 	}
+	st.ran = true
 	ctx, span := m.tel.startRebalance(ctx, trigger, epoch, start)
 	stats := rebalanceStats{start: start}
 	stats.err = m.assign(ctx, epoch, nodes, st, &stats)
 	m.tel.endRebalance(ctx, span, stats)
+	st.moves = stats.moves
 	if stats.err == nil {
 		st.members = sig.String()
 	}
 	return next, stats.err
+}
+
+// answer tells the requesters of a rebalance how it went, and records the
+// outcome where Status reads it when it changed: a failure, a recovery, or
+// moves.
+func (m *Manager[C, I]) answer(ctx context.Context, epoch uint64, st *leaderState, err error) {
+	ids := m.requests.take()
+	if !st.ran && len(ids) == 0 {
+		return
+	}
+	outcome, msg := "ok", ""
+	if err != nil {
+		outcome, msg = "error", strings.Join(strings.Fields(err.Error()), " ")
+	}
+	for _, id := range ids {
+		m.publish(ctx, fmt.Sprintf("%s %s %d %d %s %s", evRebalanced, id, epoch, st.moves, outcome, msg))
+	}
+	if st.recorded && msg == st.lastErr && st.moves == 0 && len(ids) == 0 {
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	defer cancel()
+	if resultScript.Exec(rctx, m.client, []string{m.k.epoch, m.k.leader},
+		[]string{strconv.FormatUint(epoch, 10), strconv.Itoa(st.moves), msg}).Error() == nil {
+		st.recorded, st.lastErr = true, msg
+	}
 }
 
 // assign balances the keys over nodes and writes the difference.
@@ -185,6 +244,13 @@ func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, nodes []Node, 
 		return fmt.Errorf("read assignment: %w", err)
 	}
 
+	if len(nodes) == 0 {
+		// Nobody to give keys to: the assignment stays as it is, so that a
+		// service that stopped and starts again with the same node IDs finds
+		// its keys where they were.
+		stats.keys = len(prev)
+		return nil
+	}
 	keys, keep := m.leaderKeys(ctx, st, prev)
 	assignment, err := Balance(prev, keys, nodes)
 	if err != nil {

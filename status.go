@@ -2,6 +2,7 @@ package dim
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
@@ -30,15 +31,24 @@ type Status struct {
 	Assignment map[string]string `json:"assignment"`
 	// Owners maps every claimed key to the node that claimed it.
 	Owners map[string]Owner `json:"owners"`
-	// Unowned lists keys assigned but not claimed by a live node: not
-	// running anywhere.
+	// Keys maps every key some node published a state for to that state:
+	// what actually runs, as the node that holds the key says.
+	Keys map[string]KeyStatus `json:"keys"`
+	// Unowned lists keys assigned but not running on any live node: not
+	// running anywhere (claimed and failing, hung or still creating
+	// included).
 	Unowned []string `json:"unowned"`
+	// AtRisk lists keys running on suspect nodes: they may be down already.
+	AtRisk []string `json:"at_risk"`
 	// Misplaced lists keys claimed by a live node they are no longer
 	// assigned to: handoffs still under way.
 	Misplaced []string `json:"misplaced"`
 	// Grace is set while no claim is granted because Redis's record of the
 	// service is absent or cannot be trusted; nil otherwise.
 	Grace *Grace `json:"grace,omitempty"`
+	// LastRebalance is the outcome of the leader's last rebalance; nil
+	// before the first one.
+	LastRebalance *LastRebalance `json:"last_rebalance,omitempty"`
 }
 
 // Grace is a grace period during which no claim is granted: nodes that
@@ -67,15 +77,35 @@ type NodeStatus struct {
 	ID string `json:"id"`
 	// Weight is the node's weight; 0 while it drains before stopping.
 	Weight int `json:"weight"`
-	// State is "active", "pending" (joined, first heartbeat not yet seen)
-	// or "draining".
+	// State is "active", "pending" (joined, first heartbeat not yet seen),
+	// "draining", or "suspect": it has not renewed its lease for more than
+	// half its node TTL, so it is probably gone, and its keys are at risk.
 	State string `json:"state"`
 	// LeaseLeft is how long the lease runs without renewal.
 	LeaseLeft time.Duration `json:"lease_left_ns"`
-	// Assigned and Running count the keys assigned to the node and those it
-	// has claimed.
+	// TTL is the node TTL the node declared.
+	TTL time.Duration `json:"ttl_ns"`
+	// Assigned counts the keys assigned to the node, Running those it says
+	// run there (createInstance returned and the instance's context is
+	// live).
 	Assigned int `json:"assigned"`
 	Running  int `json:"running"`
+}
+
+// KeyStatus is what one key is doing, as the node that holds it published
+// it.
+type KeyStatus struct {
+	Node  string   `json:"node"`
+	State KeyState `json:"state"`
+	// Live is false when the node's session is no longer live: then the
+	// state is stale and the key does not run there.
+	Live bool `json:"live"`
+	// Since is when the node entered the state, by its clock.
+	Since time.Time `json:"since"`
+	// Attempts, NextRetry and LastError describe a failing key.
+	Attempts  int       `json:"attempts,omitempty"`
+	NextRetry time.Time `json:"next_retry,omitzero"`
+	LastError string    `json:"last_error,omitempty"`
 }
 
 // Owner is who claimed a key, with the claim's fencing token.
@@ -87,9 +117,10 @@ type Owner struct {
 
 // statusScript reads everything a Status needs in one atomic step.
 //
-// KEYS: nodes sessions weights leader assign owner graceperiod
+// KEYS: nodes sessions weights leader assign owner graceperiod ttls state
 // Returns {server_ms, leader{node,session,epoch}, nodes{id,expiry,weight,
-// session…}, assign{k,v…}, owner{k,v…}, {grace_left_ms, why}}.
+// session,ttl…}, assign{k,v…}, owner{k,v…}, {grace_left_ms, why},
+// state{k,v…}}.
 var statusScript = script(`
 local nodes = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
 local out = {}
@@ -98,10 +129,12 @@ for i = 1, #nodes, 2 do
   out[#out + 1] = nodes[i + 1]
   out[#out + 1] = redis.call('HGET', KEYS[3], nodes[i]) or ''
   out[#out + 1] = redis.call('HGET', KEYS[2], nodes[i]) or ''
+  out[#out + 1] = redis.call('HGET', KEYS[8], nodes[i]) or '0'
 end
-return {now, redis.call('HMGET', KEYS[4], 'node', 'session', 'epoch'), out,
+return {now, redis.call('HMGET', KEYS[4], 'node', 'session', 'epoch', 'rb_at', 'rb_moves', 'rb_err'), out,
   redis.call('HGETALL', KEYS[5]), redis.call('HGETALL', KEYS[6]),
-  {graceLeft(KEYS[7]), redis.call('HGET', KEYS[7], 'why') or ''}}
+  {graceLeft(KEYS[7]), redis.call('HGET', KEYS[7], 'why') or ''},
+  redis.call('HGETALL', KEYS[9])}
 `)
 
 // Status reads a snapshot of the service from Redis. It may return an
@@ -127,24 +160,70 @@ func ReadStatus(ctx context.Context, client rueidis.Client, opts ...Option) (*St
 	if err != nil {
 		return nil, err
 	}
-	if st.Leader == "" && len(st.Nodes) == 0 && len(st.Assignment) == 0 && len(st.Owners) == 0 {
+	if st.Leader == "" && st.Epoch == 0 && len(st.Nodes) == 0 && len(st.Assignment) == 0 && len(st.Owners) == 0 {
 		return nil, fmt.Errorf("%w: %q has no nodes, leader or assignment in Redis", ErrUnknownService, s.service)
 	}
 	return st, nil
 }
 
 // RequestRebalance asks the leader of a service for an immediate rebalance
-// with fresh configs, without running a node. opts as for [ReadStatus].
-func RequestRebalance(ctx context.Context, client rueidis.Client, opts ...Option) error {
+// with fresh configs, without running a node, and waits for the leader's
+// answer: the moves it made, or an error wrapping [ErrRebalance] with the
+// leader's reason. opts as for [ReadStatus]. Without a leader to answer, it
+// waits until ctx ends and returns an error wrapping ctx.Err().
+func RequestRebalance(ctx context.Context, client rueidis.Client, opts ...Option) (*RebalanceResult, error) {
 	s, err := serviceSettings(opts)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	k := newKeys(s.keyPrefix, s.service)
-	if err := client.Do(ctx, client.B().Publish().Channel(k.channel).Message(evRebalance).Build()).Error(); err != nil {
-		return fmt.Errorf("%w: %w", ErrRedis, err)
+	id := randomSuffix() + randomSuffix()
+	answers := make(chan []string, 1)
+	dc, release := client.Dedicate()
+	defer release()
+	lost := dc.SetPubSubHooks(rueidis.PubSubHooks{OnMessage: func(msg rueidis.PubSubMessage) {
+		if verb, args := parseEvent(msg.Message); verb == evRebalanced && len(args) >= 4 && args[0] == id {
+			select {
+			case answers <- args:
+			default:
+			}
+		}
+	}})
+	if err := dc.Do(ctx, dc.B().Subscribe().Channel(k.channel).Build()).Error(); err != nil {
+		return nil, fmt.Errorf("%w: subscribe: %w", ErrRedis, err)
 	}
-	return nil
+	if err := client.Do(ctx, client.B().Publish().Channel(k.channel).Message(evRebalance+" "+id).Build()).Error(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrRedis, err)
+	}
+	select {
+	case args := <-answers:
+		epoch, _ := strconv.ParseUint(args[1], 10, 64)
+		moves, _ := strconv.Atoi(args[2])
+		if args[3] != "ok" {
+			return nil, fmt.Errorf("%w: the leader (epoch %d) reports: %s", ErrRebalance, epoch, strings.Join(args[4:], " "))
+		}
+		return &RebalanceResult{Epoch: epoch, Moves: moves}, nil
+	case err := <-lost:
+		return nil, fmt.Errorf("%w: subscription lost: %w", ErrRedis, err)
+	case <-ctx.Done():
+		return nil, fmt.Errorf("no leader answered the rebalance request: %w", ctx.Err())
+	}
+}
+
+// RebalanceResult is the leader's answer to [RequestRebalance].
+type RebalanceResult struct {
+	// Epoch is the epoch of the leader that rebalanced.
+	Epoch uint64 `json:"epoch"`
+	// Moves is how many keys moved between live nodes.
+	Moves int `json:"moves"`
+}
+
+// LastRebalance is the outcome of the leader's last rebalance.
+type LastRebalance struct {
+	At    time.Time `json:"at"`
+	Moves int       `json:"moves"`
+	// Error is the reason it failed, "" if it succeeded.
+	Error string `json:"error,omitempty"`
 }
 
 // serviceSettings applies options for the functions that only need to name
@@ -167,11 +246,11 @@ func serviceSettings(opts []Option) (settings, error) {
 
 func readStatus(ctx context.Context, client rueidis.Client, service string, k keys) (*Status, error) {
 	res, err := statusScript.Exec(ctx, client,
-		[]string{k.nodes, k.sessions, k.weights, k.leader, k.assign, k.owner, k.grace}, nil).ToArray()
+		[]string{k.nodes, k.sessions, k.weights, k.leader, k.assign, k.owner, k.grace, k.ttls, k.state}, nil).ToArray()
 	if err != nil {
 		return nil, fmt.Errorf("%w: read status: %w", ErrRedis, err)
 	}
-	if len(res) != 6 {
+	if len(res) != 7 {
 		return nil, fmt.Errorf("%w: read status: unexpected reply of %d values", ErrRedis, len(res))
 	}
 	now, _ := res[0].AsInt64()
@@ -180,24 +259,32 @@ func readStatus(ctx context.Context, client rueidis.Client, service string, k ke
 		ServerTime: time.UnixMilli(now).UTC(),
 		Assignment: map[string]string{},
 		Owners:     map[string]Owner{},
+		Keys:       map[string]KeyStatus{},
 	}
 
 	leader, _ := res[1].ToArray()
 	var leaderSession string
-	if len(leader) == 3 {
+	if len(leader) == 6 {
 		st.Leader, _ = leader[0].ToString()
 		leaderSession, _ = leader[1].ToString()
 		e, _ := leader[2].ToString()
 		st.Epoch, _ = strconv.ParseUint(e, 10, 64)
+		if at, err := leader[3].AsInt64(); err == nil {
+			moves, _ := leader[4].AsInt64()
+			msg, _ := leader[5].ToString()
+			st.LastRebalance = &LastRebalance{At: time.UnixMilli(at).UTC(), Moves: int(moves), Error: msg}
+		}
 	}
 
 	sessions := map[string]string{}
 	index := map[string]int{}
 	nodes, _ := res[2].AsStrSlice()
-	for i := 0; i+3 < len(nodes); i += 4 {
+	for i := 0; i+4 < len(nodes); i += 5 {
 		id := nodes[i]
 		exp, _ := strconv.ParseFloat(nodes[i+1], 64)
-		ns := NodeStatus{ID: id, State: "active", LeaseLeft: time.Duration(int64(exp)-now) * time.Millisecond}
+		ttl, _ := strconv.ParseInt(nodes[i+4], 10, 64)
+		ns := NodeStatus{ID: id, State: "active", LeaseLeft: time.Duration(int64(exp)-now) * time.Millisecond,
+			TTL: time.Duration(ttl) * time.Millisecond}
 		switch w := nodes[i+2]; w {
 		case "pending":
 			ns.State = "pending"
@@ -206,6 +293,11 @@ func readStatus(ctx context.Context, client rueidis.Client, service string, k ke
 			if ns.Weight == 0 {
 				ns.State = "draining"
 			}
+		}
+		// A healthy node renews every heartbeat, at most (TTL − margin)/2:
+		// its lease never runs below half its TTL.
+		if ns.TTL > 0 && ns.LeaseLeft < ns.TTL/2 {
+			ns.State = "suspect"
 		}
 		sessions[id] = nodes[i+3]
 		index[id] = len(st.Nodes)
@@ -227,22 +319,40 @@ func readStatus(ctx context.Context, client rueidis.Client, service string, k ke
 		st.Owners[key] = Owner{Node: f[0], Token: token, Live: sessions[f[0]] == f[1]}
 	}
 
+	states, _ := res[6].AsStrMap()
+	for key, v := range states {
+		var r keyRecord
+		if json.Unmarshal([]byte(v), &r) != nil {
+			continue
+		}
+		ks := KeyStatus{Node: r.Node, State: r.State, Live: sessions[r.Node] == r.Session && r.Session != "",
+			Since: time.UnixMilli(r.Since).UTC(), Attempts: r.Attempts, LastError: r.Err}
+		if r.Retry > 0 {
+			ks.NextRetry = time.UnixMilli(r.Retry).UTC()
+		}
+		st.Keys[key] = ks
+	}
 	for key, node := range st.Assignment {
 		if i, ok := index[node]; ok {
 			st.Nodes[i].Assigned++
 		}
-		if o, ok := st.Owners[key]; !ok || !o.Live {
+		if ks, ok := st.Keys[key]; !ok || !ks.Live || ks.State != KeyRunning {
 			st.Unowned = append(st.Unowned, key)
 		}
 	}
-	for key, o := range st.Owners {
-		if !o.Live {
+	for key, ks := range st.Keys {
+		if !ks.Live || ks.State != KeyRunning {
 			continue
 		}
-		if i, ok := index[o.Node]; ok {
+		if i, ok := index[ks.Node]; ok {
 			st.Nodes[i].Running++
+			if st.Nodes[i].State == "suspect" {
+				st.AtRisk = append(st.AtRisk, key)
+			}
 		}
-		if st.Assignment[key] != o.Node {
+	}
+	for key, o := range st.Owners {
+		if o.Live && st.Assignment[key] != o.Node {
 			st.Misplaced = append(st.Misplaced, key)
 		}
 	}
@@ -254,6 +364,7 @@ func readStatus(ctx context.Context, client rueidis.Client, service string, k ke
 		}
 	}
 	slices.Sort(st.Unowned)
+	slices.Sort(st.AtRisk)
 	slices.Sort(st.Misplaced)
 	slices.SortFunc(st.Nodes, func(a, b NodeStatus) int { return strings.Compare(a.ID, b.ID) })
 	return st, nil

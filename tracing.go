@@ -64,7 +64,8 @@ var (
 type telemetry struct {
 	tracer trace.Tracer
 	log    *slog.Logger
-	base   []attribute.KeyValue
+	base   []attribute.KeyValue // of spans: the service and the node
+	mbase  []attribute.KeyValue // of metrics: the service, and the node if asked for
 
 	linksMu sync.Mutex
 	links   []trace.Link // rebalances that changed this node's keys
@@ -80,6 +81,7 @@ type telemetry struct {
 	fences         metric.Int64Counter
 	configFails    metric.Int64Counter
 	unowned        metric.Int64Gauge
+	unknown        metric.Int64Gauge
 	misplaced      metric.Int64Gauge
 	rebalanceTime  metric.Float64Histogram
 	reconcileTime  metric.Float64Histogram
@@ -100,6 +102,10 @@ func newTelemetry(s settings, log *slog.Logger) *telemetry {
 		tracer: tp.Tracer(instrumentationName),
 		log:    log,
 		base:   []attribute.KeyValue{attrService.String(s.service), attrNode.String(s.nodeID)},
+		mbase:  []attribute.KeyValue{attrService.String(s.service)},
+	}
+	if s.nodeMetrics {
+		t.mbase = append(t.mbase, attrNode.String(s.nodeID))
 	}
 	// Instrument constructors return a no-op instrument with their error, so
 	// the errors are safe to ignore: metrics never stop dim.
@@ -114,6 +120,7 @@ func newTelemetry(s settings, log *slog.Logger) *telemetry {
 	t.fences, _ = meter.Int64Counter("dim.fences", metric.WithDescription("Times this node fenced itself and stopped all its instances."))
 	t.configFails, _ = meter.Int64Counter("dim.config.failures", metric.WithDescription("Failed getConfig calls."))
 	t.unowned, _ = meter.Int64Gauge("dim.keys.unowned", metric.WithDescription("On the leader: keys assigned but not claimed by any live node."))
+	t.unknown, _ = meter.Int64Gauge("dim.keys.unknown", metric.WithDescription("Keys assigned to this node that its getConfig does not return: they cannot run here."))
 	t.misplaced, _ = meter.Int64Gauge("dim.keys.misplaced", metric.WithDescription("On the leader: keys claimed by a live node they are not assigned to."))
 	t.rebalanceTime, _ = meter.Float64Histogram("dim.rebalance.duration", metric.WithUnit(metricSecondUnit), metric.WithDescription("Duration of rebalances."))
 	t.reconcileTime, _ = meter.Float64Histogram("dim.reconcile.duration", metric.WithUnit(metricSecondUnit), metric.WithDescription("Duration of reconciles."))
@@ -123,7 +130,7 @@ func newTelemetry(s settings, log *slog.Logger) *telemetry {
 }
 
 func (t *telemetry) attrs(extra ...attribute.KeyValue) metric.MeasurementOption {
-	return metric.WithAttributes(append(t.base[:len(t.base):len(t.base)], extra...)...)
+	return metric.WithAttributes(append(t.mbase[:len(t.mbase):len(t.mbase)], extra...)...)
 }
 
 func (t *telemetry) start(ctx context.Context, name string, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
@@ -320,6 +327,10 @@ func (t *telemetry) configFailed(ctx context.Context) {
 
 func (t *telemetry) setInstances(n int) {
 	t.instances.Record(context.Background(), int64(n), t.attrs())
+}
+
+func (t *telemetry) setUnknown(n int) {
+	t.unknown.Record(context.Background(), int64(n), t.attrs())
 }
 
 func (t *telemetry) setPending(unowned, misplaced int) {

@@ -30,9 +30,11 @@ func writeStatus(w io.Writer, st *dim.Status) error {
 		leader = st.Leader + " (not live: its lease ran out or it rejoined; a new leader takes over)"
 	}
 	running := 0
-	for _, o := range st.Owners {
-		if o.Live {
+	runs := map[string][]string{}
+	for key, ks := range st.Keys {
+		if ks.Live && ks.State == dim.KeyRunning {
 			running++
+			runs[ks.Node] = append(runs[ks.Node], key)
 		}
 	}
 	fmt.Fprintf(tw, "service\t%s\n", st.Service)
@@ -59,12 +61,6 @@ func writeStatus(w io.Writer, st *dim.Status) error {
 				n.ID, n.Weight, n.State, roundLease(n.LeaseLeft), n.Assigned, n.Running)
 		}
 
-		runs := map[string][]string{}
-		for key, o := range st.Owners {
-			if o.Live {
-				runs[o.Node] = append(runs[o.Node], key)
-			}
-		}
 		fmt.Fprintln(tw)
 		fmt.Fprintln(tw, "INSTANCES")
 		for _, n := range nodes {
@@ -75,8 +71,21 @@ func writeStatus(w io.Writer, st *dim.Status) error {
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "PENDING")
 	fmt.Fprintf(tw, "unowned\t%d\t%s\n", len(st.Unowned), list(st.Unowned, func(key string) string {
-		return key + " (to " + st.Assignment[key] + ")"
+		ks, ok := st.Keys[key]
+		if !ok || !ks.Live || ks.Node != st.Assignment[key] {
+			return key + " (to " + st.Assignment[key] + ")"
+		}
+		why := string(ks.State)
+		if ks.LastError != "" {
+			why += ": " + ks.LastError
+		}
+		return key + " (" + st.Assignment[key] + ", " + why + ")"
 	}))
+	if len(st.AtRisk) > 0 {
+		fmt.Fprintf(tw, "at risk\t%d\t%s\n", len(st.AtRisk), list(st.AtRisk, func(key string) string {
+			return key + " (on suspect " + st.Keys[key].Node + ")"
+		}))
+	}
 	fmt.Fprintf(tw, "misplaced\t%d\t%s\n", len(st.Misplaced), list(st.Misplaced, func(key string) string {
 		return key + " (" + st.Owners[key].Node + " to " + st.Assignment[key] + ")"
 	}))
@@ -122,6 +131,10 @@ func writeJSON(w io.Writer, st *dim.Status) error {
 	out := *st
 	out.Nodes = orEmpty(sortedNodes(st.Nodes))
 	out.Unowned = orEmpty(slices.Sorted(slices.Values(st.Unowned)))
+	out.AtRisk = orEmpty(slices.Sorted(slices.Values(st.AtRisk)))
+	if out.Keys == nil {
+		out.Keys = map[string]dim.KeyStatus{}
+	}
 	out.Misplaced = orEmpty(slices.Sorted(slices.Values(st.Misplaced)))
 	if out.Assignment == nil {
 		out.Assignment = map[string]string{}

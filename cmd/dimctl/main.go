@@ -320,9 +320,9 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && info.Mode()&os.ModeCharDevice != 0
 }
 
-// rebalance asks the leader for a rebalance. It reads the status first: a
-// request to a service that does not exist, or has no live leader, would go
-// unheard without a word.
+// rebalance asks the leader for a rebalance and waits for its answer. It
+// reads the status first: a request to a service that does not exist, or has
+// no live leader, would go unheard without a word.
 func (o *options) rebalance(ctx context.Context, client rueidis.Client, stdout io.Writer) error {
 	st, err := o.readStatus(ctx, client)
 	if err != nil {
@@ -333,10 +333,14 @@ func (o *options) rebalance(ctx context.Context, client rueidis.Client, stdout i
 	}
 	rctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	if err := dim.RequestRebalance(rctx, client, o.dimOptions()...); err != nil {
+	res, err := dim.RequestRebalance(rctx, client, o.dimOptions()...)
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("leader %s did not answer the rebalance request within %v (see -timeout)", st.Leader, o.timeout)
+	}
+	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(stdout, "rebalance of %q requested from leader %s (epoch %d)\n", o.service, st.Leader, st.Epoch)
+	_, err = fmt.Fprintf(stdout, "rebalanced %q: leader epoch %d moved %d keys\n", o.service, res.Epoch, res.Moves)
 	return err
 }
 

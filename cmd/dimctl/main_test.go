@@ -180,10 +180,10 @@ func TestAgainstALiveService(t *testing.T) {
 		assert.Equal(t, 0, code, errOut.String())
 	})
 
-	t.Run("rebalance asks the leader and says so", func(t *testing.T) {
+	t.Run("rebalance waits for the leader and reports its moves", func(t *testing.T) {
 		code, out, errOut := dimctl(t, args("rebalance", "svc")...)
 		require.Equal(t, 0, code, errOut)
-		assert.Equal(t, fmt.Sprintf("rebalance of \"svc\" requested from leader %s (epoch %d)\n", want.Leader, want.Epoch), out)
+		assert.Equal(t, fmt.Sprintf("rebalanced \"svc\": leader epoch %d moved 0 keys\n", want.Epoch), out)
 	})
 
 	for _, tc := range []struct {
@@ -389,6 +389,11 @@ func TestWriteStatusIsSortedAndCompact(t *testing.T) {
 	many["x"], owners["x"] = "n1", dim.Owner{Node: "n2", Token: 20, Live: true}
 	many["y"] = "n1"
 	owners["z"] = dim.Owner{Node: "gone", Token: 21}
+	// What runs is what the nodes say runs.
+	keys := map[string]dim.KeyStatus{}
+	for key, o := range owners {
+		keys[key] = dim.KeyStatus{Node: o.Node, State: dim.KeyRunning, Live: o.Live}
+	}
 
 	for _, tc := range []struct {
 		name string
@@ -407,6 +412,7 @@ func TestWriteStatusIsSortedAndCompact(t *testing.T) {
 				},
 				Assignment: many,
 				Owners:     owners,
+				Keys:       keys,
 				Unowned:    []string{"y"},
 				Misplaced:  []string{"x"},
 			},

@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-dim/dim"
 	"github.com/go-dim/dim/internal/faultproxy"
 	"github.com/go-dim/dim/internal/redistest"
 	"github.com/redis/rueidis"
@@ -308,8 +307,10 @@ func (c *Cluster) SetConfigs(cfgs []Config) {
 	}
 	c.Log(Event{Kind: Configs, Keys: c.Keys()})
 	if c.client != nil {
+		// Fire and forget, as an operator's script might: the driver does
+		// not wait for the leader's answer.
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-		_ = dim.RequestRebalance(ctx, c.client, dim.WithService(Service))
+		_ = c.client.Do(ctx, c.client.B().Publish().Channel("dim:{"+Service+"}:events").Message("rebalance").Build()).Error()
 		cancel()
 	}
 }

@@ -1,0 +1,153 @@
+package dim
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-dim/dim/internal/redistest"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// status reads the service's status from the test's own client.
+func (c *testCluster) status() *Status {
+	c.t.Helper()
+	st, err := ReadStatus(context.Background(), c.srv.Client(c.t), WithService(c.service))
+	require.NoError(c.t, err)
+	return st
+}
+
+func TestStatusCountsOnlyWhatRuns(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 3)
+	c.createErr.Store("cfg-01", func() error { return errors.New("upstream refused the login") })
+	hang := make(chan struct{})
+	defer close(hang)
+	c.createErr.Store("cfg-02", func() error { <-hang; return nil })
+	c.start("n1")
+	var st *Status
+	c.eventually(10*time.Second, "cfg-00 running, cfg-01 failing and cfg-02 hung", func() bool {
+		st = c.status()
+		return st.Keys["cfg-00"].State == KeyRunning && st.Keys["cfg-01"].State == KeyFailing &&
+			st.Keys["cfg-02"].State == KeyHung
+	})
+	assert.Equal(t, []string{"cfg-01", "cfg-02"}, st.Unowned, "a claimed key that does not run is not running")
+	require.Len(t, st.Nodes, 1)
+	assert.Equal(t, 3, st.Nodes[0].Assigned)
+	assert.Equal(t, 1, st.Nodes[0].Running)
+	f := st.Keys["cfg-01"]
+	assert.Equal(t, "n1", f.Node)
+	assert.True(t, f.Live)
+	assert.Contains(t, f.LastError, "upstream refused the login")
+	assert.Positive(t, f.Attempts)
+	assert.False(t, f.NextRetry.IsZero())
+}
+
+func TestACrashedNodeIsSuspectAndItsKeysAtRiskBeforeItsLeaseEnds(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 4)
+	c.start("n1")
+	c.start("n2")
+	c.waitConverged(10*time.Second, "n1", "n2")
+	c.eventually(5*time.Second, "every key shown running", func() bool { return len(c.status().Unowned) == 0 })
+	c.crash("n2")
+	var st *Status
+	c.eventually(testTTL, "n2 suspect while its lease still runs", func() bool {
+		st = c.status()
+		i := slices.IndexFunc(st.Nodes, func(n NodeStatus) bool { return n.ID == "n2" })
+		return i >= 0 && st.Nodes[i].State == "suspect"
+	})
+	assert.Len(t, st.AtRisk, 2, "the keys running on a suspect node are at risk: %+v", st.Keys)
+	for _, key := range st.AtRisk {
+		assert.Equal(t, "n2", st.Keys[key].Node)
+	}
+	c.waitConverged(5*time.Second, "n1")
+}
+
+func TestAKeyMissingFromANodesConfigsIsReported(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 4)
+	c.start("n1")
+	c.waitConverged(10*time.Second, "n1")
+	// A rolling deploy in which the new replica's config source does not
+	// have these keys yet.
+	n2 := c.newNode("n2")
+	n2.m.getConfig = func(context.Context) ([]testConfig, error) { return nil, nil }
+	c.startNode(n2)
+	var st *Status
+	c.eventually(5*time.Second, "n2's keys reported unknown", func() bool {
+		st = c.status()
+		n := 0
+		for key, node := range st.Assignment {
+			if node == "n2" && st.Keys[key].State == KeyUnknown && st.Keys[key].Node == "n2" {
+				n++
+			}
+		}
+		return n == 2
+	})
+	assert.Len(t, st.Unowned, 2, "keys that cannot run where they are assigned do not run")
+}
+
+func TestWithoutALoggerFailuresGoToTheDefaultLogger(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	logs := &logBuffer{}
+	prev := slog.Default()
+	slog.SetDefault(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	defer slog.SetDefault(prev)
+
+	srv := redistest.Start(t)
+	get := func(context.Context) ([]string, error) { return []string{"a", "b", "a"}, nil }
+	create := func(context.Context, string) (string, error) { return "", nil }
+	m, err := New(get, create, WithService("quiet"), WithRedis(srv.ClientOption()), WithKey(func(s string) string { return s }),
+		WithNodeTTL(testTTL), WithHeartbeat(testHeartbeat), WithConfigRefreshSchedule("@every 1s"))
+	require.NoError(t, err)
+	require.NoError(t, m.Start(context.Background()))
+	defer func() { _ = m.Stop(context.Background()) }()
+	eventually(t, 5*time.Second, "the duplicate key logged", func() bool {
+		return strings.Contains(logs.String(), "duplicate config key")
+	})
+	assert.NotContains(t, logs.String(), "level=INFO", "only Warn and above by default")
+	assert.NotContains(t, logs.String(), "level=DEBUG")
+
+	quiet := &logBuffer{}
+	slog.SetDefault(slog.New(slog.NewTextHandler(quiet, nil)))
+	m2, err := New(get, create, WithService("quiet2"), WithRedis(srv.ClientOption()), WithLogger(nil),
+		WithKey(func(s string) string { return s }), WithNodeTTL(testTTL), WithHeartbeat(testHeartbeat))
+	require.NoError(t, err)
+	require.NoError(t, m2.Start(context.Background()))
+	require.NoError(t, m2.Stop(context.Background()))
+	assert.Empty(t, quiet.String(), "WithLogger(nil) silences dim")
+}
+
+func TestMetricsLeaveTheNodeToTheResourceUnlessAskedFor(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 2)
+	plain, tagged := newObserved(t), newObserved(t)
+	c.start("n1", plain.options()...)
+	c.start("n2", append(tagged.options(), WithNodeMetricAttribute())...)
+	c.waitConverged(10*time.Second, "n1", "n2")
+	c.eventually(5*time.Second, "both nodes report their instances", func() bool {
+		a, okA := plain.metric(t, "dim.instances")
+		b, okB := tagged.metric(t, "dim.instances")
+		return okA && okB && a == 1 && b == 1
+	})
+	_, found := plain.metric(t, "dim.instances", attrNode.String("n1"))
+	assert.False(t, found, "dim.node is not a metric attribute by default")
+	_, found = tagged.metric(t, "dim.instances", attrNode.String("n2"))
+	assert.True(t, found, "WithNodeMetricAttribute adds dim.node")
+}
