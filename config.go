@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"sync"
 	"time"
 )
 
@@ -183,6 +184,7 @@ func (m *Manager[C, I]) nodeConfigs(ctx context.Context, assigned map[string]boo
 	if err != nil {
 		m.log.Error("cannot refresh configs; keeping what runs", "err", err)
 		m.tel.configFailed(ctx)
+		m.cfgErrs.report(ctx, m, err, len(assigned))
 		m.configsStale.Store(true)
 		m.tab.retryAt = time.Now().Add(m.configBackoff.next())
 		if m.configs == nil {
@@ -192,6 +194,7 @@ func (m *Manager[C, I]) nodeConfigs(ctx context.Context, assigned map[string]boo
 		return m.configs
 	}
 	m.configBackoff.reset()
+	m.cfgErrs.report(ctx, m, nil, 0)
 	m.withSums(ctx, configs, assigned)
 	m.configs, m.configsAt = configs, time.Now()
 	return configs
@@ -210,4 +213,46 @@ func fingerprint[C any](configs map[string]config[C]) string {
 		fmt.Fprintf(h, "%d:%s=%s;", len(k), k, configs[k].sum)
 	}
 	return hex.EncodeToString(h.Sum(nil)[:8])
+}
+
+// configErrors publishes this node's last getConfig failure where Status
+// reads it, when it changes: a failure, or the success after one.
+type configErrors struct {
+	mu   sync.Mutex
+	last string
+}
+
+func (c *configErrors) report(ctx context.Context, m interface {
+	publishConfigError(context.Context, string, int) error
+}, err error, kept int) {
+	msg := ""
+	if err != nil {
+		msg = shortError(err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if msg == c.last {
+		return
+	}
+	if m.publishConfigError(ctx, msg, kept) == nil {
+		c.last = msg
+	}
+}
+
+// publishConfigError writes or clears this node's config error.
+func (m *Manager[C, I]) publishConfigError(ctx context.Context, msg string, kept int) error {
+	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	defer cancel()
+	if msg == "" {
+		return m.client.Do(ctx, m.client.B().Hdel().Key(m.k.cfgErr).Field(m.s.nodeID).Build()).Error()
+	}
+	b, _ := json.Marshal(configError{Err: msg, At: time.Now().UnixMilli(), Kept: kept})
+	return m.client.Do(ctx, m.client.B().Hset().Key(m.k.cfgErr).FieldValue().FieldValue(m.s.nodeID, string(b)).Build()).Error()
+}
+
+// configError is a node's published getConfig failure.
+type configError struct {
+	Err  string `json:"e"`
+	At   int64  `json:"t"` // unix ms, the node's clock
+	Kept int    `json:"k"` // keys assigned to the node, kept as they were
 }

@@ -88,6 +88,7 @@ type Manager[C, I any] struct {
 	maxTTLSeen atomic.Int64 // largest node TTL declared in the service, ms
 
 	requests    requestSet    // rebalance requests waiting for the leader's answer
+	cfgErrs     configErrors  // what Status shows of this node's getConfig
 	deadLeader  atomic.Uint64 // epoch of a dead leader seen by the last leader check
 	noIDsLogged atomic.Bool
 

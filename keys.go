@@ -31,6 +31,7 @@ import (
 //	<p>:fence      STRING the last token handed out
 //	<p>:state      HASH  key → what the node that holds it says it does:
 //	                     JSON {"n":node,"s":session,"st":state,…}
+//	<p>:cfgerr     HASH  node → its last failed getConfig, JSON {"e","t","k"}
 //	<p>:lock:…     rueidislock's leader lock
 //	<p>:events     the service's pub/sub channel
 //
@@ -52,6 +53,7 @@ type keys struct {
 	owner    string
 	fence    string
 	state    string
+	cfgErr   string
 	lock     string
 	channel  string
 }
@@ -75,6 +77,7 @@ func newKeys(keyPrefix, service string) keys {
 		owner:    p + ":owner",
 		fence:    p + ":fence",
 		state:    p + ":state",
+		cfgErr:   p + ":cfgerr",
 		lock:     p + ":lock",
 		channel:  p + ":events",
 	}
@@ -300,7 +303,7 @@ return 1
 
 // leaveScript ends a node's membership if its session is still current.
 //
-// KEYS: nodes sessions weights ttls
+// KEYS: nodes sessions weights ttls cfgerr
 // ARGV: node session channel
 var leaveScript = script(`
 if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
@@ -308,6 +311,7 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
 redis.call('PUBLISH', ARGV[3], 'leave ' .. ARGV[1])
 return 1
 `)
@@ -315,7 +319,7 @@ return 1
 // membersScript drops expired members (announcing them as left) and lists
 // the live ones.
 //
-// KEYS: nodes sessions weights ttls
+// KEYS: nodes sessions weights ttls cfgerr
 // ARGV: channel
 // Returns {server_ms, node, expiry_ms, weight, node, …}.
 var membersScript = script(`
@@ -326,6 +330,7 @@ if #dead > 0 then
     redis.call('HDEL', KEYS[2], n)
     redis.call('HDEL', KEYS[3], n)
     redis.call('HDEL', KEYS[4], n)
+    redis.call('HDEL', KEYS[5], n)
   end
   redis.call('PUBLISH', ARGV[1], 'leave ' .. table.concat(dead, ' '))
 end

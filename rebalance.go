@@ -283,6 +283,7 @@ func (m *Manager[C, I]) leaderKeys(ctx context.Context, st *leaderState, prev As
 	if err != nil {
 		m.log.Error("cannot read configs; keeping the current assignment", "err", err)
 		m.tel.configFailed(ctx)
+		m.cfgErrs.report(ctx, m, err, len(prev))
 		if st.keys != nil {
 			return st.keys, true
 		}
@@ -291,6 +292,7 @@ func (m *Manager[C, I]) leaderKeys(ctx context.Context, st *leaderState, prev As
 		}
 		return keys, true
 	}
+	m.cfgErrs.report(ctx, m, nil, 0)
 	keys = make([]string, 0, len(configs))
 	for key := range configs {
 		keys = append(keys, key)

@@ -85,6 +85,12 @@ type NodeStatus struct {
 	LeaseLeft time.Duration `json:"lease_left_ns"`
 	// TTL is the node TTL the node declared.
 	TTL time.Duration `json:"ttl_ns"`
+	// ConfigError is the node's last failed getConfig, "" once one
+	// succeeds again; while it fails the node keeps ConfigErrorKeys keys as
+	// they were (nothing new starts or stops for them).
+	ConfigError     string    `json:"config_error,omitempty"`
+	ConfigErrorAt   time.Time `json:"config_error_at,omitzero"`
+	ConfigErrorKeys int       `json:"config_error_keys,omitempty"`
 	// Assigned counts the keys assigned to the node, Running those it says
 	// run there (createInstance returned and the instance's context is
 	// live).
@@ -117,9 +123,9 @@ type Owner struct {
 
 // statusScript reads everything a Status needs in one atomic step.
 //
-// KEYS: nodes sessions weights leader assign owner graceperiod ttls state
+// KEYS: nodes sessions weights leader assign owner graceperiod ttls state cfgerr
 // Returns {server_ms, leader{node,session,epoch}, nodes{id,expiry,weight,
-// session,ttl…}, assign{k,v…}, owner{k,v…}, {grace_left_ms, why},
+// session,ttl,cfgerr…}, assign{k,v…}, owner{k,v…}, {grace_left_ms, why},
 // state{k,v…}}.
 var statusScript = script(`
 local nodes = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
@@ -130,6 +136,7 @@ for i = 1, #nodes, 2 do
   out[#out + 1] = redis.call('HGET', KEYS[3], nodes[i]) or ''
   out[#out + 1] = redis.call('HGET', KEYS[2], nodes[i]) or ''
   out[#out + 1] = redis.call('HGET', KEYS[8], nodes[i]) or '0'
+  out[#out + 1] = redis.call('HGET', KEYS[10], nodes[i]) or ''
 end
 return {now, redis.call('HMGET', KEYS[4], 'node', 'session', 'epoch', 'rb_at', 'rb_moves', 'rb_err'), out,
   redis.call('HGETALL', KEYS[5]), redis.call('HGETALL', KEYS[6]),
@@ -246,7 +253,7 @@ func serviceSettings(opts []Option) (settings, error) {
 
 func readStatus(ctx context.Context, client rueidis.Client, service string, k keys) (*Status, error) {
 	res, err := statusScript.Exec(ctx, client,
-		[]string{k.nodes, k.sessions, k.weights, k.leader, k.assign, k.owner, k.grace, k.ttls, k.state}, nil).ToArray()
+		[]string{k.nodes, k.sessions, k.weights, k.leader, k.assign, k.owner, k.grace, k.ttls, k.state, k.cfgErr}, nil).ToArray()
 	if err != nil {
 		return nil, fmt.Errorf("%w: read status: %w", ErrRedis, err)
 	}
@@ -279,7 +286,7 @@ func readStatus(ctx context.Context, client rueidis.Client, service string, k ke
 	sessions := map[string]string{}
 	index := map[string]int{}
 	nodes, _ := res[2].AsStrSlice()
-	for i := 0; i+4 < len(nodes); i += 5 {
+	for i := 0; i+5 < len(nodes); i += 6 {
 		id := nodes[i]
 		exp, _ := strconv.ParseFloat(nodes[i+1], 64)
 		ttl, _ := strconv.ParseInt(nodes[i+4], 10, 64)
@@ -292,6 +299,12 @@ func readStatus(ctx context.Context, client rueidis.Client, service string, k ke
 			ns.Weight, _ = strconv.Atoi(w)
 			if ns.Weight == 0 {
 				ns.State = "draining"
+			}
+		}
+		if v := nodes[i+5]; v != "" {
+			var ce configError
+			if json.Unmarshal([]byte(v), &ce) == nil {
+				ns.ConfigError, ns.ConfigErrorAt, ns.ConfigErrorKeys = ce.Err, time.UnixMilli(ce.At).UTC(), ce.Kept
 			}
 		}
 		// A healthy node renews every heartbeat, at most (TTL − margin)/2:

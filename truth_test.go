@@ -151,3 +151,32 @@ func TestMetricsLeaveTheNodeToTheResourceUnlessAskedFor(t *testing.T) {
 	_, found = tagged.metric(t, "dim.instances", attrNode.String("n2"))
 	assert.True(t, found, "WithNodeMetricAttribute adds dim.node")
 }
+
+func TestAFailingGetConfigShowsInStatusUntilItRecovers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 3)
+	c.start("n1")
+	c.waitConverged(10*time.Second, "n1")
+	broken := errors.New("config service: 503 Service Unavailable")
+	c.getConfErr.Store(&broken)
+	var n NodeStatus
+	c.eventually(5*time.Second, "the error in Status", func() bool {
+		st := c.status()
+		if len(st.Nodes) != 1 {
+			return false
+		}
+		n = st.Nodes[0]
+		return n.ConfigError != ""
+	})
+	assert.Contains(t, n.ConfigError, "503 Service Unavailable")
+	assert.Equal(t, 3, n.ConfigErrorKeys, "the keys kept as they were")
+	assert.False(t, n.ConfigErrorAt.IsZero())
+	assert.True(t, c.converged("n1"), "what runs keeps running")
+	c.getConfErr.Store(nil)
+	c.eventually(5*time.Second, "the error gone once getConfig works", func() bool {
+		st := c.status()
+		return len(st.Nodes) == 1 && st.Nodes[0].ConfigError == ""
+	})
+}

@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/go-dim/dim"
 )
@@ -25,9 +27,9 @@ func writeStatus(w io.Writer, st *dim.Status) error {
 	leader := "none"
 	switch {
 	case st.Leader != "" && st.LeaderLive:
-		leader = st.Leader + " (live)"
+		leader = quote(st.Leader) + " (live)"
 	case st.Leader != "":
-		leader = st.Leader + " (not live: its lease ran out or it rejoined; a new leader takes over)"
+		leader = quote(st.Leader) + " (not live: its lease ran out or it rejoined; a new leader takes over)"
 	}
 	running := 0
 	runs := map[string][]string{}
@@ -37,7 +39,7 @@ func writeStatus(w io.Writer, st *dim.Status) error {
 			runs[ks.Node] = append(runs[ks.Node], key)
 		}
 	}
-	fmt.Fprintf(tw, "service\t%s\n", st.Service)
+	fmt.Fprintf(tw, "service\t%s\n", quote(st.Service))
 	fmt.Fprintf(tw, "leader\t%s\n", leader)
 	fmt.Fprintf(tw, "epoch\t%d\n", st.Epoch)
 	fmt.Fprintf(tw, "keys\t%d assigned, %d running\n", len(st.Assignment), running)
@@ -58,13 +60,27 @@ func writeStatus(w io.Writer, st *dim.Status) error {
 		fmt.Fprintln(tw, "NODE\tWEIGHT\tSTATE\tLEASE LEFT\tASSIGNED\tRUNNING")
 		for _, n := range nodes {
 			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\n",
-				n.ID, n.Weight, n.State, roundLease(n.LeaseLeft), n.Assigned, n.Running)
+				quote(n.ID), n.Weight, n.State, roundLease(n.LeaseLeft), n.Assigned, n.Running)
 		}
 
+		var failing []dim.NodeStatus
+		for _, n := range nodes {
+			if n.ConfigError != "" {
+				failing = append(failing, n)
+			}
+		}
+		if len(failing) > 0 {
+			fmt.Fprintln(tw)
+			fmt.Fprintln(tw, "GETCONFIG FAILING")
+			for _, n := range failing {
+				fmt.Fprintf(tw, "%s\tsince %s, %d keys kept as they were: %s\n", quote(n.ID),
+					n.ConfigErrorAt.UTC().Format("15:04:05"), n.ConfigErrorKeys, quote(n.ConfigError))
+			}
+		}
 		fmt.Fprintln(tw)
 		fmt.Fprintln(tw, "INSTANCES")
 		for _, n := range nodes {
-			fmt.Fprintf(tw, "%s\t%s\n", n.ID, list(runs[n.ID], nil))
+			fmt.Fprintf(tw, "%s\t%s\n", quote(n.ID), list(runs[n.ID], nil))
 		}
 	}
 
@@ -73,21 +89,21 @@ func writeStatus(w io.Writer, st *dim.Status) error {
 	fmt.Fprintf(tw, "unowned\t%d\t%s\n", len(st.Unowned), list(st.Unowned, func(key string) string {
 		ks, ok := st.Keys[key]
 		if !ok || !ks.Live || ks.Node != st.Assignment[key] {
-			return key + " (to " + st.Assignment[key] + ")"
+			return quote(key) + " (to " + quote(st.Assignment[key]) + ")"
 		}
 		why := string(ks.State)
 		if ks.LastError != "" {
-			why += ": " + ks.LastError
+			why += ": " + quote(ks.LastError)
 		}
-		return key + " (" + st.Assignment[key] + ", " + why + ")"
+		return quote(key) + " (" + quote(st.Assignment[key]) + ", " + why + ")"
 	}))
 	if len(st.AtRisk) > 0 {
 		fmt.Fprintf(tw, "at risk\t%d\t%s\n", len(st.AtRisk), list(st.AtRisk, func(key string) string {
-			return key + " (on suspect " + st.Keys[key].Node + ")"
+			return quote(key) + " (on suspect " + quote(st.Keys[key].Node) + ")"
 		}))
 	}
 	fmt.Fprintf(tw, "misplaced\t%d\t%s\n", len(st.Misplaced), list(st.Misplaced, func(key string) string {
-		return key + " (" + st.Owners[key].Node + " to " + st.Assignment[key] + ")"
+		return quote(key) + " (" + quote(st.Owners[key].Node) + " to " + quote(st.Assignment[key]) + ")"
 	}))
 	return tw.Flush()
 }
@@ -99,16 +115,30 @@ func list(keys []string, show func(string) string) string {
 		return "-"
 	}
 	keys = slices.Sorted(slices.Values(keys))
-	shown := keys[:min(len(keys), maxListed)]
-	if show != nil {
-		shown = slices.Clone(shown)
-		for i, k := range shown {
+	shown := slices.Clone(keys[:min(len(keys), maxListed)])
+	for i, k := range shown {
+		if show != nil {
 			shown[i] = show(k)
+		} else {
+			shown[i] = quote(k)
 		}
 	}
 	s := strings.Join(shown, ", ")
 	if more := len(keys) - len(shown); more > 0 {
 		s += fmt.Sprintf(", … (%d more)", more)
+	}
+	return s
+}
+
+// quote shows a name or message as it is when every character is printable,
+// and Go-quoted otherwise: keys come from the user's key function, and a
+// newline or a terminal escape in one must neither forge lines of the output
+// nor reach the operator's terminal.
+func quote(s string) string {
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return strconv.Quote(s)
+		}
 	}
 	return s
 }

@@ -9,7 +9,9 @@
 //
 // The commands are status, watch and rebalance; `dimctl -h` lists the flags.
 // dimctl exits 0 on success, 1 when Redis or the service is not as expected,
-// and 2 on bad usage.
+// 2 on bad usage, and 3 when status finds the service unhealthy: keys not
+// running, suspect nodes or a failed last rebalance, for longer than
+// -down-after (so that it can serve as a health probe).
 package main
 
 import (
@@ -22,6 +24,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -32,9 +35,10 @@ import (
 
 // Exit codes.
 const (
-	exitOK      = 0
-	exitFailure = 1
-	exitUsage   = 2
+	exitOK        = 0
+	exitFailure   = 1
+	exitUsage     = 2
+	exitUnhealthy = 3
 )
 
 // passwordEnv names the environment variable read when -password is not
@@ -47,7 +51,8 @@ Shows and steers a dim service through the Redis it coordinates in.
 
 Commands:
   status     leader, epoch, live nodes, the instances each node runs, and the
-             keys not yet running where they are assigned
+             keys not yet running where they are assigned; exits 3 when keys
+             are down, nodes suspect or the last rebalance failed
   watch      status, redrawn every -interval until Ctrl-C
   rebalance  ask the service's leader to rebalance now
 
@@ -71,8 +76,9 @@ type options struct {
 	json     bool
 	timeout  time.Duration
 	interval time.Duration
-	count    int
-	user     string
+	count     int
+	downAfter time.Duration
+	user      string
 	password string
 	tls      bool
 
@@ -109,6 +115,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "rebalance":
 		err = o.rebalance(ctx, client, stdout)
 	}
+	var sick *unhealthy
+	if errors.As(err, &sick) {
+		fmt.Fprintf(stderr, "dimctl: %s\n", sick)
+		return exitUnhealthy
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "dimctl: %s\n", o.describe(err))
 		return exitFailure
@@ -128,6 +139,7 @@ func newFlagSet() (*flag.FlagSet, *options) {
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "bound on connecting and on each Redis call")
 	fs.DurationVar(&o.interval, "interval", time.Second, "watch: time between refreshes")
 	fs.IntVar(&o.count, "count", 0, "watch: stop after `N` refreshes; 0 means until interrupted")
+	fs.DurationVar(&o.downAfter, "down-after", 5*time.Second, "status: how long a key must stay not running, or a node suspect, before it counts as down (exit 3); a handoff takes milliseconds")
 	fs.StringVar(&o.user, "user", "", "Redis ACL user `name`")
 	fs.StringVar(&o.password, "password", "", "Redis `password` (default $"+passwordEnv+")")
 	fs.BoolVar(&o.tls, "tls", false, "connect with TLS, verifying the server against the system's roots")
@@ -189,6 +201,9 @@ func (o *options) parse(fs *flag.FlagSet, args []string) error {
 	if o.count < 0 {
 		return fmt.Errorf("-count %d is negative", o.count)
 	}
+	if o.downAfter < 0 {
+		return fmt.Errorf("-down-after %v is negative", o.downAfter)
+	}
 	if o.password == "" {
 		o.password = os.Getenv(passwordEnv)
 	}
@@ -245,7 +260,74 @@ func (o *options) status(ctx context.Context, client rueidis.Client, stdout io.W
 	if err != nil {
 		return err
 	}
-	return o.write(stdout, st)
+	sick := problems(st, nil)
+	if !sick.none() && o.downAfter > 0 && !sick.onlyRebalance() {
+		// A handoff or a rejoin takes milliseconds: look again before
+		// calling anything down.
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(o.downAfter):
+		}
+		if st, err = o.readStatus(ctx, client); err != nil {
+			return err
+		}
+		sick = problems(st, sick)
+	}
+	if err := o.write(stdout, st); err != nil {
+		return err
+	}
+	if sick.none() {
+		return nil
+	}
+	return sick
+}
+
+// unhealthy is what makes status exit 3.
+type unhealthy struct {
+	down      []string // keys not running
+	suspect   []string // nodes
+	rebalance string   // the last rebalance's error
+}
+
+// problems finds what is wrong in st; with before, only what was wrong then
+// too.
+func problems(st *dim.Status, before *unhealthy) *unhealthy {
+	u := &unhealthy{}
+	for _, key := range st.Unowned {
+		if before == nil || slices.Contains(before.down, key) {
+			u.down = append(u.down, key)
+		}
+	}
+	for _, n := range st.Nodes {
+		if n.State == "suspect" && (before == nil || slices.Contains(before.suspect, n.ID)) {
+			u.suspect = append(u.suspect, n.ID)
+		}
+	}
+	if r := st.LastRebalance; r != nil && r.Error != "" {
+		u.rebalance = r.Error
+	}
+	return u
+}
+
+func (u *unhealthy) none() bool {
+	return len(u.down) == 0 && len(u.suspect) == 0 && u.rebalance == ""
+}
+
+func (u *unhealthy) onlyRebalance() bool { return len(u.down) == 0 && len(u.suspect) == 0 }
+
+func (u *unhealthy) Error() string {
+	var parts []string
+	if len(u.down) > 0 {
+		parts = append(parts, fmt.Sprintf("%d keys not running: %s", len(u.down), list(u.down, quote)))
+	}
+	if len(u.suspect) > 0 {
+		parts = append(parts, fmt.Sprintf("%d nodes suspect: %s", len(u.suspect), list(u.suspect, quote)))
+	}
+	if u.rebalance != "" {
+		parts = append(parts, "the last rebalance failed: "+quote(u.rebalance))
+	}
+	return "unhealthy: " + strings.Join(parts, "; ")
 }
 
 // write prints a snapshot in the format chosen by -json.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -499,4 +501,39 @@ func TestWriteJSONHasNoNulls(t *testing.T) {
 	var got dim.Status
 	require.NoError(t, json.Unmarshal(out.Bytes(), &got))
 	assert.Equal(t, "svc", got.Service)
+}
+
+func TestStatusIsAHealthProbe(t *testing.T) {
+	srv := redistest.Start(t)
+	// One key never starts: its create fails every time. One key's name
+	// carries a newline and a terminal escape, as a key function may make.
+	odd := "evil\n\x1b[2Jleader n666"
+	m, err := dim.New(
+		func(context.Context) ([]string, error) { return []string{"ok", "broken", odd}, nil },
+		func(_ context.Context, cfg string) (string, error) {
+			if cfg == "broken" {
+				return "", errors.New("upstream refused")
+			}
+			return cfg, nil
+		},
+		dim.WithService("probe"), dim.WithKey(func(c string) string { return c }),
+		dim.WithRedis(srv.ClientOption()), dim.WithNodeID("n1"), dim.WithLogger(nil),
+		dim.WithNodeTTL(time.Second), dim.WithHeartbeat(100*time.Millisecond))
+	require.NoError(t, err)
+	require.NoError(t, m.Start(t.Context()))
+	defer func() { assert.NoError(t, m.Stop(context.Background())) }()
+	base := []string{"-redis", srv.Addr(), "-down-after", "300ms"}
+	var code int
+	var out, errOut string
+	require.Eventually(t, func() bool {
+		code, out, errOut = dimctl(t, append(base, "status", "probe")...)
+		return code == exitUnhealthy && strings.Contains(out, "upstream refused")
+	}, 10*time.Second, 50*time.Millisecond, "exit %d\n%s\n%s", code, out, errOut)
+	assert.Contains(t, errOut, "unhealthy: 1 keys not running: broken")
+	assert.Contains(t, out, "broken (n1, failing: ")
+	assert.Contains(t, out, strconv.Quote(odd), "a key that is not printable is quoted")
+	assert.NotContains(t, out, "\x1b", "no terminal escape reaches the operator")
+	for _, line := range strings.Split(out, "\n") {
+		assert.False(t, strings.HasPrefix(line, "leader n666"), "no forged line")
+	}
 }
