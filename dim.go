@@ -133,6 +133,26 @@ const (
 // [WithService]. New checks every option and the relations between them and
 // returns an error wrapping [ErrInvalidOption] that names the option; it
 // connects to nothing, and never panics.
+//
+// The context createInstance gets is the instance's lifetime: it has no
+// deadline, carries [FencingToken] and [InstanceKey], and is cancelled the
+// moment this replica must stop the instance. createInstance itself must
+// return within the callback timeout ([WithCallbackTimeout]); one that
+// returns later counts as failed and its instance, if any, is disconnected
+// at once. Stopping an instance always goes in this order: its context is
+// cancelled, then the disconnect hook is called once ([WithDisconnect]).
+// Write instances so that either one stops them:
+//
+//	func connect(ctx context.Context, f Feed) (*Conn, error) {
+//		c, err := dial(ctx, f) // bounded by the callback timeout
+//		if err != nil {
+//			return nil, err
+//		}
+//		go c.run(ctx) // runs until ctx ends
+//		return c, nil
+//	}
+//
+// and let disconnect wait until the work has stopped (c.Close and wait).
 func New[C, I any](
 	getConfig func(context.Context) ([]C, error),
 	createInstance func(context.Context, C) (I, error),

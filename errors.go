@@ -32,6 +32,9 @@ var (
 	// ErrRebalance reports a rebalance that the leader tried and could not
 	// complete; the error carries its reason.
 	ErrRebalance = errors.New("dim: rebalance failed")
+	// ErrServiceLive reports that a service still has live nodes: Purge
+	// refuses to remove it.
+	ErrServiceLive = errors.New("dim: service is live")
 	// ErrUnknownService reports a service of which Redis holds nothing.
 	ErrUnknownService = errors.New("dim: unknown service")
 	// ErrAlreadyStarted reports a second call of Start.

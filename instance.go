@@ -229,16 +229,18 @@ type ownership struct {
 }
 
 // FencingToken returns the fencing token of the claim under which an
-// instance runs, from the context dim passed to createInstance. Every claim
-// of a key gets a token larger than any earlier claim of that key, so a
-// resource the instance writes to can refuse writes carrying an older token:
-// a paused or partitioned former owner cannot overwrite its successor.
+// instance runs, from any context dim passes about it: createInstance's, a
+// health check's or a disconnect's. Every instance of a key gets a token
+// larger than every earlier instance of that key, so a resource the instance
+// writes to can refuse writes carrying an older token: a paused or
+// partitioned former owner cannot overwrite its successor.
 func FencingToken(ctx context.Context) (uint64, bool) {
 	o, ok := ctx.Value(tokenKey{}).(ownership)
 	return o.token, ok
 }
 
-// InstanceKey returns the config key of the instance whose context this is.
+// InstanceKey returns the config key of the instance a context dim passed is
+// about: createInstance's, a health check's or a disconnect's.
 func InstanceKey(ctx context.Context) (string, bool) {
 	o, ok := ctx.Value(tokenKey{}).(ownership)
 	return o.key, ok
@@ -788,7 +790,8 @@ func (m *Manager[C, I]) disconnectOne(e *entry[I]) {
 	}
 	m.inflight.add(e.key)
 	defer m.inflight.remove(e.key)
-	spanCtx, span := m.tel.startCallback(m.runCtx, spanDisconnect, e.key)
+	owned := context.WithValue(m.runCtx, tokenKey{}, ownership{e.key, e.token})
+	spanCtx, span := m.tel.startCallback(owned, spanDisconnect, e.key)
 	start := time.Now()
 	err := m.callWithTimeout(context.WithoutCancel(spanCtx), e.key, func(ctx context.Context) error {
 		return m.disconnect(ctx, e.inst)
@@ -862,7 +865,8 @@ func (m *Manager[C, I]) startHealthChecks() {
 			continue
 		}
 		m.wg.Go(func() {
-			ctx, span := m.tel.startCallback(m.runCtx, spanHealth, e.key)
+			owned := context.WithValue(m.runCtx, tokenKey{}, ownership{e.key, e.token})
+			ctx, span := m.tel.startCallback(owned, spanHealth, e.key)
 			start := time.Now()
 			err := m.callGuarded(ctx, &e.check, func(ctx context.Context) error { return m.healthcheck(ctx, e.inst) })
 			m.tel.endCallback(ctx, span, spanHealth, start, err)

@@ -180,3 +180,47 @@ func TestAFailingGetConfigShowsInStatusUntilItRecovers(t *testing.T) {
 		return len(st.Nodes) == 1 && st.Nodes[0].ConfigError == ""
 	})
 }
+
+func TestHealthChecksAndDisconnectsSeeTheInstancesTokenAndKey(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	srv := redistest.Start(t)
+	type seen struct {
+		key   string
+		token uint64
+	}
+	created, checked, stopped := make(chan seen, 10), make(chan seen, 10), make(chan seen, 10)
+	look := func(ctx context.Context, ch chan seen) {
+		key, _ := InstanceKey(ctx)
+		token, _ := FencingToken(ctx)
+		select {
+		case ch <- seen{key, token}:
+		default:
+		}
+	}
+	m, err := New(func(context.Context) ([]string, error) { return []string{"a"}, nil },
+		func(ctx context.Context, cfg string) (string, error) { look(ctx, created); return cfg, nil },
+		WithService("ctx"), WithRedis(srv.ClientOption()), WithKey(func(s string) string { return s }),
+		WithNodeTTL(testTTL), WithHeartbeat(testHeartbeat), WithHealthcheckSchedule("@every 1s"),
+		WithHealthcheck(func(ctx context.Context, _ string) error { look(ctx, checked); return nil }),
+		WithDisconnect(func(ctx context.Context, _ string) error { look(ctx, stopped); return nil }))
+	require.NoError(t, err)
+	require.NoError(t, m.Start(context.Background()))
+	var c seen
+	select {
+	case c = <-created:
+	case <-time.After(10 * time.Second):
+		t.Fatal("never created")
+	}
+	require.Equal(t, "a", c.key)
+	require.Positive(t, c.token)
+	select {
+	case h := <-checked:
+		assert.Equal(t, c, h, "a health check's context names the instance and its token")
+	case <-time.After(5 * time.Second):
+		t.Fatal("never checked")
+	}
+	require.NoError(t, m.Stop(context.Background()))
+	assert.Equal(t, c, <-stopped, "a disconnect's context names the instance and its token")
+}

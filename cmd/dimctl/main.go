@@ -17,6 +17,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -46,6 +47,7 @@ const (
 const passwordEnv = "DIMCTL_PASSWORD"
 
 const usageHead = `Usage: dimctl [flags] <command> <service>
+       dimctl [flags] services
 
 Shows and steers a dim service through the Redis it coordinates in.
 
@@ -54,7 +56,11 @@ Commands:
              keys not yet running where they are assigned; exits 3 when keys
              are down, nodes suspect or the last rebalance failed
   watch      status, redrawn every -interval until Ctrl-C
-  rebalance  ask the service's leader to rebalance now
+  rebalance  ask the service's leader to rebalance now, and wait for its
+             answer
+  purge      remove every key of a retired service; refused while any of
+             its nodes is live
+  services   list the services in this Redis (under -prefix)
 
 Flags may come before or after the command. The password may also come from
 $` + passwordEnv + `.
@@ -71,16 +77,16 @@ func main() {
 
 // options is the parsed command line.
 type options struct {
-	redis    string
-	prefix   string
-	json     bool
-	timeout  time.Duration
-	interval time.Duration
+	redis     string
+	prefix    string
+	json      bool
+	timeout   time.Duration
+	interval  time.Duration
 	count     int
 	downAfter time.Duration
 	user      string
-	password string
-	tls      bool
+	password  string
+	tls       bool
 
 	command string
 	service string
@@ -114,6 +120,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = o.watch(ctx, client, stdout, stderr)
 	case "rebalance":
 		err = o.rebalance(ctx, client, stdout)
+	case "purge":
+		err = o.purge(ctx, client, stdout)
+	case "services":
+		err = o.services(ctx, client, stdout)
 	}
 	var sick *unhealthy
 	if errors.As(err, &sick) {
@@ -173,20 +183,27 @@ func (o *options) parse(fs *flag.FlagSet, args []string) error {
 		args = rest[1:]
 	}
 
-	switch len(pos) {
-	case 0:
+	if len(pos) == 0 {
 		return errors.New("missing command and service")
-	case 1:
-		return fmt.Errorf("missing service after %q", pos[0])
-	case 2:
-	default:
-		return fmt.Errorf("too many arguments: %q", pos[2:])
 	}
-	o.command, o.service = pos[0], pos[1]
+	o.command = pos[0]
 	switch o.command {
-	case "status", "watch", "rebalance":
+	case "services":
+		if len(pos) > 1 {
+			return fmt.Errorf("too many arguments: %q", pos[1:])
+		}
+		o.service = "any" // for the name check below
+	case "status", "watch", "rebalance", "purge":
+		switch len(pos) {
+		case 1:
+			return fmt.Errorf("missing service after %q", pos[0])
+		case 2:
+			o.service = pos[1]
+		default:
+			return fmt.Errorf("too many arguments: %q", pos[2:])
+		}
 	default:
-		return fmt.Errorf("unknown command %q", o.command)
+		return fmt.Errorf("unknown command %q (commands: status, watch, rebalance, purge, services)", o.command)
 	}
 
 	if o.redis == "" {
@@ -426,6 +443,37 @@ func (o *options) rebalance(ctx context.Context, client rueidis.Client, stdout i
 	return err
 }
 
+// purge removes a retired service's keys.
+func (o *options) purge(ctx context.Context, client rueidis.Client, stdout io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	n, err := dim.Purge(ctx, client, o.dimOptions()...)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(stdout, "purged %q: %d keys removed\n", o.service, n)
+	return err
+}
+
+// services lists the services in Redis, one per line.
+func (o *options) services(ctx context.Context, client rueidis.Client, stdout io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	names, err := dim.Services(ctx, client, o.prefix)
+	if err != nil {
+		return err
+	}
+	if o.json {
+		return json.NewEncoder(stdout).Encode(orEmpty(names))
+	}
+	for _, name := range names {
+		if _, err := fmt.Fprintln(stdout, quote(name)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // describe turns an error into the message after "dimctl: ", naming the
 // Redis address and what to check, without Go's error chain jargon.
 func (o *options) describe(err error) string {
@@ -433,6 +481,8 @@ func (o *options) describe(err error) string {
 	switch {
 	case errors.Is(err, dim.ErrUnknownService):
 		return fmt.Sprintf("no service %q in Redis at %s (check the name and -prefix)", o.service, o.redis)
+	case errors.Is(err, dim.ErrServiceLive):
+		return fmt.Sprintf("service %q still has live nodes in Redis at %s; stop them before purging it", o.service, o.redis)
 	case errors.Is(err, context.Canceled):
 		return "interrupted"
 	case errors.Is(err, context.DeadlineExceeded):

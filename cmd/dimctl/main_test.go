@@ -537,3 +537,40 @@ func TestStatusIsAHealthProbe(t *testing.T) {
 		assert.False(t, strings.HasPrefix(line, "leader n666"), "no forged line")
 	}
 }
+
+func TestServicesAndPurge(t *testing.T) {
+	srv := redistest.Start(t)
+	m, err := dim.New(
+		func(context.Context) ([]string, error) { return []string{"a", "b"}, nil },
+		func(_ context.Context, cfg string) (string, error) { return cfg, nil },
+		dim.WithService("retired"), dim.WithKeyPrefix(testPrefix), dim.WithKey(func(c string) string { return c }),
+		dim.WithRedis(srv.ClientOption()), dim.WithLogger(nil),
+		dim.WithNodeTTL(time.Second), dim.WithHeartbeat(100*time.Millisecond))
+	require.NoError(t, err)
+	require.NoError(t, m.Start(t.Context()))
+	conn := []string{"-redis", srv.Addr(), "-prefix", testPrefix}
+	args := func(extra ...string) []string { return append(slices.Clone(conn), extra...) }
+
+	code, out, errOut := dimctl(t, args("services")...)
+	require.Equal(t, 0, code, errOut)
+	assert.Equal(t, "retired\n", out)
+
+	code, _, errOut = dimctl(t, args("purge", "retired")...)
+	assert.Equal(t, exitFailure, code)
+	assert.Contains(t, errOut, "still has live nodes")
+
+	require.NoError(t, m.Stop(t.Context()))
+	code, out, errOut = dimctl(t, args("purge", "retired")...)
+	require.Equal(t, 0, code, errOut)
+	assert.Regexp(t, `^purged "retired": \d+ keys removed\n$`, out)
+	keys, err := srv.Client(t).Do(t.Context(), srv.Client(t).B().Keys().Pattern(testPrefix+"*").Build()).AsStrSlice()
+	require.NoError(t, err)
+	assert.Empty(t, keys, "nothing of the service is left")
+
+	code, _, errOut = dimctl(t, args("status", "retired")...)
+	assert.Equal(t, exitFailure, code)
+	assert.Contains(t, errOut, "no service")
+	code, out, _ = dimctl(t, args("services")...)
+	assert.Equal(t, 0, code)
+	assert.Empty(t, out)
+}
