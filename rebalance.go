@@ -58,10 +58,12 @@ type leaderState struct {
 	print    string   // fingerprint of those configs
 	members  string   // the live nodes and weights last balanced over
 	observed time.Time
-	moves    int    // of the last rebalance that ran
-	ran      bool   // whether the last call ran a rebalance (not skipped)
-	lastErr  string // the last recorded outcome, "" if it succeeded
-	recorded bool   // an outcome was recorded in this term
+	moves    int        // of the last rebalance that ran
+	assigned Assignment // as this leader last wrote it; nil: read it
+	gen      string     // the record's generation when assigned was read
+	ran      bool       // whether the last call ran a rebalance (not skipped)
+	lastErr  string     // the last recorded outcome, "" if it succeeded
+	recorded bool       // an outcome was recorded in this term
 }
 
 // joinWindow is how long a leader waits for further joins after a join or
@@ -87,7 +89,9 @@ func (m *Manager[C, I]) leaderLoop(ctx context.Context, epoch uint64, busy *atom
 	st := leaderState{observed: time.Now()}
 	trigger := triggerElected
 	for {
-		if trigger == triggerElected || trigger == "node "+evJoin {
+		switch trigger {
+		case triggerElected, "node " + evJoin, "node " + evDrain, "node " + evLeave:
+			// Nodes that start or stop together are balanced over once.
 			m.settleJoins(ctx)
 		}
 		busy.Store(time.Now().UnixNano())
@@ -200,7 +204,7 @@ func (m *Manager[C, I]) rebalance(ctx context.Context, epoch uint64, trigger str
 	st.ran = true
 	ctx, span := m.tel.startRebalance(ctx, trigger, epoch, start)
 	stats := rebalanceStats{start: start}
-	stats.err = m.assign(ctx, epoch, nodes, st, &stats)
+	stats.err = m.assign(ctx, epoch, trigger, nodes, st, &stats)
 	m.tel.endRebalance(ctx, span, stats)
 	st.moves = stats.moves
 	if stats.err == nil {
@@ -236,12 +240,18 @@ func (m *Manager[C, I]) answer(ctx context.Context, epoch uint64, st *leaderStat
 }
 
 // assign balances the keys over nodes and writes the difference.
-func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, nodes []Node, st *leaderState, stats *rebalanceStats) error {
-	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-	prev, err := m.client.Do(rctx, m.client.B().Hgetall().Key(m.k.assign).Build()).AsStrMap()
-	cancel()
-	if err != nil {
-		return fmt.Errorf("read assignment: %w", err)
+func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string, nodes []Node, st *leaderState, stats *rebalanceStats) error {
+	// Within a term this leader is the only writer of the assignment, so
+	// it reads it once; after a restore of Redis, or a failed write, again.
+	prev := st.assigned
+	if gen := m.instances.generation(); prev == nil || gen != st.gen || trigger == triggerRefresh {
+		rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+		read, err := m.client.Do(rctx, m.client.B().Hgetall().Key(m.k.assign).Build()).AsStrMap()
+		cancel()
+		if err != nil {
+			return fmt.Errorf("read assignment: %w", err)
+		}
+		prev, st.assigned, st.gen = read, read, gen
 	}
 
 	if len(nodes) == 0 {
@@ -251,7 +261,7 @@ func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, nodes []Node, 
 		stats.keys = len(prev)
 		return nil
 	}
-	keys, keep := m.leaderKeys(ctx, st, prev)
+	keys, keep := m.leaderKeys(ctx, st, prev, trigger)
 	assignment, err := Balance(prev, keys, nodes)
 	if err != nil {
 		return err
@@ -271,15 +281,31 @@ func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, nodes []Node, 
 	}
 	stats.nodes, stats.keys = len(nodes), len(assignment)
 	stats.moves = Moves(prev, assignment)
-	return m.writeAssignment(ctx, epoch, prev, assignment, stats)
+	st.assigned = nil // unknown until the write is done
+	if err := m.writeAssignment(ctx, epoch, prev, assignment, stats); err != nil {
+		return err
+	}
+	st.assigned = assignment
+	return nil
 }
 
 // leaderKeys returns the keys to balance, from a fresh getConfig: a leader
 // that cannot read configs must not move running instances to nodes that
 // may not be able to read them either. If getConfig fails, the last keys
 // (or those of the current assignment) stay and keep is true.
-func (m *Manager[C, I]) leaderKeys(ctx context.Context, st *leaderState, prev Assignment) (keys []string, keep bool) {
-	configs, err := m.loadConfigs(ctx)
+func (m *Manager[C, I]) leaderKeys(ctx context.Context, st *leaderState, prev Assignment, trigger string) (keys []string, keep bool) {
+	// Content changes matter on a refresh or a request; a membership change
+	// needs the keys only, not a hash of every config's content.
+	membership := false
+	switch trigger {
+	case triggerExpiry, "node " + evJoin, "node " + evDrain, "node " + evLeave, triggerStopping:
+		membership = st.print != ""
+	}
+	load := m.loadConfigs
+	if membership {
+		load = m.loadNodeConfigs
+	}
+	configs, err := load(ctx)
 	if err != nil {
 		m.log.Error("cannot read configs; keeping the current assignment", "err", err)
 		m.tel.configFailed(ctx)
@@ -297,13 +323,17 @@ func (m *Manager[C, I]) leaderKeys(ctx context.Context, st *leaderState, prev As
 	for key := range configs {
 		keys = append(keys, key)
 	}
+	st.keys = keys
+	if membership {
+		return keys, false
+	}
 	fp := fingerprint(configs)
 	if st.print != "" && fp != st.print {
 		// Content may have changed under unchanged keys: nodes read their
 		// configs again.
 		m.publish(ctx, evConfig)
 	}
-	st.keys, st.print = keys, fp
+	st.print = fp
 	return keys, false
 }
 
