@@ -182,6 +182,7 @@ func (m *Manager[C, I]) nodeConfigs(ctx context.Context, assigned map[string]boo
 	}
 	configs, err := m.loadNodeConfigs(ctx)
 	if err != nil {
+		m.logPanic("getConfig", err)
 		m.log.Error("cannot refresh configs; keeping what runs", "err", err)
 		m.tel.configFailed(ctx)
 		m.cfgErrs.report(ctx, m, err, len(assigned))

@@ -91,6 +91,7 @@ type Manager[C, I any] struct {
 	cfgErrs     configErrors  // what Status shows of this node's getConfig
 	deadLeader  atomic.Uint64 // epoch of a dead leader seen by the last leader check
 	noIDsLogged atomic.Bool
+	panics      sync.Map // panics whose stack was logged, by what and message
 
 	// One call of each kind at a time; see guard.
 	configGuard guard

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -209,6 +210,7 @@ type failure struct {
 	attempts int
 	next     time.Time
 	err      string // the last error, shortened
+	kind     string // "create" or "health check": what failed last
 }
 
 func newTable[I any]() table[I] {
@@ -633,7 +635,13 @@ func (m *Manager[C, I]) createAll(ctx, leaseCtx context.Context, session string,
 			continue
 		}
 		created++
-		delete(m.tab.failures, r.job.key)
+		// A create that works ends a streak of failed creates; a streak of
+		// failed health checks ends only with a passing check, so that an
+		// instance that connects and then always fails is not recreated at
+		// the base delay forever.
+		if f := m.tab.failures[r.job.key]; f != nil && f.kind != "health check" {
+			delete(m.tab.failures, r.job.key)
+		}
 		m.tab.running[r.job.key] = r.e
 	}
 	return created, failed
@@ -645,9 +653,14 @@ func (m *Manager[C, I]) recordFailure(key, what string, err error) {
 		f = &failure{}
 		m.tab.failures[key] = f
 	}
+	m.logPanic(key, err)
 	f.attempts++
+	f.kind = what
 	f.err = shortError(err)
+	// Exponential, capped, with jitter: a failing upstream is not hit by
+	// every key in step.
 	delay := min(m.retryMin<<min(f.attempts-1, 20), m.retryMax)
+	delay = delay/2 + rand.N(delay/2+1)
 	f.next = time.Now().Add(delay)
 	m.log.Warn(what+" failed", "key", key, "attempt", f.attempts, "retry_in", delay, "err", err)
 }
@@ -798,6 +811,7 @@ func (m *Manager[C, I]) disconnectOne(e *entry[I]) {
 	})
 	m.tel.endCallback(spanCtx, span, spanDisconnect, start, err)
 	if err != nil {
+		m.logPanic(e.key, err)
 		m.log.Warn("disconnect failed", "key", e.key, "err", err)
 	}
 }
@@ -881,7 +895,11 @@ func (m *Manager[C, I]) startHealthChecks() {
 // onHealth disconnects an unhealthy instance; reconcile creates it again
 // after a backoff.
 func (m *Manager[C, I]) onHealth(r healthResult[I]) {
-	if m.tab.running[r.e.key] != r.e || r.err == nil {
+	if m.tab.running[r.e.key] != r.e {
+		return
+	}
+	if r.err == nil {
+		delete(m.tab.failures, r.e.key)
 		return
 	}
 	m.tel.healthFailed(m.runCtx, "instance")
@@ -960,14 +978,37 @@ func (m *Manager[C, I]) callWithTimeout(ctx context.Context, key string, fn func
 	return fmt.Errorf("%w: did not return within %v", ErrCallback, m.s.timeout)
 }
 
-// callSafely calls fn, turning a panic into an error that carries the stack.
+// callSafely calls fn, turning a panic into a *panicError.
 func callSafely[T any](fn func() (T, error)) (v T, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("%w: panic: %v\n%s", ErrCallback, r, debug.Stack())
+			err = &panicError{value: fmt.Sprint(r), stack: debug.Stack()}
 		}
 	}()
 	return fn()
+}
+
+// panicError is a recovered panic of a user callback. Its message is short;
+// the stack is logged once per key and message (see logPanic).
+type panicError struct {
+	value string
+	stack []byte
+}
+
+func (e *panicError) Error() string { return "dim: callback failed: panic: " + e.value }
+
+func (e *panicError) Unwrap() error { return ErrCallback }
+
+// logPanic logs the stack of a recovered panic the first time it is seen
+// for what (a key, or a kind of call): retries log the message only.
+func (m *Manager[C, I]) logPanic(what string, err error) {
+	var p *panicError
+	if !errors.As(err, &p) {
+		return
+	}
+	if _, seen := m.panics.LoadOrStore(what+"\x00"+p.value, true); !seen {
+		m.log.Error("callback panicked", "what", what, "panic", p.value, "stack", string(p.stack))
+	}
 }
 
 // publishView refreshes the read-only copy behind Instances.

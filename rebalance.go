@@ -307,6 +307,7 @@ func (m *Manager[C, I]) leaderKeys(ctx context.Context, st *leaderState, prev As
 	}
 	configs, err := load(ctx)
 	if err != nil {
+		m.logPanic("getConfig", err)
 		m.log.Error("cannot read configs; keeping the current assignment", "err", err)
 		m.tel.configFailed(ctx)
 		m.cfgErrs.report(ctx, m, err, len(prev))

@@ -224,3 +224,34 @@ func TestHealthChecksAndDisconnectsSeeTheInstancesTokenAndKey(t *testing.T) {
 	require.NoError(t, m.Stop(context.Background()))
 	assert.Equal(t, c, <-stopped, "a disconnect's context names the instance and its token")
 }
+
+func TestAnInstanceThatAlwaysFailsItsHealthCheckBacksOff(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 2)
+	c.healthErr.Store("cfg-01", func() error { return errors.New("upstream answers 500") })
+	c.start("n1")
+	c.eventually(15*time.Second, "the failures counted up, not reset by each reconnect", func() bool {
+		return c.status().Keys["cfg-01"].Attempts >= 3
+	})
+	ks := c.status().Keys["cfg-01"]
+	assert.Contains(t, ks.LastError, "upstream answers 500")
+}
+
+func TestAPanicLogsItsStackOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 2)
+	c.createErr.Store("cfg-01", func() error { panic("nil map in the driver") })
+	logs := &logBuffer{}
+	c.start("n1", WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
+	c.eventually(10*time.Second, "three failed creates", func() bool {
+		return strings.Count(logs.String(), `msg="create failed" service=svc node=n1 key=cfg-01`) >= 3
+	})
+	out := logs.String()
+	assert.Equal(t, 1, strings.Count(out, "callback panicked"), "the stack once")
+	assert.Equal(t, 1, strings.Count(out, "[running]"), "one stack in the log")
+	assert.Contains(t, out, "panic: nil map in the driver")
+}
