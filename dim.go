@@ -590,7 +590,7 @@ func (m *Manager[C, I]) subscribeOnce(onSubscribed func()) error {
 func (m *Manager[C, I]) onEvent(msg rueidis.PubSubMessage) {
 	verb, args := parseEvent(msg.Message)
 	switch verb {
-	case evJoin, evLeave, evDrain:
+	case evJoin, evLeave, evDrain, evAvoid:
 		m.triggerLeader("node " + verb)
 	case evRebalance:
 		if len(args) > 0 {

@@ -138,6 +138,7 @@ type table[I any] struct {
 	failures map[string]*failure  // keys whose create or health check failed
 	waiting  map[string]time.Time // keys whose claim was refused, and when to retry
 	states   map[string]keyRecord // what Redis holds of this node's key states
+	avoiding map[string]int       // keys this node asked the leader to place elsewhere, and why
 	retryAt  time.Time            // when to reconcile again after a failed read
 }
 
@@ -220,6 +221,7 @@ func newTable[I any]() table[I] {
 		failures: make(map[string]*failure),
 		waiting:  make(map[string]time.Time),
 		states:   make(map[string]keyRecord),
+		avoiding: make(map[string]int),
 	}
 }
 
@@ -444,6 +446,7 @@ func (m *Manager[C, I]) reconcile() {
 		}
 	}
 	m.tel.setUnknown(len(unknown))
+	m.syncAvoid(ctx, configs, unknown)
 	m.syncStates(ctx, session, unknown)
 	m.publishView()
 }

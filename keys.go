@@ -32,6 +32,8 @@ import (
 //	<p>:state      HASH  key → what the node that holds it says it does:
 //	                     JSON {"n":node,"s":session,"st":state,…}
 //	<p>:cfgerr     HASH  node → its last failed getConfig, JSON {"e","t","k"}
+//	<p>:avoid      HASH  key → "node=until_ms …": nodes that must not get the
+//	                     key (until 0: until they say otherwise)
 //	<p>:lock:…     rueidislock's leader lock
 //	<p>:events     the service's pub/sub channel
 //
@@ -54,6 +56,7 @@ type keys struct {
 	fence    string
 	state    string
 	cfgErr   string
+	avoid    string
 	lock     string
 	channel  string
 }
@@ -78,6 +81,7 @@ func newKeys(keyPrefix, service string) keys {
 		fence:    p + ":fence",
 		state:    p + ":state",
 		cfgErr:   p + ":cfgerr",
+		avoid:    p + ":avoid",
 		lock:     p + ":lock",
 		channel:  p + ":events",
 	}
@@ -98,6 +102,7 @@ const (
 	evConfig     = "config"     // the configs changed
 	evRebalance  = "rebalance"  // [id]: someone asks the leader to rebalance
 	evRebalanced = "rebalanced" // id epoch moves ok|error [message]: the leader's answer
+	evAvoid      = "avoid"      // node: it cannot run some keys; place them elsewhere
 )
 
 func parseEvent(msg string) (verb string, args []string) {
@@ -563,6 +568,32 @@ return 1
 var resultScript = script(`
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[2], 'rb_at', now, 'rb_moves', ARGV[2], 'rb_err', ARGV[3])
+return 1
+`)
+
+// avoidScript records which keys a node cannot run, for the leader to place
+// elsewhere: until it says otherwise (a key its getConfig does not return),
+// or for a cooldown (a key it failed to create too often). Expired entries
+// of any node go at the same time.
+//
+// KEYS: avoid
+// ARGV: node channel key cooldown_ms … (cooldown "0": until removed, "-":
+// remove)
+var avoidScript = script(`
+for i = 3, #ARGV, 2 do
+  local key, cd = ARGV[i], ARGV[i + 1]
+  local parts = {}
+  for n, u in string.gmatch(redis.call('HGET', KEYS[1], key) or '', '(%S+)=(%d+)') do
+    if n ~= ARGV[1] and (tonumber(u) == 0 or tonumber(u) > now) then parts[#parts + 1] = n .. '=' .. u end
+  end
+  if cd ~= '-' then
+    local u = '0'
+    if cd ~= '0' then u = fmt(now + tonumber(cd)) end
+    parts[#parts + 1] = ARGV[1] .. '=' .. u
+  end
+  if #parts == 0 then redis.call('HDEL', KEYS[1], key) else redis.call('HSET', KEYS[1], key, table.concat(parts, ' ')) end
+end
+redis.call('PUBLISH', ARGV[2], 'avoid ' .. ARGV[1])
 return 1
 `)
 

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -162,4 +164,88 @@ func shortError(err error) string {
 		s = s[:maxErrLen] + "…"
 	}
 	return s
+}
+
+// Why a node asked the leader to place a key elsewhere.
+const (
+	avoidUnknown = 1 // its getConfig does not return the key
+	avoidGaveUp  = 2 // it failed to create the key giveUpAfter times in a row
+)
+
+// giveUpCooldown is how long the leader keeps a key off a node that gave it
+// up: long enough for another node to try, short enough that a node that
+// was only unlucky gets it back.
+const giveUpCooldown = time.Minute
+
+// syncAvoid tells the leader which keys this node cannot run: keys its
+// getConfig does not return (until it does), and keys whose create failed
+// too often in a row (for a cooldown), so that the leader places them on
+// other nodes. It runs on the node loop, after a reconcile.
+func (m *Manager[C, I]) syncAvoid(ctx context.Context, configs map[string]config[C], unknown map[string]bool) {
+	var args []string
+	next := map[string]int{}
+	for key := range unknown {
+		next[key] = avoidUnknown
+		if m.tab.avoiding[key] != avoidUnknown {
+			args = append(args, key, "0")
+		}
+	}
+	for key, f := range m.tab.failures {
+		if _, ok := next[key]; ok || m.s.giveUpAfter == 0 || f.kind != "create" || f.attempts < m.s.giveUpAfter {
+			continue
+		}
+		next[key] = avoidGaveUp
+		if m.tab.avoiding[key] != avoidGaveUp {
+			m.log.Warn("giving the key up after failed creates; the leader places it on another node",
+				"key", key, "attempts", f.attempts, "cooldown", giveUpCooldown, "err", f.err)
+			args = append(args, key, strconv.FormatInt(giveUpCooldown.Milliseconds(), 10))
+		}
+	}
+	for key, why := range m.tab.avoiding {
+		if _, still := next[key]; still {
+			continue
+		}
+		// A key this node knows again is its to run again. A key given up
+		// keeps its cooldown in Redis, unless it runs here after all.
+		_, known := configs[key]
+		_, running := m.tab.running[key]
+		if (why == avoidUnknown && known) || (why == avoidGaveUp && running) {
+			args = append(args, key, "-")
+		}
+	}
+	if len(args) == 0 {
+		m.tab.avoiding = next
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	defer cancel()
+	for chunk := range slices.Chunk(args, 2*stateChunk) {
+		err := avoidScript.Exec(ctx, m.client, []string{m.k.avoid}, append([]string{m.s.nodeID, m.k.channel}, chunk...)).Error()
+		if err != nil {
+			m.log.Debug("publishing the keys this node cannot run failed; trying again", "err", err)
+			m.tab.retryAt = time.Now().Add(m.claimRetry)
+			return
+		}
+	}
+	m.tab.avoiding = next
+}
+
+// readAvoid returns, for the leader, the live avoidances: key → nodes.
+func (m *Manager[C, I]) readAvoid(ctx context.Context, now int64) (map[string][]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	defer cancel()
+	raw, err := m.client.Do(ctx, m.client.B().Hgetall().Key(m.k.avoid).Build()).AsStrMap()
+	if err != nil {
+		return nil, fmt.Errorf("read avoidances: %w", err)
+	}
+	out := make(map[string][]string, len(raw))
+	for key, v := range raw {
+		for _, part := range strings.Fields(v) {
+			node, until, ok := strings.Cut(part, "=")
+			if u, err := strconv.ParseInt(until, 10, 64); ok && err == nil && (u == 0 || u > now) {
+				out[key] = append(out[key], node)
+			}
+		}
+	}
+	return out, nil
 }

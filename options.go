@@ -31,6 +31,7 @@ const (
 	DefaultHeartbeat                 = time.Second // a fifth of the node TTL
 	DefaultCallbackTimeout           = 10 * time.Second
 	DefaultWeight                    = 1
+	DefaultGiveUpAfter               = 3
 )
 
 // Option configures a [Manager]. Options are not generic, so call sites read
@@ -62,6 +63,7 @@ type settings struct {
 	maxNodeTTL   time.Duration // 0: none
 	durable      bool
 	nodeMetrics  bool
+	giveUpAfter  int // 0: never
 
 	healthSpec       string
 	leaderHealthSpec string
@@ -85,6 +87,7 @@ func defaultSettings() settings {
 	return settings{
 		redis:            rueidis.ClientOption{InitAddress: []string{DefaultRedisAddress}},
 		weight:           DefaultWeight,
+		giveUpAfter:      DefaultGiveUpAfter,
 		nodeTTL:          DefaultNodeTTL,
 		lockTTL:          DefaultLeaderLockTTL,
 		lockMajority:     DefaultLockKeyMajority,
@@ -412,6 +415,22 @@ func WithWeight(w int) Option {
 func WithLogger(l *slog.Logger) Option {
 	return optionFunc(func(s *settings) error {
 		s.logger, s.loggerSet = l, true
+		return nil
+	})
+}
+
+// WithGiveUpAfter sets after how many failed creates in a row a replica
+// gives a key up, so that the leader places it on another replica for a
+// minute: a failure that is this replica's own (a missing credential, a
+// firewall) moves instead of sticking. A key that every replica gives up stays
+// where it is and goes on retrying with backoff, so an outage of the
+// upstream does not empty the fleet. 0 never gives up. Default: 3.
+func WithGiveUpAfter(n int) Option {
+	return optionFunc(func(s *settings) error {
+		if n < 0 {
+			return invalid("WithGiveUpAfter", "%d is negative", n)
+		}
+		s.giveUpAfter = n
 		return nil
 	})
 }

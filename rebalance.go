@@ -204,7 +204,7 @@ func (m *Manager[C, I]) rebalance(ctx context.Context, epoch uint64, trigger str
 	st.ran = true
 	ctx, span := m.tel.startRebalance(ctx, trigger, epoch, start)
 	stats := rebalanceStats{start: start}
-	stats.err = m.assign(ctx, epoch, trigger, nodes, st, &stats)
+	stats.err = m.assign(ctx, epoch, trigger, now, nodes, st, &stats)
 	m.tel.endRebalance(ctx, span, stats)
 	st.moves = stats.moves
 	if stats.err == nil {
@@ -240,7 +240,7 @@ func (m *Manager[C, I]) answer(ctx context.Context, epoch uint64, st *leaderStat
 }
 
 // assign balances the keys over nodes and writes the difference.
-func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string, nodes []Node, st *leaderState, stats *rebalanceStats) error {
+func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string, now int64, nodes []Node, st *leaderState, stats *rebalanceStats) error {
 	// Within a term this leader is the only writer of the assignment, so
 	// it reads it once; after a restore of Redis, or a failed write, again.
 	prev := st.assigned
@@ -262,9 +262,16 @@ func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string
 		return nil
 	}
 	keys, keep := m.leaderKeys(ctx, st, prev, trigger)
-	assignment, err := Balance(prev, keys, nodes)
+	avoid, err := m.readAvoid(ctx, now)
 	if err != nil {
 		return err
+	}
+	assignment, err := BalanceAvoiding(prev, keys, nodes, avoid)
+	if err != nil {
+		return err
+	}
+	if !keep {
+		m.dropAvoidances(ctx, avoid, keys)
 	}
 	if keep {
 		// Without configs nodes may not be able to read them either: move
@@ -336,6 +343,30 @@ func (m *Manager[C, I]) leaderKeys(ctx context.Context, st *leaderState, prev As
 	}
 	st.print = fp
 	return keys, false
+}
+
+// dropAvoidances forgets the avoidances of keys that are no longer
+// configured.
+func (m *Manager[C, I]) dropAvoidances(ctx context.Context, avoid map[string][]string, keys []string) {
+	if len(avoid) == 0 {
+		return
+	}
+	set := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		set[k] = true
+	}
+	var gone []string
+	for k := range avoid {
+		if !set[k] {
+			gone = append(gone, k)
+		}
+	}
+	if len(gone) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	defer cancel()
+	_ = m.client.Do(ctx, m.client.B().Hdel().Key(m.k.avoid).Field(gone...).Build()).Error()
 }
 
 // change is one key whose node changes; "" means none.
