@@ -90,7 +90,7 @@ func TestConfigsThatCannotBeKeyedAreClearErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			m, err := New(func(context.Context) ([]any, error) { return tt.configs, nil }, create, WithService("s"))
 			require.NoError(t, err)
-			_, err = m.loadConfigs(context.Background())
+			_, err = m.load(context.Background(), false, &m.leaderConfigGuard)
 			require.ErrorIs(t, err, tt.want)
 			assert.Contains(t, err.Error(), tt.msg)
 		})
@@ -100,7 +100,7 @@ func TestConfigsThatCannotBeKeyedAreClearErrors(t *testing.T) {
 			func(context.Context, string) (int, error) { return 0, nil },
 			WithService("s"), WithKey(func(string) string { return "" }))
 		require.NoError(t, err)
-		_, err = m.loadConfigs(context.Background())
+		_, err = m.load(context.Background(), false, &m.leaderConfigGuard)
 		require.ErrorIs(t, err, ErrInvalidKey)
 	})
 	t.Run("a panicking key function", func(t *testing.T) {
@@ -108,7 +108,7 @@ func TestConfigsThatCannotBeKeyedAreClearErrors(t *testing.T) {
 			func(context.Context, string) (int, error) { return 0, nil },
 			WithService("s"), WithKey(func(string) string { panic("no key") }))
 		require.NoError(t, err)
-		_, err = m.loadConfigs(context.Background())
+		_, err = m.load(context.Background(), false, &m.leaderConfigGuard)
 		require.ErrorIs(t, err, ErrCallback)
 		assert.Contains(t, err.Error(), "no key")
 	})
@@ -116,7 +116,7 @@ func TestConfigsThatCannotBeKeyedAreClearErrors(t *testing.T) {
 		m, err := New(func(context.Context) ([]string, error) { panic("config store exploded") },
 			func(context.Context, string) (int, error) { return 0, nil }, WithService("s"))
 		require.NoError(t, err)
-		_, err = m.loadConfigs(context.Background())
+		_, err = m.load(context.Background(), false, &m.leaderConfigGuard)
 		require.ErrorIs(t, err, ErrCallback)
 	})
 }

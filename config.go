@@ -20,27 +20,18 @@ type config[C any] struct {
 	hashed bool // sum is known; a node hashes only the keyed configs assigned to it
 }
 
-// loadConfigs calls getConfig under the callback timeout and keys its result.
-// Any error leaves the caller's previous configs in force.
-func (m *Manager[C, I]) loadConfigs(ctx context.Context) (map[string]config[C], error) {
-	return m.load(ctx, false)
-}
-
-// loadNodeConfigs is loadConfigs without hashing keyed configs: a node needs
-// the content hash only of the configs assigned to it (see withSums), while
-// the leader's fingerprint needs all of them.
-func (m *Manager[C, I]) loadNodeConfigs(ctx context.Context) (map[string]config[C], error) {
-	return m.load(ctx, true)
-}
-
 // load calls getConfig and keys its result, all under the callback timeout:
 // getConfig, the key function and a config's JSON encoding are the user's
-// code and may hang or panic. A call that hangs is abandoned, and until it
-// returns no other is started; the caller keeps what it had, as for any
-// failed getConfig.
-func (m *Manager[C, I]) load(ctx context.Context, lazy bool) (map[string]config[C], error) {
+// code and may hang or panic. Lazy leaves keyed configs unhashed: a node
+// needs the content hash only of the configs assigned to it (see withSums),
+// the leader's fingerprint needs all of them. A call that hangs is
+// abandoned, and until it returns no other call with the same guard is
+// started (the leader and the node loop have one each); the caller keeps
+// what it had, as for any failed getConfig. Any error leaves the caller's
+// previous configs in force.
+func (m *Manager[C, I]) load(ctx context.Context, lazy bool, g *guard) (map[string]config[C], error) {
 	var out map[string]config[C]
-	err := m.callOnce(ctx, &m.configGuard, "getConfig", func(ctx context.Context) error {
+	err := m.callOnce(ctx, g, "getConfig", func(ctx context.Context) error {
 		list, err := m.getConfig(ctx)
 		if err != nil {
 			return err
@@ -180,7 +171,7 @@ func (m *Manager[C, I]) nodeConfigs(ctx context.Context, assigned map[string]boo
 		m.withSums(ctx, m.configs, assigned)
 		return m.configs
 	}
-	configs, err := m.loadNodeConfigs(ctx)
+	configs, err := m.load(ctx, true, &m.nodeConfigGuard)
 	if err != nil {
 		m.logPanic("getConfig", err)
 		m.log.Error("cannot refresh configs; keeping what runs", "err", err)

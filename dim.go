@@ -94,8 +94,9 @@ type Manager[C, I any] struct {
 	panics      sync.Map // panics whose stack was logged, by what and message
 
 	// One call of each kind at a time; see guard.
-	configGuard guard
-	hashGuard   guard
+	nodeConfigGuard   guard
+	leaderConfigGuard guard
+	hashGuard         guard
 
 	// Signals, each coalesced in a buffer of one.
 	nodeCh          chan struct{}

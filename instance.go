@@ -914,28 +914,47 @@ func (m *Manager[C, I]) onHealth(r healthResult[I]) {
 	m.publishView()
 }
 
-// callGuarded runs fn under the callback timeout with g already held, and
-// lets g go when fn returns, even long after an abandoned call.
-func (m *Manager[C, I]) callGuarded(ctx context.Context, g *guard, fn func(context.Context) error) error {
+// bounded runs a user callback under the callback timeout with panics
+// recovered. It returns the callback's error, or, when the callback outlives
+// the timeout, an error wrapping [ErrCallback] and a channel (late) that
+// closes once the abandoned call returns at last.
+func (m *Manager[C, I]) bounded(ctx context.Context, fn func(context.Context) error) (late <-chan struct{}, err error) {
 	ctx, cancel := context.WithTimeout(ctx, m.s.timeout)
 	done := make(chan error, 1)
+	returned := make(chan struct{})
 	go func() {
-		defer g.busy.Store(false)
+		defer close(returned)
 		defer cancel()
 		_, err := callSafely(func() (struct{}, error) { return struct{}{}, fn(ctx) })
 		done <- err
 	}()
 	select {
 	case err := <-done:
-		return err
+		return nil, err
 	case <-ctx.Done():
+		// The parent may have ended as the call returned: prefer its result.
 		select {
 		case err := <-done:
-			return err
+			return nil, err
 		default:
 		}
 	}
-	return fmt.Errorf("%w: did not return within %v", ErrCallback, m.s.timeout)
+	return returned, fmt.Errorf("%w: did not return within %v", ErrCallback, m.s.timeout)
+}
+
+// callGuarded runs fn bounded with g already held, and lets g go when fn
+// returns, even long after an abandoned call.
+func (m *Manager[C, I]) callGuarded(ctx context.Context, g *guard, fn func(context.Context) error) error {
+	late, err := m.bounded(ctx, fn)
+	if late == nil {
+		g.busy.Store(false)
+		return err
+	}
+	go func() {
+		<-late
+		g.busy.Store(false)
+	}()
+	return err
 }
 
 // callOnce runs fn like callGuarded if no earlier call of g's kind is still
@@ -947,38 +966,19 @@ func (m *Manager[C, I]) callOnce(ctx context.Context, g *guard, what string, fn 
 	return m.callGuarded(ctx, g, fn)
 }
 
-// callWithTimeout runs a callback with the callback timeout, turning a panic
-// into an error and giving up waiting on a callback that ignores its context.
-// A call given up on for a key holds that key in the hung set until it
-// returns.
+// callWithTimeout runs fn bounded. A call given up on for a key holds that
+// key in the hung set until it returns.
 func (m *Manager[C, I]) callWithTimeout(ctx context.Context, key string, fn func(context.Context) error) error {
-	ctx, cancel := context.WithTimeout(ctx, m.s.timeout)
-	done := make(chan error, 1)
-	go func() {
-		_, err := callSafely(func() (struct{}, error) { return struct{}{}, fn(ctx) })
-		done <- err
-		cancel()
-	}()
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
-		// The parent may have ended as the call returned: prefer its result.
-		select {
-		case err := <-done:
-			return err
-		default:
-		}
-	}
-	if key != "" {
+	late, err := m.bounded(ctx, fn)
+	if late != nil && key != "" {
 		m.hung.add(key)
 		go func() {
-			<-done
+			<-late
 			m.hung.remove(key)
 			m.triggerNode()
 		}()
 	}
-	return fmt.Errorf("%w: did not return within %v", ErrCallback, m.s.timeout)
+	return err
 }
 
 // callSafely calls fn, turning a panic into a *panicError.

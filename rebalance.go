@@ -308,11 +308,7 @@ func (m *Manager[C, I]) leaderKeys(ctx context.Context, st *leaderState, prev As
 	case triggerExpiry, "node " + evJoin, "node " + evDrain, "node " + evLeave, triggerStopping:
 		membership = st.print != ""
 	}
-	load := m.loadConfigs
-	if membership {
-		load = m.loadNodeConfigs
-	}
-	configs, err := load(ctx)
+	configs, err := m.load(ctx, membership, &m.leaderConfigGuard)
 	if err != nil {
 		m.logPanic("getConfig", err)
 		m.log.Error("cannot read configs; keeping the current assignment", "err", err)

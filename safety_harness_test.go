@@ -46,33 +46,8 @@ type tokenRecord struct {
 
 func newSafetyCluster(t *testing.T, keys int, srvOpts ...redistest.Option) *safetyCluster {
 	t.Helper()
-	c := &safetyCluster{testCluster: &testCluster{
-		t:       t,
-		srv:     redistest.Start(t, srvOpts...),
-		rec:     history.New(),
-		service: "svc",
-		nodes:   map[string]*testNode{},
-	}}
-	c.setKeys(keys)
-	// The same checks as newTestCluster's cleanup.
-	t.Cleanup(func() {
-		c.crashes.Wait()
-		c.stopAll()
-		deadline := time.Now().Add(5 * time.Second)
-		for len(c.rec.Live()) > 0 && time.Now().Before(deadline) {
-			select {
-			case <-c.rec.Changed():
-			case <-time.After(10 * time.Millisecond):
-			}
-		}
-		if live := c.rec.Live(); len(live) > 0 {
-			t.Errorf("%d instances never disconnected after every node stopped: %s", len(live), c.rec.Summary())
-		}
-		if problems := history.Problems(c.rec.Events()); len(problems) > 0 {
-			t.Errorf("history has %d problems:\n%v", len(problems), problems)
-		}
-	})
-	return c
+	// newTestClusterOn's cleanup checks the history for overlaps and leaks.
+	return &safetyCluster{testCluster: newTestClusterOn(t, keys, redistest.Start(t, srvOpts...))}
 }
 
 // newNode creates a node without starting it, like testCluster.newNode but

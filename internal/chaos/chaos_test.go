@@ -88,7 +88,9 @@ func planRound(rng *rand.Rand, d *deck, nodes int) []step {
 		case "latency-high":
 			s.param = time.Duration(250+rng.IntN(350)) * time.Millisecond // round trip above it
 		case "redis-outage", "redis-down":
-			s.param = 3*NodeTTL/2 + time.Duration(rng.IntN(int(NodeTTL/time.Millisecond)))*time.Millisecond
+			// Past every node's lease, the longest of the mixed timings
+			// included: every node must fence.
+			s.param = 3*MaxTTL()/2 + time.Duration(rng.IntN(int(NodeTTL/time.Millisecond)))*time.Millisecond
 		case "redis-restart-rdb":
 			s.param = time.Duration(300+rng.IntN(2700)) * time.Millisecond // age of the snapshot
 		case "failover":
@@ -109,6 +111,7 @@ type chaosResult struct {
 	FaultsTotal    int            `json:"faults_total"`
 	Skipped        int            `json:"skipped"`
 	SkippedByKind  map[string]int `json:"skipped_by_kind"`
+	FailedFailover int            `json:"failovers_not_made"`
 	FewestOfAKind  int            `json:"fewest_of_a_kind"`
 	SimulatedTime  string         `json:"simulated_time"`
 	Events         int            `json:"events"`
@@ -178,7 +181,7 @@ func TestChaosRun(t *testing.T) {
 	}
 	rep := c.Finish(DefaultLimits)
 	t.Logf("chaos seed %d: %d rounds\n%s", seed, rounds, rep.Summary())
-	t.Logf("faults by kind (skipped: %v):\n%s", r.skippedBy, kindTable(rep.Faults))
+	t.Logf("faults by kind (skipped: %v; failovers the Sentinel did not make: %d):\n%s", r.skippedBy, r.failedFailovers, kindTable(rep.Faults))
 	for _, f := range rep.Failures() {
 		t.Error(f)
 	}
@@ -197,6 +200,9 @@ type chaosRunner struct {
 	nextKey   int
 	skipped   int
 	skippedBy map[string]int
+	// failedFailovers counts failover faults in which the Sentinel did not
+	// fail over in time (the handoff before it happened all the same).
+	failedFailovers int
 }
 
 // kindTable lists every fault kind with its count, one a line.
@@ -411,7 +417,7 @@ func (r *chaosRunner) inject(s step) (func(), func(*State) bool) {
 			what, victim = "graceful stop of "+id, id
 		}
 		c.Fault(s.kind, "after a "+what)
-		c.Failover(true, func() {
+		err := c.Failover(true, func() {
 			if victim != "" {
 				c.Term(victim)
 			} else {
@@ -419,7 +425,12 @@ func (r *chaosRunner) inject(s step) (func(), func(*State) bool) {
 			}
 			time.Sleep(s.param) // the handoff's head start is the fault's parameter
 		})
-		c.Healed(s.kind, "master now "+c.Redis.Name())
+		if err != nil {
+			r.failedFailovers++
+			c.Healed(s.kind, "no failover: "+err.Error())
+		} else {
+			c.Healed(s.kind, "master now "+c.Redis.Name())
+		}
 		if victim != "" {
 			return func() { c.Start(victim) }, nil
 		}
@@ -641,7 +652,7 @@ func writeChaosReport(t *testing.T, path string, seed uint64, nodes, rounds int,
 	}
 	res := chaosResult{
 		Seed: seed, Nodes: nodes, Rounds: rounds, Faults: rep.Faults, FaultsTotal: total, Skipped: r.skipped,
-		SkippedByKind: r.skippedBy, FewestOfAKind: fewest,
+		SkippedByKind: r.skippedBy, FewestOfAKind: fewest, FailedFailover: r.failedFailovers,
 		SimulatedTime: rep.Span.Round(time.Millisecond).String(), Events: rep.Events, Instances: rep.Instances,
 		Overlaps: len(rep.Overlaps), Leaks: len(rep.Leaks), DoubleDowns: len(rep.DoubleDowns),
 		StaleWrites: len(rep.StaleWrites), EpochViolation: len(rep.EpochViolations), LeaderTerms: rep.Terms,

@@ -34,14 +34,16 @@ type Config struct {
 	// fault that makes many disconnects slow.
 	Until int64 `json:"until,omitempty"`
 	// KeyFn: "" behaves; "hang" makes the key function (dim.WithKey) block
-	// for KeyHangFactor × the callback timeout on every call for this
-	// config before it answers; "panic" makes it panic on every call.
+	// for KeyHang(callback timeout) on every call for this config before it
+	// answers; "panic" makes it panic on every call.
 	KeyFn string `json:"keyfn,omitempty"`
 }
 
-// KeyHangFactor times the callback timeout is how long a hanging key
-// function blocks.
-const KeyHangFactor = 3
+// KeyHang is how long a hanging key function blocks: past the callback
+// timeout, so that dim abandons the call, and short enough that the call
+// still running when the fault is healed does not hold config reads up for
+// longer than the recovery bound allows.
+func KeyHang(timeout time.Duration) time.Duration { return timeout * 3 / 2 }
 
 // Misbehaves reports whether any callback of the config misbehaves.
 func (c Config) Misbehaves() bool {

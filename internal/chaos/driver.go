@@ -395,7 +395,7 @@ func (c *Cluster) SetTiming(id string, t Timing) {
 // runs before the failover (nil: nothing), so that the new master lacks
 // every write the old one accepted meanwhile, handoff's included. The old
 // master becomes a replica of the new one. Only with [Options.Sentinel].
-func (c *Cluster) Failover(lose bool, handoff func()) {
+func (c *Cluster) Failover(lose bool, handoff func()) error {
 	c.tb.Helper()
 	if c.Sentinel == nil {
 		c.tb.Fatal("chaos: Failover needs a cluster with Options.Sentinel")
@@ -406,12 +406,18 @@ func (c *Cluster) Failover(lose bool, handoff func()) {
 	if handoff != nil {
 		handoff()
 	}
-	next := c.Sentinel.Failover()
+	next, err := c.Sentinel.TryFailover()
+	if err != nil {
+		// A Sentinel that does not fail over in time leaves the master as
+		// it was: the run goes on, and says so.
+		return err
+	}
 	c.Redis = next
 	for _, id := range c.order {
 		c.nodes[id].Proxy.SetTarget(next.Addr())
 	}
 	c.ctl.SetTarget(next.Addr())
+	return nil
 }
 
 // proc returns a node's running process, or nil.

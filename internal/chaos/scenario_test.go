@@ -464,10 +464,10 @@ func TestASentinelFailoverDuringAHandoff(t *testing.T) {
 	c := newScenarioWith(t, 3, 9, Options{Sentinel: true})
 	first := c.Redis
 	c.Fault("failover", "after a config change")
-	c.Failover(true, func() {
+	require.NoError(t, c.Failover(true, func() {
 		bumpAll(c)
 		time.Sleep(200 * time.Millisecond) // the handoff's head start
-	})
+	}))
 	c.Healed("failover", c.Redis.Name())
 	require.NotSame(t, first, c.Redis)
 	took, _ := c.Quiet(settle)
@@ -476,7 +476,7 @@ func TestASentinelFailoverDuringAHandoff(t *testing.T) {
 	leader := c.Leader(settle)
 	victim := others(c, leader)[0]
 	c.Fault("failover", "after a graceful stop of "+victim)
-	c.Failover(true, func() { c.Term(victim) })
+	require.NoError(t, c.Failover(true, func() { c.Term(victim) }))
 	c.Healed("failover", c.Redis.Name())
 	require.Same(t, first, c.Redis)
 	took, _ = c.Quiet(settle)

@@ -156,23 +156,49 @@ func (s *Sentinel) Master() *Server {
 // the new master.
 func (s *Sentinel) Failover() *Server {
 	s.tb.Helper()
+	next, err := s.TryFailover()
+	if err != nil {
+		s.tb.Fatalf("redistest: %v", err)
+	}
+	return next
+}
+
+// TryFailover is [Sentinel.Failover] that returns an error instead of
+// failing the test when the Sentinel does not fail over in time; the
+// servers are then left (or put back) as master and replica of the old
+// master.
+func (s *Sentinel) TryFailover() (*Server, error) {
 	old := s.Master()
 	// Right after a failover the Sentinel knows the old master as a replica
 	// only once it has read its INFO (every SentinelInfoPeriod), and until
 	// then answers NOGOODSLAVE.
-	s.waitUntil(DefaultFailoverTimeout, "the Sentinel to start a failover", func() error {
+	err := s.poll(DefaultFailoverTimeout, "the Sentinel to start a failover", func() error {
 		_, err := s.sentinel.do(time.Second, "SENTINEL", "FAILOVER", SentinelMasterSet)
 		return err
 	})
-	next := s.WaitFailover(old)
+	var next *Server
+	if err == nil {
+		next, err = s.awaitFailover(old)
+	}
+	if err != nil {
+		// Put a detached replica back on the master it left.
+		for _, d := range s.data {
+			if d != old {
+				_, _ = d.do(time.Second, "REPLICAOF", "127.0.0.1", strconv.Itoa(old.Port()))
+			}
+		}
+		return nil, err
+	}
 	// Restarts keep the new roles.
 	next.setRole("--replicaof", "no", "one")
 	old.setRole("--replicaof", "127.0.0.1", strconv.Itoa(next.Port()))
 	if _, err := old.do(time.Second, "REPLICAOF", "127.0.0.1", strconv.Itoa(next.Port())); err != nil {
-		s.tb.Fatalf("redistest: make the old master %s a replica: %v", old.Name(), err)
+		return nil, fmt.Errorf("make the old master %s a replica: %w", old.Name(), err)
 	}
-	s.waitUntil(DefaultFailoverTimeout, "the old master in sync with the new one", func() error { return s.inSync(old) })
-	return next
+	if err := s.poll(DefaultFailoverTimeout, "the old master in sync with the new one", func() error { return s.inSync(old) }); err != nil {
+		return nil, err
+	}
+	return next, nil
 }
 
 // Replica returns the data server that is not [Sentinel.Master].
@@ -219,8 +245,17 @@ func (s *Sentinel) Set(option, value string) {
 // [DefaultFailoverTimeout].
 func (s *Sentinel) WaitFailover(old *Server) *Server {
 	s.tb.Helper()
+	next, err := s.awaitFailover(old)
+	if err != nil {
+		s.tb.Fatalf("redistest: %v", err)
+	}
+	return next
+}
+
+// awaitFailover is WaitFailover returning an error.
+func (s *Sentinel) awaitFailover(old *Server) (*Server, error) {
 	var next *Server
-	s.waitUntil(DefaultFailoverTimeout, "a failover away from "+old.Name(), func() error {
+	err := s.poll(DefaultFailoverTimeout, "a failover away from "+old.Name(), func() error {
 		st, err := s.state()
 		if err != nil {
 			return err
@@ -243,7 +278,7 @@ func (s *Sentinel) WaitFailover(old *Server) *Server {
 		}
 		return nil
 	})
-	return next
+	return next, err
 }
 
 // ClientOption returns rueidis options that find the master through the
@@ -315,16 +350,23 @@ func (s *Sentinel) inSync(d *Server) error {
 // error once within has passed.
 func (s *Sentinel) waitUntil(within time.Duration, what string, check func() error) {
 	s.tb.Helper()
+	if err := s.poll(within, what, check); err != nil {
+		s.tb.Fatalf("redistest: %v", err)
+	}
+}
+
+// poll is waitUntil returning the error.
+func (s *Sentinel) poll(within time.Duration, what string, check func() error) error {
 	deadline := time.Now().Add(within)
 	ticker := time.NewTicker(20 * time.Millisecond)
 	defer ticker.Stop()
 	for {
 		err := check()
 		if err == nil {
-			return
+			return nil
 		}
 		if time.Now().After(deadline) {
-			s.tb.Fatalf("redistest: not within %v: %s: %v", within, what, err)
+			return fmt.Errorf("not within %v: %s: %w", within, what, err)
 		}
 		<-ticker.C
 	}

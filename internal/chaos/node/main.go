@@ -56,6 +56,10 @@ type inst struct {
 }
 
 func main() {
+	// First of all: a SIGTERM that comes while the program starts must stop
+	// it gracefully, not kill it.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	var (
 		id        = flag.String("id", "", "node ID")
 		service   = flag.String("service", "chaos", "dim service name")
@@ -110,9 +114,6 @@ func main() {
 			dim.WithLogger(logger),
 		)
 	}
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-
 	// Start waits while an earlier run of this node ID still holds a lease,
 	// and fails when Redis cannot be reached in time (a slow or cut link):
 	// then the program tries again with a new Manager, as a supervisor
@@ -249,7 +250,7 @@ func (n *node) write(in *inst, what string) {
 func keyOf(c chaos.Config, timeout time.Duration) string {
 	switch c.KeyFn {
 	case "hang":
-		time.Sleep(chaos.KeyHangFactor * timeout)
+		time.Sleep(chaos.KeyHang(timeout))
 	case "panic":
 		panic("key function of " + c.Key + ": injected panic")
 	}
