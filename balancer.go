@@ -375,8 +375,7 @@ func (b *balancing) placeRest() {
 	for s := range next {
 		next[s] = s
 	}
-	var find func(int) int
-	find = func(s int) int {
+	find := func(s int) int {
 		for next[s] != s {
 			next[s] = next[next[s]]
 			s = next[s]

@@ -686,7 +686,7 @@ func (m *Manager[C, I]) create(ctx, leaseCtx context.Context, session string, jo
 	if job.gen != m.instances.generation() {
 		m.inflight.remove(job.key)
 		cancel()
-		return nil, errors.New("Redis restored an older record after the claim; claiming again")
+		return nil, errors.New("the record was restored by Redis after the claim; claiming again")
 	}
 	spanCtx, span := m.tel.startCallback(ctx, spanCreate, job.key)
 	start := time.Now()

@@ -526,7 +526,7 @@ func TestDisableCacheOnARealServer(t *testing.T) {
 	// where a lock left to expire would hold for most of its TTL.
 	c.stop(next.id)
 	start = time.Now()
-	next = c.leader()
+	c.leader()
 	t.Logf("leader stop: new leader %v after Stop returned", time.Since(start))
 	assert.Less(t, time.Since(start), testLockTTL/2, "a released lock waits for its TTL")
 	c.waitConverged(testTTL, c.running()...)

@@ -49,7 +49,6 @@ func TestValidate(t *testing.T) {
 // moduloPlacer puts the i-th key on node i mod M, which makes every count
 // easy to check by hand.
 type moduloPlacer struct {
-	keys  []string
 	nodes []string
 }
 

@@ -191,21 +191,6 @@ func (t *tracker) counts() (creates, overlaps int64) {
 	return t.creates, t.overlaps
 }
 
-// keepTimes starts recording the time of every create, forgetting those
-// recorded before.
-func (t *tracker) keepTimes() {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.keep, t.times = true, nil
-}
-
-// createTimes returns the times recorded since keepTimes.
-func (t *tracker) createTimes() []time.Time {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return slices.Clone(t.times)
-}
-
 // waitQuiet waits until no key has been created for quiet, reading only
 // the tracker, so that a scenario can let a convergence finish before it
 // asks Redis (a status of 10k keys costs Redis milliseconds, which would

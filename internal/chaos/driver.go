@@ -101,7 +101,8 @@ func NodeBinary(tb testing.TB) string {
 		build.bin = filepath.Join(build.dir, "node")
 		goBin, err := exec.LookPath("go")
 		if err != nil {
-			goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+			build.err = fmt.Errorf("the go command is needed to build the node program: %w", err)
+			return
 		}
 		args := []string{"build", "-o", build.bin}
 		if os.Getenv("CHAOS_NODE_RACE") == "1" {
