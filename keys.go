@@ -308,15 +308,12 @@ return 1
 
 // leaveScript ends a node's membership if its session is still current.
 //
-// KEYS: nodes sessions weights ttls cfgerr
+// KEYS: nodes sessions weights ttls cfgerr traces
 // ARGV: node session channel
 var leaveScript = script(`
 if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-redis.call('HDEL', KEYS[4], ARGV[1])
-redis.call('HDEL', KEYS[5], ARGV[1])
+for i = 2, 6 do redis.call('HDEL', KEYS[i], ARGV[1]) end
 redis.call('PUBLISH', ARGV[3], 'leave ' .. ARGV[1])
 return 1
 `)
@@ -324,7 +321,7 @@ return 1
 // membersScript drops expired members (announcing them as left) and lists
 // the live ones.
 //
-// KEYS: nodes sessions weights ttls cfgerr
+// KEYS: nodes sessions weights ttls cfgerr traces
 // ARGV: channel
 // Returns {server_ms, node, expiry_ms, weight, node, …}.
 var membersScript = script(`
@@ -332,10 +329,7 @@ local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 if #dead > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
   for _, n in ipairs(dead) do
-    redis.call('HDEL', KEYS[2], n)
-    redis.call('HDEL', KEYS[3], n)
-    redis.call('HDEL', KEYS[4], n)
-    redis.call('HDEL', KEYS[5], n)
+    for i = 2, 6 do redis.call('HDEL', KEYS[i], n) end
   end
   redis.call('PUBLISH', ARGV[1], 'leave ' .. table.concat(dead, ' '))
 end

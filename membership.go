@@ -338,7 +338,7 @@ func (m *Manager[C, I]) leave(ctx context.Context) error {
 	}
 	m.lease.end()
 	return leaveScript.Exec(ctx, m.client,
-		[]string{m.k.nodes, m.k.sessions, m.k.weights, m.k.ttls, m.k.cfgErr},
+		[]string{m.k.nodes, m.k.sessions, m.k.weights, m.k.ttls, m.k.cfgErr, m.k.traces},
 		[]string{m.s.nodeID, session, m.k.channel}).Error()
 }
 
@@ -353,7 +353,7 @@ type member struct {
 // time, in milliseconds.
 func (m *Manager[C, I]) members(ctx context.Context) (now int64, live []member, err error) {
 	res, err := membersScript.Exec(ctx, m.client,
-		[]string{m.k.nodes, m.k.sessions, m.k.weights, m.k.ttls, m.k.cfgErr},
+		[]string{m.k.nodes, m.k.sessions, m.k.weights, m.k.ttls, m.k.cfgErr, m.k.traces},
 		[]string{m.k.channel}).ToArray()
 	if err != nil {
 		return 0, nil, err
