@@ -2,6 +2,7 @@ package dim
 
 import (
 	"context"
+	"fmt"
 	"errors"
 	"sync/atomic"
 	"testing"
@@ -219,4 +220,35 @@ func TestADisconnectThatReturnsAnErrorStillReleasesItsKey(t *testing.T) {
 	c.stop("n1")
 	c.waitConverged(testTTL/2, "n2")
 	t.Logf("every key live on n2 %v after Stop", time.Since(start))
+}
+
+func TestNodeIDsThatChangeAtEveryRestartLeaveNothingBehind(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 6)
+	c.start("keeper")
+	for i := range 10 {
+		// A deploy: a new process with a new default-style ID, which stops
+		// gracefully, and one that crashes and is never seen again.
+		id := fmt.Sprintf("deploy-%d", i)
+		c.start(id)
+		c.waitConverged(10*time.Second, "keeper", id)
+		c.stop(id)
+		gone := fmt.Sprintf("crashed-%d", i)
+		c.start(gone)
+		c.waitConverged(10*time.Second, "keeper", gone)
+		c.crash(gone)
+		c.waitConverged(10*time.Second, "keeper")
+	}
+	admin := c.srv.Client(t)
+	k := newKeys("", c.service)
+	for _, hash := range []string{k.sessions, k.weights, k.ttls, k.traces, k.cfgErr} {
+		fields, err := admin.Do(context.Background(), admin.B().Hkeys().Key(hash).Build()).AsStrSlice()
+		require.NoError(t, err)
+		assert.Subset(t, []string{"keeper"}, fields, "%s keeps only live nodes", hash)
+	}
+	sets, err := admin.Do(context.Background(), admin.B().Keys().Pattern(k.prefix+":a:*").Build()).AsStrSlice()
+	require.NoError(t, err)
+	assert.LessOrEqual(t, len(sets), 1, "assignment sets of departed nodes: %v", sets)
 }
