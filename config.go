@@ -156,8 +156,10 @@ func isNil(c any) bool {
 
 // nodeConfigs returns the configs this node knows, calling getConfig again
 // when they are marked stale or an assigned key is missing from them (the
-// leader saw a newer list). On error the old configs stay in force.
-func (m *Manager[C, I]) nodeConfigs(ctx context.Context, assigned map[string]bool) map[string]config[C] {
+// leader saw a newer list). On error the old configs stay in force. fresh
+// tells that getConfig was called and answered just now: only then may a
+// missing key be taken to be missing from this node's config source.
+func (m *Manager[C, I]) nodeConfigs(ctx context.Context, assigned map[string]bool) (configs map[string]config[C], fresh bool) {
 	stale := m.configsStale.Swap(false) || m.configs == nil
 	if !stale && time.Since(m.configsAt) > m.s.heartbeat {
 		for key := range assigned {
@@ -169,7 +171,7 @@ func (m *Manager[C, I]) nodeConfigs(ctx context.Context, assigned map[string]boo
 	}
 	if !stale {
 		m.withSums(ctx, m.configs, assigned)
-		return m.configs
+		return m.configs, false
 	}
 	configs, err := m.load(ctx, true, &m.nodeConfigGuard)
 	if err != nil {
@@ -180,16 +182,16 @@ func (m *Manager[C, I]) nodeConfigs(ctx context.Context, assigned map[string]boo
 		m.configsStale.Store(true)
 		m.tab.retryAt = time.Now().Add(m.configBackoff.next())
 		if m.configs == nil {
-			return map[string]config[C]{}
+			return map[string]config[C]{}, false
 		}
 		m.withSums(ctx, m.configs, assigned)
-		return m.configs
+		return m.configs, false
 	}
 	m.configBackoff.reset()
 	m.cfgErrs.report(ctx, m, nil, 0)
 	m.withSums(ctx, configs, assigned)
 	m.configs, m.configsAt = configs, time.Now()
-	return configs
+	return configs, true
 }
 
 // fingerprint summarises a config list, so the leader can tell nodes when

@@ -349,7 +349,7 @@ func (m *Manager[C, I]) reconcile() {
 	for _, k := range assigned {
 		mine[k] = true
 	}
-	configs := m.nodeConfigs(ctx, mine)
+	configs, fresh := m.nodeConfigs(ctx, mine)
 
 	// Stop what is no longer ours or no longer configured; replace what
 	// changed under the same key.
@@ -436,9 +436,15 @@ func (m *Manager[C, I]) reconcile() {
 	}
 	stats.created, stats.failed = m.createAll(ctx, leaseCtx, session, jobs)
 	stats.waiting = len(m.tab.waiting)
+	// A key is unknown to this node only when getConfig just answered
+	// without it: not when getConfig failed or the list is merely older
+	// than the leader's.
 	unknown := map[string]bool{}
 	for key := range mine {
-		if _, ok := configs[key]; !ok {
+		if _, ok := configs[key]; ok {
+			continue
+		}
+		if fresh || m.tab.avoiding[key] == avoidUnknown {
 			unknown[key] = true
 			if m.tab.states[key].State != KeyUnknown {
 				m.log.Warn("assigned a key that this node's getConfig does not return; it cannot run here", "key", key)

@@ -205,12 +205,17 @@ func (m *Manager[C, I]) syncAvoid(ctx context.Context, configs map[string]config
 		if _, still := next[key]; still {
 			continue
 		}
-		// A key this node knows again is its to run again. A key given up
-		// keeps its cooldown in Redis, unless it runs here after all.
+		// A key this node knows again is its to run again; one it still
+		// does not know stays avoided (and tracked) after it moved away. A
+		// key given up keeps its cooldown in Redis, unless it runs here
+		// after all.
 		_, known := configs[key]
 		_, running := m.tab.running[key]
-		if (why == avoidUnknown && known) || (why == avoidGaveUp && running) {
+		switch {
+		case why == avoidUnknown && known, why == avoidGaveUp && running:
 			args = append(args, key, "-")
+		case why == avoidUnknown:
+			next[key] = avoidUnknown
 		}
 	}
 	if len(args) == 0 {

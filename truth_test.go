@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -282,4 +283,43 @@ func TestAPanicLogsItsStackOnce(t *testing.T) {
 	assert.Equal(t, 1, strings.Count(out, "callback panicked"), "the stack once")
 	assert.Equal(t, 1, strings.Count(out, "[running]"), "one stack in the log")
 	assert.Contains(t, out, "panic: nil map in the driver")
+}
+
+func TestANodeWhoseFirstGetConfigFailsStillGetsItsShare(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 4)
+	c.start("n1")
+	c.waitConverged(10*time.Second, "n1")
+	// A failing getConfig says nothing about which keys a node knows: its
+	// keys must not be handed on as unknown to it, and once getConfig works
+	// it runs its share.
+	n2 := c.newNode("n2")
+	works := n2.m.getConfig
+	var broken atomic.Bool
+	broken.Store(true)
+	n2.m.getConfig = func(ctx context.Context) ([]testConfig, error) {
+		if broken.Load() {
+			return nil, errors.New("config service warming up")
+		}
+		return works(ctx)
+	}
+	c.startNode(n2)
+	c.eventually(5*time.Second, "keys assigned to n2 while its getConfig fails", func() bool {
+		for _, node := range c.status().Assignment {
+			if node == "n2" {
+				return true
+			}
+		}
+		return false
+	})
+	calls := c.getConfCalls.Load()
+	c.eventually(5*time.Second, "a few more config reads", func() bool { return c.getConfCalls.Load() > calls+2 })
+	broken.Store(false)
+	c.waitConverged(10*time.Second, "n1", "n2")
+	admin := c.srv.Client(t)
+	avoid, err := admin.Do(context.Background(), admin.B().Hgetall().Key(newKeys("", c.service).avoid).Build()).AsStrMap()
+	require.NoError(t, err)
+	assert.Empty(t, avoid, "no key was declared unknown to n2")
 }
