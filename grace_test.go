@@ -252,3 +252,38 @@ func TestNodeIDsThatChangeAtEveryRestartLeaveNothingBehind(t *testing.T) {
 	require.NoError(t, err)
 	assert.LessOrEqual(t, len(sets), 1, "assignment sets of departed nodes: %v", sets)
 }
+
+func TestAKeyRemovedWhileItsOwnerWasDeadLeavesNoOwnerBehind(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 4)
+	c.start("n1")
+	c.start("n2")
+	c.waitConverged(10*time.Second, "n1", "n2")
+	var gone string
+	for key, on := range c.rec.LiveByKey() {
+		if on[0] == "n2" {
+			gone = key
+		}
+	}
+	require.NotEmpty(t, gone)
+	c.crash("n2")
+	var keep []testConfig
+	for _, key := range c.keys() {
+		if key != gone {
+			keep = append(keep, testConfig{Key: key})
+		}
+	}
+	c.setConfigs(keep)
+	c.waitConverged(10*time.Second, "n1")
+	admin := c.srv.Client(t)
+	k := newKeys("", c.service)
+	c.eventually(5*time.Second, "the removed key's owner entry gone", func() bool {
+		n, err := admin.Do(context.Background(), admin.B().Hexists().Key(k.owner).Field(gone).Build()).AsBool()
+		return err == nil && !n
+	})
+	st, err := admin.Do(context.Background(), admin.B().Hexists().Key(k.state).Field(gone).Build()).AsBool()
+	require.NoError(t, err)
+	assert.False(t, st, "its state entry gone too")
+}

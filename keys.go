@@ -372,9 +372,12 @@ return {l[1], l[3], ok}
 // writeScript applies a diff of the assignment, but only for the current
 // epoch, so a deposed leader can never write. It tells every node whose set
 // changed, and leaves the rebalance's trace context ("-" if none) for each of
-// them, so that the reconcile that acts on the change can link to it.
+// them, so that the reconcile that acts on the change can link to it. A key
+// that leaves the configs while its owner is dead takes its owner entry and
+// state with it; a live owner releases them itself when it has stopped.
 //
-// KEYS: epoch assign traces set_1 … set_m (the per-node sets involved)
+// KEYS: epoch assign traces nodes sessions owner state, then set_1 … set_m
+// (the per-node sets involved)
 // ARGV: epoch channel traceparent m node_1 … node_m then triples (key, new,
 // old), where new and old number the nodes (0: none).
 // Returns 1, or 0 if the epoch is stale.
@@ -395,12 +398,20 @@ for i = 5 + m, #ARGV, 3 do
     sets[#sets + 1] = ARGV[4 + new]
   else
     dels[#dels + 1] = key
+    local cur = redis.call('HGET', KEYS[6], key)
+    if cur then
+      local on, os = string.match(cur, '^(%S+) (%S+) ')
+      if not live(KEYS[4], KEYS[5], on, os) then
+        redis.call('HDEL', KEYS[6], key)
+        redis.call('HDEL', KEYS[7], key)
+      end
+    end
   end
 end
 local notify = {}
 for i = 1, m do
-  if rems[i] then redis.call('SREM', KEYS[3 + i], unpack(rems[i])) end
-  if adds[i] then redis.call('SADD', KEYS[3 + i], unpack(adds[i])) end
+  if rems[i] then redis.call('SREM', KEYS[7 + i], unpack(rems[i])) end
+  if adds[i] then redis.call('SADD', KEYS[7 + i], unpack(adds[i])) end
   if rems[i] or adds[i] then
     notify[#notify + 1] = ARGV[4 + i]
     if ARGV[3] ~= '-' then redis.call('HSET', KEYS[3], ARGV[4 + i], ARGV[3]) end
@@ -563,6 +574,30 @@ var resultScript = script(`
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[2], 'rb_at', now, 'rb_moves', ARGV[2], 'rb_err', ARGV[3])
 return 1
+`)
+
+// sweepScript looks at one bounded page of owner entries and removes those
+// of keys that are no longer assigned and whose owner is no longer live: a
+// key removed from the configs while its owner was dead would otherwise keep
+// its entry forever. The leader pages through the whole hash over time.
+//
+// KEYS: nodes sessions assign owner state
+// ARGV: cursor count
+// Returns the next cursor ("0" at the end).
+var sweepScript = script(`
+local page = redis.call('HSCAN', KEYS[4], ARGV[1], 'COUNT', ARGV[2])
+local entries = page[2]
+for i = 1, #entries, 2 do
+  local key, cur = entries[i], entries[i + 1]
+  if redis.call('HEXISTS', KEYS[3], key) == 0 then
+    local on, os = string.match(cur, '^(%S+) (%S+) ')
+    if not live(KEYS[1], KEYS[2], on, os) then
+      redis.call('HDEL', KEYS[4], key)
+      redis.call('HDEL', KEYS[5], key)
+    end
+  end
+end
+return page[1]
 `)
 
 // avoidScript records which keys a node cannot run, for the leader to place

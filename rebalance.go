@@ -60,6 +60,7 @@ type leaderState struct {
 	observed time.Time
 	moves    int        // of the last rebalance that ran
 	assigned Assignment // as this leader last wrote it; nil: read it
+	sweep    string     // HSCAN cursor of the owner sweep
 	gen      string     // the record's generation when assigned was read
 	ran      bool       // whether the last call ran a rebalance (not skipped)
 	lastErr  string     // the last recorded outcome, "" if it succeeded
@@ -114,6 +115,9 @@ func (m *Manager[C, I]) leaderLoop(ctx context.Context, epoch uint64, busy *atom
 		if trigger == triggerRefresh || time.Since(st.observed) > m.s.nodeTTL {
 			m.observe(ctx, &st)
 		}
+		if trigger == triggerRefresh {
+			m.sweepOwners(ctx, &st)
+		}
 		busy.Store(0)
 		select {
 		case <-ctx.Done():
@@ -131,6 +135,24 @@ func (m *Manager[C, I]) leaderLoop(ctx context.Context, epoch uint64, busy *atom
 			close(done)
 			return "handed off"
 		}
+	}
+}
+
+// sweepChunk is how many owner entries one sweep looks at.
+const sweepChunk = 1000
+
+// sweepOwners removes one page of owner entries left by keys that were
+// removed while their owner was dead (see sweepScript).
+func (m *Manager[C, I]) sweepOwners(ctx context.Context, st *leaderState) {
+	if st.sweep == "" {
+		st.sweep = "0"
+	}
+	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	defer cancel()
+	next, err := sweepScript.Exec(ctx, m.client, []string{m.k.nodes, m.k.sessions, m.k.assign, m.k.owner, m.k.state},
+		[]string{st.sweep, strconv.Itoa(sweepChunk)}).ToString()
+	if err == nil {
+		st.sweep = next
 	}
 }
 
@@ -415,8 +437,8 @@ func (m *Manager[C, I]) writeChunk(ctx context.Context, epoch uint64, chunk []ch
 			}
 		}
 	}
-	keys := make([]string, 0, 3+len(nodes))
-	keys = append(keys, m.k.epoch, m.k.assign, m.k.traces)
+	keys := make([]string, 0, 7+len(nodes))
+	keys = append(keys, m.k.epoch, m.k.assign, m.k.traces, m.k.nodes, m.k.sessions, m.k.owner, m.k.state)
 	args := make([]string, 0, 4+len(nodes)+3*len(chunk))
 	args = append(args, strconv.FormatUint(epoch, 10), m.k.channel, traceparent(ctx), strconv.Itoa(len(nodes)))
 	for _, n := range nodes {
