@@ -482,6 +482,11 @@ func (c *Cluster) Term(ids ...string) {
 			c.Resume(id)
 		}
 		n := c.Node(id)
+		// A process signalled before its program has installed its SIGTERM
+		// handler dies of the signal instead of stopping: wait until it has
+		// logged its start.
+		pid := cmd.Process.Pid
+		c.Wait(5*time.Second, func(s *State) bool { return s.Started(id, pid) })
 		c.mu.Lock()
 		n.expect = "term"
 		c.mu.Unlock()

@@ -27,15 +27,16 @@ func (i *instance) live() bool { return i.end.Seq == 0 }
 
 // process is one run of a node program.
 type process struct {
-	name   string
-	node   string
-	alive  bool
-	ready  bool
-	termed bool
-	ttl    time.Duration // node TTL; 0 if the history does not say
-	ended  Event         // Kill or Exit
-	pauses []window
-	paused *window // open pause
+	name    string
+	node    string
+	alive   bool
+	ready   bool
+	started bool // the program logged its start: its SIGTERM handler is installed
+	termed  bool
+	ttl     time.Duration // node TTL; 0 if the history does not say
+	ended   Event         // Kill or Exit
+	pauses  []window
+	paused  *window // open pause
 }
 
 // window is a time a process was frozen: from its Pause to its Resume (or
@@ -77,6 +78,12 @@ func (s *State) proc(e Event) *process {
 	return p
 }
 
+// Started reports whether the process pid of node has logged its start.
+func (s *State) Started(node string, pid int) bool {
+	p := s.procs[ProcName(node, pid)]
+	return p != nil && p.started
+}
+
 // Apply adds the next event of the history.
 func (s *State) Apply(e Event) {
 	s.last = e
@@ -85,6 +92,9 @@ func (s *State) Apply(e Event) {
 		p := s.proc(e)
 		if e.TTL > 0 {
 			p.ttl = time.Duration(e.TTL)
+		}
+		if e.Kind == Start {
+			p.started = true
 		}
 	case Ready:
 		s.proc(e).ready = true
