@@ -215,7 +215,14 @@ func (c *testCluster) newNode(id string, extra ...Option) *testNode {
 	if l := testLogger(c.t); l != nil {
 		opts = append(opts, WithLogger(l))
 	}
-	m, err := New(c.getConfig, create, append(testOptions(opts...), extra...)...)
+	return c.register(id, proxy, create, append(testOptions(opts...), extra...))
+}
+
+// register makes a node of the cluster with create and opts, and files it
+// under id.
+func (c *testCluster) register(id string, proxy *faultproxy.Proxy, create func(context.Context, testConfig) (*testInst, error), opts []Option) *testNode {
+	c.t.Helper()
+	m, err := New(c.getConfig, create, opts...)
 	require.NoError(c.t, err)
 	n := &testNode{id: id, m: m, proxy: proxy}
 	c.mu.Lock()

@@ -99,13 +99,7 @@ func (c *safetyCluster) newNode(id string, extra ...Option) *testNode {
 	if l := testLogger(c.t); l != nil {
 		opts = append(opts, WithLogger(l.With("node", id)))
 	}
-	m, err := New(c.getConfig, create, append(testOptions(opts...), extra...)...)
-	require.NoError(c.t, err)
-	n := &testNode{id: id, m: m, proxy: proxy}
-	c.mu.Lock()
-	c.nodes[id] = n
-	c.mu.Unlock()
-	return n
+	return c.register(id, proxy, create, append(testOptions(opts...), extra...))
 }
 
 // start creates and starts a node.
