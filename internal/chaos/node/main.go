@@ -148,7 +148,9 @@ func main() {
 	stopWatch()
 	wg.Wait()
 	n.log(chaos.Event{Kind: chaos.Stopping})
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	// The driver waits 10 s for the process to exit; behind a link slowed
+	// to over a second a round trip, Stop's Redis steps take seconds.
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
 	err = m.Stop(ctx)
 	cancel()
 	n.log(chaos.Event{Kind: chaos.Stopped, Detail: fmt.Sprint(err)})
