@@ -638,6 +638,11 @@ func (m *Manager[C, I]) createAll(ctx, leaseCtx context.Context, session string,
 	}
 	for range jobs {
 		r := <-results
+		if errors.Is(r.err, errNotCreated) {
+			m.log.Debug("create skipped", "key", r.job.key, "reason", r.err)
+			m.tab.waiting[r.job.key] = time.Now().Add(m.claimRetry)
+			continue
+		}
 		if r.err != nil {
 			failed++
 			m.recordFailure(r.job.key, "create", r.err)
@@ -683,7 +688,7 @@ func (m *Manager[C, I]) create(ctx, leaseCtx context.Context, session string, jo
 	// the lease, and createInstance must not see a context that has ended.
 	if m.checkLease() != session || ictx.Err() != nil {
 		cancel()
-		return nil, fmt.Errorf("%w: the lease ended before create", errFencedBeforeCreate)
+		return nil, fmt.Errorf("%w: the lease ended before create", errNotCreated)
 	}
 	// In flight from here until createInstance returns, however long: a
 	// restore must find it (see verifyOwnership). A claim granted on a record
@@ -692,7 +697,7 @@ func (m *Manager[C, I]) create(ctx, leaseCtx context.Context, session string, jo
 	if job.gen != m.instances.generation() {
 		m.inflight.remove(job.key)
 		cancel()
-		return nil, errors.New("the record was restored by Redis after the claim; claiming again")
+		return nil, fmt.Errorf("%w: the record was restored by Redis after the claim; claiming again", errNotCreated)
 	}
 	spanCtx, span := m.tel.startCallback(ctx, spanCreate, job.key)
 	start := time.Now()
@@ -751,9 +756,10 @@ func (m *Manager[C, I]) newEntry(job createJob[C], session string, inst I, ctx c
 		gen: job.gen, ctx: ctx, cancel: cancel, stopped: make(chan struct{})}
 }
 
-// errFencedBeforeCreate marks a create that was never called because the
-// lease had ended.
-var errFencedBeforeCreate = errors.New("dim: fenced")
+// errNotCreated marks a create that dim never called: the lease had ended,
+// or the claim was granted on a record Redis has since replaced. It is not
+// a failure of createInstance, and does not count towards giving a key up.
+var errNotCreated = errors.New("dim: create not attempted")
 
 // disconnectAll stops entries, all at once, removes them from the table and
 // waits until each disconnect hook returned or was abandoned.
