@@ -138,7 +138,7 @@ type table[I any] struct {
 	failures map[string]*failure  // keys whose create or health check failed
 	waiting  map[string]time.Time // keys whose claim was refused, and when to retry
 	states   map[string]keyRecord // what Redis holds of this node's key states
-	avoiding map[string]int       // keys this node asked the leader to place elsewhere, and why
+	avoiding map[string]avoidMark // keys this node asked the leader to place elsewhere, and why
 	retryAt  time.Time            // when to reconcile again after a failed read
 }
 
@@ -221,7 +221,7 @@ func newTable[I any]() table[I] {
 		failures: make(map[string]*failure),
 		waiting:  make(map[string]time.Time),
 		states:   make(map[string]keyRecord),
-		avoiding: make(map[string]int),
+		avoiding: make(map[string]avoidMark),
 	}
 }
 
@@ -444,7 +444,7 @@ func (m *Manager[C, I]) reconcile() {
 		if _, ok := configs[key]; ok {
 			continue
 		}
-		if fresh || m.tab.avoiding[key] == avoidUnknown {
+		if fresh || m.tab.avoiding[key].why == avoidUnknown {
 			unknown[key] = true
 			if m.tab.states[key].State != KeyUnknown {
 				m.log.Warn("assigned a key that this node's getConfig does not return; it cannot run here", "key", key)
@@ -452,8 +452,10 @@ func (m *Manager[C, I]) reconcile() {
 		}
 	}
 	m.tel.setUnknown(len(unknown))
-	m.syncAvoid(ctx, configs, unknown)
+	// States first: the leader, woken by a give-up, reads the key's last
+	// error from them.
 	m.syncStates(ctx, session, unknown)
+	m.syncAvoid(ctx, configs, unknown)
 	m.publishView()
 }
 

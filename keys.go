@@ -34,56 +34,67 @@ import (
 //	<p>:cfgerr     HASH  node → its last failed getConfig, JSON {"e","t","k"}
 //	<p>:avoid      HASH  key → "node=until_ms …": nodes that must not get the
 //	                     key (until 0: until they say otherwise)
+//	<p>:quarantine HASH  key → JSON {"u":until_ms,"l":level,…}: keys that
+//	                     failed on every node they were given to
+//	<p>:unhealthy  HASH  node → JSON {"u":until_ms,"l":level,"s":session,…}:
+//	                     nodes on which keys fail that run elsewhere
+//	<p>:outage     STRING JSON {"t":since_ms,"k":keys}: most keys fail everywhere
 //	<p>:lock:…     rueidislock's leader lock
 //	<p>:events     the service's pub/sub channel
 //
 // where <p> is "dim:{service}", after the optional WithKeyPrefix.
 type keys struct {
-	prefix   string
-	nodes    string
-	sessions string
-	weights  string
-	grace    string
-	origin   string
-	ttls     string
-	maxTTL   string
-	epoch    string
-	leader   string
-	forcing  string
-	assign   string
-	traces   string
-	owner    string
-	fence    string
-	state    string
-	cfgErr   string
-	avoid    string
-	lock     string
-	channel  string
+	prefix     string
+	nodes      string
+	sessions   string
+	weights    string
+	grace      string
+	origin     string
+	ttls       string
+	maxTTL     string
+	epoch      string
+	leader     string
+	forcing    string
+	assign     string
+	traces     string
+	owner      string
+	fence      string
+	state      string
+	cfgErr     string
+	avoid      string
+	quarantine string
+	unhealthy  string
+	outage     string
+	lock       string
+	channel    string
 }
 
 func newKeys(keyPrefix, service string) keys {
 	p := keyPrefix + "dim:{" + service + "}"
 	return keys{
-		prefix:   p,
-		nodes:    p + ":nodes",
-		sessions: p + ":sessions",
-		weights:  p + ":weights",
-		grace:    p + ":graceperiod",
-		origin:   p + ":origin",
-		ttls:     p + ":ttls",
-		maxTTL:   p + ":maxttl",
-		epoch:    p + ":epoch",
-		leader:   p + ":leader",
-		forcing:  p + ":forcing",
-		assign:   p + ":assign",
-		traces:   p + ":traces",
-		owner:    p + ":owner",
-		fence:    p + ":fence",
-		state:    p + ":state",
-		cfgErr:   p + ":cfgerr",
-		avoid:    p + ":avoid",
-		lock:     p + ":lock",
-		channel:  p + ":events",
+		prefix:     p,
+		nodes:      p + ":nodes",
+		sessions:   p + ":sessions",
+		weights:    p + ":weights",
+		grace:      p + ":graceperiod",
+		origin:     p + ":origin",
+		ttls:       p + ":ttls",
+		maxTTL:     p + ":maxttl",
+		epoch:      p + ":epoch",
+		leader:     p + ":leader",
+		forcing:    p + ":forcing",
+		assign:     p + ":assign",
+		traces:     p + ":traces",
+		owner:      p + ":owner",
+		fence:      p + ":fence",
+		state:      p + ":state",
+		cfgErr:     p + ":cfgerr",
+		avoid:      p + ":avoid",
+		quarantine: p + ":quarantine",
+		unhealthy:  p + ":unhealthy",
+		outage:     p + ":outage",
+		lock:       p + ":lock",
+		channel:    p + ":events",
 	}
 }
 
@@ -623,6 +634,23 @@ for i = 3, #ARGV, 2 do
   if #parts == 0 then redis.call('HDEL', KEYS[1], key) else redis.call('HSET', KEYS[1], key, table.concat(parts, ' ')) end
 end
 redis.call('PUBLISH', ARGV[2], 'avoid ' .. ARGV[1])
+return 1
+`)
+
+// forgiveScript drops the give-ups of keys (entries with an end time),
+// keeping the entries of nodes that do not know them: a key that left
+// quarantine starts with a clean slate.
+//
+// KEYS: avoid
+// ARGV: key …
+var forgiveScript = script(`
+for i = 1, #ARGV do
+  local parts = {}
+  for n, u in string.gmatch(redis.call('HGET', KEYS[1], ARGV[i]) or '', '(%S+)=(%d+)') do
+    if tonumber(u) == 0 then parts[#parts + 1] = n .. '=0' end
+  end
+  if #parts == 0 then redis.call('HDEL', KEYS[1], ARGV[i]) else redis.call('HSET', KEYS[1], ARGV[i], table.concat(parts, ' ')) end
+end
 return 1
 `)
 

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 )
 
@@ -172,6 +171,13 @@ const (
 	avoidGaveUp  = 2 // it failed to create the key giveUpAfter times in a row
 )
 
+// avoidMark is why this node avoids a key, and until when (zero: until it
+// says otherwise).
+type avoidMark struct {
+	why   int
+	until time.Time
+}
+
 // giveUpCooldown is how long the leader keeps a key off a node that gave it
 // up: long enough for another node to try, short enough that a node that
 // was only unlucky gets it back.
@@ -183,10 +189,11 @@ const giveUpCooldown = time.Minute
 // other nodes. It runs on the node loop, after a reconcile.
 func (m *Manager[C, I]) syncAvoid(ctx context.Context, configs map[string]config[C], unknown map[string]bool) {
 	var args []string
-	next := map[string]int{}
+	now := time.Now()
+	next := map[string]avoidMark{}
 	for key := range unknown {
-		next[key] = avoidUnknown
-		if m.tab.avoiding[key] != avoidUnknown {
+		next[key] = avoidMark{why: avoidUnknown}
+		if m.tab.avoiding[key].why != avoidUnknown {
 			args = append(args, key, "0")
 		}
 	}
@@ -194,14 +201,21 @@ func (m *Manager[C, I]) syncAvoid(ctx context.Context, configs map[string]config
 		if _, ok := next[key]; ok || m.s.giveUpAfter == 0 || f.kind != "create" || f.attempts < m.s.giveUpAfter {
 			continue
 		}
-		next[key] = avoidGaveUp
-		if m.tab.avoiding[key] != avoidGaveUp {
+		// Given up again once the last give-up ran out while the key still
+		// fails here: the leader judges outages and unhealthy nodes from
+		// live give-ups.
+		if old := m.tab.avoiding[key]; old.why == avoidGaveUp && now.Before(old.until) {
+			next[key] = old
+			continue
+		}
+		next[key] = avoidMark{why: avoidGaveUp, until: now.Add(giveUpCooldown)}
+		if m.tab.avoiding[key].why != avoidGaveUp {
 			m.log.Warn("giving the key up after failed creates; the leader places it on another node",
 				"key", key, "attempts", f.attempts, "cooldown", giveUpCooldown, "err", f.err)
-			args = append(args, key, strconv.FormatInt(giveUpCooldown.Milliseconds(), 10))
 		}
+		args = append(args, key, strconv.FormatInt(giveUpCooldown.Milliseconds(), 10))
 	}
-	for key, why := range m.tab.avoiding {
+	for key, mark := range m.tab.avoiding {
 		if _, still := next[key]; still {
 			continue
 		}
@@ -212,10 +226,10 @@ func (m *Manager[C, I]) syncAvoid(ctx context.Context, configs map[string]config
 		_, known := configs[key]
 		_, running := m.tab.running[key]
 		switch {
-		case why == avoidUnknown && known, why == avoidGaveUp && running:
+		case mark.why == avoidUnknown && known, mark.why == avoidGaveUp && running:
 			args = append(args, key, "-")
-		case why == avoidUnknown:
-			next[key] = avoidUnknown
+		case mark.why == avoidUnknown:
+			next[key] = mark
 		}
 	}
 	if len(args) == 0 {
@@ -233,24 +247,4 @@ func (m *Manager[C, I]) syncAvoid(ctx context.Context, configs map[string]config
 		}
 	}
 	m.tab.avoiding = next
-}
-
-// readAvoid returns, for the leader, the live avoidances: key → nodes.
-func (m *Manager[C, I]) readAvoid(ctx context.Context, now int64) (map[string][]string, error) {
-	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-	defer cancel()
-	raw, err := m.client.Do(ctx, m.client.B().Hgetall().Key(m.k.avoid).Build()).AsStrMap()
-	if err != nil {
-		return nil, fmt.Errorf("read avoidances: %w", err)
-	}
-	out := make(map[string][]string, len(raw))
-	for key, v := range raw {
-		for _, part := range strings.Fields(v) {
-			node, until, ok := strings.Cut(part, "=")
-			if u, err := strconv.ParseInt(until, 10, 64); ok && err == nil && (u == 0 || u > now) {
-				out[key] = append(out[key], node)
-			}
-		}
-	}
-	return out, nil
 }

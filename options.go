@@ -47,23 +47,25 @@ func (f optionFunc) apply(s *settings) error { return f(s) }
 
 // settings is what the options produce; New turns it into a Manager.
 type settings struct {
-	service      string
-	keyPrefix    string
-	redis        rueidis.ClientOption
-	client       rueidis.Client // given by WithRedisClient; not dim's to close
-	nodeID       string
-	weight       int
-	nodeTTL      time.Duration
-	heartbeat    time.Duration // 0: nodeTTL/5
-	lockTTL      time.Duration
-	lockRefresh  time.Duration // 0: lockTTL/5
-	lockMajority int
-	timeout      time.Duration
-	margin       time.Duration // 0: nodeTTL/5
-	maxNodeTTL   time.Duration // 0: none
-	durable      bool
-	nodeMetrics  bool
-	giveUpAfter  int // 0: never
+	service         string
+	keyPrefix       string
+	redis           rueidis.ClientOption
+	client          rueidis.Client // given by WithRedisClient; not dim's to close
+	nodeID          string
+	weight          int
+	nodeTTL         time.Duration
+	heartbeat       time.Duration // 0: nodeTTL/5
+	lockTTL         time.Duration
+	lockRefresh     time.Duration // 0: lockTTL/5
+	lockMajority    int
+	timeout         time.Duration
+	margin          time.Duration // 0: nodeTTL/5
+	maxNodeTTL      time.Duration // 0: none
+	durable         bool
+	nodeMetrics     bool
+	giveUpAfter     int // 0: never
+	quarantineFirst time.Duration
+	quarantineMax   time.Duration
 
 	healthSpec       string
 	leaderHealthSpec string
@@ -88,6 +90,8 @@ func defaultSettings() settings {
 		redis:            rueidis.ClientOption{InitAddress: []string{DefaultRedisAddress}},
 		weight:           DefaultWeight,
 		giveUpAfter:      DefaultGiveUpAfter,
+		quarantineFirst:  DefaultQuarantineFirst,
+		quarantineMax:    DefaultQuarantineMax,
 		nodeTTL:          DefaultNodeTTL,
 		lockTTL:          DefaultLeaderLockTTL,
 		lockMajority:     DefaultLockKeyMajority,
@@ -422,15 +426,37 @@ func WithLogger(l *slog.Logger) Option {
 // WithGiveUpAfter sets after how many failed creates in a row a replica
 // gives a key up, so that the leader places it on another replica for a
 // minute: a failure that is this replica's own (a missing credential, a
-// firewall) moves instead of sticking. A key that every replica gives up stays
-// where it is and goes on retrying with backoff, so an outage of the
-// upstream does not empty the fleet. 0 never gives up. Default: 3.
+// firewall) moves instead of sticking. A key given up by min(3, replicas
+// that may run it) replicas is quarantined (see [WithQuarantine]); when most
+// keys are given up the leader calls it an outage, and keys stay where they
+// are and go on retrying with backoff, so an outage of the upstream does not
+// empty the fleet. 0 never gives up. Default: 3.
 func WithGiveUpAfter(n int) Option {
 	return optionFunc(func(s *settings) error {
 		if n < 0 {
 			return invalid("WithGiveUpAfter", "%d is negative", n)
 		}
 		s.giveUpAfter = n
+		return nil
+	})
+}
+
+// WithQuarantine sets the backoff of a key quarantined service-wide because
+// it failed on min(3, nodes that may run it) distinct nodes in a row, each of
+// which gave it up (see [WithGiveUpAfter]): no node runs the key for first,
+// then it is assigned again; if it fails again the wait doubles, up to max.
+// The same backoff applies to a node found unhealthy (keys fail there that
+// run on other nodes) before it gets a probe key. The leader applies the
+// setting of the node that leads. Defaults: 10s and 10m.
+func WithQuarantine(first, max time.Duration) Option {
+	return optionFunc(func(s *settings) error {
+		if first <= 0 {
+			return invalid("WithQuarantine", "first %v is not positive", first)
+		}
+		if max < first {
+			return invalid("WithQuarantine", "max %v is shorter than first %v", max, first)
+		}
+		s.quarantineFirst, s.quarantineMax = first, max
 		return nil
 	})
 }

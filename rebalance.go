@@ -28,6 +28,7 @@ const (
 	triggerRequested = "rebalance requested"
 	triggerResub     = "resubscribed"
 	triggerStopping  = "leader stopping"
+	triggerReview    = "failure review"
 )
 
 // requestSet holds the IDs of rebalance requests that wait for an answer.
@@ -65,6 +66,7 @@ type leaderState struct {
 	ran      bool       // whether the last call ran a rebalance (not skipped)
 	lastErr  string     // the last recorded outcome, "" if it succeeded
 	recorded bool       // an outcome was recorded in this term
+	reviewAt time.Time  // when failures need another look; zero: none
 }
 
 // joinWindow is how long a leader waits for further joins after a join or
@@ -84,6 +86,11 @@ const (
 func (m *Manager[C, I]) leaderLoop(ctx context.Context, epoch uint64, busy *atomic.Int64) string {
 	expiry := time.NewTimer(0)
 	defer expiry.Stop()
+	// Quarantines and unhealthy nodes end, and probes are looked at, on
+	// their own timer: a lease-expiry check skips unchanged members.
+	reviewT := time.NewTimer(time.Hour)
+	reviewT.Stop()
+	defer reviewT.Stop()
 	backoff := newBackoff(50*time.Millisecond, m.s.heartbeat)
 	// The first look at what runs comes one TTL into the term: a full
 	// status read of a big service would only slow its start down.
@@ -118,6 +125,10 @@ func (m *Manager[C, I]) leaderLoop(ctx context.Context, epoch uint64, busy *atom
 		if trigger == triggerRefresh {
 			m.sweepOwners(ctx, &st)
 		}
+		reviewT.Stop()
+		if !st.reviewAt.IsZero() {
+			reviewT.Reset(max(time.Until(st.reviewAt), time.Millisecond))
+		}
 		busy.Store(0)
 		select {
 		case <-ctx.Done():
@@ -125,6 +136,8 @@ func (m *Manager[C, I]) leaderLoop(ctx context.Context, epoch uint64, busy *atom
 		case trigger = <-m.leaderCh:
 		case <-expiry.C:
 			trigger = triggerExpiry
+		case <-reviewT.C:
+			trigger = triggerReview
 		case done := <-m.handoffLeaderCh:
 			// This node is stopping: one last rebalance moves its keys
 			// away, then leadership is released.
@@ -284,11 +297,11 @@ func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string
 		return nil
 	}
 	keys, keep := m.leaderKeys(ctx, st, prev, trigger)
-	avoid, err := m.readAvoid(ctx, now)
+	place, avoid, err := m.reviewFailures(ctx, now, keys, nodes, prev, st)
 	if err != nil {
 		return err
 	}
-	assignment, err := BalanceAvoiding(prev, keys, nodes, avoid)
+	assignment, err := BalanceAvoiding(prev, place, nodes, avoid)
 	if err != nil {
 		return err
 	}
@@ -327,7 +340,7 @@ func (m *Manager[C, I]) leaderKeys(ctx context.Context, st *leaderState, prev As
 	// needs the keys only, not a hash of every config's content.
 	membership := false
 	switch trigger {
-	case triggerExpiry, "node " + evJoin, "node " + evDrain, "node " + evLeave, triggerStopping:
+	case triggerExpiry, "node " + evJoin, "node " + evDrain, "node " + evLeave, "node " + evAvoid, triggerStopping, triggerReview:
 		membership = st.print != ""
 	}
 	configs, err := m.load(ctx, membership, &m.leaderConfigGuard)

@@ -49,6 +49,12 @@ type Status struct {
 	// LastRebalance is the outcome of the leader's last rebalance; nil
 	// before the first one.
 	LastRebalance *LastRebalance `json:"last_rebalance,omitempty"`
+	// Quarantined lists the keys quarantined service-wide, by key: they are
+	// not assigned (so not in Unowned) and run nowhere until tried again.
+	Quarantined []Quarantine `json:"quarantined"`
+	// Outage is set while the leader judges that most keys fail on every
+	// node; nil otherwise.
+	Outage *Outage `json:"outage,omitempty"`
 }
 
 // Grace is a grace period during which no claim is granted: nodes that
@@ -96,6 +102,9 @@ type NodeStatus struct {
 	// live).
 	Assigned int `json:"assigned"`
 	Running  int `json:"running"`
+	// Unhealthy is set while the node gets no keys (or one probe key)
+	// because keys failed there that run on other nodes.
+	Unhealthy *Unhealthy `json:"unhealthy,omitempty"`
 }
 
 // KeyStatus is what one key is doing, as the node that holds it published
@@ -375,6 +384,9 @@ func readStatus(ctx context.Context, client rueidis.Client, service string, k ke
 		if left > 0 {
 			st.Grace = &Grace{Left: time.Duration(left) * time.Millisecond, Reason: why}
 		}
+	}
+	if err := readVerdicts(ctx, client, k, st, sessions); err != nil {
+		return nil, err
 	}
 	slices.Sort(st.Unowned)
 	slices.Sort(st.AtRisk)

@@ -82,6 +82,9 @@ type telemetry struct {
 	configFails    metric.Int64Counter
 	unowned        metric.Int64Gauge
 	unknown        metric.Int64Gauge
+	quarantined    metric.Int64Gauge
+	unhealthy      metric.Int64Gauge
+	outage         metric.Int64Gauge
 	misplaced      metric.Int64Gauge
 	rebalanceTime  metric.Float64Histogram
 	reconcileTime  metric.Float64Histogram
@@ -120,6 +123,9 @@ func newTelemetry(s settings, log *slog.Logger) *telemetry {
 	t.fences, _ = meter.Int64Counter("dim.fences", metric.WithDescription("Times this node fenced itself and stopped all its instances."))
 	t.configFails, _ = meter.Int64Counter("dim.config.failures", metric.WithDescription("Failed getConfig calls."))
 	t.unowned, _ = meter.Int64Gauge("dim.keys.unowned", metric.WithDescription("On the leader: keys assigned but not claimed by any live node."))
+	t.quarantined, _ = meter.Int64Gauge("dim.keys.quarantined", metric.WithDescription("On the leader: keys quarantined service-wide after failing on several nodes; they run nowhere until tried again."))
+	t.unhealthy, _ = meter.Int64Gauge("dim.nodes.unhealthy", metric.WithDescription("On the leader: nodes that get no keys because keys fail there that run elsewhere."))
+	t.outage, _ = meter.Int64Gauge("dim.outage", metric.WithDescription("On the leader: 1 while most keys fail on every node (an upstream outage), else 0."))
 	t.unknown, _ = meter.Int64Gauge("dim.keys.unknown", metric.WithDescription("Keys assigned to this node that its getConfig does not return: they cannot run here."))
 	t.misplaced, _ = meter.Int64Gauge("dim.keys.misplaced", metric.WithDescription("On the leader: keys claimed by a live node they are not assigned to."))
 	t.rebalanceTime, _ = meter.Float64Histogram("dim.rebalance.duration", metric.WithUnit(metricSecondUnit), metric.WithDescription("Duration of rebalances."))
@@ -331,6 +337,17 @@ func (t *telemetry) setInstances(n int) {
 
 func (t *telemetry) setUnknown(n int) {
 	t.unknown.Record(context.Background(), int64(n), t.attrs())
+}
+
+func (t *telemetry) setFailures(quarantined, unhealthy int, outage bool) {
+	ctx := context.Background()
+	t.quarantined.Record(ctx, int64(quarantined), t.attrs())
+	t.unhealthy.Record(ctx, int64(unhealthy), t.attrs())
+	var o int64
+	if outage {
+		o = 1
+	}
+	t.outage.Record(ctx, o, t.attrs())
 }
 
 func (t *telemetry) setPending(unowned, misplaced int) {
