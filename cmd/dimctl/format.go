@@ -51,6 +51,10 @@ func writeStatus(w io.Writer, st *dim.Status) error {
 		}
 		fmt.Fprintf(tw, "grace\tno instance starts for %s more: %s\n", roundLease(g.Left), why)
 	}
+	if o := st.Outage; o != nil {
+		fmt.Fprintf(tw, "outage\tsince %s, %d keys fail on every node: keys stay where they are and retry with backoff\n",
+			o.Since.UTC().Format("15:04:05"), o.FailingKeys)
+	}
 
 	nodes := sortedNodes(st.Nodes)
 	fmt.Fprintln(tw)
@@ -77,6 +81,21 @@ func writeStatus(w io.Writer, st *dim.Status) error {
 					n.ConfigErrorAt.UTC().Format("15:04:05"), n.ConfigErrorKeys, quote(n.ConfigError))
 			}
 		}
+		var sick []dim.NodeStatus
+		for _, n := range nodes {
+			if n.Unhealthy != nil {
+				sick = append(sick, n)
+			}
+		}
+		if len(sick) > 0 {
+			fmt.Fprintln(tw)
+			fmt.Fprintln(tw, "UNHEALTHY")
+			for _, n := range sick {
+				u := n.Unhealthy
+				fmt.Fprintf(tw, "%s\tno keys until a probe at %s (level %d); failed here, ran elsewhere: %s\n", quote(n.ID),
+					u.Until.UTC().Format("15:04:05"), u.Level, list(u.Keys, quote))
+			}
+		}
 		fmt.Fprintln(tw)
 		fmt.Fprintln(tw, "INSTANCES")
 		for _, n := range nodes {
@@ -97,6 +116,23 @@ func writeStatus(w io.Writer, st *dim.Status) error {
 		}
 		return quote(key) + " (" + quote(st.Assignment[key]) + ", " + why + ")"
 	}))
+	if len(st.Quarantined) > 0 {
+		keys := make([]string, 0, len(st.Quarantined))
+		byKey := map[string]dim.Quarantine{}
+		for _, q := range st.Quarantined {
+			keys = append(keys, q.Key)
+			byKey[q.Key] = q
+		}
+		fmt.Fprintf(tw, "quarantined\t%d\t%s\n", len(keys), list(keys, func(key string) string {
+			q := byKey[key]
+			s := fmt.Sprintf("%s (failed on %s; tried again at %s, level %d", quote(key), list(q.Nodes, quote),
+				q.Until.UTC().Format("15:04:05"), q.Level)
+			if q.LastError != "" {
+				s += ": " + quote(q.LastError)
+			}
+			return s + ")"
+		}))
+	}
 	if len(st.AtRisk) > 0 {
 		fmt.Fprintf(tw, "at risk\t%d\t%s\n", len(st.AtRisk), list(st.AtRisk, func(key string) string {
 			return quote(key) + " (on suspect " + quote(st.Keys[key].Node) + ")"
@@ -166,6 +202,7 @@ func writeJSON(w io.Writer, st *dim.Status) error {
 		out.Keys = map[string]dim.KeyStatus{}
 	}
 	out.Misplaced = orEmpty(slices.Sorted(slices.Values(st.Misplaced)))
+	out.Quarantined = orEmpty(st.Quarantined)
 	if out.Assignment == nil {
 		out.Assignment = map[string]string{}
 	}

@@ -311,7 +311,12 @@ type unhealthy struct {
 // too.
 func problems(st *dim.Status, before *unhealthy) *unhealthy {
 	u := &unhealthy{}
-	for _, key := range st.Unowned {
+	down := slices.Clone(st.Unowned)
+	for _, q := range st.Quarantined {
+		down = append(down, q.Key)
+	}
+	slices.Sort(down)
+	for _, key := range down {
 		if before == nil || slices.Contains(before.down, key) {
 			u.down = append(u.down, key)
 		}
