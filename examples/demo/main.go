@@ -1,6 +1,7 @@
 // Command demo runs several nodes of one service in this process and walks
-// through the events dim exists for: a node joins, a node stops gracefully,
-// a node crashes, the leader dies. Each node runs simulated connections;
+// through the events dim exists for: a node joins, a feed breaks everywhere
+// (and is quarantined), a node loses its route to one feed (and the feed
+// moves), a node stops gracefully, a node crashes, the leader dies. Each node runs simulated connections;
 // the demo prints who leads, what runs where, what moved and how long it
 // took, and checks that no config ever ran twice at once.
 //
@@ -77,9 +78,11 @@ type demo struct {
 	rec     *history.Recorder
 	configs []source
 
-	mu    sync.Mutex
-	nodes map[string]*node
-	next  int
+	mu     sync.Mutex
+	nodes  map[string]*node
+	next   int
+	broken map[string]bool // feeds whose upstream refuses every login
+	cut    map[string]bool // "node feed": a node that cannot reach a feed
 }
 
 // source is a config: one simulated connection to an upstream.
@@ -114,7 +117,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	d := &demo{f: f, out: out, start: time.Now(), rec: history.New(), nodes: map[string]*node{}}
+	d := &demo{f: f, out: out, start: time.Now(), rec: history.New(), nodes: map[string]*node{},
+		broken: map[string]bool{}, cut: map[string]bool{}}
 	for i := range f.configs {
 		d.configs = append(d.configs, source{Name: fmt.Sprintf("feed-%02d", i+1), URL: fmt.Sprintf("wss://upstream.example/%02d", i+1)})
 	}
@@ -167,6 +171,8 @@ func (d *demo) walk(ctx context.Context) error {
 		do    func(context.Context) (string, error)
 	}{
 		{"a node joins", d.join},
+		{"a feed breaks everywhere", d.quarantine},
+		{"a node loses its route to one feed", d.nodeLocal},
 		{"a node stops gracefully", d.gracefulStop},
 		{"a node crashes", d.crash(false)},
 		{"the leader dies", d.crash(true)},
@@ -309,12 +315,14 @@ func (d *demo) addNode(ctx context.Context) (*node, error) {
 	}
 	m, err := dim.New(
 		func(context.Context) ([]source, error) { return d.configs, nil },
-		func(ctx context.Context, s source) (*conn, error) { return d.open(ctx, id, s), nil },
+		func(ctx context.Context, s source) (*conn, error) { return d.open(ctx, id, s) },
 		dim.WithService(d.service),
 		dim.WithNodeID(id),
 		dim.WithRedis(opt),
 		dim.WithKey(func(s source) string { return s.Name }),
-		dim.WithHealthcheck(func(context.Context, *conn) error { return nil }),
+		dim.WithHealthcheck(func(_ context.Context, c *conn) error { return d.fault(id, c.key) }),
+		dim.WithHealthcheckSchedule("@every 1s"),
+		dim.WithQuarantine(3*time.Second, 30*time.Second),
 		dim.WithDisconnect(func(ctx context.Context, c *conn) error { return c.close(ctx) }),
 		dim.WithNodeTTL(d.f.ttl),
 		dim.WithHeartbeat(d.f.ttl/10),
@@ -340,8 +348,15 @@ func (d *demo) addNode(ctx context.Context) (*node, error) {
 	return n, nil
 }
 
-// open is createInstance: a connection that works until its context ends.
-func (d *demo) open(ctx context.Context, nodeID string, s source) *conn {
+// open is createInstance: a connection that works until its context ends,
+// unless the feed or this node's route to it is broken.
+func (d *demo) open(ctx context.Context, nodeID string, s source) (*conn, error) {
+	if err := d.fault(nodeID, s.Name); err != nil {
+		if !d.crashed(nodeID) {
+			d.say("  %-3s ✗ cannot open %s: %v", nodeID, s.Name, err)
+		}
+		return nil, err
+	}
 	token, _ := dim.FencingToken(ctx)
 	wctx, cancel := context.WithCancel(ctx)
 	c := &conn{d: d, node: nodeID, key: s.Name, id: d.rec.Up(nodeID, s.Name), stop: cancel, done: make(chan struct{}), token: token}
@@ -349,7 +364,108 @@ func (d *demo) open(ctx context.Context, nodeID string, s source) *conn {
 		d.say("  %-3s ▶ opens  %s", nodeID, s.Name)
 	}
 	go c.work(wctx)
-	return c
+	return c, nil
+}
+
+// fault is what breaks a feed on a node, nil if nothing does.
+func (d *demo) fault(nodeID, key string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch {
+	case d.broken[key]:
+		return errors.New("the upstream refused the login")
+	case d.cut[nodeID+" "+key]:
+		return errors.New("no route to the upstream from " + nodeID)
+	}
+	return nil
+}
+
+func (d *demo) setFault(set map[string]bool, what string, on bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	set[what] = on
+}
+
+// quarantine breaks one feed for every node: it fails on each node it is
+// given to, then the leader quarantines it instead of letting it bounce
+// around the fleet. Repaired, it comes back at its next probe.
+func (d *demo) quarantine(ctx context.Context) (string, error) {
+	key := d.configs[min(2, len(d.configs)-1)].Name
+	d.setFault(d.broken, key, true)
+	d.say("%s's upstream starts refusing every login: its health check fails, and so does every reopen", key)
+	start := time.Now()
+	var q dim.Quarantine
+	err := d.until(ctx, 30*time.Second, func(st *dim.Status) bool {
+		i := slices.IndexFunc(st.Quarantined, func(q dim.Quarantine) bool { return q.Key == key })
+		if i >= 0 {
+			q = st.Quarantined[i]
+		}
+		return i >= 0
+	})
+	if err != nil {
+		return "", err
+	}
+	took := time.Since(start)
+	d.say("%s is quarantined after failing on %s; no node opens it until %s (level %d, last error %q)",
+		key, strings.Join(q.Nodes, ", "), q.Until.Local().Format("15:04:05"), q.Level, q.LastError)
+	d.view(ctx)
+	d.setFault(d.broken, key, false)
+	d.say("%s's upstream accepts logins again", key)
+	repaired := time.Now()
+	if err := d.until(ctx, time.Minute, func(st *dim.Status) bool { return len(st.Quarantined) == 0 && d.converged() }); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("quarantined %v after it broke, instead of failing through the fleet forever; open again %v after the repair, at its probe",
+		took.Round(time.Millisecond), time.Since(repaired).Round(time.Millisecond)), nil
+}
+
+// nodeLocal breaks one node's route to one of its feeds: the node gives the
+// feed up and another node, which can reach it, opens it.
+func (d *demo) nodeLocal(ctx context.Context) (string, error) {
+	victim := d.pick(false)
+	var key string
+	for k, on := range d.placement() {
+		if slices.Equal(on, []string{victim.id}) && (key == "" || k < key) {
+			key = k
+		}
+	}
+	if key == "" {
+		return "", fmt.Errorf("%s runs nothing", victim.id)
+	}
+	d.setFault(d.cut, victim.id+" "+key, true)
+	d.say("%s loses its route to %s's upstream; the other nodes still reach it", victim.id, key)
+	start := time.Now()
+	if err := d.until(ctx, 30*time.Second, func(*dim.Status) bool {
+		on := d.placement()[key]
+		return len(on) == 1 && on[0] != victim.id && d.converged()
+	}); err != nil {
+		return "", err
+	}
+	took := time.Since(start)
+	d.setFault(d.cut, victim.id+" "+key, false)
+	return fmt.Sprintf("%s gave %s up after failing %d times in a row, and %s opened it %v after the fault; %s keeps its other feeds",
+		victim.id, key, dim.DefaultGiveUpAfter, d.placement()[key][0], took.Round(time.Millisecond), victim.id), nil
+}
+
+// until polls the service's status until cond holds.
+func (d *demo) until(ctx context.Context, within time.Duration, cond func(*dim.Status) bool) error {
+	deadline := time.Now().Add(within)
+	for {
+		if nodes := d.liveNodes(); len(nodes) > 0 {
+			if st, err := nodes[0].m.Status(ctx); err == nil && cond(st) {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not within %v", within)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-d.rec.Changed():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 func (c *conn) work(ctx context.Context) {

@@ -29,15 +29,17 @@ func TestDemoWalksThroughEveryStep(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var out bytes.Buffer
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer cancel()
 			require.NoError(t, run(ctx, tt.args(t), &out), out.String())
 			for _, want := range []string{
 				"every connection is open exactly once",
 				"step 1: a node joins", "nothing else moved",
-				"step 2: a node stops gracefully", "no TTL to wait for",
-				"step 3: a node crashes",
-				"step 4: the leader dies", "with a higher epoch",
+				"step 2: a feed breaks everywhere", "is quarantined after failing on", "open again",
+				"step 3: a node loses its route to one feed", "times in a row, and",
+				"step 4: a node stops gracefully", "no TTL to wait for",
+				"step 5: a node crashes",
+				"step 6: the leader dies", "with a higher epoch",
 				"no connection ever ran twice at once",
 			} {
 				assert.Contains(t, out.String(), want)
