@@ -32,6 +32,10 @@ const (
 	// return it (replicas that disagree on configs, during a rolling
 	// deploy): it does not run there.
 	KeyUnknown KeyState = "unknown"
+	// KeyQuarantined: the key failed on every node it was given to; the
+	// leader keeps it off every node until NextRetry (see WithQuarantine).
+	// Published by the leader, not by a node.
+	KeyQuarantined KeyState = "quarantined"
 )
 
 // keyRecord is a key's published state in Redis. Node and session come

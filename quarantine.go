@@ -26,6 +26,8 @@ type Quarantine struct {
 	Key string `json:"key"`
 	// Level counts the quarantines in a row, from 1.
 	Level int `json:"level"`
+	// Since is when this quarantine began (Redis time).
+	Since time.Time `json:"since"`
 	// Until is when the key is tried again; after it, the key is on
 	// probation: assigned, and quarantined again at its next give-up.
 	Until time.Time `json:"until"`
@@ -73,6 +75,7 @@ const unhealthyKeys = 2
 
 // quarantineRecord is a Quarantine in Redis (<p>:quarantine, key → JSON).
 type quarantineRecord struct {
+	Since int64    `json:"t"` // server ms, when this quarantine began
 	Until int64    `json:"u"` // server ms
 	Level int      `json:"l"`
 	Nodes []string `json:"n,omitempty"`
@@ -325,7 +328,7 @@ func review(in *reviewInput) *verdict {
 			}
 			q = quarantineRecord{Level: 1}
 		}
-		q.Until = in.now + in.backoff(q.Level)
+		q.Since, q.Until = in.now, in.now+in.backoff(q.Level)
 		q.Nodes = nil
 		for _, e := range gave {
 			q.Nodes = append(q.Nodes, e.node)
@@ -654,8 +657,13 @@ func readVerdicts(ctx context.Context, client rueidis.Client, k keys, st *Status
 		if json.Unmarshal([]byte(val), &q) != nil {
 			continue
 		}
-		st.Quarantined = append(st.Quarantined, Quarantine{Key: key, Level: q.Level,
+		st.Quarantined = append(st.Quarantined, Quarantine{Key: key, Level: q.Level, Since: time.UnixMilli(q.Since).UTC(),
 			Until: time.UnixMilli(q.Until).UTC(), Nodes: q.Nodes, LastError: q.Err})
+		// While it waits, no node holds it: the quarantine is its state.
+		if ks, ok := st.Keys[key]; (!ok || !ks.Live) && st.ServerTime.UnixMilli() < q.Until {
+			st.Keys[key] = KeyStatus{State: KeyQuarantined, Live: true, Since: time.UnixMilli(q.Since).UTC(),
+				NextRetry: time.UnixMilli(q.Until).UTC(), LastError: q.Err}
+		}
 	}
 	slices.SortFunc(st.Quarantined, func(a, b Quarantine) int { return strings.Compare(a.Key, b.Key) })
 	us, err := res[1].AsStrMap()

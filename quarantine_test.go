@@ -68,6 +68,7 @@ func TestReviewQuarantinesAKeyThatFailedOnThreeNodes(t *testing.T) {
 	q := v.setQuarantine["k1"]
 	require.NotNil(t, q)
 	assert.Equal(t, 1, q.Level)
+	assert.Equal(t, in.now, q.Since)
 	assert.Equal(t, in.now+10_000, q.Until)
 	assert.Equal(t, []string{"n1", "n2", "n3", "n5"}, q.Nodes)
 	assert.Equal(t, "login refused", q.Err)
@@ -298,6 +299,10 @@ func TestAKeyThatFailsEverywhereIsQuarantinedThenTriedAgain(t *testing.T) {
 	assert.Equal(t, []string{"n1", "n2", "n3"}, q.Nodes)
 	assert.Contains(t, q.LastError, "credentials were revoked")
 	assert.WithinDuration(t, st.ServerTime.Add(2*time.Second), q.Until, 2*time.Second)
+	if ks := st.Keys["cfg-01"]; ks.State == KeyQuarantined {
+		assert.Equal(t, q.Until, ks.NextRetry)
+		assert.Contains(t, ks.LastError, "credentials were revoked")
+	}
 	assert.Nil(t, st.Outage)
 	for _, n := range st.Nodes {
 		assert.Nil(t, n.Unhealthy, "a key's failure is not a node's: %s", n.ID)
