@@ -58,6 +58,7 @@ import (
 // type, I the instance type. Create it with [New], then [Manager.Start]; a
 // stopped Manager is not reused.
 type Manager[C, I any] struct {
+	plainScripts   atomic.Bool // the server does not compile flagged scripts (see keepLua)
 	s              settings
 	k              keys
 	log            *slog.Logger

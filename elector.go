@@ -90,7 +90,11 @@ func (m *Manager[C, I]) campaignLoop() {
 			if m.runCtx.Err() != nil || errors.Is(g.err, rueidislock.ErrLockerClosed) {
 				return
 			}
-			m.log.Warn("leader election failed", "err", g.err)
+			if isOOM(g.err) {
+				m.log.Warn(outOfMemory, "during", "leader election", "err", g.err)
+			} else {
+				m.log.Warn("leader election failed", "err", g.err)
+			}
 			sleepCtx(m.runCtx, backoff.next())
 			continue
 		}
@@ -185,7 +189,7 @@ func (m *Manager[C, I]) lead(lockCtx context.Context, release context.CancelFunc
 		// A graceful end leaves no dead leader on record for others to
 		// force out.
 		ctx, cancel := context.WithTimeout(m.runCtx, m.s.heartbeat)
-		_ = abdicateScript.Exec(ctx, m.client, []string{m.k.epoch, m.k.leader}, []string{strconv.FormatUint(epoch, 10)}).Error()
+		_ = abdicateScript.Exec(ctx, m.client, &m.plainScripts, []string{m.k.epoch, m.k.leader}, []string{strconv.FormatUint(epoch, 10)}).Error()
 		cancel()
 	}
 	release()

@@ -603,7 +603,7 @@ func (m *Manager[C, I]) release(ctx context.Context, session string, keys []stri
 	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
 	args := append([]string{m.s.nodeID, session, m.k.channel}, keys...)
-	if err := releaseScript.Exec(ctx, m.client, []string{m.k.owner, m.k.state}, args).Error(); err != nil {
+	if err := releaseScript.Exec(ctx, m.client, &m.plainScripts, []string{m.k.owner, m.k.state}, args).Error(); err != nil {
 		m.tab.retryAt = time.Now().Add(m.claimRetry)
 		return fmt.Errorf("release: %w", err)
 	}
@@ -858,7 +858,7 @@ func (m *Manager[C, I]) verifyOwnership(session string, entries []*entry[I]) err
 	keys := slices.Sorted(maps.Keys(held))
 	for chunk := range slices.Chunk(keys, verifyChunk) {
 		ctx, cancel := context.WithTimeout(m.runCtx, m.s.heartbeat)
-		lost, err := verifyScript.Exec(ctx, m.client, []string{m.k.owner, m.k.origin, m.k.fence},
+		lost, err := verifyScript.Exec(ctx, m.client, &m.plainScripts, []string{m.k.owner, m.k.origin, m.k.fence},
 			append([]string{m.s.nodeID, session}, chunk...)).AsStrSlice()
 		cancel()
 		if err != nil {

@@ -260,7 +260,7 @@ return {session, now, graceLeft(KEYS[6]), gen, m}
 // KEYS: nodes sessions weights origin grace ttls maxttl
 // ARGV: node session ttl_ms weight channel floor_ms durable
 // Returns {1 or 0, server_ms, generation, max_ttl_ms}.
-var heartbeatScript = script(`
+var heartbeatScript = keepScript(`
 local gen = trust(KEYS[4], KEYS[5], KEYS[6], KEYS[7], math.max(tonumber(ARGV[3]), tonumber(ARGV[6])), ARGV[7])
 local maxttl = tonumber(redis.call('GET', KEYS[7]) or '0') or 0
 if not live(KEYS[1], KEYS[2], ARGV[1], ARGV[2]) then
@@ -287,7 +287,7 @@ return {1, now, gen, maxttl}
 // KEYS: owner origin fence
 // ARGV: node session key…
 // Returns the keys confirmed by another node.
-var verifyScript = script(`
+var verifyScript = keepScript(`
 local gen = redis.call('HGET', KEYS[2], 'gen') or '-'
 local mine = ARGV[1] .. ' ' .. ARGV[2] .. ' '
 local out = {}
@@ -310,7 +310,7 @@ return out
 //
 // KEYS: nodes sessions weights
 // ARGV: node session channel
-var drainScript = script(`
+var drainScript = keepScript(`
 if not live(KEYS[1], KEYS[2], ARGV[1], ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[3], ARGV[1], 0)
 redis.call('PUBLISH', ARGV[3], 'drain ' .. ARGV[1])
@@ -321,7 +321,7 @@ return 1
 //
 // KEYS: nodes sessions weights ttls cfgerr traces
 // ARGV: node session channel
-var leaveScript = script(`
+var leaveScript = keepScript(`
 if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 for i = 2, 6 do redis.call('HDEL', KEYS[i], ARGV[1]) end
@@ -335,7 +335,7 @@ return 1
 // KEYS: nodes sessions weights ttls cfgerr traces
 // ARGV: channel
 // Returns {server_ms, node, expiry_ms, weight, node, …}.
-var membersScript = script(`
+var membersScript = keepScript(`
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 if #dead > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -508,7 +508,7 @@ return out
 //
 // KEYS: owner state
 // ARGV: node session channel key…
-var releaseScript = script(`
+var releaseScript = keepScript(`
 local mine = ARGV[1] .. ' ' .. ARGV[2] .. ' '
 local minestate = '{"n":"' .. ARGV[1] .. '","s":"' .. ARGV[2] .. '"'
 local n = 0
@@ -535,7 +535,7 @@ return n
 // KEYS: nodes sessions owner state
 // ARGV: node session key value key value…
 // Returns {1, refused key…}, or {0} if the session is not live.
-var stateScript = script(`
+var stateScript = keepScript(`
 if not live(KEYS[1], KEYS[2], ARGV[1], ARGV[2]) then return {0} end
 local mine = ARGV[1] .. ' ' .. ARGV[2] .. ' '
 local minestate = '{"n":"' .. ARGV[1] .. '","s":"' .. ARGV[2] .. '"'
@@ -570,7 +570,7 @@ return out
 //
 // KEYS: epoch leader
 // ARGV: epoch
-var abdicateScript = script(`
+var abdicateScript = keepScript(`
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('HDEL', KEYS[2], 'node', 'session')
 return 1
@@ -581,7 +581,7 @@ return 1
 //
 // KEYS: epoch leader
 // ARGV: epoch moves error
-var resultScript = script(`
+var resultScript = keepScript(`
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[2], 'rb_at', now, 'rb_moves', ARGV[2], 'rb_err', ARGV[3])
 return 1

@@ -268,7 +268,7 @@ func (m *Manager[C, I]) renew(session string) error {
 	ctx, cancel := context.WithDeadline(m.runCtx, until)
 	defer cancel()
 	sent, sentBoot := time.Now(), m.lease.boot()
-	res, err := heartbeatScript.Exec(ctx, m.client,
+	res, err := heartbeatScript.Exec(ctx, m.client, &m.plainScripts,
 		append([]string{m.k.nodes, m.k.sessions, m.k.weights}, m.k.trustKeys()...),
 		[]string{m.s.nodeID, session, ms(m.s.nodeTTL), strconv.Itoa(m.s.weight), m.k.channel, ms(m.ttlFloor()), m.durable()}).ToArray()
 	if err == nil && len(res) != 4 {
@@ -325,7 +325,7 @@ func (m *Manager[C, I]) drain(ctx context.Context) error {
 	if session == "" {
 		return nil
 	}
-	return drainScript.Exec(ctx, m.client,
+	return drainScript.Exec(ctx, m.client, &m.plainScripts,
 		[]string{m.k.nodes, m.k.sessions, m.k.weights},
 		[]string{m.s.nodeID, session, m.k.channel}).Error()
 }
@@ -337,7 +337,7 @@ func (m *Manager[C, I]) leave(ctx context.Context) error {
 		return nil
 	}
 	m.lease.end()
-	return leaveScript.Exec(ctx, m.client,
+	return leaveScript.Exec(ctx, m.client, &m.plainScripts,
 		[]string{m.k.nodes, m.k.sessions, m.k.weights, m.k.ttls, m.k.cfgErr, m.k.traces},
 		[]string{m.s.nodeID, session, m.k.channel}).Error()
 }
@@ -352,7 +352,7 @@ type member struct {
 // members drops expired nodes and returns the live ones with the server
 // time, in milliseconds.
 func (m *Manager[C, I]) members(ctx context.Context) (now int64, live []member, err error) {
-	res, err := membersScript.Exec(ctx, m.client,
+	res, err := membersScript.Exec(ctx, m.client, &m.plainScripts,
 		[]string{m.k.nodes, m.k.sessions, m.k.weights, m.k.ttls, m.k.cfgErr, m.k.traces},
 		[]string{m.k.channel}).ToArray()
 	if err != nil {

@@ -113,7 +113,11 @@ func (m *Manager[C, I]) leaderLoop(ctx context.Context, epoch uint64, busy *atom
 			if ctx.Err() != nil {
 				return ""
 			}
-			m.log.Warn("rebalance failed", "epoch", epoch, "trigger", trigger, "err", err)
+			if isOOM(err) {
+				m.log.Warn(outOfMemory, "epoch", epoch, "trigger", trigger, "err", err)
+			} else {
+				m.log.Warn("rebalance failed", "epoch", epoch, "trigger", trigger, "err", err)
+			}
 			expiry.Reset(backoff.next())
 		default:
 			backoff.reset()
@@ -268,7 +272,7 @@ func (m *Manager[C, I]) answer(ctx context.Context, epoch uint64, st *leaderStat
 	}
 	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
-	if resultScript.Exec(rctx, m.client, []string{m.k.epoch, m.k.leader},
+	if resultScript.Exec(rctx, m.client, &m.plainScripts, []string{m.k.epoch, m.k.leader},
 		[]string{strconv.FormatUint(epoch, 10), strconv.Itoa(st.moves), msg}).Error() == nil {
 		st.recorded, st.lastErr = true, msg
 	}

@@ -52,6 +52,9 @@ type Status struct {
 	// Quarantined lists the keys quarantined service-wide, by key: they are
 	// not assigned (so not in Unowned) and run nowhere until tried again.
 	Quarantined []Quarantine `json:"quarantined"`
+	// Memory is what Redis says about its memory; nil when it does not say
+	// (a user without +info). Memory.OutOfMemory means nothing new starts.
+	Memory *RedisMemory `json:"memory,omitempty"`
 	// Outage is set while the leader judges that most keys fail on every
 	// node; nil otherwise.
 	Outage *Outage `json:"outage,omitempty"`
@@ -388,6 +391,7 @@ func readStatus(ctx context.Context, client rueidis.Client, service string, k ke
 	if err := readVerdicts(ctx, client, k, st, sessions); err != nil {
 		return nil, err
 	}
+	st.Memory = readMemory(ctx, client, k)
 	slices.Sort(st.Unowned)
 	slices.Sort(st.AtRisk)
 	slices.Sort(st.Misplaced)

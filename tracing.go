@@ -283,7 +283,10 @@ func (t *telemetry) endReconcile(ctx context.Context, span trace.Span, s reconci
 		}
 		t.linksMu.Unlock()
 	}
-	if s.err != nil {
+	switch {
+	case isOOM(s.err):
+		t.log.Warn(outOfMemory, "err", s.err)
+	case s.err != nil:
 		t.log.Warn("reconcile incomplete", "err", s.err)
 	}
 }

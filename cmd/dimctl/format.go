@@ -51,6 +51,10 @@ func writeStatus(w io.Writer, st *dim.Status) error {
 		}
 		fmt.Fprintf(tw, "grace\tno instance starts for %s more: %s\n", roundLease(g.Left), why)
 	}
+	if mem := st.Memory; mem != nil && mem.OutOfMemory {
+		fmt.Fprintf(tw, "redis\tOUT OF MEMORY: %d MiB used of maxmemory %d MiB (%s): nothing new starts; running instances keep running\n",
+			mem.Used>>20, mem.Max>>20, mem.Policy)
+	}
 	if o := st.Outage; o != nil {
 		fmt.Fprintf(tw, "outage\tsince %s, %d keys fail on every node: keys stay where they are and retry with backoff\n",
 			o.Since.UTC().Format("15:04:05"), o.FailingKeys)

@@ -54,7 +54,8 @@ Shows and steers a dim service through the Redis it coordinates in.
 Commands:
   status     leader, epoch, live nodes, the instances each node runs, and the
              keys not yet running where they are assigned; exits 3 when keys
-             are down, nodes suspect or the last rebalance failed
+             are down or quarantined, nodes suspect, the last rebalance failed
+             or Redis is out of memory
   watch      status, redrawn every -interval until Ctrl-C
   rebalance  ask the service's leader to rebalance now, and wait for its
              answer
@@ -305,6 +306,7 @@ type unhealthy struct {
 	down      []string // keys not running
 	suspect   []string // nodes
 	rebalance string   // the last rebalance's error
+	oom       bool     // Redis is out of memory
 }
 
 // problems finds what is wrong in st; with before, only what was wrong then
@@ -329,11 +331,12 @@ func problems(st *dim.Status, before *unhealthy) *unhealthy {
 	if r := st.LastRebalance; r != nil && r.Error != "" {
 		u.rebalance = r.Error
 	}
+	u.oom = st.Memory != nil && st.Memory.OutOfMemory
 	return u
 }
 
 func (u *unhealthy) none() bool {
-	return len(u.down) == 0 && len(u.suspect) == 0 && u.rebalance == ""
+	return len(u.down) == 0 && len(u.suspect) == 0 && u.rebalance == "" && !u.oom
 }
 
 func (u *unhealthy) onlyRebalance() bool { return len(u.down) == 0 && len(u.suspect) == 0 }
@@ -348,6 +351,9 @@ func (u *unhealthy) Error() string {
 	}
 	if u.rebalance != "" {
 		parts = append(parts, "the last rebalance failed: "+quote(u.rebalance))
+	}
+	if u.oom {
+		parts = append(parts, "Redis is out of memory: nothing new starts")
 	}
 	return "unhealthy: " + strings.Join(parts, "; ")
 }
