@@ -59,6 +59,8 @@ import (
 // stopped Manager is not reused.
 type Manager[C, I any] struct {
 	plainScripts   atomic.Bool // the server does not compile flagged scripts (see keepLua)
+	clock          redisClock  // this node's offset from Redis's clock
+	clockWarned    atomic.Bool // a large offset was logged
 	s              settings
 	k              keys
 	log            *slog.Logger
@@ -281,6 +283,16 @@ func (m *Manager[C, I]) start(ctx context.Context) error {
 		// itself, and rueidislock extends again on every notice: a busy loop
 		// of thousands of scripts a second for as long as a leader leads.
 		NoLoopTracking: true,
+		// Expiries on Redis's clock, not this node's: acquired with a
+		// relative expiry, extended at deadlines moved by lockClient.
+		FallbackSETPX: true,
+		ClientBuilder: func(opt rueidis.ClientOption) (rueidis.Client, error) {
+			c, err := rueidis.NewClient(opt)
+			if err != nil {
+				return nil, err
+			}
+			return lockClient{Client: c, clock: &m.clock, prefix: m.k.lock}, nil
+		},
 	}
 	client := m.s.client
 	if client == nil {
@@ -293,7 +305,9 @@ func (m *Manager[C, I]) start(ctx context.Context) error {
 		// and whose invalidations it does not see: it polls instead.
 		addr = "the given client"
 		lockOpt.ClientOption = rueidis.ClientOption{DisableCache: true}
-		lockOpt.ClientBuilder = func(rueidis.ClientOption) (rueidis.Client, error) { return unclosable{client}, nil }
+		lockOpt.ClientBuilder = func(rueidis.ClientOption) (rueidis.Client, error) {
+			return lockClient{Client: unclosable{client}, clock: &m.clock, prefix: m.k.lock}, nil
+		}
 	}
 	locker, err := rueidislock.NewLocker(lockOpt)
 	if err != nil {

@@ -267,7 +267,7 @@ func (m *Manager[C, I]) renew(session string) error {
 	m.lease.mu.Unlock()
 	ctx, cancel := context.WithDeadline(m.runCtx, until)
 	defer cancel()
-	sent, sentBoot := time.Now(), m.lease.boot()
+	sent, sentBoot, sentClock := time.Now(), m.lease.boot(), m.clock.now()
 	res, err := heartbeatScript.Exec(ctx, m.client, &m.plainScripts,
 		append([]string{m.k.nodes, m.k.sessions, m.k.weights}, m.k.trustKeys()...),
 		[]string{m.s.nodeID, session, ms(m.s.nodeTTL), strconv.Itoa(m.s.weight), m.k.channel, ms(m.ttlFloor()), m.durable()}).ToArray()
@@ -279,6 +279,9 @@ func (m *Manager[C, I]) renew(session string) error {
 			m.log.Debug("heartbeat failed", "err", err)
 		}
 		return err
+	}
+	if server, err := res[1].AsInt64(); err == nil {
+		m.observeClock(server, sentClock)
 	}
 	gen, _ := res[2].ToString()
 	maxTTL, _ := res[3].AsInt64()

@@ -85,6 +85,7 @@ type telemetry struct {
 	quarantined    metric.Int64Gauge
 	unhealthy      metric.Int64Gauge
 	outage         metric.Int64Gauge
+	clockOffset    metric.Int64Gauge
 	misplaced      metric.Int64Gauge
 	rebalanceTime  metric.Float64Histogram
 	reconcileTime  metric.Float64Histogram
@@ -126,6 +127,7 @@ func newTelemetry(s settings, log *slog.Logger) *telemetry {
 	t.quarantined, _ = meter.Int64Gauge("dim.keys.quarantined", metric.WithDescription("On the leader: keys quarantined service-wide after failing on several nodes; they run nowhere until tried again."))
 	t.unhealthy, _ = meter.Int64Gauge("dim.nodes.unhealthy", metric.WithDescription("On the leader: nodes that get no keys because keys fail there that run elsewhere."))
 	t.outage, _ = meter.Int64Gauge("dim.outage", metric.WithDescription("On the leader: 1 while most keys fail on every node (an upstream outage), else 0."))
+	t.clockOffset, _ = meter.Int64Gauge("dim.clock.offset", metric.WithDescription("Redis's clock minus this node's, at the last heartbeat (at most one round trip more)."), metric.WithUnit("ms"))
 	t.unknown, _ = meter.Int64Gauge("dim.keys.unknown", metric.WithDescription("Keys assigned to this node that its getConfig does not return: they cannot run here."))
 	t.misplaced, _ = meter.Int64Gauge("dim.keys.misplaced", metric.WithDescription("On the leader: keys claimed by a live node they are not assigned to."))
 	t.rebalanceTime, _ = meter.Float64Histogram("dim.rebalance.duration", metric.WithUnit(metricSecondUnit), metric.WithDescription("Duration of rebalances."))
@@ -351,6 +353,10 @@ func (t *telemetry) setFailures(quarantined, unhealthy int, outage bool) {
 		o = 1
 	}
 	t.outage.Record(ctx, o, t.attrs())
+}
+
+func (t *telemetry) setClockOffset(d time.Duration) {
+	t.clockOffset.Record(context.Background(), d.Milliseconds(), t.attrs())
 }
 
 func (t *telemetry) setPending(unowned, misplaced int) {

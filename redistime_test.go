@@ -1,0 +1,69 @@
+package dim
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// A node whose clock is off Redis's by more than the lock TTL leads as
+// steadily as any other, and its lock in Redis lasts the lock TTL: behind, it
+// would write expiries in the past (a leader with no lock, a new epoch every
+// few hundred milliseconds); ahead, a crashed leader would keep the lock for
+// the skew on top of the TTL.
+func TestALeaderWhoseClockIsOffKeepsItsLockOnRedisTime(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	for _, skew := range []time.Duration{-1500 * time.Millisecond, 1500 * time.Millisecond} {
+		t.Run(fmt.Sprint(skew), func(t *testing.T) {
+			c := newTestCluster(t, 4)
+			n1 := c.newNode("n1")
+			n1.m.clock.skew = skew
+			c.startNode(n1)
+			c.waitConverged(10*time.Second, "n1")
+			require.True(t, n1.m.IsLeader())
+			epoch := c.status().Epoch
+
+			admin := c.srv.Client(t)
+			ctx := context.Background()
+			deadline := time.Now().Add(5 * testLockTTL)
+			for time.Now().Before(deadline) {
+				require.True(t, n1.m.IsLeader(), "n1 lost its leadership")
+				keys, err := admin.Do(ctx, admin.B().Keys().Pattern(n1.m.k.lock+"*").Build()).AsStrSlice()
+				require.NoError(t, err)
+				require.NotEmpty(t, keys, "the leader holds no lock in Redis")
+				for _, key := range keys {
+					pttl, err := admin.Do(ctx, admin.B().Pttl().Key(key).Build()).AsInt64()
+					require.NoError(t, err)
+					require.LessOrEqual(t, pttl, testLockTTL.Milliseconds()+50, "the lock outlasts its TTL in Redis")
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			assert.Equal(t, epoch, c.status().Epoch, "one leader term throughout")
+		})
+	}
+}
+
+func TestLockClientMovesOnlyLockDeadlines(t *testing.T) {
+	c := newTestCluster(t, 1)
+	client := c.srv.Client(t)
+	clock := &redisClock{}
+	clock.observe(2_000_000_000_000+500, time.UnixMilli(2_000_000_000_000))
+	lc := lockClient{Client: client, clock: clock, prefix: "dim:{svc}:lock"}
+	b := client.B()
+	moved := lc.onRedisClock(b.Evalsha().Sha1("abc").Numkeys(1).Key("dim:{svc}:lock:x:0").Arg("v", "1900000000000").Build())
+	assert.Equal(t, []string{"EVALSHA", "abc", "1", "dim:{svc}:lock:x:0", "v", "1900000000500"}, moved.Commands())
+	for _, cmd := range [][]string{
+		{"EVALSHA", "abc", "1", "dim:{svc}:lock:x:0", "v", "1000"}, // a relative expiry
+		{"EVALSHA", "abc", "1", "dim:{svc}:owner", "v", "1900000000000"},
+		{"GET", "dim:{svc}:lock:x:0"},
+	} {
+		same := lc.onRedisClock(b.Arbitrary(cmd...).Build())
+		assert.Equal(t, cmd, same.Commands())
+	}
+}
