@@ -85,19 +85,24 @@ const (
 // arguments: the tests run exactly what the documentation tells operators.
 func documentedACL(t *testing.T) []string {
 	t.Helper()
-	data, err := os.ReadFile("docs/REDIS.md")
-	require.NoError(t, err)
-	var found []string
-	for line := range strings.Lines(string(data)) {
-		if strings.HasPrefix(line, "ACL SETUSER ") {
-			found = append(found, strings.TrimSpace(line))
-		}
-	}
-	require.Len(t, found, 1, "docs/REDIS.md must hold exactly one ACL SETUSER line")
-	args := strings.Fields(found[0])
-	require.Equal(t, aclDocUser, args[2])
+	args := aclLine(t, aclDocUser)
 	require.Contains(t, args, aclDocPassword)
 	return args
+}
+
+// aclLine returns the ACL SETUSER line of docs/REDIS.md for user.
+func aclLine(t *testing.T, user string) []string {
+	t.Helper()
+	data, err := os.ReadFile("docs/REDIS.md")
+	require.NoError(t, err)
+	var found [][]string
+	for line := range strings.Lines(string(data)) {
+		if args := strings.Fields(line); strings.HasPrefix(line, "ACL SETUSER ") && args[2] == user {
+			found = append(found, args)
+		}
+	}
+	require.Len(t, found, 1, "docs/REDIS.md must hold exactly one ACL SETUSER line for %s", user)
+	return found[0]
 }
 
 // createUser runs the documented ACL SETUSER line for another user,
