@@ -510,11 +510,14 @@ local mine = node .. ' ' .. session .. ' '
 local creating = '{"n":"' .. node .. '","s":"' .. session .. '","st":"creating","t":' .. now .. '}'
 local last = math.max(tonumber(redis.call('GET', KEYS[5]) or '0'), tonumber(t[1]) * 1000000 + tonumber(t[2]) - 1)
 local owners, states, alive = {}, {}, {}
-for i = 5, #ARGV do
-  local key = ARGV[i]
+local keys = {unpack(ARGV, 5)}
+if #keys == 0 then return out end
+local assigned = redis.call('HMGET', KEYS[3], unpack(keys))
+local current = redis.call('HMGET', KEYS[4], unpack(keys))
+for j, key in ipairs(keys) do
   local token = '0'
-  if redis.call('HGET', KEYS[3], key) == node then
-    local cur = redis.call('HGET', KEYS[4], key)
+  if assigned[j] == node then
+    local cur = current[j]
     local free = true
     if cur and string.sub(cur, 1, #mine) ~= mine then
       local on, os, _, og = string.match(cur, '^(%S+) (%S+) (%S+) ?(%S*)')
@@ -555,20 +558,21 @@ return out
 var releaseScript = script(`
 local mine = ARGV[1] .. ' ' .. ARGV[2] .. ' '
 local minestate = '{"n":"' .. ARGV[1] .. '","s":"' .. ARGV[2] .. '"'
-local n = 0
-for i = 4, #ARGV do
-  local cur = redis.call('HGET', KEYS[1], ARGV[i])
-  if cur and string.sub(cur, 1, #mine) == mine then
-    redis.call('HDEL', KEYS[1], ARGV[i])
-    n = n + 1
-  end
-  local st = redis.call('HGET', KEYS[2], ARGV[i])
-  if st and string.sub(st, 1, #minestate) == minestate then
-    redis.call('HDEL', KEYS[2], ARGV[i])
+local dels, sdels = {}, {}
+for from = 4, #ARGV, 1000 do
+  local to = math.min(from + 999, #ARGV)
+  local owners = redis.call('HMGET', KEYS[1], unpack(ARGV, from, to))
+  local states = redis.call('HMGET', KEYS[2], unpack(ARGV, from, to))
+  for j = 1, to - from + 1 do
+    local key, cur, st = ARGV[from + j - 1], owners[j], states[j]
+    if cur and string.sub(cur, 1, #mine) == mine then dels[#dels + 1] = key end
+    if st and string.sub(st, 1, #minestate) == minestate then sdels[#sdels + 1] = key end
   end
 end
-if n > 0 then redis.call('PUBLISH', ARGV[3], 'release ' .. ARGV[1]) end
-return n
+for i = 1, #dels, 1000 do redis.call('HDEL', KEYS[1], unpack(dels, i, math.min(i + 999, #dels))) end
+for i = 1, #sdels, 1000 do redis.call('HDEL', KEYS[2], unpack(sdels, i, math.min(i + 999, #sdels))) end
+if #dels > 0 then redis.call('PUBLISH', ARGV[3], 'release ' .. ARGV[1]) end
+return #dels
 `)
 
 // stateScript publishes what a node's keys are doing: a JSON value per key,
@@ -584,9 +588,13 @@ if not live(KEYS[1], KEYS[2], ARGV[1], ARGV[2]) then return {0} end
 local mine = ARGV[1] .. ' ' .. ARGV[2] .. ' '
 local minestate = '{"n":"' .. ARGV[1] .. '","s":"' .. ARGV[2] .. '"'
 local out, set = {1}, {}
+if #ARGV < 3 then return out end
+local keys = {}
+for i = 3, #ARGV, 2 do keys[#keys + 1] = ARGV[i] end
+local owners = redis.call('HMGET', KEYS[3], unpack(keys))
 for i = 3, #ARGV, 2 do
   local key, v = ARGV[i], ARGV[i + 1]
-  local cur = redis.call('HGET', KEYS[3], key)
+  local cur = owners[(i - 1) / 2]
   if cur and string.sub(cur, 1, #mine) == mine then
     if v == '' then redis.call('HDEL', KEYS[4], key) else
       set[#set + 1] = key
