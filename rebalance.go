@@ -70,6 +70,9 @@ type leaderState struct {
 	lastErr  string     // the last recorded outcome, "" if it succeeded
 	recorded bool       // an outcome was recorded in this term
 	reviewAt time.Time  // when failures need another look; zero: none
+	// prefetched are the keys read while waiting for a restarting
+	// service's nodes, for the rebalance that follows; nil: none.
+	prefetched []string
 }
 
 // joinWindow is how long a leader waits for further joins after a join or
@@ -189,6 +192,7 @@ func (m *Manager[C, I]) settleJoins(ctx context.Context, st *leaderState) {
 		st.fleet = f.size
 	}
 	if err == nil && f.restarting(m.s.heartbeat) {
+		m.prefetch(ctx, st)
 		m.awaitFleet(ctx, m.s.heartbeat-f.since)
 		return
 	}
@@ -368,17 +372,12 @@ func (m *Manager[C, I]) answer(ctx context.Context, epoch uint64, st *leaderStat
 func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string, now int64, nodes []Node, st *leaderState, stats *rebalanceStats) error {
 	// Within a term this leader is the only writer of the assignment, so
 	// it reads it once; after a restore of Redis, or a failed write, again.
-	prev := st.assigned
-	if gen := m.instances.generation(); prev == nil || gen != st.gen || trigger == triggerRefresh {
-		rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-		read, err := m.client.Do(rctx, m.client.B().Hgetall().Key(m.k.assign).Build()).AsStrMap()
-		cancel()
-		if err != nil {
-			return fmt.Errorf("read assignment: %w", err)
-		}
-		prev, st.assigned, st.gen = read, read, gen
+	prev, err := m.previous(ctx, st, trigger == triggerRefresh)
+	if err != nil {
+		return err
 	}
-
+	prefetched := st.prefetched
+	st.prefetched = nil
 	if len(nodes) == 0 {
 		// Nobody to give keys to: the assignment stays as it is, so that a
 		// service that stopped and starts again with the same node IDs finds
@@ -386,7 +385,10 @@ func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string
 		stats.keys = len(prev)
 		return nil
 	}
-	keys, keep := m.leaderKeys(ctx, st, prev, trigger)
+	keys, keep := prefetched, false
+	if keys == nil {
+		keys, keep = m.leaderKeys(ctx, st, prev, trigger)
+	}
 	place, avoid, err := m.reviewFailures(ctx, now, keys, nodes, prev, st)
 	if err != nil {
 		return err
@@ -419,6 +421,38 @@ func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string
 	}
 	st.assigned = assignment
 	return nil
+}
+
+// previous returns the assignment as this leader last wrote it, reading it
+// from Redis once a term, after a restore of Redis, after a failed write,
+// or when fresh is set.
+func (m *Manager[C, I]) previous(ctx context.Context, st *leaderState, fresh bool) (Assignment, error) {
+	gen := m.instances.generation()
+	if st.assigned != nil && gen == st.gen && !fresh {
+		return st.assigned, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	defer cancel()
+	read, err := m.client.Do(ctx, m.client.B().Hgetall().Key(m.k.assign).Build()).AsStrMap()
+	if err != nil {
+		return nil, fmt.Errorf("read assignment: %w", err)
+	}
+	st.assigned, st.gen = read, gen
+	return read, nil
+}
+
+// prefetch does, while the leader waits for a restarting service's nodes,
+// the part of placing keys that does not depend on who joins: it reads the
+// assignment and the configs, so that the rebalance that follows the last
+// join does not.
+func (m *Manager[C, I]) prefetch(ctx context.Context, st *leaderState) {
+	prev, err := m.previous(ctx, st, false)
+	if err != nil {
+		return
+	}
+	if keys, keep := m.leaderKeys(ctx, st, prev, triggerElected); !keep {
+		st.prefetched = keys
+	}
 }
 
 // leaderKeys returns the keys to balance, from a fresh getConfig: a leader
