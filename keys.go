@@ -39,6 +39,9 @@ import (
 //	<p>:unhealthy  HASH  node → JSON {"u":until_ms,"l":level,"s":session,…}:
 //	                     nodes on which keys fail that run elsewhere
 //	<p>:outage     STRING JSON {"t":since_ms,"k":keys}: most keys fail everywhere
+//	<p>:fleet      HASH  size: how many nodes the service had when the leader
+//	                     last counted them; since: server ms when a node
+//	                     joined a service with no live member (a restart)
 //	<p>:lock:…     rueidislock's leader lock
 //	<p>:events     the service's pub/sub channel
 //
@@ -65,6 +68,7 @@ type keys struct {
 	quarantine string
 	unhealthy  string
 	outage     string
+	fleet      string
 	lock       string
 	channel    string
 }
@@ -94,6 +98,7 @@ func newKeys(keyPrefix, service string) keys {
 		unhealthy:  p + ":unhealthy",
 		outage:     p + ":outage",
 		lock:       p + ":lock",
+		fleet:      p + ":fleet",
 		channel:    p + ":events",
 	}
 }
@@ -222,8 +227,10 @@ func (k keys) trustKeys() []string { return []string{k.origin, k.grace, k.ttls, 
 //
 // The node's TTL is recorded, and the stored maximum becomes the largest TTL
 // of the live members: the grace after a restore covers the longest lease.
+// A join into a service with no live member marks a restart of the service
+// in fleet, for the leader's join window (see settleJoins).
 //
-// KEYS: nodes sessions weights fence origin grace ttls maxttl
+// KEYS: nodes sessions weights fence origin grace ttls maxttl fleet
 // ARGV: node ttl_ms floor_ms (the largest TTL this node has seen) durable
 // Returns {session, server_ms, grace_left_ms, generation, max_ttl_ms}, or
 // {"", server_ms, wait_ms, "", 0} while a live session holds the ID.
@@ -234,8 +241,11 @@ if score > now and redis.call('HGET', KEYS[2], node) then
   return {'', now, score - now, '', 0}
 end
 local gen, known = trust(KEYS[5], KEYS[6], KEYS[7], KEYS[8], floor, ARGV[4])
-if not known and #redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'LIMIT', 0, 1) == 0 then
-  startGrace(KEYS[6], now + largestTTL(KEYS[7], KEYS[8], floor), 'new')
+if #redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'LIMIT', 0, 1) == 0 then
+  redis.call('HSET', KEYS[9], 'since', now)
+  if not known then
+    startGrace(KEYS[6], now + largestTTL(KEYS[7], KEYS[8], floor), 'new')
+  end
 end
 local session = nextToken(KEYS[4])
 redis.call('ZADD', KEYS[1], now + ttl, node)
@@ -354,6 +364,40 @@ end
 return out
 `)
 
+// fleetScript tells the leader how many nodes have joined and confirmed
+// (weight above 0), how many the service had when it last counted them, and
+// how long ago the service restarted.
+//
+// KEYS: nodes weights fleet
+// Returns {confirmed live nodes, fleet size (0: never counted), ms since the
+// last restart (-1: none recorded)}.
+var fleetScript = script(`
+local n = 0
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')) do
+  if (tonumber(redis.call('HGET', KEYS[2], node) or '0') or 0) > 0 then n = n + 1 end
+end
+local f = redis.call('HMGET', KEYS[3], 'size', 'since')
+local since = -1
+if f[2] then since = now - tonumber(f[2]) end
+return {n, tonumber(f[1] or '0') or 0, since}
+`)
+
+// fleetSizeScript records the service's size: only a larger one, unless
+// forced.
+//
+// KEYS: fleet
+// ARGV: size force ("1" or "0")
+// Returns the size recorded.
+var fleetSizeScript = rueidis.NewLuaScript(`
+local cur = tonumber(redis.call('HGET', KEYS[1], 'size') or '0') or 0
+local n = tonumber(ARGV[1])
+if ARGV[2] == '1' or n > cur then
+  redis.call('HSET', KEYS[1], 'size', n)
+  return n
+end
+return cur
+`)
+
 // leadScript records a new leader after it won the lock, with a new epoch.
 // Only a live member may lead.
 //
@@ -466,11 +510,14 @@ local mine = node .. ' ' .. session .. ' '
 local creating = '{"n":"' .. node .. '","s":"' .. session .. '","st":"creating","t":' .. now .. '}'
 local last = math.max(tonumber(redis.call('GET', KEYS[5]) or '0'), tonumber(t[1]) * 1000000 + tonumber(t[2]) - 1)
 local owners, states, alive = {}, {}, {}
-for i = 5, #ARGV do
-  local key = ARGV[i]
+local keys = {unpack(ARGV, 5)}
+if #keys == 0 then return out end
+local assigned = redis.call('HMGET', KEYS[3], unpack(keys))
+local current = redis.call('HMGET', KEYS[4], unpack(keys))
+for j, key in ipairs(keys) do
   local token = '0'
-  if redis.call('HGET', KEYS[3], key) == node then
-    local cur = redis.call('HGET', KEYS[4], key)
+  if assigned[j] == node then
+    local cur = current[j]
     local free = true
     if cur and string.sub(cur, 1, #mine) ~= mine then
       local on, os, _, og = string.match(cur, '^(%S+) (%S+) (%S+) ?(%S*)')
@@ -511,20 +558,21 @@ return out
 var releaseScript = keepScript(`
 local mine = ARGV[1] .. ' ' .. ARGV[2] .. ' '
 local minestate = '{"n":"' .. ARGV[1] .. '","s":"' .. ARGV[2] .. '"'
-local n = 0
-for i = 4, #ARGV do
-  local cur = redis.call('HGET', KEYS[1], ARGV[i])
-  if cur and string.sub(cur, 1, #mine) == mine then
-    redis.call('HDEL', KEYS[1], ARGV[i])
-    n = n + 1
-  end
-  local st = redis.call('HGET', KEYS[2], ARGV[i])
-  if st and string.sub(st, 1, #minestate) == minestate then
-    redis.call('HDEL', KEYS[2], ARGV[i])
+local dels, sdels = {}, {}
+for from = 4, #ARGV, 1000 do
+  local to = math.min(from + 999, #ARGV)
+  local owners = redis.call('HMGET', KEYS[1], unpack(ARGV, from, to))
+  local states = redis.call('HMGET', KEYS[2], unpack(ARGV, from, to))
+  for j = 1, to - from + 1 do
+    local key, cur, st = ARGV[from + j - 1], owners[j], states[j]
+    if cur and string.sub(cur, 1, #mine) == mine then dels[#dels + 1] = key end
+    if st and string.sub(st, 1, #minestate) == minestate then sdels[#sdels + 1] = key end
   end
 end
-if n > 0 then redis.call('PUBLISH', ARGV[3], 'release ' .. ARGV[1]) end
-return n
+for i = 1, #dels, 1000 do redis.call('HDEL', KEYS[1], unpack(dels, i, math.min(i + 999, #dels))) end
+for i = 1, #sdels, 1000 do redis.call('HDEL', KEYS[2], unpack(sdels, i, math.min(i + 999, #sdels))) end
+if #dels > 0 then redis.call('PUBLISH', ARGV[3], 'release ' .. ARGV[1]) end
+return #dels
 `)
 
 // stateScript publishes what a node's keys are doing: a JSON value per key,
@@ -540,9 +588,13 @@ if not live(KEYS[1], KEYS[2], ARGV[1], ARGV[2]) then return {0} end
 local mine = ARGV[1] .. ' ' .. ARGV[2] .. ' '
 local minestate = '{"n":"' .. ARGV[1] .. '","s":"' .. ARGV[2] .. '"'
 local out, set = {1}, {}
+if #ARGV < 3 then return out end
+local keys = {}
+for i = 3, #ARGV, 2 do keys[#keys + 1] = ARGV[i] end
+local owners = redis.call('HMGET', KEYS[3], unpack(keys))
 for i = 3, #ARGV, 2 do
   local key, v = ARGV[i], ARGV[i + 1]
-  local cur = redis.call('HGET', KEYS[3], key)
+  local cur = owners[(i - 1) / 2]
   if cur and string.sub(cur, 1, #mine) == mine then
     if v == '' then redis.call('HDEL', KEYS[4], key) else
       set[#set + 1] = key

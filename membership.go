@@ -126,7 +126,7 @@ func (m *Manager[C, I]) join(ctx context.Context) error {
 	defer cancel()
 	sent, sentBoot := time.Now(), m.lease.boot()
 	res, err := joinScript.Exec(ctx, m.client,
-		append([]string{m.k.nodes, m.k.sessions, m.k.weights, m.k.fence}, m.k.trustKeys()...),
+		append(append([]string{m.k.nodes, m.k.sessions, m.k.weights, m.k.fence}, m.k.trustKeys()...), m.k.fleet),
 		[]string{m.s.nodeID, ms(m.s.nodeTTL), ms(m.ttlFloor()), m.durable()}).ToArray()
 	if err != nil {
 		return fmt.Errorf("join: %w", err)

@@ -1,9 +1,11 @@
 package dim
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"slices"
 	"strconv"
 	"strings"
@@ -64,9 +66,13 @@ type leaderState struct {
 	sweep    string     // HSCAN cursor of the owner sweep
 	gen      string     // the record's generation when assigned was read
 	ran      bool       // whether the last call ran a rebalance (not skipped)
+	fleet    int        // the service's size as recorded in Redis; -1: unknown
 	lastErr  string     // the last recorded outcome, "" if it succeeded
 	recorded bool       // an outcome was recorded in this term
 	reviewAt time.Time  // when failures need another look; zero: none
+	// prefetched are the keys read while waiting for a restarting
+	// service's nodes, for the rebalance that follows; nil: none.
+	prefetched []string
 }
 
 // joinWindow is how long a leader waits for further joins after a join or
@@ -74,6 +80,12 @@ type leaderState struct {
 // waits in all: when many nodes start at once, keys are placed once over
 // all of them instead of going to the first and then moving on as the rest
 // join.
+//
+// A restart of the whole service settles by count instead (see
+// settleJoins): for up to one heartbeat interval after the first node
+// joined a service with no live member, while fewer nodes have joined than
+// the service had when the leader last counted them, the leader waits for
+// them, and places keys the moment the last one has joined.
 const (
 	joinWindow    = 25 * time.Millisecond
 	joinWindowMax = 500 * time.Millisecond
@@ -94,13 +106,13 @@ func (m *Manager[C, I]) leaderLoop(ctx context.Context, epoch uint64, busy *atom
 	backoff := newBackoff(50*time.Millisecond, m.s.heartbeat)
 	// The first look at what runs comes one TTL into the term: a full
 	// status read of a big service would only slow its start down.
-	st := leaderState{observed: time.Now()}
+	st := leaderState{observed: time.Now(), fleet: -1}
 	trigger := triggerElected
 	for {
 		switch trigger {
 		case triggerElected, "node " + evJoin, "node " + evDrain, "node " + evLeave:
 			// Nodes that start or stop together are balanced over once.
-			m.settleJoins(ctx)
+			m.settleJoins(ctx, &st)
 		}
 		busy.Store(time.Now().UnixNano())
 		next, err := m.rebalance(ctx, epoch, trigger, &st)
@@ -175,8 +187,19 @@ func (m *Manager[C, I]) sweepOwners(ctx context.Context, st *leaderState) {
 
 // settleJoins waits until no trigger has come for joinWindow, at most
 // joinWindowMax in all; the triggers that came are covered by the rebalance
-// that follows.
-func (m *Manager[C, I]) settleJoins(ctx context.Context) {
+// that follows. While the whole service restarts, it waits for as many
+// nodes as the service had instead, for at most one heartbeat interval
+// after the restart began.
+func (m *Manager[C, I]) settleJoins(ctx context.Context, st *leaderState) {
+	f, err := m.readFleet(ctx)
+	if err == nil {
+		st.fleet = f.size
+	}
+	if err == nil && f.restarting(m.s.heartbeat) {
+		m.prefetch(ctx, st)
+		m.awaitFleet(ctx, m.s.heartbeat-f.since)
+		return
+	}
 	deadline := time.NewTimer(joinWindowMax)
 	defer deadline.Stop()
 	quiet := time.NewTimer(joinWindow)
@@ -192,6 +215,76 @@ func (m *Manager[C, I]) settleJoins(ctx context.Context) {
 		case <-m.leaderCh:
 			quiet.Reset(joinWindow)
 		}
+	}
+}
+
+// awaitFleet waits until as many nodes have joined as the service had, at
+// most left. No quiet gap ends the wait: the nodes of a restarting service
+// join as fast as their processes start, which a quiet window cannot tell
+// from the end of the restart.
+func (m *Manager[C, I]) awaitFleet(ctx context.Context, left time.Duration) {
+	deadline := time.NewTimer(left)
+	defer deadline.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-deadline.C:
+			return
+		case <-m.leaderCh:
+			if f, err := m.readFleet(ctx); err == nil && f.live >= f.size {
+				return
+			}
+		}
+	}
+}
+
+// fleet is what the leader knows of the service's size.
+type fleet struct {
+	live  int           // nodes that have joined and confirmed
+	size  int           // nodes the service had when last counted; 0: never
+	since time.Duration // since the last restart of the whole service; <0: none
+}
+
+// restarting reports whether the whole service restarted less than window
+// ago, its size is known and not all its nodes are back.
+func (f fleet) restarting(window time.Duration) bool {
+	return f.size > 0 && f.since >= 0 && f.since < window && f.live < f.size
+}
+
+func (m *Manager[C, I]) readFleet(ctx context.Context) (fleet, error) {
+	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	defer cancel()
+	res, err := fleetScript.Exec(ctx, m.client, []string{m.k.nodes, m.k.weights, m.k.fleet}, nil).AsIntSlice()
+	if err != nil {
+		return fleet{}, fmt.Errorf("read fleet: %w", err)
+	}
+	if len(res) != 3 {
+		return fleet{}, fmt.Errorf("read fleet: unexpected reply of %d values", len(res))
+	}
+	since := time.Duration(res[2]) * time.Millisecond
+	if res[2] < 0 {
+		since = -1
+	}
+	return fleet{live: int(res[0]), size: int(res[1]), since: since}, nil
+}
+
+// recordFleet records how many nodes the service has, for the join window
+// of its next restart: at once when it grew, and on the config refresh
+// schedule when it shrank (a service that stops as a whole shrinks for a
+// moment on every drain; that must not count).
+func (m *Manager[C, I]) recordFleet(ctx context.Context, st *leaderState, n int, trigger string) {
+	if n == 0 || n == st.fleet || (n < st.fleet && trigger != triggerRefresh) {
+		return
+	}
+	force := "0"
+	if trigger == triggerRefresh {
+		force = "1"
+	}
+	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	defer cancel()
+	if size, err := fleetSizeScript.Exec(ctx, m.client, []string{m.k.fleet}, []string{strconv.Itoa(n), force}).AsInt64(); err == nil {
+		st.fleet = int(size)
 	}
 }
 
@@ -248,6 +341,7 @@ func (m *Manager[C, I]) rebalance(ctx context.Context, epoch uint64, trigger str
 	st.moves = stats.moves
 	if stats.err == nil {
 		st.members = sig.String()
+		m.recordFleet(ctx, st, stats.nodes, trigger)
 	}
 	return next, stats.err
 }
@@ -282,17 +376,12 @@ func (m *Manager[C, I]) answer(ctx context.Context, epoch uint64, st *leaderStat
 func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string, now int64, nodes []Node, st *leaderState, stats *rebalanceStats) error {
 	// Within a term this leader is the only writer of the assignment, so
 	// it reads it once; after a restore of Redis, or a failed write, again.
-	prev := st.assigned
-	if gen := m.instances.generation(); prev == nil || gen != st.gen || trigger == triggerRefresh {
-		rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-		read, err := m.client.Do(rctx, m.client.B().Hgetall().Key(m.k.assign).Build()).AsStrMap()
-		cancel()
-		if err != nil {
-			return fmt.Errorf("read assignment: %w", err)
-		}
-		prev, st.assigned, st.gen = read, read, gen
+	prev, err := m.previous(ctx, st, trigger == triggerRefresh)
+	if err != nil {
+		return err
 	}
-
+	prefetched := st.prefetched
+	st.prefetched = nil
 	if len(nodes) == 0 {
 		// Nobody to give keys to: the assignment stays as it is, so that a
 		// service that stopped and starts again with the same node IDs finds
@@ -300,7 +389,10 @@ func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string
 		stats.keys = len(prev)
 		return nil
 	}
-	keys, keep := m.leaderKeys(ctx, st, prev, trigger)
+	keys, keep := prefetched, false
+	if keys == nil {
+		keys, keep = m.leaderKeys(ctx, st, prev, trigger)
+	}
 	place, avoid, err := m.reviewFailures(ctx, now, keys, nodes, prev, st)
 	if err != nil {
 		return err
@@ -333,6 +425,38 @@ func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string
 	}
 	st.assigned = assignment
 	return nil
+}
+
+// previous returns the assignment as this leader last wrote it, reading it
+// from Redis once a term, after a restore of Redis, after a failed write,
+// or when fresh is set.
+func (m *Manager[C, I]) previous(ctx context.Context, st *leaderState, fresh bool) (Assignment, error) {
+	gen := m.instances.generation()
+	if st.assigned != nil && gen == st.gen && !fresh {
+		return st.assigned, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	defer cancel()
+	read, err := m.client.Do(ctx, m.client.B().Hgetall().Key(m.k.assign).Build()).AsStrMap()
+	if err != nil {
+		return nil, fmt.Errorf("read assignment: %w", err)
+	}
+	st.assigned, st.gen = read, gen
+	return read, nil
+}
+
+// prefetch does, while the leader waits for a restarting service's nodes,
+// the part of placing keys that does not depend on who joins: it reads the
+// assignment and the configs, so that the rebalance that follows the last
+// join does not.
+func (m *Manager[C, I]) prefetch(ctx context.Context, st *leaderState) {
+	prev, err := m.previous(ctx, st, false)
+	if err != nil {
+		return
+	}
+	if keys, keep := m.leaderKeys(ctx, st, prev, triggerElected); !keep {
+		st.prefetched = keys
+	}
 }
 
 // leaderKeys returns the keys to balance, from a fresh getConfig: a leader
@@ -425,14 +549,14 @@ func (m *Manager[C, I]) writeAssignment(ctx context.Context, epoch uint64, prev,
 	if len(changes) == 0 {
 		return nil
 	}
-	// Deterministic chunks make traces and Redis logs comparable across runs.
+	// By new node, so that each node hears of its keys once, all of them
+	// in one chunk, and starts on them while the next chunks are written;
+	// then by key: deterministic chunks make traces and Redis logs
+	// comparable across runs.
 	slices.SortFunc(changes, func(a, b change) int {
-		if a.key < b.key {
-			return -1
-		}
-		return 1
+		return cmp.Or(strings.Compare(a.to, b.to), strings.Compare(a.key, b.key))
 	})
-	for chunk := range slices.Chunk(changes, writeChunk) {
+	for chunk := range nodeChunks(changes, writeChunk) {
 		if err := m.writeChunk(ctx, epoch, chunk); err != nil {
 			return err
 		}
@@ -441,6 +565,31 @@ func (m *Manager[C, I]) writeAssignment(ctx context.Context, epoch uint64, prev,
 		m.log.Debug("assigned", "key", c.key, "from", c.from, "to", c.to, "epoch", epoch)
 	}
 	return nil
+}
+
+// nodeChunks cuts changes, sorted by new node, into chunks of at most size
+// changes that split no node's changes, unless one node has more than size.
+func nodeChunks(changes []change, size int) iter.Seq[[]change] {
+	return func(yield func([]change) bool) {
+		for len(changes) > 0 {
+			end := min(size, len(changes))
+			if end < len(changes) && changes[end].to == changes[end-1].to {
+				// Back to the start of the node that would be split, if the
+				// chunk holds anything before it.
+				cut := end
+				for cut > 0 && changes[cut-1].to == changes[end].to {
+					cut--
+				}
+				if cut > 0 {
+					end = cut
+				}
+			}
+			if !yield(changes[:end]) {
+				return
+			}
+			changes = changes[end:]
+		}
+	}
 }
 
 func (m *Manager[C, I]) writeChunk(ctx context.Context, epoch uint64, chunk []change) error {

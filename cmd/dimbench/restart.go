@@ -15,8 +15,10 @@ import (
 )
 
 // joinWindow is how long dim's leader waits after a join (or its election)
-// with no further join before it places keys (joinWindow in rebalance.go):
-// no key can be placed sooner after the last node joined.
+// with no further join before it places keys (joinWindow in rebalance.go).
+// A whole restart settles by count instead: the leader places keys as soon
+// as as many nodes have joined as the service had, so the window is a
+// reference here, not a floor.
 const joinWindow = 25 * time.Millisecond
 
 // restartVariant is one way to restart a whole service, and its results.
@@ -103,7 +105,7 @@ func (b *bench) restartSize(ctx context.Context, tm timing, sz size, runs int) e
 			"started concurrently with %s; the last createInstance before the service converged; all nodes in one process",
 			tm, num(median(v.stops)), sz.Nodes, v.name)
 		v.begins.Note = "the leader's last rebalance that changed the assignment (its \"rebalanced\" log: end less took): " +
-			"it waits for 25 ms without a join, and for the rebalances before it"
+			"in a restart it waits until as many nodes have joined as the service had (at most a heartbeat interval), and for the rebalances before it"
 		v.took.Note = "getConfig, HGETALL of the assignment, Balance and the write, on the leader"
 		v.starts.Note = fmt.Sprintf("%d Starts failed (join timed out) and were retried in all %d runs", v.retries, runs)
 		v.leader.Note = "the first \"became leader\" log"
