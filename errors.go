@@ -35,6 +35,13 @@ var (
 	// ErrServiceLive reports that a service still has live nodes: Purge
 	// refuses to remove it.
 	ErrServiceLive = errors.New("dim: service is live")
+	// ErrUnknownNode reports a node that is not a live member of the
+	// service: it cannot be drained.
+	ErrUnknownNode = errors.New("dim: unknown node")
+	// ErrLastNode reports a drain that would leave no node to run keys.
+	ErrLastNode = errors.New("dim: the last node that takes keys")
+	// ErrFrozen reports a freeze requested while one is in force.
+	ErrFrozen = errors.New("dim: already frozen")
 	// ErrUnknownService reports a service of which Redis holds nothing.
 	ErrUnknownService = errors.New("dim: unknown service")
 	// ErrAlreadyStarted reports a second call of Start.

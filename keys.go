@@ -39,6 +39,9 @@ import (
 //	<p>:unhealthy  HASH  node → JSON {"u":until_ms,"l":level,"s":session,…}:
 //	                     nodes on which keys fail that run elsewhere
 //	<p>:outage     STRING JSON {"t":since_ms,"k":keys}: most keys fail everywhere
+//	<p>:drains     HASH  node → until_ms: nodes an operator drained (they stay
+//	                     members and get no keys until then)
+//	<p>:freeze     STRING who froze the service, expiring with the freeze
 //	<p>:fleet      HASH  size: how many nodes the service had when the leader
 //	                     last counted them; since: server ms when a node
 //	                     joined a service with no live member (a restart)
@@ -68,6 +71,8 @@ type keys struct {
 	quarantine string
 	unhealthy  string
 	outage     string
+	drains     string
+	freeze     string
 	fleet      string
 	lock       string
 	channel    string
@@ -97,6 +102,8 @@ func newKeys(keyPrefix, service string) keys {
 		quarantine: p + ":quarantine",
 		unhealthy:  p + ":unhealthy",
 		outage:     p + ":outage",
+		drains:     p + ":drains",
+		freeze:     p + ":freeze",
 		lock:       p + ":lock",
 		fleet:      p + ":fleet",
 		channel:    p + ":events",
@@ -703,6 +710,68 @@ for i = 1, #ARGV do
   end
   if #parts == 0 then redis.call('HDEL', KEYS[1], ARGV[i]) else redis.call('HSET', KEYS[1], ARGV[i], table.concat(parts, ' ')) end
 end
+return 1
+`)
+
+// drainNodeScript drains a live node until a time: it stays a member and
+// gets no keys. It refuses a node that is not live (-1) and a drain that
+// would leave no node taking keys (-2). Expired drains of any node go.
+//
+// KEYS: nodes weights drains
+// ARGV: node duration_ms channel
+// Returns {1, until_ms} or {code}.
+var drainNodeScript = script(`
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) <= now then return {-1} end
+local others = 0
+for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')) do
+  local w = tonumber(redis.call('HGET', KEYS[2], n) or '')
+  local d = tonumber(redis.call('HGET', KEYS[3], n) or '0') or 0
+  if n ~= ARGV[1] and w and w > 0 and d <= now then others = others + 1 end
+end
+if others == 0 then return {-2} end
+local all = redis.call('HGETALL', KEYS[3])
+for i = 1, #all, 2 do
+  if (tonumber(all[i + 1]) or 0) <= now then redis.call('HDEL', KEYS[3], all[i]) end
+end
+local untilMs = now + tonumber(ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[1], fmt(untilMs))
+redis.call('PUBLISH', ARGV[3], 'rebalance')
+return {1, untilMs}
+`)
+
+// undrainScript ends a node's drain; 0 if it had none in force.
+//
+// KEYS: drains
+// ARGV: node channel
+var undrainScript = script(`
+local d = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') or 0
+redis.call('HDEL', KEYS[1], ARGV[1])
+if d <= now then return 0 end
+redis.call('PUBLISH', ARGV[2], 'rebalance')
+return 1
+`)
+
+// freezeScript freezes the service for a while, unless a freeze is in
+// force: then it returns the time that freeze has left (ms) instead of 0.
+//
+// KEYS: freeze
+// ARGV: who duration_ms channel
+var freezeScript = script(`
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('PUBLISH', ARGV[3], 'rebalance')
+  return 0
+end
+return math.max(1, redis.call('PTTL', KEYS[1]))
+`)
+
+// thawScript ends a freeze; 0 if none was in force.
+//
+// KEYS: freeze
+// ARGV: channel
+var thawScript = script(`
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+redis.call('PUBLISH', ARGV[1], 'rebalance')
 return 1
 `)
 

@@ -393,13 +393,29 @@ func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string
 	if keys == nil {
 		keys, keep = m.leaderKeys(ctx, st, prev, trigger)
 	}
+	h, err := m.readHolds(ctx, now)
+	if err != nil {
+		return err
+	}
+	nodes = h.without(nodes)
 	place, avoid, err := m.reviewFailures(ctx, now, keys, nodes, prev, st)
 	if err != nil {
 		return err
 	}
+	if w := h.wake(); w > 0 {
+		at := time.Now().Add(time.Duration(w-now) * time.Millisecond)
+		if st.reviewAt.IsZero() || at.Before(st.reviewAt) {
+			st.reviewAt = at
+		}
+	}
 	assignment, err := BalanceAvoiding(prev, place, nodes, avoid)
 	if err != nil {
 		return err
+	}
+	if h.frozen > 0 {
+		if held := freezeMoves(prev, assignment, nodes, avoid); held > 0 {
+			m.log.Info("frozen: voluntary moves held back", "held", held)
+		}
 	}
 	if !keep {
 		m.dropAvoidances(ctx, avoid, keys)

@@ -55,6 +55,8 @@ type Status struct {
 	// Memory is what Redis says about its memory; nil when it does not say
 	// (a user without +info). Memory.OutOfMemory means nothing new starts.
 	Memory *RedisMemory `json:"memory,omitempty"`
+	// Frozen is set while a freeze holds voluntary moves back (see Freeze).
+	Frozen *FreezeStatus `json:"frozen,omitempty"`
 	// Outage is set while the leader judges that most keys fail on every
 	// node; nil otherwise.
 	Outage *Outage `json:"outage,omitempty"`
@@ -87,7 +89,8 @@ type NodeStatus struct {
 	// Weight is the node's weight; 0 while it drains before stopping.
 	Weight int `json:"weight"`
 	// State is "active", "pending" (joined, first heartbeat not yet seen),
-	// "draining", or "suspect": it has not renewed its lease for more than
+	// "draining" (stopping), "drained" (an operator's drain: a live member
+	// that gets no keys), or "suspect": it has not renewed its lease for more than
 	// half its node TTL, so it is probably gone, and its keys are at risk.
 	State string `json:"state"`
 	// LeaseLeft is how long the lease runs without renewal.
@@ -105,6 +108,9 @@ type NodeStatus struct {
 	// live).
 	Assigned int `json:"assigned"`
 	Running  int `json:"running"`
+	// DrainedFor is how long an operator's drain still keeps keys off the
+	// node (see DrainNode); 0 if it is not drained.
+	DrainedFor time.Duration `json:"drained_for_ns,omitempty"`
 	// Unhealthy is set while the node gets no keys (or one probe key)
 	// because keys failed there that run on other nodes.
 	Unhealthy *Unhealthy `json:"unhealthy,omitempty"`
@@ -389,6 +395,9 @@ func readStatus(ctx context.Context, client rueidis.Client, service string, k ke
 		}
 	}
 	if err := readVerdicts(ctx, client, k, st, sessions); err != nil {
+		return nil, err
+	}
+	if err := readHoldStatus(ctx, client, k, st); err != nil {
 		return nil, err
 	}
 	st.Memory = readMemory(ctx, client, k)

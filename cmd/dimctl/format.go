@@ -55,6 +55,9 @@ func writeStatus(w io.Writer, st *dim.Status) error {
 		fmt.Fprintf(tw, "redis\tOUT OF MEMORY: %d MiB used of maxmemory %d MiB (%s): nothing new starts; running instances keep running\n",
 			mem.Used>>20, mem.Max>>20, mem.Policy)
 	}
+	if f := st.Frozen; f != nil {
+		fmt.Fprintf(tw, "frozen\tfor %s more: joins, weight changes and rebalances move nothing; failures and drains still do\n", roundLease(f.Left))
+	}
 	if o := st.Outage; o != nil {
 		fmt.Fprintf(tw, "outage\tsince %s, %d keys fail on every node: keys stay where they are and retry with backoff\n",
 			o.Since.UTC().Format("15:04:05"), o.FailingKeys)
@@ -68,7 +71,7 @@ func writeStatus(w io.Writer, st *dim.Status) error {
 		fmt.Fprintln(tw, "NODE\tWEIGHT\tSTATE\tLEASE LEFT\tASSIGNED\tRUNNING")
 		for _, n := range nodes {
 			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\n",
-				quote(n.ID), n.Weight, n.State, roundLease(n.LeaseLeft), n.Assigned, n.Running)
+				quote(n.ID), n.Weight, nodeState(n), roundLease(n.LeaseLeft), n.Assigned, n.Running)
 		}
 
 		var failing []dim.NodeStatus
@@ -232,4 +235,12 @@ func orEmpty[T any](s []T) []T {
 		return []T{}
 	}
 	return s
+}
+
+// nodeState is a node's state, with how long a drain still runs.
+func nodeState(n dim.NodeStatus) string {
+	if n.DrainedFor > 0 {
+		return fmt.Sprintf("%s (drain ends in %s)", n.State, roundLease(n.DrainedFor))
+	}
+	return n.State
 }

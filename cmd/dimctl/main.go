@@ -59,6 +59,13 @@ Commands:
   watch      status, redrawn every -interval until Ctrl-C
   rebalance  ask the service's leader to rebalance now, and wait for its
              answer
+  drain      drain <service> <node> [-for 1h]: the node stays a member and
+             gets no keys until the drain ends by itself or is undone
+  undrain    undrain <service> <node>: give a drained node keys again
+  freeze     freeze <service> [-for 30m]: no voluntary moves (joins, weight
+             changes, rebalances) until it ends; failures and drains still
+             move keys
+  thaw       thaw <service>: end a freeze
   purge      remove every key of a retired service; refused while any of
              its nodes is live
   services   list the services in this Redis (under -prefix)
@@ -89,8 +96,11 @@ type options struct {
 	password  string
 	tls       bool
 
+	holdFor time.Duration
+
 	command string
 	service string
+	node    string // drain, undrain
 }
 
 // run is dimctl without the process around it: it returns the exit code and
@@ -123,6 +133,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = o.rebalance(ctx, client, stdout)
 	case "purge":
 		err = o.purge(ctx, client, stdout)
+	case "drain":
+		err = o.drain(ctx, client, stdout)
+	case "undrain":
+		err = o.undrain(ctx, client, stdout)
+	case "freeze":
+		err = o.freeze(ctx, client, stdout)
+	case "thaw":
+		err = o.thaw(ctx, client, stdout)
 	case "services":
 		err = o.services(ctx, client, stdout)
 	}
@@ -149,6 +167,7 @@ func newFlagSet() (*flag.FlagSet, *options) {
 	fs.BoolVar(&o.json, "json", false, "print the status as indented JSON")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "bound on connecting and on each Redis call")
 	fs.DurationVar(&o.interval, "interval", time.Second, "watch: time between refreshes")
+	fs.DurationVar(&o.holdFor, "for", 0, "drain, freeze: how long it lasts before it ends by itself (default 1h for drain, 30m for freeze)")
 	fs.IntVar(&o.count, "count", 0, "watch: stop after `N` refreshes; 0 means until interrupted")
 	fs.DurationVar(&o.downAfter, "down-after", 5*time.Second, "status: how long a key must stay not running, or a node suspect, before it counts as down (exit 3); a handoff takes milliseconds")
 	fs.StringVar(&o.user, "user", "", "Redis ACL user `name`")
@@ -194,7 +213,18 @@ func (o *options) parse(fs *flag.FlagSet, args []string) error {
 			return fmt.Errorf("too many arguments: %q", pos[1:])
 		}
 		o.service = "any" // for the name check below
-	case "status", "watch", "rebalance", "purge":
+	case "drain", "undrain":
+		switch len(pos) {
+		case 1:
+			return fmt.Errorf("missing service and node after %q", pos[0])
+		case 2:
+			return fmt.Errorf("missing node after %q %q", pos[0], pos[1])
+		case 3:
+			o.service, o.node = pos[1], pos[2]
+		default:
+			return fmt.Errorf("too many arguments: %q", pos[3:])
+		}
+	case "status", "watch", "rebalance", "purge", "freeze", "thaw":
 		switch len(pos) {
 		case 1:
 			return fmt.Errorf("missing service after %q", pos[0])
@@ -204,7 +234,7 @@ func (o *options) parse(fs *flag.FlagSet, args []string) error {
 			return fmt.Errorf("too many arguments: %q", pos[2:])
 		}
 	default:
-		return fmt.Errorf("unknown command %q (commands: status, watch, rebalance, purge, services)", o.command)
+		return fmt.Errorf("unknown command %q (commands: status, watch, rebalance, drain, undrain, freeze, thaw, purge, services)", o.command)
 	}
 
 	if o.redis == "" {
@@ -221,6 +251,9 @@ func (o *options) parse(fs *flag.FlagSet, args []string) error {
 	}
 	if o.downAfter < 0 {
 		return fmt.Errorf("-down-after %v is negative", o.downAfter)
+	}
+	if o.holdFor < 0 {
+		return fmt.Errorf("-for %v is negative", o.holdFor)
 	}
 	if o.password == "" {
 		o.password = os.Getenv(passwordEnv)

@@ -353,6 +353,10 @@ func TestBadUsageExitsTwo(t *testing.T) {
 		{"an empty address", []string{"-redis", "", "status", "svc"}, "-redis is empty"},
 		{"an invalid service name", []string{"status", "a b"}, `"a b" is not a valid service name`},
 		{"an invalid prefix", []string{"-prefix", "{x}", "status", "svc"}, `"{x}" is not a valid prefix`},
+		{"a drain without node", []string{"drain", "svc"}, `missing node after "drain" "svc"`},
+		{"a drain without service", []string{"drain"}, `missing service and node after "drain"`},
+		{"an undrain with too much", []string{"undrain", "svc", "n1", "n2"}, `too many arguments: ["n2"]`},
+		{"a negative hold", []string{"-for", "-1m", "freeze", "svc"}, "-for -1m0s is negative"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// Nothing listens here: usage is checked before connecting.
@@ -583,4 +587,62 @@ func TestServicesAndPurge(t *testing.T) {
 	code, out, _ = dimctl(t, args("services")...)
 	assert.Equal(t, 0, code)
 	assert.Empty(t, out)
+}
+
+func TestDrainUndrainFreezeThaw(t *testing.T) {
+	srv := redistest.Start(t)
+	startService(t, srv, "ops")
+	base := []string{"-redis", srv.Addr(), "-prefix", testPrefix}
+	status := func() *dim.Status {
+		st, err := dim.ReadStatus(t.Context(), srv.Client(t), dim.WithService("ops"), dim.WithKeyPrefix(testPrefix))
+		require.NoError(t, err)
+		return st
+	}
+	node := func(st *dim.Status, id string) dim.NodeStatus {
+		i := slices.IndexFunc(st.Nodes, func(n dim.NodeStatus) bool { return n.ID == id })
+		require.GreaterOrEqual(t, i, 0, id)
+		return st.Nodes[i]
+	}
+
+	code, out, errOut := dimctl(t, append(base, "drain", "ops", "n2", "-for", "10m")...)
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, `drained n2 in "ops" until `)
+	require.Eventually(t, func() bool {
+		n2 := node(status(), "n2")
+		return n2.State == "drained" && n2.Assigned == 0 && n2.Running == 0
+	}, 10*time.Second, 20*time.Millisecond)
+	code, out, _ = dimctl(t, append(base, "status", "ops")...)
+	assert.Equal(t, 0, code, "a drained node is not a problem")
+	assert.Regexp(t, `n2 +1 +drained \(drain ends in (9m5\d|10m0)s?`, out)
+
+	code, _, errOut = dimctl(t, append(base, "drain", "ops", "n1")...)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut, "would leave no node to run keys")
+	code, _, errOut = dimctl(t, append(base, "drain", "ops", "n9")...)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut, `"n9" is not a live node`)
+
+	code, out, errOut = dimctl(t, append(base, "undrain", "ops", "n2")...)
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, "undrained n2")
+	code, _, errOut = dimctl(t, append(base, "undrain", "ops", "n2")...)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut, "n2 is not drained")
+	require.Eventually(t, func() bool { return node(status(), "n2").Running > 0 }, 10*time.Second, 20*time.Millisecond)
+
+	code, out, errOut = dimctl(t, append(base, "freeze", "ops", "-for", "5m")...)
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, `froze "ops" for 5m0s`)
+	code, _, errOut = dimctl(t, append(base, "freeze", "ops")...)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut, "already frozen")
+	code, out, _ = dimctl(t, append(base, "status", "ops")...)
+	assert.Equal(t, 0, code)
+	assert.Contains(t, out, "frozen   for ")
+	code, out, errOut = dimctl(t, append(base, "thaw", "ops")...)
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, `thawed "ops"`)
+	code, _, errOut = dimctl(t, append(base, "thaw", "ops")...)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut, `"ops" is not frozen`)
 }

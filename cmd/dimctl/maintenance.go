@@ -1,0 +1,73 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/go-dim/dim"
+	"github.com/redis/rueidis"
+)
+
+// drain takes a node out of placement for -for.
+func (o *options) drain(ctx context.Context, client rueidis.Client, stdout io.Writer) error {
+	d := o.holdFor
+	if d == 0 {
+		d = dim.DefaultDrainFor
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	until, err := dim.DrainNode(ctx, client, o.node, d, o.dimOptions()...)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(stdout, "drained %s in %q until %s (%v): its keys move to the other nodes; it stays a member\n",
+		quote(o.node), o.service, until.Local().Format(time.DateTime), d)
+	return err
+}
+
+// undrain gives a drained node keys again.
+func (o *options) undrain(ctx context.Context, client rueidis.Client, stdout io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	was, err := dim.UndrainNode(ctx, client, o.node, o.dimOptions()...)
+	if err != nil {
+		return err
+	}
+	if !was {
+		return fmt.Errorf("%s is not drained in %q", quote(o.node), o.service)
+	}
+	_, err = fmt.Fprintf(stdout, "undrained %s in %q: the leader gives it keys again\n", quote(o.node), o.service)
+	return err
+}
+
+// freeze holds voluntary moves back for -for.
+func (o *options) freeze(ctx context.Context, client rueidis.Client, stdout io.Writer) error {
+	d := o.holdFor
+	if d == 0 {
+		d = dim.DefaultFreezeFor
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	if err := dim.Freeze(ctx, client, d, o.dimOptions()...); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(stdout, "froze %q for %v: joins, weight changes and rebalances move nothing; failures and drains still do\n", o.service, d)
+	return err
+}
+
+// thaw ends a freeze.
+func (o *options) thaw(ctx context.Context, client rueidis.Client, stdout io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	was, err := dim.Thaw(ctx, client, o.dimOptions()...)
+	if err != nil {
+		return err
+	}
+	if !was {
+		return fmt.Errorf("%q is not frozen", o.service)
+	}
+	_, err = fmt.Fprintf(stdout, "thawed %q: the leader balances again\n", o.service)
+	return err
+}

@@ -1,0 +1,261 @@
+package dim
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// Maintenance: an operator drains a node (it stays a live member and gets
+// no keys, for a while) or freezes the service (no voluntary moves, for a
+// while). Both end by themselves: a script that dies must not leave a node
+// drained or a service frozen forever.
+
+// DefaultDrainFor and DefaultFreezeFor are the durations dimctl uses when
+// none is given.
+const (
+	DefaultDrainFor  = time.Hour
+	DefaultFreezeFor = 30 * time.Minute
+)
+
+// maxHold bounds a drain or a freeze.
+const maxHold = 7 * 24 * time.Hour
+
+// DrainNode drains a live node of a service for d: the leader moves its keys
+// to the other nodes with the normal handoff and gives it none, while it
+// stays a member (Status shows it "drained"). The drain ends by itself after
+// d, or with [UndrainNode]. An explicit drain is honoured during a freeze.
+// opts as for [ReadStatus]. It returns an error wrapping [ErrUnknownNode]
+// for a node that is not live, [ErrLastNode] when no other node would take
+// keys, or [ErrRedis].
+func DrainNode(ctx context.Context, client rueidis.Client, node string, d time.Duration, opts ...Option) (time.Time, error) {
+	k, err := adminKeys(opts)
+	if err != nil {
+		return time.Time{}, err
+	}
+	if d <= 0 || d > maxHold {
+		return time.Time{}, fmt.Errorf("%w: a drain of %v: want more than 0 and at most %v", ErrInvalidOption, d, maxHold)
+	}
+	res, err := drainNodeScript.Exec(ctx, client, []string{k.nodes, k.weights, k.drains},
+		[]string{node, ms(d), k.channel}).AsIntSlice()
+	if err != nil || len(res) == 0 {
+		return time.Time{}, fmt.Errorf("%w: drain %q: %w", ErrRedis, node, err)
+	}
+	switch res[0] {
+	case -1:
+		return time.Time{}, fmt.Errorf("%w: %q is not a live node of the service", ErrUnknownNode, node)
+	case -2:
+		return time.Time{}, fmt.Errorf("%w: draining %q would leave no node to run keys", ErrLastNode, node)
+	}
+	return time.UnixMilli(res[1]).UTC(), nil
+}
+
+// UndrainNode ends a node's drain: the leader gives it keys again. It
+// reports whether a drain was in force.
+func UndrainNode(ctx context.Context, client rueidis.Client, node string, opts ...Option) (bool, error) {
+	k, err := adminKeys(opts)
+	if err != nil {
+		return false, err
+	}
+	n, err := undrainScript.Exec(ctx, client, []string{k.drains}, []string{node, k.channel}).AsInt64()
+	if err != nil {
+		return false, fmt.Errorf("%w: undrain %q: %w", ErrRedis, node, err)
+	}
+	return n == 1, nil
+}
+
+// Freeze stops voluntary moves in a service for d: joins, weight changes,
+// drains that end and manual rebalances move nothing, while failures (a
+// crash, a leave, a fence, a key that cannot run where it is) are still
+// handled at once, and an explicit drain still moves its node's keys. It
+// ends by itself after d, or with [Thaw]; then the leader balances again.
+// It returns an error wrapping [ErrFrozen] while another freeze is in force.
+func Freeze(ctx context.Context, client rueidis.Client, d time.Duration, opts ...Option) error {
+	k, err := adminKeys(opts)
+	if err != nil {
+		return err
+	}
+	if d <= 0 || d > maxHold {
+		return fmt.Errorf("%w: a freeze of %v: want more than 0 and at most %v", ErrInvalidOption, d, maxHold)
+	}
+	left, err := freezeScript.Exec(ctx, client, []string{k.freeze}, []string{"frozen", ms(d), k.channel}).AsInt64()
+	if err != nil {
+		return fmt.Errorf("%w: freeze: %w", ErrRedis, err)
+	}
+	if left > 0 {
+		return fmt.Errorf("%w: for %v more; thaw it first", ErrFrozen, time.Duration(left)*time.Millisecond)
+	}
+	return nil
+}
+
+// Thaw ends a freeze; it reports whether one was in force.
+func Thaw(ctx context.Context, client rueidis.Client, opts ...Option) (bool, error) {
+	k, err := adminKeys(opts)
+	if err != nil {
+		return false, err
+	}
+	n, err := thawScript.Exec(ctx, client, []string{k.freeze}, []string{k.channel}).AsInt64()
+	if err != nil {
+		return false, fmt.Errorf("%w: thaw: %w", ErrRedis, err)
+	}
+	return n == 1, nil
+}
+
+// Drain drains this node for d (see [DrainNode]); Undrain ends it.
+func (m *Manager[C, I]) Drain(ctx context.Context, d time.Duration) (time.Time, error) {
+	if m.state.Load() == stateNew {
+		return time.Time{}, ErrNotStarted
+	}
+	return DrainNode(ctx, m.client, m.s.nodeID, d, WithService(m.s.service), WithKeyPrefix(m.s.keyPrefix))
+}
+
+// Undrain ends this node's drain (see [UndrainNode]).
+func (m *Manager[C, I]) Undrain(ctx context.Context) (bool, error) {
+	if m.state.Load() == stateNew {
+		return false, ErrNotStarted
+	}
+	return UndrainNode(ctx, m.client, m.s.nodeID, WithService(m.s.service), WithKeyPrefix(m.s.keyPrefix))
+}
+
+func adminKeys(opts []Option) (keys, error) {
+	s, err := serviceSettings(opts)
+	if err != nil {
+		return keys{}, err
+	}
+	return newKeys(s.keyPrefix, s.service), nil
+}
+
+// holds are the drains and the freeze in force, as the leader reads them.
+type holds struct {
+	drained map[string]int64 // node → until, server ms
+	frozen  int64            // until, server ms; 0: not frozen
+}
+
+// readHolds reads the drains and the freeze for the leader.
+func (m *Manager[C, I]) readHolds(ctx context.Context, now int64) (*holds, error) {
+	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	defer cancel()
+	b := m.client.B()
+	res := m.client.DoMulti(ctx, b.Hgetall().Key(m.k.drains).Build(), b.Pttl().Key(m.k.freeze).Build())
+	raw, err := res[0].AsStrMap()
+	if err != nil {
+		return nil, fmt.Errorf("read drains: %w", err)
+	}
+	h := &holds{drained: map[string]int64{}}
+	for node, v := range raw {
+		if until, err := strconv.ParseInt(v, 10, 64); err == nil && until > now {
+			h.drained[node] = until
+		}
+	}
+	pttl, err := res[1].AsInt64()
+	if err != nil {
+		return nil, fmt.Errorf("read freeze: %w", err)
+	}
+	if pttl > 0 {
+		h.frozen = now + pttl
+	}
+	return h, nil
+}
+
+// without returns nodes less the drained ones, unless that leaves none:
+// keys must run somewhere.
+func (h *holds) without(nodes []Node) []Node {
+	out := make([]Node, 0, len(nodes))
+	for _, n := range nodes {
+		if _, ok := h.drained[n.ID]; !ok {
+			out = append(out, n)
+		}
+	}
+	if len(out) == 0 {
+		return nodes
+	}
+	return out
+}
+
+// wake is when a hold ends (server ms), 0 if none is in force.
+func (h *holds) wake() int64 {
+	w := h.frozen
+	for _, until := range h.drained {
+		w = earliestNonZero(w, until)
+	}
+	return w
+}
+
+func earliestNonZero(a, b int64) int64 {
+	if a == 0 {
+		return b
+	}
+	if b == 0 {
+		return a
+	}
+	return min(a, b)
+}
+
+// freezeMoves undoes the voluntary moves of next: a key stays on its
+// previous node while that node may still take it (live, not drained, not
+// avoiding the key). Keys of dead, leaving or drained nodes, new keys and
+// keys their node gave up still move. It returns how many moves it held
+// back.
+func freezeMoves(prev, next Assignment, nodes []Node, avoid map[string][]string) int {
+	ok := make(map[string]bool, len(nodes))
+	for _, n := range nodes {
+		ok[n.ID] = true
+	}
+	held := 0
+	for key, to := range next {
+		from, had := prev[key]
+		if !had || from == to || !ok[from] {
+			continue
+		}
+		avoided := false
+		for _, n := range avoid[key] {
+			if n == from {
+				avoided = true
+				break
+			}
+		}
+		if !avoided {
+			next[key] = from
+			held++
+		}
+	}
+	return held
+}
+
+// Freeze is a freeze in force, for Status.
+type FreezeStatus struct {
+	// Left is how long it still runs.
+	Left time.Duration `json:"left_ns"`
+}
+
+// readHoldStatus adds the drains and the freeze to a status.
+func readHoldStatus(ctx context.Context, client rueidis.Client, k keys, st *Status) error {
+	b := client.B()
+	res := client.DoMulti(ctx, b.Hgetall().Key(k.drains).Build(), b.Pttl().Key(k.freeze).Build())
+	raw, err := res[0].AsStrMap()
+	if err != nil {
+		return fmt.Errorf("%w: read drains: %w", ErrRedis, err)
+	}
+	now := st.ServerTime.UnixMilli()
+	for i, n := range st.Nodes {
+		until, err := strconv.ParseInt(raw[n.ID], 10, 64)
+		if err != nil || until <= now {
+			continue
+		}
+		st.Nodes[i].DrainedFor = time.Duration(until-now) * time.Millisecond
+		if n.State == "active" {
+			st.Nodes[i].State = "drained"
+		}
+	}
+	pttl, err := res[1].AsInt64()
+	if err != nil {
+		return fmt.Errorf("%w: read freeze: %w", ErrRedis, err)
+	}
+	if pttl > 0 {
+		st.Frozen = &FreezeStatus{Left: time.Duration(pttl) * time.Millisecond}
+	}
+	return nil
+}
