@@ -134,12 +134,10 @@ type holds struct {
 	frozen  int64            // until, server ms; 0: not frozen
 }
 
-// readHolds reads the drains and the freeze for the leader.
-func (m *Manager[C, I]) readHolds(ctx context.Context, now int64) (*holds, error) {
-	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-	defer cancel()
-	b := m.client.B()
-	res := m.client.DoMulti(ctx, b.Hgetall().Key(m.k.drains).Build(), b.Pttl().Key(m.k.freeze).Build())
+// readHolds reads the drains and the freeze in force.
+func readHolds(ctx context.Context, client rueidis.Client, k keys, now int64) (*holds, error) {
+	b := client.B()
+	res := client.DoMulti(ctx, b.Hgetall().Key(k.drains).Build(), b.Pttl().Key(k.freeze).Build())
 	raw, err := res[0].AsStrMap()
 	if err != nil {
 		return nil, fmt.Errorf("read drains: %w", err)

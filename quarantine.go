@@ -467,18 +467,16 @@ func earliest(a, b int64) int64 {
 	return min(a, b)
 }
 
-// readFailures reads, for the leader, the avoidances, quarantines,
-// unhealthy nodes, outage and live sessions in one round trip.
-func (m *Manager[C, I]) readFailures(ctx context.Context, now int64) (*failureFacts, error) {
-	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-	defer cancel()
-	b := m.client.B()
-	res := m.client.DoMulti(ctx,
-		b.Hgetall().Key(m.k.avoid).Build(),
-		b.Hgetall().Key(m.k.quarantine).Build(),
-		b.Hgetall().Key(m.k.unhealthy).Build(),
-		b.Get().Key(m.k.outage).Build(),
-		b.Hgetall().Key(m.k.sessions).Build())
+// readFailures reads the avoidances, quarantines, unhealthy nodes, outage
+// and live sessions in one round trip.
+func readFailures(ctx context.Context, client rueidis.Client, k keys, now int64) (*failureFacts, error) {
+	b := client.B()
+	res := client.DoMulti(ctx,
+		b.Hgetall().Key(k.avoid).Build(),
+		b.Hgetall().Key(k.quarantine).Build(),
+		b.Hgetall().Key(k.unhealthy).Build(),
+		b.Get().Key(k.outage).Build(),
+		b.Hgetall().Key(k.sessions).Build())
 	f := &failureFacts{now: now, avoid: map[string][]avoidEntry{}, quarantine: map[string]quarantineRecord{},
 		unhealthy: map[string]unhealthyRecord{}}
 	raw, err := res[0].AsStrMap()
@@ -525,41 +523,24 @@ func (m *Manager[C, I]) readFailures(ctx context.Context, now int64) (*failureFa
 	return f, nil
 }
 
-// reviewFailures runs the review for a rebalance: it returns the keys to
-// balance and the avoidances to balance them with, and records and logs
-// what changed.
-func (m *Manager[C, I]) reviewFailures(ctx context.Context, now int64, keys []string, nodes []Node, prev Assignment, st *leaderState) ([]string, map[string][]string, error) {
-	f, err := m.readFailures(ctx, now)
+// readStates reads the published states of keys.
+func readStates(ctx context.Context, client rueidis.Client, k keys, look []string) (map[string]keyRecord, error) {
+	out := map[string]keyRecord{}
+	if len(look) == 0 {
+		return out, nil
+	}
+	vals, err := client.Do(ctx, client.B().Hmget().Key(k.state).Field(look...).Build()).ToArray()
 	if err != nil {
-		return nil, nil, err
+		return nil, fmt.Errorf("read key states: %w", err)
 	}
-	in := &reviewInput{failureFacts: *f, keys: keys, nodes: nodes, prev: prev, states: map[string]keyRecord{},
-		first: m.s.quarantineFirst, max: m.s.quarantineMax, cooldown: giveUpCooldown, poll: m.s.heartbeat}
-	if look := lookups(f, prev); len(look) > 0 {
-		rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-		vals, err := m.client.Do(rctx, m.client.B().Hmget().Key(m.k.state).Field(look...).Build()).ToArray()
-		cancel()
-		if err != nil {
-			return nil, nil, fmt.Errorf("read key states: %w", err)
-		}
-		for i, val := range vals {
-			s, err := val.ToString()
-			var r keyRecord
-			if err == nil && json.Unmarshal([]byte(s), &r) == nil {
-				in.states[look[i]] = r
-			}
+	for i, val := range vals {
+		s, err := val.ToString()
+		var r keyRecord
+		if err == nil && json.Unmarshal([]byte(s), &r) == nil {
+			out[look[i]] = r
 		}
 	}
-	v := review(in)
-	if err := m.recordVerdict(ctx, f, v); err != nil {
-		return nil, nil, err
-	}
-	st.reviewAt = time.Time{}
-	if v.wake > 0 {
-		st.reviewAt = time.Now().Add(time.Duration(v.wake-now) * time.Millisecond)
-	}
-	m.tel.setFailures(v.underBan, v.unhealthy, v.outage != nil)
-	return v.keys, v.avoid, nil
+	return out, nil
 }
 
 // recordVerdict writes what the review changed and logs it.

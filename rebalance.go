@@ -393,30 +393,25 @@ func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string
 	if keys == nil {
 		keys, keep = m.leaderKeys(ctx, st, prev, trigger)
 	}
-	h, err := m.readHolds(ctx, now)
+	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	p, err := place(rctx, m.client, m.k, placeInput{now: now, prev: prev, keys: keys, nodes: nodes,
+		first: m.s.quarantineFirst, max: m.s.quarantineMax, poll: m.s.heartbeat})
+	cancel()
 	if err != nil {
 		return err
 	}
-	nodes = h.without(nodes)
-	place, avoid, err := m.reviewFailures(ctx, now, keys, nodes, prev, st)
-	if err != nil {
+	if err := m.recordVerdict(ctx, p.facts, p.verdict); err != nil {
 		return err
 	}
-	if w := h.wake(); w > 0 {
-		at := time.Now().Add(time.Duration(w-now) * time.Millisecond)
-		if st.reviewAt.IsZero() || at.Before(st.reviewAt) {
-			st.reviewAt = at
-		}
+	m.tel.setFailures(p.verdict.underBan, p.verdict.unhealthy, p.verdict.outage != nil)
+	st.reviewAt = time.Time{}
+	if w := earliestNonZero(p.verdict.wake, p.holds.wake()); w > 0 {
+		st.reviewAt = time.Now().Add(time.Duration(w-now) * time.Millisecond)
 	}
-	assignment, err := BalanceAvoiding(prev, place, nodes, avoid)
-	if err != nil {
-		return err
+	if p.held > 0 {
+		m.log.Info("frozen: voluntary moves held back", "held", p.held)
 	}
-	if h.frozen > 0 {
-		if held := freezeMoves(prev, assignment, nodes, avoid); held > 0 {
-			m.log.Info("frozen: voluntary moves held back", "held", held)
-		}
-	}
+	assignment, avoid, nodes := p.next, p.verdict.avoid, p.nodes
 	if !keep {
 		m.dropAvoidances(ctx, avoid, keys)
 	}

@@ -66,6 +66,9 @@ Commands:
              changes, rebalances) until it ends; failures and drains still
              move keys
   thaw       thaw <service>: end a freeze
+  plan       plan <service> drain <node> | plan <service> join [<node>]
+             [-weight w]: print the moves the leader would make, and change
+             nothing
   purge      remove every key of a retired service; refused while any of
              its nodes is live
   services   list the services in this Redis (under -prefix)
@@ -100,7 +103,9 @@ type options struct {
 
 	command string
 	service string
-	node    string // drain, undrain
+	node    string // drain, undrain, plan
+	planOp  string // plan: drain or join
+	weight  int    // plan join
 }
 
 // run is dimctl without the process around it: it returns the exit code and
@@ -141,6 +146,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = o.freeze(ctx, client, stdout)
 	case "thaw":
 		err = o.thaw(ctx, client, stdout)
+	case "plan":
+		err = o.plan(ctx, client, stdout)
 	case "services":
 		err = o.services(ctx, client, stdout)
 	}
@@ -168,6 +175,7 @@ func newFlagSet() (*flag.FlagSet, *options) {
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "bound on connecting and on each Redis call")
 	fs.DurationVar(&o.interval, "interval", time.Second, "watch: time between refreshes")
 	fs.DurationVar(&o.holdFor, "for", 0, "drain, freeze: how long it lasts before it ends by itself (default 1h for drain, 30m for freeze)")
+	fs.IntVar(&o.weight, "weight", 1, "plan join: the weight of the node that would join")
 	fs.IntVar(&o.count, "count", 0, "watch: stop after `N` refreshes; 0 means until interrupted")
 	fs.DurationVar(&o.downAfter, "down-after", 5*time.Second, "status: how long a key must stay not running, or a node suspect, before it counts as down (exit 3); a handoff takes milliseconds")
 	fs.StringVar(&o.user, "user", "", "Redis ACL user `name`")
@@ -224,6 +232,22 @@ func (o *options) parse(fs *flag.FlagSet, args []string) error {
 		default:
 			return fmt.Errorf("too many arguments: %q", pos[3:])
 		}
+	case "plan":
+		switch {
+		case len(pos) < 3:
+			return errors.New(`plan needs a service and "drain <node>" or "join [<node>]"`)
+		case pos[2] == "drain" && len(pos) == 4, pos[2] == "join" && len(pos) <= 4:
+			o.service, o.planOp = pos[1], pos[2]
+			if len(pos) == 4 {
+				o.node = pos[3]
+			}
+		case pos[2] != "drain" && pos[2] != "join":
+			return fmt.Errorf(`unknown plan %q: "drain <node>" or "join [<node>]"`, pos[2])
+		case pos[2] == "drain" && len(pos) == 3:
+			return errors.New("missing node after plan drain")
+		default:
+			return fmt.Errorf("too many arguments: %q", pos[4:])
+		}
 	case "status", "watch", "rebalance", "purge", "freeze", "thaw":
 		switch len(pos) {
 		case 1:
@@ -234,7 +258,7 @@ func (o *options) parse(fs *flag.FlagSet, args []string) error {
 			return fmt.Errorf("too many arguments: %q", pos[2:])
 		}
 	default:
-		return fmt.Errorf("unknown command %q (commands: status, watch, rebalance, drain, undrain, freeze, thaw, purge, services)", o.command)
+		return fmt.Errorf("unknown command %q (commands: status, watch, rebalance, drain, undrain, freeze, thaw, plan, purge, services)", o.command)
 	}
 
 	if o.redis == "" {

@@ -357,6 +357,9 @@ func TestBadUsageExitsTwo(t *testing.T) {
 		{"a drain without service", []string{"drain"}, `missing service and node after "drain"`},
 		{"an undrain with too much", []string{"undrain", "svc", "n1", "n2"}, `too many arguments: ["n2"]`},
 		{"a negative hold", []string{"-for", "-1m", "freeze", "svc"}, "-for -1m0s is negative"},
+		{"a plan without change", []string{"plan", "svc"}, "plan needs a service and"},
+		{"an unknown plan", []string{"plan", "svc", "explode"}, `unknown plan "explode"`},
+		{"a plan drain without node", []string{"plan", "svc", "drain"}, "missing node after plan drain"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// Nothing listens here: usage is checked before connecting.
@@ -645,4 +648,30 @@ func TestDrainUndrainFreezeThaw(t *testing.T) {
 	code, _, errOut = dimctl(t, append(base, "thaw", "ops")...)
 	assert.Equal(t, 1, code)
 	assert.Contains(t, errOut, `"ops" is not frozen`)
+}
+
+func TestPlanPrintsMovesAndChangesNothing(t *testing.T) {
+	srv := redistest.Start(t)
+	before := startService(t, srv, "planned")
+	base := []string{"-redis", srv.Addr(), "-prefix", testPrefix}
+	code, out, errOut := dimctl(t, append(base, "plan", "planned", "drain", "n1")...)
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, `plan  drain n1 in "planned": `)
+	assert.Contains(t, out, "nothing was changed")
+	assert.Regexp(t, `n2 +3\n`, out)
+	for _, key := range keysOf(before)["n1"] {
+		assert.Regexp(t, key+` +n1 +n2\n`, out)
+	}
+	code, out, errOut = dimctl(t, append(base, "-json", "plan", "planned", "join", "n3", "-weight", "2")...)
+	require.Equal(t, 0, code, errOut)
+	var res dim.PlanResult
+	require.NoError(t, json.Unmarshal([]byte(out), &res))
+	assert.Contains(t, []int{1, 2}, res.Loads["n3"], "weight 2 of 4 takes half of three keys, rounded either way")
+	assert.Len(t, res.Moves, res.Loads["n3"], "only what n3 takes moves")
+	code, _, errOut = dimctl(t, append(base, "plan", "planned", "drain", "n9")...)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut, `"n9" is not a live node`)
+	after, err := dim.ReadStatus(t.Context(), srv.Client(t), dim.WithService("planned"), dim.WithKeyPrefix(testPrefix))
+	require.NoError(t, err)
+	assert.Equal(t, before.Assignment, after.Assignment)
 }

@@ -1,0 +1,174 @@
+package dim
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// placeInput is what a placement starts from besides what Redis holds.
+type placeInput struct {
+	now   int64 // server ms
+	prev  Assignment
+	keys  []string // configured
+	nodes []Node   // live, taking keys (weight > 0)
+	// The leader's quarantine backoff.
+	first, max, poll time.Duration
+	// drain, for a plan: a node to treat as drained.
+	drain string
+}
+
+// placement is an assignment as the leader computes it, with what it read
+// and decided on the way.
+type placement struct {
+	holds   *holds
+	facts   *failureFacts
+	verdict *verdict
+	nodes   []Node // after drains
+	next    Assignment
+	held    int // voluntary moves a freeze held back
+}
+
+// place computes the assignment the leader writes, from what Redis holds:
+// drains and the freeze, avoidances, the leader's failure verdicts. It
+// writes nothing, so a plan runs the very same code as the leader.
+func place(ctx context.Context, client rueidis.Client, k keys, in placeInput) (*placement, error) {
+	h, err := readHolds(ctx, client, k, in.now)
+	if err != nil {
+		return nil, err
+	}
+	if in.drain != "" {
+		h.drained[in.drain] = in.now + maxHold.Milliseconds()
+	}
+	p := &placement{holds: h, nodes: h.without(in.nodes)}
+	if p.facts, err = readFailures(ctx, client, k, in.now); err != nil {
+		return nil, err
+	}
+	ri := &reviewInput{failureFacts: *p.facts, keys: in.keys, nodes: p.nodes, prev: in.prev,
+		first: in.first, max: in.max, cooldown: giveUpCooldown, poll: in.poll}
+	if ri.states, err = readStates(ctx, client, k, lookups(p.facts, in.prev)); err != nil {
+		return nil, err
+	}
+	p.verdict = review(ri)
+	if p.next, err = BalanceAvoiding(in.prev, p.verdict.keys, p.nodes, p.verdict.avoid); err != nil {
+		return nil, err
+	}
+	if h.frozen > 0 {
+		p.held = freezeMoves(in.prev, p.next, p.nodes, p.verdict.avoid)
+	}
+	return p, nil
+}
+
+// Move is one key that changes node; From is "" for a key not placed
+// before, To "" for a key that is taken out (quarantined).
+type Move struct {
+	Key  string `json:"key"`
+	From string `json:"from"`
+	To   string `json:"to"`
+}
+
+// PlanChange is a change to try in [Plan]: drain a live node, or add a node
+// with a weight (both at once is allowed). The zero value plans a rebalance
+// of the service as it is.
+type PlanChange struct {
+	Drain      string
+	Join       string
+	JoinWeight int // 0 means 1
+}
+
+// PlanResult is what a change would do.
+type PlanResult struct {
+	// Moves lists every key that would change node, by key.
+	Moves []Move `json:"moves"`
+	// Loads is how many keys each node would hold.
+	Loads map[string]int `json:"loads"`
+	// Frozen is true when a freeze holds voluntary moves back: the moves
+	// are those the leader would make now, not after the thaw.
+	Frozen bool `json:"frozen"`
+}
+
+// Plan computes, without changing anything, the moves the leader would make
+// if change happened now: the same placement code the leader runs, on what
+// Redis holds (the assignment, nodes and weights, drains, freeze,
+// avoidances and the leader's failure verdicts). The keys are those of the
+// assignment and the quarantines, so keys that the configs gained since the
+// last rebalance are not in it. opts as for [ReadStatus]. It returns an
+// error wrapping [ErrUnknownNode] when change drains a node that is not live,
+// or [ErrLastNode] when it drains the last node that takes keys.
+func Plan(ctx context.Context, client rueidis.Client, change PlanChange, opts ...Option) (*PlanResult, error) {
+	s, err := serviceSettings(opts)
+	if err != nil {
+		return nil, err
+	}
+	k := newKeys(s.keyPrefix, s.service)
+	st, err := ReadStatus(ctx, client, opts...)
+	if err != nil {
+		return nil, err
+	}
+	var nodes []Node
+	drainable := false
+	for _, n := range st.Nodes {
+		if n.Weight > 0 {
+			nodes = append(nodes, Node{ID: n.ID, Weight: n.Weight})
+			if n.ID != change.Drain && n.DrainedFor == 0 {
+				drainable = true
+			}
+		}
+	}
+	if change.Drain != "" {
+		if !slices.ContainsFunc(st.Nodes, func(n NodeStatus) bool { return n.ID == change.Drain }) {
+			return nil, fmt.Errorf("%w: %q is not a live node of the service", ErrUnknownNode, change.Drain)
+		}
+		if !drainable && change.Join == "" {
+			return nil, fmt.Errorf("%w: draining %q would leave no node to run keys", ErrLastNode, change.Drain)
+		}
+	}
+	if change.Join != "" {
+		if slices.ContainsFunc(st.Nodes, func(n NodeStatus) bool { return n.ID == change.Join }) {
+			return nil, fmt.Errorf("%w: %q is already a live node", ErrInvalidOption, change.Join)
+		}
+		w := change.JoinWeight
+		if w == 0 {
+			w = 1
+		}
+		if w < 0 || w > MaxWeight {
+			return nil, fmt.Errorf("%w: weight %d: want 1 to %d", ErrInvalidOption, w, MaxWeight)
+		}
+		nodes = append(nodes, Node{ID: change.Join, Weight: w})
+	}
+	prev := st.Assignment
+	keys := make([]string, 0, len(prev)+len(st.Quarantined))
+	for key := range prev {
+		keys = append(keys, key)
+	}
+	for _, q := range st.Quarantined {
+		if _, ok := prev[q.Key]; !ok {
+			keys = append(keys, q.Key)
+		}
+	}
+	if len(nodes) == 0 {
+		return &PlanResult{Moves: []Move{}, Loads: map[string]int{}}, nil
+	}
+	p, err := place(ctx, client, k, placeInput{now: st.ServerTime.UnixMilli(), prev: prev, keys: keys, nodes: nodes,
+		first: DefaultQuarantineFirst, max: DefaultQuarantineMax, poll: time.Second, drain: change.Drain})
+	if err != nil {
+		return nil, fmt.Errorf("%w: plan: %w", ErrRedis, err)
+	}
+	res := &PlanResult{Moves: []Move{}, Loads: p.next.Loads(), Frozen: p.holds.frozen > 0}
+	for key, to := range p.next {
+		if from := prev[key]; from != to {
+			res.Moves = append(res.Moves, Move{Key: key, From: from, To: to})
+		}
+	}
+	for key, from := range prev {
+		if _, ok := p.next[key]; !ok {
+			res.Moves = append(res.Moves, Move{Key: key, From: from})
+		}
+	}
+	slices.SortFunc(res.Moves, func(a, b Move) int { return strings.Compare(a.Key, b.Key) })
+	return res, nil
+}

@@ -1,0 +1,74 @@
+package dim
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// moved returns the keys whose node differs between two assignments.
+func moved(before, after Assignment) []Move {
+	var out []Move
+	for key, to := range after {
+		if from := before[key]; from != to {
+			out = append(out, Move{Key: key, From: from, To: to})
+		}
+	}
+	return out
+}
+
+func TestAPlanIsWhatTheLeaderThenDoes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 12)
+	for _, id := range []string{"n1", "n2", "n3"} {
+		c.start(id)
+	}
+	c.waitConverged(10*time.Second, "n1", "n2", "n3")
+	admin := c.srv.Client(t)
+	ctx := context.Background()
+	opt := WithService(c.service)
+
+	// A drain: exactly the drained node's keys move, and the plan names
+	// where each goes.
+	before := c.status().Assignment
+	plan, err := Plan(ctx, admin, PlanChange{Drain: "n2"}, opt)
+	require.NoError(t, err)
+	require.Len(t, plan.Moves, 4)
+	for _, mv := range plan.Moves {
+		assert.Equal(t, "n2", mv.From)
+	}
+	assert.Equal(t, map[string]int{"n1": 6, "n3": 6}, plan.Loads)
+	assert.Equal(t, before, c.status().Assignment, "a plan changes nothing")
+	_, err = DrainNode(ctx, admin, "n2", time.Minute, opt)
+	require.NoError(t, err)
+	c.waitConverged(5*time.Second, "n1", "n3")
+	assert.ElementsMatch(t, plan.Moves, moved(before, c.status().Assignment), "the leader made the planned moves")
+	_, err = UndrainNode(ctx, admin, "n2", opt)
+	require.NoError(t, err)
+	c.waitConverged(5*time.Second, "n1", "n2", "n3")
+
+	// A join with a weight.
+	before = c.status().Assignment
+	plan, err = Plan(ctx, admin, PlanChange{Join: "n4", JoinWeight: 3}, opt)
+	require.NoError(t, err)
+	assert.Len(t, plan.Moves, 6, "weight 3 of 6: half the keys")
+	c.start("n4", WithWeight(3))
+	c.eventually(5*time.Second, "n4 holds its share, the others theirs", func() bool {
+		l := c.loads()
+		return l["n4"] == 6 && l["n1"] == 2 && l["n2"] == 2 && l["n3"] == 2 && len(c.status().Misplaced) == 0
+	})
+	assert.Equal(t, plan.Loads, Assignment(c.status().Assignment).Loads())
+	// Same inputs, same result: the very moves.
+	assert.ElementsMatch(t, plan.Moves, moved(before, c.status().Assignment))
+
+	// Bad changes are refused.
+	_, err = Plan(ctx, admin, PlanChange{Drain: "n9"}, opt)
+	assert.ErrorIs(t, err, ErrUnknownNode)
+	_, err = Plan(ctx, admin, PlanChange{Join: "n1"}, opt)
+	assert.ErrorIs(t, err, ErrInvalidOption)
+}
