@@ -192,38 +192,7 @@ func earliestNonZero(a, b int64) int64 {
 	return min(a, b)
 }
 
-// freezeMoves undoes the voluntary moves of next: a key stays on its
-// previous node while that node may still take it (live, not drained, not
-// avoiding the key). Keys of dead, leaving or drained nodes, new keys and
-// keys their node gave up still move. It returns how many moves it held
-// back.
-func freezeMoves(prev, next Assignment, nodes []Node, avoid map[string][]string) int {
-	ok := make(map[string]bool, len(nodes))
-	for _, n := range nodes {
-		ok[n.ID] = true
-	}
-	held := 0
-	for key, to := range next {
-		from, had := prev[key]
-		if !had || from == to || !ok[from] {
-			continue
-		}
-		avoided := false
-		for _, n := range avoid[key] {
-			if n == from {
-				avoided = true
-				break
-			}
-		}
-		if !avoided {
-			next[key] = from
-			held++
-		}
-	}
-	return held
-}
-
-// Freeze is a freeze in force, for Status.
+// FreezeStatus is a freeze in force, for Status.
 type FreezeStatus struct {
 	// Left is how long it still runs.
 	Left time.Duration `json:"left_ns"`
@@ -232,7 +201,8 @@ type FreezeStatus struct {
 // readHoldStatus adds the drains and the freeze to a status.
 func readHoldStatus(ctx context.Context, client rueidis.Client, k keys, st *Status) error {
 	b := client.B()
-	res := client.DoMulti(ctx, b.Hgetall().Key(k.drains).Build(), b.Pttl().Key(k.freeze).Build())
+	res := client.DoMulti(ctx, b.Hgetall().Key(k.drains).Build(), b.Pttl().Key(k.freeze).Build(),
+		b.Hmget().Key(k.leader).Field("rb_pending", "rb_flight").Build())
 	raw, err := res[0].AsStrMap()
 	if err != nil {
 		return fmt.Errorf("%w: read drains: %w", ErrRedis, err)
@@ -254,6 +224,17 @@ func readHoldStatus(ctx context.Context, client rueidis.Client, k keys, st *Stat
 	}
 	if pttl > 0 {
 		st.Frozen = &FreezeStatus{Left: time.Duration(pttl) * time.Millisecond}
+	}
+	if r := st.LastRebalance; r != nil {
+		budget, err := res[2].ToArray()
+		if err != nil {
+			return fmt.Errorf("%w: read move budget: %w", ErrRedis, err)
+		}
+		if len(budget) == 2 {
+			pending, _ := budget[0].AsInt64()
+			flying, _ := budget[1].AsInt64()
+			r.Pending, r.InFlight = int(pending), int(flying)
+		}
 	}
 	return nil
 }

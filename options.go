@@ -63,7 +63,9 @@ type settings struct {
 	maxNodeTTL      time.Duration // 0: none
 	durable         bool
 	nodeMetrics     bool
-	giveUpAfter     int // 0: never
+	giveUpAfter     int     // 0: never
+	budgetAbs       int     // voluntary moves in flight at most; 0: no limit
+	budgetRel       float64 // … as a fraction of the keys; 0: no limit
 	quarantineFirst time.Duration
 	quarantineMax   time.Duration
 
@@ -437,6 +439,28 @@ func WithGiveUpAfter(n int) Option {
 			return invalid("WithGiveUpAfter", "%d is negative", n)
 		}
 		s.giveUpAfter = n
+		return nil
+	})
+}
+
+// WithMoveBudget bounds the voluntary moves in flight: after a join, a
+// weight change, the end of a drain or a rebalance request, the leader moves
+// at most max keys (and at most fraction of all keys, if fraction > 0) at a
+// time, and starts the next step when those have landed (their new node
+// claimed them). The steps add up to the same minimal number of moves as one
+// step would make. Failures are never held back: the keys of a node that
+// crashed, left, was fenced or drained, keys given up and new keys are placed
+// at once. The leader applies its own setting. 0, 0 (the default) sets no
+// limit; a freeze (see [Freeze]) is a budget of zero.
+func WithMoveBudget(max int, fraction float64) Option {
+	return optionFunc(func(s *settings) error {
+		if max < 0 {
+			return invalid("WithMoveBudget", "max %d is negative", max)
+		}
+		if fraction < 0 || fraction > 1 {
+			return invalid("WithMoveBudget", "fraction %v is outside 0..1", fraction)
+		}
+		s.budgetAbs, s.budgetRel = max, fraction
 		return nil
 	})
 }

@@ -20,6 +20,8 @@ type placeInput struct {
 	first, max, poll time.Duration
 	// drain, for a plan: a node to treat as drained.
 	drain string
+	// budget is how many voluntary moves this step may start (-1: any).
+	budget int
 }
 
 // placement is an assignment as the leader computes it, with what it read
@@ -30,7 +32,8 @@ type placement struct {
 	verdict *verdict
 	nodes   []Node // after drains
 	next    Assignment
-	held    int // voluntary moves a freeze held back
+	held    int      // voluntary moves a freeze or the budget held back
+	moving  []string // the voluntary moves let through, under a budget
 }
 
 // place computes the assignment the leader writes, from what Redis holds:
@@ -57,9 +60,11 @@ func place(ctx context.Context, client rueidis.Client, k keys, in placeInput) (*
 	if p.next, err = BalanceAvoiding(in.prev, p.verdict.keys, p.nodes, p.verdict.avoid); err != nil {
 		return nil, err
 	}
+	limit := in.budget
 	if h.frozen > 0 {
-		p.held = freezeMoves(in.prev, p.next, p.nodes, p.verdict.avoid)
+		limit = 0
 	}
+	p.moving, p.held = limitMoves(in.prev, p.next, p.nodes, p.verdict.avoid, limit)
 	return p, nil
 }
 
@@ -154,7 +159,7 @@ func Plan(ctx context.Context, client rueidis.Client, change PlanChange, opts ..
 		return &PlanResult{Moves: []Move{}, Loads: map[string]int{}}, nil
 	}
 	p, err := place(ctx, client, k, placeInput{now: st.ServerTime.UnixMilli(), prev: prev, keys: keys, nodes: nodes,
-		first: DefaultQuarantineFirst, max: DefaultQuarantineMax, poll: time.Second, drain: change.Drain})
+		first: DefaultQuarantineFirst, max: DefaultQuarantineMax, poll: time.Second, drain: change.Drain, budget: -1})
 	if err != nil {
 		return nil, fmt.Errorf("%w: plan: %w", ErrRedis, err)
 	}

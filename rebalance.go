@@ -57,19 +57,22 @@ func (r *requestSet) take() []string {
 
 // leaderState is what a leader remembers between rebalances.
 type leaderState struct {
-	keys     []string // from the last successful getConfig; nil before one
-	print    string   // fingerprint of those configs
-	members  string   // the live nodes and weights last balanced over
-	observed time.Time
-	moves    int        // of the last rebalance that ran
-	assigned Assignment // as this leader last wrote it; nil: read it
-	sweep    string     // HSCAN cursor of the owner sweep
-	gen      string     // the record's generation when assigned was read
-	ran      bool       // whether the last call ran a rebalance (not skipped)
-	fleet    int        // the service's size as recorded in Redis; -1: unknown
-	lastErr  string     // the last recorded outcome, "" if it succeeded
-	recorded bool       // an outcome was recorded in this term
-	reviewAt time.Time  // when failures need another look; zero: none
+	keys            []string // from the last successful getConfig; nil before one
+	print           string   // fingerprint of those configs
+	members         string   // the live nodes and weights last balanced over
+	observed        time.Time
+	moves           int               // of the last rebalance that ran
+	assigned        Assignment        // as this leader last wrote it; nil: read it
+	sweep           string            // HSCAN cursor of the owner sweep
+	gen             string            // the record's generation when assigned was read
+	ran             bool              // whether the last call ran a rebalance (not skipped)
+	fleet           int               // the service's size as recorded in Redis; -1: unknown
+	lastErr         string            // the last recorded outcome, "" if it succeeded
+	recorded        bool              // an outcome was recorded in this term
+	reviewAt        time.Time         // when failures need another look; zero: none
+	moving          map[string]string // voluntary moves in flight under the budget: key → node
+	pending         int               // voluntary moves held back by the budget or a freeze
+	recordedPending int               // pending as last recorded
 	// prefetched are the keys read while waiting for a restarting
 	// service's nodes, for the rebalance that follows; nil: none.
 	prefetched []string
@@ -361,14 +364,14 @@ func (m *Manager[C, I]) answer(ctx context.Context, epoch uint64, st *leaderStat
 	for _, id := range ids {
 		m.publish(ctx, fmt.Sprintf("%s %s %d %d %s %s", evRebalanced, id, epoch, st.moves, outcome, msg))
 	}
-	if st.recorded && msg == st.lastErr && st.moves == 0 && len(ids) == 0 {
+	if st.recorded && msg == st.lastErr && st.moves == 0 && len(ids) == 0 && st.pending == st.recordedPending {
 		return
 	}
 	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
 	if resultScript.Exec(rctx, m.client, &m.plainScripts, []string{m.k.epoch, m.k.leader},
-		[]string{strconv.FormatUint(epoch, 10), strconv.Itoa(st.moves), msg}).Error() == nil {
-		st.recorded, st.lastErr = true, msg
+		[]string{strconv.FormatUint(epoch, 10), strconv.Itoa(st.moves), msg, strconv.Itoa(st.pending), strconv.Itoa(len(st.moving))}).Error() == nil {
+		st.recorded, st.lastErr, st.recordedPending = true, msg, st.pending
 	}
 }
 
@@ -393,13 +396,21 @@ func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string
 	if keys == nil {
 		keys, keep = m.leaderKeys(ctx, st, prev, trigger)
 	}
+	budget, err := m.budgetLeft(ctx, st, prev, len(keys))
+	if err != nil {
+		return err
+	}
 	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	p, err := place(rctx, m.client, m.k, placeInput{now: now, prev: prev, keys: keys, nodes: nodes,
-		first: m.s.quarantineFirst, max: m.s.quarantineMax, poll: m.s.heartbeat})
+		first: m.s.quarantineFirst, max: m.s.quarantineMax, poll: m.s.heartbeat, budget: budget})
 	cancel()
 	if err != nil {
 		return err
 	}
+	for _, key := range p.moving {
+		st.moving[key] = p.next[key]
+	}
+	st.pending = p.held
 	if err := m.recordVerdict(ctx, p.facts, p.verdict); err != nil {
 		return err
 	}
@@ -408,8 +419,18 @@ func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string
 	if w := earliestNonZero(p.verdict.wake, p.holds.wake()); w > 0 {
 		st.reviewAt = time.Now().Add(time.Duration(w-now) * time.Millisecond)
 	}
-	if p.held > 0 {
+	switch {
+	case p.held > 0 && p.holds.frozen > 0:
 		m.log.Info("frozen: voluntary moves held back", "held", p.held)
+	case p.held > 0:
+		m.log.Info("move budget: voluntary moves held for later steps", "started", len(p.moving), "in_flight", len(st.moving), "held", p.held)
+	}
+	if len(st.moving) > 0 || (p.held > 0 && p.holds.frozen == 0) {
+		// Look again when the moves in flight may have landed.
+		at := time.Now().Add(m.s.heartbeat)
+		if st.reviewAt.IsZero() || at.Before(st.reviewAt) {
+			st.reviewAt = at
+		}
 	}
 	assignment, avoid, nodes := p.next, p.verdict.avoid, p.nodes
 	if !keep {

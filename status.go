@@ -247,6 +247,10 @@ type RebalanceResult struct {
 type LastRebalance struct {
 	At    time.Time `json:"at"`
 	Moves int       `json:"moves"`
+	// Pending counts the voluntary moves held for later steps by the move
+	// budget or a freeze, InFlight those started and not yet landed.
+	Pending  int `json:"pending,omitempty"`
+	InFlight int `json:"in_flight,omitempty"`
 	// Error is the reason it failed, "" if it succeeded.
 	Error string `json:"error,omitempty"`
 }

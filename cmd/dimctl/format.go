@@ -55,6 +55,14 @@ func writeStatus(w io.Writer, st *dim.Status) error {
 		fmt.Fprintf(tw, "redis\tOUT OF MEMORY: %d MiB used of maxmemory %d MiB (%s): nothing new starts; running instances keep running\n",
 			mem.Used>>20, mem.Max>>20, mem.Policy)
 	}
+	if r := st.LastRebalance; r != nil && (r.Error != "" || r.Pending > 0 || r.InFlight > 0) {
+		switch {
+		case r.Error != "":
+			fmt.Fprintf(tw, "rebalance\tfailed at %s: %s\n", r.At.UTC().Format("15:04:05"), quote(r.Error))
+		default:
+			fmt.Fprintf(tw, "rebalance\t%d moves in flight, %d held for later steps (move budget or freeze)\n", r.InFlight, r.Pending)
+		}
+	}
 	if f := st.Frozen; f != nil {
 		fmt.Fprintf(tw, "frozen\tfor %s more: joins, weight changes and rebalances move nothing; failures and drains still do\n", roundLease(f.Left))
 	}
