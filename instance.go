@@ -15,10 +15,6 @@ import (
 	"time"
 )
 
-// maxParallelCreates bounds how many createInstance calls run at once on
-// one node. Disconnects are not bounded: a fence must stop every instance at
-// once.
-const maxParallelCreates = 16
 
 // entry is one running instance on this node.
 type entry[I any] struct {
@@ -629,7 +625,7 @@ func (m *Manager[C, I]) createAll(ctx, leaseCtx context.Context, session string,
 		err error
 	}
 	results := make(chan result, len(jobs))
-	sem := make(chan struct{}, maxParallelCreates)
+	sem := make(chan struct{}, m.s.createConcurrency)
 	for _, job := range jobs {
 		sem <- struct{}{}
 		go func() {

@@ -572,3 +572,33 @@ func TestANodeOnTheCallersOwnClient(t *testing.T) {
 	c.eventually(5*time.Second, "n3 leads", n3.m.IsLeader)
 	c.waitConverged(5*time.Second, "n3")
 }
+
+func TestCreateConcurrencyBoundsCreatesAtOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 12)
+	n1 := c.newNode("n1", WithCreateConcurrency(2))
+	create := n1.m.createInstance
+	var now, most atomic.Int64
+	n1.m.createInstance = func(ctx context.Context, cfg testConfig) (*testInst, error) {
+		cur := now.Add(1)
+		defer now.Add(-1)
+		for {
+			m := most.Load()
+			if cur <= m || most.CompareAndSwap(m, cur) {
+				break
+			}
+		}
+		time.Sleep(20 * time.Millisecond) // a slow login, so that creates overlap
+		return create(ctx, cfg)
+	}
+	c.startNode(n1)
+	c.waitConverged(20*time.Second, "n1")
+	assert.Equal(t, int64(2), most.Load(), "two creates at a time, and no more")
+
+	_, err := New(func(context.Context) ([]testConfig, error) { return nil, nil },
+		func(context.Context, testConfig) (*testInst, error) { return nil, nil },
+		WithService("x"), WithCreateConcurrency(0))
+	assert.ErrorIs(t, err, ErrInvalidOption)
+}

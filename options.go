@@ -32,6 +32,9 @@ const (
 	DefaultCallbackTimeout           = 10 * time.Second
 	DefaultWeight                    = 1
 	DefaultGiveUpAfter               = 3
+	// DefaultCreateConcurrency bounds the createInstance calls that run at
+	// once on one node.
+	DefaultCreateConcurrency = 16
 )
 
 // Option configures a [Manager]. Options are not generic, so call sites read
@@ -47,27 +50,28 @@ func (f optionFunc) apply(s *settings) error { return f(s) }
 
 // settings is what the options produce; New turns it into a Manager.
 type settings struct {
-	service         string
-	keyPrefix       string
-	redis           rueidis.ClientOption
-	client          rueidis.Client // given by WithRedisClient; not dim's to close
-	nodeID          string
-	weight          int
-	nodeTTL         time.Duration
-	heartbeat       time.Duration // 0: nodeTTL/5
-	lockTTL         time.Duration
-	lockRefresh     time.Duration // 0: lockTTL/5
-	lockMajority    int
-	timeout         time.Duration
-	margin          time.Duration // 0: nodeTTL/5
-	maxNodeTTL      time.Duration // 0: none
-	durable         bool
-	nodeMetrics     bool
-	giveUpAfter     int     // 0: never
-	budgetAbs       int     // voluntary moves in flight at most; 0: no limit
-	budgetRel       float64 // … as a fraction of the keys; 0: no limit
-	quarantineFirst time.Duration
-	quarantineMax   time.Duration
+	service           string
+	keyPrefix         string
+	redis             rueidis.ClientOption
+	client            rueidis.Client // given by WithRedisClient; not dim's to close
+	nodeID            string
+	weight            int
+	nodeTTL           time.Duration
+	heartbeat         time.Duration // 0: nodeTTL/5
+	lockTTL           time.Duration
+	lockRefresh       time.Duration // 0: lockTTL/5
+	lockMajority      int
+	timeout           time.Duration
+	margin            time.Duration // 0: nodeTTL/5
+	maxNodeTTL        time.Duration // 0: none
+	durable           bool
+	nodeMetrics       bool
+	giveUpAfter       int // 0: never
+	createConcurrency int
+	budgetAbs         int     // voluntary moves in flight at most; 0: no limit
+	budgetRel         float64 // … as a fraction of the keys; 0: no limit
+	quarantineFirst   time.Duration
+	quarantineMax     time.Duration
 
 	healthSpec       string
 	leaderHealthSpec string
@@ -89,18 +93,19 @@ type settings struct {
 
 func defaultSettings() settings {
 	return settings{
-		redis:            rueidis.ClientOption{InitAddress: []string{DefaultRedisAddress}},
-		weight:           DefaultWeight,
-		giveUpAfter:      DefaultGiveUpAfter,
-		quarantineFirst:  DefaultQuarantineFirst,
-		quarantineMax:    DefaultQuarantineMax,
-		nodeTTL:          DefaultNodeTTL,
-		lockTTL:          DefaultLeaderLockTTL,
-		lockMajority:     DefaultLockKeyMajority,
-		timeout:          DefaultCallbackTimeout,
-		healthSpec:       DefaultHealthcheckSchedule,
-		leaderHealthSpec: DefaultLeaderHealthcheckSchedule,
-		refreshSpec:      DefaultConfigRefreshSchedule,
+		redis:             rueidis.ClientOption{InitAddress: []string{DefaultRedisAddress}},
+		weight:            DefaultWeight,
+		giveUpAfter:       DefaultGiveUpAfter,
+		createConcurrency: DefaultCreateConcurrency,
+		quarantineFirst:   DefaultQuarantineFirst,
+		quarantineMax:     DefaultQuarantineMax,
+		nodeTTL:           DefaultNodeTTL,
+		lockTTL:           DefaultLeaderLockTTL,
+		lockMajority:      DefaultLockKeyMajority,
+		timeout:           DefaultCallbackTimeout,
+		healthSpec:        DefaultHealthcheckSchedule,
+		leaderHealthSpec:  DefaultLeaderHealthcheckSchedule,
+		refreshSpec:       DefaultConfigRefreshSchedule,
 	}
 }
 
@@ -439,6 +444,20 @@ func WithGiveUpAfter(n int) Option {
 			return invalid("WithGiveUpAfter", "%d is negative", n)
 		}
 		s.giveUpAfter = n
+		return nil
+	})
+}
+
+// WithCreateConcurrency bounds how many createInstance calls run at once on
+// this node, so that a cold start or a failover of many keys does not hit
+// the upstream with all of them together. Disconnects are not bounded: a
+// fence must stop every instance at once. Default: 16.
+func WithCreateConcurrency(n int) Option {
+	return optionFunc(func(s *settings) error {
+		if n < 1 {
+			return invalid("WithCreateConcurrency", "%d is below 1", n)
+		}
+		s.createConcurrency = n
 		return nil
 	})
 }
