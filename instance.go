@@ -15,7 +15,6 @@ import (
 	"time"
 )
 
-
 // entry is one running instance on this node.
 type entry[I any] struct {
 	key     string
