@@ -110,6 +110,8 @@ func run(ctx context.Context, args []string, stdout io.Writer, listening func(ad
 		dim.WithRedis(ropt),
 		dim.WithNodeID(nodeID),
 		dim.WithKey(func(f Feed) string { return f.Name }),
+		dim.WithHealthcheck(func(context.Context, *Conn) error { return nil }),
+		dim.WithHealthcheckSchedule("@every 1s"),
 		dim.WithMeterProvider(mp),
 		dim.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))),
 	)

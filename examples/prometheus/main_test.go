@@ -6,6 +6,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -73,16 +74,17 @@ func TestScrape(t *testing.T) {
 			// The leader's gauges come with its first rebalance, the
 			// instances once the feeds run: poll, with a deadline.
 			want := map[string]string{
-				"dim_instances":                  "gauge",
-				"dim_leader":                     "gauge",
-				"dim_epoch":                      "gauge",
-				"dim_keys_unowned":               "gauge",
-				"dim_keys_misplaced":             "gauge",
-				"dim_keys_unknown":               "gauge",
-				"dim_rebalances_total":           "counter",
-				"dim_rebalance_duration_seconds": "histogram",
-				"dim_reconcile_duration_seconds": "histogram",
-				"dim_create_duration_seconds":    "histogram",
+				"dim_instances":                    "gauge",
+				"dim_leader":                       "gauge",
+				"dim_epoch":                        "gauge",
+				"dim_keys_unowned":                 "gauge",
+				"dim_keys_misplaced":               "gauge",
+				"dim_keys_unknown":                 "gauge",
+				"dim_rebalances_total":             "counter",
+				"dim_rebalance_duration_seconds":   "histogram",
+				"dim_reconcile_duration_seconds":   "histogram",
+				"dim_create_duration_seconds":      "histogram",
+				"dim_healthcheck_duration_seconds": "histogram",
 			}
 			var (
 				types   map[string]string
@@ -116,6 +118,12 @@ func TestScrape(t *testing.T) {
 			}
 			slices.Sort(names)
 			t.Logf("dim's metrics as scraped:\n%s", strings.Join(names, "\n"))
+			documented := readmeNames(t)
+			for name := range types {
+				if strings.HasPrefix(name, "dim_") {
+					require.Contains(t, documented, name, "scraped but not in the README's Metrics section")
+				}
+			}
 
 			// Labels: the service is an attribute; the node is the
 			// resource (target_info), not a label of every series.
@@ -149,4 +157,23 @@ func TestScrape(t *testing.T) {
 			require.Contains(t, out.String(), "metrics at http://")
 		})
 	}
+}
+
+// readmeNames returns the Prometheus names the README's Metrics section
+// lists: the words of the code block after "the names become".
+func readmeNames(t *testing.T) map[string]bool {
+	t.Helper()
+	data, err := os.ReadFile("../../README.md")
+	require.NoError(t, err)
+	_, rest, ok := strings.Cut(string(data), "the names become")
+	require.True(t, ok, "README.md: no list of scraped names")
+	_, rest, ok = strings.Cut(rest, "```\n")
+	require.True(t, ok)
+	block, _, ok := strings.Cut(rest, "```")
+	require.True(t, ok)
+	names := map[string]bool{}
+	for _, f := range strings.Fields(block) {
+		names[f] = true
+	}
+	return names
 }
