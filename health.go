@@ -62,12 +62,14 @@ func (m *Manager[C, I]) notReady() string {
 //   - the heartbeat loop, which renews the lease and rejoins after a fence,
 //     has not come round for [Manager.WedgedAfter];
 //   - the node loop, which creates and disconnects instances, has been
-//     inside one step for WedgedAfter with no callback or Redis call of that
-//     step returning in between.
+//     inside one step for WedgedAfter without progress: no create or
+//     disconnect returning (or abandoned at its timeout), and no chunk of
+//     claims or key states answered.
 //
 // Every wait inside either loop is bounded (Redis calls by the heartbeat or
-// the lease, callbacks by [WithCallbackTimeout]), so either is a bug in dim
-// or a process starved of CPU, which a restart is the right answer to. Before
+// the lease, callbacks by [WithCallbackTimeout]), and a step with many keys
+// shows progress as it goes, so either is a bug in dim or a process starved
+// of CPU, which a restart is the right answer to. Before
 // Start, and from Stop on, Live is true: a replica that is stopping finishes
 // in the background and its process is about to exit anyway.
 func (m *Manager[C, I]) Live() bool { return m.wedged(time.Now()) == "" }
@@ -154,7 +156,8 @@ func (l *liveness) enter() {
 
 func (l *liveness) leave() { l.busy.Store(0) }
 
-// advance records that a call of the node loop's current step returned.
+// advance records that a call of the node loop's current step returned
+// (safe from any goroutine).
 func (l *liveness) advance() { l.progress.Store(mono()) }
 
 // stuck names the loop that has made no progress for after at now.
