@@ -95,6 +95,7 @@ type Manager[C, I any] struct {
 	deadLeader  atomic.Uint64 // epoch of a dead leader seen by the last leader check
 	noIDsLogged atomic.Bool
 	panics      sync.Map // panics whose stack was logged, by what and message
+	live        liveness // the loops' progress, for Live
 
 	// One call of each kind at a time; see guard.
 	nodeConfigGuard   guard
@@ -343,6 +344,7 @@ func (m *Manager[C, I]) start(ctx context.Context) error {
 		return fail(fmt.Errorf("%w: register at %s: %w", ErrRedis, addr, err))
 	}
 
+	m.live.beatNow() // the heartbeat loop's first turn is one heartbeat away
 	m.wg.Go(m.heartbeatLoop)
 	m.wg.Go(m.watchdog)
 	m.wg.Go(m.nodeLoop)

@@ -255,20 +255,27 @@ func (m *Manager[C, I]) nodeLoop() {
 		case <-m.runCtx.Done():
 			return
 		case <-m.fenceCh:
+			m.live.enter()
 			m.dropAll(m.runCtx, "fenced")
 			m.unfenced.Store(true)
 		case <-m.nodeCh:
+			m.live.enter()
 			m.reconcile()
 		case <-retry.C:
+			m.live.enter()
 			m.reconcile()
 		case <-m.healthTickCh:
+			m.live.enter()
 			m.startHealthChecks()
 		case res := <-m.healthCh:
+			m.live.enter()
 			m.onHealth(res)
 		case done := <-m.handoffCh:
+			m.live.enter()
 			m.dropAll(m.runCtx, "stopping")
 			close(done)
 		}
+		m.live.leave()
 		if at, ok := m.nextRetry(); ok {
 			retry.Reset(time.Until(at))
 		} else {
@@ -517,6 +524,7 @@ func (m *Manager[C, I]) claim(ctx context.Context, session string, keys []string
 			return granted, held, nil // fenced: claims died with the lease
 		}
 		n, done, err := m.claimChunk(ctx, session, chunk, granted)
+		m.live.advance()
 		held += n
 		if done || err != nil {
 			return granted, held, err
@@ -635,6 +643,7 @@ func (m *Manager[C, I]) createAll(ctx, leaseCtx context.Context, session string,
 	}
 	for range jobs {
 		r := <-results
+		m.live.advance()
 		if errors.Is(r.err, errNotCreated) {
 			m.log.Debug("create skipped", "key", r.job.key, "reason", r.err)
 			m.tab.waiting[r.job.key] = time.Now().Add(m.claimRetry)
@@ -771,12 +780,14 @@ func (m *Manager[C, I]) disconnectAll(entries []*entry[I]) {
 	for i, ch := range chans {
 		select {
 		case <-ch:
+			m.live.advance()
 			continue
 		case <-slow.C:
 			// Disconnects that take their time show as stopping.
 			m.markStopping(entries[i:], chans[i:])
 		}
 		<-ch
+		m.live.advance()
 	}
 }
 

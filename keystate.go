@@ -144,6 +144,7 @@ func (m *Manager[C, I]) publishStates(ctx context.Context, session string, pairs
 		res, err := stateScript.Exec(cctx, m.client, &m.plainScripts, []string{m.k.nodes, m.k.sessions, m.k.owner, m.k.state},
 			append([]string{m.s.nodeID, session}, chunk...)).AsStrSlice()
 		cancel()
+		m.live.advance()
 		if err == nil && len(res) == 0 {
 			err = errors.New("empty reply")
 		}

@@ -200,6 +200,7 @@ func (m *Manager[C, I]) heartbeatLoop() {
 			return
 		case <-tick.C:
 		}
+		m.live.beatNow()
 		session, _ := m.lease.current()
 		switch {
 		case session != "":

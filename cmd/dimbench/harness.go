@@ -103,6 +103,10 @@ type tracker struct {
 	times    []time.Time // every create's time, while keepTimes
 	keep     bool
 	w        *watch
+	// Keys disconnected and not yet created again, since when; nil until
+	// resetDark. longestDark is the longest such gap that has ended.
+	dark        map[string]time.Time
+	longestDark time.Duration
 }
 
 // watch waits for every key of a set to be created on a node other than
@@ -127,6 +131,10 @@ func (t *tracker) created(node, key string, at time.Time) {
 	}
 	t.live[key] = node
 	t.creates++
+	if since, ok := t.dark[key]; ok {
+		t.longestDark = max(t.longestDark, at.Sub(since))
+		delete(t.dark, key)
+	}
 	if at.After(t.lastAt) {
 		t.lastAt = at
 	}
@@ -148,11 +156,16 @@ func (t *tracker) created(node, key string, at time.Time) {
 	}
 }
 
-func (t *tracker) disconnected(node, key string) {
+func (t *tracker) disconnected(node, key string) { t.disconnectedAt(node, key, time.Now()) }
+
+func (t *tracker) disconnectedAt(node, key string, at time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.live[key] == node {
 		delete(t.live, key)
+		if t.dark != nil {
+			t.dark[key] = at
+		}
 	}
 }
 
@@ -394,7 +407,7 @@ func (c *cluster) startOne(ctx context.Context, id string) error {
 		var m *dim.Manager[string, string]
 		m, err = newManager(c.b.addr, c.service, id, c.keys, c.t, logger,
 			func(key string, at time.Time) { c.tr.created(id, key, at) },
-			func(key string, _ time.Time) { c.tr.disconnected(id, key) })
+			func(key string, at time.Time) { c.tr.disconnectedAt(id, key, at) })
 		if err != nil {
 			return err
 		}

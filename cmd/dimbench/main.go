@@ -18,6 +18,9 @@
 //	churn    a rolling restart of all M nodes: moves versus the minimum, and time
 //	restart  all M nodes of a known service stop gracefully and M new ones start:
 //	         last Start returned → every key live (no grace period), moves
+//	rolling  a rolling update of all M nodes as Kubernetes runs one, with a surge
+//	         (new node ready, then an old one stops) and in place (stop, start
+//	         with the same ID): moves, and the longest time a key ran nowhere
 //	fence    a node running n instances with a slow disconnect hook is cut off
 //	         from Redis: fence → last disconnect returned, per n
 //
@@ -95,6 +98,9 @@ type config struct {
 	churnTTL     time.Duration
 	restart      []size
 	restartTTL   time.Duration
+	rolling      []size
+	rollingTTL   time.Duration
+	rollingPause time.Duration
 	fence        []int
 	fenceTTL     time.Duration
 	fenceHook    time.Duration
@@ -105,7 +111,7 @@ type config struct {
 	verbose      bool
 }
 
-var allScenarios = []string{"handoff", "crash", "leader", "cold", "steady", "churn", "restart", "fence"}
+var allScenarios = []string{"handoff", "crash", "leader", "cold", "steady", "churn", "restart", "fence", "rolling"}
 
 func flagSet(name string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
@@ -118,7 +124,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	var (
 		cfg                                             config
 		scenarios, handoff, crash, leader, cold, steady string
-		churn, restart, fence                           string
+		churn, restart, fence, rolling                  string
 		quick                                           bool
 	)
 	fs.StringVar(&scenarios, "scenarios", "all", "comma-separated scenarios: "+strings.Join(allScenarios, ",")+", or all")
@@ -141,6 +147,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&cfg.churnTTL, "churn-ttl", time.Second, "churn: node TTL")
 	fs.StringVar(&restart, "restart", "3x12,100x10000", "restart: sizes, nodes x keys")
 	fs.DurationVar(&cfg.restartTTL, "restart-ttl", 5*time.Second, "restart: node TTL (5s: dim's default timings)")
+	fs.StringVar(&rolling, "rolling", "10x1000", "rolling: sizes, nodes x keys")
+	fs.DurationVar(&cfg.rollingTTL, "rolling-ttl", 5*time.Second, "rolling: node TTL (5s: dim's default timings)")
+	fs.DurationVar(&cfg.rollingPause, "rolling-pause", time.Second, "rolling: the orchestrator's reaction between a pod ready (or gone) and its next action")
 	fs.StringVar(&fence, "fence", "100,1000,10000", "fence: instance counts of the node that fences")
 	fs.DurationVar(&cfg.fenceTTL, "fence-ttl", 2*time.Second, "fence: node TTL; the fence margin is a fifth of it and must exceed -fence-hook")
 	fs.DurationVar(&cfg.fenceHook, "fence-hook", 150*time.Millisecond, "fence: how long each disconnect hook takes")
@@ -161,6 +170,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		handoff, crash, leader, cold, steady, churn = "12", ttl.String(), ttl.String(), "3x12", "3x12", "3x12"
 		cfg.leaderStops, cfg.ttl, cfg.coldTTL, cfg.steadyTTL, cfg.churnTTL = 2, ttl, ttl, ttl, ttl
 		restart, cfg.restartTTL = "3x12", ttl
+		rolling, cfg.rollingTTL, cfg.rollingPause = "3x12", ttl, 100*time.Millisecond
 		fence, cfg.fenceTTL, cfg.fenceHook = "100", time.Second, 50*time.Millisecond
 		cfg.steadyWindow = 900 * time.Millisecond
 		if cfg.runs == 0 {
@@ -195,7 +205,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		flag string
 		s    string
 		out  *[]size
-	}{{"-cold", cold, &cfg.cold}, {"-steady", steady, &cfg.steady}, {"-churn", churn, &cfg.churn}, {"-restart", restart, &cfg.restart}} {
+	}{{"-cold", cold, &cfg.cold}, {"-steady", steady, &cfg.steady}, {"-churn", churn, &cfg.churn}, {"-restart", restart, &cfg.restart}, {"-rolling", rolling, &cfg.rolling}} {
 		if *p.out, err = parseList(p.s, parseSize); err != nil {
 			return nil, fmt.Errorf("%s: %w", p.flag, err)
 		}
@@ -340,7 +350,7 @@ func runBench(ctx context.Context, cfg *config, args []string, stdout, stderr io
 	}{
 		{"handoff", b.handoff}, {"crash", b.crash}, {"leader", b.leader},
 		{"cold", b.cold}, {"steady", b.steady}, {"churn", b.churn},
-		{"restart", b.restart}, {"fence", b.fence},
+		{"restart", b.restart}, {"fence", b.fence}, {"rolling", b.rolling},
 	} {
 		if !cfg.scenarios[s.name] {
 			continue
