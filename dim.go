@@ -70,6 +70,10 @@ type Manager[C, I any] struct {
 	keyOf          func(C) string
 	healthcheck    func(context.Context, I) error
 	disconnect     func(context.Context, I) error
+	prepare        func(context.Context, C) (I, error) // nil: no make-before-break (see WithPrepare)
+	activate       func(context.Context, I) error
+	prepareCh      chan prepareResult[I]
+	announced      announced // keys whose new owner prepared them
 
 	claimRetry time.Duration // how soon a refused claim is tried again
 	retryMin   time.Duration // backoff after a failed create or health check
@@ -214,6 +218,13 @@ func New[C, I any](
 	if m.disconnect, err = checkHook[func(context.Context, I) error]("WithDisconnect", s.disconnect, "instance type"); err != nil {
 		return nil, err
 	}
+	if m.prepare, err = checkHook[func(context.Context, C) (I, error)]("WithPrepare", s.prepare, "config and instance types"); err != nil {
+		return nil, err
+	}
+	if m.activate, err = checkHook[func(context.Context, I) error]("WithPrepare", s.activate, "instance type"); err != nil {
+		return nil, err
+	}
+	m.prepareCh = make(chan prepareResult[I])
 	m.log = s.logger.With("service", s.service, "node", s.nodeID)
 	m.tel = newTelemetry(s, m.log)
 	m.lease.ctx, m.lease.cancel = context.WithCancel(context.Background())
@@ -618,6 +629,11 @@ func (m *Manager[C, I]) onEvent(msg rueidis.PubSubMessage) {
 		m.triggerLeader(triggerRequested)
 	case evAssign:
 		if len(args) > 1 && slices.Contains(args[1:], m.s.nodeID) {
+			m.triggerNode()
+		}
+	case evPrepared:
+		if len(args) > 1 && args[0] != m.s.nodeID {
+			m.announced.add(decodeKeys(args[1:]))
 			m.triggerNode()
 		}
 	case evRelease:

@@ -128,13 +128,16 @@ type guard struct{ busy atomic.Bool }
 // table is the node's local state, owned by the node loop: nothing else
 // touches it, so reconciliation is serialised by construction.
 type table[I any] struct {
-	running  map[string]*entry[I]
-	claimed  map[string]uint64    // keys this node owns in Redis, with tokens
-	failures map[string]*failure  // keys whose create or health check failed
-	waiting  map[string]time.Time // keys whose claim was refused, and when to retry
-	states   map[string]keyRecord // what Redis holds of this node's key states
-	avoiding map[string]avoidMark // keys this node asked the leader to place elsewhere, and why
-	retryAt  time.Time            // when to reconcile again after a failed read
+	running   map[string]*entry[I]
+	claimed   map[string]uint64       // keys this node owns in Redis, with tokens
+	failures  map[string]*failure     // keys whose create or health check failed
+	waiting   map[string]time.Time    // keys whose claim was refused, and when to retry
+	states    map[string]keyRecord    // what Redis holds of this node's key states
+	avoiding  map[string]avoidMark    // keys this node asked the leader to place elsewhere, and why
+	prepared  map[string]*prepared[I] // instances prepared for keys that move here (WithPrepare)
+	preparing map[string]bool         // prepare calls in flight
+	holding   map[string]time.Time    // moved keys still run here until the new owner prepared, until then
+	retryAt   time.Time               // when to reconcile again after a failed read
 }
 
 // hungSet holds the keys whose createInstance or disconnect call outlived
@@ -211,12 +214,15 @@ type failure struct {
 
 func newTable[I any]() table[I] {
 	return table[I]{
-		running:  make(map[string]*entry[I]),
-		claimed:  make(map[string]uint64),
-		failures: make(map[string]*failure),
-		waiting:  make(map[string]time.Time),
-		states:   make(map[string]keyRecord),
-		avoiding: make(map[string]avoidMark),
+		running:   make(map[string]*entry[I]),
+		claimed:   make(map[string]uint64),
+		failures:  make(map[string]*failure),
+		waiting:   make(map[string]time.Time),
+		states:    make(map[string]keyRecord),
+		avoiding:  make(map[string]avoidMark),
+		prepared:  make(map[string]*prepared[I]),
+		preparing: make(map[string]bool),
+		holding:   make(map[string]time.Time),
 	}
 }
 
@@ -270,6 +276,9 @@ func (m *Manager[C, I]) nodeLoop() {
 		case res := <-m.healthCh:
 			m.live.enter()
 			m.onHealth(res)
+		case r := <-m.prepareCh:
+			m.live.enter()
+			m.onPrepared(r)
 		case done := <-m.handoffCh:
 			m.live.enter()
 			m.dropAll(m.runCtx, "stopping")
@@ -309,6 +318,11 @@ func (m *Manager[C, I]) nextRetry() (time.Time, bool) {
 	}
 	if r := m.tab.retryAt; !r.IsZero() && (at.IsZero() || r.Before(at)) {
 		at = r
+	}
+	for _, d := range m.tab.holding {
+		if at.IsZero() || d.Before(at) {
+			at = d
+		}
 	}
 	return at, !at.IsZero()
 }
@@ -356,6 +370,7 @@ func (m *Manager[C, I]) reconcile() {
 	// Stop what is no longer ours or no longer configured; replace what
 	// changed under the same key.
 	var stop, replace []*entry[I]
+	ready, now := m.announced.take(), time.Now()
 	for key, e := range m.tab.running {
 		cfg, ok := configs[key]
 		switch {
@@ -363,6 +378,8 @@ func (m *Manager[C, I]) reconcile() {
 			// Stopped behind the node loop's back: after a restore, Redis
 			// no longer says this node owns it.
 			stop = append(stop, e)
+		case !mine[key] && ok && m.holdMoved(key, ready, now):
+			// Moved away: it runs on until the new owner has prepared.
 		case !mine[key] || !ok:
 			stop = append(stop, e)
 		case cfg.hashed && e.sum == "":
@@ -375,12 +392,25 @@ func (m *Manager[C, I]) reconcile() {
 	stats.disconnected = len(stop)
 	stats.replaced = len(replace)
 
+	for key := range m.tab.holding {
+		if _, running := m.tab.running[key]; mine[key] || !running {
+			delete(m.tab.holding, key)
+		}
+	}
 	var release []string
 	for key := range m.tab.claimed {
+		if _, held := m.tab.holding[key]; held {
+			continue
+		}
 		if _, ok := configs[key]; (!mine[key] || !ok) && !m.hung.has(key) {
 			release = append(release, key)
 		}
 	}
+	m.dropPrepared(func(key string, p *prepared[I]) bool {
+		cfg, ok := configs[key]
+		_, running := m.tab.running[key]
+		return mine[key] && ok && !running && p.session == session && (!cfg.hashed || p.sum == "" || cfg.sum == p.sum)
+	})
 	for key := range m.tab.failures {
 		if !mine[key] {
 			delete(m.tab.failures, key)
@@ -399,7 +429,7 @@ func (m *Manager[C, I]) reconcile() {
 	// Claim and create what is ours but not running, including what was
 	// just replaced: claiming a key this node owns returns its token. After
 	// another node released keys, refused claims are tried again at once.
-	now := time.Now()
+	now = time.Now()
 	retryRefused := m.released.Swap(false)
 	var want []string
 	for key := range mine {
@@ -430,6 +460,8 @@ func (m *Manager[C, I]) reconcile() {
 			delete(m.tab.waiting, key)
 			jobs = append(jobs, createJob[C]{key: key, cfg: configs[key], token: token, gen: gen})
 		} else if retry := now.Add(m.claimRetry); err == nil && !m.tab.waiting[key].After(retry) {
+			// Held by its old owner: with WithPrepare, get ready meanwhile.
+			m.startPrepare(leaseCtx, session, key, configs[key])
 			// Refused: try again soon. A later time set by claim (the end
 			// of a grace period) stands, so that the node wakes when the
 			// grace ends instead of polling through it.
@@ -484,6 +516,8 @@ func (m *Manager[C, I]) dropStale(session string) {
 // dropAll disconnects every instance and releases every claim: the node is
 // fenced or stopping.
 func (m *Manager[C, I]) dropAll(ctx context.Context, why string) {
+	m.dropPrepared(nil)
+	clear(m.tab.holding)
 	all := make([]*entry[I], 0, len(m.tab.running))
 	for _, e := range m.tab.running {
 		all = append(all, e)
@@ -635,9 +669,17 @@ func (m *Manager[C, I]) createAll(ctx, leaseCtx context.Context, session string,
 	sem := make(chan struct{}, m.s.createConcurrency)
 	for _, job := range jobs {
 		sem <- struct{}{}
+		p := m.tab.prepared[job.key]
+		delete(m.tab.prepared, job.key)
 		go func() {
 			defer func() { <-sem }()
-			e, err := m.create(ctx, leaseCtx, session, job)
+			var e *entry[I]
+			var err error
+			if p != nil {
+				e, err = m.activateJob(ctx, session, job, p)
+			} else {
+				e, err = m.create(ctx, leaseCtx, session, job)
+			}
 			results <- result{job, e, err}
 		}()
 	}

@@ -126,6 +126,7 @@ const (
 	evRebalance  = "rebalance"  // [id]: someone asks the leader to rebalance
 	evRebalanced = "rebalanced" // id epoch moves ok|error [message]: the leader's answer
 	evAvoid      = "avoid"      // node: it cannot run some keys; place them elsewhere
+	evPrepared   = "prepared"   // node key…: it prepared these keys (base64url); their old owner lets them go
 )
 
 func parseEvent(msg string) (verb string, args []string) {

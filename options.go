@@ -81,9 +81,12 @@ type settings struct {
 	refresh          cron.Schedule
 
 	// Hooks as given; New checks their types against C and I.
-	key         any // func(C) string
-	healthcheck any // func(context.Context, I) error
-	disconnect  any // func(context.Context, I) error
+	key            any // func(C) string
+	healthcheck    any // func(context.Context, I) error
+	disconnect     any // func(context.Context, I) error
+	prepare        any // func(context.Context, C) (I, error)
+	activate       any // func(context.Context, I) error
+	prepareTimeout time.Duration
 
 	logger         *slog.Logger
 	loggerSet      bool // WithLogger was given, perhaps with nil
@@ -444,6 +447,44 @@ func WithGiveUpAfter(n int) Option {
 			return invalid("WithGiveUpAfter", "%d is negative", n)
 		}
 		s.giveUpAfter = n
+		return nil
+	})
+}
+
+// WithPrepare makes moves that users do not feel: creating an instance is
+// split in two, so that on a voluntary move (a join, a drain, a weight change,
+// a rebalance) the new owner prepares while the old instance still runs.
+//
+// prepare connects, logs in and warms up, with no effect that matters if the
+// instance is thrown away; it returns the instance. The old owner keeps
+// running the key (no longer assigned to it) until the new owner has
+// prepared or within has passed; then it disconnects and releases the key,
+// and the new owner claims it and calls activate, which begins the work. The
+// key is dark for a disconnect, a release and a claim, not for a whole
+// create. At most one activated instance per key runs at any time; the
+// fencing token is issued at the claim, so FencingToken works in activate's
+// context, not in prepare's. prepare's context is the instance's lifetime
+// context: it ends when the instance must stop. A prepared instance that is
+// not activated (the plan changed, the key went, the node was fenced) is
+// disposed of with the disconnect hook, exactly once.
+//
+// Failures take the normal path with createInstance: a crash, a fence, a
+// key given up, and a failed or late prepare (the old owner then lets the
+// key go at once, or after within). Prepare runs before any token exists:
+// on an upstream that allows one session per account, preparing is itself
+// a side effect that takes the session from the old instance; do not use it
+// there. A node that is stopping lets its keys go at once. Every node of the
+// service should set it: a node without it does not wait for the new owner.
+// Both functions run under the callback timeout.
+func WithPrepare[C, I any](prepare func(ctx context.Context, cfg C) (I, error), activate func(ctx context.Context, instance I) error, within time.Duration) Option {
+	return optionFunc(func(s *settings) error {
+		if prepare == nil || activate == nil {
+			return invalid("WithPrepare", "prepare and activate must both be set")
+		}
+		if within <= 0 {
+			return invalid("WithPrepare", "within %v is not positive", within)
+		}
+		s.prepare, s.activate, s.prepareTimeout = prepare, activate, within
 		return nil
 	})
 }

@@ -25,6 +25,8 @@ const (
 	spanReconcile    = "dim.reconcile"
 	spanCreate       = "dim.create"
 	spanDisconnect   = "dim.disconnect"
+	spanPrepare      = "dim.prepare"
+	spanActivate     = "dim.activate"
 	spanHealth       = "dim.healthcheck"
 	spanFence        = "dim.fence"
 	attrPrefix       = "dim."

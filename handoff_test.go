@@ -1,0 +1,197 @@
+package dim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-dim/dim/internal/history"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// handoffLog records what the make-before-break hooks did, in order.
+type handoffLog struct {
+	mu        sync.Mutex
+	lines     []string
+	prepared  int
+	activated int
+	disposed  int
+}
+
+func (l *handoffLog) add(format string, args ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, fmt.Sprintf(format, args...))
+}
+
+func (l *handoffLog) index(line string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Index(l.lines, line)
+}
+
+func (l *handoffLog) counts() (prepared, activated, disposed int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.prepared, l.activated, l.disposed
+}
+
+// preparingNode makes a node whose instances are prepared by prepare (after
+// its own delay or error) and activated; activated lives are recorded in the
+// cluster's history, prepared ones in log.
+func (c *testCluster) preparingNode(id string, log *handoffLog, prepare func(ctx context.Context, key string) error, within time.Duration) *testNode {
+	type handoffInst = *testInst
+	return c.newNode(id,
+		WithPrepare(func(ctx context.Context, cfg testConfig) (handoffInst, error) {
+			log.add("prepare %s %s", cfg.Key, id)
+			if err := prepare(ctx, cfg.Key); err != nil {
+				return nil, err
+			}
+			log.mu.Lock()
+			log.prepared++
+			log.mu.Unlock()
+			log.add("prepared %s %s", cfg.Key, id)
+			return &testInst{node: id, key: cfg.Key, version: cfg.Version, ctx: ctx}, nil
+		}, func(ctx context.Context, inst handoffInst) error {
+			token, ok := FencingToken(ctx)
+			if !ok || token == 0 {
+				return errors.New("no fencing token at activate")
+			}
+			inst.id = c.rec.Up(id, inst.key)
+			log.mu.Lock()
+			log.activated++
+			log.mu.Unlock()
+			log.add("activate %s %s", inst.key, id)
+			return nil
+		}, within),
+		WithDisconnect(func(_ context.Context, inst *testInst) error {
+			if inst.id == 0 {
+				log.mu.Lock()
+				log.disposed++
+				log.mu.Unlock()
+				log.add("dispose %s %s", inst.key, id)
+				return nil
+			}
+			log.add("down %s %s", inst.key, id)
+			c.rec.Down(inst.node, inst.key, inst.id)
+			return nil
+		}))
+}
+
+// sleepFor is a prepare that takes d, like a slow login.
+func sleepFor(d time.Duration) func(context.Context, string) error {
+	return func(ctx context.Context, _ string) error {
+		select {
+		case <-time.After(d):
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func TestAHandoffPreparesTheNewInstanceBeforeTheOldOneStops(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 8)
+	log := &handoffLog{}
+	c.startNode(c.preparingNode("n1", log, sleepFor(300*time.Millisecond), 10*time.Second))
+	c.waitConverged(10*time.Second, "n1")
+	c.startNode(c.preparingNode("n2", log, sleepFor(300*time.Millisecond), 10*time.Second))
+	c.waitConverged(10*time.Second, "n1", "n2")
+
+	moved := 0
+	for key, on := range c.rec.LiveByKey() {
+		if !slices.Equal(on, []string{"n2"}) {
+			continue
+		}
+		moved++
+		prepared := log.index("prepared " + key + " n2")
+		down := log.index("down " + key + " n1")
+		activated := log.index("activate " + key + " n2")
+		require.GreaterOrEqual(t, prepared, 0, "%s was not prepared: %v", key, log.lines)
+		assert.Less(t, prepared, down, "%s: the old instance ran until the new one was prepared", key)
+		assert.Less(t, down, activated, "%s: the new one began only after the old one stopped", key)
+	}
+	assert.Equal(t, 4, moved)
+	p, a, d := log.counts()
+	assert.Equal(t, 4, p)
+	assert.Equal(t, 4, a, "a cold start creates with createInstance; only the moves activate")
+	assert.Zero(t, d)
+	assert.Empty(t, history.Overlaps(c.rec.Events()), "activated instances never overlap")
+}
+
+func TestAPreparedInstanceThatIsNotActivatedIsDisposedOfOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 4)
+	log := &handoffLog{}
+	c.startNode(c.preparingNode("n1", log, sleepFor(0), 10*time.Second))
+	c.waitConverged(10*time.Second, "n1")
+	release := make(chan struct{})
+	started := make(chan string, 4)
+	c.startNode(c.preparingNode("n2", log, func(ctx context.Context, key string) error {
+		started <- key
+		<-release
+		return nil
+	}, 10*time.Second))
+	var key string
+	select {
+	case key = <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("n2 never prepared a key")
+	}
+	// The plan changes while n2 prepares: the key is removed.
+	var keep []testConfig
+	for _, k := range c.keys() {
+		if k != key {
+			keep = append(keep, testConfig{Key: k})
+		}
+	}
+	c.setConfigs(keep)
+	rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_, err := RequestRebalance(rctx, c.srv.Client(t), WithService(c.service))
+	cancel()
+	require.NoError(t, err)
+	close(release)
+	c.eventually(10*time.Second, "the prepared instance of the removed key disposed of", func() bool {
+		return log.index("dispose "+key+" n2") >= 0
+	})
+	c.waitConverged(10*time.Second, "n1", "n2")
+	assert.Negative(t, log.index("activate "+key+" n2"), "never activated")
+	p, a, d := log.counts()
+	assert.Equal(t, p, a+d, "every prepared instance activated or disposed of, once: %v", log.lines)
+	assert.Empty(t, history.Overlaps(c.rec.Events()))
+}
+
+func TestAFailedOrLatePrepareMovesTheKeyTheNormalWay(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	for _, tc := range []struct {
+		name    string
+		prepare func(ctx context.Context, key string) error
+		within  time.Duration
+	}{
+		{"failed", func(context.Context, string) error { return errors.New("login refused") }, time.Hour},
+		{"late", sleepFor(time.Hour), 500 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newTestCluster(t, 4)
+			log := &handoffLog{}
+			c.startNode(c.preparingNode("n1", log, sleepFor(0), tc.within))
+			c.waitConverged(10*time.Second, "n1")
+			c.startNode(c.preparingNode("n2", log, tc.prepare, tc.within))
+			// Within a few seconds, not the hour a hold could last.
+			c.waitConverged(10*time.Second, "n1", "n2")
+			assert.Empty(t, history.Overlaps(c.rec.Events()))
+		})
+	}
+}
