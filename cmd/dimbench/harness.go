@@ -80,7 +80,7 @@ func newManager(addr, service, id string, keys []string, t timing, logger *slog.
 // disconnect.
 func newManagerWith(addr, service, id string, keys []string, t timing, logger *slog.Logger,
 	create func(ctx context.Context, key string) (string, error),
-	disconnect func(ctx context.Context, key string) error) (*dim.Manager[string, string], error) {
+	disconnect func(ctx context.Context, key string) error, extra ...dim.Option) (*dim.Manager[string, string], error) {
 	opts := append([]dim.Option{
 		dim.WithService(service),
 		dim.WithRedis(rueidis.ClientOption{InitAddress: []string{addr}}),
@@ -89,7 +89,7 @@ func newManagerWith(addr, service, id string, keys []string, t timing, logger *s
 		dim.WithDisconnect(disconnect),
 		dim.WithLogger(logger),
 	}, t.options()...)
-	return dim.New(func(context.Context) ([]string, error) { return keys, nil }, create, opts...)
+	return dim.New(func(context.Context) ([]string, error) { return keys, nil }, create, append(opts, extra...)...)
 }
 
 // tracker records which node runs each key, as the nodes' callbacks report

@@ -23,6 +23,8 @@
 //	         with the same ID): moves, and the longest time a key ran nowhere
 //	fence    a node running n instances with a slow disconnect hook is cut off
 //	         from Redis: fence → last disconnect returned, per n
+//	prepare  a join moves n keys whose start takes 500 ms: the dark gap per key
+//	         with and without WithPrepare (make-before-break)
 //
 // In-process nodes each have their own Redis connections; crash scenarios
 // run the victim as a child process (this program re-executed as "node")
@@ -85,6 +87,7 @@ type config struct {
 	redisServer  string
 	ttl          time.Duration
 	handoffKeys  []int
+	prepareKeys  int
 	handoffNodes int
 	crashTTLs    []time.Duration
 	leaderTTLs   []time.Duration
@@ -111,7 +114,7 @@ type config struct {
 	verbose      bool
 }
 
-var allScenarios = []string{"handoff", "crash", "leader", "cold", "steady", "churn", "restart", "fence", "rolling"}
+var allScenarios = []string{"handoff", "crash", "leader", "cold", "steady", "churn", "restart", "fence", "rolling", "prepare"}
 
 func flagSet(name string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
@@ -148,6 +151,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&restart, "restart", "3x12,100x10000", "restart: sizes, nodes x keys")
 	fs.DurationVar(&cfg.restartTTL, "restart-ttl", 5*time.Second, "restart: node TTL (5s: dim's default timings)")
 	fs.StringVar(&rolling, "rolling", "10x1000", "rolling: sizes, nodes x keys")
+	fs.IntVar(&cfg.prepareKeys, "prepare", 12, "prepare: keys that move in the handoff")
 	fs.DurationVar(&cfg.rollingTTL, "rolling-ttl", 5*time.Second, "rolling: node TTL (5s: dim's default timings)")
 	fs.DurationVar(&cfg.rollingPause, "rolling-pause", time.Second, "rolling: the orchestrator's reaction between a pod ready (or gone) and its next action")
 	fs.StringVar(&fence, "fence", "100,1000,10000", "fence: instance counts of the node that fences")
@@ -350,7 +354,7 @@ func runBench(ctx context.Context, cfg *config, args []string, stdout, stderr io
 	}{
 		{"handoff", b.handoff}, {"crash", b.crash}, {"leader", b.leader},
 		{"cold", b.cold}, {"steady", b.steady}, {"churn", b.churn},
-		{"restart", b.restart}, {"fence", b.fence}, {"rolling", b.rolling},
+		{"restart", b.restart}, {"fence", b.fence}, {"rolling", b.rolling}, {"prepare", b.prepare},
 	} {
 		if !cfg.scenarios[s.name] {
 			continue
