@@ -235,3 +235,70 @@ func ExampleManager_Stop() {
 	// stopped: <nil> running: 0
 	// again: dim: stopped
 }
+
+// With WithPrepare, a key that moves between live replicas is prepared on
+// its new replica while the old instance still runs: here replica a is
+// drained, b prepares the feed, a closes it, and b activates it with the
+// claim's fencing token.
+func ExampleWithPrepare() {
+	redis, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer redis.Close()
+
+	replica := func(id string) *dim.Manager[Feed, *Conn] {
+		m, err := dim.New(
+			func(ctx context.Context) ([]Feed, error) { return []Feed{{Name: "prices"}}, nil },
+			func(ctx context.Context, f Feed) (*Conn, error) {
+				fmt.Println(id+": connect", f.Name)
+				return &Conn{Feed: f}, nil
+			},
+			dim.WithService("prepared"),
+			dim.WithNodeID(id),
+			dim.WithRedis(rueidis.ClientOption{InitAddress: []string{redis.Addr()}, DisableCache: true}),
+			dim.WithPrepare(
+				func(ctx context.Context, f Feed) (*Conn, error) {
+					fmt.Println(id+": prepare", f.Name) // log in, warm up; no work yet
+					return &Conn{Feed: f}, nil
+				},
+				func(ctx context.Context, c *Conn) error {
+					_, ok := dim.FencingToken(ctx)
+					fmt.Println(id+": activate", c.Feed.Name, "with a token:", ok)
+					return nil
+				}, 5*time.Second),
+			dim.WithDisconnect(func(ctx context.Context, c *Conn) error {
+				fmt.Println(id+": close", c.Feed.Name)
+				return nil
+			}),
+			dim.WithNodeTTL(500*time.Millisecond),
+			dim.WithHeartbeat(100*time.Millisecond),
+		)
+		if err != nil {
+			panic(err)
+		}
+		if err := m.Start(context.Background()); err != nil {
+			panic(err)
+		}
+		return m
+	}
+	a := replica("a")
+	waitFor(func() bool { return len(a.Instances()) == 1 })
+	b := replica("b")
+	waitFor(func() bool { // b's first heartbeat makes it a node that takes keys
+		st, err := b.Status(context.Background())
+		return err == nil && len(st.Nodes) == 2 && st.Nodes[1].State == "active"
+	})
+	if _, err := a.Drain(context.Background(), time.Minute); err != nil {
+		panic(err)
+	}
+	waitFor(func() bool { return len(b.Instances()) == 1 })
+	_ = a.Stop(context.Background())
+	_ = b.Stop(context.Background())
+	// Output:
+	// a: connect prices
+	// b: prepare prices
+	// a: close prices
+	// b: activate prices with a token: true
+	// b: close prices
+}
