@@ -348,6 +348,13 @@ func (m *Manager[C, I]) start(ctx context.Context) error {
 	case <-time.After(max(m.s.nodeTTL, 5*time.Second)):
 		return fail(fmt.Errorf("%w: subscribe at %s: no answer within %v", ErrRedis, addr, max(m.s.nodeTTL, 5*time.Second)))
 	}
+	if m.s.joinHold > 0 {
+		// Before the join, so that the leader never gives this node a share
+		// of everyone's keys in between.
+		if err := m.hold(ctx, m.k.joinWait, m.s.joinHold); err != nil {
+			return err
+		}
+	}
 	if err := m.joinWaiting(ctx); err != nil {
 		if errors.Is(err, ErrNodeIDInUse) {
 			return fail(err)
@@ -473,7 +480,18 @@ func (m *Manager[C, I]) stillRunning() []string {
 // of the service (the leader's handoff); what this node holds is stopped,
 // released and left in full, in the background if Stop has returned.
 func (m *Manager[C, I]) shutdown(ctx context.Context) {
-	if ctx.Err() == nil {
+	switch {
+	case ctx.Err() != nil:
+	case m.s.restartHold > 0:
+		// A stop to restart: the keys wait for this node ID.
+		if err := m.hold(ctx, m.k.restarting, m.s.restartHold); err != nil {
+			m.log.Warn("restart hold not recorded; keys move away as on any stop", "err", err)
+		} else {
+			m.log.Info("stopping to restart: keys wait for this node", "hold", m.s.restartHold)
+			break
+		}
+		fallthrough
+	default:
 		dctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 		if err := m.drain(dctx); err != nil && ctx.Err() == nil {
 			m.log.Warn("drain failed; keys move when the lease expires", "err", err)

@@ -42,6 +42,8 @@ import (
 //	<p>:drains     HASH  node → until_ms: nodes an operator drained (they stay
 //	                     members and get no keys until then)
 //	<p>:freeze     STRING who froze the service, expiring with the freeze
+//	<p>:restarting HASH  node → until_ms: stopped to restart; its keys wait
+//	<p>:joinwait   HASH  node → until_ms: joined in a rollout; takes a leaver's keys
 //	<p>:fleet      HASH  size: how many nodes the service had when the leader
 //	                     last counted them; since: server ms when a node
 //	                     joined a service with no live member (a restart)
@@ -73,6 +75,8 @@ type keys struct {
 	outage     string
 	drains     string
 	freeze     string
+	restarting string
+	joinWait   string
 	fleet      string
 	lock       string
 	channel    string
@@ -104,6 +108,8 @@ func newKeys(keyPrefix, service string) keys {
 		outage:     p + ":outage",
 		drains:     p + ":drains",
 		freeze:     p + ":freeze",
+		restarting: p + ":restarting",
+		joinWait:   p + ":joinwait",
 		lock:       p + ":lock",
 		fleet:      p + ":fleet",
 		channel:    p + ":events",
@@ -764,6 +770,16 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return 0
 end
 return math.max(1, redis.call('PTTL', KEYS[1]))
+`)
+
+// holdScript records a node's hold until now + duration on Redis's clock
+// (a restart hold or a join hold).
+//
+// KEYS: hash
+// ARGV: node duration_ms
+var holdScript = script(`
+redis.call('HSET', KEYS[1], ARGV[1], fmt(now + tonumber(ARGV[2])))
+return 1
 `)
 
 // thawScript ends a freeze; 0 if none was in force.

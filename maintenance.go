@@ -3,7 +3,9 @@ package dim
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -132,17 +134,25 @@ func adminKeys(opts []Option) (keys, error) {
 type holds struct {
 	drained map[string]int64 // node → until, server ms
 	frozen  int64            // until, server ms; 0: not frozen
+	rollout rolloutHolds
 }
 
 // readHolds reads the drains and the freeze in force.
 func readHolds(ctx context.Context, client rueidis.Client, k keys, now int64) (*holds, error) {
 	b := client.B()
-	res := client.DoMulti(ctx, b.Hgetall().Key(k.drains).Build(), b.Pttl().Key(k.freeze).Build())
+	res := client.DoMulti(ctx, b.Hgetall().Key(k.drains).Build(), b.Pttl().Key(k.freeze).Build(),
+		b.Hgetall().Key(k.restarting).Build(), b.Hgetall().Key(k.joinWait).Build())
 	raw, err := res[0].AsStrMap()
 	if err != nil {
 		return nil, fmt.Errorf("read drains: %w", err)
 	}
 	h := &holds{drained: map[string]int64{}}
+	if h.rollout.restarting, err = readHoldMap(res[2], now); err != nil {
+		return nil, fmt.Errorf("read restart holds: %w", err)
+	}
+	if h.rollout.waiting, err = readHoldMap(res[3], now); err != nil {
+		return nil, fmt.Errorf("read join holds: %w", err)
+	}
 	for node, v := range raw {
 		if until, err := strconv.ParseInt(v, 10, 64); err == nil && until > now {
 			h.drained[node] = until
@@ -175,7 +185,7 @@ func (h *holds) without(nodes []Node) []Node {
 
 // wake is when a hold ends (server ms), 0 if none is in force.
 func (h *holds) wake() int64 {
-	w := h.frozen
+	w := earliestNonZero(h.frozen, h.rollout.wake())
 	for _, until := range h.drained {
 		w = earliestNonZero(w, until)
 	}
@@ -202,7 +212,8 @@ type FreezeStatus struct {
 func readHoldStatus(ctx context.Context, client rueidis.Client, k keys, st *Status) error {
 	b := client.B()
 	res := client.DoMulti(ctx, b.Hgetall().Key(k.drains).Build(), b.Pttl().Key(k.freeze).Build(),
-		b.Hmget().Key(k.leader).Field("rb_pending", "rb_flight").Build())
+		b.Hmget().Key(k.leader).Field("rb_pending", "rb_flight").Build(),
+		b.Hgetall().Key(k.restarting).Build(), b.Hgetall().Key(k.joinWait).Build())
 	raw, err := res[0].AsStrMap()
 	if err != nil {
 		return fmt.Errorf("%w: read drains: %w", ErrRedis, err)
@@ -225,6 +236,36 @@ func readHoldStatus(ctx context.Context, client rueidis.Client, k keys, st *Stat
 	if pttl > 0 {
 		st.Frozen = &FreezeStatus{Left: time.Duration(pttl) * time.Millisecond}
 	}
+	restarting, err := readHoldMap(res[3], now)
+	if err != nil {
+		return fmt.Errorf("%w: read restart holds: %w", ErrRedis, err)
+	}
+	waiting, err := readHoldMap(res[4], now)
+	if err != nil {
+		return fmt.Errorf("%w: read join holds: %w", ErrRedis, err)
+	}
+	live := map[string]bool{}
+	for i, n := range st.Nodes {
+		live[n.ID] = true
+		if until, ok := waiting[n.ID]; ok && n.State == "active" {
+			st.Nodes[i].State = "waiting"
+			st.Nodes[i].WaitingFor = time.Duration(until-now) * time.Millisecond
+		}
+	}
+	st.Restarting = []RestartHold{}
+	for node, until := range restarting {
+		if live[node] {
+			continue
+		}
+		h := RestartHold{Node: node, Left: time.Duration(until-now) * time.Millisecond}
+		for _, on := range st.Assignment {
+			if on == node {
+				h.Keys++
+			}
+		}
+		st.Restarting = append(st.Restarting, h)
+	}
+	slices.SortFunc(st.Restarting, func(a, b RestartHold) int { return strings.Compare(a.Node, b.Node) })
 	if r := st.LastRebalance; r != nil {
 		budget, err := res[2].ToArray()
 		if err != nil {

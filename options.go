@@ -68,6 +68,8 @@ type settings struct {
 	nodeMetrics       bool
 	giveUpAfter       int // 0: never
 	createConcurrency int
+	restartHold       time.Duration
+	joinHold          time.Duration
 	budgetAbs         int     // voluntary moves in flight at most; 0: no limit
 	budgetRel         float64 // … as a fraction of the keys; 0: no limit
 	quarantineFirst   time.Duration
@@ -485,6 +487,41 @@ func WithPrepare[C, I any](prepare func(ctx context.Context, cfg C) (I, error), 
 			return invalid("WithPrepare", "within %v is not positive", within)
 		}
 		s.prepare, s.activate, s.prepareTimeout = prepare, activate, within
+		return nil
+	})
+}
+
+// WithRestartHold makes a graceful Stop a stop to restart, as in a rolling
+// restart in place (a StatefulSet, the same node ID coming back): the node
+// does not hand its keys over; it stops its instances, releases them and
+// leaves, and the leader keeps them assigned to its ID for d. If the same ID
+// joins within d it finds its keys where they were and nothing else moves;
+// otherwise they are placed on the other nodes when d ends. The trade-off:
+// the node's keys run nowhere while it restarts (and for up to d if it never
+// comes back), instead of moving away and back. A crash is not a Stop: its
+// keys move as always. Off by default.
+func WithRestartHold(d time.Duration) Option {
+	return optionFunc(func(s *settings) error {
+		if d <= 0 || d > maxHold {
+			return invalid("WithRestartHold", "%v is not in (0, %v]", d, maxHold)
+		}
+		s.restartHold = d
+		return nil
+	})
+}
+
+// WithJoinHold makes a node that joins during a rollout with a surge (a new
+// node starts, then an old one stops) wait: it gets no keys until another
+// node leaves or is drained, and then takes exactly that node's keys, so that
+// each key moves once and the service ends balanced. If no node leaves
+// within d, it takes its share the usual way. A node that comes back after
+// a restart hold is not held. Off by default.
+func WithJoinHold(d time.Duration) Option {
+	return optionFunc(func(s *settings) error {
+		if d <= 0 || d > maxHold {
+			return invalid("WithJoinHold", "%v is not in (0, %v]", d, maxHold)
+		}
+		s.joinHold = d
 		return nil
 	})
 }

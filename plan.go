@@ -32,6 +32,8 @@ type placement struct {
 	verdict *verdict
 	nodes   []Node // after drains
 	next    Assignment
+	back    []string // restarting nodes that are back: their holds end
+	joined  []string // waiting joiners that took a leaver's keys: their holds end
 	held    int      // voluntary moves a freeze or the budget held back
 	moving  []string // the voluntary moves let through, under a budget
 }
@@ -47,18 +49,22 @@ func place(ctx context.Context, client rueidis.Client, k keys, in placeInput) (*
 	if in.drain != "" {
 		h.drained[in.drain] = in.now + maxHold.Milliseconds()
 	}
-	p := &placement{holds: h, nodes: h.without(in.nodes)}
+	ro := h.rollout.apply(in.prev, in.keys, h.without(in.nodes))
+	p := &placement{holds: h, nodes: ro.nodes, back: ro.back, joined: ro.joined}
 	if p.facts, err = readFailures(ctx, client, k, in.now); err != nil {
 		return nil, err
 	}
-	ri := &reviewInput{failureFacts: *p.facts, keys: in.keys, nodes: p.nodes, prev: in.prev,
+	ri := &reviewInput{failureFacts: *p.facts, keys: ro.keys, nodes: p.nodes, prev: ro.prev,
 		first: in.first, max: in.max, cooldown: giveUpCooldown, poll: in.poll}
-	if ri.states, err = readStates(ctx, client, k, lookups(p.facts, in.prev)); err != nil {
+	if ri.states, err = readStates(ctx, client, k, lookups(p.facts, ro.prev)); err != nil {
 		return nil, err
 	}
 	p.verdict = review(ri)
-	if p.next, err = BalanceAvoiding(in.prev, p.verdict.keys, p.nodes, p.verdict.avoid); err != nil {
+	if p.next, err = BalanceAvoiding(ro.prev, p.verdict.keys, p.nodes, p.verdict.avoid); err != nil {
 		return nil, err
+	}
+	for key, node := range ro.pinned {
+		p.next[key] = node
 	}
 	limit := in.budget
 	if h.frozen > 0 {

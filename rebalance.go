@@ -410,6 +410,7 @@ func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string
 	for _, key := range p.moving {
 		st.moving[key] = p.next[key]
 	}
+	m.dropHolds(ctx, p.back, p.joined)
 	st.pending = p.held
 	if err := m.recordVerdict(ctx, p.facts, p.verdict); err != nil {
 		return err

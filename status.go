@@ -55,6 +55,9 @@ type Status struct {
 	// Memory is what Redis says about its memory; nil when it does not say
 	// (a user without +info). Memory.OutOfMemory means nothing new starts.
 	Memory *RedisMemory `json:"memory,omitempty"`
+	// Restarting lists nodes that stopped to restart (see WithRestartHold):
+	// their keys stay assigned to them, not running, until they are back.
+	Restarting []RestartHold `json:"restarting"`
 	// Frozen is set while a freeze holds voluntary moves back (see Freeze).
 	Frozen *FreezeStatus `json:"frozen,omitempty"`
 	// Outage is set while the leader judges that most keys fail on every
@@ -108,6 +111,10 @@ type NodeStatus struct {
 	// live).
 	Assigned int `json:"assigned"`
 	Running  int `json:"running"`
+	// WaitingFor is how long a join hold still keeps the node without keys
+	// unless another node leaves (see WithJoinHold); its State is then
+	// "waiting".
+	WaitingFor time.Duration `json:"waiting_for_ns,omitempty"`
 	// DrainedFor is how long an operator's drain still keeps keys off the
 	// node (see DrainNode); 0 if it is not drained.
 	DrainedFor time.Duration `json:"drained_for_ns,omitempty"`

@@ -111,6 +111,13 @@ func writeStatus(w io.Writer, st *dim.Status) error {
 					u.Until.UTC().Format("15:04:05"), u.Level, list(u.Keys, quote))
 			}
 		}
+		if len(st.Restarting) > 0 {
+			fmt.Fprintln(tw)
+			fmt.Fprintln(tw, "RESTARTING")
+			for _, r := range st.Restarting {
+				fmt.Fprintf(tw, "%s\t%d keys wait for it, %s more\n", quote(r.Node), r.Keys, roundLease(r.Left))
+			}
+		}
 		fmt.Fprintln(tw)
 		fmt.Fprintln(tw, "INSTANCES")
 		for _, n := range nodes {
@@ -218,6 +225,7 @@ func writeJSON(w io.Writer, st *dim.Status) error {
 	}
 	out.Misplaced = orEmpty(slices.Sorted(slices.Values(st.Misplaced)))
 	out.Quarantined = orEmpty(st.Quarantined)
+	out.Restarting = orEmpty(st.Restarting)
 	if out.Assignment == nil {
 		out.Assignment = map[string]string{}
 	}
@@ -247,8 +255,11 @@ func orEmpty[T any](s []T) []T {
 
 // nodeState is a node's state, with how long a drain still runs.
 func nodeState(n dim.NodeStatus) string {
-	if n.DrainedFor > 0 {
+	switch {
+	case n.DrainedFor > 0:
 		return fmt.Sprintf("%s (drain ends in %s)", n.State, roundLease(n.DrainedFor))
+	case n.WaitingFor > 0:
+		return fmt.Sprintf("%s (join hold ends in %s)", n.State, roundLease(n.WaitingFor))
 	}
 	return n.State
 }

@@ -1,0 +1,188 @@
+package dim
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// Rolling deploys. By default a rolling restart moves keys twice: in place
+// (stop, start with the same ID) the stopping node's keys move away and
+// back; with a surge (a new node joins, then an old one stops) the joiner
+// takes a share from everyone, then the leaver's keys spread. Two optional
+// holds make each key move at most once:
+//
+//   - a restart hold (WithRestartHold): a node that stops keeps its
+//     assignment for a while; the same node ID coming back finds its keys
+//     and nothing else moves. The keys are dark for the restart instead.
+//   - a join hold (WithJoinHold): a node that joins gets no keys until a
+//     node leaves (or the hold ends); then it takes exactly the leaver's
+//     keys.
+
+// rolloutHolds are the restart and join holds in force.
+type rolloutHolds struct {
+	restarting map[string]int64 // node → until, server ms
+	waiting    map[string]int64 // node → until, server ms
+}
+
+// readHoldMap reads a hash of node → until and keeps what is in force.
+func readHoldMap(res rueidis.RedisResult, now int64) (map[string]int64, error) {
+	raw, err := res.AsStrMap()
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]int64{}
+	for node, v := range raw {
+		if until, err := strconv.ParseInt(v, 10, 64); err == nil && until > now {
+			out[node] = until
+		}
+	}
+	return out, nil
+}
+
+// rolloutPlan is how the holds shape one placement.
+type rolloutPlan struct {
+	prev   Assignment // the assignment to balance from: leavers' keys paired with joiners
+	keys   []string   // the keys to balance: pinned ones left out
+	pinned Assignment // keys that wait for their restarting node
+	nodes  []Node     // the nodes that take keys
+	// Holds to drop: restarting nodes that are back, joiners that took a
+	// leaver's keys.
+	back, joined []string
+}
+
+// apply pins the keys of restarting nodes and pairs the keys of nodes that
+// left (or drain) with waiting joiners. nodes are the live nodes that may
+// take keys, drains already left out; live are all of them.
+func (r *rolloutHolds) apply(prev Assignment, keys []string, nodes []Node) rolloutPlan {
+	p := rolloutPlan{prev: prev, pinned: Assignment{}}
+	live := map[string]bool{}
+	for _, n := range nodes {
+		live[n.ID] = true
+	}
+	for node := range r.restarting {
+		if live[node] {
+			p.back = append(p.back, node)
+		}
+	}
+	for key, node := range prev {
+		if _, held := r.restarting[node]; held && !live[node] {
+			p.pinned[key] = node
+		}
+	}
+	for _, key := range keys {
+		if _, ok := p.pinned[key]; !ok {
+			p.keys = append(p.keys, key)
+		}
+	}
+	var waiters []string
+	for _, n := range nodes {
+		_, waits := r.waiting[n.ID]
+		_, back := r.restarting[n.ID]
+		if waits && !back {
+			waiters = append(waiters, n.ID)
+		} else {
+			p.nodes = append(p.nodes, n)
+		}
+	}
+	if len(p.nodes) == 0 {
+		// Nobody else takes keys: the joiners do.
+		p.nodes, p.joined, waiters = nodes, waiters, nil
+	}
+	slices.Sort(waiters)
+	taking := map[string]bool{}
+	for _, n := range p.nodes {
+		taking[n.ID] = true
+	}
+	orphans := map[string][]string{} // leaver → its keys
+	for _, key := range p.keys {
+		if node, ok := prev[key]; ok && !taking[node] && !slices.Contains(waiters, node) {
+			orphans[node] = append(orphans[node], key)
+		}
+	}
+	leavers := make([]string, 0, len(orphans))
+	for node := range orphans {
+		leavers = append(leavers, node)
+	}
+	slices.Sort(leavers)
+	for i, leaver := range leavers {
+		if i >= len(waiters) {
+			break
+		}
+		if i == 0 {
+			p.prev = maps.Clone(prev)
+		}
+		joiner := waiters[i]
+		for _, key := range orphans[leaver] {
+			p.prev[key] = joiner
+		}
+		p.joined = append(p.joined, joiner)
+		for _, n := range nodes {
+			if n.ID == joiner {
+				p.nodes = append(p.nodes, n)
+			}
+		}
+	}
+	return p
+}
+
+// wake is when a hold ends (server ms), 0 if none.
+func (r *rolloutHolds) wake() int64 {
+	var w int64
+	for _, until := range r.restarting {
+		w = earliestNonZero(w, until)
+	}
+	for _, until := range r.waiting {
+		w = earliestNonZero(w, until)
+	}
+	return w
+}
+
+// dropHolds removes holds that are over: restarting nodes that are back,
+// joiners that took a leaver's keys.
+func (m *Manager[C, I]) dropHolds(ctx context.Context, back, joined []string) {
+	b := m.client.B()
+	var cmds rueidis.Commands
+	if len(back) > 0 {
+		cmds = append(cmds, b.Hdel().Key(m.k.restarting).Field(back...).Build())
+	}
+	if len(joined) > 0 {
+		cmds = append(cmds, b.Hdel().Key(m.k.joinWait).Field(joined...).Build())
+	}
+	if len(cmds) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	defer cancel()
+	for _, r := range m.client.DoMulti(ctx, cmds...) {
+		if err := r.Error(); err != nil {
+			m.log.Debug("dropping rollout holds failed; they end by themselves", "err", err)
+		}
+	}
+	for _, node := range joined {
+		m.log.Info("a waiting joiner takes keys", "node", node)
+	}
+}
+
+// hold records a restart or join hold for this node.
+func (m *Manager[C, I]) hold(ctx context.Context, key string, d time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	defer cancel()
+	if err := holdScript.Exec(ctx, m.client, []string{key}, []string{m.s.nodeID, ms(d)}).Error(); err != nil {
+		return fmt.Errorf("%w: record a hold: %w", ErrRedis, err)
+	}
+	return nil
+}
+
+// RestartHold is a node that stopped to restart, for Status: its keys stay
+// assigned to it, not running, until it is back or the hold ends.
+type RestartHold struct {
+	Node string        `json:"node"`
+	Left time.Duration `json:"left_ns"`
+	Keys int           `json:"keys"`
+}
