@@ -773,12 +773,12 @@ return math.max(1, redis.call('PTTL', KEYS[1]))
 `)
 
 // holdScript records a node's hold until now + duration on Redis's clock
-// (a restart hold or a join hold).
+// (a restart hold or a join hold), with the session it was taken in.
 //
 // KEYS: hash
-// ARGV: node duration_ms
+// ARGV: node duration_ms session
 var holdScript = script(`
-redis.call('HSET', KEYS[1], ARGV[1], fmt(now + tonumber(ARGV[2])))
+redis.call('HSET', KEYS[1], ARGV[1], fmt(now + tonumber(ARGV[2])) .. ' ' .. ARGV[3])
 return 1
 `)
 

@@ -247,17 +247,17 @@ func readHoldStatus(ctx context.Context, client rueidis.Client, k keys, st *Stat
 	live := map[string]bool{}
 	for i, n := range st.Nodes {
 		live[n.ID] = true
-		if until, ok := waiting[n.ID]; ok && n.State == "active" {
+		if h, ok := waiting[n.ID]; ok && n.State == "active" {
 			st.Nodes[i].State = "waiting"
-			st.Nodes[i].WaitingFor = time.Duration(until-now) * time.Millisecond
+			st.Nodes[i].WaitingFor = time.Duration(h.until-now) * time.Millisecond
 		}
 	}
 	st.Restarting = []RestartHold{}
-	for node, until := range restarting {
+	for node, rh := range restarting {
 		if live[node] {
 			continue
 		}
-		h := RestartHold{Node: node, Left: time.Duration(until-now) * time.Millisecond}
+		h := RestartHold{Node: node, Left: time.Duration(rh.until-now) * time.Millisecond}
 		for _, on := range st.Assignment {
 			if on == node {
 				h.Keys++

@@ -49,11 +49,13 @@ func place(ctx context.Context, client rueidis.Client, k keys, in placeInput) (*
 	if in.drain != "" {
 		h.drained[in.drain] = in.now + maxHold.Milliseconds()
 	}
-	ro := h.rollout.apply(in.prev, in.keys, h.without(in.nodes))
-	p := &placement{holds: h, nodes: ro.nodes, back: ro.back, joined: ro.joined}
-	if p.facts, err = readFailures(ctx, client, k, in.now); err != nil {
+	facts, err := readFailures(ctx, client, k, in.now)
+	if err != nil {
 		return nil, err
 	}
+	h.rollout.sessions = facts.sessions
+	ro := h.rollout.apply(in.prev, in.keys, h.without(in.nodes))
+	p := &placement{holds: h, facts: facts, nodes: ro.nodes, back: ro.back, joined: ro.joined}
 	ri := &reviewInput{failureFacts: *p.facts, keys: ro.keys, nodes: p.nodes, prev: ro.prev,
 		first: in.first, max: in.max, cooldown: giveUpCooldown, poll: in.poll}
 	if ri.states, err = readStates(ctx, client, k, lookups(p.facts, ro.prev)); err != nil {

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -26,23 +27,40 @@ import (
 
 // rolloutHolds are the restart and join holds in force.
 type rolloutHolds struct {
-	restarting map[string]int64 // node → until, server ms
-	waiting    map[string]int64 // node → until, server ms
+	restarting map[string]nodeHold
+	waiting    map[string]nodeHold
+	sessions   map[string]string // live node → its session
 }
 
-// readHoldMap reads a hash of node → until and keeps what is in force.
-func readHoldMap(res rueidis.RedisResult, now int64) (map[string]int64, error) {
+// nodeHold is one node's hold: until when (server ms), and the session that
+// took it (a restarting node is back once it has another).
+type nodeHold struct {
+	until   int64
+	session string
+}
+
+// readHoldMap reads a hash of node → "until session" and keeps what is in
+// force.
+func readHoldMap(res rueidis.RedisResult, now int64) (map[string]nodeHold, error) {
 	raw, err := res.AsStrMap()
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]int64{}
+	out := map[string]nodeHold{}
 	for node, v := range raw {
-		if until, err := strconv.ParseInt(v, 10, 64); err == nil && until > now {
-			out[node] = until
+		until, session, _ := strings.Cut(v, " ")
+		if u, err := strconv.ParseInt(until, 10, 64); err == nil && u > now {
+			out[node] = nodeHold{until: u, session: session}
 		}
 	}
 	return out, nil
+}
+
+// isBack reports whether a restarting node runs again: live with another
+// session than the one that stopped.
+func (r *rolloutHolds) isBack(node string, live bool) bool {
+	h, held := r.restarting[node]
+	return held && live && r.sessions[node] != h.session
 }
 
 // rolloutPlan is how the holds shape one placement.
@@ -66,11 +84,14 @@ func (r *rolloutHolds) apply(prev Assignment, keys []string, nodes []Node) rollo
 		live[n.ID] = true
 	}
 	for node := range r.restarting {
-		if live[node] {
+		if r.isBack(node, live[node]) {
 			p.back = append(p.back, node)
 		}
 	}
+	slices.Sort(p.back)
 	for key, node := range prev {
+		// Pinned until it is back; while it is still stopping (live, same
+		// session) it holds them anyway.
 		if _, held := r.restarting[node]; held && !live[node] {
 			p.pinned[key] = node
 		}
@@ -83,8 +104,8 @@ func (r *rolloutHolds) apply(prev Assignment, keys []string, nodes []Node) rollo
 	var waiters []string
 	for _, n := range nodes {
 		_, waits := r.waiting[n.ID]
-		_, back := r.restarting[n.ID]
-		if waits && !back {
+		_, restarting := r.restarting[n.ID]
+		if waits && !restarting {
 			waiters = append(waiters, n.ID)
 		} else {
 			p.nodes = append(p.nodes, n)
@@ -134,11 +155,11 @@ func (r *rolloutHolds) apply(prev Assignment, keys []string, nodes []Node) rollo
 // wake is when a hold ends (server ms), 0 if none.
 func (r *rolloutHolds) wake() int64 {
 	var w int64
-	for _, until := range r.restarting {
-		w = earliestNonZero(w, until)
+	for _, h := range r.restarting {
+		w = earliestNonZero(w, h.until)
 	}
-	for _, until := range r.waiting {
-		w = earliestNonZero(w, until)
+	for _, h := range r.waiting {
+		w = earliestNonZero(w, h.until)
 	}
 	return w
 }
@@ -173,7 +194,8 @@ func (m *Manager[C, I]) dropHolds(ctx context.Context, back, joined []string) {
 func (m *Manager[C, I]) hold(ctx context.Context, key string, d time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
-	if err := holdScript.Exec(ctx, m.client, []string{key}, []string{m.s.nodeID, ms(d)}).Error(); err != nil {
+	session, _ := m.lease.current()
+	if err := holdScript.Exec(ctx, m.client, []string{key}, []string{m.s.nodeID, ms(d), session}).Error(); err != nil {
 		return fmt.Errorf("%w: record a hold: %w", ErrRedis, err)
 	}
 	return nil

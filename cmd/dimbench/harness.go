@@ -63,7 +63,7 @@ func keyNames(n int) []string {
 // strings keyed by themselves, an instance is its key, and every create and
 // disconnect is reported with the time it happened.
 func newManager(addr, service, id string, keys []string, t timing, logger *slog.Logger,
-	created, disconnected func(key string, at time.Time)) (*dim.Manager[string, string], error) {
+	created, disconnected func(key string, at time.Time), extra ...dim.Option) (*dim.Manager[string, string], error) {
 	return newManagerWith(addr, service, id, keys, t, logger,
 		func(_ context.Context, key string) (string, error) {
 			created(key, time.Now())
@@ -72,7 +72,7 @@ func newManager(addr, service, id string, keys []string, t timing, logger *slog.
 		func(_ context.Context, key string) error {
 			disconnected(key, time.Now())
 			return nil
-		})
+		}, extra...)
 }
 
 // newManagerWith is newManager with the create and disconnect callbacks
@@ -336,6 +336,7 @@ type cluster struct {
 	nextID  int
 	retries atomic.Int64 // failed Starts retried
 	logger  *slog.Logger // the nodes' logger, when set (else the bench's warning counter)
+	opts    []dim.Option // more options for the nodes started from now on
 
 	mu    sync.Mutex
 	local map[string]*dim.Manager[string, string]
@@ -405,9 +406,12 @@ func (c *cluster) startOne(ctx context.Context, id string) error {
 			logger = slog.New(c.b.warns)
 		}
 		var m *dim.Manager[string, string]
+		c.mu.Lock()
+		extra := slices.Clone(c.opts)
+		c.mu.Unlock()
 		m, err = newManager(c.b.addr, c.service, id, c.keys, c.t, logger,
 			func(key string, at time.Time) { c.tr.created(id, key, at) },
-			func(key string, at time.Time) { c.tr.disconnectedAt(id, key, at) })
+			func(key string, at time.Time) { c.tr.disconnectedAt(id, key, at) }, extra...)
 		if err != nil {
 			return err
 		}

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/go-dim/dim"
 )
 
 // rolling: a rolling update of all M nodes, as Kubernetes runs one, with
@@ -35,6 +37,8 @@ func (b *bench) rolling(ctx context.Context) error {
 		{name: "surge (Deployment, maxSurge 1, maxUnavailable 0)", settle: true},
 		{name: "surge, back to back"},
 		{name: "in place (StatefulSet)", inPlace: true, settle: true},
+		{name: "surge, WithJoinHold", settle: true, holds: true},
+		{name: "in place, WithRestartHold", inPlace: true, settle: true, holds: true},
 	}
 	for _, sz := range b.cfg.rolling {
 		runs := b.runs(choose(sz.Keys <= 100, 5, 3))
@@ -80,16 +84,28 @@ type rollingStrategy struct {
 	name    string
 	inPlace bool // stop, then start with the same ID; else start a new ID, then stop an old one
 	settle  bool // wait until the service converged after each step
+	holds   bool // with a restart hold (in place) or a join hold (surge)
 }
+
+// rolloutHold is the hold the holds strategies give: longer than a step.
+const rolloutHold = 30 * time.Second
 
 func (b *bench) rollingOnce(ctx context.Context, tm timing, sz size, st rollingStrategy, moves, perKey, dark, step *Result) error {
 	c := b.newCluster("rolling", sz.Keys, tm)
 	defer c.close(ctx)
+	if st.holds && st.inPlace {
+		c.opts = []dim.Option{dim.WithRestartHold(rolloutHold)}
+	}
 	if _, err := c.startLocal(ctx, sz.Nodes); err != nil {
 		return err
 	}
 	if _, err := c.waitConverged(ctx, sz.Nodes, converge); err != nil {
 		return err
+	}
+	if st.holds && !st.inPlace {
+		c.mu.Lock()
+		c.opts = []dim.Option{dim.WithJoinHold(rolloutHold)}
+		c.mu.Unlock()
 	}
 	creates0, _ := c.tr.counts()
 	c.tr.resetDark()
