@@ -210,7 +210,7 @@ func (m *Manager[C, I]) activateJob(ctx context.Context, session string, job cre
 		return nil, err
 	}
 	e := &entry[I]{key: job.key, sum: job.cfg.sum, inst: p.inst, token: job.token, session: session,
-		gen: job.gen, ctx: actx, cancel: p.cancel, stopped: make(chan struct{})}
+		gen: job.gen, ctx: actx, cancel: p.cancel, lease: job.lease, stopped: make(chan struct{})}
 	if !m.instances.add(e) {
 		<-m.instances.begin(e)
 		return nil, fmt.Errorf("fenced while activating: %w", actx.Err())

@@ -25,7 +25,8 @@ type entry[I any] struct {
 	gen     string // the record's generation when it was claimed
 	ctx     context.Context
 	cancel  context.CancelFunc
-	check   guard // the health check in flight, abandoned or not
+	lease   context.Context // the lease it runs under: ends when the node fences
+	check   guard           // the health check in flight, abandoned or not
 
 	stopOnce sync.Once
 	stopping atomic.Bool   // stop has begun: the instance is no longer running
@@ -458,7 +459,7 @@ func (m *Manager[C, I]) reconcile() {
 	for _, key := range want {
 		if token, ok := granted[key]; ok {
 			delete(m.tab.waiting, key)
-			jobs = append(jobs, createJob[C]{key: key, cfg: configs[key], token: token, gen: gen})
+			jobs = append(jobs, createJob[C]{key: key, cfg: configs[key], token: token, gen: gen, lease: leaseCtx})
 		} else if retry := now.Add(m.claimRetry); err == nil && !m.tab.waiting[key].After(retry) {
 			// Held by its old owner: with WithPrepare, get ready meanwhile.
 			m.startPrepare(leaseCtx, session, key, configs[key])
@@ -655,7 +656,8 @@ type createJob[C any] struct {
 	key   string
 	cfg   config[C]
 	token uint64
-	gen   string // the record's generation when the claim was sent
+	gen   string          // the record's generation when the claim was sent
+	lease context.Context // the lease the claim was made under
 }
 
 // createAll creates instances in parallel and files them in the table.
@@ -801,7 +803,7 @@ func (m *Manager[C, I]) create(ctx, leaseCtx context.Context, session string, jo
 
 func (m *Manager[C, I]) newEntry(job createJob[C], session string, inst I, ctx context.Context, cancel context.CancelFunc) *entry[I] {
 	return &entry[I]{key: job.key, sum: job.cfg.sum, inst: inst, token: job.token, session: session,
-		gen: job.gen, ctx: ctx, cancel: cancel, stopped: make(chan struct{})}
+		gen: job.gen, ctx: ctx, cancel: cancel, lease: job.lease, stopped: make(chan struct{})}
 }
 
 // errNotCreated marks a create that dim never called: the lease had ended,
@@ -871,7 +873,14 @@ func (m *Manager[C, I]) disconnectOne(e *entry[I]) {
 	owned := context.WithValue(m.runCtx, tokenKey{}, ownership{e.key, e.token})
 	spanCtx, span := m.tel.startCallback(owned, spanDisconnect, e.key)
 	start := time.Now()
-	err := m.callWithTimeout(context.WithoutCancel(spanCtx), e.key, func(ctx context.Context) error {
+	// The hook's context ends at the fence too: a hook that waits on it
+	// returns within the fence margin.
+	dctx, cancel := context.WithCancel(context.WithoutCancel(spanCtx))
+	defer cancel()
+	if e.lease != nil {
+		defer context.AfterFunc(e.lease, cancel)()
+	}
+	err := m.callWithTimeout(dctx, e.key, func(ctx context.Context) error {
 		return m.disconnect(ctx, e.inst)
 	})
 	m.tel.endCallback(spanCtx, span, spanDisconnect, start, err)

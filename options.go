@@ -248,7 +248,11 @@ func WithHealthcheck[I any](check func(ctx context.Context, instance I) error) O
 // instance has stopped: the key is released and may start on another
 // replica at once, so return only when the instance can no longer act; an
 // error is logged and counted. A call that outlives the callback timeout
-// keeps the key claimed, here and nowhere else, until it returns. Its type
+// keeps the key claimed, here and nowhere else, until it returns. Its
+// context ends at the callback timeout, and also the moment the node fences
+// (at once, for the calls the fence makes): from then on the hook has the
+// fence margin to return before another replica may start the key, so a
+// hook that waits on its context returns in time. Its type
 // parameter must be the Manager's instance type I. Default: none; the
 // instance's context is cancelled all the same.
 func WithDisconnect[I any](disconnect func(ctx context.Context, instance I) error) Option {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/go-dim/dim/internal/faultproxy"
+	"github.com/go-dim/dim/internal/history"
 	"github.com/go-dim/dim/internal/redistest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -489,4 +490,47 @@ func TestASentinelFailoverThatLostAHandoffNeverRunsAKeyTwice(t *testing.T) {
 	s.Failover()
 	c.waitConverged(20*time.Second, "n1", "n2")
 	assertNoOverlap(t, c.rec, "a failover that lost a handoff gave its keys back to their old owners while the new one still ran them")
+}
+
+// A disconnect hook in flight when its node fences sees its context end at
+// the fence, so a hook that waits on its context returns within the fence
+// margin, before another node may start the key.
+func TestADisconnectInFlightAtAFenceSeesItsContextEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 4)
+	var slow atomic.Bool
+	var entered atomic.Int32
+	n1 := c.newNode("n1", WithCallbackTimeout(10*time.Second), WithDisconnect(func(ctx context.Context, inst *testInst) error {
+		if slow.Load() {
+			entered.Add(1)
+			<-ctx.Done() // a hook that takes as long as it is allowed
+		}
+		c.rec.Down(inst.node, inst.key, inst.id)
+		return nil
+	}))
+	c.startNode(n1)
+	c.waitConverged(10*time.Second, "n1")
+	c.start("n2")
+	c.waitConverged(10*time.Second, "n1", "n2")
+
+	// n1's keys change: it replaces them, and its hooks hang (a handoff
+	// keeps the lease, so that is allowed); then n1 is cut off and fences.
+	slow.Store(true)
+	on := c.rec.LiveByKey()
+	c.mu.Lock()
+	cfgs := slices.Clone(c.configs)
+	c.mu.Unlock()
+	for i := range cfgs {
+		if slices.Equal(on[cfgs[i].Key], []string{"n1"}) {
+			cfgs[i].Version++
+		}
+	}
+	c.setConfigs(cfgs)
+	require.NoError(t, n1.m.Rebalance(context.Background()))
+	c.eventually(5*time.Second, "n1's hooks in flight", func() bool { return entered.Load() > 0 })
+	n1.proxy.Cut(faultproxy.Both)
+	c.waitConverged(10*testTTL, "n2")
+	assert.Empty(t, history.Overlaps(c.rec.Events()), "a hung hook outlived the fence margin")
 }

@@ -508,9 +508,12 @@ func (r *chaosRunner) massSlow(s step) (func(), func(*State) bool) {
 	for i := range max(massPerNode*len(running)-len(cfgs), 0) {
 		cfg := Config{Key: fmt.Sprintf("k%02d", r.nextKey), Version: 1, Disconnect: "slow", SlowMS: int(massSlow / time.Millisecond), Until: until.UnixNano()}
 		if !s.flag && i%10 == 0 {
-			// Hung past the callback timeout: only in a handoff, where no
-			// lease is lost (dim documents that a disconnect ignoring its
-			// context past the fence margin may outlive a lost lease).
+			// Hung until its context ends: in a handoff that is the
+			// callback timeout; if the node fences meanwhile (an overloaded
+			// machine can lose a lease anywhere), the hook's context ends at
+			// the fence and it returns within the margin. A 10-minute run
+			// where a fence met such hooks ran keys twice before dim ended
+			// hook contexts at the fence.
 			cfg.Disconnect, cfg.SlowMS = "hang", 0
 		}
 		r.nextKey++
