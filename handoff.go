@@ -108,8 +108,9 @@ func (m *Manager[C, I]) holdMoved(key string, ready map[string]bool, now time.Ti
 	return true
 }
 
-// startPrepare prepares key in the background, once at a time per key.
-func (m *Manager[C, I]) startPrepare(leaseCtx context.Context, session, key string, cfg config[C]) {
+// startPrepare prepares key in the background, once at a time per key. Its
+// span is a child of the reconcile's (ctx), like a create's.
+func (m *Manager[C, I]) startPrepare(ctx, leaseCtx context.Context, session, key string, cfg config[C]) {
 	if m.prepare == nil || m.tab.preparing[key] {
 		return
 	}
@@ -119,7 +120,7 @@ func (m *Manager[C, I]) startPrepare(leaseCtx context.Context, session, key stri
 	m.tab.preparing[key] = true
 	pctx, cancel := context.WithCancel(leaseCtx)
 	go func() {
-		spanCtx, span := m.tel.startCallback(pctx, spanPrepare, key)
+		spanCtx, span := m.tel.startCallback(ctx, spanPrepare, key)
 		start := time.Now()
 		inst, err := callSafely(func() (I, error) { return m.prepare(pctx, cfg.value) })
 		m.tel.endCallback(spanCtx, span, spanPrepare, start, err)

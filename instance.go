@@ -462,7 +462,7 @@ func (m *Manager[C, I]) reconcile() {
 			jobs = append(jobs, createJob[C]{key: key, cfg: configs[key], token: token, gen: gen, lease: leaseCtx})
 		} else if retry := now.Add(m.claimRetry); err == nil && !m.tab.waiting[key].After(retry) {
 			// Held by its old owner: with WithPrepare, get ready meanwhile.
-			m.startPrepare(leaseCtx, session, key, configs[key])
+			m.startPrepare(ctx, leaseCtx, session, key, configs[key])
 			// Refused: try again soon. A later time set by claim (the end
 			// of a grace period) stands, so that the node wakes when the
 			// grace ends instead of polling through it.
