@@ -110,8 +110,26 @@ func TestAgainstALiveService(t *testing.T) {
 	conn := []string{"-redis", srv.Addr(), "-prefix", testPrefix}
 	args := func(extra ...string) []string { return append(slices.Clone(conn), extra...) }
 
-	t.Run("status shows the leader, both nodes and the keys each runs", func(t *testing.T) {
+	t.Run("status shows the leader, both nodes and what they run, from the summary", func(t *testing.T) {
 		code, out, errOut := dimctl(t, args("status", "svc")...)
+		require.Equal(t, 0, code, errOut)
+		assert.Empty(t, errOut)
+		assert.Regexp(t, `(?m)^service +svc$`, out)
+		assert.Regexp(t, fmt.Sprintf(`(?m)^leader +%s \(live\)$`, want.Leader), out)
+		assert.Regexp(t, fmt.Sprintf(`(?m)^epoch +%d$`, want.Epoch), out)
+		assert.Regexp(t, `(?m)^keys +3 assigned, 3 running$`, out)
+		for id, keys := range keysOf(want) {
+			n := len(keys)
+			assert.Regexp(t, fmt.Sprintf(`(?m)^%s +1 +active +\S+ +%d +%d$`, id, n, n), out)
+		}
+		assert.NotContains(t, out, "INSTANCES", "the summary names no running key")
+		assert.Regexp(t, `(?m)^unowned +0 +-$`, out)
+		assert.Regexp(t, `(?m)^moving +0$`, out)
+		t.Logf("dimctl status:\n%s", out)
+	})
+
+	t.Run("status -keys shows the leader, both nodes and the keys each runs", func(t *testing.T) {
+		code, out, errOut := dimctl(t, args("status", "-keys", "svc")...)
 		require.Equal(t, 0, code, errOut)
 		assert.Empty(t, errOut)
 		assert.Regexp(t, `(?m)^service +svc$`, out)
@@ -157,7 +175,7 @@ func TestAgainstALiveService(t *testing.T) {
 		code, out, errOut := dimctl(t, args("-interval", "10ms", "-count", "2", "watch", "svc")...)
 		require.Equal(t, 0, code, errOut)
 		assert.Len(t, regexp.MustCompile(`(?m)^service +svc$`).FindAllString(out, -1), 2)
-		assert.Contains(t, out, "misplaced  0  -\n\nservice", "snapshots separated by a blank line")
+		assert.Contains(t, out, "moving   0\n\nservice", "snapshots separated by a blank line")
 		assert.NotContains(t, out, "\x1b", "no ANSI codes when stdout is not a terminal")
 	})
 
@@ -542,7 +560,7 @@ func TestStatusIsAHealthProbe(t *testing.T) {
 	assert.Regexp(t, `broken \((n1, failing: |failed on n1; tried again at)`, out)
 	// With one node, the key is soon quarantined: still down, still exit 3.
 	require.Eventually(t, func() bool {
-		code, out, errOut = dimctl(t, append(base, "status", "probe")...)
+		code, out, errOut = dimctl(t, append(base, "-keys", "status", "probe")...)
 		return code == exitUnhealthy && strings.Contains(out, "quarantined  1")
 	}, 10*time.Second, 50*time.Millisecond, "exit %d\n%s\n%s", code, out, errOut)
 	assert.Contains(t, out, "broken (failed on n1; tried again at ")
@@ -674,4 +692,85 @@ func TestPlanPrintsMovesAndChangesNothing(t *testing.T) {
 	after, err := dim.ReadStatus(t.Context(), srv.Client(t), dim.WithService("planned"), dim.WithKeyPrefix(testPrefix))
 	require.NoError(t, err)
 	assert.Equal(t, before.Assignment, after.Assignment)
+}
+
+func TestWriteSummaryNamesOnlyWhatDoesNotRun(t *testing.T) {
+	odd := "evil\n\x1b[2Jleader n666"
+	var problems []dim.KeyProblem
+	for i := range 12 {
+		problems = append(problems, dim.KeyProblem{Key: fmt.Sprintf("f%02d", i), AssignedTo: "n2",
+			KeyStatus: dim.KeyStatus{Node: "n2", State: dim.KeyFailing, Live: true, LastError: "refused"}})
+	}
+	problems = append(problems[:2],
+		dim.KeyProblem{Key: odd, AssignedTo: "n1", KeyStatus: dim.KeyStatus{Node: "n2", State: dim.KeyStopping, Live: true}},
+		dim.KeyProblem{Key: "gone", KeyStatus: dim.KeyStatus{Node: "n1", State: dim.KeyStopping, Live: true}})
+	sum := &dim.Summary{
+		Service:    "svc",
+		ServerTime: time.Date(2026, 1, 2, 3, 4, 5, 6e6, time.UTC),
+		Leader:     "n1", LeaderLive: true, Epoch: 7,
+		Nodes: []dim.NodeStatus{
+			{ID: "n2", Weight: 1, State: "suspect", LeaseLeft: 400 * time.Millisecond, TTL: time.Second, Assigned: 50000, Running: 49988},
+			{ID: "n1", Weight: 1, State: "active", LeaseLeft: 900 * time.Millisecond, TTL: time.Second, Assigned: 50000, Running: 50000},
+		},
+		Assigned: 100005, Running: 99988,
+		States:   map[dim.KeyState]int{dim.KeyRunning: 99988, dim.KeyFailing: 1200, dim.KeyStopping: 2},
+		Unowned:  1217, OnDeadNodes: 5,
+		Problems: 1202, ProblemKeys: problems, ProblemsOmitted: 1198,
+		AtRisk:     49988,
+		AtRiskKeys: []dim.KeyProblem{{Key: "r1", KeyStatus: dim.KeyStatus{Node: "n2", State: dim.KeyRunning, Live: true}}},
+		Moving:     1,
+	}
+	var out bytes.Buffer
+	require.NoError(t, writeSummary(&out, sum))
+	assert.Equal(t, `service  svc
+leader   n1 (live)
+epoch    7
+keys     100005 assigned, 99988 running, 1200 failing, 2 stopping, 5 on nodes no longer live
+time     2026-01-02 03:04:05.006 UTC (Redis)
+
+NODE  WEIGHT  STATE    LEASE LEFT  ASSIGNED  RUNNING
+n1    1       active   900ms       50000     50000
+n2    1       suspect  400ms       50000     49988
+
+PENDING
+unowned  1217   f00 (n2, failing: refused), f01 (n2, failing: refused), "evil\n\x1b[2Jleader n666" (n2 to n1, stopping), gone (n1, removed, stopping), … (1198 more)
+at risk  49988  r1 (on suspect n2), … (49987 more)
+moving   1
+`, out.String())
+}
+
+func TestSummaryProblemsNeedTheSameTroubleTwice(t *testing.T) {
+	failing := func(keys ...string) *dim.Summary {
+		sum := &dim.Summary{Unowned: len(keys)}
+		for _, k := range keys {
+			sum.ProblemKeys = append(sum.ProblemKeys, dim.KeyProblem{Key: k, AssignedTo: "n1",
+				KeyStatus: dim.KeyStatus{Node: "n1", State: dim.KeyFailing}})
+		}
+		return sum
+	}
+	first := summaryProblems(failing("a", "b"), nil)
+	assert.Equal(t, []string{"a", "b"}, first.down)
+	assert.Zero(t, first.others)
+	again := summaryProblems(failing("b", "c"), first)
+	assert.Equal(t, []string{"b"}, again.down, "only a key down both times is down")
+	assert.Equal(t, "unhealthy: 1 keys not running: b", again.Error())
+
+	// Keys not claimed by anyone are not named: counted, and down when
+	// some were both times.
+	unclaimed := &dim.Summary{Unowned: 3, ProblemKeys: failing("a").ProblemKeys}
+	first = summaryProblems(unclaimed, nil)
+	assert.Equal(t, 2, first.others)
+	assert.Equal(t, "unhealthy: 3 keys not running: a, and 2 not claimed", first.Error())
+	assert.True(t, summaryProblems(&dim.Summary{}, first).none(), "a handoff that ended is no trouble")
+	assert.Equal(t, 1, summaryProblems(&dim.Summary{Unowned: 1}, first).others)
+
+	// A key held on its way out (no longer assigned) is nobody's trouble.
+	leaving := &dim.Summary{ProblemKeys: []dim.KeyProblem{{Key: "x", KeyStatus: dim.KeyStatus{Node: "n1", State: dim.KeyStopping}}}}
+	assert.True(t, summaryProblems(leaving, nil).none())
+
+	suspect := &dim.Summary{Nodes: []dim.NodeStatus{{ID: "n2", State: "suspect"}}}
+	assert.Equal(t, []string{"n2"}, summaryProblems(suspect, summaryProblems(suspect, nil)).suspect)
+	failed := &dim.Summary{LastRebalance: &dim.LastRebalance{Error: "boom"}}
+	assert.True(t, summaryProblems(failed, nil).onlyRebalance())
+	assert.False(t, summaryProblems(failed, nil).none())
 }
