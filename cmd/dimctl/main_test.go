@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/go-dim/dim"
+	"github.com/go-dim/dim/internal/faultproxy"
 	"github.com/go-dim/dim/internal/redistest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -773,4 +774,49 @@ func TestSummaryProblemsNeedTheSameTroubleTwice(t *testing.T) {
 	failed := &dim.Summary{LastRebalance: &dim.LastRebalance{Error: "boom"}}
 	assert.True(t, summaryProblems(failed, nil).onlyRebalance())
 	assert.False(t, summaryProblems(failed, nil).none())
+}
+
+func TestStatusProbeSeesANodeCutOff(t *testing.T) {
+	srv := redistest.Start(t)
+	proxy, err := faultproxy.New(srv.Addr())
+	require.NoError(t, err)
+	defer func() { _ = proxy.Close() }()
+	ropt := srv.ClientOption()
+	ropt.InitAddress = []string{proxy.Addr()}
+	m, err := dim.New(
+		func(context.Context) ([]string, error) { return []string{"a", "b", "c"}, nil },
+		func(_ context.Context, cfg string) (string, error) { return cfg, nil },
+		dim.WithService("cut"), dim.WithKey(func(c string) string { return c }),
+		dim.WithRedis(ropt), dim.WithNodeID("n1"), dim.WithLogger(nil),
+		dim.WithNodeTTL(time.Second), dim.WithHeartbeat(100*time.Millisecond))
+	require.NoError(t, err)
+	require.NoError(t, m.Start(t.Context()))
+	defer func() {
+		proxy.Heal()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = m.Stop(ctx) // it fenced itself; whether it rejoined before stopping does not matter
+	}()
+	base := []string{"-redis", srv.Addr(), "-down-after", "200ms"}
+	require.Eventually(t, func() bool {
+		code, out, _ := dimctl(t, append(base, "status", "cut")...)
+		return code == exitOK && strings.Contains(out, "3 assigned, 3 running")
+	}, 10*time.Second, 50*time.Millisecond, "every key running")
+
+	// Cut off, the node goes suspect with its keys at risk, then its lease
+	// ends and its keys are down.
+	proxy.Cut(faultproxy.Both)
+	var code int
+	var out, errOut string
+	require.Eventually(t, func() bool {
+		code, out, errOut = dimctl(t, append(base, "status", "cut")...)
+		return code == exitUnhealthy && strings.Contains(errOut, "nodes suspect: n1")
+	}, 5*time.Second, 20*time.Millisecond, "exit %d\n%s\n%s", code, out, errOut)
+	require.Eventually(t, func() bool {
+		code, out, errOut = dimctl(t, append(base, "status", "cut")...)
+		return code == exitUnhealthy && strings.Contains(errOut, "3 keys not running, not claimed")
+	}, 5*time.Second, 20*time.Millisecond, "exit %d\n%s\n%s", code, out, errOut)
+	assert.Contains(t, out, "no live nodes")
+	assert.Regexp(t, `(?m)^keys +3 assigned, 0 running, 3 on nodes no longer live$`, out)
+	assert.Regexp(t, `(?m)^unowned +3 +-$`, out)
 }
