@@ -1,7 +1,9 @@
 // Command dimctl shows and steers a dim service from the outside: who leads,
-// which nodes are live, which instances each node runs and which keys are
-// still moving. It reads everything from the service's Redis and runs no node
-// itself.
+// which nodes are live, how many keys each runs and which keys are not
+// running or still moving. It reads everything from the service's Redis and
+// runs no node itself. status and watch read dim.ReadSummary, whose cost to
+// Redis does not grow with the number of keys that run; -keys (the
+// instances of each node) and -json read every key with dim.ReadStatus.
 //
 // Usage:
 //
