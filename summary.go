@@ -70,6 +70,23 @@ type Summary struct {
 	// under way. Unlike [Status.Misplaced] it includes the keys of dead
 	// nodes until their new node claims them.
 	Moving int `json:"moving"`
+	// Quarantined counts the keys quarantined service-wide (see
+	// [Status.Quarantined]): not assigned, so not in Unowned, and running
+	// nowhere until tried again. QuarantinedKeys lists at most SummaryLimit
+	// of them, by key.
+	Quarantined     int          `json:"quarantined"`
+	QuarantinedKeys []Quarantine `json:"quarantined_keys"`
+	// Outage is set while the leader judges that most keys fail on every
+	// node; see [Status.Outage].
+	Outage *Outage `json:"outage,omitempty"`
+	// Memory is what Redis says about its memory; see [Status.Memory].
+	Memory *RedisMemory `json:"memory,omitempty"`
+	// Frozen is set while a freeze holds voluntary moves back; see
+	// [Status.Frozen].
+	Frozen *FreezeStatus `json:"frozen,omitempty"`
+	// Restarting lists the nodes whose keys wait for them to come back; see
+	// [Status.Restarting].
+	Restarting []RestartHold `json:"restarting"`
 	// Grace is set while no claim is granted; see [Status.Grace].
 	Grace *Grace `json:"grace,omitempty"`
 	// LastRebalance is the outcome of the leader's last rebalance; nil
@@ -198,7 +215,9 @@ func ReadSummary(ctx context.Context, client rueidis.Client, opts ...Option) (*S
 }
 
 // readSummary reads a Summary listing at most limit keys of each kind; with
-// limit 0 it only counts.
+// limit 0 it only counts, and leaves out the quarantines, unhealthy nodes,
+// outage, drains, freeze and memory (the leader, which reads it so, knows
+// them already).
 func readSummary(ctx context.Context, client rueidis.Client, service string, k keys, limit int) (*Summary, error) {
 	res, err := summaryScript.Exec(ctx, client,
 		[]string{k.nodes, k.sessions, k.weights, k.leader, k.assign, k.grace, k.ttls, k.state, k.cfgErr},
@@ -297,6 +316,24 @@ func readSummary(ctx context.Context, client rueidis.Client, service string, k k
 	for i := 0; i+2 < len(risky); i += 3 {
 		sum.AtRiskKeys = append(sum.AtRiskKeys, KeyProblem{Key: risky[i], AssignedTo: risky[i+2],
 			KeyStatus: KeyStatus{Node: risky[i+1], State: KeyRunning, Live: true}})
+	}
+	sum.QuarantinedKeys = []Quarantine{}
+	sum.Restarting = []RestartHold{}
+	if limit > 0 {
+		// The leader's verdicts: a few entries, not one per key that runs.
+		vst := &Status{ServerTime: sum.ServerTime, Nodes: sum.Nodes, Keys: map[string]KeyStatus{}, LastRebalance: sum.LastRebalance}
+		if err := readVerdicts(ctx, client, k, vst, sessions); err != nil {
+			return nil, err
+		}
+		sum.Quarantined = len(vst.Quarantined)
+		sum.QuarantinedKeys = vst.Quarantined[:min(len(vst.Quarantined), limit)]
+		sum.Outage = vst.Outage
+		if err := readHoldStatus(ctx, client, k, vst); err != nil {
+			return nil, err
+		}
+		sum.Frozen = vst.Frozen
+		sum.Restarting = vst.Restarting
+		sum.Memory = readMemory(ctx, client, k)
 	}
 	byKey := func(a, b KeyProblem) int { return strings.Compare(a.Key, b.Key) }
 	slices.SortFunc(sum.ProblemKeys, byKey)

@@ -45,6 +45,9 @@ func disagreement(sum *Summary, st *Status) string {
 	var problems []string
 	moving := 0
 	for key, ks := range st.Keys {
+		if ks.State == KeyQuarantined {
+			continue // the leader's verdict, compared below
+		}
 		if ks.Live {
 			states[ks.State]++
 			if ks.State != KeyRunning {
@@ -79,9 +82,19 @@ func disagreement(sum *Summary, st *Status) string {
 	check("at risk", sum.AtRisk, len(st.AtRisk))
 	check("at risk keys", atRisk, slices.Sorted(slices.Values(st.AtRisk)))
 	check("moving", sum.Moving, moving)
+	var quarantined, sq []string
+	for _, q := range st.Quarantined {
+		quarantined = append(quarantined, q.Key)
+	}
+	for _, q := range sum.QuarantinedKeys {
+		sq = append(sq, q.Key)
+	}
+	check("quarantined", sum.Quarantined, len(st.Quarantined))
+	check("quarantined keys", sq, quarantined)
+	check("outage", sum.Outage != nil, st.Outage != nil)
 	check("leader", sum.Leader+fmt.Sprint(sum.LeaderLive, sum.Epoch), st.Leader+fmt.Sprint(st.LeaderLive, st.Epoch))
 	nodeLine := func(n NodeStatus) string {
-		return fmt.Sprintf("%s %s w%d a%d r%d %q", n.ID, n.State, n.Weight, n.Assigned, n.Running, n.ConfigError)
+		return fmt.Sprintf("%s %s w%d a%d r%d %q unhealthy=%v", n.ID, n.State, n.Weight, n.Assigned, n.Running, n.ConfigError, n.Unhealthy != nil)
 	}
 	var sn, fn []string
 	for _, n := range sum.Nodes {

@@ -62,23 +62,7 @@ func writeStatus(w io.Writer, st *dim.Status) error {
 		}
 		return quote(key) + " (" + quote(st.Assignment[key]) + ", " + why + ")"
 	}))
-	if len(st.Quarantined) > 0 {
-		keys := make([]string, 0, len(st.Quarantined))
-		byKey := map[string]dim.Quarantine{}
-		for _, q := range st.Quarantined {
-			keys = append(keys, q.Key)
-			byKey[q.Key] = q
-		}
-		fmt.Fprintf(tw, "quarantined\t%d\t%s\n", len(keys), list(keys, func(key string) string {
-			q := byKey[key]
-			s := fmt.Sprintf("%s (failed on %s; tried again at %s, level %d", quote(key), list(q.Nodes, quote),
-				q.Until.UTC().Format("15:04:05"), q.Level)
-			if q.LastError != "" {
-				s += ": " + quote(q.LastError)
-			}
-			return s + ")"
-		}))
-	}
+	writeQuarantined(tw, st.Quarantined, len(st.Quarantined))
 	if len(st.AtRisk) > 0 {
 		fmt.Fprintf(tw, "at risk\t%d\t%s\n", len(st.AtRisk), list(st.AtRisk, func(key string) string {
 			return quote(key) + " (on suspect " + quote(st.Keys[key].Node) + ")"
@@ -183,6 +167,25 @@ func writeRestarting(tw io.Writer, holds []dim.RestartHold) {
 	for _, r := range holds {
 		fmt.Fprintf(tw, "%s\t%d keys wait for it, %s more\n", quote(r.Node), r.Keys, roundLease(r.Left))
 	}
+}
+
+// writeQuarantined prints the line of quarantined keys, if there are any:
+// total of them, qs those named.
+func writeQuarantined(tw io.Writer, qs []dim.Quarantine, total int) {
+	if total == 0 {
+		return
+	}
+	qs = slices.SortedFunc(slices.Values(qs), func(a, b dim.Quarantine) int { return strings.Compare(a.Key, b.Key) })
+	shown := make([]string, 0, min(len(qs), maxListed))
+	for _, q := range qs[:min(len(qs), maxListed)] {
+		s := fmt.Sprintf("%s (failed on %s; tried again at %s, level %d", quote(q.Key), list(q.Nodes, quote),
+			q.Until.UTC().Format("15:04:05"), q.Level)
+		if q.LastError != "" {
+			s += ": " + quote(q.LastError)
+		}
+		shown = append(shown, s+")")
+	}
+	fmt.Fprintf(tw, "quarantined\t%d\t%s\n", total, named(shown, total))
 }
 
 // named joins names already shown in order, the first maxListed of them,
@@ -315,13 +318,14 @@ func writeSummary(w io.Writer, sum *dim.Summary) error {
 	if sum.OnDeadNodes > 0 {
 		keys += fmt.Sprintf(", %d on nodes no longer live", sum.OnDeadNodes)
 	}
-	writeHead(tw, sum.Service, sum.Leader, sum.LeaderLive, sum.Epoch, keys, sum.ServerTime, sum.Grace, nil, sum.LastRebalance, nil, nil)
+	writeHead(tw, sum.Service, sum.Leader, sum.LeaderLive, sum.Epoch, keys, sum.ServerTime, sum.Grace, sum.Memory, sum.LastRebalance, sum.Frozen, sum.Outage)
 	nodes := sortedNodes(sum.Nodes)
 	fmt.Fprintln(tw)
 	if len(nodes) == 0 {
 		fmt.Fprintln(tw, "no live nodes")
 	} else {
 		writeNodes(tw, nodes)
+		writeRestarting(tw, sum.Restarting)
 	}
 
 	fmt.Fprintln(tw)
@@ -342,6 +346,7 @@ func writeSummary(w io.Writer, sum *dim.Summary) error {
 		shown = append(shown, quote(p.Key)+" ("+where+", "+why+")")
 	}
 	fmt.Fprintf(tw, "unowned\t%d\t%s\n", sum.Unowned, named(shown, sum.Problems))
+	writeQuarantined(tw, sum.QuarantinedKeys, sum.Quarantined)
 	if sum.AtRisk > 0 {
 		var risky []string
 		for _, p := range sum.AtRiskKeys {

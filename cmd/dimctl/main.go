@@ -394,22 +394,30 @@ func (s snapshot) problems(before *unhealthy) *unhealthy {
 }
 
 // summaryProblems is problems for a summary: the keys it names (those a
-// live node holds in another state than running), and a count of the
-// others (not claimed yet, or on a dead node), down when some were both
-// times.
+// live node holds in another state than running, and quarantined ones), and
+// a count of the others (not claimed yet, on a dead node, or past the
+// summary's limit), down when some were both times.
 func summaryProblems(sum *dim.Summary, before *unhealthy) *unhealthy {
 	u := &unhealthy{}
 	named := 0
+	var down []string
 	for _, p := range sum.ProblemKeys {
 		if p.AssignedTo == "" {
 			continue // not assigned: a key on its way out
 		}
 		named++
-		if before == nil || slices.Contains(before.down, p.Key) {
-			u.down = append(u.down, p.Key)
+		down = append(down, p.Key)
+	}
+	for _, q := range sum.QuarantinedKeys {
+		down = append(down, q.Key)
+	}
+	slices.Sort(down)
+	for _, key := range down {
+		if before == nil || slices.Contains(before.down, key) {
+			u.down = append(u.down, key)
 		}
 	}
-	u.others = max(0, sum.Unowned-named)
+	u.others = max(0, sum.Unowned-named) + max(0, sum.Quarantined-len(sum.QuarantinedKeys))
 	if before != nil {
 		u.others = min(u.others, before.others)
 	}
@@ -421,6 +429,7 @@ func summaryProblems(sum *dim.Summary, before *unhealthy) *unhealthy {
 	if r := sum.LastRebalance; r != nil && r.Error != "" {
 		u.rebalance = r.Error
 	}
+	u.oom = sum.Memory != nil && sum.Memory.OutOfMemory
 	return u
 }
 

@@ -561,12 +561,19 @@ func TestStatusIsAHealthProbe(t *testing.T) {
 	assert.Regexp(t, `broken \((n1, failing: |failed on n1; tried again at)`, out)
 	// With one node, the key is soon quarantined: still down, still exit 3.
 	require.Eventually(t, func() bool {
-		code, out, errOut = dimctl(t, append(base, "-keys", "status", "probe")...)
+		code, out, errOut = dimctl(t, append(base, "status", "probe")...)
 		return code == exitUnhealthy && strings.Contains(out, "quarantined  1")
 	}, 10*time.Second, 50*time.Millisecond, "exit %d\n%s\n%s", code, out, errOut)
 	assert.Contains(t, out, "broken (failed on n1; tried again at ")
 	assert.Contains(t, out, "level 1: upstream refused)")
 	assert.Contains(t, errOut, "unhealthy: 1 keys not running: broken")
+	assert.Regexp(t, `(?m)^keys +2 assigned, 2 running$`, out, "the summary counts the quarantined key apart")
+
+	// The full read says the same, and names every key.
+	code, out, errOut = dimctl(t, append(base, "-keys", "status", "probe")...)
+	assert.Equal(t, exitUnhealthy, code, out)
+	assert.Contains(t, errOut, "unhealthy: 1 keys not running: broken")
+	assert.Contains(t, out, "broken (failed on n1; tried again at ")
 	assert.Contains(t, out, strconv.Quote(odd), "a key that is not printable is quoted")
 	assert.NotContains(t, out, "\x1b", "no terminal escape reaches the operator")
 	for _, line := range strings.Split(out, "\n") {
