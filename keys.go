@@ -180,9 +180,10 @@ func parseEvent(msg string) (verb string, args []string) {
 // state, so that the mirrors the summary reads (see keys) stay exact: per
 // node and state, the set of keys the node says are in that state, and the
 // set of keys whose state comes from a node other than the one they are
-// assigned to (mirrorChange and mirrorApply do the same in bulk). A node's sets are dropped (dropStates) when its session
-// ends, joins anew or expires; the entries of its old sessions stay in the
-// state hash, stale, until they are overwritten or removed. Scripts that a
+// assigned to (mirrorChange and mirrorApply do the same in bulk). A node's
+// sets are dropped (dropStates) when its session ends, joins anew or
+// expires; the entries of its old sessions stay in the state hash, stale,
+// until they are overwritten or removed. Scripts that a
 // full Redis must refuse (those without allow-oom) touch the mirrors only
 // after their first write that needs memory: Redis checks memory at a
 // script's first write only, and SREM or DEL would let the rest through.
