@@ -31,6 +31,11 @@ import (
 //	<p>:fence      STRING the last token handed out
 //	<p>:state      HASH  key → what the node that holds it says it does:
 //	                     JSON {"n":node,"s":session,"st":state,…}
+//	<p>:state:<st>:<node> SET the keys whose state the node's current
+//	                     session published as st: mirrors of the state hash
+//	                     that the summary counts without reading it
+//	<p>:state:moving SET keys whose state comes from a node other than the
+//	                     one they are assigned to (or that are unassigned)
 //	<p>:cfgerr     HASH  node → its last failed getConfig, JSON {"e","t","k"}
 //	<p>:avoid      HASH  key → "node=until_ms …": nodes that must not get the
 //	                     key (until 0: until they say otherwise)
@@ -119,6 +124,16 @@ func newKeys(keyPrefix, service string) keys {
 // assigned is the set of keys assigned to node.
 func (k keys) assigned(node string) string { return k.prefix + ":a:" + node }
 
+// inState is the set of keys whose state node published as st (see
+// putState).
+func (k keys) inState(st KeyState, node string) string {
+	return k.state + ":" + string(st) + ":" + node
+}
+
+// moving is the set of keys whose state comes from a node other than the
+// one they are assigned to.
+func (k keys) moving() string { return k.state + ":moving" }
+
 // Events on the service channel: a verb and space-separated arguments. Node
 // IDs contain no spaces (see namePattern).
 const (
@@ -160,6 +175,18 @@ func parseEvent(msg string) (verb string, args []string) {
 // runs. A server that gives no ids (an embedded test server) leaves trust to
 // the older rule in joinScript. With WithDurableRedis, a record written by
 // another server is trusted as it is.
+//
+// putState is the only way a script writes or removes a key's published
+// state, so that the mirrors the summary reads (see keys) stay exact: per
+// node and state, the set of keys the node says are in that state, and the
+// set of keys whose state comes from a node other than the one they are
+// assigned to (mirrorChange and mirrorApply do the same in bulk). A node's
+// sets are dropped (dropStates) when its session ends, joins anew or
+// expires; the entries of its old sessions stay in the state hash, stale,
+// until they are overwritten or removed. Scripts that a
+// full Redis must refuse (those without allow-oom) touch the mirrors only
+// after their first write that needs memory: Redis checks memory at a
+// script's first write only, and SREM or DEL would let the rest through.
 const luaPrelude = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -215,6 +242,70 @@ local function trust(origin, grace, ttls, maxttl, floor, durable)
   redis.call('HSET', origin, 'id', id, 'gen', gen)
   return gen, true
 end
+local keyStates = {'running', 'failing', 'hung', 'unknown', 'stopping', 'creating'}
+local mirrored = {}
+for _, s in ipairs(keyStates) do mirrored[s] = true end
+local function recordOf(v)
+  if not v then return nil, nil end
+  return string.match(v, '^{"n":"([^"]*)","s":"[^"]*","st":"([^"]*)"')
+end
+local function byState(state, st, node) return state .. ':' .. st .. ':' .. node end
+local function bulk(cmd, key, list)
+  for i = 1, #list, 1000 do redis.call(cmd, key, unpack(list, i, math.min(i + 999, #list))) end
+end
+local function unmove(state, key)
+  if redis.call('SISMEMBER', state .. ':moving', key) == 1 then redis.call('SREM', state .. ':moving', key) end
+end
+local function markMoving(state, key, recNode, assigned)
+  if recNode and recNode ~= assigned then
+    redis.call('SADD', state .. ':moving', key)
+  else
+    unmove(state, key)
+  end
+end
+local function putState(state, assign, key, v)
+  local old, st = recordOf(redis.call('HGET', state, key))
+  if old and mirrored[st] then redis.call('SREM', byState(state, st, old), key) end
+  if not v then
+    redis.call('HDEL', state, key)
+    unmove(state, key)
+    return
+  end
+  redis.call('HSET', state, key, v)
+  local n
+  n, st = recordOf(v)
+  if n and mirrored[st] then redis.call('SADD', byState(state, st, n), key) end
+  markMoving(state, key, n, redis.call('HGET', assign, key))
+end
+local function newMirror() return {rem = {}, add = {}, moving = {}, still = {}} end
+local function mirrorChange(mb, state, key, oldv, newv, assigned)
+  local on, ost = recordOf(oldv)
+  if on and mirrored[ost] then
+    local set = byState(state, ost, on)
+    mb.rem[set] = mb.rem[set] or {}
+    table.insert(mb.rem[set], key)
+  end
+  local n, st = recordOf(newv)
+  if n and mirrored[st] then
+    local set = byState(state, st, n)
+    mb.add[set] = mb.add[set] or {}
+    table.insert(mb.add[set], key)
+  end
+  if n and n ~= assigned then
+    table.insert(mb.moving, key)
+  elseif on then
+    table.insert(mb.still, key)
+  end
+end
+local function mirrorApply(mb, state)
+  for set, list in pairs(mb.rem) do bulk('SREM', set, list) end
+  for set, list in pairs(mb.add) do bulk('SADD', set, list) end
+  bulk('SADD', state .. ':moving', mb.moving)
+  bulk('SREM', state .. ':moving', mb.still)
+end
+local function dropStates(state, node)
+  for _, s in ipairs(keyStates) do redis.call('DEL', byState(state, s, node)) end
+end
 `
 
 func script(body string) *rueidis.Lua { return rueidis.NewLuaScript(luaPrelude + body) }
@@ -244,7 +335,10 @@ func (k keys) trustKeys() []string { return []string{k.origin, k.grace, k.ttls, 
 // A join into a service with no live member marks a restart of the service
 // in fleet, for the leader's join window (see settleJoins).
 //
-// KEYS: nodes sessions weights fence origin grace ttls maxttl fleet
+// The state sets of an earlier session of the node are dropped: its
+// published states are stale.
+//
+// KEYS: nodes sessions weights fence origin grace ttls maxttl fleet state
 // ARGV: node ttl_ms floor_ms (the largest TTL this node has seen) durable
 // Returns {session, server_ms, grace_left_ms, generation, max_ttl_ms}, or
 // {"", server_ms, wait_ms, "", 0} while a live session holds the ID.
@@ -262,6 +356,7 @@ if #redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'LIMIT', 0, 1) == 0
   end
 end
 local session = nextToken(KEYS[4])
+dropStates(KEYS[10], node)
 redis.call('ZADD', KEYS[1], now + ttl, node)
 redis.call('HSET', KEYS[2], node, session)
 redis.call('HSET', KEYS[3], node, 'pending')
@@ -343,12 +438,13 @@ return 1
 
 // leaveScript ends a node's membership if its session is still current.
 //
-// KEYS: nodes sessions weights ttls cfgerr traces
+// KEYS: nodes sessions weights ttls cfgerr traces state
 // ARGV: node session channel
 var leaveScript = keepScript(`
 if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 for i = 2, 6 do redis.call('HDEL', KEYS[i], ARGV[1]) end
+dropStates(KEYS[7], ARGV[1])
 redis.call('PUBLISH', ARGV[3], 'leave ' .. ARGV[1])
 return 1
 `)
@@ -356,7 +452,7 @@ return 1
 // membersScript drops expired members (announcing them as left) and lists
 // the live ones.
 //
-// KEYS: nodes sessions weights ttls cfgerr traces
+// KEYS: nodes sessions weights ttls cfgerr traces state
 // ARGV: channel
 // Returns {server_ms, node, expiry_ms, weight, node, …}.
 var membersScript = keepScript(`
@@ -365,6 +461,7 @@ if #dead > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
   for _, n in ipairs(dead) do
     for i = 2, 6 do redis.call('HDEL', KEYS[i], n) end
+    dropStates(KEYS[7], n)
   end
   redis.call('PUBLISH', ARGV[1], 'leave ' .. table.concat(dead, ' '))
 end
@@ -443,7 +540,9 @@ return {l[1], l[3], ok}
 // changed, and leaves the rebalance's trace context ("-" if none) for each of
 // them, so that the reconcile that acts on the change can link to it. A key
 // that leaves the configs while its owner is dead takes its owner entry and
-// state with it; a live owner releases them itself when it has stopped.
+// state with it; a live owner releases them itself when it has stopped. The
+// set of keys whose state is published by another node than the one they
+// are assigned to follows every change (see putState).
 //
 // KEYS: epoch assign traces nodes sessions owner state, then set_1 … set_m
 // (the per-node sets involved)
@@ -453,7 +552,7 @@ return {l[1], l[3], ok}
 var writeScript = script(`
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local m = tonumber(ARGV[4])
-local adds, rems, sets, dels = {}, {}, {}, {}
+local adds, rems, sets, dels, marks = {}, {}, {}, {}, {}
 for i = 5 + m, #ARGV, 3 do
   local key, new, old = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   if old > 0 then
@@ -465,15 +564,23 @@ for i = 5 + m, #ARGV, 3 do
     table.insert(adds[new], key)
     sets[#sets + 1] = key
     sets[#sets + 1] = ARGV[4 + new]
+    marks[#marks + 1] = key
+    marks[#marks + 1] = ARGV[4 + new]
   else
     dels[#dels + 1] = key
     local cur = redis.call('HGET', KEYS[6], key)
+    local gone = false
     if cur then
       local on, os = string.match(cur, '^(%S+) (%S+) ')
       if not live(KEYS[4], KEYS[5], on, os) then
         redis.call('HDEL', KEYS[6], key)
-        redis.call('HDEL', KEYS[7], key)
+        putState(KEYS[7], KEYS[2], key, nil)
+        gone = true
       end
+    end
+    if not gone then
+      marks[#marks + 1] = key
+      marks[#marks + 1] = false
     end
   end
 end
@@ -488,6 +595,9 @@ for i = 1, m do
 end
 if #sets > 0 then redis.call('HSET', KEYS[2], unpack(sets)) end
 if #dels > 0 then redis.call('HDEL', KEYS[2], unpack(dels)) end
+for i = 1, #marks, 2 do
+  markMoving(KEYS[7], marks[i], recordOf(redis.call('HGET', KEYS[7], marks[i])), marks[i + 1] or nil)
+end
 if #notify > 0 then
   redis.call('PUBLISH', ARGV[2], 'assign ' .. ARGV[1] .. ' ' .. table.concat(notify, ' '))
 end
@@ -505,7 +615,8 @@ return 1
 //
 // An owner entry is "node session token generation".
 //
-// A granted key's state becomes "creating".
+// A granted key's state becomes "creating", and the summary's mirrors follow
+// in bulk (see putState).
 //
 // KEYS: nodes sessions assign owner fence origin grace ttls maxttl state
 // ARGV: node session floor_ms durable key…
@@ -523,7 +634,7 @@ local out = {1, 0}
 local mine = node .. ' ' .. session .. ' '
 local creating = '{"n":"' .. node .. '","s":"' .. session .. '","st":"creating","t":' .. now .. '}'
 local last = math.max(tonumber(redis.call('GET', KEYS[5]) or '0'), tonumber(t[1]) * 1000000 + tonumber(t[2]) - 1)
-local owners, states, alive = {}, {}, {}
+local owners, states, alive, grants = {}, {}, {}, {}
 local keys = {unpack(ARGV, 5)}
 if #keys == 0 then return out end
 local assigned = redis.call('HMGET', KEYS[3], unpack(keys))
@@ -552,14 +663,21 @@ for j, key in ipairs(keys) do
       owners[#owners + 1] = mine .. token .. ' ' .. gen
       states[#states + 1] = key
       states[#states + 1] = creating
+      grants[#grants + 1] = key
     end
   end
   out[#out + 1] = token
 end
 if #owners > 0 then
+  -- The mirrors follow the first write that needs memory (the token), so
+  -- that a full Redis refuses the claim before it writes anything.
   redis.call('SET', KEYS[5], fmt(last))
+  local mb = newMirror()
+  local olds = redis.call('HMGET', KEYS[10], unpack(grants))
+  for j, key in ipairs(grants) do mirrorChange(mb, KEYS[10], key, olds[j], creating, node) end
   redis.call('HSET', KEYS[4], unpack(owners))
   redis.call('HSET', KEYS[10], unpack(states))
+  mirrorApply(mb, KEYS[10])
 end
 return out
 `)
@@ -573,6 +691,7 @@ var releaseScript = keepScript(`
 local mine = ARGV[1] .. ' ' .. ARGV[2] .. ' '
 local minestate = '{"n":"' .. ARGV[1] .. '","s":"' .. ARGV[2] .. '"'
 local dels, sdels = {}, {}
+local mb = newMirror()
 for from = 4, #ARGV, 1000 do
   local to = math.min(from + 999, #ARGV)
   local owners = redis.call('HMGET', KEYS[1], unpack(ARGV, from, to))
@@ -580,11 +699,15 @@ for from = 4, #ARGV, 1000 do
   for j = 1, to - from + 1 do
     local key, cur, st = ARGV[from + j - 1], owners[j], states[j]
     if cur and string.sub(cur, 1, #mine) == mine then dels[#dels + 1] = key end
-    if st and string.sub(st, 1, #minestate) == minestate then sdels[#sdels + 1] = key end
+    if st and string.sub(st, 1, #minestate) == minestate then
+      sdels[#sdels + 1] = key
+      mirrorChange(mb, KEYS[2], key, st, nil, nil)
+    end
   end
 end
-for i = 1, #dels, 1000 do redis.call('HDEL', KEYS[1], unpack(dels, i, math.min(i + 999, #dels))) end
-for i = 1, #sdels, 1000 do redis.call('HDEL', KEYS[2], unpack(sdels, i, math.min(i + 999, #sdels))) end
+bulk('HDEL', KEYS[1], dels)
+bulk('HDEL', KEYS[2], sdels)
+mirrorApply(mb, KEYS[2])
 if #dels > 0 then redis.call('PUBLISH', ARGV[3], 'release ' .. ARGV[1]) end
 return #dels
 `)
@@ -594,40 +717,49 @@ return #dels
 // that nobody owns, or whose entry is already its own, and only while its
 // session is live.
 //
-// KEYS: nodes sessions owner state
+// KEYS: nodes sessions owner state assign
 // ARGV: node session key value key value…
 // Returns {1, refused key…}, or {0} if the session is not live.
 var stateScript = keepScript(`
 if not live(KEYS[1], KEYS[2], ARGV[1], ARGV[2]) then return {0} end
 local mine = ARGV[1] .. ' ' .. ARGV[2] .. ' '
 local minestate = '{"n":"' .. ARGV[1] .. '","s":"' .. ARGV[2] .. '"'
-local out, set = {1}, {}
+local out, set, del = {1}, {}, {}
 if #ARGV < 3 then return out end
 local keys = {}
 for i = 3, #ARGV, 2 do keys[#keys + 1] = ARGV[i] end
 local owners = redis.call('HMGET', KEYS[3], unpack(keys))
+local olds = redis.call('HMGET', KEYS[4], unpack(keys))
+local assigned = redis.call('HMGET', KEYS[5], unpack(keys))
+local mb = newMirror()
 for i = 3, #ARGV, 2 do
-  local key, v = ARGV[i], ARGV[i + 1]
-  local cur = owners[(i - 1) / 2]
+  local j = (i - 1) / 2
+  local key, v, cur, st = ARGV[i], ARGV[i + 1], owners[j], olds[j]
+  local own = st and string.sub(st, 1, #minestate) == minestate
+  local write
   if cur and string.sub(cur, 1, #mine) == mine then
-    if v == '' then redis.call('HDEL', KEYS[4], key) else
-      set[#set + 1] = key
-      set[#set + 1] = v
-    end
+    write = v ~= '' or st
+  elseif v == '' then
+    write = own
+  elseif own or not cur then
+    write = true
   else
-    local st = redis.call('HGET', KEYS[4], key)
-    local own = st and string.sub(st, 1, #minestate) == minestate
+    out[#out + 1] = key
+  end
+  if write then
     if v == '' then
-      if own then redis.call('HDEL', KEYS[4], key) end
-    elseif own or not cur then
+      del[#del + 1] = key
+      mirrorChange(mb, KEYS[4], key, st, nil, nil)
+    else
       set[#set + 1] = key
       set[#set + 1] = v
-    else
-      out[#out + 1] = key
+      mirrorChange(mb, KEYS[4], key, st, v, assigned[j])
     end
   end
 end
+bulk('HDEL', KEYS[4], del)
 if #set > 0 then redis.call('HSET', KEYS[4], unpack(set)) end
+mirrorApply(mb, KEYS[4])
 return out
 `)
 
@@ -670,7 +802,7 @@ for i = 1, #entries, 2 do
     local on, os = string.match(cur, '^(%S+) (%S+) ')
     if not live(KEYS[1], KEYS[2], on, os) then
       redis.call('HDEL', KEYS[4], key)
-      redis.call('HDEL', KEYS[5], key)
+      putState(KEYS[5], KEYS[3], key, nil)
     end
   end
 end

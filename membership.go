@@ -126,7 +126,7 @@ func (m *Manager[C, I]) join(ctx context.Context) error {
 	defer cancel()
 	sent, sentBoot := time.Now(), m.lease.boot()
 	res, err := joinScript.Exec(ctx, m.client,
-		append(append([]string{m.k.nodes, m.k.sessions, m.k.weights, m.k.fence}, m.k.trustKeys()...), m.k.fleet),
+		append(append([]string{m.k.nodes, m.k.sessions, m.k.weights, m.k.fence}, m.k.trustKeys()...), m.k.fleet, m.k.state),
 		[]string{m.s.nodeID, ms(m.s.nodeTTL), ms(m.ttlFloor()), m.durable()}).ToArray()
 	if err != nil {
 		return fmt.Errorf("join: %w", err)
@@ -342,7 +342,7 @@ func (m *Manager[C, I]) leave(ctx context.Context) error {
 	}
 	m.lease.end()
 	return leaveScript.Exec(ctx, m.client, &m.plainScripts,
-		[]string{m.k.nodes, m.k.sessions, m.k.weights, m.k.ttls, m.k.cfgErr, m.k.traces},
+		[]string{m.k.nodes, m.k.sessions, m.k.weights, m.k.ttls, m.k.cfgErr, m.k.traces, m.k.state},
 		[]string{m.s.nodeID, session, m.k.channel}).Error()
 }
 
@@ -357,7 +357,7 @@ type member struct {
 // time, in milliseconds.
 func (m *Manager[C, I]) members(ctx context.Context) (now int64, live []member, err error) {
 	res, err := membersScript.Exec(ctx, m.client, &m.plainScripts,
-		[]string{m.k.nodes, m.k.sessions, m.k.weights, m.k.ttls, m.k.cfgErr, m.k.traces},
+		[]string{m.k.nodes, m.k.sessions, m.k.weights, m.k.ttls, m.k.cfgErr, m.k.traces, m.k.state},
 		[]string{m.k.channel}).ToArray()
 	if err != nil {
 		return 0, nil, err

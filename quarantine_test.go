@@ -312,6 +312,13 @@ func TestAKeyThatFailsEverywhereIsQuarantinedThenTriedAgain(t *testing.T) {
 		_, assigned := st.Assignment["cfg-01"]
 		return !assigned && len(st.Unowned) == 0 && len(c.rec.LiveByKey()) == 5
 	})
+	// The summary says the same: five running, one quarantined.
+	sum, _ := c.agree(5*time.Second, "the summary agrees while cfg-01 is quarantined", func(sum *Summary, _ *Status) bool {
+		return sum.Quarantined == 1 && sum.Running == 5
+	})
+	require.Len(t, sum.QuarantinedKeys, 1)
+	assert.Equal(t, "cfg-01", sum.QuarantinedKeys[0].Key)
+	assert.Zero(t, sum.Unowned)
 
 	// Tried again after its backoff, it fails again: quarantined for longer.
 	c.eventually(30*time.Second, "cfg-01 quarantined again, at level 2", func() bool {

@@ -292,16 +292,17 @@ func (m *Manager[C, I]) recordFleet(ctx context.Context, st *leaderState, n int,
 }
 
 // observe records how many keys are not running where they should, from a
-// status snapshot: both counts drain to zero after every disturbance.
+// summary that only counts, so that its cost to Redis does not grow with the
+// number of keys: both counts drain to zero after every disturbance.
 func (m *Manager[C, I]) observe(ctx context.Context, st *leaderState) {
 	st.observed = time.Now()
 	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
-	status, err := readStatus(rctx, m.client, m.s.service, m.k)
+	sum, err := readSummary(rctx, m.client, m.s.service, m.k, 0)
 	if err != nil {
 		return
 	}
-	m.tel.setPending(len(status.Unowned), len(status.Misplaced))
+	m.tel.setPending(sum.Unowned, sum.Moving)
 }
 
 // rebalance computes and writes a new assignment. It returns how long until

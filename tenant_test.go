@@ -94,6 +94,10 @@ func TestTenantsSharingARedisNeitherLearnNorDisturbEachOther(t *testing.T) {
 		"sadd":             {bk.assigned("n1"), "x"},
 		"srem":             {bk.assigned("n1"), "cfg-00"},
 		"pttl":             {bk.freeze},
+		"sismember":        {bk.moving(), "cfg-00"},
+		"scard":            {bk.inState(KeyRunning, "n1")},
+		"sscan":            {bk.inState(KeyRunning, "n1"), "0"},
+		"hlen":             {bk.assign},
 	}
 	keyless := map[string]bool{"ping": true, "time": true, "info": true, "cluster|slots": true, "cluster|shards": true}
 	for _, rule := range aclLine(t, tenantDocUser)[3:] {

@@ -25,6 +25,8 @@
 //	         from Redis: fence → last disconnect returned, per n
 //	prepare  a join moves n keys whose start takes 500 ms: the dark gap per key
 //	         with and without WithPrepare (make-before-break)
+//	reads    the full status and the summary of a converged service: time in
+//	         Redis per read (SLOWLOG), time the caller waits, reply size
 //
 // In-process nodes each have their own Redis connections; crash scenarios
 // run the victim as a child process (this program re-executed as "node")
@@ -106,6 +108,8 @@ type config struct {
 	rollingPause time.Duration
 	fence        []int
 	fenceTTL     time.Duration
+	reads        []size
+	readsTTL     time.Duration
 	fenceHook    time.Duration
 	cpuProfile   string
 	memProfile   string
@@ -114,7 +118,7 @@ type config struct {
 	verbose      bool
 }
 
-var allScenarios = []string{"handoff", "crash", "leader", "cold", "steady", "churn", "restart", "fence", "rolling", "prepare"}
+var allScenarios = []string{"handoff", "crash", "leader", "cold", "steady", "churn", "restart", "fence", "rolling", "prepare", "reads"}
 
 func flagSet(name string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
@@ -127,7 +131,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	var (
 		cfg                                             config
 		scenarios, handoff, crash, leader, cold, steady string
-		churn, restart, fence, rolling                  string
+		churn, restart, fence, rolling, reads           string
 		quick                                           bool
 	)
 	fs.StringVar(&scenarios, "scenarios", "all", "comma-separated scenarios: "+strings.Join(allScenarios, ",")+", or all")
@@ -157,6 +161,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&fence, "fence", "100,1000,10000", "fence: instance counts of the node that fences")
 	fs.DurationVar(&cfg.fenceTTL, "fence-ttl", 2*time.Second, "fence: node TTL; the fence margin is a fifth of it and must exceed -fence-hook")
 	fs.DurationVar(&cfg.fenceHook, "fence-hook", 150*time.Millisecond, "fence: how long each disconnect hook takes")
+	fs.StringVar(&reads, "reads", "10x100000", "reads: sizes, nodes x keys")
+	fs.DurationVar(&cfg.readsTTL, "reads-ttl", 5*time.Second, "reads: node TTL (5s: dim's default timings)")
 	fs.StringVar(&cfg.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run")
 	fs.StringVar(&cfg.memProfile, "memprofile", "", "write a heap profile while the first steady-state size runs (else at the end)")
 	fs.StringVar(&cfg.mdPath, "md", "", "also write the table as Markdown to this file")
@@ -176,6 +182,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		restart, cfg.restartTTL = "3x12", ttl
 		rolling, cfg.rollingTTL, cfg.rollingPause = "3x12", ttl, 100*time.Millisecond
 		fence, cfg.fenceTTL, cfg.fenceHook = "100", time.Second, 50*time.Millisecond
+		reads, cfg.readsTTL = "3x12", ttl
 		cfg.steadyWindow = 900 * time.Millisecond
 		if cfg.runs == 0 {
 			cfg.runs = 1
@@ -209,7 +216,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		flag string
 		s    string
 		out  *[]size
-	}{{"-cold", cold, &cfg.cold}, {"-steady", steady, &cfg.steady}, {"-churn", churn, &cfg.churn}, {"-restart", restart, &cfg.restart}, {"-rolling", rolling, &cfg.rolling}} {
+	}{{"-cold", cold, &cfg.cold}, {"-steady", steady, &cfg.steady}, {"-churn", churn, &cfg.churn}, {"-restart", restart, &cfg.restart}, {"-rolling", rolling, &cfg.rolling}, {"-reads", reads, &cfg.reads}} {
 		if *p.out, err = parseList(p.s, parseSize); err != nil {
 			return nil, fmt.Errorf("%s: %w", p.flag, err)
 		}
@@ -354,7 +361,7 @@ func runBench(ctx context.Context, cfg *config, args []string, stdout, stderr io
 	}{
 		{"handoff", b.handoff}, {"crash", b.crash}, {"leader", b.leader},
 		{"cold", b.cold}, {"steady", b.steady}, {"churn", b.churn},
-		{"restart", b.restart}, {"fence", b.fence}, {"rolling", b.rolling}, {"prepare", b.prepare},
+		{"restart", b.restart}, {"fence", b.fence}, {"rolling", b.rolling}, {"prepare", b.prepare}, {"reads", b.reads},
 	} {
 		if !cfg.scenarios[s.name] {
 			continue

@@ -24,13 +24,6 @@ const maxListed = 10
 func writeStatus(w io.Writer, st *dim.Status) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 
-	leader := "none"
-	switch {
-	case st.Leader != "" && st.LeaderLive:
-		leader = quote(st.Leader) + " (live)"
-	case st.Leader != "":
-		leader = quote(st.Leader) + " (not live: its lease ran out or it rejoined; a new leader takes over)"
-	}
 	running := 0
 	runs := map[string][]string{}
 	for key, ks := range st.Keys {
@@ -39,85 +32,16 @@ func writeStatus(w io.Writer, st *dim.Status) error {
 			runs[ks.Node] = append(runs[ks.Node], key)
 		}
 	}
-	fmt.Fprintf(tw, "service\t%s\n", quote(st.Service))
-	fmt.Fprintf(tw, "leader\t%s\n", leader)
-	fmt.Fprintf(tw, "epoch\t%d\n", st.Epoch)
-	fmt.Fprintf(tw, "keys\t%d assigned, %d running\n", len(st.Assignment), running)
-	fmt.Fprintf(tw, "time\t%s (Redis)\n", st.ServerTime.UTC().Format("2006-01-02 15:04:05.000 MST"))
-	if g := st.Grace; g != nil {
-		why := "Redis holds no record of the service (its first start, or Redis lost its data)"
-		if g.Reason == dim.GraceRestored {
-			why = "Redis restarted or failed over since the record was written; nodes it forgot may still run instances"
-		}
-		fmt.Fprintf(tw, "grace\tno instance starts for %s more: %s\n", roundLease(g.Left), why)
-	}
-	if mem := st.Memory; mem != nil && mem.OutOfMemory {
-		fmt.Fprintf(tw, "redis\tOUT OF MEMORY: %d MiB used of maxmemory %d MiB (%s): nothing new starts; running instances keep running\n",
-			mem.Used>>20, mem.Max>>20, mem.Policy)
-	}
-	if r := st.LastRebalance; r != nil && (r.Error != "" || r.Pending > 0 || r.InFlight > 0) {
-		switch {
-		case r.Error != "":
-			fmt.Fprintf(tw, "rebalance\tfailed at %s: %s\n", r.At.UTC().Format("15:04:05"), quote(r.Error))
-		default:
-			fmt.Fprintf(tw, "rebalance\t%d moves in flight, %d held for later steps (move budget or freeze)\n", r.InFlight, r.Pending)
-		}
-	}
-	if f := st.Frozen; f != nil {
-		fmt.Fprintf(tw, "frozen\tfor %s more: joins, weight changes and rebalances move nothing; failures and drains still do\n", roundLease(f.Left))
-	}
-	if o := st.Outage; o != nil {
-		fmt.Fprintf(tw, "outage\tsince %s, %d keys fail on every node: keys stay where they are and retry with backoff\n",
-			o.Since.UTC().Format("15:04:05"), o.FailingKeys)
-	}
+	writeHead(tw, st.Service, st.Leader, st.LeaderLive, st.Epoch,
+		fmt.Sprintf("%d assigned, %d running", len(st.Assignment), running), st.ServerTime, st.Grace, st.Memory, st.LastRebalance, st.Frozen, st.Outage)
 
 	nodes := sortedNodes(st.Nodes)
 	fmt.Fprintln(tw)
 	if len(nodes) == 0 {
 		fmt.Fprintln(tw, "no live nodes")
 	} else {
-		fmt.Fprintln(tw, "NODE\tWEIGHT\tSTATE\tLEASE LEFT\tASSIGNED\tRUNNING")
-		for _, n := range nodes {
-			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\n",
-				quote(n.ID), n.Weight, nodeState(n), roundLease(n.LeaseLeft), n.Assigned, n.Running)
-		}
-
-		var failing []dim.NodeStatus
-		for _, n := range nodes {
-			if n.ConfigError != "" {
-				failing = append(failing, n)
-			}
-		}
-		if len(failing) > 0 {
-			fmt.Fprintln(tw)
-			fmt.Fprintln(tw, "GETCONFIG FAILING")
-			for _, n := range failing {
-				fmt.Fprintf(tw, "%s\tsince %s, %d keys kept as they were: %s\n", quote(n.ID),
-					n.ConfigErrorAt.UTC().Format("15:04:05"), n.ConfigErrorKeys, quote(n.ConfigError))
-			}
-		}
-		var sick []dim.NodeStatus
-		for _, n := range nodes {
-			if n.Unhealthy != nil {
-				sick = append(sick, n)
-			}
-		}
-		if len(sick) > 0 {
-			fmt.Fprintln(tw)
-			fmt.Fprintln(tw, "UNHEALTHY")
-			for _, n := range sick {
-				u := n.Unhealthy
-				fmt.Fprintf(tw, "%s\tno keys until a probe at %s (level %d); failed here, ran elsewhere: %s\n", quote(n.ID),
-					u.Until.UTC().Format("15:04:05"), u.Level, list(u.Keys, quote))
-			}
-		}
-		if len(st.Restarting) > 0 {
-			fmt.Fprintln(tw)
-			fmt.Fprintln(tw, "RESTARTING")
-			for _, r := range st.Restarting {
-				fmt.Fprintf(tw, "%s\t%d keys wait for it, %s more\n", quote(r.Node), r.Keys, roundLease(r.Left))
-			}
-		}
+		writeNodes(tw, nodes)
+		writeRestarting(tw, st.Restarting)
 		fmt.Fprintln(tw)
 		fmt.Fprintln(tw, "INSTANCES")
 		for _, n := range nodes {
@@ -138,23 +62,7 @@ func writeStatus(w io.Writer, st *dim.Status) error {
 		}
 		return quote(key) + " (" + quote(st.Assignment[key]) + ", " + why + ")"
 	}))
-	if len(st.Quarantined) > 0 {
-		keys := make([]string, 0, len(st.Quarantined))
-		byKey := map[string]dim.Quarantine{}
-		for _, q := range st.Quarantined {
-			keys = append(keys, q.Key)
-			byKey[q.Key] = q
-		}
-		fmt.Fprintf(tw, "quarantined\t%d\t%s\n", len(keys), list(keys, func(key string) string {
-			q := byKey[key]
-			s := fmt.Sprintf("%s (failed on %s; tried again at %s, level %d", quote(key), list(q.Nodes, quote),
-				q.Until.UTC().Format("15:04:05"), q.Level)
-			if q.LastError != "" {
-				s += ": " + quote(q.LastError)
-			}
-			return s + ")"
-		}))
-	}
+	writeQuarantined(tw, st.Quarantined, len(st.Quarantined))
 	if len(st.AtRisk) > 0 {
 		fmt.Fprintf(tw, "at risk\t%d\t%s\n", len(st.AtRisk), list(st.AtRisk, func(key string) string {
 			return quote(key) + " (on suspect " + quote(st.Keys[key].Node) + ")"
@@ -164,6 +72,136 @@ func writeStatus(w io.Writer, st *dim.Status) error {
 		return quote(key) + " (" + quote(st.Owners[key].Node) + " to " + quote(st.Assignment[key]) + ")"
 	}))
 	return tw.Flush()
+}
+
+// writeHead prints the lines that open a status or a summary.
+func writeHead(tw io.Writer, service, leader string, leaderLive bool, epoch uint64, keys string, at time.Time,
+	g *dim.Grace, mem *dim.RedisMemory, r *dim.LastRebalance, f *dim.FreezeStatus, o *dim.Outage) {
+	l := "none"
+	switch {
+	case leader != "" && leaderLive:
+		l = quote(leader) + " (live)"
+	case leader != "":
+		l = quote(leader) + " (not live: its lease ran out or it rejoined; a new leader takes over)"
+	}
+	fmt.Fprintf(tw, "service\t%s\n", quote(service))
+	fmt.Fprintf(tw, "leader\t%s\n", l)
+	fmt.Fprintf(tw, "epoch\t%d\n", epoch)
+	fmt.Fprintf(tw, "keys\t%s\n", keys)
+	fmt.Fprintf(tw, "time\t%s (Redis)\n", at.UTC().Format("2006-01-02 15:04:05.000 MST"))
+	if g != nil {
+		why := "Redis holds no record of the service (its first start, or Redis lost its data)"
+		if g.Reason == dim.GraceRestored {
+			why = "Redis restarted or failed over since the record was written; nodes it forgot may still run instances"
+		}
+		fmt.Fprintf(tw, "grace\tno instance starts for %s more: %s\n", roundLease(g.Left), why)
+	}
+	if mem != nil && mem.OutOfMemory {
+		fmt.Fprintf(tw, "redis\tOUT OF MEMORY: %d MiB used of maxmemory %d MiB (%s): nothing new starts; running instances keep running\n",
+			mem.Used>>20, mem.Max>>20, mem.Policy)
+	}
+	if r != nil && (r.Error != "" || r.Pending > 0 || r.InFlight > 0) {
+		switch {
+		case r.Error != "":
+			fmt.Fprintf(tw, "rebalance\tfailed at %s: %s\n", r.At.UTC().Format("15:04:05"), quote(r.Error))
+		default:
+			fmt.Fprintf(tw, "rebalance\t%d moves in flight, %d held for later steps (move budget or freeze)\n", r.InFlight, r.Pending)
+		}
+	}
+	if f != nil {
+		fmt.Fprintf(tw, "frozen\tfor %s more: joins, weight changes and rebalances move nothing; failures and drains still do\n", roundLease(f.Left))
+	}
+	if o != nil {
+		fmt.Fprintf(tw, "outage\tsince %s, %d keys fail on every node: keys stay where they are and retry with backoff\n",
+			o.Since.UTC().Format("15:04:05"), o.FailingKeys)
+	}
+}
+
+// writeNodes prints the table of live nodes, sorted, and the nodes whose
+// getConfig fails.
+func writeNodes(tw io.Writer, nodes []dim.NodeStatus) {
+	fmt.Fprintln(tw, "NODE\tWEIGHT\tSTATE\tLEASE LEFT\tASSIGNED\tRUNNING")
+	for _, n := range nodes {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\n",
+			quote(n.ID), n.Weight, nodeState(n), roundLease(n.LeaseLeft), n.Assigned, n.Running)
+	}
+	var failing []dim.NodeStatus
+	for _, n := range nodes {
+		if n.ConfigError != "" {
+			failing = append(failing, n)
+		}
+	}
+	if len(failing) > 0 {
+		fmt.Fprintln(tw)
+		fmt.Fprintln(tw, "GETCONFIG FAILING")
+		for _, n := range failing {
+			fmt.Fprintf(tw, "%s\tsince %s, %d keys kept as they were: %s\n", quote(n.ID),
+				n.ConfigErrorAt.UTC().Format("15:04:05"), n.ConfigErrorKeys, quote(n.ConfigError))
+		}
+	}
+	var sick []dim.NodeStatus
+	for _, n := range nodes {
+		if n.Unhealthy != nil {
+			sick = append(sick, n)
+		}
+	}
+	if len(sick) > 0 {
+		fmt.Fprintln(tw)
+		fmt.Fprintln(tw, "UNHEALTHY")
+		for _, n := range sick {
+			u := n.Unhealthy
+			fmt.Fprintf(tw, "%s\tno keys until a probe at %s (level %d); failed here, ran elsewhere: %s\n", quote(n.ID),
+				u.Until.UTC().Format("15:04:05"), u.Level, list(u.Keys, quote))
+		}
+	}
+}
+
+// writeRestarting prints the nodes whose keys wait for them to come back
+// (see dim.WithRestartHold).
+func writeRestarting(tw io.Writer, holds []dim.RestartHold) {
+	if len(holds) == 0 {
+		return
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintln(tw, "RESTARTING")
+	for _, r := range holds {
+		fmt.Fprintf(tw, "%s\t%d keys wait for it, %s more\n", quote(r.Node), r.Keys, roundLease(r.Left))
+	}
+}
+
+// writeQuarantined prints the line of quarantined keys, if there are any:
+// total of them, qs those named.
+func writeQuarantined(tw io.Writer, qs []dim.Quarantine, total int) {
+	if total == 0 {
+		return
+	}
+	qs = slices.SortedFunc(slices.Values(qs), func(a, b dim.Quarantine) int { return strings.Compare(a.Key, b.Key) })
+	shown := make([]string, 0, min(len(qs), maxListed))
+	for _, q := range qs[:min(len(qs), maxListed)] {
+		s := fmt.Sprintf("%s (failed on %s; tried again at %s, level %d", quote(q.Key), list(q.Nodes, quote),
+			q.Until.UTC().Format("15:04:05"), q.Level)
+		if q.LastError != "" {
+			s += ": " + quote(q.LastError)
+		}
+		shown = append(shown, s+")")
+	}
+	fmt.Fprintf(tw, "quarantined\t%d\t%s\n", total, named(shown, total))
+}
+
+// named joins names already shown in order, the first maxListed of them,
+// and says how many of total it left out.
+func named(shown []string, total int) string {
+	if len(shown) == 0 && total == 0 {
+		return "-"
+	}
+	s := strings.Join(shown[:min(len(shown), maxListed)], ", ")
+	if more := total - min(len(shown), maxListed); more > 0 {
+		if s != "" {
+			s += ", "
+		}
+		s += fmt.Sprintf("… (%d more)", more)
+	}
+	return s
 }
 
 // list joins keys sorted, each shown by show if it is not nil, naming at most
@@ -262,4 +300,60 @@ func nodeState(n dim.NodeStatus) string {
 		return fmt.Sprintf("%s (join hold ends in %s)", n.State, roundLease(n.WaitingFor))
 	}
 	return n.State
+}
+
+// writeSummary prints a summary for people, in the layout of writeStatus:
+// the keys by state, the live nodes with their counts, and the keys that do
+// not run, by name as far as the summary lists them (a live node holds them
+// in another state than running; the others are counted in unowned). It
+// names no running key: -keys does.
+func writeSummary(w io.Writer, sum *dim.Summary) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	keys := fmt.Sprintf("%d assigned, %d running", sum.Assigned, sum.Running)
+	for _, st := range []dim.KeyState{dim.KeyFailing, dim.KeyHung, dim.KeyUnknown, dim.KeyStopping, dim.KeyCreating} {
+		if n := sum.States[st]; n > 0 {
+			keys += fmt.Sprintf(", %d %s", n, st)
+		}
+	}
+	if sum.OnDeadNodes > 0 {
+		keys += fmt.Sprintf(", %d on nodes no longer live", sum.OnDeadNodes)
+	}
+	writeHead(tw, sum.Service, sum.Leader, sum.LeaderLive, sum.Epoch, keys, sum.ServerTime, sum.Grace, sum.Memory, sum.LastRebalance, sum.Frozen, sum.Outage)
+	nodes := sortedNodes(sum.Nodes)
+	fmt.Fprintln(tw)
+	if len(nodes) == 0 {
+		fmt.Fprintln(tw, "no live nodes")
+	} else {
+		writeNodes(tw, nodes)
+		writeRestarting(tw, sum.Restarting)
+	}
+
+	fmt.Fprintln(tw)
+	fmt.Fprintln(tw, "PENDING")
+	shown := make([]string, 0, min(len(sum.ProblemKeys), maxListed))
+	for _, p := range sum.ProblemKeys[:min(len(sum.ProblemKeys), maxListed)] {
+		why := string(p.State)
+		if p.LastError != "" {
+			why += ": " + quote(p.LastError)
+		}
+		where := quote(p.Node)
+		if p.AssignedTo != p.Node {
+			where += " to " + quote(p.AssignedTo)
+			if p.AssignedTo == "" {
+				where = quote(p.Node) + ", removed"
+			}
+		}
+		shown = append(shown, quote(p.Key)+" ("+where+", "+why+")")
+	}
+	fmt.Fprintf(tw, "unowned\t%d\t%s\n", sum.Unowned, named(shown, sum.Problems))
+	writeQuarantined(tw, sum.QuarantinedKeys, sum.Quarantined)
+	if sum.AtRisk > 0 {
+		var risky []string
+		for _, p := range sum.AtRiskKeys {
+			risky = append(risky, quote(p.Key)+" (on suspect "+quote(p.Node)+")")
+		}
+		fmt.Fprintf(tw, "at risk\t%d\t%s\n", sum.AtRisk, named(risky, sum.AtRisk))
+	}
+	fmt.Fprintf(tw, "moving\t%d\n", sum.Moving)
+	return tw.Flush()
 }

@@ -1,7 +1,9 @@
 // Command dimctl shows and steers a dim service from the outside: who leads,
-// which nodes are live, which instances each node runs and which keys are
-// still moving. It reads everything from the service's Redis and runs no node
-// itself.
+// which nodes are live, how many keys each runs and which keys are not
+// running or still moving. It reads everything from the service's Redis and
+// runs no node itself. status and watch read dim.ReadSummary, whose cost to
+// Redis does not grow with the number of keys that run; -keys (the
+// instances of each node) and -json read every key with dim.ReadStatus.
 //
 // Usage:
 //
@@ -52,10 +54,10 @@ const usageHead = `Usage: dimctl [flags] <command> <service>
 Shows and steers a dim service through the Redis it coordinates in.
 
 Commands:
-  status     leader, epoch, live nodes, the instances each node runs, and the
-             keys not yet running where they are assigned; exits 3 when keys
-             are down or quarantined, nodes suspect, the last rebalance failed
-             or Redis is out of memory
+  status     leader, epoch, live nodes with the keys assigned to and running
+             on each, and the keys not running (a summary; -keys or -json
+             for every key); exits 3 when keys are down or quarantined, nodes
+             suspect, the last rebalance failed or Redis is out of memory
   watch      status, redrawn every -interval until Ctrl-C
   rebalance  ask the service's leader to rebalance now, and wait for its
              answer
@@ -91,6 +93,7 @@ type options struct {
 	redis     string
 	prefix    string
 	json      bool
+	keys      bool
 	timeout   time.Duration
 	interval  time.Duration
 	count     int
@@ -171,7 +174,8 @@ func newFlagSet() (*flag.FlagSet, *options) {
 	fs.Usage = func() {}
 	fs.StringVar(&o.redis, "redis", dim.DefaultRedisAddress, "`host:port` of Redis; comma-separate several to try for a cluster")
 	fs.StringVar(&o.prefix, "prefix", "", "the service's key `prefix`, as given to dim.WithKeyPrefix")
-	fs.BoolVar(&o.json, "json", false, "print the status as indented JSON")
+	fs.BoolVar(&o.json, "json", false, "print the whole status, every key included, as indented JSON")
+	fs.BoolVar(&o.keys, "keys", false, "status, watch: read every key and list the instances each node runs; without it (and -json) dimctl reads a summary whose cost to Redis does not grow with the number of keys")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "bound on connecting and on each Redis call")
 	fs.DurationVar(&o.interval, "interval", time.Second, "watch: time between refreshes")
 	fs.DurationVar(&o.holdFor, "for", 0, "drain, freeze: how long it lasts before it ends by itself (default 1h for drain, 30m for freeze)")
@@ -323,19 +327,32 @@ func connect(o *options) (rueidis.Client, error) {
 	return rueidis.NewClient(opt)
 }
 
-// readStatus reads one snapshot, bounded by -timeout.
-func (o *options) readStatus(ctx context.Context, client rueidis.Client) (*dim.Status, error) {
+// snapshot is one read of a service: the whole status (with -json or
+// -keys), or else the summary, whose cost to Redis does not grow with the
+// number of keys.
+type snapshot struct {
+	st  *dim.Status
+	sum *dim.Summary
+}
+
+// read reads one snapshot, bounded by -timeout.
+func (o *options) read(ctx context.Context, client rueidis.Client) (snapshot, error) {
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	return dim.ReadStatus(ctx, client, o.dimOptions()...)
+	if o.json || o.keys {
+		st, err := dim.ReadStatus(ctx, client, o.dimOptions()...)
+		return snapshot{st: st}, err
+	}
+	sum, err := dim.ReadSummary(ctx, client, o.dimOptions()...)
+	return snapshot{sum: sum}, err
 }
 
 func (o *options) status(ctx context.Context, client rueidis.Client, stdout io.Writer) error {
-	st, err := o.readStatus(ctx, client)
+	snap, err := o.read(ctx, client)
 	if err != nil {
 		return err
 	}
-	sick := problems(st, nil)
+	sick := snap.problems(nil)
 	if !sick.none() && o.downAfter > 0 && !sick.onlyRebalance() {
 		// A handoff or a rejoin takes milliseconds: look again before
 		// calling anything down.
@@ -344,12 +361,12 @@ func (o *options) status(ctx context.Context, client rueidis.Client, stdout io.W
 			return ctx.Err()
 		case <-time.After(o.downAfter):
 		}
-		if st, err = o.readStatus(ctx, client); err != nil {
+		if snap, err = o.read(ctx, client); err != nil {
 			return err
 		}
-		sick = problems(st, sick)
+		sick = snap.problems(sick)
 	}
-	if err := o.write(stdout, st); err != nil {
+	if err := o.write(stdout, snap); err != nil {
 		return err
 	}
 	if sick.none() {
@@ -361,9 +378,59 @@ func (o *options) status(ctx context.Context, client rueidis.Client, stdout io.W
 // unhealthy is what makes status exit 3.
 type unhealthy struct {
 	down      []string // keys not running
+	others    int      // keys not running that a summary does not name
 	suspect   []string // nodes
 	rebalance string   // the last rebalance's error
 	oom       bool     // Redis is out of memory
+}
+
+// problems finds what is wrong in a snapshot; with before, only what was
+// wrong then too.
+func (s snapshot) problems(before *unhealthy) *unhealthy {
+	if s.st != nil {
+		return problems(s.st, before)
+	}
+	return summaryProblems(s.sum, before)
+}
+
+// summaryProblems is problems for a summary: the keys it names (those a
+// live node holds in another state than running, and quarantined ones), and
+// a count of the others (not claimed yet, on a dead node, or past the
+// summary's limit), down when some were both times.
+func summaryProblems(sum *dim.Summary, before *unhealthy) *unhealthy {
+	u := &unhealthy{}
+	named := 0
+	var down []string
+	for _, p := range sum.ProblemKeys {
+		if p.AssignedTo == "" {
+			continue // not assigned: a key on its way out
+		}
+		named++
+		down = append(down, p.Key)
+	}
+	for _, q := range sum.QuarantinedKeys {
+		down = append(down, q.Key)
+	}
+	slices.Sort(down)
+	for _, key := range down {
+		if before == nil || slices.Contains(before.down, key) {
+			u.down = append(u.down, key)
+		}
+	}
+	u.others = max(0, sum.Unowned-named) + max(0, sum.Quarantined-len(sum.QuarantinedKeys))
+	if before != nil {
+		u.others = min(u.others, before.others)
+	}
+	for _, n := range sum.Nodes {
+		if n.State == "suspect" && (before == nil || slices.Contains(before.suspect, n.ID)) {
+			u.suspect = append(u.suspect, n.ID)
+		}
+	}
+	if r := sum.LastRebalance; r != nil && r.Error != "" {
+		u.rebalance = r.Error
+	}
+	u.oom = sum.Memory != nil && sum.Memory.OutOfMemory
+	return u
 }
 
 // problems finds what is wrong in st; with before, only what was wrong then
@@ -393,15 +460,22 @@ func problems(st *dim.Status, before *unhealthy) *unhealthy {
 }
 
 func (u *unhealthy) none() bool {
-	return len(u.down) == 0 && len(u.suspect) == 0 && u.rebalance == "" && !u.oom
+	return u.onlyRebalance() && u.rebalance == "" && !u.oom
 }
 
-func (u *unhealthy) onlyRebalance() bool { return len(u.down) == 0 && len(u.suspect) == 0 }
+func (u *unhealthy) onlyRebalance() bool {
+	return len(u.down) == 0 && u.others == 0 && len(u.suspect) == 0
+}
 
 func (u *unhealthy) Error() string {
 	var parts []string
-	if len(u.down) > 0 {
+	switch {
+	case len(u.down) > 0 && u.others > 0:
+		parts = append(parts, fmt.Sprintf("%d keys not running: %s, and %d not claimed", len(u.down)+u.others, list(u.down, quote), u.others))
+	case len(u.down) > 0:
 		parts = append(parts, fmt.Sprintf("%d keys not running: %s", len(u.down), list(u.down, quote)))
+	case u.others > 0:
+		parts = append(parts, fmt.Sprintf("%d keys not running, not claimed", u.others))
 	}
 	if len(u.suspect) > 0 {
 		parts = append(parts, fmt.Sprintf("%d nodes suspect: %s", len(u.suspect), list(u.suspect, quote)))
@@ -416,11 +490,15 @@ func (u *unhealthy) Error() string {
 }
 
 // write prints a snapshot in the format chosen by -json.
-func (o *options) write(w io.Writer, st *dim.Status) error {
-	if o.json {
-		return writeJSON(w, st)
+func (o *options) write(w io.Writer, s snapshot) error {
+	switch {
+	case s.sum != nil:
+		return writeSummary(w, s.sum)
+	case o.json:
+		return writeJSON(w, s.st)
+	default:
+		return writeStatus(w, s.st)
 	}
-	return writeStatus(w, st)
 }
 
 // ANSI sequences: cursor home, then erase the whole screen.
@@ -437,7 +515,7 @@ func (o *options) watch(ctx context.Context, client rueidis.Client, stdout, stde
 	defer ticker.Stop()
 	var frame strings.Builder
 	for n := 1; ; n++ {
-		st, err := o.readStatus(ctx, client)
+		snap, err := o.read(ctx, client)
 		if ctx.Err() != nil {
 			return nil // interrupted: the normal end of a watch
 		}
@@ -457,7 +535,7 @@ func (o *options) watch(ctx context.Context, client rueidis.Client, stdout, stde
 		case err != nil:
 			fmt.Fprintf(stderr, "dimctl: %s (retrying)\n", o.describe(err))
 		default:
-			if err := o.write(&frame, st); err != nil {
+			if err := o.write(&frame, snap); err != nil {
 				return err
 			}
 		}
@@ -491,14 +569,16 @@ func isTerminal(w io.Writer) bool {
 // reads the status first: a request to a service that does not exist, or has
 // no live leader, would go unheard without a word.
 func (o *options) rebalance(ctx context.Context, client rueidis.Client, stdout io.Writer) error {
-	st, err := o.readStatus(ctx, client)
+	rctx, cancel := context.WithTimeout(ctx, o.timeout)
+	st, err := dim.ReadSummary(rctx, client, o.dimOptions()...)
+	cancel()
 	if err != nil {
 		return err
 	}
 	if !st.LeaderLive {
 		return fmt.Errorf("service %q has no live leader to rebalance it; a new leader rebalances once elected", o.service)
 	}
-	rctx, cancel := context.WithTimeout(ctx, o.timeout)
+	rctx, cancel = context.WithTimeout(ctx, o.timeout)
 	defer cancel()
 	res, err := dim.RequestRebalance(rctx, client, o.dimOptions()...)
 	if errors.Is(err, context.DeadlineExceeded) {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/go-dim/dim"
+	"github.com/go-dim/dim/internal/faultproxy"
 	"github.com/go-dim/dim/internal/redistest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -110,8 +111,26 @@ func TestAgainstALiveService(t *testing.T) {
 	conn := []string{"-redis", srv.Addr(), "-prefix", testPrefix}
 	args := func(extra ...string) []string { return append(slices.Clone(conn), extra...) }
 
-	t.Run("status shows the leader, both nodes and the keys each runs", func(t *testing.T) {
+	t.Run("status shows the leader, both nodes and what they run, from the summary", func(t *testing.T) {
 		code, out, errOut := dimctl(t, args("status", "svc")...)
+		require.Equal(t, 0, code, errOut)
+		assert.Empty(t, errOut)
+		assert.Regexp(t, `(?m)^service +svc$`, out)
+		assert.Regexp(t, fmt.Sprintf(`(?m)^leader +%s \(live\)$`, want.Leader), out)
+		assert.Regexp(t, fmt.Sprintf(`(?m)^epoch +%d$`, want.Epoch), out)
+		assert.Regexp(t, `(?m)^keys +3 assigned, 3 running$`, out)
+		for id, keys := range keysOf(want) {
+			n := len(keys)
+			assert.Regexp(t, fmt.Sprintf(`(?m)^%s +1 +active +\S+ +%d +%d$`, id, n, n), out)
+		}
+		assert.NotContains(t, out, "INSTANCES", "the summary names no running key")
+		assert.Regexp(t, `(?m)^unowned +0 +-$`, out)
+		assert.Regexp(t, `(?m)^moving +0$`, out)
+		t.Logf("dimctl status:\n%s", out)
+	})
+
+	t.Run("status -keys shows the leader, both nodes and the keys each runs", func(t *testing.T) {
+		code, out, errOut := dimctl(t, args("status", "-keys", "svc")...)
 		require.Equal(t, 0, code, errOut)
 		assert.Empty(t, errOut)
 		assert.Regexp(t, `(?m)^service +svc$`, out)
@@ -157,7 +176,7 @@ func TestAgainstALiveService(t *testing.T) {
 		code, out, errOut := dimctl(t, args("-interval", "10ms", "-count", "2", "watch", "svc")...)
 		require.Equal(t, 0, code, errOut)
 		assert.Len(t, regexp.MustCompile(`(?m)^service +svc$`).FindAllString(out, -1), 2)
-		assert.Contains(t, out, "misplaced  0  -\n\nservice", "snapshots separated by a blank line")
+		assert.Contains(t, out, "moving   0\n\nservice", "snapshots separated by a blank line")
 		assert.NotContains(t, out, "\x1b", "no ANSI codes when stdout is not a terminal")
 	})
 
@@ -548,6 +567,13 @@ func TestStatusIsAHealthProbe(t *testing.T) {
 	assert.Contains(t, out, "broken (failed on n1; tried again at ")
 	assert.Contains(t, out, "level 1: upstream refused)")
 	assert.Contains(t, errOut, "unhealthy: 1 keys not running: broken")
+	assert.Regexp(t, `(?m)^keys +2 assigned, 2 running$`, out, "the summary counts the quarantined key apart")
+
+	// The full read says the same, and names every key.
+	code, out, errOut = dimctl(t, append(base, "-keys", "status", "probe")...)
+	assert.Equal(t, exitUnhealthy, code, out)
+	assert.Contains(t, errOut, "unhealthy: 1 keys not running: broken")
+	assert.Contains(t, out, "broken (failed on n1; tried again at ")
 	assert.Contains(t, out, strconv.Quote(odd), "a key that is not printable is quoted")
 	assert.NotContains(t, out, "\x1b", "no terminal escape reaches the operator")
 	for _, line := range strings.Split(out, "\n") {
@@ -674,4 +700,130 @@ func TestPlanPrintsMovesAndChangesNothing(t *testing.T) {
 	after, err := dim.ReadStatus(t.Context(), srv.Client(t), dim.WithService("planned"), dim.WithKeyPrefix(testPrefix))
 	require.NoError(t, err)
 	assert.Equal(t, before.Assignment, after.Assignment)
+}
+
+func TestWriteSummaryNamesOnlyWhatDoesNotRun(t *testing.T) {
+	odd := "evil\n\x1b[2Jleader n666"
+	var problems []dim.KeyProblem
+	for i := range 12 {
+		problems = append(problems, dim.KeyProblem{Key: fmt.Sprintf("f%02d", i), AssignedTo: "n2",
+			KeyStatus: dim.KeyStatus{Node: "n2", State: dim.KeyFailing, Live: true, LastError: "refused"}})
+	}
+	problems = append(problems[:2],
+		dim.KeyProblem{Key: odd, AssignedTo: "n1", KeyStatus: dim.KeyStatus{Node: "n2", State: dim.KeyStopping, Live: true}},
+		dim.KeyProblem{Key: "gone", KeyStatus: dim.KeyStatus{Node: "n1", State: dim.KeyStopping, Live: true}})
+	sum := &dim.Summary{
+		Service:    "svc",
+		ServerTime: time.Date(2026, 1, 2, 3, 4, 5, 6e6, time.UTC),
+		Leader:     "n1", LeaderLive: true, Epoch: 7,
+		Nodes: []dim.NodeStatus{
+			{ID: "n2", Weight: 1, State: "suspect", LeaseLeft: 400 * time.Millisecond, TTL: time.Second, Assigned: 50000, Running: 49988},
+			{ID: "n1", Weight: 1, State: "active", LeaseLeft: 900 * time.Millisecond, TTL: time.Second, Assigned: 50000, Running: 50000},
+		},
+		Assigned: 100005, Running: 99988,
+		States:  map[dim.KeyState]int{dim.KeyRunning: 99988, dim.KeyFailing: 1200, dim.KeyStopping: 2},
+		Unowned: 1217, OnDeadNodes: 5,
+		Problems: 1202, ProblemKeys: problems, ProblemsOmitted: 1198,
+		AtRisk:     49988,
+		AtRiskKeys: []dim.KeyProblem{{Key: "r1", KeyStatus: dim.KeyStatus{Node: "n2", State: dim.KeyRunning, Live: true}}},
+		Moving:     1,
+	}
+	var out bytes.Buffer
+	require.NoError(t, writeSummary(&out, sum))
+	assert.Equal(t, `service  svc
+leader   n1 (live)
+epoch    7
+keys     100005 assigned, 99988 running, 1200 failing, 2 stopping, 5 on nodes no longer live
+time     2026-01-02 03:04:05.006 UTC (Redis)
+
+NODE  WEIGHT  STATE    LEASE LEFT  ASSIGNED  RUNNING
+n1    1       active   900ms       50000     50000
+n2    1       suspect  400ms       50000     49988
+
+PENDING
+unowned  1217   f00 (n2, failing: refused), f01 (n2, failing: refused), "evil\n\x1b[2Jleader n666" (n2 to n1, stopping), gone (n1, removed, stopping), … (1198 more)
+at risk  49988  r1 (on suspect n2), … (49987 more)
+moving   1
+`, out.String())
+}
+
+func TestSummaryProblemsNeedTheSameTroubleTwice(t *testing.T) {
+	failing := func(keys ...string) *dim.Summary {
+		sum := &dim.Summary{Unowned: len(keys)}
+		for _, k := range keys {
+			sum.ProblemKeys = append(sum.ProblemKeys, dim.KeyProblem{Key: k, AssignedTo: "n1",
+				KeyStatus: dim.KeyStatus{Node: "n1", State: dim.KeyFailing}})
+		}
+		return sum
+	}
+	first := summaryProblems(failing("a", "b"), nil)
+	assert.Equal(t, []string{"a", "b"}, first.down)
+	assert.Zero(t, first.others)
+	again := summaryProblems(failing("b", "c"), first)
+	assert.Equal(t, []string{"b"}, again.down, "only a key down both times is down")
+	assert.Equal(t, "unhealthy: 1 keys not running: b", again.Error())
+
+	// Keys not claimed by anyone are not named: counted, and down when
+	// some were both times.
+	unclaimed := &dim.Summary{Unowned: 3, ProblemKeys: failing("a").ProblemKeys}
+	first = summaryProblems(unclaimed, nil)
+	assert.Equal(t, 2, first.others)
+	assert.Equal(t, "unhealthy: 3 keys not running: a, and 2 not claimed", first.Error())
+	assert.True(t, summaryProblems(&dim.Summary{}, first).none(), "a handoff that ended is no trouble")
+	assert.Equal(t, 1, summaryProblems(&dim.Summary{Unowned: 1}, first).others)
+
+	// A key held on its way out (no longer assigned) is nobody's trouble.
+	leaving := &dim.Summary{ProblemKeys: []dim.KeyProblem{{Key: "x", KeyStatus: dim.KeyStatus{Node: "n1", State: dim.KeyStopping}}}}
+	assert.True(t, summaryProblems(leaving, nil).none())
+
+	suspect := &dim.Summary{Nodes: []dim.NodeStatus{{ID: "n2", State: "suspect"}}}
+	assert.Equal(t, []string{"n2"}, summaryProblems(suspect, summaryProblems(suspect, nil)).suspect)
+	failed := &dim.Summary{LastRebalance: &dim.LastRebalance{Error: "boom"}}
+	assert.True(t, summaryProblems(failed, nil).onlyRebalance())
+	assert.False(t, summaryProblems(failed, nil).none())
+}
+
+func TestStatusProbeSeesANodeCutOff(t *testing.T) {
+	srv := redistest.Start(t)
+	proxy, err := faultproxy.New(srv.Addr())
+	require.NoError(t, err)
+	defer func() { _ = proxy.Close() }()
+	ropt := srv.ClientOption()
+	ropt.InitAddress = []string{proxy.Addr()}
+	m, err := dim.New(
+		func(context.Context) ([]string, error) { return []string{"a", "b", "c"}, nil },
+		func(_ context.Context, cfg string) (string, error) { return cfg, nil },
+		dim.WithService("cut"), dim.WithKey(func(c string) string { return c }),
+		dim.WithRedis(ropt), dim.WithNodeID("n1"), dim.WithLogger(nil),
+		dim.WithNodeTTL(time.Second), dim.WithHeartbeat(100*time.Millisecond))
+	require.NoError(t, err)
+	require.NoError(t, m.Start(t.Context()))
+	defer func() {
+		proxy.Heal()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = m.Stop(ctx) // it fenced itself; whether it rejoined before stopping does not matter
+	}()
+	base := []string{"-redis", srv.Addr(), "-down-after", "200ms"}
+	require.Eventually(t, func() bool {
+		code, out, _ := dimctl(t, append(base, "status", "cut")...)
+		return code == exitOK && strings.Contains(out, "3 assigned, 3 running")
+	}, 10*time.Second, 50*time.Millisecond, "every key running")
+
+	// Cut off, the node goes suspect with its keys at risk, then its lease
+	// ends and its keys are down.
+	proxy.Cut(faultproxy.Both)
+	var code int
+	var out, errOut string
+	require.Eventually(t, func() bool {
+		code, out, errOut = dimctl(t, append(base, "status", "cut")...)
+		return code == exitUnhealthy && strings.Contains(errOut, "nodes suspect: n1")
+	}, 5*time.Second, 20*time.Millisecond, "exit %d\n%s\n%s", code, out, errOut)
+	require.Eventually(t, func() bool {
+		code, out, errOut = dimctl(t, append(base, "status", "cut")...)
+		return code == exitUnhealthy && strings.Contains(errOut, "3 keys not running, not claimed")
+	}, 5*time.Second, 20*time.Millisecond, "exit %d\n%s\n%s", code, out, errOut)
+	assert.Contains(t, out, "no live nodes")
+	assert.Regexp(t, `(?m)^keys +3 assigned, 0 running, 3 on nodes no longer live$`, out)
+	assert.Regexp(t, `(?m)^unowned +3 +-$`, out)
 }

@@ -1,0 +1,384 @@
+package dim
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// SummaryLimit is how many problem keys, and how many keys at risk, a
+// [Summary] lists at most. Its counts are always complete.
+const SummaryLimit = 1000
+
+// Summary is a bounded snapshot of a whole service, read atomically: who
+// leads, the live nodes, how many keys are in each state, and the keys that
+// do not run (at most [SummaryLimit] of them). What it costs Redis grows
+// with the number of nodes and of keys that do not run, not with the number
+// of keys that run, so it suits probes, dashboards and metrics of services of
+// any size. [Status] is the full snapshot, every key included. Summary is
+// plain data with JSON tags.
+//
+// Counts come from sets that every script writing a key's state keeps up to
+// date, so they are exact once every node runs a version of dim that keeps
+// them (during a rolling upgrade from an older one they may lag).
+type Summary struct {
+	Service string `json:"service"`
+	// ServerTime is Redis's clock when the snapshot was taken.
+	ServerTime time.Time `json:"server_time"`
+	// Leader is the recorded leader, "" if none; LeaderLive tells whether it
+	// is still a live member.
+	Leader     string `json:"leader"`
+	LeaderLive bool   `json:"leader_live"`
+	Epoch      uint64 `json:"epoch"`
+	// Nodes are the members whose lease has not expired, by ID, as in
+	// [Status].
+	Nodes []NodeStatus `json:"nodes"`
+	// Assigned counts the keys in the assignment.
+	Assigned int `json:"assigned"`
+	// Running counts the keys running on live nodes.
+	Running int `json:"running"`
+	// States counts the keys live nodes published, by state: every
+	// [KeyState], running included, with 0 for the states no key is in.
+	States map[KeyState]int `json:"states"`
+	// Unowned counts the keys assigned but not running on any live node:
+	// Assigned minus Running, which is exact whenever every key that runs
+	// is assigned (a key removed from the configs runs until its node has
+	// stopped it, and then hides one unowned key).
+	Unowned int `json:"unowned"`
+	// OnDeadNodes counts the keys assigned to nodes that are no longer live
+	// members: they do not run until the leader places them again.
+	OnDeadNodes int `json:"on_dead_nodes"`
+	// Problems counts the keys live nodes published in a state other than
+	// running (creating, failing, hung, stopping, unknown); ProblemKeys
+	// lists at most SummaryLimit of them, failing and hung ones first, and
+	// ProblemsOmitted says how many were left out.
+	Problems        int          `json:"problems"`
+	ProblemKeys     []KeyProblem `json:"problem_keys"`
+	ProblemsOmitted int          `json:"problems_omitted,omitempty"`
+	// AtRisk counts the keys running on suspect nodes; AtRiskKeys lists at
+	// most SummaryLimit of them, with the node in Node.
+	AtRisk     int          `json:"at_risk"`
+	AtRiskKeys []KeyProblem `json:"at_risk_keys"`
+	// Moving counts the keys whose state comes from a node other than the
+	// one they are assigned to, or that are no longer assigned: handoffs
+	// under way. Unlike [Status.Misplaced] it includes the keys of dead
+	// nodes until their new node claims them.
+	Moving int `json:"moving"`
+	// Quarantined counts the keys quarantined service-wide (see
+	// [Status.Quarantined]): not assigned, so not in Unowned, and running
+	// nowhere until tried again. QuarantinedKeys lists at most SummaryLimit
+	// of them, by key.
+	Quarantined     int          `json:"quarantined"`
+	QuarantinedKeys []Quarantine `json:"quarantined_keys"`
+	// Outage is set while the leader judges that most keys fail on every
+	// node; see [Status.Outage].
+	Outage *Outage `json:"outage,omitempty"`
+	// Memory is what Redis says about its memory; see [Status.Memory].
+	Memory *RedisMemory `json:"memory,omitempty"`
+	// Frozen is set while a freeze holds voluntary moves back; see
+	// [Status.Frozen].
+	Frozen *FreezeStatus `json:"frozen,omitempty"`
+	// Restarting lists the nodes whose keys wait for them to come back; see
+	// [Status.Restarting].
+	Restarting []RestartHold `json:"restarting"`
+	// Grace is set while no claim is granted; see [Status.Grace].
+	Grace *Grace `json:"grace,omitempty"`
+	// LastRebalance is the outcome of the leader's last rebalance; nil
+	// before the first one.
+	LastRebalance *LastRebalance `json:"last_rebalance,omitempty"`
+}
+
+// KeyProblem is one key listed in a [Summary], with its published state.
+type KeyProblem struct {
+	Key string `json:"key"`
+	// AssignedTo is the node the key is assigned to, "" if none.
+	AssignedTo string `json:"assigned_to"`
+	KeyStatus
+}
+
+// summaryScript reads what a Summary needs in one atomic step: per live
+// node a handful of SCARDs, then at most ARGV[1] problem keys (in the
+// order of keyStates: failing and hung first) and as many keys at risk,
+// with their records. Nothing in it reads a whole hash or
+// set, except the sets it lists, which it stops scanning at the limit.
+//
+// KEYS: nodes sessions weights leader assign grace ttls state cfgerr
+// ARGV: limit (0: counts only) assigned_prefix
+// Returns {server_ms, leader{node,session,epoch,rb_at,rb_moves,rb_err},
+// states{st…}, nodes{id,expiry,weight,session,ttl,cfgerr,assigned,count per
+// state…}, {assigned, moving}, {grace_left_ms, why}, problems{key,node,
+// record,assigned…}, atrisk{key,node,assigned…}}.
+var summaryScript = script(`
+local limit = tonumber(ARGV[1])
+local alive = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
+local ids, expiry, score = {}, {}, {}
+for i = 1, #alive, 2 do
+  ids[#ids + 1] = alive[i]
+  expiry[alive[i]] = tonumber(alive[i + 1])
+  score[alive[i]] = alive[i + 1]
+end
+table.sort(ids)
+local function list(set, node, into)
+  if #into >= 2 * limit then return end
+  local cursor = '0'
+  repeat
+    local page = redis.call('SSCAN', set, cursor, 'COUNT', 100)
+    cursor = page[1]
+    for _, key in ipairs(page[2]) do
+      if #into >= 2 * limit then return end
+      into[#into + 1] = key
+      into[#into + 1] = node
+    end
+  until cursor == '0'
+end
+local nodes, problems, risky, count, suspect = {}, {}, {}, {}, {}
+for _, n in ipairs(ids) do
+  local ttl = tonumber(redis.call('HGET', KEYS[7], n) or '0') or 0
+  suspect[n] = ttl > 0 and expiry[n] - now < ttl / 2
+  nodes[#nodes + 1] = n
+  nodes[#nodes + 1] = score[n]
+  nodes[#nodes + 1] = redis.call('HGET', KEYS[3], n) or ''
+  nodes[#nodes + 1] = redis.call('HGET', KEYS[2], n) or ''
+  nodes[#nodes + 1] = tostring(ttl)
+  nodes[#nodes + 1] = redis.call('HGET', KEYS[9], n) or ''
+  nodes[#nodes + 1] = tostring(redis.call('SCARD', ARGV[2] .. n))
+  for _, st in ipairs(keyStates) do
+    local c = redis.call('SCARD', byState(KEYS[8], st, n))
+    nodes[#nodes + 1] = tostring(c)
+    count[st .. ' ' .. n] = c
+  end
+end
+if limit > 0 then
+  for _, st in ipairs(keyStates) do
+    for _, n in ipairs(ids) do
+      if count[st .. ' ' .. n] > 0 then
+        if st ~= 'running' then
+          list(byState(KEYS[8], st, n), n, problems)
+        elseif suspect[n] then
+          list(byState(KEYS[8], st, n), n, risky)
+        end
+      end
+    end
+  end
+end
+local recs, risks = {}, {}
+for i = 1, #problems, 2 do
+  recs[#recs + 1] = problems[i]
+  recs[#recs + 1] = problems[i + 1]
+  recs[#recs + 1] = redis.call('HGET', KEYS[8], problems[i]) or ''
+  recs[#recs + 1] = redis.call('HGET', KEYS[5], problems[i]) or ''
+end
+for i = 1, #risky, 2 do
+  risks[#risks + 1] = risky[i]
+  risks[#risks + 1] = risky[i + 1]
+  risks[#risks + 1] = redis.call('HGET', KEYS[5], risky[i]) or ''
+end
+return {now, redis.call('HMGET', KEYS[4], 'node', 'session', 'epoch', 'rb_at', 'rb_moves', 'rb_err'), keyStates, nodes,
+  {redis.call('HLEN', KEYS[5]), redis.call('SCARD', KEYS[8] .. ':moving')},
+  {graceLeft(KEYS[6]), redis.call('HGET', KEYS[6], 'why') or ''}, recs, risks}
+`)
+
+// Summary reads a bounded snapshot of the service from Redis: counts by
+// state and the keys that do not run, at a cost that does not grow with the
+// number of keys that run. [Manager.Status] reads everything. It may return
+// an error wrapping [ErrRedis], or [ErrNotStarted] before Start.
+func (m *Manager[C, I]) Summary(ctx context.Context) (*Summary, error) {
+	if m.state.Load() == stateNew {
+		return nil, ErrNotStarted
+	}
+	return readSummary(ctx, m.client, m.s.service, m.k, SummaryLimit)
+}
+
+// ReadSummary reads a bounded snapshot of a service from Redis without
+// running a node, as the dimctl command does; see [Summary]. opts as for
+// [ReadStatus]. It returns an error wrapping [ErrUnknownService] when Redis
+// holds nothing of the service, or [ErrRedis].
+func ReadSummary(ctx context.Context, client rueidis.Client, opts ...Option) (*Summary, error) {
+	s, err := serviceSettings(opts)
+	if err != nil {
+		return nil, err
+	}
+	sum, err := readSummary(ctx, client, s.service, newKeys(s.keyPrefix, s.service), SummaryLimit)
+	if err != nil {
+		return nil, err
+	}
+	if sum.Leader == "" && sum.Epoch == 0 && len(sum.Nodes) == 0 && sum.Assigned == 0 {
+		return nil, fmt.Errorf("%w: %q has no nodes, leader or assignment in Redis", ErrUnknownService, s.service)
+	}
+	return sum, nil
+}
+
+// readSummary reads a Summary listing at most limit keys of each kind; with
+// limit 0 it only counts, and leaves out the quarantines, unhealthy nodes,
+// outage, drains, freeze and memory (the leader, which reads it so, knows
+// them already).
+func readSummary(ctx context.Context, client rueidis.Client, service string, k keys, limit int) (*Summary, error) {
+	res, err := summaryScript.Exec(ctx, client,
+		[]string{k.nodes, k.sessions, k.weights, k.leader, k.assign, k.grace, k.ttls, k.state, k.cfgErr},
+		[]string{strconv.Itoa(limit), k.assigned("")}).ToArray()
+	if err != nil {
+		return nil, fmt.Errorf("%w: read summary: %w", ErrRedis, err)
+	}
+	if len(res) != 8 {
+		return nil, fmt.Errorf("%w: read summary: unexpected reply of %d values", ErrRedis, len(res))
+	}
+	now, _ := res[0].AsInt64()
+	sum := &Summary{
+		Service:     service,
+		ServerTime:  time.UnixMilli(now).UTC(),
+		States:      map[KeyState]int{},
+		ProblemKeys: []KeyProblem{},
+		AtRiskKeys:  []KeyProblem{},
+	}
+
+	leader, _ := res[1].ToArray()
+	var leaderSession string
+	if len(leader) == 6 {
+		sum.Leader, _ = leader[0].ToString()
+		leaderSession, _ = leader[1].ToString()
+		e, _ := leader[2].ToString()
+		sum.Epoch, _ = strconv.ParseUint(e, 10, 64)
+		if at, err := leader[3].AsInt64(); err == nil {
+			moves, _ := leader[4].AsInt64()
+			msg, _ := leader[5].ToString()
+			sum.LastRebalance = &LastRebalance{At: time.UnixMilli(at).UTC(), Moves: int(moves), Error: msg}
+		}
+	}
+
+	states, _ := res[2].AsStrSlice()
+	for _, st := range states {
+		sum.States[KeyState(st)] = 0
+	}
+	width := 7 + len(states)
+	nodes, _ := res[3].AsStrSlice()
+	sessions := map[string]string{}
+	suspect := map[string]bool{}
+	assignedLive := 0
+	for i := 0; i+width <= len(nodes); i += width {
+		f := nodes[i : i+width]
+		exp, _ := strconv.ParseFloat(f[1], 64)
+		ttl, _ := strconv.ParseInt(f[4], 10, 64)
+		ns := NodeStatus{ID: f[0], LeaseLeft: time.Duration(int64(exp)-now) * time.Millisecond, TTL: time.Duration(ttl) * time.Millisecond}
+		ns.State, ns.Weight = nodeState(f[2], ns.LeaseLeft, ns.TTL)
+		ns.ConfigError, ns.ConfigErrorAt, ns.ConfigErrorKeys = parseConfigError(f[5])
+		ns.Assigned, _ = strconv.Atoi(f[6])
+		assignedLive += ns.Assigned
+		for j, st := range states {
+			c, _ := strconv.Atoi(f[7+j])
+			sum.States[KeyState(st)] += c
+			if KeyState(st) == KeyRunning {
+				ns.Running = c
+				if ns.State == "suspect" {
+					sum.AtRisk += c
+				}
+			} else {
+				sum.Problems += c
+			}
+		}
+		sessions[ns.ID] = f[3]
+		suspect[ns.ID] = ns.State == "suspect"
+		sum.Nodes = append(sum.Nodes, ns)
+	}
+	sum.Running = sum.States[KeyRunning]
+	sum.LeaderLive = sum.Leader != "" && leaderSession != "" && sessions[sum.Leader] == leaderSession
+
+	if counts, _ := res[4].AsIntSlice(); len(counts) == 2 {
+		sum.Assigned, sum.Moving = int(counts[0]), int(counts[1])
+	}
+	sum.Unowned = max(0, sum.Assigned-sum.Running)
+	sum.OnDeadNodes = max(0, sum.Assigned-assignedLive)
+
+	if g, _ := res[5].ToArray(); len(g) == 2 {
+		left, _ := g[0].AsInt64()
+		why, _ := g[1].ToString()
+		if left > 0 {
+			sum.Grace = &Grace{Left: time.Duration(left) * time.Millisecond, Reason: why}
+		}
+	}
+
+	recs, _ := res[6].AsStrSlice()
+	for i := 0; i+3 < len(recs); i += 4 {
+		p := KeyProblem{Key: recs[i], AssignedTo: recs[i+3], KeyStatus: KeyStatus{Node: recs[i+1]}}
+		var r keyRecord
+		if json.Unmarshal([]byte(recs[i+2]), &r) == nil {
+			p.KeyStatus = keyStatusOf(r, sessions)
+		}
+		sum.ProblemKeys = append(sum.ProblemKeys, p)
+	}
+	sum.ProblemsOmitted = max(0, sum.Problems-len(sum.ProblemKeys))
+	risky, _ := res[7].AsStrSlice()
+	for i := 0; i+2 < len(risky); i += 3 {
+		sum.AtRiskKeys = append(sum.AtRiskKeys, KeyProblem{Key: risky[i], AssignedTo: risky[i+2],
+			KeyStatus: KeyStatus{Node: risky[i+1], State: KeyRunning, Live: true}})
+	}
+	sum.QuarantinedKeys = []Quarantine{}
+	sum.Restarting = []RestartHold{}
+	if limit > 0 {
+		// The leader's verdicts: a few entries, not one per key that runs.
+		vst := &Status{ServerTime: sum.ServerTime, Nodes: sum.Nodes, Keys: map[string]KeyStatus{}, LastRebalance: sum.LastRebalance}
+		if err := readVerdicts(ctx, client, k, vst, sessions); err != nil {
+			return nil, err
+		}
+		sum.Quarantined = len(vst.Quarantined)
+		sum.QuarantinedKeys = vst.Quarantined[:min(len(vst.Quarantined), limit)]
+		sum.Outage = vst.Outage
+		if err := readHoldStatus(ctx, client, k, vst); err != nil {
+			return nil, err
+		}
+		sum.Frozen = vst.Frozen
+		sum.Restarting = vst.Restarting
+		sum.Memory = readMemory(ctx, client, k)
+	}
+	byKey := func(a, b KeyProblem) int { return strings.Compare(a.Key, b.Key) }
+	slices.SortFunc(sum.ProblemKeys, byKey)
+	slices.SortFunc(sum.AtRiskKeys, byKey)
+	slices.SortFunc(sum.Nodes, func(a, b NodeStatus) int { return strings.Compare(a.ID, b.ID) })
+	return sum, nil
+}
+
+// nodeState reads a node's weight entry ("pending" or a number) and lease:
+// its state for Status and Summary, and its weight.
+func nodeState(weight string, leaseLeft, ttl time.Duration) (state string, w int) {
+	state = "active"
+	if weight == "pending" {
+		state = "pending"
+	} else {
+		w, _ = strconv.Atoi(weight)
+		if w == 0 {
+			state = "draining"
+		}
+	}
+	// A healthy node renews every heartbeat, at most (TTL − margin)/2: its
+	// lease never runs below half its TTL.
+	if ttl > 0 && leaseLeft < ttl/2 {
+		state = "suspect"
+	}
+	return state, w
+}
+
+// parseConfigError reads a node's cfgerr entry ("" for none).
+func parseConfigError(v string) (msg string, at time.Time, kept int) {
+	var ce configError
+	if v == "" || json.Unmarshal([]byte(v), &ce) != nil {
+		return "", time.Time{}, 0
+	}
+	return ce.Err, time.UnixMilli(ce.At).UTC(), ce.Kept
+}
+
+// keyStatusOf turns a published record into a KeyStatus, live when its
+// session is its node's current one (sessions: node → session of the live
+// nodes).
+func keyStatusOf(r keyRecord, sessions map[string]string) KeyStatus {
+	ks := KeyStatus{Node: r.Node, State: r.State, Live: r.Session != "" && sessions[r.Node] == r.Session,
+		Since: time.UnixMilli(r.Since).UTC(), Attempts: r.Attempts, LastError: r.Err}
+	if r.Retry > 0 {
+		ks.NextRetry = time.UnixMilli(r.Retry).UTC()
+	}
+	return ks
+}
