@@ -74,6 +74,7 @@ type Manager[C, I any] struct {
 	activate       func(context.Context, I) error
 	prepareCh      chan prepareResult[I]
 	announced      announced // keys whose new owner prepared them
+	handoffsShown  [2]int    // prepared and held, as last published; node loop only
 
 	claimRetry time.Duration // how soon a refused claim is tried again
 	retryMin   time.Duration // backoff after a failed create or health check

@@ -218,3 +218,22 @@ func (m *Manager[C, I]) activateJob(ctx context.Context, session string, job cre
 	}
 	return e, nil
 }
+
+// syncHandoffs publishes this node's handoffs in progress (instances
+// prepared, keys held for their new owner) when they changed, for Status.
+func (m *Manager[C, I]) syncHandoffs(ctx context.Context) {
+	now := [2]int{len(m.tab.prepared), len(m.tab.holding)}
+	if now == m.handoffsShown {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	defer cancel()
+	b := m.client.B()
+	cmd := b.Hdel().Key(m.k.handoffs).Field(m.s.nodeID).Build()
+	if now != [2]int{} {
+		cmd = b.Hset().Key(m.k.handoffs).FieldValue().FieldValue(m.s.nodeID, fmt.Sprintf("%d %d", now[0], now[1])).Build()
+	}
+	if err := m.client.Do(ctx, cmd).Error(); err == nil {
+		m.handoffsShown = now
+	}
+}

@@ -104,7 +104,15 @@ func TestAHandoffPreparesTheNewInstanceBeforeTheOldOneStops(t *testing.T) {
 	c.startNode(c.preparingNode("n1", log, sleepFor(300*time.Millisecond), 10*time.Second))
 	c.waitConverged(10*time.Second, "n1")
 	c.startNode(c.preparingNode("n2", log, sleepFor(300*time.Millisecond), 10*time.Second))
+	c.eventually(5*time.Second, "Status shows n1 handing keys over", func() bool {
+		n := c.status().node("n1")
+		return n != nil && n.Handing > 0
+	})
 	c.waitConverged(10*time.Second, "n1", "n2")
+	c.eventually(5*time.Second, "no handoff left in Status", func() bool {
+		st := c.status()
+		return st.node("n1").Handing == 0 && st.node("n2").Prepared == 0
+	})
 
 	moved := 0
 	for key, on := range c.rec.LiveByKey() {

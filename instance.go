@@ -491,6 +491,9 @@ func (m *Manager[C, I]) reconcile() {
 	// error from them.
 	m.syncStates(ctx, session, unknown)
 	m.syncAvoid(ctx, configs, unknown)
+	if m.prepare != nil {
+		m.syncHandoffs(ctx)
+	}
 	m.publishView()
 }
 

@@ -49,6 +49,9 @@ import (
 //	<p>:freeze     STRING who froze the service, expiring with the freeze
 //	<p>:restarting HASH  node → until_ms: stopped to restart; its keys wait
 //	<p>:joinwait   HASH  node → until_ms: joined in a rollout; takes a leaver's keys
+//	<p>:handoffs   HASH  node → "prepared held": its make-before-break handoffs
+//	                     in progress (instances prepared, keys held for their
+//	                     new owner), while it has any
 //	<p>:fleet      HASH  size: how many nodes the service had when the leader
 //	                     last counted them; since: server ms when a node
 //	                     joined a service with no live member (a restart)
@@ -82,6 +85,7 @@ type keys struct {
 	freeze     string
 	restarting string
 	joinWait   string
+	handoffs   string
 	fleet      string
 	lock       string
 	channel    string
@@ -115,6 +119,7 @@ func newKeys(keyPrefix, service string) keys {
 		freeze:     p + ":freeze",
 		restarting: p + ":restarting",
 		joinWait:   p + ":joinwait",
+		handoffs:   p + ":handoffs",
 		lock:       p + ":lock",
 		fleet:      p + ":fleet",
 		channel:    p + ":events",
@@ -438,12 +443,13 @@ return 1
 
 // leaveScript ends a node's membership if its session is still current.
 //
-// KEYS: nodes sessions weights ttls cfgerr traces state
+// KEYS: nodes sessions weights ttls cfgerr traces state handoffs
 // ARGV: node session channel
 var leaveScript = keepScript(`
 if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 for i = 2, 6 do redis.call('HDEL', KEYS[i], ARGV[1]) end
+redis.call('HDEL', KEYS[8], ARGV[1])
 dropStates(KEYS[7], ARGV[1])
 redis.call('PUBLISH', ARGV[3], 'leave ' .. ARGV[1])
 return 1
@@ -452,7 +458,7 @@ return 1
 // membersScript drops expired members (announcing them as left) and lists
 // the live ones.
 //
-// KEYS: nodes sessions weights ttls cfgerr traces state
+// KEYS: nodes sessions weights ttls cfgerr traces state handoffs
 // ARGV: channel
 // Returns {server_ms, node, expiry_ms, weight, node, …}.
 var membersScript = keepScript(`
@@ -461,6 +467,7 @@ if #dead > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
   for _, n in ipairs(dead) do
     for i = 2, 6 do redis.call('HDEL', KEYS[i], n) end
+    redis.call('HDEL', KEYS[8], n)
     dropStates(KEYS[7], n)
   end
   redis.call('PUBLISH', ARGV[1], 'leave ' .. table.concat(dead, ' '))

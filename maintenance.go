@@ -141,7 +141,7 @@ type holds struct {
 func readHolds(ctx context.Context, client rueidis.Client, k keys, now int64) (*holds, error) {
 	b := client.B()
 	res := client.DoMulti(ctx, b.Hgetall().Key(k.drains).Build(), b.Pttl().Key(k.freeze).Build(),
-		b.Hgetall().Key(k.restarting).Build(), b.Hgetall().Key(k.joinWait).Build())
+		b.Hgetall().Key(k.restarting).Build(), b.Hgetall().Key(k.joinWait).Build(), b.Hgetall().Key(k.handoffs).Build())
 	raw, err := res[0].AsStrMap()
 	if err != nil {
 		return nil, fmt.Errorf("read drains: %w", err)
@@ -213,7 +213,7 @@ func readHoldStatus(ctx context.Context, client rueidis.Client, k keys, st *Stat
 	b := client.B()
 	res := client.DoMulti(ctx, b.Hgetall().Key(k.drains).Build(), b.Pttl().Key(k.freeze).Build(),
 		b.Hmget().Key(k.leader).Field("rb_pending", "rb_flight").Build(),
-		b.Hgetall().Key(k.restarting).Build(), b.Hgetall().Key(k.joinWait).Build())
+		b.Hgetall().Key(k.restarting).Build(), b.Hgetall().Key(k.joinWait).Build(), b.Hgetall().Key(k.handoffs).Build())
 	raw, err := res[0].AsStrMap()
 	if err != nil {
 		return fmt.Errorf("%w: read drains: %w", ErrRedis, err)
@@ -244,9 +244,17 @@ func readHoldStatus(ctx context.Context, client rueidis.Client, k keys, st *Stat
 	if err != nil {
 		return fmt.Errorf("%w: read join holds: %w", ErrRedis, err)
 	}
+	handoffs, err := res[5].AsStrMap()
+	if err != nil {
+		return fmt.Errorf("%w: read handoffs: %w", ErrRedis, err)
+	}
 	live := map[string]bool{}
 	for i, n := range st.Nodes {
 		live[n.ID] = true
+		if f := strings.Fields(handoffs[n.ID]); len(f) == 2 {
+			st.Nodes[i].Prepared, _ = strconv.Atoi(f[0])
+			st.Nodes[i].Handing, _ = strconv.Atoi(f[1])
+		}
 		if h, ok := waiting[n.ID]; ok && n.State == "active" {
 			st.Nodes[i].State = "waiting"
 			st.Nodes[i].WaitingFor = time.Duration(h.until-now) * time.Millisecond

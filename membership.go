@@ -342,7 +342,7 @@ func (m *Manager[C, I]) leave(ctx context.Context) error {
 	}
 	m.lease.end()
 	return leaveScript.Exec(ctx, m.client, &m.plainScripts,
-		[]string{m.k.nodes, m.k.sessions, m.k.weights, m.k.ttls, m.k.cfgErr, m.k.traces, m.k.state},
+		[]string{m.k.nodes, m.k.sessions, m.k.weights, m.k.ttls, m.k.cfgErr, m.k.traces, m.k.state, m.k.handoffs},
 		[]string{m.s.nodeID, session, m.k.channel}).Error()
 }
 
@@ -357,7 +357,7 @@ type member struct {
 // time, in milliseconds.
 func (m *Manager[C, I]) members(ctx context.Context) (now int64, live []member, err error) {
 	res, err := membersScript.Exec(ctx, m.client, &m.plainScripts,
-		[]string{m.k.nodes, m.k.sessions, m.k.weights, m.k.ttls, m.k.cfgErr, m.k.traces, m.k.state},
+		[]string{m.k.nodes, m.k.sessions, m.k.weights, m.k.ttls, m.k.cfgErr, m.k.traces, m.k.state, m.k.handoffs},
 		[]string{m.k.channel}).ToArray()
 	if err != nil {
 		return 0, nil, err

@@ -111,6 +111,11 @@ type NodeStatus struct {
 	// live).
 	Assigned int `json:"assigned"`
 	Running  int `json:"running"`
+	// Prepared counts the instances the node prepared for keys that move to
+	// it, and Handing the keys it still runs until their new owner has
+	// prepared (see WithPrepare).
+	Prepared int `json:"prepared,omitempty"`
+	Handing  int `json:"handing,omitempty"`
 	// WaitingFor is how long a join hold still keeps the node without keys
 	// unless another node leaves (see WithJoinHold); its State is then
 	// "waiting".

@@ -298,6 +298,8 @@ func nodeState(n dim.NodeStatus) string {
 		return fmt.Sprintf("%s (drain ends in %s)", n.State, roundLease(n.DrainedFor))
 	case n.WaitingFor > 0:
 		return fmt.Sprintf("%s (join hold ends in %s)", n.State, roundLease(n.WaitingFor))
+	case n.Prepared > 0 || n.Handing > 0:
+		return fmt.Sprintf("%s (handoffs: %d prepared, %d held for their new owner)", n.State, n.Prepared, n.Handing)
 	}
 	return n.State
 }
