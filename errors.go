@@ -42,6 +42,8 @@ var (
 	ErrLastNode = errors.New("dim: the last node that takes keys")
 	// ErrFrozen reports a freeze requested while one is in force.
 	ErrFrozen = errors.New("dim: already frozen")
+	// ErrUnknownKey reports a key of which Redis holds nothing.
+	ErrUnknownKey = errors.New("dim: unknown key")
 	// ErrUnknownService reports a service of which Redis holds nothing.
 	ErrUnknownService = errors.New("dim: unknown service")
 	// ErrAlreadyStarted reports a second call of Start.

@@ -49,6 +49,8 @@ import (
 //	<p>:freeze     STRING who froze the service, expiring with the freeze
 //	<p>:restarting HASH  node → until_ms: stopped to restart; its keys wait
 //	<p>:joinwait   HASH  node → until_ms: joined in a rollout; takes a leaver's keys
+//	<p>:why        HASH  key → JSON {"t","f","o","r","g"}: its last move between
+//	                     nodes and why (not a first placement)
 //	<p>:handoffs   HASH  node → "prepared held": its make-before-break handoffs
 //	                     in progress (instances prepared, keys held for their
 //	                     new owner), while it has any
@@ -86,6 +88,7 @@ type keys struct {
 	restarting string
 	joinWait   string
 	handoffs   string
+	why        string
 	fleet      string
 	lock       string
 	channel    string
@@ -120,6 +123,7 @@ func newKeys(keyPrefix, service string) keys {
 		restarting: p + ":restarting",
 		joinWait:   p + ":joinwait",
 		handoffs:   p + ":handoffs",
+		why:        p + ":why",
 		lock:       p + ":lock",
 		fleet:      p + ":fleet",
 		channel:    p + ":events",

@@ -458,6 +458,9 @@ func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string
 		return err
 	}
 	st.assigned = assignment
+	if changes := diff(prev, assignment); len(changes) > 0 {
+		m.recordWhy(ctx, changes, moveReasons(changes, p, trigger))
+	}
 	return nil
 }
 
@@ -568,17 +571,7 @@ type change struct{ key, from, to string }
 // writeAssignment writes only the difference between prev and next, fenced
 // by the epoch.
 func (m *Manager[C, I]) writeAssignment(ctx context.Context, epoch uint64, prev, next Assignment, stats *rebalanceStats) error {
-	var changes []change
-	for key, to := range next {
-		if from := prev[key]; from != to {
-			changes = append(changes, change{key, from, to})
-		}
-	}
-	for key, from := range prev {
-		if _, ok := next[key]; !ok {
-			changes = append(changes, change{key, from, ""})
-		}
-	}
+	changes := diff(prev, next)
 	stats.changes = len(changes)
 	if len(changes) == 0 {
 		return nil
@@ -599,6 +592,22 @@ func (m *Manager[C, I]) writeAssignment(ctx context.Context, epoch uint64, prev,
 		m.log.Debug("assigned", "key", c.key, "from", c.from, "to", c.to, "epoch", epoch)
 	}
 	return nil
+}
+
+// diff lists the keys whose node differs between prev and next.
+func diff(prev, next Assignment) []change {
+	var changes []change
+	for key, to := range next {
+		if from := prev[key]; from != to {
+			changes = append(changes, change{key, from, to})
+		}
+	}
+	for key, from := range prev {
+		if _, ok := next[key]; !ok {
+			changes = append(changes, change{key, from, ""})
+		}
+	}
+	return changes
 }
 
 // nodeChunks cuts changes, sorted by new node, into chunks of at most size

@@ -68,6 +68,8 @@ Commands:
              changes, rebalances) until it ends; failures and drains still
              move keys
   thaw       thaw <service>: end a freeze
+  explain    explain <service> <key>: where the key is assigned, who runs it
+             with which token, its state, and why it is where it is
   plan       plan <service> drain <node> | plan <service> join [<node>]
              [-weight w]: print the moves the leader would make, and change
              nothing
@@ -106,7 +108,7 @@ type options struct {
 
 	command string
 	service string
-	node    string // drain, undrain, plan
+	node    string // drain, undrain, plan: a node; explain: a key
 	planOp  string // plan: drain or join
 	weight  int    // plan join
 }
@@ -151,6 +153,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = o.thaw(ctx, client, stdout)
 	case "plan":
 		err = o.plan(ctx, client, stdout)
+	case "explain":
+		err = o.explain(ctx, client, stdout)
 	case "services":
 		err = o.services(ctx, client, stdout)
 	}
@@ -225,12 +229,12 @@ func (o *options) parse(fs *flag.FlagSet, args []string) error {
 			return fmt.Errorf("too many arguments: %q", pos[1:])
 		}
 		o.service = "any" // for the name check below
-	case "drain", "undrain":
+	case "drain", "undrain", "explain":
 		switch len(pos) {
 		case 1:
-			return fmt.Errorf("missing service and node after %q", pos[0])
+			return fmt.Errorf("missing service and %s after %q", choose(o.command == "explain", "key", "node"), pos[0])
 		case 2:
-			return fmt.Errorf("missing node after %q %q", pos[0], pos[1])
+			return fmt.Errorf("missing %s after %q %q", choose(o.command == "explain", "key", "node"), pos[0], pos[1])
 		case 3:
 			o.service, o.node = pos[1], pos[2]
 		default:
@@ -262,7 +266,7 @@ func (o *options) parse(fs *flag.FlagSet, args []string) error {
 			return fmt.Errorf("too many arguments: %q", pos[2:])
 		}
 	default:
-		return fmt.Errorf("unknown command %q (commands: status, watch, rebalance, drain, undrain, freeze, thaw, plan, purge, services)", o.command)
+		return fmt.Errorf("unknown command %q (commands: status, watch, rebalance, explain, drain, undrain, freeze, thaw, plan, purge, services)", o.command)
 	}
 
 	if o.redis == "" {
@@ -660,4 +664,11 @@ func (o *options) describeConnect(err error) string {
 		return fmt.Sprintf("cannot reach Redis at %s: %v (does it need -tls?)", o.redis, err)
 	}
 	return fmt.Sprintf("cannot reach Redis at %s: %v", o.redis, err)
+}
+
+func choose[T any](cond bool, a, b T) T {
+	if cond {
+		return a
+	}
+	return b
 }

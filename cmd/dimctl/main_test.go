@@ -827,3 +827,27 @@ func TestStatusProbeSeesANodeCutOff(t *testing.T) {
 	assert.Regexp(t, `(?m)^keys +3 assigned, 0 running, 3 on nodes no longer live$`, out)
 	assert.Regexp(t, `(?m)^unowned +3 +-$`, out)
 }
+
+func TestExplainPrintsWhereAKeyIsAndWhy(t *testing.T) {
+	srv := redistest.Start(t)
+	st := startService(t, srv, "explained")
+	base := []string{"-redis", srv.Addr(), "-prefix", testPrefix}
+	code, out, errOut := dimctl(t, append(base, "explain", "explained", "a")...)
+	require.Equal(t, 0, code, errOut)
+	node := st.Assignment["a"]
+	assert.Regexp(t, `assigned to +`+node+`\n`, out)
+	assert.Regexp(t, `owner +`+node+`, token \d+ \(live\)`, out)
+	assert.Regexp(t, `state +running on `+node+` since `, out)
+	assert.Contains(t, out, "placed there when it was added")
+	code, out, errOut = dimctl(t, append(base, "-json", "explain", "explained", "a")...)
+	require.Equal(t, 0, code, errOut)
+	var e dim.Explanation
+	require.NoError(t, json.Unmarshal([]byte(out), &e))
+	assert.Equal(t, node, e.AssignedTo)
+	code, _, errOut = dimctl(t, append(base, "explain", "explained", "zzz")...)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut, "unknown key")
+	code, _, errOut = dimctl(t, append(base, "explain", "explained")...)
+	assert.Equal(t, 2, code)
+	assert.Contains(t, errOut, `missing key after "explain" "explained"`)
+}

@@ -1,0 +1,258 @@
+package dim
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// Why a key is where it is. The leader records, for every key it moves
+// between nodes (not for a first placement), when and why, in <p>:why; a
+// removed key's record goes. Explain reads it with everything else Redis
+// holds of one key.
+
+// Reasons for a move, as recorded.
+const (
+	MoveNodeGone    = "its node left, crashed, was fenced or stopped"
+	MoveNodeDrained = "its node was drained"
+	MoveGaveUp      = "its node gave it up after failed creates"
+	MoveUnknown     = "its node's getConfig does not return it"
+	MoveUnhealthy   = "its node is unhealthy"
+	MoveJoinHold    = "a joiner in a rollout took its leaving node's keys"
+	MoveQuarantined = "quarantined: it failed on every node it was given to"
+	MoveBalance     = "balance"
+)
+
+// whyRecord is one move in <p>:why, key → JSON.
+type whyRecord struct {
+	At      int64  `json:"t"` // ms, the leader's clock
+	From    string `json:"f"`
+	To      string `json:"o,omitempty"`
+	Reason  string `json:"r"`
+	Trigger string `json:"g,omitempty"`
+}
+
+// moveReasons says why each change of a rebalance happens: the node a key
+// leaves is gone or drained, it avoids the key, or the key moves for
+// balance (a join, a weight change, a rebalance request).
+func moveReasons(changes []change, p *placement, trigger string) map[string]whyRecord {
+	taking := map[string]bool{}
+	for _, n := range p.nodes {
+		taking[n.ID] = true
+	}
+	quarantined := map[string]bool{}
+	for _, key := range p.verdict.quarantined {
+		quarantined[key] = true
+	}
+	now := time.Now().UnixMilli()
+	out := make(map[string]whyRecord, len(changes))
+	for _, c := range changes {
+		if c.from == "" {
+			continue // a first placement: nothing moved
+		}
+		r := whyRecord{At: now, From: c.from, To: c.to, Trigger: trigger}
+		_, drained := p.holds.drained[c.from]
+		switch {
+		case c.to == "" && quarantined[c.key]:
+			r.Reason = MoveQuarantined
+		case c.to == "":
+			continue // removed from the configs: its record goes
+		case drained:
+			r.Reason = MoveNodeDrained
+		case slices.Contains(p.joined, c.to) && !taking[c.from]:
+			r.Reason = MoveJoinHold
+		case !taking[c.from]:
+			r.Reason = MoveNodeGone
+		case avoidsAs(p.facts, c.key, c.from, true):
+			r.Reason = MoveGaveUp
+		case avoidsAs(p.facts, c.key, c.from, false):
+			r.Reason = MoveUnknown
+		case slices.Contains(p.verdict.avoid[c.key], c.from):
+			r.Reason = MoveUnhealthy
+		default:
+			r.Reason = MoveBalance
+		}
+		out[c.key] = r
+	}
+	return out
+}
+
+// avoidsAs reports whether node avoids key because it gave it up (gaveUp)
+// or because it does not know it.
+func avoidsAs(f *failureFacts, key, node string, gaveUp bool) bool {
+	for _, e := range f.avoid[key] {
+		if e.node == node && (e.until > 0) == gaveUp {
+			return true
+		}
+	}
+	return false
+}
+
+// recordWhy writes the reasons of a rebalance's moves and forgets removed
+// keys, best effort: an explanation is not worth failing a rebalance for.
+func (m *Manager[C, I]) recordWhy(ctx context.Context, changes []change, why map[string]whyRecord) {
+	b := m.client.B()
+	var cmds rueidis.Commands
+	set := b.Hset().Key(m.k.why).FieldValue()
+	var gone []string
+	n := 0
+	for _, c := range changes {
+		r, ok := why[c.key]
+		if !ok {
+			if c.to == "" {
+				gone = append(gone, c.key)
+			}
+			continue
+		}
+		raw, _ := json.Marshal(r)
+		set = set.FieldValue(c.key, string(raw))
+		n++
+	}
+	if n > 0 {
+		cmds = append(cmds, set.Build())
+	}
+	if len(gone) > 0 {
+		cmds = append(cmds, b.Hdel().Key(m.k.why).Field(gone...).Build())
+	}
+	if len(cmds) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	defer cancel()
+	for _, r := range m.client.DoMulti(ctx, cmds...) {
+		if err := r.Error(); err != nil {
+			m.log.Debug("recording why keys moved failed", "err", err)
+		}
+	}
+}
+
+// Explanation is everything Redis holds of one key: where it is assigned,
+// who runs it with which token, what it is doing, why it is where it is, and
+// what keeps it off nodes.
+type Explanation struct {
+	Key string `json:"key"`
+	// AssignedTo is the node the key is assigned to, "" if none.
+	AssignedTo string `json:"assigned_to"`
+	// Owner is who claimed it, nil if nobody holds it.
+	Owner *Owner `json:"owner,omitempty"`
+	// State is what the node that holds it says it does, nil if none.
+	State *KeyStatus `json:"state,omitempty"`
+	// LastMove is its last move between nodes and why; nil if it has not
+	// moved since it was first placed (or since the record began).
+	LastMove *KeyMove `json:"last_move,omitempty"`
+	// Avoided lists the nodes that may not get the key, and why.
+	Avoided []Avoidance `json:"avoided"`
+	// Quarantine is set while the key is quarantined.
+	Quarantine *Quarantine `json:"quarantine,omitempty"`
+	// Drained, Frozen and Restarting name what holds placement back.
+	Drained []string `json:"drained,omitempty"`
+	Frozen  bool     `json:"frozen"`
+}
+
+// KeyMove is one move of a key.
+type KeyMove struct {
+	At      time.Time `json:"at"`
+	From    string    `json:"from"`
+	To      string    `json:"to"`
+	Reason  string    `json:"reason"`
+	Trigger string    `json:"trigger,omitempty"`
+}
+
+// Avoidance is a node that may not get a key.
+type Avoidance struct {
+	Node string `json:"node"`
+	// Why is "gave up" (until Until) or "unknown" (its getConfig does not
+	// return the key).
+	Why   string    `json:"why"`
+	Until time.Time `json:"until,omitzero"`
+}
+
+// Explain tells everything Redis holds of one key (see [Explanation]); opts
+// as for [ReadStatus]. A key Redis knows nothing of gives an error wrapping
+// [ErrUnknownKey].
+func Explain(ctx context.Context, client rueidis.Client, key string, opts ...Option) (*Explanation, error) {
+	s, err := serviceSettings(opts)
+	if err != nil {
+		return nil, err
+	}
+	k := newKeys(s.keyPrefix, s.service)
+	b := client.B()
+	res := client.DoMulti(ctx,
+		b.Hget().Key(k.assign).Field(key).Build(),
+		b.Hget().Key(k.owner).Field(key).Build(),
+		b.Hget().Key(k.state).Field(key).Build(),
+		b.Hget().Key(k.why).Field(key).Build(),
+		b.Hget().Key(k.avoid).Field(key).Build(),
+		b.Hget().Key(k.quarantine).Field(key).Build(),
+		b.Hgetall().Key(k.sessions).Build(),
+		b.Hgetall().Key(k.drains).Build(),
+		b.Pttl().Key(k.freeze).Build(),
+		b.Time().Build())
+	for _, r := range res {
+		if err := r.Error(); err != nil && !rueidis.IsRedisNil(err) {
+			return nil, fmt.Errorf("%w: explain %q: %w", ErrRedis, key, err)
+		}
+	}
+	str := func(i int) string { v, _ := res[i].ToString(); return v }
+	sessions, _ := res[6].AsStrMap()
+	tm, _ := res[9].AsStrSlice()
+	var now int64
+	if len(tm) == 2 {
+		sec, _ := strconv.ParseInt(tm[0], 10, 64)
+		usec, _ := strconv.ParseInt(tm[1], 10, 64)
+		now = sec*1000 + usec/1000
+	}
+	e := &Explanation{Key: key, AssignedTo: str(0), Avoided: []Avoidance{}}
+	if f := strings.Fields(str(1)); len(f) >= 3 {
+		token, _ := strconv.ParseUint(f[2], 10, 64)
+		e.Owner = &Owner{Node: f[0], Token: token, Live: sessions[f[0]] == f[1]}
+	}
+	var r keyRecord
+	if v := str(2); v != "" && json.Unmarshal([]byte(v), &r) == nil {
+		ks := KeyStatus{Node: r.Node, State: r.State, Live: sessions[r.Node] == r.Session && r.Session != "",
+			Since: time.UnixMilli(r.Since).UTC(), Attempts: r.Attempts, LastError: r.Err}
+		if r.Retry > 0 {
+			ks.NextRetry = time.UnixMilli(r.Retry).UTC()
+		}
+		e.State = &ks
+	}
+	var w whyRecord
+	if v := str(3); v != "" && json.Unmarshal([]byte(v), &w) == nil {
+		e.LastMove = &KeyMove{At: time.UnixMilli(w.At).UTC(), From: w.From, To: w.To, Reason: w.Reason, Trigger: w.Trigger}
+	}
+	for _, part := range strings.Fields(str(4)) {
+		node, until, _ := strings.Cut(part, "=")
+		u, err := strconv.ParseInt(until, 10, 64)
+		switch {
+		case err != nil:
+		case u == 0:
+			e.Avoided = append(e.Avoided, Avoidance{Node: node, Why: "unknown"})
+		case u > now:
+			e.Avoided = append(e.Avoided, Avoidance{Node: node, Why: "gave up", Until: time.UnixMilli(u).UTC()})
+		}
+	}
+	var q quarantineRecord
+	if v := str(5); v != "" && json.Unmarshal([]byte(v), &q) == nil {
+		e.Quarantine = &Quarantine{Key: key, Level: q.Level, Since: time.UnixMilli(q.Since).UTC(),
+			Until: time.UnixMilli(q.Until).UTC(), Nodes: q.Nodes, LastError: q.Err}
+	}
+	drains, _ := res[7].AsStrMap()
+	for node, v := range drains {
+		if u, err := strconv.ParseInt(v, 10, 64); err == nil && u > now {
+			e.Drained = append(e.Drained, node)
+		}
+	}
+	slices.Sort(e.Drained)
+	pttl, _ := res[8].AsInt64()
+	e.Frozen = pttl > 0
+	if e.AssignedTo == "" && e.Owner == nil && e.State == nil && e.LastMove == nil && e.Quarantine == nil && len(e.Avoided) == 0 {
+		return nil, fmt.Errorf("%w: %q in %q", ErrUnknownKey, key, s.service)
+	}
+	return e, nil
+}
