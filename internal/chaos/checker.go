@@ -90,11 +90,6 @@ type Report struct {
 	Span      time.Duration // first to last event
 	Processes int
 	Instances int // createInstance and activate calls
-	// Make-before-break (dim.WithPrepare): prepare calls, prepared
-	// instances (prepare returned one), prepare calls that failed, prepared
-	// instances activated and disposed of, lost with a killed process, and
-	// neither yet when the history ends.
-	Prepares, Prepared, PrepareFailed, Activated, Disposed, PreparedKilled, PreparedAtEnd int
 	Faults    map[string]int
 	LiveAtEnd int // instances still live when the history ends
 	Overlaps  []Overlap
@@ -111,14 +106,20 @@ type Report struct {
 
 	Leaks            []string
 	DoubleDowns      []string
-	// PrepareViolations: a prepared instance not activated or disposed of
-	// exactly once.
-	PrepareViolations []string
 	StaleWrites      []string // refused writes outside post-wake windows
 	EpochViolations  []string
 	WakeViolations   []string
 	RecoveryFailures []string
 	Problems         []string // anything else: lost lines, crashes of the node program, nonsense events
+
+	// PrepareViolations are prepared instances (dim.WithPrepare) not
+	// activated or disposed of exactly once.
+	PrepareViolations []string
+	// Make-before-break: prepare calls, prepared instances (prepare
+	// returned one), prepare calls that failed, prepared instances
+	// activated and disposed of, lost with a killed process, and neither
+	// yet when the history ends.
+	Prepares, Prepared, PrepareFailed, Activated, Disposed, PreparedKilled, PreparedAtEnd int
 }
 
 // Failures lists every violation found, each on a line.
