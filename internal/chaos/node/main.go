@@ -51,6 +51,11 @@ type node struct {
 	seq      atomic.Int64
 	mu       sync.Mutex
 	attempts map[string]int // key@version → create calls in this process
+
+	// m is the running Manager, once made; stopping is set when the
+	// program begins a graceful stop.
+	m        atomic.Pointer[dim.Manager[chaos.Config, *inst]]
+	stopping atomic.Bool
 }
 
 type inst struct {
@@ -164,6 +169,7 @@ func main() {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+	n.m.Store(m)
 	n.log(chaos.Event{Kind: chaos.Ready})
 
 	watchCtx, stopWatch := context.WithCancel(context.Background())
@@ -171,6 +177,7 @@ func main() {
 	wg.Go(func() { n.watchLeadership(watchCtx, m) })
 
 	<-sigs
+	n.stopping.Store(true)
 	stopWatch()
 	wg.Wait()
 	n.log(chaos.Event{Kind: chaos.Stopping})
@@ -379,7 +386,7 @@ func (n *node) disconnect(ctx context.Context, in *inst) error {
 		}
 		time.Sleep(d)
 	case in.cfg.Disconnect == "hang":
-		<-ctx.Done()
+		n.hang(ctx)
 	}
 	in.stop()
 	<-in.done
@@ -394,6 +401,27 @@ func (n *node) disconnect(ctx context.Context, in *inst) error {
 	return nil
 }
 
+// hang is a disconnect that hangs until its context ends (the callback
+// timeout), or until the node loses its lease: dim documents that a
+// disconnect that goes on past the fence margin may outlive the lease,
+// which is outside its guarantee, so a hung disconnect here honours the
+// fence (the Manager no longer Ready while the program is not stopping).
+// Faults that cost a lease and mass hung disconnects overlap in a round.
+func (n *node) hang(ctx context.Context) {
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if m := n.m.Load(); m != nil && !n.stopping.Load() && !m.Ready() {
+			return
+		}
+	}
+}
+
 // dispose is the disconnect hook for a prepared instance that was not
 // activated: it logs Disposed, misbehaving as the config's Disconnect asks.
 func (n *node) dispose(ctx context.Context, in *inst) error {
@@ -402,7 +430,7 @@ func (n *node) dispose(ctx context.Context, in *inst) error {
 		case "slow":
 			time.Sleep(chaos.SlowDisconnect)
 		case "hang":
-			<-ctx.Done()
+			n.hang(ctx)
 		}
 	}
 	n.log(chaos.Event{Kind: chaos.Disposed, Key: in.key, Inst: in.id})
