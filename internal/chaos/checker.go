@@ -180,8 +180,10 @@ func (r *Report) Summary() string {
 	wc, wd := r.WorstWake()
 	fmt.Fprintf(&b, "wake-ups beyond the lease: %d; worst resume→cancel %v, resume→disconnect %v; post-wake overlaps %d; old-token writes refused %d\n",
 		len(r.Wakes), wc.Round(time.Microsecond), wd.Round(time.Microsecond), len(r.WakeOverl), r.Refused)
-	fmt.Fprintf(&b, "make-before-break: %d prepare calls, %d prepared (%d failed), %d activated, %d disposed of, %d lost with a killed process, %d pending at the end; violations: %d\n",
-		r.Prepares, r.Prepared, r.PrepareFailed, r.Activated, r.Disposed, r.PreparedKilled, r.PreparedAtEnd, len(r.PrepareViolations))
+	if r.Prepares > 0 {
+		fmt.Fprintf(&b, "make-before-break: %d prepare calls, %d prepared (%d failed), %d activated, %d disposed of, %d lost with a killed process, %d pending at the end; violations: %d\n",
+			r.Prepares, r.Prepared, r.PrepareFailed, r.Activated, r.Disposed, r.PreparedKilled, r.PreparedAtEnd, len(r.PrepareViolations))
+	}
 	fmt.Fprintf(&b, "fencing-token checks: %d writes accepted, %d refused (%d inside post-wake windows, %d violations)\n",
 		r.TokenAccepted, r.TokenRefused, r.Refused, len(r.StaleWrites))
 	ok := 0
