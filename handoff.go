@@ -120,9 +120,18 @@ func (m *Manager[C, I]) startPrepare(ctx, leaseCtx context.Context, session, key
 	m.tab.preparing[key] = true
 	pctx, cancel := context.WithCancel(leaseCtx)
 	go func() {
+		// prepare runs under the callback timeout: past it, its context
+		// ends, and an instance it returns all the same is disposed of.
+		late := time.AfterFunc(m.s.timeout, cancel)
 		spanCtx, span := m.tel.startCallback(ctx, spanPrepare, key)
 		start := time.Now()
 		inst, err := callSafely(func() (I, error) { return m.prepare(pctx, cfg.value) })
+		if !late.Stop() {
+			if err == nil {
+				m.dispose(&prepared[I]{inst: inst, ctx: pctx, cancel: cancel}, key)
+			}
+			err = fmt.Errorf("%w: prepare did not return within %v", ErrCallback, m.s.timeout)
+		}
 		m.tel.endCallback(spanCtx, span, spanPrepare, start, err)
 		r := prepareResult[I]{key: key, session: session, sum: cfg.sum, inst: inst, err: err, ctx: pctx, cancel: cancel}
 		select {

@@ -73,6 +73,7 @@ type leaderState struct {
 	moving          map[string]string // voluntary moves in flight under the budget: key → node
 	pending         int               // voluntary moves held back by the budget or a freeze
 	recordedPending int               // pending as last recorded
+	recordedFlying  int               // len(moving) as last recorded
 	// prefetched are the keys read while waiting for a restarting
 	// service's nodes, for the rebalance that follows; nil: none.
 	prefetched []string
@@ -365,14 +366,15 @@ func (m *Manager[C, I]) answer(ctx context.Context, epoch uint64, st *leaderStat
 	for _, id := range ids {
 		m.publish(ctx, fmt.Sprintf("%s %s %d %d %s %s", evRebalanced, id, epoch, st.moves, outcome, msg))
 	}
-	if st.recorded && msg == st.lastErr && st.moves == 0 && len(ids) == 0 && st.pending == st.recordedPending {
+	if st.recorded && msg == st.lastErr && st.moves == 0 && len(ids) == 0 && st.pending == st.recordedPending &&
+		len(st.moving) == st.recordedFlying {
 		return
 	}
 	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
 	if resultScript.Exec(rctx, m.client, &m.plainScripts, []string{m.k.epoch, m.k.leader},
 		[]string{strconv.FormatUint(epoch, 10), strconv.Itoa(st.moves), msg, strconv.Itoa(st.pending), strconv.Itoa(len(st.moving))}).Error() == nil {
-		st.recorded, st.lastErr, st.recordedPending = true, msg, st.pending
+		st.recorded, st.lastErr, st.recordedPending, st.recordedFlying = true, msg, st.pending, len(st.moving)
 	}
 }
 

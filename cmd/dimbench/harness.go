@@ -107,6 +107,8 @@ type tracker struct {
 	// resetDark. longestDark is the longest such gap that has ended.
 	dark        map[string]time.Time
 	longestDark time.Duration
+	// peakDark is the most keys dark at once since resetDark.
+	peakDark int
 }
 
 // watch waits for every key of a set to be created on a node other than
@@ -165,6 +167,7 @@ func (t *tracker) disconnectedAt(node, key string, at time.Time) {
 		delete(t.live, key)
 		if t.dark != nil {
 			t.dark[key] = at
+			t.peakDark = max(t.peakDark, len(t.dark))
 		}
 	}
 }

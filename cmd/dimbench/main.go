@@ -27,6 +27,9 @@
 //	         with and without WithPrepare (make-before-break)
 //	reads    the full status and the summary of a converged service: time in
 //	         Redis per read (SLOWLOG), time the caller waits, reply size
+//	budget   a node joins M nodes × N keys, each with WithMoveBudget(max, 0) and
+//	         without: moves against the fewest, the most keys in flight at once,
+//	         steps and time to converge
 //
 // In-process nodes each have their own Redis connections; crash scenarios
 // run the victim as a child process (this program re-executed as "node")
@@ -107,6 +110,9 @@ type config struct {
 	rollingTTL   time.Duration
 	rollingPause time.Duration
 	fence        []int
+	budget       []size
+	budgetMoves  int
+	budgetTTL    time.Duration
 	fenceTTL     time.Duration
 	reads        []size
 	readsTTL     time.Duration
@@ -118,7 +124,7 @@ type config struct {
 	verbose      bool
 }
 
-var allScenarios = []string{"handoff", "crash", "leader", "cold", "steady", "churn", "restart", "fence", "rolling", "prepare", "reads"}
+var allScenarios = []string{"handoff", "crash", "leader", "cold", "steady", "churn", "restart", "fence", "rolling", "prepare", "reads", "budget"}
 
 func flagSet(name string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
@@ -131,7 +137,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	var (
 		cfg                                             config
 		scenarios, handoff, crash, leader, cold, steady string
-		churn, restart, fence, rolling, reads           string
+		churn, restart, fence, rolling, reads, budget   string
 		quick                                           bool
 	)
 	fs.StringVar(&scenarios, "scenarios", "all", "comma-separated scenarios: "+strings.Join(allScenarios, ",")+", or all")
@@ -158,6 +164,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&cfg.prepareKeys, "prepare", 12, "prepare: keys that move in the handoff")
 	fs.DurationVar(&cfg.rollingTTL, "rolling-ttl", 5*time.Second, "rolling: node TTL (5s: dim's default timings)")
 	fs.DurationVar(&cfg.rollingPause, "rolling-pause", time.Second, "rolling: the orchestrator's reaction between a pod ready (or gone) and its next action")
+	fs.StringVar(&budget, "budget", "10x10000", "budget: sizes, nodes x keys, before one more node joins")
+	fs.IntVar(&cfg.budgetMoves, "budget-moves", 500, "budget: WithMoveBudget's max, the voluntary moves in flight at most")
+	fs.DurationVar(&cfg.budgetTTL, "budget-ttl", 5*time.Second, "budget: node TTL (5s: dim's default timings)")
 	fs.StringVar(&fence, "fence", "100,1000,10000", "fence: instance counts of the node that fences")
 	fs.DurationVar(&cfg.fenceTTL, "fence-ttl", 2*time.Second, "fence: node TTL; the fence margin is a fifth of it and must exceed -fence-hook")
 	fs.DurationVar(&cfg.fenceHook, "fence-hook", 150*time.Millisecond, "fence: how long each disconnect hook takes")
@@ -183,6 +192,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		rolling, cfg.rollingTTL, cfg.rollingPause = "3x12", ttl, 100*time.Millisecond
 		fence, cfg.fenceTTL, cfg.fenceHook = "100", time.Second, 50*time.Millisecond
 		reads, cfg.readsTTL = "3x12", ttl
+		budget, cfg.budgetMoves, cfg.budgetTTL = "3x30", 3, ttl
 		cfg.steadyWindow = 900 * time.Millisecond
 		if cfg.runs == 0 {
 			cfg.runs = 1
@@ -216,7 +226,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		flag string
 		s    string
 		out  *[]size
-	}{{"-cold", cold, &cfg.cold}, {"-steady", steady, &cfg.steady}, {"-churn", churn, &cfg.churn}, {"-restart", restart, &cfg.restart}, {"-rolling", rolling, &cfg.rolling}, {"-reads", reads, &cfg.reads}} {
+	}{{"-cold", cold, &cfg.cold}, {"-steady", steady, &cfg.steady}, {"-churn", churn, &cfg.churn}, {"-restart", restart, &cfg.restart}, {"-rolling", rolling, &cfg.rolling}, {"-reads", reads, &cfg.reads}, {"-budget", budget, &cfg.budget}} {
 		if *p.out, err = parseList(p.s, parseSize); err != nil {
 			return nil, fmt.Errorf("%s: %w", p.flag, err)
 		}
@@ -228,6 +238,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		if n < 1 {
 			return nil, fmt.Errorf("-fence: %d instances: at least 1", n)
 		}
+	}
+	if cfg.budgetMoves < 1 {
+		return nil, fmt.Errorf("-budget-moves: %d: at least 1", cfg.budgetMoves)
 	}
 	if cfg.handoffNodes < 2 {
 		return nil, errors.New("-handoff-nodes: at least 2")
@@ -362,6 +375,7 @@ func runBench(ctx context.Context, cfg *config, args []string, stdout, stderr io
 		{"handoff", b.handoff}, {"crash", b.crash}, {"leader", b.leader},
 		{"cold", b.cold}, {"steady", b.steady}, {"churn", b.churn},
 		{"restart", b.restart}, {"fence", b.fence}, {"rolling", b.rolling}, {"prepare", b.prepare}, {"reads", b.reads},
+		{"budget", b.budget},
 	} {
 		if !cfg.scenarios[s.name] {
 			continue

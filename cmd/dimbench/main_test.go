@@ -64,7 +64,7 @@ func TestQuick(t *testing.T) {
 		}
 	}
 	for _, s := range []string{"floor", "1 graceful handoff", "2 node crash", "3 leader crash", "3 leader stop",
-		"4 cold start", "5 steady state", "6 rolling restart", "7 whole restart", "8 fence", "9 rolling update", "11 status reads"} {
+		"4 cold start", "5 steady state", "6 rolling restart", "7 whole restart", "8 fence", "9 rolling update", "11 status reads", "12 move budget"} {
 		if !seen[s] {
 			t.Errorf("no result for scenario %q", s)
 		}
@@ -85,6 +85,8 @@ func TestFlags(t *testing.T) {
 		{"-crash-ttls", "soon"},
 		{"-restart", "100"},
 		{"-fence", "0"},
+		{"-budget-moves", "0"},
+		{"-budget", "10"},
 		{"-fence-hook", "1s"}, // beyond the fence margin of the default -fence-ttl
 		{"extra"},
 	} {

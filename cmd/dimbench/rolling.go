@@ -218,6 +218,7 @@ func (t *tracker) resetDark() {
 	defer t.mu.Unlock()
 	t.dark = map[string]time.Time{}
 	t.longestDark = 0
+	t.peakDark = 0
 }
 
 // sleepCtx waits for d or until ctx ends.

@@ -22,6 +22,11 @@ var (
 	chaosReport   = flag.String("chaos.report", "", "write the chaos run's results as JSON to this file")
 )
 
+// chaosBudget is the move budget of every node of the chaos run
+// (WithMoveBudget(chaosBudget, 0)): a node that comes back after a fault
+// takes its share a few keys at a time.
+const chaosBudget = 3
+
 // faultKinds are the faults of the chaos run. The schedule deals them
 // round-robin from a deck shuffled anew (from the seed) each time it runs
 // out, so that every kind comes up equally often, the slow ones included.
@@ -138,7 +143,16 @@ type chaosResult struct {
 	RefusedInWake  int            `json:"token_refused_in_post_wake_windows"`
 	RefusedBadly   int            `json:"token_refused_violations"`
 	MaxTTL         string         `json:"max_node_ttl"`
-	Failures       []string       `json:"failures"`
+	// Make-before-break (WithPrepare) and the move budget.
+	MoveBudget        int      `json:"move_budget"`
+	PrepareCalls      int      `json:"prepare_calls"`
+	Prepared          int      `json:"prepared"`
+	PrepareFailed     int      `json:"prepare_failed"`
+	Activated         int      `json:"activated"`
+	Disposed          int      `json:"disposed"`
+	PreparedKilled    int      `json:"prepared_lost_with_killed_process"`
+	PrepareViolations int      `json:"prepare_violations"`
+	Failures          []string `json:"failures"`
 }
 
 // TestChaosRun runs a seeded random schedule of every fault against node
@@ -162,9 +176,15 @@ func TestChaosRun(t *testing.T) {
 	}
 	c := NewClusterWith(t, ids, *chaosKeys, Options{Persist: true, Sentinel: true})
 	// One service, mixed timings: slot i starts with Timings[i mod len].
+	// Every slot but one, drawn from the seed (apart from the schedule's
+	// draws, so that a seed's schedule stays the same), moves keys
+	// make-before-break; every node leads with a move budget.
+	plain := rand.New(rand.NewPCG(seed, 4)).IntN(nodes)
 	for i, id := range ids {
 		c.SetTiming(id, Timings[i%len(Timings)])
+		c.SetMoves(id, i != plain, chaosBudget)
 	}
+	t.Logf("make-before-break on every node but %s; move budget %d", ids[plain], chaosBudget)
 	c.Start(ids...)
 	c.WaitReady(settle, ids...)
 	c.Quiet(settle)
@@ -666,7 +686,10 @@ func writeChaosReport(t *testing.T, path string, seed uint64, nodes, rounds int,
 		WakeOverlaps: len(rep.WakeOverl), Refused: rep.Refused, Accepted: rep.TokenAccepted,
 		TokenChecks: rep.TokenAccepted + rep.TokenRefused, TokenPassed: rep.TokenAccepted, TokenRefused: rep.TokenRefused,
 		RefusedInWake: rep.Refused, RefusedBadly: len(rep.StaleWrites), MaxTTL: rep.MaxTTL.String(),
-		Failures: rep.Failures(),
+		MoveBudget: chaosBudget, PrepareCalls: rep.Prepares, Prepared: rep.Prepared, PrepareFailed: rep.PrepareFailed,
+		Activated: rep.Activated, Disposed: rep.Disposed, PreparedKilled: rep.PreparedKilled,
+		PrepareViolations: len(rep.PrepareViolations),
+		Failures:          rep.Failures(),
 	}
 	data, err := json.MarshalIndent(res, "", "  ")
 	if err != nil {

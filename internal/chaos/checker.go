@@ -89,7 +89,7 @@ type Report struct {
 	Events    int
 	Span      time.Duration // first to last event
 	Processes int
-	Instances int // createInstance calls
+	Instances int // createInstance and activate calls
 	Faults    map[string]int
 	LiveAtEnd int // instances still live when the history ends
 	Overlaps  []Overlap
@@ -111,6 +111,15 @@ type Report struct {
 	WakeViolations   []string
 	RecoveryFailures []string
 	Problems         []string // anything else: lost lines, crashes of the node program, nonsense events
+
+	// PrepareViolations are prepared instances (dim.WithPrepare) not
+	// activated or disposed of exactly once.
+	PrepareViolations []string
+	// Make-before-break: prepare calls, prepared instances (prepare
+	// returned one), prepare calls that failed, prepared instances
+	// activated and disposed of, lost with a killed process, and neither
+	// yet when the history ends.
+	Prepares, Prepared, PrepareFailed, Activated, Disposed, PreparedKilled, PreparedAtEnd int
 }
 
 // Failures lists every violation found, each on a line.
@@ -126,6 +135,7 @@ func (r *Report) Failures() []string {
 	}
 	add("leak", r.Leaks)
 	add("double disconnect", r.DoubleDowns)
+	add("prepared", r.PrepareViolations)
 	add("stale write", r.StaleWrites)
 	add("epoch", r.EpochViolations)
 	add("wake-up", r.WakeViolations)
@@ -170,6 +180,10 @@ func (r *Report) Summary() string {
 	wc, wd := r.WorstWake()
 	fmt.Fprintf(&b, "wake-ups beyond the lease: %d; worst resume→cancel %v, resume→disconnect %v; post-wake overlaps %d; old-token writes refused %d\n",
 		len(r.Wakes), wc.Round(time.Microsecond), wd.Round(time.Microsecond), len(r.WakeOverl), r.Refused)
+	if r.Prepares > 0 {
+		fmt.Fprintf(&b, "make-before-break: %d prepare calls, %d prepared (%d failed), %d activated, %d disposed of, %d lost with a killed process, %d pending at the end; violations: %d\n",
+			r.Prepares, r.Prepared, r.PrepareFailed, r.Activated, r.Disposed, r.PreparedKilled, r.PreparedAtEnd, len(r.PrepareViolations))
+	}
 	fmt.Fprintf(&b, "fencing-token checks: %d writes accepted, %d refused (%d inside post-wake windows, %d violations)\n",
 		r.TokenAccepted, r.TokenRefused, r.Refused, len(r.StaleWrites))
 	ok := 0
@@ -203,6 +217,10 @@ type segment struct {
 //     creates anything, and its writes with old tokens are refused;
 //   - every created instance is disconnected exactly once, or its process
 //     was killed, or it is still live at the end;
+//   - every prepared instance (dim.WithPrepare) is activated or disposed of,
+//     exactly once and not both, or its process was killed, or it is still
+//     pending at the end; an activated one is then an instance like any
+//     other, and the rules above hold it (its activation is its Up);
 //   - a leader observed after another leader's observation was written has
 //     a strictly higher epoch;
 //   - after each Quiet, every configured key is live exactly once, evenly
@@ -289,6 +307,7 @@ func Check(events []Event, lim Limits) *Report {
 	segs := segments(s, end)
 	checkOverlaps(r, s, segs, lim)
 	checkInstances(r, s)
+	checkPrepared(r, s)
 	checkStale(r, segs)
 	checkWakes(r, s, lim)
 	checkEpochs(r, s.leaders)
@@ -383,6 +402,59 @@ func checkInstances(r *Report, s *State) {
 				what = "createInstance still running"
 			}
 			r.Leaks = append(r.Leaks, fmt.Sprintf("%s (key %s): %s when its process exited at event %d", in.id, in.key, what, in.end.Seq))
+		}
+	}
+}
+
+// checkPrepared holds every prepared instance to its end: activated (an
+// activation that returned) or disposed of, exactly once and never both;
+// none of it without a prepare that returned the instance. One whose
+// process was killed first is lost with it; one whose process exited
+// (gracefully or not) first leaked. An activation that failed must be
+// disposed of.
+func checkPrepared(r *Report, s *State) {
+	for _, p := range s.porder {
+		r.Prepares++
+		name := fmt.Sprintf("%s (key %s)", p.id, p.key)
+		bad := func(format string, args ...any) {
+			r.PrepareViolations = append(r.PrepareViolations, name+": "+fmt.Sprintf(format, args...))
+		}
+		switch {
+		case p.failed:
+			r.PrepareFailed++
+		case p.ok:
+			r.Prepared++
+		}
+		if !p.ok {
+			if p.ups > 0 || p.disposals > 0 {
+				bad("activated %d and disposed of %d times, but its prepare never returned it", p.ups, p.disposals)
+			}
+			continue
+		}
+		if p.activated {
+			r.Activated++
+		}
+		if p.disposals > 0 {
+			r.Disposed++
+		}
+		switch {
+		case p.ups > 1:
+			bad("activated %d times", p.ups)
+		case p.disposals > 1:
+			bad("disposed of %d times", p.disposals)
+		case p.ups > 0 && p.disposals > 0 && p.activation.Seq > p.disposed.Seq:
+			bad("activated at event %d, after it was disposed of at event %d", p.activation.Seq, p.disposed.Seq)
+		case p.activated && p.disposals > 0:
+			bad("activated at event %d and disposed of at event %d", p.activation.Seq, p.disposed.Seq)
+		case p.settled():
+		case p.died.Kind == Kill:
+			r.PreparedKilled++
+		case p.died.Seq != 0 && p.ups > 0:
+			bad("its activate failed and it was never disposed of before its process exited at event %d", p.died.Seq)
+		case p.died.Seq != 0:
+			bad("neither activated nor disposed of when its process exited at event %d", p.died.Seq)
+		default:
+			r.PreparedAtEnd++
 		}
 	}
 }

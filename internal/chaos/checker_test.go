@@ -39,7 +39,8 @@ func (h *hist) add(e Event) *hist {
 
 func (k Kind) byNode() bool {
 	switch k {
-	case Start, Ready, Up, Created, Failed, Cancel, Down, Leader, Stale, Stopping, Stopped:
+	case Start, Ready, Up, Created, Failed, Cancel, Down, Leader, Stale, Stopping, Stopped,
+		Prepare, Prepared, Unprepared, Disposed:
 		return true
 	}
 	return false
@@ -169,6 +170,105 @@ func TestLeaksAndDoubleDisconnects(t *testing.T) {
 	require.Len(t, r.Leaks, 1)
 	assert.Contains(t, r.Leaks[0], "a (key k)")
 	assert.Len(t, r.DoubleDowns, 2)
+}
+
+// prep adds a prepare of key on node that returns instance inst.
+func (h *hist) prep(node, key, inst string) *hist {
+	return h.add(Event{Kind: Prepare, Node: node, PID: 1, Key: key, Inst: inst}).
+		add(Event{Kind: Prepared, Node: node, PID: 1, Key: key, Inst: inst})
+}
+
+func (h *hist) ev(k Kind, node, key, inst string) *hist {
+	return h.add(Event{Kind: k, Node: node, PID: 1, Key: key, Inst: inst})
+}
+
+func TestPreparedInstancesAreActivatedOrDisposedOfOnce(t *testing.T) {
+	h := newHist().spawn("n1").spawn("n2").
+		up("n1", "k", "a").
+		prep("n2", "k", "b").
+		down("n1", "k", "a").
+		up("n2", "k", "b"). // activated after the old one stopped
+		prep("n2", "j", "c").
+		ev(Disposed, "n2", "j", "c").
+		ev(Prepare, "n2", "x", "d").
+		ev(Unprepared, "n2", "x", "d").
+		prep("n2", "y", "e").
+		ev(Up, "n2", "y", "e").
+		ev(Failed, "n2", "y", "e").
+		ev(Disposed, "n2", "y", "e"). // disposed of after a failed activate
+		prep("n1", "z", "f").
+		kind(Kill, "n1") // lost with its process
+	h.prep("n2", "w", "g") // pending at the end
+	r := Check(h.events, testLimits)
+	assert.Empty(t, r.Failures())
+	assert.Equal(t, 6, r.Prepares)
+	assert.Equal(t, 5, r.Prepared)
+	assert.Equal(t, 1, r.PrepareFailed)
+	assert.Equal(t, 1, r.Activated)
+	assert.Equal(t, 2, r.Disposed)
+	assert.Equal(t, 1, r.PreparedKilled)
+	assert.Equal(t, 1, r.PreparedAtEnd)
+}
+
+func TestAPreparedInstanceNotActivatedOrDisposedOfExactlyOnceIsAViolation(t *testing.T) {
+	h := newHist().spawn("n1").spawn("n2").
+		prep("n2", "k1", "twice").
+		ev(Disposed, "n2", "k1", "twice").
+		ev(Disposed, "n2", "k1", "twice").
+		prep("n2", "k2", "both").
+		up("n2", "k2", "both").
+		ev(Disposed, "n2", "k2", "both").
+		prep("n2", "k3", "again").
+		up("n2", "k3", "again").down("n2", "k3", "again").
+		up("n2", "k3", "again").
+		ev(Prepare, "n2", "k4", "failed").
+		ev(Unprepared, "n2", "k4", "failed").
+		ev(Disposed, "n2", "k4", "failed").
+		prep("n2", "k5", "late").
+		ev(Disposed, "n2", "k5", "late").
+		up("n2", "k5", "late").
+		prep("n2", "k6", "leaked").
+		prep("n2", "k7", "failed-activate").
+		ev(Up, "n2", "k7", "failed-activate").
+		ev(Failed, "n2", "k7", "failed-activate").
+		kind(Term, "n2").
+		add(Event{Kind: Exit, Node: "n2", PID: 1, Expected: true, Detail: "exit 0"})
+	r := Check(h.events, testLimits)
+	want := []string{
+		"twice (key k1): disposed of 2 times",
+		"both (key k2): activated at event",
+		"again (key k3): activated 2 times",
+		"failed (key k4): activated 0 and disposed of 1 times, but its prepare never returned it",
+		"late (key k5): activated at event",
+		"leaked (key k6): neither activated nor disposed of when its process exited",
+		"failed-activate (key k7): its activate failed and it was never disposed of",
+	}
+	require.Len(t, r.PrepareViolations, len(want), "%q", r.PrepareViolations)
+	for i, w := range want {
+		assert.Contains(t, r.PrepareViolations[i], w)
+	}
+	assert.Contains(t, r.PrepareViolations[4], "after it was disposed of")
+	failures := strings.Join(r.Failures(), "\n")
+	assert.Contains(t, failures, "prepared: leaked (key k6)")
+}
+
+func TestAnActivatedInstanceIsALiveThatMustNotOverlap(t *testing.T) {
+	h := newHist().spawn("n1").spawn("n2").
+		up("n1", "k", "a").
+		prep("n2", "k", "b").
+		up("n2", "k", "b"). // activated while the old one still runs
+		down("n1", "k", "a")
+	r := Check(h.events, testLimits)
+	require.Len(t, r.Overlaps, 1)
+	assert.Equal(t, "b", r.Overlaps[0].B)
+	assert.Empty(t, r.PrepareViolations)
+
+	h = newHist().spawn("n1").spawn("n2").
+		up("n1", "k", "a").
+		prep("n2", "k", "b"). // prepared while the old one runs: not a life
+		down("n1", "k", "a").
+		up("n2", "k", "b")
+	assert.Empty(t, Check(h.events, testLimits).Failures())
 }
 
 func TestAnUnexpectedExitIsAProblem(t *testing.T) {

@@ -67,6 +67,14 @@ const (
 	HangExtra = 50 * time.Millisecond
 )
 
+// Make-before-break in the node program (its -prepare flag): prepare is a
+// login that takes PrepareLogin, and an old owner keeps a moved key for at
+// most PrepareWithin while its new owner prepares.
+const (
+	PrepareLogin  = 50 * time.Millisecond
+	PrepareWithin = 500 * time.Millisecond
+)
+
 // ReadConfigs reads a configs file.
 func ReadConfigs(path string) ([]Config, error) {
 	data, err := os.ReadFile(path)

@@ -134,6 +134,10 @@ type Node struct {
 	ID     string
 	Proxy  *faultproxy.Proxy
 	Timing Timing // of the next process started
+	// Prepare runs the next process with make-before-break (the node
+	// program's -prepare), Budget with WithMoveBudget(Budget, 0) (0: none).
+	Prepare bool
+	Budget  int
 
 	cmd    *exec.Cmd
 	pid    int
@@ -349,6 +353,15 @@ func (c *Cluster) spawn(n *Node) {
 	if c.debug {
 		args = append(args, "-debug")
 	}
+	detail := n.Timing.String()
+	if n.Prepare {
+		args = append(args, "-prepare")
+		detail += ", prepare"
+	}
+	if n.Budget > 0 {
+		args = append(args, "-budget", strconv.Itoa(n.Budget))
+		detail += fmt.Sprintf(", move budget %d", n.Budget)
+	}
 	cmd := exec.Command(c.bin, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// The kernel kills the node if the test binary dies without cleaning up.
@@ -360,7 +373,7 @@ func (c *Cluster) spawn(n *Node) {
 	c.mu.Lock()
 	n.cmd, n.pid, n.done, n.expect, n.paused, n.status = cmd, cmd.Process.Pid, done, "", false, ""
 	c.mu.Unlock()
-	c.Log(Event{Kind: Spawn, Node: n.ID, PID: cmd.Process.Pid, TTL: int64(n.Timing.TTL), Detail: n.Timing.String()})
+	c.Log(Event{Kind: Spawn, Node: n.ID, PID: cmd.Process.Pid, TTL: int64(n.Timing.TTL), Detail: detail})
 	go func() {
 		err := cmd.Wait()
 		status := "exit 0"
@@ -386,6 +399,15 @@ func (c *Cluster) SetTiming(id string, t Timing) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.Node(id).Timing = t
+}
+
+// SetMoves gives node id, from its next start on, make-before-break
+// (prepare) and a move budget of budget voluntary moves in flight (0: none).
+func (c *Cluster) SetMoves(id string, prepare bool, budget int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := c.Node(id)
+	n.Prepare, n.Budget = prepare, budget
 }
 
 // Failover fails Redis over to its replica through the Sentinel

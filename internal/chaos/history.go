@@ -59,6 +59,24 @@ const (
 	Stopped  Kind = "stopped"
 )
 
+// Events of make-before-break (dim.WithPrepare), written by a node process.
+// A prepared instance is not live: it does no work and holds no token. Its
+// activation is an Up with the same Inst (activate was entered, before it
+// began any work), followed by Created or Failed like a create; from there
+// on it is an instance like any other, live until its Down.
+const (
+	// Prepare: prepare was entered for Key, its instance to be Inst.
+	Prepare Kind = "prepare"
+	// Prepared: prepare returned the instance.
+	Prepared Kind = "prepared"
+	// Unprepared: prepare returned an error or panicked; there is no
+	// instance to activate or dispose of.
+	Unprepared Kind = "unprepared"
+	// Disposed: the disconnect hook was called for a prepared instance that
+	// was not activated (or whose activate failed): dim disposed of it.
+	Disposed Kind = "disposed"
+)
+
 // Events written by the driver.
 const (
 	// Spawn: the driver started a node process (Node, PID) with node TTL

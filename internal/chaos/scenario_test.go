@@ -582,3 +582,50 @@ func TestAKeyFunctionThatHangsOrPanics(t *testing.T) {
 		})
 	}
 }
+
+// TestJoinsMakeBeforeBreakUnderAMoveBudget runs every node with WithPrepare
+// and a move budget of 2: a join moves keys in steps, each prepared on the
+// new node while the old instance runs, then activated; then a node joins
+// and is killed once it has prepared a key (what it had prepared and not
+// activated dies with it), and joins again. Activated instances never overlap, and every prepared
+// instance is activated or disposed of exactly once.
+func TestJoinsMakeBeforeBreakUnderAMoveBudget(t *testing.T) {
+	ids := []string{"n1", "n2", "n3", "n4"}
+	c := NewCluster(t, ids, 12)
+	for _, id := range ids {
+		c.SetMoves(id, true, 2)
+	}
+	c.Start("n1", "n2")
+	c.WaitReady(settle, "n1", "n2")
+	_, ok := c.Quiet(settle)
+	require.True(t, ok, "initial convergence")
+
+	c.Fault("join", "n3")
+	c.Start("n3")
+	took, ok := c.Quiet(settle, "n1", "n2", "n3")
+	require.True(t, ok)
+	t.Logf("n3 took its share %v after the join", took)
+	c.Healed("join", "n3")
+
+	// n4 joins and is killed as soon as it has prepared a key.
+	c.Fault("crash", "n4 while it prepares")
+	c.Start("n4")
+	prepared := c.Wait(settle, func(s *State) bool {
+		for _, p := range s.porder {
+			if p.node == "n4" && p.ok {
+				return true
+			}
+		}
+		return false
+	})
+	c.Kill("n4")
+	c.Healed("crash", "n4")
+	c.Quiet(settle, "n1", "n2", "n3")
+	c.Start("n4")
+	c.Quiet(settle, ids...)
+	r := finish(t, c)
+	assert.True(t, prepared, "n4 prepared a key before it was killed")
+	assert.Positive(t, r.Activated, "keys moved make-before-break")
+	assert.Zero(t, r.PreparedAtEnd)
+	t.Logf("%d prepare calls, %d activated, %d disposed of, %d lost with n4", r.Prepares, r.Activated, r.Disposed, r.PreparedKilled)
+}

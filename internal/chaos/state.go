@@ -25,6 +25,34 @@ type instance struct {
 
 func (i *instance) live() bool { return i.end.Seq == 0 }
 
+// prep is one prepare call (dim.WithPrepare) and what became of the
+// instance it returned.
+type prep struct {
+	id   string
+	node string
+	proc string
+	key  string
+	from Event // Prepare
+	// ok: prepare returned the instance (Prepared); failed: it returned
+	// an error or panicked (Unprepared).
+	ok, failed bool
+	// ups are the activations begun (Up events of its ID), the first at
+	// activation; activated: an activation returned (Created).
+	ups        int
+	activation Event
+	activated  bool
+	// disposals counts Disposed events, the first at disposed.
+	disposals int
+	disposed  Event
+	// died is the Kill or Exit of its process, if it ended while the
+	// instance was neither activated nor disposed of; Seq 0 otherwise.
+	died Event
+}
+
+// settled reports whether the prepared instance met its end: activated, or
+// disposed of.
+func (p *prep) settled() bool { return p.activated || p.disposals > 0 }
+
 // process is one run of a node program.
 type process struct {
 	name    string
@@ -55,6 +83,8 @@ type State struct {
 	procs   map[string]*process
 	live    map[string]map[string]*instance // key → instance ID → instance
 	leaders []Event
+	preps   map[string]*prep // by instance ID
+	porder  []*prep
 	last    Event
 	odd     []string // events that make no sense (a Down without Up, ...)
 }
@@ -65,6 +95,7 @@ func NewState() *State {
 		insts: map[string]*instance{},
 		procs: map[string]*process{},
 		live:  map[string]map[string]*instance{},
+		preps: map[string]*prep{},
 	}
 }
 
@@ -103,6 +134,12 @@ func (s *State) Apply(e Event) {
 		if !p.alive {
 			s.odd = append(s.odd, fmt.Sprintf("event %d: instance %s created on %s after it died", e.Seq, e.Inst, p.name))
 		}
+		if pr := s.preps[e.Inst]; pr != nil {
+			pr.ups++
+			if pr.ups == 1 {
+				pr.activation = e
+			}
+		}
 		if _, dup := s.insts[e.Inst]; dup {
 			s.odd = append(s.odd, fmt.Sprintf("event %d: instance ID %s used twice", e.Seq, e.Inst))
 			return
@@ -117,6 +154,35 @@ func (s *State) Apply(e Event) {
 	case Created:
 		if in := s.inst(e); in != nil {
 			in.created = true
+		}
+		if pr := s.preps[e.Inst]; pr != nil {
+			pr.activated = true
+		}
+	case Prepare:
+		p := s.proc(e)
+		if _, dup := s.preps[e.Inst]; dup {
+			s.odd = append(s.odd, fmt.Sprintf("event %d: prepared instance ID %s used twice", e.Seq, e.Inst))
+			return
+		}
+		pr := &prep{id: e.Inst, node: e.Node, proc: p.name, key: e.Key, from: e}
+		s.preps[e.Inst] = pr
+		s.porder = append(s.porder, pr)
+	case Prepared, Unprepared, Disposed:
+		pr := s.preps[e.Inst]
+		if pr == nil {
+			s.odd = append(s.odd, fmt.Sprintf("event %d: %s of unknown prepared instance %s", e.Seq, e.Kind, e.Inst))
+			return
+		}
+		switch e.Kind {
+		case Prepared:
+			pr.ok = true
+		case Unprepared:
+			pr.failed = true
+		case Disposed:
+			pr.disposals++
+			if pr.disposals == 1 {
+				pr.disposed = e
+			}
 		}
 	case Failed:
 		if in := s.inst(e); in != nil && in.live() {
@@ -151,6 +217,11 @@ func (s *State) Apply(e Event) {
 				if in.proc == p.name {
 					s.endInst(in, e, e.Kind)
 				}
+			}
+		}
+		for _, pr := range s.porder {
+			if pr.proc == p.name && !pr.settled() && pr.died.Seq == 0 {
+				pr.died = e
 			}
 		}
 	case Term:

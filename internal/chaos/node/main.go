@@ -8,6 +8,14 @@
 // with its fencing token: once when created, every WriteEvery, and a last
 // time when disconnected; a refused write is logged as Stale.
 //
+// With -prepare it runs dim.WithPrepare: prepare is a simulated login
+// (chaos.PrepareLogin, honouring its context; the config's Create
+// misbehaviour applies to it too) logged as Prepare and Prepared or
+// Unprepared; activate checks the fencing token and begins the work as
+// create does, logged as Up and Created on the prepared instance's ID; a
+// prepared instance given to the disconnect hook before it was activated
+// is logged as Disposed. With -budget n it runs dim.WithMoveBudget(n, 0).
+//
 // It is a test program, started by internal/chaos; see its flags.
 package main
 
@@ -39,9 +47,15 @@ type node struct {
 	hist     *chaos.Writer
 	res      *chaos.ResourceClient
 	configs  string
+	timeout  time.Duration // the callback timeout
 	seq      atomic.Int64
 	mu       sync.Mutex
 	attempts map[string]int // key@version → create calls in this process
+
+	// m is the running Manager, once made; stopping is set when the
+	// program begins a graceful stop.
+	m        atomic.Pointer[dim.Manager[chaos.Config, *inst]]
+	stopping atomic.Bool
 }
 
 type inst struct {
@@ -53,6 +67,14 @@ type inst struct {
 	stop   context.CancelFunc
 	done   chan struct{}
 	health atomic.Int32
+
+	// Of a prepared instance (WithPrepare): its lifetime context, given
+	// to prepare, and whether it was activated or disposed of.
+	prepared  bool
+	life      context.Context
+	mu        sync.Mutex
+	activated bool
+	disposed  bool
 }
 
 func main() {
@@ -73,6 +95,8 @@ func main() {
 		lockEvery = flag.Duration("lock-refresh", 200*time.Millisecond, "leader lock refresh")
 		timeout   = flag.Duration("timeout", time.Second, "callback timeout")
 		debug     = flag.Bool("debug", false, "log dim at debug level")
+		prepare   = flag.Bool("prepare", false, "make-before-break: WithPrepare(prepare, activate, chaos.PrepareWithin)")
+		budget    = flag.Int("budget", 0, "WithMoveBudget(n, 0); 0: none")
 	)
 	flag.Parse()
 	if *id == "" || *redisAddr == "" || *histPath == "" || *configs == "" || *resource == "" {
@@ -85,7 +109,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "node:", err)
 		os.Exit(1)
 	}
-	n := &node{id: *id, pid: pid, hist: hist, res: chaos.NewResourceClient(*resource), configs: *configs, attempts: map[string]int{}}
+	n := &node{id: *id, pid: pid, hist: hist, res: chaos.NewResourceClient(*resource), configs: *configs, timeout: *timeout, attempts: map[string]int{}}
 	n.log(chaos.Event{Kind: chaos.Start, TTL: int64(*ttl)})
 
 	level := slog.LevelInfo
@@ -95,8 +119,15 @@ func main() {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	ropt := rueidis.ClientOption{InitAddress: []string{*redisAddr}, ConnWriteTimeout: 2 * time.Second}
 	ropt.Dialer.Timeout = 2 * time.Second
+	var extra []dim.Option
+	if *prepare {
+		extra = append(extra, dim.WithPrepare(n.prepare, n.activate, chaos.PrepareWithin))
+	}
+	if *budget > 0 {
+		extra = append(extra, dim.WithMoveBudget(*budget, 0))
+	}
 	newManager := func() (*dim.Manager[chaos.Config, *inst], error) {
-		return dim.New(n.getConfig, n.create,
+		return dim.New(n.getConfig, n.create, append([]dim.Option{
 			dim.WithService(*service),
 			dim.WithNodeID(*id),
 			dim.WithRedis(ropt),
@@ -112,7 +143,7 @@ func main() {
 			dim.WithLeaderHealthcheckSchedule("@every 1s"),
 			dim.WithConfigRefreshSchedule("@every 1s"),
 			dim.WithLogger(logger),
-		)
+		}, extra...)...)
 	}
 	// Start waits while an earlier run of this node ID still holds a lease,
 	// and fails when Redis cannot be reached in time (a slow or cut link):
@@ -138,6 +169,7 @@ func main() {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+	n.m.Store(m)
 	n.log(chaos.Event{Kind: chaos.Ready})
 
 	watchCtx, stopWatch := context.WithCancel(context.Background())
@@ -145,6 +177,7 @@ func main() {
 	wg.Go(func() { n.watchLeadership(watchCtx, m) })
 
 	<-sigs
+	n.stopping.Store(true)
 	stopWatch()
 	wg.Wait()
 	n.log(chaos.Event{Kind: chaos.Stopping})
@@ -180,9 +213,12 @@ func (n *node) attempt(cfg chaos.Config) int {
 	return n.attempts[k]
 }
 
+// newID names a new instance.
+func (n *node) newID() string { return fmt.Sprintf("%s#%d#%d", n.id, n.pid, n.seq.Add(1)) }
+
 func (n *node) create(ctx context.Context, cfg chaos.Config) (_ *inst, err error) {
 	token, _ := dim.FencingToken(ctx)
-	in := &inst{n: n, id: fmt.Sprintf("%s#%d#%d", n.id, n.pid, n.seq.Add(1)), key: cfg.Key, token: token, cfg: cfg}
+	in := &inst{n: n, id: n.newID(), key: cfg.Key, token: token, cfg: cfg}
 	n.log(chaos.Event{Kind: chaos.Up, Key: in.key, Inst: in.id, Token: token})
 	returned := false
 	defer func() {
@@ -220,6 +256,77 @@ func (n *node) create(ctx context.Context, cfg chaos.Config) (_ *inst, err error
 	returned = true
 	n.log(chaos.Event{Kind: chaos.Created, Key: in.key, Inst: in.id})
 	return in, nil
+}
+
+// prepare is a simulated login for cfg's key: it takes chaos.PrepareLogin,
+// ends early when its context does, and misbehaves as the config's Create
+// asks (per attempt, counted with create's). It does no work and writes
+// nothing: there is no fencing token yet.
+func (n *node) prepare(ctx context.Context, cfg chaos.Config) (_ *inst, err error) {
+	in := &inst{n: n, id: n.newID(), key: cfg.Key, cfg: cfg, prepared: true, life: ctx}
+	n.log(chaos.Event{Kind: chaos.Prepare, Key: in.key, Inst: in.id})
+	returned := false
+	defer func() {
+		if !returned { // a panic on its way to dim
+			n.log(chaos.Event{Kind: chaos.Unprepared, Key: in.key, Inst: in.id, Detail: "panic"})
+		}
+	}()
+	login := chaos.PrepareLogin
+	switch attempt := n.attempt(cfg); cfg.Create {
+	case "error":
+		if attempt <= 2 {
+			returned = true
+			n.log(chaos.Event{Kind: chaos.Unprepared, Key: in.key, Inst: in.id, Detail: "error"})
+			return nil, fmt.Errorf("prepare %s: injected error (attempt %d)", cfg.Key, attempt)
+		}
+	case "panic":
+		if attempt == 1 {
+			panic("prepare " + cfg.Key + ": injected panic")
+		}
+	case "hang":
+		if attempt == 1 {
+			// Past the callback timeout, then it returns all the same.
+			login = n.timeout + chaos.HangExtra
+		}
+	case "slow":
+		login = chaos.SlowCreate
+	}
+	select {
+	case <-ctx.Done():
+		returned = true
+		n.log(chaos.Event{Kind: chaos.Unprepared, Key: in.key, Inst: in.id, Detail: "context ended"})
+		return nil, fmt.Errorf("prepare %s: %w", cfg.Key, ctx.Err())
+	case <-time.After(login):
+	}
+	returned = true
+	n.log(chaos.Event{Kind: chaos.Prepared, Key: in.key, Inst: in.id})
+	return in, nil
+}
+
+// activate begins the work of a prepared instance as create does: it logs
+// Up with the claim's fencing token, writes with it, and runs until the
+// instance's lifetime context (prepare's) ends.
+func (n *node) activate(ctx context.Context, in *inst) error {
+	token, ok := dim.FencingToken(ctx)
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.token = token
+	n.log(chaos.Event{Kind: chaos.Up, Key: in.key, Inst: in.id, Token: token})
+	switch {
+	case !ok:
+		n.log(chaos.Event{Kind: chaos.Failed, Key: in.key, Inst: in.id, Detail: "no fencing token"})
+		return fmt.Errorf("activate %s: no fencing token in its context", in.key)
+	case in.disposed:
+		n.log(chaos.Event{Kind: chaos.Failed, Key: in.key, Inst: in.id, Detail: "disposed of"})
+		return fmt.Errorf("activate %s: already disposed of", in.key)
+	}
+	n.write(in, "open")
+	wctx, stop := context.WithCancel(in.life)
+	in.stop, in.done = stop, make(chan struct{})
+	in.activated = true
+	go in.run(in.life, wctx)
+	n.log(chaos.Event{Kind: chaos.Created, Key: in.key, Inst: in.id})
+	return nil
 }
 
 // run writes to the resource until the instance stops, and logs when dim
@@ -260,6 +367,15 @@ func keyOf(c chaos.Config, timeout time.Duration) string {
 }
 
 func (n *node) disconnect(ctx context.Context, in *inst) error {
+	if in.prepared {
+		in.mu.Lock()
+		dispose := !in.activated
+		in.disposed = in.disposed || dispose
+		in.mu.Unlock()
+		if dispose {
+			return n.dispose(ctx, in)
+		}
+	}
 	misbehave := in.cfg.Until == 0 || time.Now().UnixNano() < in.cfg.Until
 	switch {
 	case !misbehave:
@@ -270,7 +386,7 @@ func (n *node) disconnect(ctx context.Context, in *inst) error {
 		}
 		time.Sleep(d)
 	case in.cfg.Disconnect == "hang":
-		<-ctx.Done()
+		n.hang(ctx)
 	}
 	in.stop()
 	<-in.done
@@ -281,6 +397,48 @@ func (n *node) disconnect(ctx context.Context, in *inst) error {
 		return fmt.Errorf("disconnect %s: injected error", in.key)
 	case "panic":
 		panic("disconnect " + in.key + ": injected panic")
+	}
+	return nil
+}
+
+// hang is a disconnect that hangs until its context ends (the callback
+// timeout), or until the node loses its lease: dim documents that a
+// disconnect that goes on past the fence margin may outlive the lease,
+// which is outside its guarantee, so a hung disconnect here honours the
+// fence (the Manager no longer Ready while the program is not stopping).
+// Faults that cost a lease and mass hung disconnects overlap in a round.
+func (n *node) hang(ctx context.Context) {
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if m := n.m.Load(); m != nil && !n.stopping.Load() && !m.Ready() {
+			return
+		}
+	}
+}
+
+// dispose is the disconnect hook for a prepared instance that was not
+// activated: it logs Disposed, misbehaving as the config's Disconnect asks.
+func (n *node) dispose(ctx context.Context, in *inst) error {
+	if in.cfg.Until == 0 || time.Now().UnixNano() < in.cfg.Until {
+		switch in.cfg.Disconnect {
+		case "slow":
+			time.Sleep(chaos.SlowDisconnect)
+		case "hang":
+			n.hang(ctx)
+		}
+	}
+	n.log(chaos.Event{Kind: chaos.Disposed, Key: in.key, Inst: in.id})
+	switch in.cfg.Disconnect {
+	case "error":
+		return fmt.Errorf("dispose %s: injected error", in.key)
+	case "panic":
+		panic("dispose " + in.key + ": injected panic")
 	}
 	return nil
 }
