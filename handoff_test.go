@@ -203,3 +203,41 @@ func TestAFailedOrLatePrepareMovesTheKeyTheNormalWay(t *testing.T) {
 		})
 	}
 }
+
+// TestAHungPrepareEndsOnceItsKeyMovedTheNormalWay: WithPrepare's doc says
+// both functions run under the callback timeout, and that prepare's
+// context ends when the instance must stop. A prepare that hangs past
+// within lets the key move the normal way (createInstance on the new
+// owner); the prepare is then of no use, and past the callback timeout at
+// the latest its context must end. startPrepare calls prepare without a
+// bound, and the context's cancel is only reachable through the result,
+// so it runs on until the node's lease ends.
+func TestAHungPrepareEndsOnceItsKeyMovedTheNormalWay(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 4)
+	log := &handoffLog{}
+	c.startNode(c.preparingNode("n1", log, sleepFor(0), 300*time.Millisecond))
+	c.waitConverged(10*time.Second, "n1")
+	var mu sync.Mutex
+	hung, ended := map[string]bool{}, map[string]bool{}
+	c.startNode(c.preparingNode("n2", log, func(ctx context.Context, key string) error {
+		mu.Lock()
+		hung[key] = true
+		mu.Unlock()
+		<-ctx.Done()
+		mu.Lock()
+		ended[key] = true
+		mu.Unlock()
+		return ctx.Err()
+	}, 300*time.Millisecond))
+	c.waitConverged(10*time.Second, "n1", "n2")
+	assert.Empty(t, history.Overlaps(c.rec.Events()))
+	// The callback timeout of the test nodes is 2 s.
+	c.eventually(5*time.Second, "the hung prepares' contexts ended", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(hung) > 0 && fmt.Sprint(hung) == fmt.Sprint(ended)
+	})
+}
