@@ -107,6 +107,7 @@ func (m *Manager[C, I]) budgetLeft(ctx context.Context, st *leaderState, prev As
 		}
 	}
 	limit := moveBudget(m.s.budgetAbs, m.s.budgetRel, keys)
+	st.budget = limit
 	if limit < 0 {
 		clear(st.moving)
 		return -1, nil

@@ -78,6 +78,8 @@ func TestAJoinUnderAMoveBudgetMakesTheFewestMovesAFewAtATime(t *testing.T) {
 	c.eventually(30*time.Second, "balanced over three nodes", func() bool {
 		if r := c.status().LastRebalance; r != nil && r.Pending > 0 {
 			sawPending = true
+			assert.Equal(t, 3, r.Budget)
+			assert.Equal(t, (r.Pending+2)/3, r.StepsLeft)
 		}
 		return c.converged("n1", "n2", "n3") && len(c.status().Misplaced) == 0
 	})

@@ -789,10 +789,10 @@ return 1
 // Status and probes, if the epoch is still the leader's.
 //
 // KEYS: epoch leader
-// ARGV: epoch moves error pending in_flight
+// ARGV: epoch moves error pending in_flight budget
 var resultScript = keepScript(`
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[2], 'rb_at', now, 'rb_moves', ARGV[2], 'rb_err', ARGV[3], 'rb_pending', ARGV[4], 'rb_flight', ARGV[5])
+redis.call('HSET', KEYS[2], 'rb_at', now, 'rb_moves', ARGV[2], 'rb_err', ARGV[3], 'rb_pending', ARGV[4], 'rb_flight', ARGV[5], 'rb_budget', ARGV[6])
 return 1
 `)
 

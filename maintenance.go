@@ -212,7 +212,7 @@ type FreezeStatus struct {
 func readHoldStatus(ctx context.Context, client rueidis.Client, k keys, st *Status) error {
 	b := client.B()
 	res := client.DoMulti(ctx, b.Hgetall().Key(k.drains).Build(), b.Pttl().Key(k.freeze).Build(),
-		b.Hmget().Key(k.leader).Field("rb_pending", "rb_flight").Build(),
+		b.Hmget().Key(k.leader).Field("rb_pending", "rb_flight", "rb_budget").Build(),
 		b.Hgetall().Key(k.restarting).Build(), b.Hgetall().Key(k.joinWait).Build(), b.Hgetall().Key(k.handoffs).Build())
 	raw, err := res[0].AsStrMap()
 	if err != nil {
@@ -279,10 +279,15 @@ func readHoldStatus(ctx context.Context, client rueidis.Client, k keys, st *Stat
 		if err != nil {
 			return fmt.Errorf("%w: read move budget: %w", ErrRedis, err)
 		}
-		if len(budget) == 2 {
+		if len(budget) == 3 {
 			pending, _ := budget[0].AsInt64()
 			flying, _ := budget[1].AsInt64()
+			limit, _ := budget[2].AsInt64()
 			r.Pending, r.InFlight = int(pending), int(flying)
+			if limit > 0 {
+				r.Budget = int(limit)
+				r.StepsLeft = (r.Pending + r.Budget - 1) / r.Budget
+			}
 		}
 	}
 	return nil

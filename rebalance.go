@@ -73,6 +73,7 @@ type leaderState struct {
 	moving          map[string]string // voluntary moves in flight under the budget: key → node
 	pending         int               // voluntary moves held back by the budget or a freeze
 	recordedPending int               // pending as last recorded
+	budget          int               // voluntary moves a step may start; -1: no budget
 	recordedFlying  int               // len(moving) as last recorded
 	// prefetched are the keys read while waiting for a restarting
 	// service's nodes, for the rebalance that follows; nil: none.
@@ -373,7 +374,7 @@ func (m *Manager[C, I]) answer(ctx context.Context, epoch uint64, st *leaderStat
 	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
 	if resultScript.Exec(rctx, m.client, &m.plainScripts, []string{m.k.epoch, m.k.leader},
-		[]string{strconv.FormatUint(epoch, 10), strconv.Itoa(st.moves), msg, strconv.Itoa(st.pending), strconv.Itoa(len(st.moving))}).Error() == nil {
+		[]string{strconv.FormatUint(epoch, 10), strconv.Itoa(st.moves), msg, strconv.Itoa(st.pending), strconv.Itoa(len(st.moving)), strconv.Itoa(st.budget)}).Error() == nil {
 		st.recorded, st.lastErr, st.recordedPending, st.recordedFlying = true, msg, st.pending, len(st.moving)
 	}
 }

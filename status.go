@@ -263,6 +263,10 @@ type LastRebalance struct {
 	// budget or a freeze, InFlight those started and not yet landed.
 	Pending  int `json:"pending,omitempty"`
 	InFlight int `json:"in_flight,omitempty"`
+	// Budget is the move budget per step the leader applied (0: none), and
+	// StepsLeft the steps the pending moves still take under it.
+	Budget    int `json:"budget,omitempty"`
+	StepsLeft int `json:"steps_left,omitempty"`
 	// Error is the reason it failed, "" if it succeeded.
 	Error string `json:"error,omitempty"`
 }

@@ -105,7 +105,11 @@ func writeHead(tw io.Writer, service, leader string, leaderLive bool, epoch uint
 		case r.Error != "":
 			fmt.Fprintf(tw, "rebalance\tfailed at %s: %s\n", r.At.UTC().Format("15:04:05"), quote(r.Error))
 		default:
-			fmt.Fprintf(tw, "rebalance\t%d moves in flight, %d held for later steps (move budget or freeze)\n", r.InFlight, r.Pending)
+			line := fmt.Sprintf("%d moves in flight, %d held for later steps (move budget or freeze)", r.InFlight, r.Pending)
+			if r.Budget > 0 {
+				line += fmt.Sprintf("; budget %d a step, %d steps left", r.Budget, r.StepsLeft)
+			}
+			fmt.Fprintf(tw, "rebalance\t%s\n", line)
 		}
 	}
 	if f != nil {
