@@ -120,16 +120,7 @@ func (m *Manager[C, I]) recordWhy(ctx context.Context, changes []change, why map
 	if len(gone) > 0 {
 		cmds = append(cmds, b.Hdel().Key(m.k.why).Field(gone...).Build())
 	}
-	if len(cmds) == 0 {
-		return
-	}
-	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-	defer cancel()
-	for _, r := range m.client.DoMulti(ctx, cmds...) {
-		if err := r.Error(); err != nil {
-			m.log.Debug("recording why keys moved failed", "err", err)
-		}
-	}
+	m.bestEffort(ctx, "recording why keys moved", cmds)
 }
 
 // Explanation is everything Redis holds of one key: where it is assigned,

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/redis/rueidis"
 	"iter"
 	"slices"
 	"strconv"
@@ -670,6 +671,22 @@ func (m *Manager[C, I]) writeChunk(ctx context.Context, epoch uint64, chunk []ch
 		return errStaleEpoch
 	}
 	return nil
+}
+
+// bestEffort sends cmds and logs a failure at Debug: records that end or
+// get rewritten by themselves, not worth failing a rebalance for.
+func (m *Manager[C, I]) bestEffort(ctx context.Context, what string, cmds rueidis.Commands) {
+	if len(cmds) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	defer cancel()
+	for _, r := range m.client.DoMulti(ctx, cmds...) {
+		if err := r.Error(); err != nil {
+			m.log.Debug(what+" failed", "err", err)
+			return
+		}
+	}
 }
 
 // publish sends an event on the service channel.

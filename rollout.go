@@ -175,16 +175,7 @@ func (m *Manager[C, I]) dropHolds(ctx context.Context, back, joined []string) {
 	if len(joined) > 0 {
 		cmds = append(cmds, b.Hdel().Key(m.k.joinWait).Field(joined...).Build())
 	}
-	if len(cmds) == 0 {
-		return
-	}
-	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-	defer cancel()
-	for _, r := range m.client.DoMulti(ctx, cmds...) {
-		if err := r.Error(); err != nil {
-			m.log.Debug("dropping rollout holds failed; they end by themselves", "err", err)
-		}
-	}
+	m.bestEffort(ctx, "dropping rollout holds (they end by themselves)", cmds)
 	for _, node := range joined {
 		m.log.Info("a waiting joiner takes keys", "node", node)
 	}

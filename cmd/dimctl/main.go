@@ -425,15 +425,7 @@ func summaryProblems(sum *dim.Summary, before *unhealthy) *unhealthy {
 	if before != nil {
 		u.others = min(u.others, before.others)
 	}
-	for _, n := range sum.Nodes {
-		if n.State == "suspect" && (before == nil || slices.Contains(before.suspect, n.ID)) {
-			u.suspect = append(u.suspect, n.ID)
-		}
-	}
-	if r := sum.LastRebalance; r != nil && r.Error != "" {
-		u.rebalance = r.Error
-	}
-	u.oom = sum.Memory != nil && sum.Memory.OutOfMemory
+	u.service(sum.Nodes, sum.LastRebalance, sum.Memory, before)
 	return u
 }
 
@@ -451,16 +443,23 @@ func problems(st *dim.Status, before *unhealthy) *unhealthy {
 			u.down = append(u.down, key)
 		}
 	}
-	for _, n := range st.Nodes {
+	u.service(st.Nodes, st.LastRebalance, st.Memory, before)
+	return u
+}
+
+// service finds what a status and a summary share: nodes suspect (with
+// before, only those suspect then too), a failed last rebalance, a full
+// Redis.
+func (u *unhealthy) service(nodes []dim.NodeStatus, r *dim.LastRebalance, mem *dim.RedisMemory, before *unhealthy) {
+	for _, n := range nodes {
 		if n.State == "suspect" && (before == nil || slices.Contains(before.suspect, n.ID)) {
 			u.suspect = append(u.suspect, n.ID)
 		}
 	}
-	if r := st.LastRebalance; r != nil && r.Error != "" {
+	if r != nil && r.Error != "" {
 		u.rebalance = r.Error
 	}
-	u.oom = st.Memory != nil && st.Memory.OutOfMemory
-	return u
+	u.oom = mem != nil && mem.OutOfMemory
 }
 
 func (u *unhealthy) none() bool {
