@@ -73,8 +73,9 @@ type Manager[C, I any] struct {
 	prepare        func(context.Context, C) (I, error) // nil: no make-before-break (see WithPrepare)
 	activate       func(context.Context, I) error
 	prepareCh      chan prepareResult[I]
-	announced      announced // keys whose new owner prepared them
-	handoffsShown  [2]int    // prepared and held, as last published; node loop only
+	announced      announced                 // keys whose new owner prepared them
+	handoffsShown  [2]int                    // prepared and held, as last published; node loop only
+	lastFence      atomic.Pointer[fenceNote] // a fence not yet in the history
 
 	claimRetry time.Duration // how soon a refused claim is tried again
 	retryMin   time.Duration // backoff after a failed create or health check

@@ -160,6 +160,7 @@ func (m *Manager[C, I]) lead(lockCtx context.Context, release context.CancelFunc
 	m.leader.epoch, m.leader.ctx, m.leader.cancel = epoch, ctx, cancel
 	m.leader.mu.Unlock()
 	m.log.Info("became leader", "epoch", epoch)
+	m.record(ctx, HistoryElected, epoch, nil, nil, "")
 	m.tel.setLeader(epoch)
 	start := time.Now()
 

@@ -243,7 +243,7 @@ func TestNodeIDsThatChangeAtEveryRestartLeaveNothingBehind(t *testing.T) {
 	}
 	admin := c.srv.Client(t)
 	k := newKeys("", c.service)
-	for _, hash := range []string{k.sessions, k.weights, k.ttls, k.traces, k.cfgErr} {
+	for _, hash := range []string{k.sessions, k.weights, k.ttls, k.traces, k.cfgErr, k.handoffs} {
 		fields, err := admin.Do(context.Background(), admin.B().Hkeys().Key(hash).Build()).AsStrSlice()
 		require.NoError(t, err)
 		assert.Subset(t, []string{"keeper"}, fields, "%s keeps only live nodes", hash)

@@ -470,6 +470,16 @@ func (m *Manager[C, I]) reconcile() {
 		}
 	}
 	stats.created, stats.failed = m.createAll(ctx, leaseCtx, session, jobs)
+	if len(granted) > 0 {
+		claimed := make([]string, 0, len(granted))
+		for key := range granted {
+			claimed = append(claimed, key)
+		}
+		slices.Sort(claimed)
+		for chunk := range slices.Chunk(claimed, claimChunk) {
+			m.record(ctx, HistoryClaimed, 0, chunk, nil, "")
+		}
+	}
 	stats.waiting = len(m.tab.waiting)
 	// A key is unknown to this node only when getConfig just answered
 	// without it: not when getConfig failed or the list is merely older
@@ -651,6 +661,9 @@ func (m *Manager[C, I]) release(ctx context.Context, session string, keys []stri
 	for _, key := range keys {
 		delete(m.tab.claimed, key)
 		delete(m.tab.states, key) // the release dropped it
+	}
+	for chunk := range slices.Chunk(keys, claimChunk) {
+		m.record(ctx, HistoryReleased, 0, chunk, nil, "")
 	}
 	return nil
 }
@@ -876,15 +889,16 @@ func (m *Manager[C, I]) disconnectOne(e *entry[I]) {
 	owned := context.WithValue(m.runCtx, tokenKey{}, ownership{e.key, e.token})
 	spanCtx, span := m.tel.startCallback(owned, spanDisconnect, e.key)
 	start := time.Now()
-	// The hook's context ends at the fence too: a hook that waits on it
-	// returns within the fence margin.
-	dctx, cancel := context.WithCancel(context.WithoutCancel(spanCtx))
-	defer cancel()
-	if e.lease != nil {
-		defer context.AfterFunc(e.lease, cancel)()
-	}
-	err := m.callWithTimeout(dctx, e.key, func(ctx context.Context) error {
-		return m.disconnect(ctx, e.inst)
+	err := m.callWithTimeout(context.WithoutCancel(spanCtx), e.key, func(ctx context.Context) error {
+		// The hook's context ends at the fence too, so that a hook that
+		// waits on it returns within the fence margin; the call is still
+		// waited for up to the callback timeout, not abandoned.
+		hctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		if e.lease != nil {
+			defer context.AfterFunc(e.lease, cancel)()
+		}
+		return m.disconnect(hctx, e.inst)
 	})
 	m.tel.endCallback(spanCtx, span, spanDisconnect, start, err)
 	if err != nil {

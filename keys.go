@@ -49,6 +49,8 @@ import (
 //	<p>:freeze     STRING who froze the service, expiring with the freeze
 //	<p>:restarting HASH  node → until_ms: stopped to restart; its keys wait
 //	<p>:joinwait   HASH  node → until_ms: joined in a rollout; takes a leaver's keys
+//	<p>:history    STREAM what happened: elections, joins, leaves, fences, moves,
+//	                     claims, releases, verdicts (MAXLEN ~ WithHistory)
 //	<p>:why        HASH  key → JSON {"t","f","o","r","g"}: its last move between
 //	                     nodes and why (not a first placement)
 //	<p>:handoffs   HASH  node → "prepared held": its make-before-break handoffs
@@ -89,6 +91,7 @@ type keys struct {
 	joinWait   string
 	handoffs   string
 	why        string
+	history    string
 	fleet      string
 	lock       string
 	channel    string
@@ -124,6 +127,7 @@ func newKeys(keyPrefix, service string) keys {
 		joinWait:   p + ":joinwait",
 		handoffs:   p + ":handoffs",
 		why:        p + ":why",
+		history:    p + ":history",
 		lock:       p + ":lock",
 		fleet:      p + ":fleet",
 		channel:    p + ":events",

@@ -160,6 +160,7 @@ func (m *Manager[C, I]) join(ctx context.Context) error {
 		return fmt.Errorf("join: confirm: %w", err)
 	}
 	m.log.Debug("joined", "session", session)
+	m.recordJoin(ctx, session)
 	return nil
 }
 
@@ -317,6 +318,7 @@ func (m *Manager[C, I]) fenceSession(session, reason string) {
 	// is called now, all at once, whatever the node loop is doing.
 	m.instances.stopAll()
 	m.log.Warn("fenced: stopping all instances", "reason", reason)
+	m.lastFence.Store(&fenceNote{at: time.Now(), reason: reason})
 	m.tel.fenced(m.runCtx, reason)
 	m.stepDown()
 	signal(m.fenceCh)
@@ -341,9 +343,13 @@ func (m *Manager[C, I]) leave(ctx context.Context) error {
 		return nil
 	}
 	m.lease.end()
-	return leaveScript.Exec(ctx, m.client, &m.plainScripts,
+	err := leaveScript.Exec(ctx, m.client, &m.plainScripts,
 		[]string{m.k.nodes, m.k.sessions, m.k.weights, m.k.ttls, m.k.cfgErr, m.k.traces, m.k.state, m.k.handoffs},
 		[]string{m.s.nodeID, session, m.k.channel}).Error()
+	if err == nil {
+		m.record(ctx, HistoryLeft, 0, nil, nil, session)
+	}
+	return err
 }
 
 // member is a live node as the leader reads it.

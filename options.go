@@ -68,6 +68,7 @@ type settings struct {
 	nodeMetrics       bool
 	giveUpAfter       int // 0: never
 	createConcurrency int
+	historyLen        int // entries kept in the history stream; 0: none
 	restartHold       time.Duration
 	joinHold          time.Duration
 	budgetAbs         int     // voluntary moves in flight at most; 0: no limit
@@ -102,6 +103,7 @@ func defaultSettings() settings {
 		weight:            DefaultWeight,
 		giveUpAfter:       DefaultGiveUpAfter,
 		createConcurrency: DefaultCreateConcurrency,
+		historyLen:        DefaultHistoryLength,
 		quarantineFirst:   DefaultQuarantineFirst,
 		quarantineMax:     DefaultQuarantineMax,
 		nodeTTL:           DefaultNodeTTL,
@@ -528,6 +530,21 @@ func WithJoinHold(d time.Duration) Option {
 			return invalid("WithJoinHold", "%v is not in (0, %v]", d, maxHold)
 		}
 		s.joinHold = d
+		return nil
+	})
+}
+
+// WithHistory sets about how many entries the service's history keeps (a
+// Redis Stream trimmed with MAXLEN ~): elections, joins, leaves, fences,
+// moves, claims, releases and verdicts on failing keys and nodes, one entry
+// per change listing its keys, read with dimctl history or ReadHistory. 0
+// writes none. Default: 5000.
+func WithHistory(entries int) Option {
+	return optionFunc(func(s *settings) error {
+		if entries < 0 {
+			return invalid("WithHistory", "%d is negative", entries)
+		}
+		s.historyLen = entries
 		return nil
 	})
 }

@@ -594,6 +594,7 @@ func (m *Manager[C, I]) recordVerdict(ctx context.Context, f *failureFacts, v *v
 			return fmt.Errorf("record failure review: %w", err)
 		}
 	}
+	m.recordVerdictHistory(ctx, v, f)
 	for _, key := range v.quarantined {
 		q := v.setQuarantine[key]
 		m.log.Warn("quarantining a key that failed on every node it was given to; no node runs it until it is tried again",

@@ -464,6 +464,7 @@ func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string
 	st.assigned = assignment
 	if changes := diff(prev, assignment); len(changes) > 0 {
 		m.recordWhy(ctx, changes, moveReasons(changes, p, trigger))
+		m.recordMoves(ctx, epoch, changes)
 	}
 	return nil
 }

@@ -94,6 +94,7 @@ func TestTenantsSharingARedisNeitherLearnNorDisturbEachOther(t *testing.T) {
 		"sadd":             {bk.assigned("n1"), "x"},
 		"srem":             {bk.assigned("n1"), "cfg-00"},
 		"pttl":             {bk.freeze},
+		"xadd":             {bk.history, "*", "e", "forged"},
 		"sismember":        {bk.moving(), "cfg-00"},
 		"scard":            {bk.inState(KeyRunning, "n1")},
 		"sscan":            {bk.inState(KeyRunning, "n1"), "0"},

@@ -68,6 +68,9 @@ Commands:
              changes, rebalances) until it ends; failures and drains still
              move keys
   thaw       thaw <service>: end a freeze
+  history    history <service> [-key k] [-node n] [-since 1h] [-limit 100]:
+             elections, joins, leaves, fences, moves, claims, releases and
+             verdicts, newest first (needs +xrevrange on the service's keys)
   explain    explain <service> <key>: where the key is assigned, who runs it
              with which token, its state, and why it is where it is
   plan       plan <service> drain <node> | plan <service> join [<node>]
@@ -104,7 +107,11 @@ type options struct {
 	password  string
 	tls       bool
 
-	holdFor time.Duration
+	holdFor    time.Duration
+	key        string        // history: entries about this key
+	nodeFilter string        // history: entries about this node
+	since      time.Duration // history: entries this recent
+	limit      int           // history: at most this many
 
 	command string
 	service string
@@ -155,6 +162,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = o.plan(ctx, client, stdout)
 	case "explain":
 		err = o.explain(ctx, client, stdout)
+	case "history":
+		err = o.history(ctx, client, stdout)
 	case "services":
 		err = o.services(ctx, client, stdout)
 	}
@@ -183,6 +192,10 @@ func newFlagSet() (*flag.FlagSet, *options) {
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "bound on connecting and on each Redis call")
 	fs.DurationVar(&o.interval, "interval", time.Second, "watch: time between refreshes")
 	fs.DurationVar(&o.holdFor, "for", 0, "drain, freeze: how long it lasts before it ends by itself (default 1h for drain, 30m for freeze)")
+	fs.StringVar(&o.key, "key", "", "history: only entries about this `key`")
+	fs.StringVar(&o.nodeFilter, "node", "", "history: only entries about this `node`")
+	fs.DurationVar(&o.since, "since", 0, "history: only entries this recent (0: all)")
+	fs.IntVar(&o.limit, "limit", 100, "history: at most `N` entries")
 	fs.IntVar(&o.weight, "weight", 1, "plan join: the weight of the node that would join")
 	fs.IntVar(&o.count, "count", 0, "watch: stop after `N` refreshes; 0 means until interrupted")
 	fs.DurationVar(&o.downAfter, "down-after", 5*time.Second, "status: how long a key must stay not running, or a node suspect, before it counts as down (exit 3); a handoff takes milliseconds")
@@ -256,7 +269,7 @@ func (o *options) parse(fs *flag.FlagSet, args []string) error {
 		default:
 			return fmt.Errorf("too many arguments: %q", pos[4:])
 		}
-	case "status", "watch", "rebalance", "purge", "freeze", "thaw":
+	case "status", "watch", "rebalance", "purge", "freeze", "thaw", "history":
 		switch len(pos) {
 		case 1:
 			return fmt.Errorf("missing service after %q", pos[0])
@@ -266,7 +279,7 @@ func (o *options) parse(fs *flag.FlagSet, args []string) error {
 			return fmt.Errorf("too many arguments: %q", pos[2:])
 		}
 	default:
-		return fmt.Errorf("unknown command %q (commands: status, watch, rebalance, explain, drain, undrain, freeze, thaw, plan, purge, services)", o.command)
+		return fmt.Errorf("unknown command %q (commands: status, watch, rebalance, history, explain, drain, undrain, freeze, thaw, plan, purge, services)", o.command)
 	}
 
 	if o.redis == "" {
@@ -286,6 +299,12 @@ func (o *options) parse(fs *flag.FlagSet, args []string) error {
 	}
 	if o.holdFor < 0 {
 		return fmt.Errorf("-for %v is negative", o.holdFor)
+	}
+	if o.since < 0 {
+		return fmt.Errorf("-since %v is negative", o.since)
+	}
+	if o.limit < 1 {
+		return fmt.Errorf("-limit %d is below 1", o.limit)
 	}
 	if o.password == "" {
 		o.password = os.Getenv(passwordEnv)

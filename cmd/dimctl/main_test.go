@@ -851,3 +851,27 @@ func TestExplainPrintsWhereAKeyIsAndWhy(t *testing.T) {
 	assert.Equal(t, 2, code)
 	assert.Contains(t, errOut, `missing key after "explain" "explained"`)
 }
+
+func TestHistoryPrintsWhatHappened(t *testing.T) {
+	srv := redistest.Start(t)
+	st := startService(t, srv, "told")
+	base := []string{"-redis", srv.Addr(), "-prefix", testPrefix}
+	code, out, errOut := dimctl(t, append(base, "history", "told")...)
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, "TIME")
+	assert.Regexp(t, `elected +n[12] +epoch \d+`, out)
+	assert.Regexp(t, `joined +n1 `, out)
+	node := st.Assignment["a"]
+	code, out, errOut = dimctl(t, append(base, "history", "told", "-key", "a")...)
+	require.Equal(t, 0, code, errOut)
+	assert.Regexp(t, `claimed +`+node+` +a\n`, out)
+	assert.NotContains(t, out, "elected", "a key filter shows only the key's entries")
+	code, out, errOut = dimctl(t, append(base, "-json", "history", "told", "-node", node, "-limit", "2")...)
+	require.Equal(t, 0, code, errOut)
+	var entries []dim.HistoryEntry
+	require.NoError(t, json.Unmarshal([]byte(out), &entries))
+	assert.Len(t, entries, 2)
+	code, _, errOut = dimctl(t, append(base, "history", "told", "-limit", "0")...)
+	assert.Equal(t, 2, code)
+	assert.Contains(t, errOut, "-limit 0 is below 1")
+}

@@ -1,0 +1,209 @@
+package dim
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// History: every election, join and leave, assignment change, claim and
+// release, fence and verdict on failing keys or nodes is appended to a
+// bounded Redis Stream of the service (<p>:history, MAXLEN ~), one entry per
+// call that changed something, listing its keys: a cold start of 10k keys
+// adds a few dozen entries, not 10k. Nothing is appended in a steady state.
+// Entries are written after the change, best effort: history explains, it
+// never decides.
+
+// DefaultHistoryLength is about how many entries a service's history keeps.
+const DefaultHistoryLength = 5000
+
+// History entry kinds.
+const (
+	HistoryElected     = "elected"     // a node became leader (Epoch)
+	HistoryJoined      = "joined"      // a node joined (Detail: its session)
+	HistoryLeft        = "left"        // a node left
+	HistoryFenced      = "fenced"      // a node fenced itself (Detail: why and when), written when it rejoins
+	HistoryAssigned    = "assigned"    // the leader moved Keys (Moves: from → to)
+	HistoryClaimed     = "claimed"     // a node claimed Keys
+	HistoryReleased    = "released"    // a node released Keys
+	HistoryQuarantined = "quarantined" // the leader quarantined Keys
+	HistoryRecovered   = "recovered"   // Keys left quarantine
+	HistoryUnhealthy   = "unhealthy"   // the leader found Node unhealthy
+	HistoryHealthy     = "healthy"     // Node is healthy again
+	HistoryOutage      = "outage"      // an outage began (Detail) or ended
+)
+
+// HistoryEntry is one entry of a service's history.
+type HistoryEntry struct {
+	ID     string    `json:"id"`
+	At     time.Time `json:"at"`
+	Kind   string    `json:"kind"`
+	Node   string    `json:"node"`
+	Epoch  uint64    `json:"epoch,omitempty"`
+	Keys   []string  `json:"keys,omitempty"`
+	Moves  []Move    `json:"moves,omitempty"`
+	Detail string    `json:"detail,omitempty"`
+}
+
+// historyCmd is the XADD of one entry, or an empty command when the history
+// is off.
+func (m *Manager[C, I]) historyCmd(kind string, epoch uint64, keys []string, moves []Move, detail string) (rueidis.Completed, bool) {
+	if m.s.historyLen <= 0 {
+		return rueidis.Completed{}, false
+	}
+	b := m.client.B().Xadd().Key(m.k.history).Maxlen().Almost().Threshold(strconv.Itoa(m.s.historyLen)).Id("*").
+		FieldValue().FieldValue("e", kind).FieldValue("n", m.s.nodeID)
+	if epoch != 0 {
+		b = b.FieldValue("p", strconv.FormatUint(epoch, 10))
+	}
+	if len(keys) > 0 {
+		raw, _ := json.Marshal(keys)
+		b = b.FieldValue("k", string(raw))
+	}
+	if len(moves) > 0 {
+		raw, _ := json.Marshal(moves)
+		b = b.FieldValue("m", string(raw))
+	}
+	if detail != "" {
+		b = b.FieldValue("d", detail)
+	}
+	return b.Build(), true
+}
+
+// record appends one entry, best effort.
+func (m *Manager[C, I]) record(ctx context.Context, kind string, epoch uint64, keys []string, moves []Move, detail string) {
+	cmd, ok := m.historyCmd(kind, epoch, keys, moves, detail)
+	if !ok {
+		return
+	}
+	m.bestEffort(ctx, "recording history", rueidis.Commands{cmd})
+}
+
+// recordMoves appends the leader's assignment changes, one entry per
+// chunk of moves.
+func (m *Manager[C, I]) recordMoves(ctx context.Context, epoch uint64, changes []change) {
+	var cmds rueidis.Commands
+	for chunk := range slices.Chunk(changes, writeChunk) {
+		moves := make([]Move, len(chunk))
+		keys := make([]string, len(chunk))
+		for i, c := range chunk {
+			moves[i], keys[i] = Move{Key: c.key, From: c.from, To: c.to}, c.key
+		}
+		if cmd, ok := m.historyCmd(HistoryAssigned, epoch, keys, moves, ""); ok {
+			cmds = append(cmds, cmd)
+		}
+	}
+	m.bestEffort(ctx, "recording history", cmds)
+}
+
+// HistoryFilter narrows ReadHistory: entries about a key, by a node, since
+// a time; at most Limit of them (0: 100).
+type HistoryFilter struct {
+	Key   string
+	Node  string
+	Since time.Time
+	Limit int
+}
+
+// ReadHistory returns a service's history, newest first, as the filter
+// narrows it; opts as for [ReadStatus]. It reads at most 10,000 entries.
+func ReadHistory(ctx context.Context, client rueidis.Client, f HistoryFilter, opts ...Option) ([]HistoryEntry, error) {
+	s, err := serviceSettings(opts)
+	if err != nil {
+		return nil, err
+	}
+	k := newKeys(s.keyPrefix, s.service)
+	limit := f.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	start := "-"
+	if !f.Since.IsZero() {
+		start = strconv.FormatInt(f.Since.UnixMilli(), 10)
+	}
+	raw, err := client.Do(ctx, client.B().Xrevrange().Key(k.history).End("+").Start(start).Count(10_000).Build()).AsXRange()
+	if err != nil {
+		return nil, fmt.Errorf("%w: read history: %w", ErrRedis, err)
+	}
+	out := []HistoryEntry{}
+	for _, x := range raw {
+		e := HistoryEntry{ID: x.ID, Kind: x.FieldValues["e"], Node: x.FieldValues["n"], Detail: x.FieldValues["d"]}
+		if ms, _, ok := strings.Cut(x.ID, "-"); ok {
+			if v, err := strconv.ParseInt(ms, 10, 64); err == nil {
+				e.At = time.UnixMilli(v).UTC()
+			}
+		}
+		e.Epoch, _ = strconv.ParseUint(x.FieldValues["p"], 10, 64)
+		if v := x.FieldValues["k"]; v != "" {
+			_ = json.Unmarshal([]byte(v), &e.Keys)
+		}
+		if v := x.FieldValues["m"]; v != "" {
+			_ = json.Unmarshal([]byte(v), &e.Moves)
+		}
+		if f.Node != "" && e.Node != f.Node && !slices.ContainsFunc(e.Moves, func(mv Move) bool { return mv.From == f.Node || mv.To == f.Node }) {
+			continue
+		}
+		if f.Key != "" {
+			if !slices.Contains(e.Keys, f.Key) {
+				continue
+			}
+			// Only the key's own move, not the whole chunk's.
+			e.Keys = []string{f.Key}
+			e.Moves = slices.DeleteFunc(e.Moves, func(mv Move) bool { return mv.Key != f.Key })
+		}
+		out = append(out, e)
+		if len(out) == limit {
+			break
+		}
+	}
+	return out, nil
+}
+
+// fenceNote is a fence to record once the node can reach Redis again.
+type fenceNote struct {
+	at     time.Time
+	reason string
+}
+
+// recordJoin appends a join, after the fence that preceded it if any.
+func (m *Manager[C, I]) recordJoin(ctx context.Context, session string) {
+	if f := m.lastFence.Swap(nil); f != nil {
+		m.record(ctx, HistoryFenced, 0, nil, nil, fmt.Sprintf("%s: %s", f.at.UTC().Format(time.RFC3339Nano), f.reason))
+	}
+	m.record(ctx, HistoryJoined, 0, nil, nil, session)
+}
+
+// recordVerdictHistory appends what a failure review changed.
+func (m *Manager[C, I]) recordVerdictHistory(ctx context.Context, v *verdict, f *failureFacts) {
+	var cmds rueidis.Commands
+	add := func(kind string, keys []string, detail string) {
+		if cmd, ok := m.historyCmd(kind, 0, keys, nil, detail); ok {
+			cmds = append(cmds, cmd)
+		}
+	}
+	if len(v.quarantined) > 0 {
+		add(HistoryQuarantined, v.quarantined, "")
+	}
+	if len(v.released) > 0 {
+		add(HistoryRecovered, v.released, "")
+	}
+	for _, node := range v.sick {
+		add(HistoryUnhealthy, nil, node)
+	}
+	for _, node := range v.healed {
+		add(HistoryHealthy, nil, node)
+	}
+	switch {
+	case v.outage != nil && f.outage == nil:
+		add(HistoryOutage, nil, fmt.Sprintf("began: %d keys fail", v.outage.Keys))
+	case v.outage == nil && f.outage != nil:
+		add(HistoryOutage, nil, "ended")
+	}
+	m.bestEffort(ctx, "recording history", cmds)
+}
