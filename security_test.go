@@ -371,6 +371,8 @@ func dump(t *testing.T, client rueidis.Client) map[string]string {
 				v, err = client.Do(ctx, client.B().Smembers().Key(key).Build()).AsStrSlice()
 			case "zset":
 				v, err = client.Do(ctx, client.B().Zrange().Key(key).Min("0").Max("-1").Withscores().Build()).AsZScores()
+			case "stream": // the history
+				v, err = client.Do(ctx, client.B().Xrange().Key(key).Start("-").End("+").Build()).AsXRange()
 			default:
 				t.Fatalf("key %s has an unexpected type %s", key, typ)
 			}

@@ -214,7 +214,9 @@ func (c *cluster) restartOnce(ctx context.Context, sz size, ids *[]string, v *re
 	if rebalances > 0 {
 		// With the same IDs the assignment is usually still right: no
 		// rebalance changes anything, and nodes claim at once.
-		v.begins.Samples = append(v.begins.Samples, ms(lastReb.at.Add(-lastReb.took).Sub(up)))
+		// 0 when it began before the last Start returned (the leader may
+		// place keys on the last join before that node's Start is back).
+		v.begins.Samples = append(v.begins.Samples, max(0, ms(lastReb.at.Add(-lastReb.took).Sub(up))))
 		v.took.Samples = append(v.took.Samples, ms(lastReb.took))
 	}
 	v.starts.Samples = append(v.starts.Samples, ms(up.Sub(t0)))
