@@ -21,8 +21,12 @@ func TestExplainSaysWhereAKeyIsAndWhy(t *testing.T) {
 	ctx := context.Background()
 	opt := WithService(c.service)
 
-	e, err := Explain(ctx, admin, "cfg-00", opt)
-	require.NoError(t, err)
+	var e *Explanation
+	var err error
+	c.eventually(5*time.Second, "cfg-00 shown running", func() bool {
+		e, err = Explain(ctx, admin, "cfg-00", opt)
+		return err == nil && e.State != nil && e.State.State == KeyRunning
+	})
 	assert.Equal(t, "n1", e.AssignedTo)
 	require.NotNil(t, e.Owner)
 	assert.Equal(t, "n1", e.Owner.Node)

@@ -420,5 +420,5 @@ func TestAnOutageKeepsKeysWhereTheyAreAndRetries(t *testing.T) {
 
 	down.Store(false)
 	c.waitConverged(60*time.Second, "n1", "n2", "n3")
-	c.eventually(10*time.Second, "the outage over", func() bool { return c.status().Outage == nil })
+	c.eventually(30*time.Second, "the outage over", func() bool { return c.status().Outage == nil })
 }
