@@ -123,6 +123,7 @@ type Manager[C, I any] struct {
 	tab           table[I]
 	hung          hungSet
 	inflight      hungSet // keys with a create or disconnect call under way
+	confirmed     confirmedKeys
 	configs       map[string]config[C]
 	configsAt     time.Time
 	configsStale  atomic.Bool

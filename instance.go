@@ -336,6 +336,7 @@ func (m *Manager[C, I]) reconcile() {
 	if session == "" || m.stopping.Load() {
 		return
 	}
+	m.bookConfirmed(session)
 	stats := reconcileStats{start: time.Now()}
 	ctx, span, links := m.tel.startReconcile(leaseCtx)
 	stats.links = links
@@ -540,7 +541,11 @@ func (m *Manager[C, I]) dropAll(ctx context.Context, why string) {
 		m.log.Info("disconnecting all instances", "reason", why, "count", len(all))
 	}
 	m.disconnectAll(all)
-	if session, _ := m.lease.current(); session != "" && len(m.tab.claimed) > 0 {
+	session, _ := m.lease.current()
+	if session != "" {
+		m.bookConfirmed(session)
+	}
+	if session != "" && len(m.tab.claimed) > 0 {
 		keys := make([]string, 0, len(m.tab.claimed))
 		for key := range m.tab.claimed {
 			if !m.hung.has(key) {
@@ -932,12 +937,18 @@ func (m *Manager[C, I]) verifyOwnership(session string, entries []*entry[I]) err
 	keys := slices.Sorted(maps.Keys(held))
 	for chunk := range slices.Chunk(keys, verifyChunk) {
 		ctx, cancel := context.WithTimeout(m.runCtx, m.s.heartbeat)
-		lost, err := verifyScript.Exec(ctx, m.client, &m.plainScripts, []string{m.k.owner, m.k.origin, m.k.fence},
-			append([]string{m.s.nodeID, session}, chunk...)).AsStrSlice()
+		res, err := verifyScript.Exec(ctx, m.client, &m.plainScripts, []string{m.k.owner, m.k.origin, m.k.fence},
+			append([]string{m.s.nodeID, session}, chunk...)).ToArray()
 		cancel()
+		if err == nil && len(res) != 2 {
+			err = fmt.Errorf("unexpected reply of %d values", len(res))
+		}
 		if err != nil {
 			return fmt.Errorf("confirm ownership after Redis restored an older record: %w", err)
 		}
+		lost, _ := res[0].AsStrSlice()
+		wrote, _ := res[1].AsStrSlice()
+		m.confirmed.add(session, wrote)
 		for _, key := range lost {
 			if e := byKey[key]; e != nil {
 				m.log.Warn("another node holds this key in the restored record; stopping it", "key", key)
@@ -951,6 +962,52 @@ func (m *Manager[C, I]) verifyOwnership(session string, entries []*entry[I]) err
 
 // verifyChunk bounds the keys one verify script checks.
 const verifyChunk = 1000
+
+// confirmedKeys hands the keys verifyOwnership wrote to the record over to
+// the node loop, which puts them on its books (table.claimed). The heartbeat
+// looks at what the node holds and writes it a moment later; a key the node
+// loop released in between (its disconnect had just returned) was written
+// all the same. Only what is on the books is ever released, so without this
+// such an entry would refuse every other claim of its key for as long as
+// the session lived.
+type confirmedKeys struct {
+	mu      sync.Mutex
+	session string
+	keys    []string
+}
+
+// add files keys written under session.
+func (c *confirmedKeys) add(session string, keys []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.session != session {
+		c.session, c.keys = session, nil
+	}
+	c.keys = append(c.keys, keys...)
+}
+
+// take returns and forgets the keys written under session; those written
+// under an older session died with it.
+func (c *confirmedKeys) take(session string) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	keys := c.keys
+	c.keys = nil
+	if c.session != session {
+		return nil
+	}
+	return keys
+}
+
+// bookConfirmed puts the keys verifyOwnership wrote on the node loop's
+// books, so that those it does not run are released like any other claim.
+func (m *Manager[C, I]) bookConfirmed(session string) {
+	for _, key := range m.confirmed.take(session) {
+		if _, ok := m.tab.claimed[key]; !ok {
+			m.tab.claimed[key] = 0
+		}
+	}
+}
 
 // healthResult is the outcome of one instance health check.
 type healthResult[I any] struct {

@@ -418,23 +418,25 @@ return {1, now, gen, maxttl}
 //
 // KEYS: owner origin fence
 // ARGV: node session key…
-// Returns the keys confirmed by another node.
+// Returns {the keys confirmed by another node, the keys written}.
 var verifyScript = keepScript(`
 local gen = redis.call('HGET', KEYS[2], 'gen') or '-'
 local mine = ARGV[1] .. ' ' .. ARGV[2] .. ' '
-local out = {}
+local lost, wrote = {}, {}
 for i = 3, #ARGV do
   local cur = redis.call('HGET', KEYS[1], ARGV[i])
   if cur and string.sub(cur, 1, #mine) == mine then
     local token = string.match(cur, '^%S+ %S+ (%S+)')
     redis.call('HSET', KEYS[1], ARGV[i], mine .. token .. ' ' .. gen)
+    wrote[#wrote + 1] = ARGV[i]
   elseif cur and string.match(cur, '^%S+ %S+ %S+ (%S+)') == gen then
-    out[#out + 1] = ARGV[i]
+    lost[#lost + 1] = ARGV[i]
   else
     redis.call('HSET', KEYS[1], ARGV[i], mine .. nextToken(KEYS[3]) .. ' ' .. gen)
+    wrote[#wrote + 1] = ARGV[i]
   end
 end
-return out
+return {lost, wrote}
 `)
 
 // drainScript marks a stopping node: the leader gives its keys to others
