@@ -94,9 +94,10 @@ func avoidsAs(f *failureFacts, key, node string, gaveUp bool) bool {
 	return false
 }
 
-// recordWhy writes the reasons of a rebalance's moves and forgets removed
-// keys, best effort: an explanation is not worth failing a rebalance for.
-func (m *Manager[C, I]) recordWhy(ctx context.Context, changes []change, why map[string]whyRecord) {
+// whyCmds writes the reasons of a rebalance's moves and forgets removed
+// keys. They are sent best effort: an explanation is not worth failing a
+// rebalance for.
+func (m *Manager[C, I]) whyCmds(changes []change, why map[string]whyRecord) rueidis.Commands {
 	b := m.client.B()
 	var cmds rueidis.Commands
 	set := b.Hset().Key(m.k.why).FieldValue()
@@ -120,7 +121,7 @@ func (m *Manager[C, I]) recordWhy(ctx context.Context, changes []change, why map
 	if len(gone) > 0 {
 		cmds = append(cmds, b.Hdel().Key(m.k.why).Field(gone...).Build())
 	}
-	m.bestEffort(ctx, "recording why keys moved", cmds)
+	return cmds
 }
 
 // Explanation is everything Redis holds of one key: where it is assigned,

@@ -85,9 +85,9 @@ func (m *Manager[C, I]) record(ctx context.Context, kind string, epoch uint64, k
 	m.bestEffort(ctx, "recording history", rueidis.Commands{cmd})
 }
 
-// recordMoves appends the leader's assignment changes, one entry per
-// chunk of moves.
-func (m *Manager[C, I]) recordMoves(ctx context.Context, epoch uint64, changes []change) {
+// moveCmds append the leader's assignment changes to the history, one
+// entry per chunk of moves.
+func (m *Manager[C, I]) moveCmds(epoch uint64, changes []change) rueidis.Commands {
 	var cmds rueidis.Commands
 	for chunk := range slices.Chunk(changes, writeChunk) {
 		moves := make([]Move, len(chunk))
@@ -99,7 +99,7 @@ func (m *Manager[C, I]) recordMoves(ctx context.Context, epoch uint64, changes [
 			cmds = append(cmds, cmd)
 		}
 	}
-	m.bestEffort(ctx, "recording history", cmds)
+	return cmds
 }
 
 // HistoryFilter narrows ReadHistory: entries about a key, by a node, since

@@ -463,8 +463,9 @@ func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string
 	}
 	st.assigned = assignment
 	if changes := diff(prev, assignment); len(changes) > 0 {
-		m.recordWhy(ctx, changes, moveReasons(changes, p, trigger))
-		m.recordMoves(ctx, epoch, changes)
+		// Why each key moved, and the history: one round trip.
+		cmds := m.whyCmds(changes, moveReasons(changes, p, trigger))
+		m.bestEffort(ctx, "recording the moves", append(cmds, m.moveCmds(epoch, changes)...))
 	}
 	return nil
 }
