@@ -24,6 +24,8 @@ type webView struct {
 	// on live nodes.
 	Keys    int `json:"keys"`
 	Running int `json:"running"`
+	// AtRisk counts the running keys on suspect nodes.
+	AtRisk int `json:"at_risk"`
 	// Full is true when every key is a cell; false when the service has
 	// more than MaxKeys keys and the page shows only the keys that do not
 	// run (read from the summary, whose cost does not grow with the keys).
@@ -125,7 +127,7 @@ const (
 // statusView builds the view of a full status, with at most maxKeys cells.
 func statusView(st *dim.Status, maxKeys int) *webView {
 	v := &webView{Service: st.Service, ServerTime: st.ServerTime, Leader: st.Leader, LeaderLive: st.LeaderLive,
-		Epoch: st.Epoch, Keys: len(st.Assignment) + len(st.Quarantined), MaxKeys: maxKeys}
+		Epoch: st.Epoch, Keys: len(st.Assignment) + len(st.Quarantined), AtRisk: len(st.AtRisk), MaxKeys: maxKeys}
 	v.Full = v.Keys <= maxKeys
 	byNode := map[string][]string{}
 	for key, node := range st.Assignment {
@@ -197,7 +199,7 @@ func statusView(st *dim.Status, maxKeys int) *webView {
 // cells for the keys that do not run.
 func summaryView(sum *dim.Summary, maxKeys int) *webView {
 	v := &webView{Service: sum.Service, ServerTime: sum.ServerTime, Leader: sum.Leader, LeaderLive: sum.LeaderLive,
-		Epoch: sum.Epoch, Keys: sum.Assigned + sum.Quarantined, Running: sum.Running, MaxKeys: maxKeys}
+		Epoch: sum.Epoch, Keys: sum.Assigned + sum.Quarantined, Running: sum.Running, AtRisk: sum.AtRisk, MaxKeys: maxKeys}
 	cells := map[string][]webCell{}
 	named := 0
 	for _, p := range sum.ProblemKeys {

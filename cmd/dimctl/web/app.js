@@ -76,8 +76,9 @@
     const head = el("header");
     const name = el("h3", "", id);
     const badge = el("span", "badge");
+    const lead = el("span", "lead", "leader");
     const weight = el("span", "muted");
-    head.append(name, badge, weight);
+    head.append(name, badge, lead, weight);
     const lease = el("div", "lease");
     const bar = el("div", "lease-bar");
     const leaseText = el("span", "lease-text");
@@ -101,7 +102,7 @@
       });
       root.append(button);
     }
-    c = { root, badge, weight, bar, leaseText, counts, flags, cellBox, hidden, button, sig: null };
+    c = { root, badge, lead, weight, bar, leaseText, counts, flags, cellBox, hidden, button, sig: null };
     cards.set(id, c);
     return c;
   }
@@ -117,6 +118,7 @@
       c.root.dataset.state = n.state;
       c.root.className = "node state-" + n.state;
       c.badge.textContent = n.state;
+      c.lead.hidden = n.id !== v.leader;
       c.weight.textContent = "weight " + n.weight;
       const frac = n.ttl_ms > 0 ? Math.max(0, Math.min(1, n.lease_left_ms / n.ttl_ms)) : 0;
       c.bar.style.width = (frac * 100).toFixed(0) + "%";
@@ -188,10 +190,11 @@
 
   function describeEvent(e) {
     if (e.moves && e.moves.length) {
-      return e.moves.map((m) => m.key + " " + (m.from || "–") + "→" + (m.to || "–")).join(", ");
+      return e.moves.map((m) => m.from ? m.key + " " + m.from + "→" + (m.to || "–") : m.key + " → " + m.to).join(", ");
     }
     if (e.keys && e.keys.length) return e.keys.join(", ") + (e.detail ? " · " + e.detail : "");
     if (e.epoch) return "epoch " + e.epoch;
+    if (e.kind === "joined" && e.detail) return "session " + e.detail;
     return e.detail || "";
   }
 
@@ -227,7 +230,7 @@
     $("leader").textContent = v.leader ? v.leader + (v.leader_live ? "" : " (not live)") : "none";
     $("leader").className = v.leader_live ? "" : "bad";
     $("epoch").textContent = String(v.epoch);
-    $("keys").textContent = v.running + " of " + v.keys + " running";
+    $("keys").textContent = v.running + " of " + v.keys + " running" + (v.at_risk ? ", " + v.at_risk + " at risk" : "");
     $("time").textContent = clock(v.server_time) + " UTC";
     $("conn").dataset.conn = "live";
     $("conn").textContent = "live";
