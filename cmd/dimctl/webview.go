@@ -128,6 +128,7 @@ const (
 func statusView(st *dim.Status, maxKeys int) *webView {
 	v := &webView{Service: st.Service, ServerTime: st.ServerTime, Leader: st.Leader, LeaderLive: st.LeaderLive,
 		Epoch: st.Epoch, Keys: len(st.Assignment) + len(st.Quarantined), AtRisk: len(st.AtRisk), MaxKeys: maxKeys}
+	v.noNulls()
 	v.Full = v.Keys <= maxKeys
 	byNode := map[string][]string{}
 	for key, node := range st.Assignment {
@@ -200,6 +201,7 @@ func statusView(st *dim.Status, maxKeys int) *webView {
 func summaryView(sum *dim.Summary, maxKeys int) *webView {
 	v := &webView{Service: sum.Service, ServerTime: sum.ServerTime, Leader: sum.Leader, LeaderLive: sum.LeaderLive,
 		Epoch: sum.Epoch, Keys: sum.Assigned + sum.Quarantined, Running: sum.Running, AtRisk: sum.AtRisk, MaxKeys: maxKeys}
+	v.noNulls()
 	cells := map[string][]webCell{}
 	named := 0
 	for _, p := range sum.ProblemKeys {
@@ -221,7 +223,7 @@ func summaryView(sum *dim.Summary, maxKeys int) *webView {
 	}
 	for _, n := range sortedNodes(sum.Nodes) {
 		wn := nodeView(n)
-		wn.Cells = cells[n.ID]
+		wn.Cells = orEmpty(cells[n.ID])
 		slices.SortFunc(wn.Cells, func(a, b webCell) int { return cmp.Compare(a.Key, b.Key) })
 		wn.Hidden = max(0, n.Assigned-len(wn.Cells))
 		v.Nodes = append(v.Nodes, wn)
@@ -236,6 +238,11 @@ func summaryView(sum *dim.Summary, maxKeys int) *webView {
 		v.Notes = append(v.Notes, webNote{"bad", fmt.Sprintf("%d keys are assigned to nodes no longer live", sum.OnDeadNodes)})
 	}
 	return v
+}
+
+// noNulls makes every list empty rather than null: the page iterates them.
+func (v *webView) noNulls() {
+	v.Nodes, v.Gone, v.Attention, v.History = []webNode{}, []webCell{}, []webCell{}, []webEvent{}
 }
 
 // attention adds a key to the list of keys that do not run.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -103,4 +104,15 @@ func TestHistoryViewCutsLongEntries(t *testing.T) {
 	assert.Len(t, ev[0].Keys, webEventKeys)
 	assert.Equal(t, 30-webEventKeys, ev[0].More)
 	assert.Equal(t, uint64(7), ev[1].Epoch)
+}
+
+func TestViewsHaveNoNullLists(t *testing.T) {
+	// A service whose nodes are all gone: no live node, keys on a dead one.
+	st := &dim.Status{Service: "svc", Assignment: map[string]string{"a": "n1"}, Unowned: []string{"a"}}
+	sum := &dim.Summary{Service: "svc", Assigned: 1, Unowned: 1, OnDeadNodes: 1}
+	for name, v := range map[string]*webView{"status": statusView(st, 10), "summary": summaryView(sum, 10), "empty": statusView(&dim.Status{}, 10)} {
+		raw, err := json.Marshal(v)
+		require.NoError(t, err)
+		assert.NotContains(t, string(raw), "null", "%s: the page iterates every list", name)
+	}
 }

@@ -108,11 +108,13 @@
   }
 
   function drawNodes(v) {
-    const labelled = v.nodes.reduce((n, x) => n + x.cells.length, 0) <= 120;
+    const nodes = v.nodes || [];
+    const labelled = nodes.reduce((n, x) => n + (x.cells || []).length, 0) <= 120;
     const box = $("nodes");
     const seen = new Set();
     const order = [];
-    for (const n of v.nodes) {
+    for (const n of nodes) {
+      n.cells = n.cells || [];
       seen.add(n.id);
       const c = card(n.id);
       c.root.dataset.state = n.state;
@@ -147,6 +149,7 @@
       if (!seen.has(id)) cards.delete(id);
     }
     box.replaceChildren(...order);
+    if (order.length === 0) box.replaceChildren(el("p", "muted", "no live nodes"));
 
     const gone = $("gone");
     if (v.gone && v.gone.length) {
