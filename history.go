@@ -127,7 +127,13 @@ func ReadHistory(ctx context.Context, client rueidis.Client, f HistoryFilter, op
 	if !f.Since.IsZero() {
 		start = strconv.FormatInt(f.Since.UnixMilli(), 10)
 	}
-	raw, err := client.Do(ctx, client.B().Xrevrange().Key(k.history).End("+").Start(start).Count(10_000).Build()).AsXRange()
+	// Unfiltered, the newest limit entries are the answer; a filter may
+	// have to look further back.
+	count := int64(10_000)
+	if f.Key == "" && f.Node == "" {
+		count = int64(limit)
+	}
+	raw, err := client.Do(ctx, client.B().Xrevrange().Key(k.history).End("+").Start(start).Count(count).Build()).AsXRange()
 	if err != nil {
 		return nil, fmt.Errorf("%w: read history: %w", ErrRedis, err)
 	}

@@ -30,6 +30,9 @@
 //	budget   a node joins M nodes × N keys, each with WithMoveBudget(max, 0) and
 //	         without: moves against the fewest, the most keys in flight at once,
 //	         steps and time to converge
+//	history  M nodes × N keys with the history stream on (the default) and off
+//	         (WithHistory(0)): steady commands/s per node and their ratio, and
+//	         the cold start's XADDs, per claim/release batch, and their share
 //
 // In-process nodes each have their own Redis connections; crash scenarios
 // run the victim as a child process (this program re-executed as "node")
@@ -111,6 +114,7 @@ type config struct {
 	rollingPause time.Duration
 	fence        []int
 	budget       []size
+	history      []size
 	budgetMoves  int
 	budgetTTL    time.Duration
 	fenceTTL     time.Duration
@@ -124,7 +128,7 @@ type config struct {
 	verbose      bool
 }
 
-var allScenarios = []string{"handoff", "crash", "leader", "cold", "steady", "churn", "restart", "fence", "rolling", "prepare", "reads", "budget"}
+var allScenarios = []string{"handoff", "crash", "leader", "cold", "steady", "churn", "restart", "fence", "rolling", "prepare", "reads", "budget", "history"}
 
 func flagSet(name string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
@@ -138,6 +142,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		cfg                                             config
 		scenarios, handoff, crash, leader, cold, steady string
 		churn, restart, fence, rolling, reads, budget   string
+		history                                         string
 		quick                                           bool
 	)
 	fs.StringVar(&scenarios, "scenarios", "all", "comma-separated scenarios: "+strings.Join(allScenarios, ",")+", or all")
@@ -171,6 +176,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&cfg.fenceTTL, "fence-ttl", 2*time.Second, "fence: node TTL; the fence margin is a fifth of it and must exceed -fence-hook")
 	fs.DurationVar(&cfg.fenceHook, "fence-hook", 150*time.Millisecond, "fence: how long each disconnect hook takes")
 	fs.StringVar(&reads, "reads", "10x100000", "reads: sizes, nodes x keys")
+	fs.StringVar(&history, "history", "100x1000,100x10000", "history: sizes, nodes x keys, each run with the history on and off (timings and window of -steady-ttl and -steady-window)")
 	fs.DurationVar(&cfg.readsTTL, "reads-ttl", 5*time.Second, "reads: node TTL (5s: dim's default timings)")
 	fs.StringVar(&cfg.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run")
 	fs.StringVar(&cfg.memProfile, "memprofile", "", "write a heap profile while the first steady-state size runs (else at the end)")
@@ -193,6 +199,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		fence, cfg.fenceTTL, cfg.fenceHook = "100", time.Second, 50*time.Millisecond
 		reads, cfg.readsTTL = "3x12", ttl
 		budget, cfg.budgetMoves, cfg.budgetTTL = "3x30", 3, ttl
+		history = "3x12,3x24"
 		cfg.steadyWindow = 900 * time.Millisecond
 		if cfg.runs == 0 {
 			cfg.runs = 1
@@ -226,7 +233,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		flag string
 		s    string
 		out  *[]size
-	}{{"-cold", cold, &cfg.cold}, {"-steady", steady, &cfg.steady}, {"-churn", churn, &cfg.churn}, {"-restart", restart, &cfg.restart}, {"-rolling", rolling, &cfg.rolling}, {"-reads", reads, &cfg.reads}, {"-budget", budget, &cfg.budget}} {
+	}{{"-cold", cold, &cfg.cold}, {"-steady", steady, &cfg.steady}, {"-churn", churn, &cfg.churn}, {"-restart", restart, &cfg.restart}, {"-rolling", rolling, &cfg.rolling}, {"-reads", reads, &cfg.reads}, {"-budget", budget, &cfg.budget}, {"-history", history, &cfg.history}} {
 		if *p.out, err = parseList(p.s, parseSize); err != nil {
 			return nil, fmt.Errorf("%s: %w", p.flag, err)
 		}
@@ -375,7 +382,7 @@ func runBench(ctx context.Context, cfg *config, args []string, stdout, stderr io
 		{"handoff", b.handoff}, {"crash", b.crash}, {"leader", b.leader},
 		{"cold", b.cold}, {"steady", b.steady}, {"churn", b.churn},
 		{"restart", b.restart}, {"fence", b.fence}, {"rolling", b.rolling}, {"prepare", b.prepare}, {"reads", b.reads},
-		{"budget", b.budget},
+		{"budget", b.budget}, {"history", b.history},
 	} {
 		if !cfg.scenarios[s.name] {
 			continue

@@ -194,6 +194,7 @@ func info(ctx context.Context, c rueidis.Client, section string) (map[string]str
 type redisSnapshot struct {
 	at       time.Time
 	calls    map[string]int64 // command → calls (commandstats)
+	usec     map[string]int64 // command → microseconds spent in it (commandstats)
 	cpu      float64          // used_cpu_user + used_cpu_sys, seconds
 	memory   int64            // used_memory
 	total    int64            // total_commands_processed
@@ -201,7 +202,7 @@ type redisSnapshot struct {
 }
 
 func snapshot(ctx context.Context, c rueidis.Client) (redisSnapshot, error) {
-	s := redisSnapshot{at: time.Now(), calls: map[string]int64{}}
+	s := redisSnapshot{at: time.Now(), calls: map[string]int64{}, usec: map[string]int64{}}
 	stats, err := info(ctx, c, "commandstats")
 	if err != nil {
 		return s, err
@@ -214,6 +215,9 @@ func snapshot(ctx context.Context, c rueidis.Client) (redisSnapshot, error) {
 		for f := range strings.SplitSeq(v, ",") {
 			if n, ok := strings.CutPrefix(f, "calls="); ok {
 				s.calls[name], _ = strconv.ParseInt(n, 10, 64)
+			}
+			if n, ok := strings.CutPrefix(f, "usec="); ok {
+				s.usec[name], _ = strconv.ParseInt(n, 10, 64)
 			}
 		}
 	}

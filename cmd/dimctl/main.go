@@ -9,11 +9,26 @@
 //
 //	dimctl [flags] <command> <service>
 //
-// The commands are status, watch and rebalance; `dimctl -h` lists the flags.
-// dimctl exits 0 on success, 1 when Redis or the service is not as expected,
-// 2 on bad usage, and 3 when status finds the service unhealthy: keys not
-// running, suspect nodes or a failed last rebalance, for longer than
-// -down-after (so that it can serve as a health probe).
+// The commands are status, watch, rebalance, history, explain, drain,
+// undrain, freeze, thaw, plan, web, purge and services; `dimctl -h` lists
+// them and the flags.
+//
+// web serves one page that shows the service live (server-sent events,
+// assets embedded, no external resources): the leader, each node with its
+// keys as a grid of cells coloured by state, the keys that do not run, and
+// the history. It listens on loopback (-listen, default 127.0.0.1:8080) and
+// refuses any other address without -allow-remote. It is read-only unless
+// started with -allow-actions, which adds drain, undrain and rebalance
+// buttons; their requests must name the listener in Host, come from the
+// page's own origin and carry a token that each dimctl web process makes
+// anew. -json does not apply to web (a usage error): /snapshot serves the
+// latest snapshot as JSON.
+//
+// dimctl exits 0 on success (for watch and web: when interrupted), 1 when
+// Redis or the service is not as expected (web: also when it cannot
+// listen), 2 on bad usage, and 3 when status finds the service unhealthy:
+// keys not running, suspect nodes or a failed last rebalance, for longer
+// than -down-after (so that it can serve as a health probe).
 package main
 
 import (
@@ -76,6 +91,11 @@ Commands:
   plan       plan <service> drain <node> | plan <service> join [<node>]
              [-weight w]: print the moves the leader would make, and change
              nothing
+  web        web <service> [-listen 127.0.0.1:8080] [-allow-actions]: serve a
+             live page of the service (nodes, a grid of their keys coloured
+             by state, the keys not running, the history); read-only unless
+             -allow-actions, loopback unless -allow-remote; -json does not
+             apply (the page's JSON is at /snapshot)
   purge      remove every key of a retired service; refused while any of
              its nodes is live
   services   list the services in this Redis (under -prefix)
@@ -111,7 +131,12 @@ type options struct {
 	key        string        // history: entries about this key
 	nodeFilter string        // history: entries about this node
 	since      time.Duration // history: entries this recent
-	limit      int           // history: at most this many
+	limit      int           // history, web: at most this many
+
+	listen       string // web: the address to serve on
+	allowActions bool   // web: drain, undrain and rebalance buttons
+	allowRemote  bool   // web: listen on a non-loopback address
+	maxKeys      int    // web: draw every key up to this many
 
 	command string
 	service string
@@ -164,6 +189,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = o.explain(ctx, client, stdout)
 	case "history":
 		err = o.history(ctx, client, stdout)
+	case "web":
+		err = o.web(ctx, client, stdout, stderr)
 	case "services":
 		err = o.services(ctx, client, stdout)
 	}
@@ -190,12 +217,16 @@ func newFlagSet() (*flag.FlagSet, *options) {
 	fs.BoolVar(&o.json, "json", false, "print the whole status, every key included, as indented JSON")
 	fs.BoolVar(&o.keys, "keys", false, "status, watch: read every key and list the instances each node runs; without it (and -json) dimctl reads a summary whose cost to Redis does not grow with the number of keys")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "bound on connecting and on each Redis call")
-	fs.DurationVar(&o.interval, "interval", time.Second, "watch: time between refreshes")
+	fs.DurationVar(&o.interval, "interval", time.Second, "watch, web: time between refreshes")
 	fs.DurationVar(&o.holdFor, "for", 0, "drain, freeze: how long it lasts before it ends by itself (default 1h for drain, 30m for freeze)")
 	fs.StringVar(&o.key, "key", "", "history: only entries about this `key`")
 	fs.StringVar(&o.nodeFilter, "node", "", "history: only entries about this `node`")
 	fs.DurationVar(&o.since, "since", 0, "history: only entries this recent (0: all)")
-	fs.IntVar(&o.limit, "limit", 100, "history: at most `N` entries")
+	fs.IntVar(&o.limit, "limit", 100, "history: at most `N` entries; web: the history entries shown")
+	fs.StringVar(&o.listen, "listen", defaultListen, "web: `host:port` to serve the page on (loopback unless -allow-remote)")
+	fs.BoolVar(&o.allowActions, "allow-actions", false, "web: show drain, undrain and rebalance buttons (guarded by Host, Origin and a per-process token)")
+	fs.BoolVar(&o.allowRemote, "allow-remote", false, "web: allow a -listen address that is not loopback; the page has no login, so anyone who reaches it sees the service")
+	fs.IntVar(&o.maxKeys, "max-keys", 2000, "web: draw every key as a cell up to `N` keys; above, read the bounded summary and draw only the keys that do not run")
 	fs.IntVar(&o.weight, "weight", 1, "plan join: the weight of the node that would join")
 	fs.IntVar(&o.count, "count", 0, "watch: stop after `N` refreshes; 0 means until interrupted")
 	fs.DurationVar(&o.downAfter, "down-after", 5*time.Second, "status: how long a key must stay not running, or a node suspect, before it counts as down (exit 3); a handoff takes milliseconds")
@@ -269,7 +300,7 @@ func (o *options) parse(fs *flag.FlagSet, args []string) error {
 		default:
 			return fmt.Errorf("too many arguments: %q", pos[4:])
 		}
-	case "status", "watch", "rebalance", "purge", "freeze", "thaw", "history":
+	case "status", "watch", "rebalance", "purge", "freeze", "thaw", "history", "web":
 		switch len(pos) {
 		case 1:
 			return fmt.Errorf("missing service after %q", pos[0])
@@ -279,7 +310,7 @@ func (o *options) parse(fs *flag.FlagSet, args []string) error {
 			return fmt.Errorf("too many arguments: %q", pos[2:])
 		}
 	default:
-		return fmt.Errorf("unknown command %q (commands: status, watch, rebalance, history, explain, drain, undrain, freeze, thaw, plan, purge, services)", o.command)
+		return fmt.Errorf("unknown command %q (commands: status, watch, rebalance, history, explain, drain, undrain, freeze, thaw, plan, web, purge, services)", o.command)
 	}
 
 	if o.redis == "" {
@@ -305,6 +336,11 @@ func (o *options) parse(fs *flag.FlagSet, args []string) error {
 	}
 	if o.limit < 1 {
 		return fmt.Errorf("-limit %d is below 1", o.limit)
+	}
+	if o.command == "web" {
+		if err := o.checkWeb(); err != nil {
+			return err
+		}
 	}
 	if o.password == "" {
 		o.password = os.Getenv(passwordEnv)
