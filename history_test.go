@@ -26,7 +26,7 @@ func TestHistoryTellsWhatHappenedOneEntryPerChange(t *testing.T) {
 	}
 	c := newTestCluster(t, 2000)
 	c.start("n1")
-	c.waitConverged(20*time.Second, "n1")
+	c.waitConverged(60*time.Second, "n1")
 	admin := c.srv.Client(t)
 	ctx := context.Background()
 	opt := WithService(c.service)
@@ -40,7 +40,7 @@ func TestHistoryTellsWhatHappenedOneEntryPerChange(t *testing.T) {
 	assert.Less(t, len(all), 20, "a cold start of 2,000 keys is a few entries, not one per key: %v", got)
 
 	c.start("n2")
-	c.waitConverged(20*time.Second, "n1", "n2")
+	c.waitConverged(60*time.Second, "n1", "n2")
 	var moved string
 	for key, on := range c.rec.LiveByKey() {
 		if on[0] == "n2" {
@@ -50,7 +50,7 @@ func TestHistoryTellsWhatHappenedOneEntryPerChange(t *testing.T) {
 	}
 	// The key's own story: claimed on n1, moved to n2, released by n1,
 	// claimed on n2.
-	c.eventually(5*time.Second, "the move's release and claim recorded", func() bool {
+	c.eventually(20*time.Second, "the move's release and claim recorded", func() bool {
 		mine, err := ReadHistory(ctx, admin, HistoryFilter{Key: moved}, opt)
 		require.NoError(t, err)
 		k := kinds(mine)
