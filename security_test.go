@@ -616,8 +616,8 @@ func FuzzInjectNamesStayInTheirHashTag(f *testing.F) {
 			}
 		}
 		k := newKeys(prefix, service)
-		names := []string{k.nodes, k.sessions, k.weights, k.grace, k.origin, k.ttls, k.maxTTL, k.epoch, k.leader, k.forcing,
-			k.assign, k.traces, k.owner, k.fence, k.lock + ":0:" + lockName, k.channel, k.assigned(node)}
+		names := append(k.legacyKeys(), k.nodes, k.epoch, k.leader, k.forcing,
+			k.assign, k.traces, k.owner, k.fence, k.lock+":0:"+lockName, k.channel, k.assigned(node))
 		for _, name := range names {
 			tag, ok := hashTag(name)
 			require.True(t, ok, name)
