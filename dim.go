@@ -101,8 +101,8 @@ type Manager[C, I any] struct {
 	deadLeader  atomic.Uint64 // epoch of a dead leader seen by the last leader check
 	noIDsLogged atomic.Bool
 	slot        *slotNotice // a slot migration in the Cluster, told once
-	panics      sync.Map // panics whose stack was logged, by what and message
-	live        liveness // the loops' progress, for Live
+	panics      sync.Map    // panics whose stack was logged, by what and message
+	live        liveness    // the loops' progress, for Live
 
 	// One call of each kind at a time; see guard.
 	nodeConfigGuard   guard

@@ -480,7 +480,6 @@ return {session, now, graceLeft(KEYS[1]), gen, m}
 // older record (see trust), and the stored maximum TTL lets every node know
 // the longest lease in the service.
 //
-//
 // It reads and writes the membership record only: a single key, which
 // Redis Cluster serves (following ASK) at every step of a migration of the
 // service's slot, when every script with more than one key gets TRYAGAIN
