@@ -170,7 +170,11 @@ func parseEvent(msg string) (verb string, args []string) {
 // trust guards every script that renews, joins or grants: it compares the
 // server that runs the script (its run id, new at every start, and so also
 // different on a promoted replica) with the one recorded as having written
-// the service's record. A record that is absent ("new": a first
+// the service's record (the membership record at nodes). On a Redis
+// Cluster the record also names the cluster node that wrote it: a record
+// found on a master that imports the service's slot from that node was
+// moved there by MIGRATE during a resharding (an exact copy) and is
+// adopted as it is. A record that is absent ("new": a first
 // start, or a Redis that lost everything) or was written by another server
 // ("restored": a restart from RDB or AOF, a failover) cannot be trusted:
 // nodes that Redis forgot may still run instances, so no claim is granted
