@@ -100,8 +100,9 @@ type Manager[C, I any] struct {
 	cfgErrs     configErrors  // what Status shows of this node's getConfig
 	deadLeader  atomic.Uint64 // epoch of a dead leader seen by the last leader check
 	noIDsLogged atomic.Bool
-	panics      sync.Map // panics whose stack was logged, by what and message
-	live        liveness // the loops' progress, for Live
+	slot        *slotNotice // a slot migration in the Cluster, told once
+	panics      sync.Map    // panics whose stack was logged, by what and message
+	live        liveness    // the loops' progress, for Live
 
 	// One call of each kind at a time; see guard.
 	nodeConfigGuard   guard
@@ -229,7 +230,9 @@ func New[C, I any](
 	}
 	m.prepareCh = make(chan prepareResult[I])
 	m.log = s.logger.With("service", s.service, "node", s.nodeID)
+	m.slot = &slotNotice{}
 	m.tel = newTelemetry(s, m.log)
+	m.tel.slot = m.slot
 	m.lease.ctx, m.lease.cancel = context.WithCancel(context.Background())
 	m.lease.cancel()
 	m.lease.boot = bootClock

@@ -92,7 +92,7 @@ func (m *Manager[C, I]) campaignLoop() {
 			}
 			if isOOM(g.err) {
 				m.log.Warn(outOfMemory, "during", "leader election", "err", g.err)
-			} else {
+			} else if !m.slot.saw(m.log, "leader election", g.err) {
 				m.log.Warn("leader election failed", "err", g.err)
 			}
 			sleepCtx(m.runCtx, backoff.next())
@@ -101,7 +101,7 @@ func (m *Manager[C, I]) campaignLoop() {
 		epoch, err := m.becomeLeader(g.ctx)
 		if err != nil || epoch == 0 {
 			g.release()
-			if err != nil && m.runCtx.Err() == nil {
+			if err != nil && m.runCtx.Err() == nil && !m.slot.saw(m.log, "leader election", err) {
 				m.log.Warn("could not take leadership", "err", err)
 			}
 			sleepCtx(m.runCtx, backoff.next())
@@ -137,7 +137,7 @@ func (m *Manager[C, I]) becomeLeader(ctx context.Context) (uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
 	s, err := leadScript.Exec(ctx, m.client,
-		[]string{m.k.nodes, m.k.sessions, m.k.epoch, m.k.leader},
+		[]string{m.k.nodes, m.k.epoch, m.k.leader},
 		[]string{m.s.nodeID, session, m.k.channel}).ToString()
 	if err != nil {
 		m.tel.election(ctx, start, "error", 0, err)
@@ -241,7 +241,7 @@ type leaderStatus struct {
 
 func (m *Manager[C, I]) readLeader(ctx context.Context) (leaderStatus, error) {
 	res, err := leaderScript.Exec(ctx, m.client,
-		[]string{m.k.nodes, m.k.sessions, m.k.leader}, nil).ToArray()
+		[]string{m.k.nodes, m.k.leader}, nil).ToArray()
 	if err != nil {
 		return leaderStatus{}, err
 	}

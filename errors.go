@@ -50,6 +50,12 @@ var (
 	ErrAlreadyStarted = errors.New("dim: already started")
 	// ErrNotStarted reports a call that needs a running Manager before Start.
 	ErrNotStarted = errors.New("dim: not started")
+	// ErrOtherVersion reports that Redis holds the service's membership
+	// record in a layout this version of dim does not share: nodes of an
+	// older dim are live in the service, or the key is not dim's. Start
+	// refuses to join rather than run beside nodes that cannot see its
+	// leases.
+	ErrOtherVersion = errors.New("dim: the service runs another dim version")
 	// ErrStopped reports a call on a Manager that was stopped; a stopped
 	// Manager cannot be started again.
 	ErrStopped = errors.New("dim: stopped")

@@ -182,7 +182,7 @@ func Explain(ctx context.Context, client rueidis.Client, key string, opts ...Opt
 		b.Hget().Key(k.why).Field(key).Build(),
 		b.Hget().Key(k.avoid).Field(key).Build(),
 		b.Hget().Key(k.quarantine).Field(key).Build(),
-		b.Hgetall().Key(k.sessions).Build(),
+		b.Hgetall().Key(k.nodes).Build(),
 		b.Hgetall().Key(k.drains).Build(),
 		b.Pttl().Key(k.freeze).Build(),
 		b.Time().Build())
@@ -192,7 +192,8 @@ func Explain(ctx context.Context, client rueidis.Client, key string, opts ...Opt
 		}
 	}
 	str := func(i int) string { v, _ := res[i].ToString(); return v }
-	sessions, _ := res[6].AsStrMap()
+	rec, _ := res[6].AsStrMap()
+	sessions := sessionsIn(rec)
 	tm, _ := res[9].AsStrSlice()
 	var now int64
 	if len(tm) == 2 {

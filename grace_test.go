@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -161,7 +162,7 @@ func TestADurableRedisRestartStopsNothingAndWaitsForNothing(t *testing.T) {
 	restarted := float64(now[0]*1000 + now[1]/1000)
 	c.eventually(5*time.Second, "both nodes renewed on the restarted server", func() bool {
 		for _, id := range []string{"n1", "n2"} {
-			score, err := admin.Do(context.Background(), admin.B().Zscore().Key(k.nodes).Member(id).Build()).AsFloat64()
+			score, err := admin.Do(context.Background(), admin.B().Hget().Key(k.nodes).Field("e:"+id).Build()).AsFloat64()
 			if err != nil || score < restarted+float64(testTTL.Milliseconds()) {
 				return false
 			}
@@ -243,10 +244,17 @@ func TestNodeIDsThatChangeAtEveryRestartLeaveNothingBehind(t *testing.T) {
 	}
 	admin := c.srv.Client(t)
 	k := newKeys("", c.service)
-	for _, hash := range []string{k.sessions, k.weights, k.ttls, k.traces, k.cfgErr, k.handoffs} {
+	for _, hash := range []string{k.traces, k.cfgErr, k.handoffs} {
 		fields, err := admin.Do(context.Background(), admin.B().Hkeys().Key(hash).Build()).AsStrSlice()
 		require.NoError(t, err)
 		assert.Subset(t, []string{"keeper"}, fields, "%s keeps only live nodes", hash)
+	}
+	rec, err := admin.Do(context.Background(), admin.B().Hkeys().Key(k.nodes).Build()).AsStrSlice()
+	require.NoError(t, err)
+	for _, f := range rec {
+		if _, node, ok := strings.Cut(f, ":"); ok {
+			assert.Equal(t, "keeper", node, "the membership record keeps only live nodes: %s", f)
+		}
 	}
 	sets, err := admin.Do(context.Background(), admin.B().Keys().Pattern(k.prefix+":a:*").Build()).AsStrSlice()
 	require.NoError(t, err)

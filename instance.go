@@ -553,7 +553,7 @@ func (m *Manager[C, I]) dropAll(ctx context.Context, why string) {
 			}
 		}
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.s.heartbeat)
-		if err := m.release(rctx, session, keys); err != nil {
+		if err := m.release(rctx, session, keys); err != nil && !m.slot.saw(m.log, "release", err) {
 			m.log.Warn("release failed; the claims expire with the lease", "err", err)
 		}
 		cancel()
@@ -598,7 +598,7 @@ func (m *Manager[C, I]) claimChunk(ctx context.Context, session string, keys []s
 	defer cancel()
 	args := append([]string{m.s.nodeID, session, ms(m.ttlFloor()), m.durable()}, keys...)
 	res, err := claimScript.Exec(ctx, m.client,
-		append(append([]string{m.k.nodes, m.k.sessions, m.k.assign, m.k.owner, m.k.fence}, m.k.trustKeys()...), m.k.state), args).ToArray()
+		[]string{m.k.nodes, m.k.assign, m.k.owner, m.k.fence, m.k.state}, args).ToArray()
 	if err != nil {
 		// The script may have run with its reply lost: keep the keys on the
 		// books as claimed, so that they are released if they move away.
@@ -610,6 +610,7 @@ func (m *Manager[C, I]) claimChunk(ctx context.Context, session string, keys []s
 		}
 		return 0, true, fmt.Errorf("claim: %w", err)
 	}
+	m.slot.over(m.log)
 	if len(res) < 2 {
 		return 0, true, fmt.Errorf("claim: unexpected reply of %d values", len(res))
 	}
@@ -663,6 +664,7 @@ func (m *Manager[C, I]) release(ctx context.Context, session string, keys []stri
 		m.tab.retryAt = time.Now().Add(m.claimRetry)
 		return fmt.Errorf("release: %w", err)
 	}
+	m.slot.over(m.log)
 	for _, key := range keys {
 		delete(m.tab.claimed, key)
 		delete(m.tab.states, key) // the release dropped it
@@ -916,8 +918,10 @@ func (m *Manager[C, I]) disconnectOne(e *entry[I]) {
 // session holds: every key it runs, stops, or has a create or disconnect
 // call in flight for (see verifyScript). It runs before the heartbeat that
 // brought the new generation extends the lease, so it is done before the
-// grace period can end, or the node fences.
-func (m *Manager[C, I]) verifyOwnership(session string, entries []*entry[I]) error {
+// grace period can end, or the node fences. It may take until the lease
+// would end (until): after a Cluster slot migration the client may first
+// have to learn the slot's new master.
+func (m *Manager[C, I]) verifyOwnership(session string, entries []*entry[I], until time.Time) error {
 	byKey := map[string]*entry[I]{}
 	held := map[string]bool{}
 	for _, e := range entries {
@@ -936,8 +940,8 @@ func (m *Manager[C, I]) verifyOwnership(session string, entries []*entry[I]) err
 	}
 	keys := slices.Sorted(maps.Keys(held))
 	for chunk := range slices.Chunk(keys, verifyChunk) {
-		ctx, cancel := context.WithTimeout(m.runCtx, m.s.heartbeat)
-		res, err := verifyScript.Exec(ctx, m.client, &m.plainScripts, []string{m.k.owner, m.k.origin, m.k.fence},
+		ctx, cancel := context.WithDeadline(m.runCtx, until)
+		res, err := verifyScript.Exec(ctx, m.client, &m.plainScripts, []string{m.k.owner, m.k.nodes, m.k.fence},
 			append([]string{m.s.nodeID, session}, chunk...)).ToArray()
 		cancel()
 		if err == nil && len(res) != 2 {

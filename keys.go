@@ -10,16 +10,19 @@ import (
 // hash tag {service}, so each script touches a single slot and dim runs
 // unchanged on Redis Cluster.
 //
-//	<p>:nodes      ZSET  node → lease expiry (server ms)
-//	<p>:sessions   HASH  node → session: a fresh number at every join
-//	<p>:weights    HASH  node → weight; 0 while it drains, "pending" until
-//	                     its first heartbeat
-//	<p>:graceperiod HASH  until: server ms before which no claim is granted;
-//	                     why: "new" (no record) or "restored" (rolled back)
-//	<p>:origin     HASH  id: run id and replication id of the Redis that
-//	                     wrote the record; gen: changes at every restore
-//	<p>:ttls       HASH  node → the node TTL it declared, in ms
-//	<p>:maxttl     STRING the largest node TTL declared at the last join
+//	<p>:nodes      HASH  the membership record, the one key a heartbeat
+//	                     touches (see heartbeatScript). Per node n:
+//	                     e:n lease expiry (server ms), s:n session (a
+//	                     fresh number at every join), w:n weight (0 while
+//	                     it drains, "pending" until its first heartbeat),
+//	                     t:n the node TTL it declared (ms). For the service:
+//	                     id, gen: run id of the Redis that wrote the record
+//	                     and its generation (changes at every restore);
+//	                     grace, why: server ms before which no claim is
+//	                     granted, and why ("new": no record, "restored":
+//	                     rolled back); maxttl: the largest node TTL declared
+//	                     at the last join. dim before this layout kept the
+//	                     leases in a sorted set here (see upgradeScript).
 //	<p>:epoch      STRING the last leader epoch (fencing token)
 //	<p>:leader     HASH  node, session, epoch of the current leader
 //	<p>:forcing    STRING who is forcing out a dead leader (short TTL)
@@ -66,12 +69,6 @@ import (
 type keys struct {
 	prefix     string
 	nodes      string
-	sessions   string
-	weights    string
-	grace      string
-	origin     string
-	ttls       string
-	maxTTL     string
 	epoch      string
 	leader     string
 	forcing    string
@@ -102,12 +99,6 @@ func newKeys(keyPrefix, service string) keys {
 	return keys{
 		prefix:     p,
 		nodes:      p + ":nodes",
-		sessions:   p + ":sessions",
-		weights:    p + ":weights",
-		grace:      p + ":graceperiod",
-		origin:     p + ":origin",
-		ttls:       p + ":ttls",
-		maxTTL:     p + ":maxttl",
 		epoch:      p + ":epoch",
 		leader:     p + ":leader",
 		forcing:    p + ":forcing",
@@ -179,7 +170,11 @@ func parseEvent(msg string) (verb string, args []string) {
 // trust guards every script that renews, joins or grants: it compares the
 // server that runs the script (its run id, new at every start, and so also
 // different on a promoted replica) with the one recorded as having written
-// the service's record. A record that is absent ("new": a first
+// the service's record (the membership record at nodes). On a Redis
+// Cluster the record also names the cluster node that wrote it: a record
+// found on a master that imports the service's slot from that node was
+// moved there by MIGRATE during a resharding (an exact copy) and is
+// adopted as it is. A record that is absent ("new": a first
 // start, or a Redis that lost everything) or was written by another server
 // ("restored": a restart from RDB or AOF, a failover) cannot be trusted:
 // nodes that Redis forgot may still run instances, so no claim is granted
@@ -210,10 +205,6 @@ local function nextToken(key)
   redis.call('SET', key, s)
   return s
 end
-local function live(nodes, sessions, node, session)
-  local score = redis.call('ZSCORE', nodes, node)
-  return score and tonumber(score) > now and redis.call('HGET', sessions, node) == session
-end
 local function info(section, field)
   local s = redis.pcall('INFO', section)
   if type(s) == 'table' then
@@ -225,34 +216,94 @@ end
 local function serverID()
   return info('server', 'run_id')
 end
-local function largestTTL(ttls, maxttl, floor)
-  local m = math.max(floor, tonumber(redis.call('GET', maxttl) or '0') or 0)
-  for _, v in ipairs(redis.call('HVALS', ttls)) do m = math.max(m, tonumber(v) or 0) end
-  return m
+local function live(rec, node, session)
+  local v = redis.call('HMGET', rec, 'e:' .. node, 's:' .. node)
+  return (tonumber(v[1]) or 0) > now and v[2] == session
 end
-local function startGrace(grace, untilMs, why)
-  if tonumber(redis.call('HGET', grace, 'until') or '0') < untilMs then
-    redis.call('HSET', grace, 'until', fmt(untilMs), 'why', why)
+local function requireRecord(rec)
+  if type(redis.pcall('HLEN', rec)) ~= 'number' then
+    error({err = 'DIMLAYOUT ' .. rec .. ' is not the membership hash this dim version keeps: an older dim runs the service, or the key is not dim\'s'})
   end
 end
-local function graceLeft(grace)
-  return math.max(0, tonumber(redis.call('HGET', grace, 'until') or '0') - now)
+local function members(rec)
+  local all = redis.call('HGETALL', rec)
+  local ids, by = {}, {}
+  for i = 1, #all, 2 do
+    local f, id = string.match(all[i], '^([eswt]):(.+)$')
+    if f then
+      if not by[id] then
+        by[id] = {}
+        ids[#ids + 1] = id
+      end
+      by[id][f] = all[i + 1]
+    end
+  end
+  table.sort(ids)
+  return ids, by
 end
-local function trust(origin, grace, ttls, maxttl, floor, durable)
+local function liveMembers(rec)
+  local ids, by = members(rec)
+  local out = {}
+  for _, id in ipairs(ids) do
+    if (tonumber(by[id].e or '') or 0) > now then out[#out + 1] = id end
+  end
+  return out, by
+end
+local function forget(rec, node)
+  redis.call('HDEL', rec, 'e:' .. node, 's:' .. node, 'w:' .. node, 't:' .. node)
+end
+local function largestTTL(rec, floor)
+  local m = math.max(floor, tonumber(redis.call('HGET', rec, 'maxttl') or '0') or 0)
+  local ids, by = members(rec)
+  for _, id in ipairs(ids) do m = math.max(m, tonumber(by[id].t or '0') or 0) end
+  return m
+end
+local function startGrace(rec, untilMs, why)
+  if (tonumber(redis.call('HGET', rec, 'grace') or '0') or 0) < untilMs then
+    redis.call('HSET', rec, 'grace', fmt(untilMs), 'why', why)
+  end
+end
+local function graceLeft(rec)
+  return math.max(0, (tonumber(redis.call('HGET', rec, 'grace') or '0') or 0) - now)
+end
+local function clusterSelf()
+  if info('cluster', 'cluster_enabled') ~= '1' then return nil, nil end
+  local s = redis.pcall('CLUSTER', 'NODES')
+  if type(s) == 'table' then
+    if s.err and string.find(s.err, 'NOPERM', 1, true) then error(s) end
+    return nil, nil
+  end
+  for line in string.gmatch(s, '[^\n]+') do
+    if string.find(line, 'myself', 1, true) then return string.match(line, '^(%x+)'), line end
+  end
+  return nil, nil
+end
+local function trust(rec, floor, durable)
   local id = serverID()
   if not id then return '', false end
-  local cur = redis.call('HMGET', origin, 'id', 'gen')
+  local cur = redis.call('HMGET', rec, 'id', 'gen', 'node')
   if cur[1] == id and cur[2] then return cur[2], true end
   if cur[1] and cur[2] and durable == '1' then
     -- Trusted as it is, but not adopted: a node without WithDurableRedis
     -- still sees a record another server wrote.
     return cur[2], true
   end
+  local me, line = clusterSelf()
+  if cur[1] and cur[2] and cur[3] and line then
+    local importing = '[' .. redis.call('CLUSTER', 'KEYSLOT', rec) .. '-<-' .. cur[3] .. ']'
+    if string.find(line, importing, 1, true) then
+      -- Moved here by MIGRATE from the master that wrote it, while this
+      -- one imports the slot: an exact copy, adopted as it is.
+      redis.call('HSET', rec, 'id', id, 'node', me)
+      return cur[2], true
+    end
+  end
   local why = 'new'
   if cur[1] then why = 'restored' end
-  startGrace(grace, now + largestTTL(ttls, maxttl, floor), why)
+  startGrace(rec, now + largestTTL(rec, floor), why)
   local gen = fmt(tonumber(t[1]) * 1000000 + tonumber(t[2]))
-  redis.call('HSET', origin, 'id', id, 'gen', gen)
+  redis.call('HSET', rec, 'id', id, 'gen', gen)
+  if me then redis.call('HSET', rec, 'node', me) else redis.call('HDEL', rec, 'node') end
   return gen, true
 end
 local keyStates = {'running', 'failing', 'hung', 'unknown', 'stopping', 'creating'}
@@ -323,9 +374,54 @@ end
 
 func script(body string) *rueidis.Lua { return rueidis.NewLuaScript(luaPrelude + body) }
 
-// trustKeys are the keys trust needs, in its order; scripts that call it
-// take them last among their KEYS.
-func (k keys) trustKeys() []string { return []string{k.origin, k.grace, k.ttls, k.maxTTL} }
+// legacyKeys are the keys of the layout before the membership record (see
+// keys), which upgradeScript folds into it: sessions weights ttls maxttl
+// origin graceperiod.
+func (k keys) legacyKeys() []string {
+	return []string{k.prefix + ":sessions", k.prefix + ":weights", k.prefix + ":ttls", k.prefix + ":maxttl",
+		k.prefix + ":origin", k.prefix + ":graceperiod"}
+}
+
+// upgradeScript turns the record of the layout before this one (a sorted
+// set of leases at nodes, with sessions, weights, TTLs, origin and grace in
+// keys of their own) into the membership record, keeping the origin, the
+// grace period and the largest TTL. It refuses while a node of that layout
+// holds a live lease: such a node is an older dim that does not read the
+// record, so the two would not see each other's leases. Once converted, an
+// older dim's scripts fail on the record's type and it cannot join.
+//
+// KEYS: nodes, then legacyKeys
+// Returns 1 (converted, or nothing to convert), -1 (a node of the older
+// layout is live), -2 (the key holds something dim did not write).
+var upgradeScript = script(`
+if type(redis.pcall('HLEN', KEYS[1])) == 'number' then return 1 end
+local alive = redis.pcall('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'LIMIT', 0, 1)
+if type(alive) ~= 'table' or alive.err then return -2 end
+if #alive > 0 then return -1 end
+local o = redis.call('HMGET', KEYS[6], 'id', 'gen')
+local g = redis.call('HMGET', KEYS[7], 'until', 'why')
+local maxttl = redis.call('GET', KEYS[5])
+for i = 1, #KEYS do redis.call('DEL', KEYS[i]) end
+local rec = {}
+if o[1] and o[2] then
+  rec[#rec + 1] = 'id'
+  rec[#rec + 1] = o[1]
+  rec[#rec + 1] = 'gen'
+  rec[#rec + 1] = o[2]
+end
+if g[1] then
+  rec[#rec + 1] = 'grace'
+  rec[#rec + 1] = g[1]
+  rec[#rec + 1] = 'why'
+  rec[#rec + 1] = g[2] or 'new'
+end
+if maxttl then
+  rec[#rec + 1] = 'maxttl'
+  rec[#rec + 1] = maxttl
+end
+if #rec > 0 then redis.call('HSET', KEYS[1], unpack(rec)) end
+return 1
+`)
 
 // joinScript registers a node with a fresh session, as pending: the leader
 // gives it keys only after its first heartbeat proves that it received the
@@ -351,35 +447,34 @@ func (k keys) trustKeys() []string { return []string{k.origin, k.grace, k.ttls, 
 // The state sets of an earlier session of the node are dropped: its
 // published states are stale.
 //
-// KEYS: nodes sessions weights fence origin grace ttls maxttl fleet state
+// KEYS: nodes fence fleet state
 // ARGV: node ttl_ms floor_ms (the largest TTL this node has seen) durable
 // Returns {session, server_ms, grace_left_ms, generation, max_ttl_ms}, or
-// {"", server_ms, wait_ms, "", 0} while a live session holds the ID.
+// {"", server_ms, wait_ms, "", 0} while a live session holds the ID, or
+// {"", server_ms, 0, "", -1} when nodes is not a hash (see upgradeScript).
 var joinScript = script(`
+if type(redis.pcall('HLEN', KEYS[1])) ~= 'number' then return {'', now, 0, '', -1} end
 local node, ttl, floor = ARGV[1], tonumber(ARGV[2]), math.max(tonumber(ARGV[2]), tonumber(ARGV[3]))
-local score = tonumber(redis.call('ZSCORE', KEYS[1], node) or '0')
-if score > now and redis.call('HGET', KEYS[2], node) then
+local cur = redis.call('HMGET', KEYS[1], 'e:' .. node, 's:' .. node)
+local score = tonumber(cur[1]) or 0
+if score > now and cur[2] then
   return {'', now, score - now, '', 0}
 end
-local gen, known = trust(KEYS[5], KEYS[6], KEYS[7], KEYS[8], floor, ARGV[4])
-if #redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'LIMIT', 0, 1) == 0 then
-  redis.call('HSET', KEYS[9], 'since', now)
+local gen, known = trust(KEYS[1], floor, ARGV[4])
+if #liveMembers(KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[3], 'since', now)
   if not known then
-    startGrace(KEYS[6], now + largestTTL(KEYS[7], KEYS[8], floor), 'new')
+    startGrace(KEYS[1], now + largestTTL(KEYS[1], floor), 'new')
   end
 end
-local session = nextToken(KEYS[4])
-dropStates(KEYS[10], node)
-redis.call('ZADD', KEYS[1], now + ttl, node)
-redis.call('HSET', KEYS[2], node, session)
-redis.call('HSET', KEYS[3], node, 'pending')
-redis.call('HSET', KEYS[7], node, ttl)
+local session = nextToken(KEYS[2])
+dropStates(KEYS[4], node)
+redis.call('HSET', KEYS[1], 'e:' .. node, now + ttl, 's:' .. node, session, 'w:' .. node, 'pending', 't:' .. node, ttl)
 local m = ttl
-for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')) do
-  m = math.max(m, tonumber(redis.call('HGET', KEYS[7], n) or '0') or 0)
-end
-redis.call('SET', KEYS[8], m)
-return {session, now, graceLeft(KEYS[6]), gen, m}
+local alive, by = liveMembers(KEYS[1])
+for _, n in ipairs(alive) do m = math.max(m, tonumber(by[n].t or '0') or 0) end
+redis.call('HSET', KEYS[1], 'maxttl', m)
+return {session, now, graceLeft(KEYS[1]), gen, m}
 `)
 
 // heartbeatScript renews a lease; the first renewal of a session confirms
@@ -389,18 +484,24 @@ return {session, now, graceLeft(KEYS[6]), gen, m}
 // older record (see trust), and the stored maximum TTL lets every node know
 // the longest lease in the service.
 //
-// KEYS: nodes sessions weights origin grace ttls maxttl
+// It reads and writes the membership record only: a single key, which
+// Redis Cluster serves (following ASK) at every step of a migration of the
+// service's slot, when every script with more than one key gets TRYAGAIN
+// until the slot is whole again. The restore check (trust) and the first
+// renewal's confirmation live in the same record for that reason.
+//
+// KEYS: nodes
 // ARGV: node session ttl_ms weight channel floor_ms durable
 // Returns {1 or 0, server_ms, generation, max_ttl_ms}.
 var heartbeatScript = keepScript(`
-local gen = trust(KEYS[4], KEYS[5], KEYS[6], KEYS[7], math.max(tonumber(ARGV[3]), tonumber(ARGV[6])), ARGV[7])
-local maxttl = tonumber(redis.call('GET', KEYS[7]) or '0') or 0
-if not live(KEYS[1], KEYS[2], ARGV[1], ARGV[2]) then
+local gen = trust(KEYS[1], math.max(tonumber(ARGV[3]), tonumber(ARGV[6])), ARGV[7])
+local maxttl = tonumber(redis.call('HGET', KEYS[1], 'maxttl') or '0') or 0
+if not live(KEYS[1], ARGV[1], ARGV[2]) then
   return {0, now, gen, maxttl}
 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
-if redis.call('HGET', KEYS[3], ARGV[1]) == 'pending' then
-  redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+redis.call('HSET', KEYS[1], 'e:' .. ARGV[1], now + tonumber(ARGV[3]))
+if redis.call('HGET', KEYS[1], 'w:' .. ARGV[1]) == 'pending' then
+  redis.call('HSET', KEYS[1], 'w:' .. ARGV[1], ARGV[4])
   redis.call('PUBLISH', ARGV[5], 'join ' .. ARGV[1])
 end
 return {1, now, gen, maxttl}
@@ -416,7 +517,7 @@ return {1, now, gen, maxttl}
 // stop at once; that cannot happen while every node keeps to its lease. An
 // entry left unconfirmed when the grace period ends is free to claim.
 //
-// KEYS: owner origin fence
+// KEYS: owner nodes fence
 // ARGV: node session key…
 // Returns {the keys confirmed by another node, the keys written}.
 var verifyScript = keepScript(`
@@ -442,25 +543,25 @@ return {lost, wrote}
 // drainScript marks a stopping node: the leader gives its keys to others
 // while it keeps its lease until it has let every instance go.
 //
-// KEYS: nodes sessions weights
+// KEYS: nodes
 // ARGV: node session channel
 var drainScript = keepScript(`
-if not live(KEYS[1], KEYS[2], ARGV[1], ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[3], ARGV[1], 0)
+if not live(KEYS[1], ARGV[1], ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'w:' .. ARGV[1], 0)
 redis.call('PUBLISH', ARGV[3], 'drain ' .. ARGV[1])
 return 1
 `)
 
 // leaveScript ends a node's membership if its session is still current.
 //
-// KEYS: nodes sessions weights ttls cfgerr traces state handoffs
+// KEYS: nodes cfgerr traces state handoffs
 // ARGV: node session channel
 var leaveScript = keepScript(`
-if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-for i = 2, 6 do redis.call('HDEL', KEYS[i], ARGV[1]) end
-redis.call('HDEL', KEYS[8], ARGV[1])
-dropStates(KEYS[7], ARGV[1])
+if redis.call('HGET', KEYS[1], 's:' .. ARGV[1]) ~= ARGV[2] then return 0 end
+forget(KEYS[1], ARGV[1])
+for i = 2, 3 do redis.call('HDEL', KEYS[i], ARGV[1]) end
+redis.call('HDEL', KEYS[5], ARGV[1])
+dropStates(KEYS[4], ARGV[1])
 redis.call('PUBLISH', ARGV[3], 'leave ' .. ARGV[1])
 return 1
 `)
@@ -468,26 +569,28 @@ return 1
 // membersScript drops expired members (announcing them as left) and lists
 // the live ones.
 //
-// KEYS: nodes sessions weights ttls cfgerr traces state handoffs
+// KEYS: nodes cfgerr traces state handoffs
 // ARGV: channel
 // Returns {server_ms, node, expiry_ms, weight, node, …}.
 var membersScript = keepScript(`
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
-if #dead > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-  for _, n in ipairs(dead) do
-    for i = 2, 6 do redis.call('HDEL', KEYS[i], n) end
-    redis.call('HDEL', KEYS[8], n)
-    dropStates(KEYS[7], n)
+local ids, by = members(KEYS[1])
+local dead, out = {}, {now}
+for _, n in ipairs(ids) do
+  local e = tonumber(by[n].e or '') or 0
+  if e <= now then
+    dead[#dead + 1] = n
+    forget(KEYS[1], n)
+    for i = 2, 3 do redis.call('HDEL', KEYS[i], n) end
+    redis.call('HDEL', KEYS[5], n)
+    dropStates(KEYS[4], n)
+  else
+    out[#out + 1] = n
+    out[#out + 1] = e
+    out[#out + 1] = tonumber(by[n].w or '0') or 0
   end
-  redis.call('PUBLISH', ARGV[1], 'leave ' .. table.concat(dead, ' '))
 end
-local out = {now}
-local alive = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
-for i = 1, #alive, 2 do
-  out[#out + 1] = alive[i]
-  out[#out + 1] = tonumber(alive[i + 1])
-  out[#out + 1] = tonumber(redis.call('HGET', KEYS[3], alive[i]) or '0') or 0
+if #dead > 0 then
+  redis.call('PUBLISH', ARGV[1], 'leave ' .. table.concat(dead, ' '))
 end
 return out
 `)
@@ -496,15 +599,16 @@ return out
 // (weight above 0), how many the service had when it last counted them, and
 // how long ago the service restarted.
 //
-// KEYS: nodes weights fleet
+// KEYS: nodes fleet
 // Returns {confirmed live nodes, fleet size (0: never counted), ms since the
 // last restart (-1: none recorded)}.
 var fleetScript = script(`
 local n = 0
-for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')) do
-  if (tonumber(redis.call('HGET', KEYS[2], node) or '0') or 0) > 0 then n = n + 1 end
+local alive, by = liveMembers(KEYS[1])
+for _, node in ipairs(alive) do
+  if (tonumber(by[node].w or '0') or 0) > 0 then n = n + 1 end
 end
-local f = redis.call('HMGET', KEYS[3], 'size', 'since')
+local f = redis.call('HMGET', KEYS[2], 'size', 'since')
 local since = -1
 if f[2] then since = now - tonumber(f[2]) end
 return {n, tonumber(f[1] or '0') or 0, since}
@@ -529,26 +633,26 @@ return cur
 // leadScript records a new leader after it won the lock, with a new epoch.
 // Only a live member may lead.
 //
-// KEYS: nodes sessions epoch leader
+// KEYS: nodes epoch leader
 // ARGV: node session channel
 // Returns the epoch, or 0 if the node is not live.
 var leadScript = script(`
-if not live(KEYS[1], KEYS[2], ARGV[1], ARGV[2]) then return '0' end
-local epoch = nextToken(KEYS[3])
-redis.call('HSET', KEYS[4], 'node', ARGV[1], 'session', ARGV[2], 'epoch', epoch)
+if not live(KEYS[1], ARGV[1], ARGV[2]) then return '0' end
+local epoch = nextToken(KEYS[2])
+redis.call('HSET', KEYS[3], 'node', ARGV[1], 'session', ARGV[2], 'epoch', epoch)
 redis.call('PUBLISH', ARGV[3], 'leader ' .. ARGV[1] .. ' ' .. epoch)
 return epoch
 `)
 
 // leaderScript reports the recorded leader and whether it is a live member.
 //
-// KEYS: nodes sessions leader
+// KEYS: nodes leader
 // Returns {node, epoch, 1 if live else 0}; node is "" when there is none.
 var leaderScript = script(`
-local l = redis.call('HMGET', KEYS[3], 'node', 'session', 'epoch')
+local l = redis.call('HMGET', KEYS[2], 'node', 'session', 'epoch')
 if not l[1] then return {'', '0', 0} end
 local ok = 0
-if live(KEYS[1], KEYS[2], l[1], l[2]) then ok = 1 end
+if live(KEYS[1], l[1], l[2]) then ok = 1 end
 return {l[1], l[3], ok}
 `)
 
@@ -561,7 +665,7 @@ return {l[1], l[3], ok}
 // set of keys whose state is published by another node than the one they
 // are assigned to follows every change (see putState).
 //
-// KEYS: epoch assign traces nodes sessions owner state, then set_1 … set_m
+// KEYS: epoch assign traces nodes owner state, then set_1 … set_m
 // (the per-node sets involved)
 // ARGV: epoch channel traceparent m node_1 … node_m then triples (key, new,
 // old), where new and old number the nodes (0: none).
@@ -585,13 +689,13 @@ for i = 5 + m, #ARGV, 3 do
     marks[#marks + 1] = ARGV[4 + new]
   else
     dels[#dels + 1] = key
-    local cur = redis.call('HGET', KEYS[6], key)
+    local cur = redis.call('HGET', KEYS[5], key)
     local gone = false
     if cur then
       local on, os = string.match(cur, '^(%S+) (%S+) ')
-      if not live(KEYS[4], KEYS[5], on, os) then
-        redis.call('HDEL', KEYS[6], key)
-        putState(KEYS[7], KEYS[2], key, nil)
+      if not live(KEYS[4], on, os) then
+        redis.call('HDEL', KEYS[5], key)
+        putState(KEYS[6], KEYS[2], key, nil)
         gone = true
       end
     end
@@ -603,8 +707,8 @@ for i = 5 + m, #ARGV, 3 do
 end
 local notify = {}
 for i = 1, m do
-  if rems[i] then redis.call('SREM', KEYS[7 + i], unpack(rems[i])) end
-  if adds[i] then redis.call('SADD', KEYS[7 + i], unpack(adds[i])) end
+  if rems[i] then redis.call('SREM', KEYS[6 + i], unpack(rems[i])) end
+  if adds[i] then redis.call('SADD', KEYS[6 + i], unpack(adds[i])) end
   if rems[i] or adds[i] then
     notify[#notify + 1] = ARGV[4 + i]
     if ARGV[3] ~= '-' then redis.call('HSET', KEYS[3], ARGV[4 + i], ARGV[3]) end
@@ -613,7 +717,7 @@ end
 if #sets > 0 then redis.call('HSET', KEYS[2], unpack(sets)) end
 if #dels > 0 then redis.call('HDEL', KEYS[2], unpack(dels)) end
 for i = 1, #marks, 2 do
-  markMoving(KEYS[7], marks[i], recordOf(redis.call('HGET', KEYS[7], marks[i])), marks[i + 1] or nil)
+  markMoving(KEYS[6], marks[i], recordOf(redis.call('HGET', KEYS[6], marks[i])), marks[i + 1] or nil)
 end
 if #notify > 0 then
   redis.call('PUBLISH', ARGV[2], 'assign ' .. ARGV[1] .. ' ' .. table.concat(notify, ' '))
@@ -635,27 +739,27 @@ return 1
 // A granted key's state becomes "creating", and the summary's mirrors follow
 // in bulk (see putState).
 //
-// KEYS: nodes sessions assign owner fence origin grace ttls maxttl state
+// KEYS: nodes assign owner fence state
 // ARGV: node session floor_ms durable key…
 // Returns {status, wait_ms, token per key}: status 1 ok, -1 the node itself
 // is not live, -2 the grace period runs for wait_ms more; a token of "0" means
 // the key is not assigned to the node, "-" that another live node holds it.
 var claimScript = script(`
 local node, session = ARGV[1], ARGV[2]
-local gen = trust(KEYS[6], KEYS[7], KEYS[8], KEYS[9], tonumber(ARGV[3]), ARGV[4])
+local gen = trust(KEYS[1], tonumber(ARGV[3]), ARGV[4])
 if gen == '' then gen = '-' end
-if not live(KEYS[1], KEYS[2], node, session) then return {-1, 0} end
-local left = graceLeft(KEYS[7])
+if not live(KEYS[1], node, session) then return {-1, 0} end
+local left = graceLeft(KEYS[1])
 if left > 0 then return {-2, left} end
 local out = {1, 0}
 local mine = node .. ' ' .. session .. ' '
 local creating = '{"n":"' .. node .. '","s":"' .. session .. '","st":"creating","t":' .. now .. '}'
-local last = math.max(tonumber(redis.call('GET', KEYS[5]) or '0'), tonumber(t[1]) * 1000000 + tonumber(t[2]) - 1)
+local last = math.max(tonumber(redis.call('GET', KEYS[4]) or '0'), tonumber(t[1]) * 1000000 + tonumber(t[2]) - 1)
 local owners, states, alive, grants = {}, {}, {}, {}
 local keys = {unpack(ARGV, 5)}
 if #keys == 0 then return out end
-local assigned = redis.call('HMGET', KEYS[3], unpack(keys))
-local current = redis.call('HMGET', KEYS[4], unpack(keys))
+local assigned = redis.call('HMGET', KEYS[2], unpack(keys))
+local current = redis.call('HMGET', KEYS[3], unpack(keys))
 for j, key in ipairs(keys) do
   local token = '0'
   if assigned[j] == node then
@@ -667,7 +771,7 @@ for j, key in ipairs(keys) do
         free = true
       else
         local who = on .. ' ' .. os
-        if alive[who] == nil then alive[who] = live(KEYS[1], KEYS[2], on, os) or false end
+        if alive[who] == nil then alive[who] = live(KEYS[1], on, os) or false end
         free = not alive[who]
       end
     end
@@ -688,13 +792,13 @@ end
 if #owners > 0 then
   -- The mirrors follow the first write that needs memory (the token), so
   -- that a full Redis refuses the claim before it writes anything.
-  redis.call('SET', KEYS[5], fmt(last))
+  redis.call('SET', KEYS[4], fmt(last))
   local mb = newMirror()
-  local olds = redis.call('HMGET', KEYS[10], unpack(grants))
-  for j, key in ipairs(grants) do mirrorChange(mb, KEYS[10], key, olds[j], creating, node) end
-  redis.call('HSET', KEYS[4], unpack(owners))
-  redis.call('HSET', KEYS[10], unpack(states))
-  mirrorApply(mb, KEYS[10])
+  local olds = redis.call('HMGET', KEYS[5], unpack(grants))
+  for j, key in ipairs(grants) do mirrorChange(mb, KEYS[5], key, olds[j], creating, node) end
+  redis.call('HSET', KEYS[3], unpack(owners))
+  redis.call('HSET', KEYS[5], unpack(states))
+  mirrorApply(mb, KEYS[5])
 end
 return out
 `)
@@ -734,20 +838,20 @@ return #dels
 // that nobody owns, or whose entry is already its own, and only while its
 // session is live.
 //
-// KEYS: nodes sessions owner state assign
+// KEYS: nodes owner state assign
 // ARGV: node session key value key value…
 // Returns {1, refused key…}, or {0} if the session is not live.
 var stateScript = keepScript(`
-if not live(KEYS[1], KEYS[2], ARGV[1], ARGV[2]) then return {0} end
+if not live(KEYS[1], ARGV[1], ARGV[2]) then return {0} end
 local mine = ARGV[1] .. ' ' .. ARGV[2] .. ' '
 local minestate = '{"n":"' .. ARGV[1] .. '","s":"' .. ARGV[2] .. '"'
 local out, set, del = {1}, {}, {}
 if #ARGV < 3 then return out end
 local keys = {}
 for i = 3, #ARGV, 2 do keys[#keys + 1] = ARGV[i] end
-local owners = redis.call('HMGET', KEYS[3], unpack(keys))
-local olds = redis.call('HMGET', KEYS[4], unpack(keys))
-local assigned = redis.call('HMGET', KEYS[5], unpack(keys))
+local owners = redis.call('HMGET', KEYS[2], unpack(keys))
+local olds = redis.call('HMGET', KEYS[3], unpack(keys))
+local assigned = redis.call('HMGET', KEYS[4], unpack(keys))
 local mb = newMirror()
 for i = 3, #ARGV, 2 do
   local j = (i - 1) / 2
@@ -766,17 +870,17 @@ for i = 3, #ARGV, 2 do
   if write then
     if v == '' then
       del[#del + 1] = key
-      mirrorChange(mb, KEYS[4], key, st, nil, nil)
+      mirrorChange(mb, KEYS[3], key, st, nil, nil)
     else
       set[#set + 1] = key
       set[#set + 1] = v
-      mirrorChange(mb, KEYS[4], key, st, v, assigned[j])
+      mirrorChange(mb, KEYS[3], key, st, v, assigned[j])
     end
   end
 end
-bulk('HDEL', KEYS[4], del)
-if #set > 0 then redis.call('HSET', KEYS[4], unpack(set)) end
-mirrorApply(mb, KEYS[4])
+bulk('HDEL', KEYS[3], del)
+if #set > 0 then redis.call('HSET', KEYS[3], unpack(set)) end
+mirrorApply(mb, KEYS[3])
 return out
 `)
 
@@ -807,19 +911,19 @@ return 1
 // key removed from the configs while its owner was dead would otherwise keep
 // its entry forever. The leader pages through the whole hash over time.
 //
-// KEYS: nodes sessions assign owner state
+// KEYS: nodes assign owner state
 // ARGV: cursor count
 // Returns the next cursor ("0" at the end).
 var sweepScript = script(`
-local page = redis.call('HSCAN', KEYS[4], ARGV[1], 'COUNT', ARGV[2])
+local page = redis.call('HSCAN', KEYS[3], ARGV[1], 'COUNT', ARGV[2])
 local entries = page[2]
 for i = 1, #entries, 2 do
   local key, cur = entries[i], entries[i + 1]
-  if redis.call('HEXISTS', KEYS[3], key) == 0 then
+  if redis.call('HEXISTS', KEYS[2], key) == 0 then
     local on, os = string.match(cur, '^(%S+) (%S+) ')
-    if not live(KEYS[1], KEYS[2], on, os) then
-      redis.call('HDEL', KEYS[4], key)
-      putState(KEYS[5], KEYS[3], key, nil)
+    if not live(KEYS[1], on, os) then
+      redis.call('HDEL', KEYS[3], key)
+      putState(KEYS[4], KEYS[2], key, nil)
     end
   end
 end
@@ -873,25 +977,25 @@ return 1
 // gets no keys. It refuses a node that is not live (-1) and a drain that
 // would leave no node taking keys (-2). Expired drains of any node go.
 //
-// KEYS: nodes weights drains
+// KEYS: nodes drains
 // ARGV: node duration_ms channel
 // Returns {1, until_ms} or {code}.
 var drainNodeScript = script(`
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not score or tonumber(score) <= now then return {-1} end
+local alive, by = liveMembers(KEYS[1])
+if not by[ARGV[1]] or (tonumber(by[ARGV[1]].e or '') or 0) <= now then return {-1} end
 local others = 0
-for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')) do
-  local w = tonumber(redis.call('HGET', KEYS[2], n) or '')
-  local d = tonumber(redis.call('HGET', KEYS[3], n) or '0') or 0
+for _, n in ipairs(alive) do
+  local w = tonumber(by[n].w or '')
+  local d = tonumber(redis.call('HGET', KEYS[2], n) or '0') or 0
   if n ~= ARGV[1] and w and w > 0 and d <= now then others = others + 1 end
 end
 if others == 0 then return {-2} end
-local all = redis.call('HGETALL', KEYS[3])
+local all = redis.call('HGETALL', KEYS[2])
 for i = 1, #all, 2 do
-  if (tonumber(all[i + 1]) or 0) <= now then redis.call('HDEL', KEYS[3], all[i]) end
+  if (tonumber(all[i + 1]) or 0) <= now then redis.call('HDEL', KEYS[2], all[i]) end
 end
 local untilMs = now + tonumber(ARGV[2])
-redis.call('HSET', KEYS[3], ARGV[1], fmt(untilMs))
+redis.call('HSET', KEYS[2], ARGV[1], fmt(untilMs))
 redis.call('PUBLISH', ARGV[3], 'rebalance')
 return {1, untilMs}
 `)

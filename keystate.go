@@ -141,7 +141,7 @@ func (m *Manager[C, I]) publishStates(ctx context.Context, session string, pairs
 	refused := map[string]bool{}
 	for chunk := range slices.Chunk(pairs, 2*stateChunk) {
 		cctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-		res, err := stateScript.Exec(cctx, m.client, &m.plainScripts, []string{m.k.nodes, m.k.sessions, m.k.owner, m.k.state, m.k.assign},
+		res, err := stateScript.Exec(cctx, m.client, &m.plainScripts, []string{m.k.nodes, m.k.owner, m.k.state, m.k.assign},
 			append([]string{m.s.nodeID, session}, chunk...)).AsStrSlice()
 		cancel()
 		m.live.advance()
@@ -151,6 +151,7 @@ func (m *Manager[C, I]) publishStates(ctx context.Context, session string, pairs
 		if err != nil {
 			return nil, fmt.Errorf("publish key states: %w", err)
 		}
+		m.slot.over(m.log)
 		for _, key := range res[1:] {
 			refused[key] = true
 		}

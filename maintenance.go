@@ -41,7 +41,7 @@ func DrainNode(ctx context.Context, client rueidis.Client, node string, d time.D
 	if d <= 0 || d > maxHold {
 		return time.Time{}, fmt.Errorf("%w: a drain of %v: want more than 0 and at most %v", ErrInvalidOption, d, maxHold)
 	}
-	res, err := drainNodeScript.Exec(ctx, client, []string{k.nodes, k.weights, k.drains},
+	res, err := drainNodeScript.Exec(ctx, client, []string{k.nodes, k.drains},
 		[]string{node, ms(d), k.channel}).AsIntSlice()
 	if err != nil || len(res) == 0 {
 		return time.Time{}, fmt.Errorf("%w: drain %q: %w", ErrRedis, node, err)

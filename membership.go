@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -118,7 +119,11 @@ func (l *lease) endLocked() {
 // join registers the node and starts a lease. The lease counts from before
 // the request was sent, so it can only end earlier than the lease in Redis,
 // never later.
-func (m *Manager[C, I]) join(ctx context.Context) error {
+func (m *Manager[C, I]) join(ctx context.Context) error { return m.joinRecord(ctx, true) }
+
+// joinRecord is join; upgrade allows it to convert an older dim's record
+// once.
+func (m *Manager[C, I]) joinRecord(ctx context.Context, upgrade bool) error {
 	// A reply slower than the usable part of a lease would start a lease
 	// that is over on arrival.
 	valid := m.s.nodeTTL - m.s.fenceMargin()
@@ -126,7 +131,7 @@ func (m *Manager[C, I]) join(ctx context.Context) error {
 	defer cancel()
 	sent, sentBoot := time.Now(), m.lease.boot()
 	res, err := joinScript.Exec(ctx, m.client,
-		append(append([]string{m.k.nodes, m.k.sessions, m.k.weights, m.k.fence}, m.k.trustKeys()...), m.k.fleet, m.k.state),
+		[]string{m.k.nodes, m.k.fence, m.k.fleet, m.k.state},
 		[]string{m.s.nodeID, ms(m.s.nodeTTL), ms(m.ttlFloor()), m.durable()}).ToArray()
 	if err != nil {
 		return fmt.Errorf("join: %w", err)
@@ -137,6 +142,15 @@ func (m *Manager[C, I]) join(ctx context.Context) error {
 	session, err := res[0].ToString()
 	if err != nil {
 		return fmt.Errorf("join: %w", err)
+	}
+	if layout, _ := res[4].AsInt64(); session == "" && layout < 0 {
+		if !upgrade {
+			return fmt.Errorf("%w: %s changed layout again while this node joined", ErrOtherVersion, m.k.nodes)
+		}
+		if err := m.upgradeRecord(ctx); err != nil {
+			return err
+		}
+		return m.joinRecord(ctx, false)
 	}
 	if session == "" {
 		wait, _ := res[2].AsInt64()
@@ -161,6 +175,25 @@ func (m *Manager[C, I]) join(ctx context.Context) error {
 	}
 	m.log.Debug("joined", "session", session)
 	m.recordJoin(ctx, session)
+	return nil
+}
+
+// upgradeRecord converts the record of an older dim's layout into the
+// membership record (see upgradeScript), or says why it cannot.
+func (m *Manager[C, I]) upgradeRecord(ctx context.Context) error {
+	n, err := upgradeScript.Exec(ctx, m.client, append([]string{m.k.nodes}, m.k.legacyKeys()...), nil).AsInt64()
+	switch {
+	case err != nil:
+		return fmt.Errorf("join: upgrade the record of an older dim: %w", err)
+	case n == -1:
+		return fmt.Errorf("%w: %s holds live leases of nodes that run an older dim, which keeps its record in another layout; "+
+			"stop every node of the older version (or let their leases end) before nodes of this one join (see docs/REDIS.md)",
+			ErrOtherVersion, m.k.nodes)
+	case n == -2:
+		return fmt.Errorf("%w: %s holds a value that dim did not write; remove it or choose another service name or key prefix",
+			ErrOtherVersion, m.k.nodes)
+	}
+	m.log.Info("converted the record of an older dim into this version's layout", "key", m.k.nodes)
 	return nil
 }
 
@@ -216,6 +249,7 @@ func (m *Manager[C, I]) heartbeatLoop() {
 				case m.runCtx.Err() != nil:
 				case errors.Is(err, ErrNodeIDInUse):
 					m.log.Debug("rejoin waits for the previous lease", "err", err)
+				case m.slot.saw(m.log, "rejoin", err):
 				default:
 					m.log.Warn("rejoin failed", "err", err)
 				}
@@ -271,7 +305,7 @@ func (m *Manager[C, I]) renew(session string) error {
 	defer cancel()
 	sent, sentBoot, sentClock := time.Now(), m.lease.boot(), m.clock.now()
 	res, err := heartbeatScript.Exec(ctx, m.client, &m.plainScripts,
-		append([]string{m.k.nodes, m.k.sessions, m.k.weights}, m.k.trustKeys()...),
+		[]string{m.k.nodes},
 		[]string{m.s.nodeID, session, ms(m.s.nodeTTL), strconv.Itoa(m.s.weight), m.k.channel, ms(m.ttlFloor()), m.durable()}).ToArray()
 	if err == nil && len(res) != 4 {
 		err = fmt.Errorf("unexpected reply of %d values", len(res))
@@ -296,7 +330,7 @@ func (m *Manager[C, I]) renew(session string) error {
 		// Redis came back with an older record: it must say again what this
 		// node holds before the lease is extended, or the node fences.
 		m.log.Warn("Redis restarted or failed over; confirming what this node holds in the restored record")
-		if err := m.verifyOwnership(session, check); err != nil {
+		if err := m.verifyOwnership(session, check, until); err != nil {
 			m.fenceSession(session, err.Error())
 			return err
 		}
@@ -332,7 +366,7 @@ func (m *Manager[C, I]) drain(ctx context.Context) error {
 		return nil
 	}
 	return drainScript.Exec(ctx, m.client, &m.plainScripts,
-		[]string{m.k.nodes, m.k.sessions, m.k.weights},
+		[]string{m.k.nodes},
 		[]string{m.s.nodeID, session, m.k.channel}).Error()
 }
 
@@ -344,7 +378,7 @@ func (m *Manager[C, I]) leave(ctx context.Context) error {
 	}
 	m.lease.end()
 	err := leaveScript.Exec(ctx, m.client, &m.plainScripts,
-		[]string{m.k.nodes, m.k.sessions, m.k.weights, m.k.ttls, m.k.cfgErr, m.k.traces, m.k.state, m.k.handoffs},
+		[]string{m.k.nodes, m.k.cfgErr, m.k.traces, m.k.state, m.k.handoffs},
 		[]string{m.s.nodeID, session, m.k.channel}).Error()
 	if err == nil {
 		m.record(ctx, HistoryLeft, 0, nil, nil, session)
@@ -363,7 +397,7 @@ type member struct {
 // time, in milliseconds.
 func (m *Manager[C, I]) members(ctx context.Context) (now int64, live []member, err error) {
 	res, err := membersScript.Exec(ctx, m.client, &m.plainScripts,
-		[]string{m.k.nodes, m.k.sessions, m.k.weights, m.k.ttls, m.k.cfgErr, m.k.traces, m.k.state, m.k.handoffs},
+		[]string{m.k.nodes, m.k.cfgErr, m.k.traces, m.k.state, m.k.handoffs},
 		[]string{m.k.channel}).ToArray()
 	if err != nil {
 		return 0, nil, err
@@ -379,6 +413,18 @@ func (m *Manager[C, I]) members(ctx context.Context) (now int64, live []member, 
 		live = append(live, member{id: id, expires: exp, weight: int(w)})
 	}
 	return now, live, nil
+}
+
+// sessionsIn maps every node in the membership record (a HGETALL of it) to
+// its session, whether or not its lease is still live.
+func sessionsIn(rec map[string]string) map[string]string {
+	out := map[string]string{}
+	for f, v := range rec {
+		if node, ok := strings.CutPrefix(f, "s:"); ok {
+			out[node] = v
+		}
+	}
+	return out
 }
 
 // idInUseError reports a live session holding this node's ID.

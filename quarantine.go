@@ -476,7 +476,7 @@ func readFailures(ctx context.Context, client rueidis.Client, k keys, now int64)
 		b.Hgetall().Key(k.quarantine).Build(),
 		b.Hgetall().Key(k.unhealthy).Build(),
 		b.Get().Key(k.outage).Build(),
-		b.Hgetall().Key(k.sessions).Build())
+		b.Hgetall().Key(k.nodes).Build())
 	f := &failureFacts{now: now, avoid: map[string][]avoidEntry{}, quarantine: map[string]quarantineRecord{},
 		unhealthy: map[string]unhealthyRecord{}}
 	raw, err := res[0].AsStrMap()
@@ -517,9 +517,11 @@ func readFailures(ctx context.Context, client rueidis.Client, k keys, now int64)
 			f.outage = &o
 		}
 	}
-	if f.sessions, err = res[4].AsStrMap(); err != nil {
+	rec, err := res[4].AsStrMap()
+	if err != nil {
 		return nil, fmt.Errorf("read sessions: %w", err)
 	}
+	f.sessions = sessionsIn(rec)
 	return f, nil
 }
 

@@ -133,11 +133,12 @@ func (m *Manager[C, I]) leaderLoop(ctx context.Context, epoch uint64, busy *atom
 			}
 			if isOOM(err) {
 				m.log.Warn(outOfMemory, "epoch", epoch, "trigger", trigger, "err", err)
-			} else {
+			} else if !m.slot.saw(m.log, "rebalance", err) {
 				m.log.Warn("rebalance failed", "epoch", epoch, "trigger", trigger, "err", err)
 			}
 			expiry.Reset(backoff.next())
 		default:
+			m.slot.over(m.log)
 			backoff.reset()
 			expiry.Reset(next)
 		}
@@ -164,7 +165,7 @@ func (m *Manager[C, I]) leaderLoop(ctx context.Context, epoch uint64, busy *atom
 			// This node is stopping: one last rebalance moves its keys
 			// away, then leadership is released.
 			busy.Store(time.Now().UnixNano())
-			if _, err := m.rebalance(ctx, epoch, triggerStopping, &st); err != nil {
+			if _, err := m.rebalance(ctx, epoch, triggerStopping, &st); err != nil && !m.slot.saw(m.log, "final rebalance", err) {
 				m.log.Warn("final rebalance failed", "err", err)
 			}
 			close(done)
@@ -184,7 +185,7 @@ func (m *Manager[C, I]) sweepOwners(ctx context.Context, st *leaderState) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
-	next, err := sweepScript.Exec(ctx, m.client, []string{m.k.nodes, m.k.sessions, m.k.assign, m.k.owner, m.k.state},
+	next, err := sweepScript.Exec(ctx, m.client, []string{m.k.nodes, m.k.assign, m.k.owner, m.k.state},
 		[]string{st.sweep, strconv.Itoa(sweepChunk)}).ToString()
 	if err == nil {
 		st.sweep = next
@@ -261,7 +262,7 @@ func (f fleet) restarting(window time.Duration) bool {
 func (m *Manager[C, I]) readFleet(ctx context.Context) (fleet, error) {
 	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
-	res, err := fleetScript.Exec(ctx, m.client, []string{m.k.nodes, m.k.weights, m.k.fleet}, nil).AsIntSlice()
+	res, err := fleetScript.Exec(ctx, m.client, []string{m.k.nodes, m.k.fleet}, nil).AsIntSlice()
 	if err != nil {
 		return fleet{}, fmt.Errorf("read fleet: %w", err)
 	}
@@ -653,7 +654,7 @@ func (m *Manager[C, I]) writeChunk(ctx context.Context, epoch uint64, chunk []ch
 		}
 	}
 	keys := make([]string, 0, 7+len(nodes))
-	keys = append(keys, m.k.epoch, m.k.assign, m.k.traces, m.k.nodes, m.k.sessions, m.k.owner, m.k.state)
+	keys = append(keys, m.k.epoch, m.k.assign, m.k.traces, m.k.nodes, m.k.owner, m.k.state)
 	args := make([]string, 0, 4+len(nodes)+3*len(chunk))
 	args = append(args, strconv.FormatUint(epoch, 10), m.k.channel, traceparent(ctx), strconv.Itoa(len(nodes)))
 	for _, n := range nodes {

@@ -153,25 +153,26 @@ type Owner struct {
 
 // statusScript reads everything a Status needs in one atomic step.
 //
-// KEYS: nodes sessions weights leader assign owner graceperiod ttls state cfgerr
+// KEYS: nodes leader assign owner state cfgerr
 // Returns {server_ms, leader{node,session,epoch}, nodes{id,expiry,weight,
 // session,ttl,cfgerr…}, assign{k,v…}, owner{k,v…}, {grace_left_ms, why},
 // state{k,v…}}.
 var statusScript = script(`
-local nodes = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
+requireRecord(KEYS[1])
+local alive, by = liveMembers(KEYS[1])
 local out = {}
-for i = 1, #nodes, 2 do
-  out[#out + 1] = nodes[i]
-  out[#out + 1] = nodes[i + 1]
-  out[#out + 1] = redis.call('HGET', KEYS[3], nodes[i]) or ''
-  out[#out + 1] = redis.call('HGET', KEYS[2], nodes[i]) or ''
-  out[#out + 1] = redis.call('HGET', KEYS[8], nodes[i]) or '0'
-  out[#out + 1] = redis.call('HGET', KEYS[10], nodes[i]) or ''
+for _, n in ipairs(alive) do
+  out[#out + 1] = n
+  out[#out + 1] = by[n].e
+  out[#out + 1] = by[n].w or ''
+  out[#out + 1] = by[n].s or ''
+  out[#out + 1] = by[n].t or '0'
+  out[#out + 1] = redis.call('HGET', KEYS[6], n) or ''
 end
-return {now, redis.call('HMGET', KEYS[4], 'node', 'session', 'epoch', 'rb_at', 'rb_moves', 'rb_err'), out,
-  redis.call('HGETALL', KEYS[5]), redis.call('HGETALL', KEYS[6]),
-  {graceLeft(KEYS[7]), redis.call('HGET', KEYS[7], 'why') or ''},
-  redis.call('HGETALL', KEYS[9])}
+return {now, redis.call('HMGET', KEYS[2], 'node', 'session', 'epoch', 'rb_at', 'rb_moves', 'rb_err'), out,
+  redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4]),
+  {graceLeft(KEYS[1]), redis.call('HGET', KEYS[1], 'why') or ''},
+  redis.call('HGETALL', KEYS[5])}
 `)
 
 // Status reads a snapshot of the service from Redis. It may return an
@@ -291,7 +292,7 @@ func serviceSettings(opts []Option) (settings, error) {
 
 func readStatus(ctx context.Context, client rueidis.Client, service string, k keys) (*Status, error) {
 	res, err := statusScript.Exec(ctx, client,
-		[]string{k.nodes, k.sessions, k.weights, k.leader, k.assign, k.owner, k.grace, k.ttls, k.state, k.cfgErr}, nil).ToArray()
+		[]string{k.nodes, k.leader, k.assign, k.owner, k.state, k.cfgErr}, nil).ToArray()
 	if err != nil {
 		return nil, fmt.Errorf("%w: read status: %w", ErrRedis, err)
 	}

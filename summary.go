@@ -108,7 +108,7 @@ type KeyProblem struct {
 // with their records. Nothing in it reads a whole hash or
 // set, except the sets it lists, which it stops scanning at the limit.
 //
-// KEYS: nodes sessions weights leader assign grace ttls state cfgerr
+// KEYS: nodes leader assign state cfgerr
 // ARGV: limit (0: counts only) assigned_prefix
 // Returns {server_ms, leader{node,session,epoch,rb_at,rb_moves,rb_err},
 // states{st…}, nodes{id,expiry,weight,session,ttl,cfgerr,assigned,count per
@@ -116,14 +116,13 @@ type KeyProblem struct {
 // record,assigned…}, atrisk{key,node,assigned…}}.
 var summaryScript = script(`
 local limit = tonumber(ARGV[1])
-local alive = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
-local ids, expiry, score = {}, {}, {}
-for i = 1, #alive, 2 do
-  ids[#ids + 1] = alive[i]
-  expiry[alive[i]] = tonumber(alive[i + 1])
-  score[alive[i]] = alive[i + 1]
+requireRecord(KEYS[1])
+local ids, by = liveMembers(KEYS[1])
+local expiry, score = {}, {}
+for _, n in ipairs(ids) do
+  expiry[n] = tonumber(by[n].e)
+  score[n] = by[n].e
 end
-table.sort(ids)
 local function list(set, node, into)
   if #into >= 2 * limit then return end
   local cursor = '0'
@@ -139,17 +138,17 @@ local function list(set, node, into)
 end
 local nodes, problems, risky, count, suspect = {}, {}, {}, {}, {}
 for _, n in ipairs(ids) do
-  local ttl = tonumber(redis.call('HGET', KEYS[7], n) or '0') or 0
+  local ttl = tonumber(by[n].t or '0') or 0
   suspect[n] = ttl > 0 and expiry[n] - now < ttl / 2
   nodes[#nodes + 1] = n
   nodes[#nodes + 1] = score[n]
-  nodes[#nodes + 1] = redis.call('HGET', KEYS[3], n) or ''
-  nodes[#nodes + 1] = redis.call('HGET', KEYS[2], n) or ''
+  nodes[#nodes + 1] = by[n].w or ''
+  nodes[#nodes + 1] = by[n].s or ''
   nodes[#nodes + 1] = tostring(ttl)
-  nodes[#nodes + 1] = redis.call('HGET', KEYS[9], n) or ''
+  nodes[#nodes + 1] = redis.call('HGET', KEYS[5], n) or ''
   nodes[#nodes + 1] = tostring(redis.call('SCARD', ARGV[2] .. n))
   for _, st in ipairs(keyStates) do
-    local c = redis.call('SCARD', byState(KEYS[8], st, n))
+    local c = redis.call('SCARD', byState(KEYS[4], st, n))
     nodes[#nodes + 1] = tostring(c)
     count[st .. ' ' .. n] = c
   end
@@ -159,9 +158,9 @@ if limit > 0 then
     for _, n in ipairs(ids) do
       if count[st .. ' ' .. n] > 0 then
         if st ~= 'running' then
-          list(byState(KEYS[8], st, n), n, problems)
+          list(byState(KEYS[4], st, n), n, problems)
         elseif suspect[n] then
-          list(byState(KEYS[8], st, n), n, risky)
+          list(byState(KEYS[4], st, n), n, risky)
         end
       end
     end
@@ -171,17 +170,17 @@ local recs, risks = {}, {}
 for i = 1, #problems, 2 do
   recs[#recs + 1] = problems[i]
   recs[#recs + 1] = problems[i + 1]
-  recs[#recs + 1] = redis.call('HGET', KEYS[8], problems[i]) or ''
-  recs[#recs + 1] = redis.call('HGET', KEYS[5], problems[i]) or ''
+  recs[#recs + 1] = redis.call('HGET', KEYS[4], problems[i]) or ''
+  recs[#recs + 1] = redis.call('HGET', KEYS[3], problems[i]) or ''
 end
 for i = 1, #risky, 2 do
   risks[#risks + 1] = risky[i]
   risks[#risks + 1] = risky[i + 1]
-  risks[#risks + 1] = redis.call('HGET', KEYS[5], risky[i]) or ''
+  risks[#risks + 1] = redis.call('HGET', KEYS[3], risky[i]) or ''
 end
-return {now, redis.call('HMGET', KEYS[4], 'node', 'session', 'epoch', 'rb_at', 'rb_moves', 'rb_err'), keyStates, nodes,
-  {redis.call('HLEN', KEYS[5]), redis.call('SCARD', KEYS[8] .. ':moving')},
-  {graceLeft(KEYS[6]), redis.call('HGET', KEYS[6], 'why') or ''}, recs, risks}
+return {now, redis.call('HMGET', KEYS[2], 'node', 'session', 'epoch', 'rb_at', 'rb_moves', 'rb_err'), keyStates, nodes,
+  {redis.call('HLEN', KEYS[3]), redis.call('SCARD', KEYS[4] .. ':moving')},
+  {graceLeft(KEYS[1]), redis.call('HGET', KEYS[1], 'why') or ''}, recs, risks}
 `)
 
 // Summary reads a bounded snapshot of the service from Redis: counts by
@@ -220,7 +219,7 @@ func ReadSummary(ctx context.Context, client rueidis.Client, opts ...Option) (*S
 // them already).
 func readSummary(ctx context.Context, client rueidis.Client, service string, k keys, limit int) (*Summary, error) {
 	res, err := summaryScript.Exec(ctx, client,
-		[]string{k.nodes, k.sessions, k.weights, k.leader, k.assign, k.grace, k.ttls, k.state, k.cfgErr},
+		[]string{k.nodes, k.leader, k.assign, k.state, k.cfgErr},
 		[]string{strconv.Itoa(limit), k.assigned("")}).ToArray()
 	if err != nil {
 		return nil, fmt.Errorf("%w: read summary: %w", ErrRedis, err)

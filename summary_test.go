@@ -140,8 +140,9 @@ func (c *testCluster) mirrorsExact() string {
 	client := c.srv.Client(c.t)
 	k := newKeys("", c.service)
 	st := c.status()
-	sessions, err := client.Do(ctx, client.B().Hgetall().Key(k.sessions).Build()).AsStrMap()
+	rec, err := client.Do(ctx, client.B().Hgetall().Key(k.nodes).Build()).AsStrMap()
 	require.NoError(c.t, err)
+	sessions := sessionsIn(rec)
 	live := map[string]bool{}
 	for _, n := range st.Nodes {
 		live[n.ID] = true

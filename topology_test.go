@@ -279,7 +279,7 @@ func TestClusterRunsEveryScenarioForServicesOnEachMaster(t *testing.T) {
 		// Every key of the service, the lock's included, is in one slot.
 		k := newKeys("", service)
 		slot := slotOf(t, admin, k.nodes)
-		for _, key := range []string{k.sessions, k.weights, k.grace, k.origin, k.ttls, k.maxTTL, k.epoch, k.leader, k.forcing,
+		for _, key := range []string{k.epoch, k.leader, k.forcing,
 			k.assign, k.traces, k.owner, k.fence, k.assigned("n1"), k.lock + ":0:" + lockName} {
 			assert.Equal(t, slot, slotOf(t, admin, key), key)
 		}
@@ -435,7 +435,7 @@ func waitRenewed(t *testing.T, srv *redistest.Server, c *testCluster, ttl time.D
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		for _, n := range nodes {
-			score, err := client.Do(ctx, client.B().Zscore().Key(k.nodes).Member(n).Build()).AsFloat64()
+			score, err := client.Do(ctx, client.B().Hget().Key(k.nodes).Field("e:"+n).Build()).AsFloat64()
 			if err != nil || int64(score) < since+ttl.Milliseconds() {
 				return false
 			}

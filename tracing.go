@@ -66,6 +66,7 @@ var (
 type telemetry struct {
 	tracer trace.Tracer
 	log    *slog.Logger
+	slot   *slotNotice
 	base   []attribute.KeyValue // of spans: the service and the node
 	mbase  []attribute.KeyValue // of metrics: the service, and the node if asked for
 
@@ -290,6 +291,7 @@ func (t *telemetry) endReconcile(ctx context.Context, span trace.Span, s reconci
 	switch {
 	case isOOM(s.err):
 		t.log.Warn(outOfMemory, "err", s.err)
+	case t.slot != nil && t.slot.saw(t.log, "reconcile", s.err):
 	case s.err != nil:
 		t.log.Warn("reconcile incomplete", "err", s.err)
 	}

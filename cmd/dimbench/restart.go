@@ -113,7 +113,7 @@ func (b *bench) restartSize(ctx context.Context, tm timing, sz size, runs int) e
 			"(its leader check read the old leader's record, found it not live, then found the lock taken)"
 		v.rebalances.Note = "rebalances that changed the assignment"
 		v.moves.Note = fmt.Sprintf("creates beyond one per key (%d keys): keys placed before every node had joined and moved on as the rest joined", sz.Keys)
-		v.graces.Note = "the service's graceperiod record (until, why) compared before and after each restart; the first start's own grace (\"new\") is not counted"
+		v.graces.Note = "the grace fields of the service's membership record (grace, why) compared before and after each restart; the first start's own grace (\"new\") is not counted"
 		v.pcpu.Note = "getrusage over the restart, which all nodes share; from the first Start until 200 ms have passed without a create; × floor is CPU ÷ the median time from the first Start to the last create"
 		v.rcpu.Note = "used_cpu_user + used_cpu_sys of redis-server over the restart"
 		b.annotate(mk, v.live)
@@ -259,7 +259,7 @@ func redisCPU(ctx context.Context, c rueidis.Client) (float64, error) {
 // graceRecord reads the service's grace period record: until (server ms)
 // and why; both empty when there is none.
 func (c *cluster) graceRecord(ctx context.Context) (until, why string, err error) {
-	vals, err := c.b.admin.Do(ctx, c.b.admin.B().Hmget().Key("dim:{"+c.service+"}:graceperiod").Field("until", "why").Build()).ToArray()
+	vals, err := c.b.admin.Do(ctx, c.b.admin.B().Hmget().Key("dim:{"+c.service+"}:nodes").Field("grace", "why").Build()).ToArray()
 	if err != nil {
 		return "", "", fmt.Errorf("read grace: %w", err)
 	}

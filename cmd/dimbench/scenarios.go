@@ -317,7 +317,7 @@ func (b *bench) cold(ctx context.Context) error {
 			after.withTarget("median", 10000)
 		}
 		total.Note = fmt.Sprintf("%s; all nodes in one process, started concurrently, each with its own connections", tm)
-		after.Note = "the first grace period's end, read from Redis (the service's graceperiod hash, field until: server time in ms)" + after.Note
+		after.Note = "the first grace period's end, read from Redis (the service's membership record at :nodes, field grace: server time in ms)" + after.Note
 		b.annotate(mk, total)
 		b.add(total)
 		b.add(after)
@@ -346,7 +346,7 @@ func (c *cluster) watchGrace(ctx context.Context) <-chan time.Time {
 
 // graceEnd reads when the grace period ends, from Redis.
 func (c *cluster) graceEnd(ctx context.Context) (time.Time, error) {
-	v, err := c.b.admin.Do(ctx, c.b.admin.B().Hget().Key("dim:{"+c.service+"}:graceperiod").Field("until").Build()).ToString()
+	v, err := c.b.admin.Do(ctx, c.b.admin.B().Hget().Key("dim:{"+c.service+"}:nodes").Field("grace").Build()).ToString()
 	if err != nil {
 		return time.Time{}, fmt.Errorf("read grace: %w", err)
 	}
