@@ -1,0 +1,83 @@
+package dim
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-dim/dim/internal/history"
+	"github.com/stretchr/testify/assert"
+)
+
+// Fresh-eyes review: each test here tries to break one promise of the
+// README, docs/*.md or the godoc on a real redis-server.
+
+// lateActivateNode makes a make-before-break node whose activate, for the
+// keys slow reports, takes hold (ignoring its context, as a createInstance
+// may) and begins the work only then. A disposal is a disconnect of an
+// instance whose work never began; the work's life is recorded in the
+// cluster's history.
+func (c *testCluster) lateActivateNode(id string, slow func(key string) bool, hold time.Duration, disposed, returned *sync.Map) *testNode {
+	type inst = *testInst
+	return c.newNode(id,
+		WithPrepare(func(ctx context.Context, cfg testConfig) (inst, error) {
+			return &testInst{node: id, key: cfg.Key, ctx: ctx}, nil
+		}, func(ctx context.Context, in inst) error {
+			if slow(in.key) {
+				time.Sleep(hold) // a login that does not watch its context
+			}
+			in.id = c.rec.Up(id, in.key) // the work begins
+			returned.Store(in.key, true)
+			return nil
+		}, 10*time.Second),
+		WithDisconnect(func(_ context.Context, in *testInst) error {
+			if in.id == 0 {
+				disposed.Store(in.key, true)
+				return nil
+			}
+			c.rec.Down(in.node, in.key, in.id)
+			return nil
+		}))
+}
+
+// TestAnActivateThatOutlivesTheCallbackTimeoutIsStoppedWhenItReturns:
+// README promises that every created instance is disconnected exactly once,
+// "including one whose createInstance returned after its timeout", and
+// WithPrepare's doc that activate runs under the callback timeout. An
+// activate that returns after the timeout must then be treated like such a
+// createInstance: its instance stopped once the call has returned, and the
+// key run by no other instance meanwhile.
+func TestAnActivateThatOutlivesTheCallbackTimeoutIsStoppedWhenItReturns(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 4)
+	var disposed, returned sync.Map
+	never := func(string) bool { return false }
+	c.startNode(c.lateActivateNode("n1", never, 0, &disposed, &returned))
+	c.waitConverged(10*time.Second, "n1")
+	var once sync.Once
+	var slowKey string
+	slow := func(key string) bool {
+		s := false
+		once.Do(func() { slowKey, s = key, true })
+		return s
+	}
+	// The test nodes' callback timeout is 2 s.
+	c.startNode(c.lateActivateNode("n2", slow, 3*time.Second, &disposed, &returned))
+	c.waitConverged(20*time.Second, "n1", "n2")
+	c.eventually(10*time.Second, "the slow activate returned", func() bool {
+		_, ok := returned.Load(slowKey)
+		return ok
+	})
+	// Once it has returned, n2 runs the key (again, or still) and the key
+	// runs once: the late instance stopped, or the one that runs.
+	c.eventually(10*time.Second, "n2 runs the slow key", func() bool {
+		_, ok := c.node("n2").m.Instances()[slowKey]
+		return ok
+	})
+	c.waitConverged(10*time.Second, "n1", "n2")
+	assert.Equal(t, []string{"n2"}, c.rec.LiveByKey()[slowKey])
+	assert.Empty(t, history.Overlaps(c.rec.Events()), "two live instances of %s", slowKey)
+}
