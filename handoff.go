@@ -111,15 +111,17 @@ func (m *Manager[C, I]) holdMoved(key string, ready map[string]bool, now time.Ti
 // startPrepare prepares key in the background, once at a time per key. Its
 // span is a child of the reconcile's (ctx), like a create's.
 func (m *Manager[C, I]) startPrepare(ctx, leaseCtx context.Context, session, key string, cfg config[C]) {
-	if m.prepare == nil || m.tab.preparing[key] {
+	if _, ok := m.tab.preparing[key]; m.prepare == nil || ok {
 		return
 	}
 	if _, ok := m.tab.prepared[key]; ok {
 		return
 	}
-	m.tab.preparing[key] = true
 	pctx, cancel := context.WithCancel(leaseCtx)
-	go func() {
+	m.tab.preparing[key] = cancel
+	// Stop waits for it (see shutdown): what it returns is disposed of
+	// before Stop returns.
+	m.prepares.Go(func() {
 		// prepare runs under the callback timeout: past it, its context
 		// ends, and an instance it returns all the same is disposed of.
 		late := time.AfterFunc(m.s.timeout, cancel)
@@ -142,7 +144,7 @@ func (m *Manager[C, I]) startPrepare(ctx, leaseCtx context.Context, session, key
 			}
 			cancel()
 		}
-	}()
+	})
 }
 
 // onPrepared files a prepare's outcome and announces it, so that the old

@@ -130,15 +130,15 @@ type guard struct{ busy atomic.Bool }
 // touches it, so reconciliation is serialised by construction.
 type table[I any] struct {
 	running   map[string]*entry[I]
-	claimed   map[string]uint64       // keys this node owns in Redis, with tokens
-	failures  map[string]*failure     // keys whose create or health check failed
-	waiting   map[string]time.Time    // keys whose claim was refused, and when to retry
-	states    map[string]keyRecord    // what Redis holds of this node's key states
-	avoiding  map[string]avoidMark    // keys this node asked the leader to place elsewhere, and why
-	prepared  map[string]*prepared[I] // instances prepared for keys that move here (WithPrepare)
-	preparing map[string]bool         // prepare calls in flight
-	holding   map[string]time.Time    // moved keys still run here until the new owner prepared, until then
-	retryAt   time.Time               // when to reconcile again after a failed read
+	claimed   map[string]uint64             // keys this node owns in Redis, with tokens
+	failures  map[string]*failure           // keys whose create or health check failed
+	waiting   map[string]time.Time          // keys whose claim was refused, and when to retry
+	states    map[string]keyRecord          // what Redis holds of this node's key states
+	avoiding  map[string]avoidMark          // keys this node asked the leader to place elsewhere, and why
+	prepared  map[string]*prepared[I]       // instances prepared for keys that move here (WithPrepare)
+	preparing map[string]context.CancelFunc // prepare calls in flight, with their contexts' cancel
+	holding   map[string]time.Time          // moved keys still run here until the new owner prepared, until then
+	retryAt   time.Time                     // when to reconcile again after a failed read
 }
 
 // hungSet holds the keys whose createInstance or disconnect call outlived
@@ -222,7 +222,7 @@ func newTable[I any]() table[I] {
 		states:    make(map[string]keyRecord),
 		avoiding:  make(map[string]avoidMark),
 		prepared:  make(map[string]*prepared[I]),
-		preparing: make(map[string]bool),
+		preparing: make(map[string]context.CancelFunc),
 		holding:   make(map[string]time.Time),
 	}
 }
@@ -532,6 +532,9 @@ func (m *Manager[C, I]) dropStale(session string) {
 // fenced or stopping.
 func (m *Manager[C, I]) dropAll(ctx context.Context, why string) {
 	m.dropPrepared(nil)
+	for _, cancel := range m.tab.preparing {
+		cancel() // what they return is disposed of: nothing will be activated
+	}
 	clear(m.tab.holding)
 	all := make([]*entry[I], 0, len(m.tab.running))
 	for _, e := range m.tab.running {

@@ -3,11 +3,13 @@ package dim
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/go-dim/dim/internal/history"
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // Fresh-eyes review: each test here tries to break one promise of the
@@ -80,4 +82,41 @@ func TestAnActivateThatOutlivesTheCallbackTimeoutIsStoppedWhenItReturns(t *testi
 	c.waitConverged(10*time.Second, "n1", "n2")
 	assert.Equal(t, []string{"n2"}, c.rec.LiveByKey()[slowKey])
 	assert.Empty(t, history.Overlaps(c.rec.Events()), "two live instances of %s", slowKey)
+}
+
+// TestStopWaitsForAPrepareInFlight: Stop's doc says that when it returns
+// (without an error) every instance has been stopped, and that nothing may
+// outlive it unasked; WithPrepare's, that a prepared instance that is not
+// activated is disposed of exactly once. A node that stops while it
+// prepares a key must have disposed of what the prepare returned, and no
+// prepare call may still run, when Stop returns.
+func TestStopWaitsForAPrepareInFlight(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 4)
+	log := &handoffLog{}
+	c.startNode(c.preparingNode("n1", log, sleepFor(0), 10*time.Second))
+	c.waitConverged(10*time.Second, "n1")
+	started := make(chan string, 4)
+	var running atomic.Int32
+	c.startNode(c.preparingNode("n2", log, func(ctx context.Context, key string) error {
+		running.Add(1)
+		defer running.Add(-1)
+		started <- key
+		time.Sleep(500 * time.Millisecond) // a login that finishes what it began
+		return nil
+	}, 10*time.Second))
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("n2 never prepared a key")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	require.NoError(t, c.node("n2").m.Stop(ctx))
+	p, a, d := log.counts()
+	assert.Equal(t, p, a+d, "when Stop returned, every prepared instance was activated or disposed of: %v", log.lines)
+	assert.Zero(t, running.Load(), "prepare calls still running when Stop returned")
+	c.waitConverged(10*time.Second, "n1")
 }
