@@ -450,6 +450,14 @@ func (m *Manager[C, I]) reconcile() {
 		want = append(want, key)
 	}
 	gen := m.instances.generation()
+	// Keys this node already owns are claimed again (a retry after a failed
+	// create or health check): not a change of owner, so not history.
+	owned := make(map[string]bool)
+	for _, key := range want {
+		if m.tab.claimed[key] != 0 {
+			owned[key] = true
+		}
+	}
 	granted, held, err := m.claim(ctx, session, want)
 	if err != nil {
 		stats.err = err
@@ -474,7 +482,9 @@ func (m *Manager[C, I]) reconcile() {
 	if len(granted) > 0 {
 		claimed := make([]string, 0, len(granted))
 		for key := range granted {
-			claimed = append(claimed, key)
+			if !owned[key] {
+				claimed = append(claimed, key)
+			}
 		}
 		slices.Sort(claimed)
 		for chunk := range slices.Chunk(claimed, claimChunk) {

@@ -2,6 +2,7 @@ package dim
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -119,4 +120,35 @@ func TestStopWaitsForAPrepareInFlight(t *testing.T) {
 	assert.Equal(t, p, a+d, "when Stop returned, every prepared instance was activated or disposed of: %v", log.lines)
 	assert.Zero(t, running.Load(), "prepare calls still running when Stop returned")
 	c.waitConverged(10*time.Second, "n1")
+}
+
+// TestRetriesOfAFailingKeyDoNotFloodTheHistory: README says the history
+// holds "one entry per change listing its keys" and that "a steady service
+// adds none", and issue 13 that a cold start must not flush the stream.
+// A key whose create keeps failing (an outage of its upstream, which may
+// last hours) is retried with backoff on the node that owns it; a retry
+// changes no ownership, so it must not add a "claimed" entry each time,
+// or an outage flushes the history of how it began.
+func TestRetriesOfAFailingKeyDoNotFloodTheHistory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 4)
+	failing := func() error { return errors.New("upstream down") }
+	for _, key := range c.keys() {
+		c.createErr.Store(key, failing)
+	}
+	c.start("n1", WithGiveUpAfter(0))
+	c.eventually(10*time.Second, "every key tried a few times", func() bool {
+		return c.creates.Load() >= 4*5
+	})
+	entries, err := ReadHistory(context.Background(), c.srv.Client(t), HistoryFilter{Limit: 10_000}, WithService(c.service))
+	require.NoError(t, err)
+	claims := 0
+	for _, e := range entries {
+		if e.Kind == HistoryClaimed {
+			claims++
+		}
+	}
+	assert.LessOrEqual(t, claims, 4, "%d claimed entries for %d creates of 4 keys that never ran", claims, c.creates.Load())
 }
