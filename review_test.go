@@ -3,6 +3,8 @@ package dim
 import (
 	"context"
 	"errors"
+	"math"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -151,4 +153,34 @@ func TestRetriesOfAFailingKeyDoNotFloodTheHistory(t *testing.T) {
 		}
 	}
 	assert.LessOrEqual(t, claims, 4, "%d claimed entries for %d creates of 4 keys that never ran", claims, c.creates.Load())
+}
+
+// TestNewRefusesBadInputToTheNewOptions: README says every option is
+// validated in New and a bad value is an error wrapping ErrInvalidOption
+// that names the option; nothing is silently accepted.
+func TestNewRefusesBadInputToTheNewOptions(t *testing.T) {
+	getConfig := func(context.Context) ([]testConfig, error) { return nil, nil }
+	create := func(context.Context, testConfig) (*testInst, error) { return &testInst{}, nil }
+	prepare := func(context.Context, testConfig) (*testInst, error) { return &testInst{}, nil }
+	activate := func(context.Context, *testInst) error { return nil }
+	for name, opt := range map[string]Option{
+		"WithMoveBudget":        WithMoveBudget(0, math.NaN()),
+		"WithMoveBudget ":       WithMoveBudget(-1, 0),
+		"WithMoveBudget  ":      WithMoveBudget(0, 1.5),
+		"WithQuarantine":        WithQuarantine(0, time.Minute),
+		"WithQuarantine ":       WithQuarantine(time.Minute, time.Second),
+		"WithPrepare":           WithPrepare(prepare, activate, 0),
+		"WithPrepare ":          WithPrepare(prepare, activate, -time.Second),
+		"WithPrepare  ":         WithPrepare[testConfig, *testInst](nil, activate, time.Second),
+		"WithPrepare   ":        WithPrepare(func(context.Context, int) (*testInst, error) { return nil, nil }, activate, time.Second),
+		"WithRestartHold":       WithRestartHold(-time.Second),
+		"WithJoinHold":          WithJoinHold(0),
+		"WithHistory":           WithHistory(-1),
+		"WithCreateConcurrency": WithCreateConcurrency(0),
+	} {
+		_, err := New(getConfig, create, WithService("svc"), opt)
+		if assert.ErrorIs(t, err, ErrInvalidOption, "%s", name) {
+			assert.Contains(t, err.Error(), strings.TrimSpace(name))
+		}
+	}
 }
