@@ -184,3 +184,31 @@ func TestNewRefusesBadInputToTheNewOptions(t *testing.T) {
 		}
 	}
 }
+
+// TestSummaryCountsTheKeysOfARestartingNode: Summary's doc says Restarting
+// is as in Status ("see Status.Restarting"), and dimctl status prints from
+// it "N keys wait for it". Both must count the keys that wait.
+func TestSummaryCountsTheKeysOfARestartingNode(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 6)
+	hold := WithRestartHold(time.Minute)
+	c.start("n1", hold)
+	c.start("n2", hold)
+	c.waitConverged(10*time.Second, "n1", "n2")
+	victim := "n2"
+	if c.leader().id == victim {
+		victim = "n1"
+	}
+	c.stop(victim)
+	var st *Status
+	c.eventually(5*time.Second, victim+" shown restarting", func() bool {
+		st = c.status()
+		return len(st.Restarting) == 1
+	})
+	require.Equal(t, 3, st.Restarting[0].Keys)
+	sum := c.summary()
+	require.Len(t, sum.Restarting, 1)
+	assert.Equal(t, st.Restarting[0].Keys, sum.Restarting[0].Keys, "keys that wait for %s", victim)
+}
