@@ -75,7 +75,7 @@ type Manager[C, I any] struct {
 	prepareCh      chan prepareResult[I]
 	announced      announced                 // keys whose new owner prepared them
 	handoffsShown  [2]int                    // prepared and held, as last published; node loop only
-	prepares       sync.WaitGroup            // prepare calls in flight, until their outcome is filed or disposed of
+	prepares       hungSet                   // keys with a prepare call in flight, until its outcome is filed or disposed of
 	lastFence      atomic.Pointer[fenceNote] // a fence not yet in the history
 
 	claimRetry time.Duration // how soon a refused claim is tried again
@@ -528,7 +528,7 @@ func (m *Manager[C, I]) shutdown(ctx context.Context) {
 	// A prepare still running may yet return an instance: the node loop
 	// disposes of it, before Stop returns unless ctx ends first (a prepare
 	// holds no claim, so the lease need not wait for it).
-	if err := waitGroupCtx(ctx, &m.prepares); err != nil {
+	if err := m.prepares.wait(ctx); err != nil {
 		m.log.Warn("prepare calls still running; what they return is disposed of when they do")
 	}
 	// A callback that still hangs may yet bring an instance to life: keep
@@ -768,19 +768,4 @@ func randomSuffix() string {
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
-}
-
-// waitGroupCtx waits for wg until ctx ends.
-func waitGroupCtx(ctx context.Context, wg *sync.WaitGroup) error {
-	done := make(chan struct{})
-	go func() {
-		wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

@@ -121,7 +121,9 @@ func (m *Manager[C, I]) startPrepare(ctx, leaseCtx context.Context, session, key
 	m.tab.preparing[key] = cancel
 	// Stop waits for it (see shutdown): what it returns is disposed of
 	// before Stop returns.
-	m.prepares.Go(func() {
+	m.prepares.add(key)
+	go func() {
+		defer m.prepares.remove(key)
 		// prepare runs under the callback timeout: past it, its context
 		// ends, and an instance it returns all the same is disposed of.
 		late := time.AfterFunc(m.s.timeout, cancel)
@@ -144,7 +146,7 @@ func (m *Manager[C, I]) startPrepare(ctx, leaseCtx context.Context, session, key
 			}
 			cancel()
 		}
-	})
+	}()
 }
 
 // onPrepared files a prepare's outcome and announces it, so that the old
