@@ -98,23 +98,35 @@ func inFlight(ctx context.Context, client rueidis.Client, k keys, moving map[str
 // budgetLeft is how many voluntary moves this rebalance may start: the
 // budget less the moves of earlier steps still in flight (-1: no budget).
 func (m *Manager[C, I]) budgetLeft(ctx context.Context, st *leaderState, prev Assignment, keys int) (int, error) {
-	if st.moving == nil {
+	limit := moveBudget(m.s.budgetAbs, m.s.budgetRel, keys)
+	st.budget = limit
+	if limit < 0 {
 		st.moving = map[string]string{}
+		return -1, nil
+	}
+	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	defer cancel()
+	if st.moving == nil {
+		// A new term: moves an earlier leader started may still be in
+		// flight. Every key in a handoff (its state published by a node
+		// other than its assignee) counts as one until it lands.
+		handing, err := m.client.Do(rctx, m.client.B().Smembers().Key(m.k.moving()).Build()).AsStrSlice()
+		if err != nil {
+			return 0, fmt.Errorf("read moves in flight: %w", err)
+		}
+		st.moving = map[string]string{}
+		for _, key := range handing {
+			if to := prev[key]; to != "" {
+				st.moving[key] = to
+			}
+		}
 	}
 	for key, to := range st.moving {
 		if prev[key] != to {
 			delete(st.moving, key) // moved on since: no longer this step's
 		}
 	}
-	limit := moveBudget(m.s.budgetAbs, m.s.budgetRel, keys)
-	st.budget = limit
-	if limit < 0 {
-		clear(st.moving)
-		return -1, nil
-	}
-	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	flying, err := inFlight(rctx, m.client, m.k, st.moving)
-	cancel()
 	if err != nil {
 		return 0, err
 	}

@@ -75,6 +75,7 @@ type Manager[C, I any] struct {
 	prepareCh      chan prepareResult[I]
 	announced      announced                 // keys whose new owner prepared them
 	handoffsShown  [2]int                    // prepared and held, as last published; node loop only
+	prepares       hungSet                   // keys with a prepare call in flight, until its outcome is filed or disposed of
 	lastFence      atomic.Pointer[fenceNote] // a fence not yet in the history
 
 	claimRetry time.Duration // how soon a refused claim is tried again
@@ -526,6 +527,12 @@ func (m *Manager[C, I]) shutdown(ctx context.Context) {
 	case m.handoffCh <- done:
 		<-done
 	case <-m.runCtx.Done():
+	}
+	// A prepare still running may yet return an instance: the node loop
+	// disposes of it, before Stop returns unless ctx ends first (a prepare
+	// holds no claim, so the lease need not wait for it).
+	if err := m.prepares.wait(ctx); err != nil {
+		m.log.Warn("prepare calls still running; what they return is disposed of when they do")
 	}
 	// A callback that still hangs may yet bring an instance to life: keep
 	// the lease (and so the claims) until it returns.

@@ -111,15 +111,19 @@ func (m *Manager[C, I]) holdMoved(key string, ready map[string]bool, now time.Ti
 // startPrepare prepares key in the background, once at a time per key. Its
 // span is a child of the reconcile's (ctx), like a create's.
 func (m *Manager[C, I]) startPrepare(ctx, leaseCtx context.Context, session, key string, cfg config[C]) {
-	if m.prepare == nil || m.tab.preparing[key] {
+	if _, ok := m.tab.preparing[key]; m.prepare == nil || ok {
 		return
 	}
 	if _, ok := m.tab.prepared[key]; ok {
 		return
 	}
-	m.tab.preparing[key] = true
 	pctx, cancel := context.WithCancel(leaseCtx)
+	m.tab.preparing[key] = cancel
+	// Stop waits for it (see shutdown): what it returns is disposed of
+	// before Stop returns.
+	m.prepares.add(key)
 	go func() {
+		defer m.prepares.remove(key)
 		// prepare runs under the callback timeout: past it, its context
 		// ends, and an instance it returns all the same is disposed of.
 		late := time.AfterFunc(m.s.timeout, cancel)
@@ -205,16 +209,34 @@ func (m *Manager[C, I]) activateJob(ctx context.Context, session string, job cre
 		m.dispose(p, job.key)
 		return nil, fmt.Errorf("%w: the lease ended before activate", errNotCreated)
 	}
+	// In flight until activate returns, however long, as a create is.
 	m.inflight.add(job.key)
-	defer m.inflight.remove(job.key)
 	if job.gen != m.instances.generation() {
+		m.inflight.remove(job.key)
 		m.dispose(p, job.key)
 		return nil, fmt.Errorf("%w: the record was restored by Redis after the claim; claiming again", errNotCreated)
 	}
 	spanCtx, span := m.tel.startCallback(ctx, spanActivate, job.key)
 	start := time.Now()
-	err := m.callWithTimeout(actx, job.key, func(cctx context.Context) error { return m.activate(cctx, p.inst) })
+	late, err := m.bounded(actx, func(cctx context.Context) error { return m.activate(cctx, p.inst) })
 	m.tel.endCallback(spanCtx, span, spanActivate, start, err)
+	if late != nil {
+		// Abandoned at the timeout or a fence, activate may still begin the
+		// work: like a late createInstance, the key is neither created
+		// again nor released until it returns, and then its instance is
+		// disposed of (not before: a disconnect must follow the work's start).
+		p.cancel()
+		m.hung.add(job.key)
+		go func() {
+			defer m.triggerNode()
+			defer m.hung.remove(job.key)
+			defer m.inflight.remove(job.key)
+			<-late
+			m.dispose(p, job.key)
+		}()
+		return nil, err
+	}
+	m.inflight.remove(job.key)
 	if err != nil {
 		m.dispose(p, job.key)
 		return nil, err

@@ -130,15 +130,15 @@ type guard struct{ busy atomic.Bool }
 // touches it, so reconciliation is serialised by construction.
 type table[I any] struct {
 	running   map[string]*entry[I]
-	claimed   map[string]uint64       // keys this node owns in Redis, with tokens
-	failures  map[string]*failure     // keys whose create or health check failed
-	waiting   map[string]time.Time    // keys whose claim was refused, and when to retry
-	states    map[string]keyRecord    // what Redis holds of this node's key states
-	avoiding  map[string]avoidMark    // keys this node asked the leader to place elsewhere, and why
-	prepared  map[string]*prepared[I] // instances prepared for keys that move here (WithPrepare)
-	preparing map[string]bool         // prepare calls in flight
-	holding   map[string]time.Time    // moved keys still run here until the new owner prepared, until then
-	retryAt   time.Time               // when to reconcile again after a failed read
+	claimed   map[string]uint64             // keys this node owns in Redis, with tokens
+	failures  map[string]*failure           // keys whose create or health check failed
+	waiting   map[string]time.Time          // keys whose claim was refused, and when to retry
+	states    map[string]keyRecord          // what Redis holds of this node's key states
+	avoiding  map[string]avoidMark          // keys this node asked the leader to place elsewhere, and why
+	prepared  map[string]*prepared[I]       // instances prepared for keys that move here (WithPrepare)
+	preparing map[string]context.CancelFunc // prepare calls in flight, with their contexts' cancel
+	holding   map[string]time.Time          // moved keys still run here until the new owner prepared, until then
+	retryAt   time.Time                     // when to reconcile again after a failed read
 }
 
 // hungSet holds the keys whose createInstance or disconnect call outlived
@@ -222,7 +222,7 @@ func newTable[I any]() table[I] {
 		states:    make(map[string]keyRecord),
 		avoiding:  make(map[string]avoidMark),
 		prepared:  make(map[string]*prepared[I]),
-		preparing: make(map[string]bool),
+		preparing: make(map[string]context.CancelFunc),
 		holding:   make(map[string]time.Time),
 	}
 }
@@ -450,6 +450,14 @@ func (m *Manager[C, I]) reconcile() {
 		want = append(want, key)
 	}
 	gen := m.instances.generation()
+	// Keys this node already owns are claimed again (a retry after a failed
+	// create or health check): not a change of owner, so not history.
+	owned := make(map[string]bool)
+	for _, key := range want {
+		if m.tab.claimed[key] != 0 {
+			owned[key] = true
+		}
+	}
 	granted, held, err := m.claim(ctx, session, want)
 	if err != nil {
 		stats.err = err
@@ -474,7 +482,9 @@ func (m *Manager[C, I]) reconcile() {
 	if len(granted) > 0 {
 		claimed := make([]string, 0, len(granted))
 		for key := range granted {
-			claimed = append(claimed, key)
+			if !owned[key] {
+				claimed = append(claimed, key)
+			}
 		}
 		slices.Sort(claimed)
 		for chunk := range slices.Chunk(claimed, claimChunk) {
@@ -532,6 +542,9 @@ func (m *Manager[C, I]) dropStale(session string) {
 // fenced or stopping.
 func (m *Manager[C, I]) dropAll(ctx context.Context, why string) {
 	m.dropPrepared(nil)
+	for _, cancel := range m.tab.preparing {
+		cancel() // what they return is disposed of: nothing will be activated
+	}
 	clear(m.tab.holding)
 	all := make([]*entry[I], 0, len(m.tab.running))
 	for _, e := range m.tab.running {

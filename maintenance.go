@@ -274,6 +274,20 @@ func readHoldStatus(ctx context.Context, client rueidis.Client, k keys, st *Stat
 		st.Restarting = append(st.Restarting, h)
 	}
 	slices.SortFunc(st.Restarting, func(a, b RestartHold) int { return strings.Compare(a.Node, b.Node) })
+	if st.Assignment == nil && len(st.Restarting) > 0 {
+		// A summary reads no assignment: count each node's set instead.
+		cmds := make(rueidis.Commands, len(st.Restarting))
+		for i, h := range st.Restarting {
+			cmds[i] = b.Scard().Key(k.assigned(h.Node)).Build()
+		}
+		for i, r := range client.DoMulti(ctx, cmds...) {
+			n, err := r.AsInt64()
+			if err != nil {
+				return fmt.Errorf("%w: read restart holds: %w", ErrRedis, err)
+			}
+			st.Restarting[i].Keys = int(n)
+		}
+	}
 	if r := st.LastRebalance; r != nil {
 		budget, err := res[2].ToArray()
 		if err != nil {

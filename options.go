@@ -577,7 +577,7 @@ func WithMoveBudget(max int, fraction float64) Option {
 		if max < 0 {
 			return invalid("WithMoveBudget", "max %d is negative", max)
 		}
-		if fraction < 0 || fraction > 1 {
+		if !(fraction >= 0 && fraction <= 1) { // NaN too
 			return invalid("WithMoveBudget", "fraction %v is outside 0..1", fraction)
 		}
 		s.budgetAbs, s.budgetRel = max, fraction
