@@ -211,11 +211,16 @@ func lookups(f *failureFacts, prev Assignment) []string {
 
 // backoff is the quarantine or unhealthy wait at level (from 1).
 func (in *reviewInput) backoff(level int) int64 {
-	d := in.first << min(level-1, 30)
-	if d <= 0 || d > in.max {
-		d = in.max
+	// Doubled step by step up to the cap: a shift by the level could wrap
+	// around to a shorter wait.
+	d := in.first
+	for i := 1; i < level && d < in.max; i++ {
+		if d > in.max/2 {
+			return in.max.Milliseconds()
+		}
+		d *= 2
 	}
-	return d.Milliseconds()
+	return min(d, in.max).Milliseconds()
 }
 
 // review decides quarantines, unhealthy nodes and outages. It is pure.

@@ -422,3 +422,18 @@ func TestAnOutageKeepsKeysWhereTheyAreAndRetries(t *testing.T) {
 	c.waitConverged(60*time.Second, "n1", "n2", "n3")
 	c.eventually(30*time.Second, "the outage over", func() bool { return c.status().Outage == nil })
 }
+
+// The backoff doubles up to its cap and stays there, however long a key
+// keeps failing: a shift by the level would wrap around to a short wait.
+func TestQuarantineBackoffStaysAtItsCap(t *testing.T) {
+	in := &reviewInput{first: 10 * time.Second, max: 10 * time.Minute}
+	require.Equal(t, int64(10_000), in.backoff(1))
+	require.Equal(t, int64(20_000), in.backoff(2))
+	for level := 7; level < 200; level++ {
+		require.Equal(t, int64(600_000), in.backoff(level), "level %d", level)
+	}
+	huge := &reviewInput{first: 24 * time.Hour, max: 1<<63 - 1}
+	for level := 1; level < 100; level++ {
+		require.Positive(t, huge.backoff(level), "level %d", level)
+	}
+}
