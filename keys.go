@@ -355,7 +355,7 @@ local function byState(state, st, node)
   end
   return s
 end
-local function hasPrefix(s, p) return s ~= nil and string.find(s, p, 1, true) == 1 end
+local function hasPrefix(s, p) return type(s) == 'string' and string.find(s, p, 1, true) == 1 end
 local function bulk(cmd, key, list)
   for i = 1, #list, 1000 do redis.call(cmd, key, unpack(list, i, math.min(i + 999, #list))) end
 end
