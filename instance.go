@@ -626,7 +626,7 @@ func (m *Manager[C, I]) claim(ctx context.Context, session string, keys []string
 
 // claimChunk bounds the keys one claim script takes, so that no script
 // blocks Redis for long.
-const claimChunk = 1000
+const claimChunk = 500
 
 // claimChunk claims one chunk of keys into granted, and reports how many
 // another live node still holds and whether the rest must wait (the node is

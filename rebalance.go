@@ -21,7 +21,7 @@ var errStaleEpoch = errors.New("dim: epoch is stale")
 
 // writeChunk bounds the changes one write script applies, so that a large
 // rebalance never blocks Redis for long. Each chunk checks the epoch itself.
-const writeChunk = 2000
+const writeChunk = 1000
 
 // Triggers of a rebalance, as recorded on its span.
 const (
