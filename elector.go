@@ -199,8 +199,9 @@ func (m *Manager[C, I]) lead(lockCtx context.Context, release context.CancelFunc
 	m.log.Info("leadership ended", "epoch", epoch, "reason", why)
 }
 
-// watchLeaderLoop ends the leadership when the leader loop has been busy
-// for longer than any of its bounded steps can take: a leader that holds
+// watchLeaderLoop ends the leadership when the leader loop has made no
+// progress for longer than any of its bounded steps can take (a big write
+// progresses with every chunk, a big read with every page): a leader that holds
 // the lock but cannot rebalance would leave joiners without keys forever.
 // Releasing the lock lets another node lead; the stuck loop's writes carry
 // a stale epoch and are refused.

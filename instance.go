@@ -342,13 +342,8 @@ func (m *Manager[C, I]) reconcile() {
 	stats.links = links
 	defer func() { m.tel.endReconcile(ctx, span, stats) }()
 
-	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-	res := m.client.DoMulti(rctx,
-		m.client.B().Smembers().Key(m.k.assigned(m.s.nodeID)).Build(),
-		m.client.B().Hget().Key(m.k.traces).Field(m.s.nodeID).Build())
-	cancel()
-	assigned, err := res[0].AsStrSlice()
-	if tp, _ := res[1].ToString(); tp != "" && tp != m.lastTrace {
+	assigned, tp, err := m.readAssigned(ctx)
+	if tp != "" && tp != m.lastTrace {
 		// A rebalance changed this node's keys since the last look: this
 		// reconcile, and any that finish its claims, link to it.
 		m.lastTrace = tp
@@ -518,6 +513,36 @@ func (m *Manager[C, I]) reconcile() {
 	m.publishView()
 }
 
+// scanPage is how many entries one SSCAN or HSCAN of a big set or hash is
+// asked for: each page is a bounded command, however many keys there are.
+const scanPage = 1000
+
+// readAssigned reads the keys assigned to this node, page by page, each page
+// with a timeout of its own, and the trace context of the rebalance that last
+// changed them. A key added or removed while the pages are read may be
+// missed or seen: the write that changed it publishes an event, which brings
+// another reconcile, and claims check the assignment in Redis.
+func (m *Manager[C, I]) readAssigned(ctx context.Context) (keys []string, trace string, err error) {
+	set := m.k.assigned(m.s.nodeID)
+	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	res := m.client.DoMulti(rctx,
+		m.client.B().Sscan().Key(set).Cursor(0).Count(scanPage).Build(),
+		m.client.B().Hget().Key(m.k.traces).Field(m.s.nodeID).Build())
+	cancel()
+	trace, _ = res[1].ToString()
+	page, err := res[0].AsScanEntry()
+	for err == nil {
+		keys = append(keys, page.Elements...)
+		if page.Cursor == 0 {
+			return keys, trace, nil
+		}
+		rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+		page, err = m.client.Do(rctx, m.client.B().Sscan().Key(set).Cursor(page.Cursor).Count(scanPage).Build()).AsScanEntry()
+		cancel()
+	}
+	return nil, trace, err
+}
+
 // dropStale disconnects instances that run under an older lease: the node was
 // fenced and may have rejoined since.
 func (m *Manager[C, I]) dropStale(session string) {
@@ -601,7 +626,7 @@ func (m *Manager[C, I]) claim(ctx context.Context, session string, keys []string
 
 // claimChunk bounds the keys one claim script takes, so that no script
 // blocks Redis for long.
-const claimChunk = 1000
+const claimChunk = 500
 
 // claimChunk claims one chunk of keys into granted, and reports how many
 // another live node still holds and whether the rest must wait (the node is
@@ -660,7 +685,8 @@ func (m *Manager[C, I]) claimChunk(ctx context.Context, session string, keys []s
 }
 
 // release gives up claims after their instances were disconnected, and tells
-// the waiting claimants at once.
+// the waiting claimants at once. Each chunk of keys is one bounded script
+// call with a timeout of its own.
 // A claim whose release fails stays on the books and is released again at
 // the next reconcile, which is scheduled soon.
 func (m *Manager[C, I]) release(ctx context.Context, session string, keys []string) error {
@@ -670,11 +696,21 @@ func (m *Manager[C, I]) release(ctx context.Context, session string, keys []stri
 		}
 		return nil
 	}
+	for chunk := range slices.Chunk(keys, claimChunk) {
+		if err := m.releaseChunk(ctx, session, chunk); err != nil {
+			m.tab.retryAt = time.Now().Add(m.claimRetry)
+			return err
+		}
+		m.live.advance()
+	}
+	return nil
+}
+
+func (m *Manager[C, I]) releaseChunk(ctx context.Context, session string, keys []string) error {
 	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
 	args := append([]string{m.s.nodeID, session, m.k.channel}, keys...)
 	if err := releaseScript.Exec(ctx, m.client, &m.plainScripts, []string{m.k.owner, m.k.state}, args).Error(); err != nil {
-		m.tab.retryAt = time.Now().Add(m.claimRetry)
 		return fmt.Errorf("release: %w", err)
 	}
 	m.slot.over(m.log)
@@ -682,9 +718,7 @@ func (m *Manager[C, I]) release(ctx context.Context, session string, keys []stri
 		delete(m.tab.claimed, key)
 		delete(m.tab.states, key) // the release dropped it
 	}
-	for chunk := range slices.Chunk(keys, claimChunk) {
-		m.record(ctx, HistoryReleased, 0, chunk, nil, "")
-	}
+	m.record(ctx, HistoryReleased, 0, keys, nil, "")
 	return nil
 }
 

@@ -190,7 +190,8 @@ func parseEvent(msg string) (verb string, args []string) {
 // set of keys whose state comes from a node other than the one they are
 // assigned to (mirrorChange and mirrorApply do the same in bulk). A node's
 // sets are dropped (dropStates) when its session ends, joins anew or
-// expires; the entries of its old sessions stay in the state hash, stale,
+// expires, with UNLINK: a set of a node that ran a million keys is freed
+// outside the script, which stays bounded; the entries of its old sessions stay in the state hash, stale,
 // until they are overwritten or removed. Scripts that a
 // full Redis must refuse (those without allow-oom) touch the mirrors only
 // after their first write that needs memory: Redis checks memory at a
@@ -204,6 +205,23 @@ local function nextToken(key)
   local s = fmt(v)
   redis.call('SET', key, s)
   return s
+end
+-- counter returns the decimal strings of n + 1, n + 2, …: one
+-- string.format per thousand values instead of one per value (a claim
+-- mints a token per key).
+local function counter(n)
+  local hi = math.floor(n / 1000)
+  local lo = n - hi * 1000
+  local prefix = fmt(hi)
+  return function()
+    lo = lo + 1
+    if lo == 1000 then
+      hi, lo = hi + 1, 0
+      prefix = fmt(hi)
+    end
+    if hi == 0 then return fmt(lo) end
+    return prefix .. string.char(48 + math.floor(lo / 100), 48 + math.floor(lo / 10) % 10, 48 + lo % 10)
+  end
 end
 local function info(section, field)
   local s = redis.pcall('INFO', section)
@@ -309,16 +327,40 @@ end
 local keyStates = {'running', 'failing', 'hung', 'unknown', 'stopping', 'creating'}
 local mirrored = {}
 for _, s in ipairs(keyStates) do mirrored[s] = true end
+-- A chunk's values repeat (a node writes one record for all the keys it
+-- publishes in one state at once), so each is parsed once per call.
+local records = {}
 local function recordOf(v)
   if not v then return nil, nil end
-  return string.match(v, '^{"n":"([^"]*)","s":"[^"]*","st":"([^"]*)"')
+  local r = records[v]
+  if not r then
+    local n, st = string.match(v, '^{"n":"([^"]*)","s":"[^"]*","st":"([^"]*)"')
+    r = {n or false, st or false}
+    records[v] = r
+  end
+  return r[1] or nil, r[2] or nil
 end
-local function byState(state, st, node) return state .. ':' .. st .. ':' .. node end
+local setNames = {}
+local function byState(state, st, node)
+  local byNode = setNames[node]
+  if not byNode then
+    byNode = {}
+    setNames[node] = byNode
+  end
+  local s = byNode[st]
+  if not s then
+    -- state is the service's state hash: one per call
+    s = state .. ':' .. st .. ':' .. node
+    byNode[st] = s
+  end
+  return s
+end
+local function hasPrefix(s, p) return type(s) == 'string' and string.find(s, p, 1, true) == 1 end
 local function bulk(cmd, key, list)
   for i = 1, #list, 1000 do redis.call(cmd, key, unpack(list, i, math.min(i + 999, #list))) end
 end
 local function unmove(state, key)
-  if redis.call('SISMEMBER', state .. ':moving', key) == 1 then redis.call('SREM', state .. ':moving', key) end
+  redis.call('SREM', state .. ':moving', key)
 end
 local function markMoving(state, key, recNode, assigned)
   if recNode and recNode ~= assigned then
@@ -342,23 +384,23 @@ local function putState(state, assign, key, v)
   markMoving(state, key, n, redis.call('HGET', assign, key))
 end
 local function newMirror() return {rem = {}, add = {}, moving = {}, still = {}} end
+local function push(lists, name, key)
+  local l = lists[name]
+  if not l then
+    l = {}
+    lists[name] = l
+  end
+  l[#l + 1] = key
+end
 local function mirrorChange(mb, state, key, oldv, newv, assigned)
   local on, ost = recordOf(oldv)
-  if on and mirrored[ost] then
-    local set = byState(state, ost, on)
-    mb.rem[set] = mb.rem[set] or {}
-    table.insert(mb.rem[set], key)
-  end
+  if on and mirrored[ost] then push(mb.rem, byState(state, ost, on), key) end
   local n, st = recordOf(newv)
-  if n and mirrored[st] then
-    local set = byState(state, st, n)
-    mb.add[set] = mb.add[set] or {}
-    table.insert(mb.add[set], key)
-  end
+  if n and mirrored[st] then push(mb.add, byState(state, st, n), key) end
   if n and n ~= assigned then
-    table.insert(mb.moving, key)
+    mb.moving[#mb.moving + 1] = key
   elseif on then
-    table.insert(mb.still, key)
+    mb.still[#mb.still + 1] = key
   end
 end
 local function mirrorApply(mb, state)
@@ -368,7 +410,7 @@ local function mirrorApply(mb, state)
   bulk('SREM', state .. ':moving', mb.still)
 end
 local function dropStates(state, node)
-  for _, s in ipairs(keyStates) do redis.call('DEL', byState(state, s, node)) end
+  for _, s in ipairs(keyStates) do redis.call('UNLINK', byState(state, s, node)) end
 end
 `
 
@@ -667,14 +709,15 @@ return {l[1], l[3], ok}
 //
 // KEYS: epoch assign traces nodes owner state, then set_1 … set_m
 // (the per-node sets involved)
-// ARGV: epoch channel traceparent m node_1 … node_m then triples (key, new,
-// old), where new and old number the nodes (0: none).
+// ARGV: epoch channel traceparent m node_1 … node_m tell_1 … tell_m then
+// triples (key, new, old), where new and old number the nodes (0: none) and
+// tell_i is "1" if node i is to be told now (its last chunk of a write).
 // Returns 1, or 0 if the epoch is stale.
 var writeScript = script(`
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local m = tonumber(ARGV[4])
 local adds, rems, sets, dels, marks = {}, {}, {}, {}, {}
-for i = 5 + m, #ARGV, 3 do
+for i = 5 + 2 * m, #ARGV, 3 do
   local key, new, old = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   if old > 0 then
     rems[old] = rems[old] or {}
@@ -709,15 +752,28 @@ local notify = {}
 for i = 1, m do
   if rems[i] then redis.call('SREM', KEYS[6 + i], unpack(rems[i])) end
   if adds[i] then redis.call('SADD', KEYS[6 + i], unpack(adds[i])) end
-  if rems[i] or adds[i] then
+  if (rems[i] or adds[i]) and ARGV[4 + m + i] == '1' then
     notify[#notify + 1] = ARGV[4 + i]
     if ARGV[3] ~= '-' then redis.call('HSET', KEYS[3], ARGV[4 + i], ARGV[3]) end
   end
 end
 if #sets > 0 then redis.call('HSET', KEYS[2], unpack(sets)) end
 if #dels > 0 then redis.call('HDEL', KEYS[2], unpack(dels)) end
-for i = 1, #marks, 2 do
-  markMoving(KEYS[6], marks[i], recordOf(redis.call('HGET', KEYS[6], marks[i])), marks[i + 1] or nil)
+if #marks > 0 then
+  -- markMoving in bulk: one HMGET for the chunk's published states; a key
+  -- with none is in no mirror.
+  local mkeys = {}
+  for i = 1, #marks, 2 do mkeys[#mkeys + 1] = marks[i] end
+  local recs = redis.call('HMGET', KEYS[6], unpack(mkeys))
+  local moving, still = {}, {}
+  for j, key in ipairs(mkeys) do
+    if recs[j] then
+      local n = recordOf(recs[j])
+      if n and n ~= (marks[2 * j] or nil) then moving[#moving + 1] = key else still[#still + 1] = key end
+    end
+  end
+  bulk('SADD', KEYS[6] .. ':moving', moving)
+  bulk('SREM', KEYS[6] .. ':moving', still)
 end
 if #notify > 0 then
   redis.call('PUBLISH', ARGV[2], 'assign ' .. ARGV[1] .. ' ' .. table.concat(notify, ' '))
@@ -755,6 +811,7 @@ local out = {1, 0}
 local mine = node .. ' ' .. session .. ' '
 local creating = '{"n":"' .. node .. '","s":"' .. session .. '","st":"creating","t":' .. now .. '}'
 local last = math.max(tonumber(redis.call('GET', KEYS[4]) or '0'), tonumber(t[1]) * 1000000 + tonumber(t[2]) - 1)
+local nextOf = counter(last)
 local owners, states, alive, grants = {}, {}, {}, {}
 local keys = {unpack(ARGV, 5)}
 if #keys == 0 then return out end
@@ -765,7 +822,7 @@ for j, key in ipairs(keys) do
   if assigned[j] == node then
     local cur = current[j]
     local free = true
-    if cur and string.sub(cur, 1, #mine) ~= mine then
+    if cur and not hasPrefix(cur, mine) then
       local on, os, _, og = string.match(cur, '^(%S+) (%S+) (%S+) ?(%S*)')
       if og ~= '' and og ~= gen then
         free = true
@@ -779,7 +836,7 @@ for j, key in ipairs(keys) do
       token = '-'
     else
       last = last + 1
-      token = fmt(last)
+      token = nextOf()
       owners[#owners + 1] = key
       owners[#owners + 1] = mine .. token .. ' ' .. gen
       states[#states + 1] = key
@@ -793,12 +850,23 @@ if #owners > 0 then
   -- The mirrors follow the first write that needs memory (the token), so
   -- that a full Redis refuses the claim before it writes anything.
   redis.call('SET', KEYS[4], fmt(last))
-  local mb = newMirror()
+  -- mirrorChange in bulk, for one new value: every grant goes to this
+  -- node's creating set, leaves the set of its old state, and is not
+  -- moving (it is assigned here).
   local olds = redis.call('HMGET', KEYS[5], unpack(grants))
-  for j, key in ipairs(grants) do mirrorChange(mb, KEYS[5], key, olds[j], creating, node) end
+  local rem, still = {}, {}
+  for j, key in ipairs(grants) do
+    if olds[j] then
+      local on, ost = recordOf(olds[j])
+      if on and mirrored[ost] then push(rem, byState(KEYS[5], ost, on), key) end
+      if on then still[#still + 1] = key end
+    end
+  end
   redis.call('HSET', KEYS[3], unpack(owners))
   redis.call('HSET', KEYS[5], unpack(states))
-  mirrorApply(mb, KEYS[5])
+  for set, list in pairs(rem) do bulk('SREM', set, list) end
+  bulk('SADD', byState(KEYS[5], 'creating', node), grants)
+  bulk('SREM', KEYS[5] .. ':moving', still)
 end
 return out
 `)
@@ -819,8 +887,8 @@ for from = 4, #ARGV, 1000 do
   local states = redis.call('HMGET', KEYS[2], unpack(ARGV, from, to))
   for j = 1, to - from + 1 do
     local key, cur, st = ARGV[from + j - 1], owners[j], states[j]
-    if cur and string.sub(cur, 1, #mine) == mine then dels[#dels + 1] = key end
-    if st and string.sub(st, 1, #minestate) == minestate then
+    if hasPrefix(cur, mine) then dels[#dels + 1] = key end
+    if hasPrefix(st, minestate) then
       sdels[#sdels + 1] = key
       mirrorChange(mb, KEYS[2], key, st, nil, nil)
     end
@@ -856,9 +924,9 @@ local mb = newMirror()
 for i = 3, #ARGV, 2 do
   local j = (i - 1) / 2
   local key, v, cur, st = ARGV[i], ARGV[i + 1], owners[j], olds[j]
-  local own = st and string.sub(st, 1, #minestate) == minestate
+  local own = hasPrefix(st, minestate)
   local write
-  if cur and string.sub(cur, 1, #mine) == mine then
+  if hasPrefix(cur, mine) then
     write = v ~= '' or st
   elseif v == '' then
     write = own

@@ -60,7 +60,7 @@ func (r keyRecord) same(o keyRecord) bool {
 const maxErrLen = 200
 
 // stateChunk bounds the keys one state script writes.
-const stateChunk = 1000
+const stateChunk = 500
 
 // syncStates publishes what changed in what this node's keys are doing:
 // nothing in a steady state, so the cost to Redis does not grow with the

@@ -116,7 +116,7 @@ func TestADeposedLeadersWriteIsRefused(t *testing.T) {
 	require.Greater(t, newEpoch, oldEpoch)
 
 	// The survivor writes with the old epoch, as a deposed leader would.
-	err := survivor.m.writeChunk(context.Background(), oldEpoch, []change{{key: "cfg-00", to: "ghost"}})
+	err := survivor.m.writeChunk(context.Background(), oldEpoch, []change{{key: "cfg-00", to: "ghost"}}, func(string) bool { return true })
 	require.ErrorIs(t, err, errStaleEpoch)
 	assigned, err := c.srv.Client(t).Do(context.Background(),
 		c.srv.Client(t).B().Hget().Key(survivor.m.k.assign).Field("cfg-00").Build()).ToString()

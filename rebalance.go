@@ -21,7 +21,7 @@ var errStaleEpoch = errors.New("dim: epoch is stale")
 
 // writeChunk bounds the changes one write script applies, so that a large
 // rebalance never blocks Redis for long. Each chunk checks the epoch itself.
-const writeChunk = 2000
+const writeChunk = 1000
 
 // Triggers of a rebalance, as recorded on its span.
 const (
@@ -58,6 +58,10 @@ func (r *requestSet) take() []string {
 
 // leaderState is what a leader remembers between rebalances.
 type leaderState struct {
+	// busy is when the leader loop last made progress in the current
+	// rebalance (unix ns; 0 while idle), for watchLeaderLoop: a big write
+	// advances it with every chunk.
+	busy            *atomic.Int64
 	keys            []string // from the last successful getConfig; nil before one
 	print           string   // fingerprint of those configs
 	members         string   // the live nodes and weights last balanced over
@@ -112,7 +116,7 @@ func (m *Manager[C, I]) leaderLoop(ctx context.Context, epoch uint64, busy *atom
 	backoff := newBackoff(50*time.Millisecond, m.s.heartbeat)
 	// The first look at what runs comes one TTL into the term: a full
 	// status read of a big service would only slow its start down.
-	st := leaderState{observed: time.Now(), fleet: -1}
+	st := leaderState{observed: time.Now(), fleet: -1, busy: busy}
 	trigger := triggerElected
 	for {
 		switch trigger {
@@ -459,7 +463,7 @@ func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string
 	stats.nodes, stats.keys = len(nodes), len(assignment)
 	stats.moves = Moves(prev, assignment)
 	st.assigned = nil // unknown until the write is done
-	if err := m.writeAssignment(ctx, epoch, prev, assignment, stats); err != nil {
+	if err := m.writeAssignment(ctx, epoch, prev, assignment, stats, st.progress); err != nil {
 		return err
 	}
 	st.assigned = assignment
@@ -471,6 +475,13 @@ func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string
 	return nil
 }
 
+// progress tells watchLeaderLoop that the current rebalance moves on.
+func (st *leaderState) progress() {
+	if st.busy != nil && st.busy.Load() != 0 {
+		st.busy.Store(time.Now().UnixNano())
+	}
+}
+
 // previous returns the assignment as this leader last wrote it, reading it
 // from Redis once a term, after a restore of Redis, after a failed write,
 // or when fresh is set.
@@ -479,14 +490,36 @@ func (m *Manager[C, I]) previous(ctx context.Context, st *leaderState, fresh boo
 	if st.assigned != nil && gen == st.gen && !fresh {
 		return st.assigned, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-	defer cancel()
-	read, err := m.client.Do(ctx, m.client.B().Hgetall().Key(m.k.assign).Build()).AsStrMap()
+	read, err := m.readAssignment(ctx, st.progress)
 	if err != nil {
 		return nil, fmt.Errorf("read assignment: %w", err)
 	}
 	st.assigned, st.gen = read, gen
 	return read, nil
+}
+
+// readAssignment reads the whole assignment page by page (HSCAN), each page
+// a bounded command with a timeout of its own. It runs once a term, and the
+// leader is the only writer: a page may repeat an entry, which the map
+// absorbs, and no entry changes while it reads.
+func (m *Manager[C, I]) readAssignment(ctx context.Context, progress func()) (Assignment, error) {
+	read := Assignment{}
+	var cursor uint64
+	for {
+		rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+		page, err := m.client.Do(rctx, m.client.B().Hscan().Key(m.k.assign).Cursor(cursor).Count(scanPage).Build()).AsScanEntry()
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		for i := 0; i+1 < len(page.Elements); i += 2 {
+			read[page.Elements[i]] = page.Elements[i+1]
+		}
+		progress()
+		if cursor = page.Cursor; cursor == 0 {
+			return read, nil
+		}
+	}
 }
 
 // prefetch does, while the leader waits for a restarting service's nodes,
@@ -577,7 +610,7 @@ type change struct{ key, from, to string }
 
 // writeAssignment writes only the difference between prev and next, fenced
 // by the epoch.
-func (m *Manager[C, I]) writeAssignment(ctx context.Context, epoch uint64, prev, next Assignment, stats *rebalanceStats) error {
+func (m *Manager[C, I]) writeAssignment(ctx context.Context, epoch uint64, prev, next Assignment, stats *rebalanceStats, progress func()) error {
 	changes := diff(prev, next)
 	stats.changes = len(changes)
 	if len(changes) == 0 {
@@ -590,10 +623,22 @@ func (m *Manager[C, I]) writeAssignment(ctx context.Context, epoch uint64, prev,
 	slices.SortFunc(changes, func(a, b change) int {
 		return cmp.Or(strings.Compare(a.to, b.to), strings.Compare(a.key, b.key))
 	})
-	for chunk := range nodeChunks(changes, writeChunk) {
-		if err := m.writeChunk(ctx, epoch, chunk); err != nil {
+	// A node is told of its changes once, with the chunk that writes the
+	// last of them: a node with many keys does not read its growing set
+	// again after every chunk. A chunk that fails leaves its nodes untold,
+	// and the rebalance that retries the write tells them.
+	chunks := slices.Collect(nodeChunks(changes, writeChunk))
+	last := map[string]int{}
+	for i, chunk := range chunks {
+		for _, c := range chunk {
+			last[c.from], last[c.to] = i, i
+		}
+	}
+	for i, chunk := range chunks {
+		if err := m.writeChunk(ctx, epoch, chunk, func(node string) bool { return last[node] == i }); err != nil {
 			return err
 		}
+		progress()
 	}
 	for _, c := range changes {
 		m.log.Debug("assigned", "key", c.key, "from", c.from, "to", c.to, "epoch", epoch)
@@ -642,7 +687,9 @@ func nodeChunks(changes []change, size int) iter.Seq[[]change] {
 	}
 }
 
-func (m *Manager[C, I]) writeChunk(ctx context.Context, epoch uint64, chunk []change) error {
+// writeChunk writes one chunk of changes, and tells the nodes for which
+// tell is true that their keys changed.
+func (m *Manager[C, I]) writeChunk(ctx context.Context, epoch uint64, chunk []change, tell func(node string) bool) error {
 	index := map[string]int{"": 0}
 	var nodes []string
 	for _, c := range chunk {
@@ -655,11 +702,14 @@ func (m *Manager[C, I]) writeChunk(ctx context.Context, epoch uint64, chunk []ch
 	}
 	keys := make([]string, 0, 7+len(nodes))
 	keys = append(keys, m.k.epoch, m.k.assign, m.k.traces, m.k.nodes, m.k.owner, m.k.state)
-	args := make([]string, 0, 4+len(nodes)+3*len(chunk))
+	args := make([]string, 0, 4+2*len(nodes)+3*len(chunk))
 	args = append(args, strconv.FormatUint(epoch, 10), m.k.channel, traceparent(ctx), strconv.Itoa(len(nodes)))
 	for _, n := range nodes {
 		keys = append(keys, m.k.assigned(n))
 		args = append(args, n)
+	}
+	for _, n := range nodes {
+		args = append(args, map[bool]string{true: "1", false: "0"}[tell(n)])
 	}
 	for _, c := range chunk {
 		args = append(args, c.key, strconv.Itoa(index[c.to]), strconv.Itoa(index[c.from]))

@@ -7,7 +7,7 @@
 //
 //	dimbench [flags]
 //
-// Scenarios (-scenarios, comma-separated, default all):
+// Scenarios (-scenarios, comma-separated, default all but scale):
 //
 //	handoff  a node of M stops gracefully: Stop called → all its keys live elsewhere
 //	crash    a node process is SIGKILLed: kill → all its keys live elsewhere, per node TTL
@@ -33,6 +33,9 @@
 //	history  M nodes × N keys with the history stream on (the default) and off
 //	         (WithHistory(0)): steady commands/s per node and their ratio, and
 //	         the cold start's XADDs, per claim/release batch, and their share
+//	scale    a first start of M nodes × N keys (1M by default): grace end → every
+//	         key live, the longest script call (SLOWLOG), BUSY replies and fences,
+//	         memory per key in the process and in Redis, Redis CPU once steady
 //
 // In-process nodes each have their own Redis connections; crash scenarios
 // run the victim as a child process (this program re-executed as "node")
@@ -120,6 +123,10 @@ type config struct {
 	fenceTTL     time.Duration
 	reads        []size
 	readsTTL     time.Duration
+	scale        []size
+	scaleTTL     time.Duration
+	scaleWindow  time.Duration
+	scaleProfile bool
 	fenceHook    time.Duration
 	cpuProfile   string
 	memProfile   string
@@ -128,7 +135,7 @@ type config struct {
 	verbose      bool
 }
 
-var allScenarios = []string{"handoff", "crash", "leader", "cold", "steady", "churn", "restart", "fence", "rolling", "prepare", "reads", "budget", "history"}
+var allScenarios = []string{"handoff", "crash", "leader", "cold", "steady", "churn", "restart", "fence", "rolling", "prepare", "reads", "budget", "history", "scale"}
 
 func flagSet(name string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
@@ -143,9 +150,10 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		scenarios, handoff, crash, leader, cold, steady string
 		churn, restart, fence, rolling, reads, budget   string
 		history                                         string
+		scale                                           string
 		quick                                           bool
 	)
-	fs.StringVar(&scenarios, "scenarios", "all", "comma-separated scenarios: "+strings.Join(allScenarios, ",")+", or all")
+	fs.StringVar(&scenarios, "scenarios", "all", "comma-separated scenarios: "+strings.Join(allScenarios, ",")+", or all (all but scale, unless -quick)")
 	fs.IntVar(&cfg.runs, "runs", 0, "runs per case (0: each case's default, from 3 to 15)")
 	fs.StringVar(&cfg.jsonPath, "json", "", "also write the results as JSON to this file")
 	fs.StringVar(&cfg.redisAddr, "redis", "", "use this Redis (host:port) instead of starting redis-server")
@@ -178,6 +186,10 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&reads, "reads", "10x100000", "reads: sizes, nodes x keys")
 	fs.StringVar(&history, "history", "100x1000,100x10000", "history: sizes, nodes x keys, each run with the history on and off (timings and window of -steady-ttl and -steady-window)")
 	fs.DurationVar(&cfg.readsTTL, "reads-ttl", 5*time.Second, "reads: node TTL (5s: dim's default timings)")
+	fs.StringVar(&scale, "scale", "3x1000000,10x1000000", "scale: sizes, nodes x keys")
+	fs.DurationVar(&cfg.scaleTTL, "scale-ttl", 5*time.Second, "scale: node TTL (5s: dim's default timings)")
+	fs.DurationVar(&cfg.scaleWindow, "scale-window", 10*time.Second, "scale: steady-state window once converged")
+	fs.BoolVar(&cfg.scaleProfile, "scale-profile", false, "scale: log every Redis call of the cold start (SLOWLOG threshold 0) and sum them by kind; the 20 ms bound is then checked from the same log")
 	fs.StringVar(&cfg.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run")
 	fs.StringVar(&cfg.memProfile, "memprofile", "", "write a heap profile while the first steady-state size runs (else at the end)")
 	fs.StringVar(&cfg.mdPath, "md", "", "also write the table as Markdown to this file")
@@ -198,6 +210,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		rolling, cfg.rollingTTL, cfg.rollingPause = "3x12", ttl, 100*time.Millisecond
 		fence, cfg.fenceTTL, cfg.fenceHook = "100", time.Second, 50*time.Millisecond
 		reads, cfg.readsTTL = "3x12", ttl
+		scale, cfg.scaleTTL, cfg.scaleWindow = "3x300", ttl, 300*time.Millisecond
 		budget, cfg.budgetMoves, cfg.budgetTTL = "3x30", 3, ttl
 		history = "3x12,3x24"
 		cfg.steadyWindow = 900 * time.Millisecond
@@ -211,7 +224,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		switch {
 		case s == "all":
 			for _, a := range allScenarios {
-				cfg.scenarios[a] = true
+				// A million keys take minutes: only when asked for, or tiny.
+				cfg.scenarios[a] = a != "scale" || quick
 			}
 		case strings.Contains(","+strings.Join(allScenarios, ",")+",", ","+s+","):
 			cfg.scenarios[s] = true
@@ -233,7 +247,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		flag string
 		s    string
 		out  *[]size
-	}{{"-cold", cold, &cfg.cold}, {"-steady", steady, &cfg.steady}, {"-churn", churn, &cfg.churn}, {"-restart", restart, &cfg.restart}, {"-rolling", rolling, &cfg.rolling}, {"-reads", reads, &cfg.reads}, {"-budget", budget, &cfg.budget}, {"-history", history, &cfg.history}} {
+	}{{"-cold", cold, &cfg.cold}, {"-steady", steady, &cfg.steady}, {"-churn", churn, &cfg.churn}, {"-restart", restart, &cfg.restart}, {"-rolling", rolling, &cfg.rolling}, {"-reads", reads, &cfg.reads}, {"-budget", budget, &cfg.budget}, {"-history", history, &cfg.history}, {"-scale", scale, &cfg.scale}} {
 		if *p.out, err = parseList(p.s, parseSize); err != nil {
 			return nil, fmt.Errorf("%s: %w", p.flag, err)
 		}
@@ -382,7 +396,7 @@ func runBench(ctx context.Context, cfg *config, args []string, stdout, stderr io
 		{"handoff", b.handoff}, {"crash", b.crash}, {"leader", b.leader},
 		{"cold", b.cold}, {"steady", b.steady}, {"churn", b.churn},
 		{"restart", b.restart}, {"fence", b.fence}, {"rolling", b.rolling}, {"prepare", b.prepare}, {"reads", b.reads},
-		{"budget", b.budget}, {"history", b.history},
+		{"budget", b.budget}, {"history", b.history}, {"scale", b.scale},
 	} {
 		if !cfg.scenarios[s.name] {
 			continue

@@ -64,7 +64,7 @@ func TestQuick(t *testing.T) {
 		}
 	}
 	for _, s := range []string{"floor", "1 graceful handoff", "2 node crash", "3 leader crash", "3 leader stop",
-		"4 cold start", "5 steady state", "6 rolling restart", "7 whole restart", "8 fence", "9 rolling update", "11 status reads", "12 move budget", "13 history cost"} {
+		"4 cold start", "5 steady state", "6 rolling restart", "7 whole restart", "8 fence", "9 rolling update", "11 status reads", "12 move budget", "13 history cost", "14 scale"} {
 		if !seen[s] {
 			t.Errorf("no result for scenario %q", s)
 		}
