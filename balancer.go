@@ -21,6 +21,15 @@ type Node struct {
 	// Weight is the node's capacity relative to the others, in
 	// [1, MaxWeight]. Zero means 1, so a zero Node{ID: id} is an equal peer.
 	Weight int
+	// Labels describe the node (zone, region, hardware) for the
+	// requirements and spread of [BalanceWith]; Balance ignores them.
+	Labels map[string]string
+	// MaxKeys caps the keys the node holds under [BalanceWith]; 0 means no
+	// cap. Balance ignores it.
+	MaxKeys int
+	// MaxCost caps the cost units the node holds under [BalanceWith]; 0
+	// means no cap. Balance ignores it.
+	MaxCost int
 }
 
 // Assignment maps each config key to the ID of the node that should run it.
