@@ -136,7 +136,7 @@ func BalanceWith(prev Assignment, keys []string, nodes []Node, c Constraints) (*
 	} else {
 		s.placeUnits()
 	}
-	return s.result(), nil
+	return s.result(prev), nil
 }
 
 func distinctSorted(keys []string) []string {
@@ -177,6 +177,7 @@ const (
 	keyPinned
 	keyUnplaceable
 	keyPlaced
+	keyStayed // placed on the node prev has it on
 )
 
 type conNode struct {
@@ -260,26 +261,42 @@ func newConstrained(keys []string, nodes []Node, c Constraints) (*constrained, e
 }
 
 // labelSig is a canonical text of a label set.
-func labelSig(labels map[string]string) string {
-	if len(labels) == 0 {
-		return ""
+func labelSig(labels map[string]string) string { return string(appendLabelSig(nil, labels)) }
+
+// appendLabelSig appends a canonical text of a label set to buf: its
+// names in order, each with its value, every string prefixed by its length.
+func appendLabelSig(buf []byte, labels map[string]string) []byte {
+	switch len(labels) {
+	case 0:
+		return buf
+	case 1:
+		for name, value := range labels {
+			buf = appendStr(appendStr(buf, name), value)
+		}
+		return buf
 	}
-	names := slices.Sorted(maps.Keys(labels))
-	var b strings.Builder
-	for _, n := range names {
-		b.WriteString(strconv.Quote(n))
-		b.WriteByte('=')
-		b.WriteString(strconv.Quote(labels[n]))
-		b.WriteByte(',')
+	for _, name := range slices.Sorted(maps.Keys(labels)) {
+		buf = appendStr(appendStr(buf, name), labels[name])
 	}
-	return b.String()
+	return buf
+}
+
+// appendStr appends s to buf, prefixed by its length.
+func appendStr(buf []byte, s string) []byte {
+	buf = strconv.AppendInt(buf, int64(len(s)), 10)
+	buf = append(buf, ':')
+	return append(buf, s...)
 }
 
 // classifyNodes groups nodes by their labels. A node that some key avoids
 // gets a class of its own, since it may not take every key its labels
-// allow.
+// allow; so does, with costs, a node with a cap.
 func (s *constrained) classifyNodes(avoid map[string][]string) {
 	alone := make([]bool, len(s.nodes))
+	for j, n := range s.nodes {
+		// With costs, packing within a class needs nodes that take any key.
+		alone[j] = s.costly && (n.capN > 0 || n.capC > 0)
+	}
 	for _, ns := range avoid {
 		for _, id := range ns {
 			if j := s.live.index(id); j >= 0 {
@@ -343,6 +360,7 @@ func (s *constrained) readKeys(prev Assignment, c Constraints) {
 	reqs := map[string]*reqInfo{}
 	bySig := map[string]int32{}
 	var classes []keyClass
+	var buf []byte
 	for i, key := range s.keys {
 		s.held[i], s.pinned[i] = -1, -1
 		if !s.seen.add(i) {
@@ -351,14 +369,14 @@ func (s *constrained) readKeys(prev Assignment, c Constraints) {
 		}
 		s.total++
 		p := c.Keys[key]
-		rsig := labelSig(p.Require)
-		ri := reqs[rsig]
+		buf = appendLabelSig(buf[:0], p.Require)
+		ri := reqs[string(buf)]
 		if ri == nil {
 			ri = &reqInfo{ok: make([]bool, len(s.classes))}
 			for ci, nc := range s.classes {
 				ri.ok[ci] = meets(nc.labels, p.Require)
 			}
-			reqs[rsig] = ri
+			reqs[string(buf)] = ri
 		}
 		// Avoidances that hold: of nodes that meet the requirements,
 		// while some other node that does is live.
@@ -381,17 +399,18 @@ func (s *constrained) readKeys(prev Assignment, c Constraints) {
 		}
 		slices.Sort(avoided)
 		cost := int64(max(p.Cost, 1))
-		var sig strings.Builder
-		sig.WriteString(rsig)
-		fmt.Fprintf(&sig, "|%q|%q|%d|", p.Spread, p.Group, cost)
+		buf = append(buf, '|')
+		buf = appendStr(appendStr(buf, p.Spread), p.Group)
+		buf = strconv.AppendInt(append(buf, '|'), cost, 10)
 		for _, j := range avoided {
-			sig.WriteString(strconv.Quote(s.nodes[j].id))
+			buf = strconv.AppendInt(append(buf, '|'), int64(j), 10)
 		}
-		ki, ok := bySig[sig.String()]
+		ki, ok := bySig[string(buf)]
 		if !ok {
 			ki = int32(len(classes))
-			bySig[sig.String()] = ki
-			kc := keyClass{sig: sig.String(), place: p, cost: cost, ok: slices.Clone(ri.ok), pinned: map[string]int64{}}
+			sig := string(buf)
+			bySig[sig] = ki
+			kc := keyClass{sig: sig, place: p, cost: cost, ok: slices.Clone(ri.ok), pinned: map[string]int64{}}
 			for _, j := range avoided {
 				kc.ok[s.nodeClass[j]] = false // its class holds j alone
 			}
@@ -580,22 +599,50 @@ func (s *constrained) fairInput() fairInput {
 	return in
 }
 
-// result builds the assignment and the list of unplaceable keys.
-func (s *constrained) result() *Balanced {
-	res := &Balanced{Assignment: make(Assignment, s.total)}
+// result builds the assignment and the list of unplaceable keys. Like
+// Balance, it patches a copy of prev when prev holds most of it.
+func (s *constrained) result(prev Assignment) *Balanced {
+	res := &Balanced{}
 	for i, st := range s.state {
-		switch st {
-		case keyPinned:
-			res.Assignment[s.keys[i]] = s.nodes[s.pinned[i]].id
-		case keyPlaced:
-			res.Assignment[s.keys[i]] = s.nodes[s.held[i]].id
-		case keyUnplaceable:
+		if st == keyUnplaceable {
 			res.Unplaceable = append(res.Unplaceable, s.keys[i])
 		}
 	}
 	slices.Sort(res.Unplaceable)
+	stayed := 0
+	for _, st := range s.state {
+		if st == keyStayed {
+			stayed++
+		}
+	}
+	if 2*stayed < s.total || 2*stayed < len(prev) {
+		res.Assignment = make(Assignment, s.total)
+		for i, st := range s.state {
+			switch st {
+			case keyPinned:
+				res.Assignment[s.keys[i]] = s.nodes[s.pinned[i]].id
+			case keyPlaced, keyStayed:
+				res.Assignment[s.keys[i]] = s.nodes[s.held[i]].id
+			}
+		}
+		return res
+	}
+	a := maps.Clone(prev)
+	for k := range prev {
+		if s.seen.index(k) < 0 {
+			delete(a, k)
+		}
+	}
+	for i, st := range s.state {
+		switch st {
+		case keyPinned:
+			a[s.keys[i]] = s.nodes[s.pinned[i]].id
+		case keyPlaced:
+			a[s.keys[i]] = s.nodes[s.held[i]].id
+		case keyUnplaceable:
+			delete(a, s.keys[i])
+		}
+	}
+	res.Assignment = a
 	return res
 }
-
-// placeCosts places flexible keys of varying cost (see costs.go).
-func (s *constrained) placeCosts() { panic("todo") }

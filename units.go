@@ -1,7 +1,6 @@
 package dim
 
 import (
-	"maps"
 	"slices"
 )
 
@@ -26,7 +25,7 @@ func (s *constrained) placeUnits() {
 		return
 	}
 	const moveCost = 1
-	spreadCost := flexible + 1              // above any number of moves
+	spreadCost := flexible + 1                 // above any number of moves
 	boundCost := (2*flexible + 3) * spreadCost // above any spread excess and moves
 
 	// Vertices: source, key classes, spread values, node classes, nodes,
@@ -117,20 +116,19 @@ func (s *constrained) placeUnits() {
 			moves = append(moves, moveArc{k, c, g.addArc(from(k, c), cv+c, kc.n, moveCost)})
 		}
 	}
-	// Stays: one arc per key class and node that held keys of it.
-	pair := func(k, j int) int64 { return int64(k)*int64(len(s.nodes)) + int64(j) }
-	heldN := map[int64]int64{}
-	for k := range s.kc {
-		for _, i := range s.members[k] {
-			if j := s.held[i]; j >= 0 {
-				heldN[pair(k, int(j))]++
+	// Stays: one arc per node and key class it held keys of.
+	st := s.heldByNode()
+	for j := range s.nodes {
+		run := st.keys[st.start[j]:st.start[j+1]]
+		for len(run) > 0 {
+			k := int(s.class[run[0]])
+			n := 1
+			for n < len(run) && int(s.class[run[n]]) == k {
+				n++
 			}
+			st.arcs = append(st.arcs, g.addArc(from(k, s.nodeClass[j]), nv+j, int64(n), 0))
+			run = run[n:]
 		}
-	}
-	stays := make(map[int64]int, len(heldN))
-	for _, p := range slices.Sorted(maps.Keys(heldN)) {
-		k, j := int(p/int64(len(s.nodes))), int(p%int64(len(s.nodes)))
-		stays[p] = g.addArc(from(k, s.nodeClass[j]), nv+j, heldN[p], 0)
 	}
 	toNode := make([]int, len(s.nodes))
 	for c, nc := range s.classes {
@@ -150,60 +148,114 @@ func (s *constrained) placeUnits() {
 	if g.minCostFlow(0, t, flexible) != flexible {
 		panic("dim: the fair shares left keys without a node") // a broken invariant
 	}
-	s.pickKeys(g, stays, pair, toNode, moves)
+	s.pickKeys(g, st, toNode, moves)
 }
 
 // moveArc is the flow arc that moves keys of class k to node class c.
 type moveArc struct{ k, c, a int }
+
+// heldKeys are the flexible keys that may stay where they are, grouped
+// by node and, within a node, by key class: those of node j are
+// keys[start[j]:start[j+1]]. arcs holds the stay arcs in the same order,
+// one per run of a class.
+type heldKeys struct {
+	keys  []int32
+	start []int
+	arcs  []int
+}
+
+// heldByNode groups the held flexible keys by node (a counting sort) and
+// by class within each node.
+func (s *constrained) heldByNode() *heldKeys {
+	h := &heldKeys{start: make([]int, len(s.nodes)+1)}
+	for k := range s.kc {
+		for _, i := range s.members[k] {
+			if j := s.held[i]; j >= 0 {
+				h.start[j+1]++
+			}
+		}
+	}
+	for j := range s.nodes {
+		h.start[j+1] += h.start[j]
+	}
+	h.keys = make([]int32, h.start[len(s.nodes)])
+	next := slices.Clone(h.start[:len(s.nodes)])
+	// Classes in order, so each node's keys come out grouped by class.
+	for k := range s.kc {
+		for _, i := range s.members[k] {
+			if j := s.held[i]; j >= 0 {
+				h.keys[next[j]] = i
+				next[j]++
+			}
+		}
+	}
+	return h
+}
 
 // pickKeys turns class-level flows into keys on nodes: each node keeps the
 // keys of a class it holds that the flow lets stay, those with the highest
 // affinity to it; the others of each class, in hash order, go in turn to
 // the node classes the flow moves them to, and within a node class to its
 // nodes, each taking what the flow gives it.
-func (s *constrained) pickKeys(g *flowGraph, stays map[int64]int, pair func(k, j int) int64, toNode []int, moves []moveArc) {
+func (s *constrained) pickKeys(g *flowGraph, h *heldKeys, toNode []int, moves []moveArc) {
 	b := &balancing{keys: s.keys}
-	pool := make([][]int32, len(s.classes))
+	loose := make([][]scoredKey, len(s.kc))
 	for k := range s.kc {
-		// Group the class's held keys by node.
-		byNode := map[int32][]scoredKey{}
-		var loose []scoredKey
 		for _, i := range s.members[k] {
-			j := s.held[i]
-			h := hashString(s.keys[i])
-			if j < 0 {
-				loose = append(loose, scoredKey{h, int(i)})
+			if s.held[i] < 0 {
+				loose[k] = append(loose[k], scoredKey{hashString(s.keys[i]), int(i)})
+			}
+		}
+	}
+	arcs := h.arcs
+	for j := range s.nodes {
+		run := h.keys[h.start[j]:h.start[j+1]]
+		for len(run) > 0 {
+			k := s.class[run[0]]
+			n := 1
+			for n < len(run) && s.class[run[n]] == k {
+				n++
+			}
+			keep := g.flow(arcs[0])
+			arcs = arcs[1:]
+			if keep == int64(n) {
+				for _, i := range run[:n] {
+					s.state[i] = keyStayed
+				}
+				run = run[n:]
 				continue
 			}
-			byNode[j] = append(byNode[j], scoredKey{^affinity(h, s.nodes[j].hash), int(i)})
-		}
-		for _, j := range slices.Sorted(maps.Keys(byNode)) {
-			run := byNode[j]
-			keep := g.flow(stays[pair(k, int(j))])
-			if keep < int64(len(run)) {
-				slices.SortFunc(run, b.byScore)
+			ranked := make([]scoredKey, n)
+			for x, i := range run[:n] {
+				ranked[x] = scoredKey{^affinity(hashString(s.keys[i]), s.nodes[j].hash), int(i)}
 			}
-			for x, r := range run {
+			slices.SortFunc(ranked, b.byScore)
+			for x, r := range ranked {
 				if int64(x) < keep {
-					s.state[r.key] = keyPlaced
+					s.state[r.key] = keyStayed
 					continue
 				}
 				s.held[r.key] = -1
-				loose = append(loose, scoredKey{hashString(s.keys[r.key]), r.key})
+				loose[k] = append(loose[k], scoredKey{hashString(s.keys[r.key]), r.key})
 			}
+			run = run[n:]
 		}
-		b.sortByScore(loose)
+	}
+	pool := make([][]int32, len(s.classes))
+	for k := range s.kc {
+		b.sortByScore(loose[k])
+		rest := loose[k]
 		// moves is in key class order.
 		for len(moves) > 0 && moves[0].k == k {
 			n := g.flow(moves[0].a)
 			c := moves[0].c
-			for _, r := range loose[:n] {
+			for _, r := range rest[:n] {
 				pool[c] = append(pool[c], int32(r.key))
 			}
-			loose = loose[n:]
+			rest = rest[n:]
 			moves = moves[1:]
 		}
-		if len(loose) > 0 {
+		if len(rest) > 0 {
 			panic("dim: keys left without a flow") // a broken invariant
 		}
 	}
