@@ -86,6 +86,16 @@ func Moves(prev, next Assignment) int {
 // Balance runs in O(N log N + M log M) time and O(N + M) memory. Only the
 // keys placed by hash and the keys of nodes over their quota are sorted, so a
 // join or leave on a balanced assignment takes time close to linear in N.
+//
+// Balance looks only at node IDs and weights. [BalanceWith] adds node
+// labels and caps, per-key requirements, spread and cost, pins and
+// avoidances, with this contract, highest priority first: hard
+// requirements, pins, caps, node balance (each node within ⌊share⌋ and
+// ⌈share⌉ of its weighted max-min-fair share of the keys it may hold),
+// spread within ±1 across label values, and the fewest moves among all
+// placements that meet the rest; keys no node may take are returned as
+// unplaceable. Without constraints its shares are N·w/W and its result is
+// Balance's.
 func Balance(prev Assignment, keys []string, nodes []Node) (Assignment, error) {
 	b, err := newBalancing(nodes)
 	if err != nil {

@@ -1,6 +1,7 @@
 package dim
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"math/big"
@@ -527,4 +528,87 @@ func TestBalanceWithRejectsBadInput(t *testing.T) {
 			assert.Nil(t, got)
 		})
 	}
+}
+
+// FuzzBalanceWith feeds BalanceWith arbitrary inputs: keys as
+// "key[@zone][*cost][^pin][~group]", nodes as "id:weight:zone:cap", prev as
+// for FuzzBalance. Whatever comes in, it must not panic, must honour
+// requirements, pins and caps, must place or report every key, and must
+// give the same result twice.
+func FuzzBalanceWith(f *testing.F) {
+	f.Add("a@x,b@y,c,d*3,e^n1,f~t,g~t", "n1:1:x:0,n2:2:y:2,n3:1::0", "a=n2,b=n1")
+	f.Add("a@z,b*9,c^n9", "n1:0:x:1", "")
+	f.Add("a,a,b~", "n1:1:x:0,n1:1:y:0", "")
+	f.Fuzz(func(t *testing.T, keys, nodes, prev string) {
+		p, _, _, ok := parseFuzzInput("", "", prev)
+		if !ok || len(keys) > 400 || len(nodes) > 200 {
+			t.Skip()
+		}
+		c := Constraints{Keys: map[string]Placement{}, Pins: map[string]string{}}
+		var ks []string
+		for _, f := range strings.Split(keys, ",") {
+			var pl Placement
+			key, group, spread := strings.Cut(f, "~")
+			if spread {
+				pl.Spread, pl.Group = "zone", group
+			}
+			key, pin, pinned := strings.Cut(key, "^")
+			if pinned {
+				c.Pins[key] = pin
+			}
+			key, costText, costly := strings.Cut(key, "*")
+			if costly {
+				n, err := strconv.Atoi(costText)
+				if err != nil {
+					t.Skip()
+				}
+				pl.Cost = n
+			}
+			key, zone, required := strings.Cut(key, "@")
+			if required {
+				pl.Require = map[string]string{"zone": zone}
+			}
+			ks = append(ks, key)
+			c.Keys[key] = pl
+		}
+		var ns []Node
+		for _, f := range strings.Split(nodes, ",") {
+			parts := strings.Split(f, ":")
+			if len(parts) != 4 {
+				t.Skip()
+			}
+			w, err1 := strconv.Atoi(parts[1])
+			capN, err2 := strconv.Atoi(parts[3])
+			if err1 != nil || err2 != nil {
+				t.Skip()
+			}
+			ns = append(ns, Node{ID: parts[0], Weight: w, Labels: map[string]string{"zone": parts[2]}, MaxKeys: capN})
+		}
+		got, err := BalanceWith(p, ks, ns, c)
+		if err != nil {
+			require.Nil(t, got)
+			if !errors.Is(err, ErrInvalidKey) && !errors.Is(err, ErrInvalidNode) {
+				t.Fatalf("unexpected error kind: %v", err)
+			}
+			return
+		}
+		byID := map[string]Node{}
+		for _, n := range ns {
+			byID[n.ID] = n
+		}
+		require.Len(t, got.Assignment, len(distinctSorted(ks))-len(got.Unplaceable))
+		for k, id := range got.Assignment {
+			n, ok := byID[id]
+			require.True(t, ok, "key %q on %q, not a node", k, id)
+			require.True(t, meets(n.Labels, c.Keys[k].Require), "key %q on a node it may not use", k)
+		}
+		for k, pin := range c.Pins {
+			if n, ok := byID[pin]; ok && slices.Contains(ks, k) && meets(n.Labels, c.Keys[k].Require) {
+				require.Equal(t, pin, got.Assignment[k], "pin of %q", k)
+			}
+		}
+		again, err := BalanceWith(p, ks, ns, c)
+		require.NoError(t, err)
+		require.Equal(t, got, again)
+	})
 }

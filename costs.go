@@ -405,7 +405,7 @@ func (h *roomHeap) Less(x, y int) bool {
 	return a.j < b.j
 }
 func (h *roomHeap) Swap(x, y int) { h.items[x], h.items[y] = h.items[y], h.items[x] }
-func (h *roomHeap) Push(x any)   { h.items = append(h.items, x.(roomItem)) }
+func (h *roomHeap) Push(x any)    { h.items = append(h.items, x.(roomItem)) }
 func (h *roomHeap) Pop() any {
 	x := h.items[len(h.items)-1]
 	h.items = h.items[:len(h.items)-1]

@@ -145,6 +145,13 @@ type Explanation struct {
 	// Drained, Frozen and Restarting name what holds placement back.
 	Drained []string `json:"drained,omitempty"`
 	Frozen  bool     `json:"frozen"`
+	// Pinned is the node an operator pinned the key to (see Pin), "" if
+	// none; the pin holds while that node is live and meets the key's
+	// requirements.
+	Pinned string `json:"pinned,omitempty"`
+	// Unplaceable is set when, at the leader's last rebalance, no live node
+	// could take the key (among the first 100 such keys recorded).
+	Unplaceable bool `json:"unplaceable,omitempty"`
 }
 
 // KeyMove is one move of a key.
@@ -185,7 +192,9 @@ func Explain(ctx context.Context, client rueidis.Client, key string, opts ...Opt
 		b.Hgetall().Key(k.nodes).Build(),
 		b.Hgetall().Key(k.drains).Build(),
 		b.Pttl().Key(k.freeze).Build(),
-		b.Time().Build())
+		b.Time().Build(),
+		b.Hget().Key(k.pins).Field(key).Build(),
+		b.Get().Key(k.unplace).Build())
 	for _, r := range res {
 		if err := r.Error(); err != nil && !rueidis.IsRedisNil(err) {
 			return nil, fmt.Errorf("%w: explain %q: %w", ErrRedis, key, err)
@@ -244,7 +253,13 @@ func Explain(ctx context.Context, client rueidis.Client, key string, opts ...Opt
 	slices.Sort(e.Drained)
 	pttl, _ := res[8].AsInt64()
 	e.Frozen = pttl > 0
-	if e.AssignedTo == "" && e.Owner == nil && e.State == nil && e.LastMove == nil && e.Quarantine == nil && len(e.Avoided) == 0 {
+	e.Pinned = str(10)
+	var u unplaceableRecord
+	if v := str(11); v != "" && json.Unmarshal([]byte(v), &u) == nil {
+		e.Unplaceable = slices.Contains(u.Keys, key)
+	}
+	if e.AssignedTo == "" && e.Owner == nil && e.State == nil && e.LastMove == nil && e.Quarantine == nil && len(e.Avoided) == 0 &&
+		e.Pinned == "" && !e.Unplaceable {
 		return nil, fmt.Errorf("%w: %q in %q", ErrUnknownKey, key, s.service)
 	}
 	return e, nil
