@@ -168,6 +168,7 @@ type constrained struct {
 	members [][]int32
 	costly  bool // some key costs more than 1
 	total   int  // distinct keys
+	inPrev  int  // distinct flexible keys that prev holds
 }
 
 // Key states.
@@ -436,6 +437,7 @@ func (s *constrained) readKeys(prev Assignment, c Constraints) {
 			}
 		}
 		if id, ok := prev[key]; ok {
+			s.inPrev++
 			if j := s.live.index(id); j >= 0 && kc.ok[s.nodeClass[j]] {
 				s.held[i] = int32(j)
 			}
@@ -628,9 +630,11 @@ func (s *constrained) result(prev Assignment) *Balanced {
 		return res
 	}
 	a := maps.Clone(prev)
-	for k := range prev {
-		if s.seen.index(k) < 0 {
-			delete(a, k)
+	if s.inPrev < len(prev) {
+		for k := range prev {
+			if s.seen.index(k) < 0 {
+				delete(a, k)
+			}
 		}
 	}
 	for i, st := range s.state {
