@@ -113,12 +113,18 @@ func TestPlacementCaps(t *testing.T) {
 		t.Skip("integration test")
 	}
 	c := newTestCluster(t, 5)
-	c.start("n1", WithCaps(1, 0))
-	c.start("n2", WithCaps(2, 0))
+	obs := map[string]*observed{"n1": newObserved(t), "n2": newObserved(t)}
+	c.start("n1", append(obs["n1"].options(), WithCaps(1, 0))...)
+	c.start("n2", append(obs["n2"].options(), WithCaps(2, 0))...)
 	c.eventually(15*time.Second, "three keys running within the caps, two unplaceable", func() bool {
 		l := c.loads()
 		st := c.status()
 		return len(c.liveOn()) == 3 && l["n1"] == 1 && l["n2"] == 2 && st.UnplaceableCount == 2
+	})
+	leader := c.leader().id
+	c.eventually(5*time.Second, "the leader's gauge dim.keys.unplaceable at 2", func() bool {
+		n, ok := obs[leader].metric(t, "dim.keys.unplaceable")
+		return ok && n == 2
 	})
 	st := c.status()
 	assert.Len(t, st.Unplaceable, 2)
