@@ -190,7 +190,6 @@ type conNode struct {
 	capC   int64 // MaxCost, 0: none
 	pins   int64 // pinned keys
 	pinC   int64 // their cost
-	at     int32 // keys placed, for the result
 }
 
 type nodeClass struct {

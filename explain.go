@@ -26,6 +26,9 @@ const (
 	MoveUnhealthy   = "its node is unhealthy"
 	MoveJoinHold    = "a joiner in a rollout took its leaving node's keys"
 	MoveQuarantined = "quarantined: it failed on every node it was given to"
+	MovePinned      = "pinned by an operator to its new node"
+	MoveRequirement = "its node does not meet the key's requirements"
+	MoveUnplaceable = "unplaceable: no live node meets its requirements, or all that do are at their caps"
 	MoveBalance     = "balance"
 )
 
@@ -43,8 +46,14 @@ type whyRecord struct {
 // balance (a join, a weight change, a rebalance request).
 func moveReasons(changes []change, p *placement, trigger string) map[string]whyRecord {
 	taking := map[string]bool{}
+	labels := map[string]map[string]string{}
+	unplaceable := make(map[string]bool, len(p.unplaceable))
+	for _, key := range p.unplaceable {
+		unplaceable[key] = true
+	}
 	for _, n := range p.nodes {
 		taking[n.ID] = true
+		labels[n.ID] = n.Labels
 	}
 	quarantined := map[string]bool{}
 	for _, key := range p.verdict.quarantined {
@@ -61,6 +70,8 @@ func moveReasons(changes []change, p *placement, trigger string) map[string]whyR
 		switch {
 		case c.to == "" && quarantined[c.key]:
 			r.Reason = MoveQuarantined
+		case c.to == "" && unplaceable[c.key]:
+			r.Reason = MoveUnplaceable
 		case c.to == "":
 			continue // removed from the configs: its record goes
 		case drained:
@@ -75,6 +86,10 @@ func moveReasons(changes []change, p *placement, trigger string) map[string]whyR
 			r.Reason = MoveUnknown
 		case slices.Contains(p.verdict.avoid[c.key], c.from):
 			r.Reason = MoveUnhealthy
+		case p.pins[c.key] == c.to:
+			r.Reason = MovePinned
+		case !meets(labels[c.from], p.placements[c.key].Require):
+			r.Reason = MoveRequirement
 		default:
 			r.Reason = MoveBalance
 		}

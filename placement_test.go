@@ -90,6 +90,8 @@ func TestPlacementPins(t *testing.T) {
 	exp, err := Explain(ctx, client, key, svc)
 	require.NoError(t, err)
 	assert.Equal(t, to, exp.Pinned)
+	require.NotNil(t, exp.LastMove)
+	assert.Equal(t, MovePinned, exp.LastMove.Reason)
 
 	// A pin to a node that is not live is refused.
 	require.ErrorIs(t, Pin(ctx, client, key, "nobody", svc), ErrUnknownNode)

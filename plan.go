@@ -42,6 +42,7 @@ type placement struct {
 	// may take (see BalanceWith), sorted.
 	pins        map[string]string
 	unplaceable []string
+	placements  map[string]Placement
 }
 
 // place computes the assignment the leader writes, from what Redis holds:
@@ -61,7 +62,7 @@ func place(ctx context.Context, client rueidis.Client, k keys, in placeInput) (*
 	}
 	h.rollout.sessions = facts.sessions
 	ro := h.rollout.apply(in.prev, in.keys, h.without(in.nodes))
-	p := &placement{holds: h, facts: facts, nodes: ro.nodes, back: ro.back, joined: ro.joined}
+	p := &placement{holds: h, facts: facts, nodes: ro.nodes, back: ro.back, joined: ro.joined, placements: in.placements}
 	ri := &reviewInput{failureFacts: *p.facts, keys: ro.keys, nodes: p.nodes, prev: ro.prev,
 		first: in.first, max: in.max, cooldown: giveUpCooldown, poll: in.poll}
 	if ri.states, err = readStates(ctx, client, k, lookups(p.facts, ro.prev)); err != nil {
