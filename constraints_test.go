@@ -612,3 +612,44 @@ func FuzzBalanceWith(f *testing.F) {
 		require.Equal(t, got, again)
 	})
 }
+
+// On inputs too large to enumerate placements, the shares are still
+// computed by the oracle: every node within ⌊share⌋..⌈share⌉, the fewest
+// keys unplaceable, and requirements and caps honoured.
+func TestBalanceWithSharesOnLargerInputs(t *testing.T) {
+	rapid.Check(t, func(rt *rapid.T) {
+		prev, keys, nodes, c := constrainedInput(rt, 40, 7)
+		got, err := BalanceWith(prev, keys, nodes, c)
+		require.NoError(rt, err)
+		o := newOracle(keys, nodes, c)
+		unplaceable := map[string]bool{}
+		for _, k := range got.Unplaceable {
+			unplaceable[k] = true
+		}
+		var flex, placed []int
+		for i, k := range o.keys {
+			if k.pin >= 0 {
+				continue
+			}
+			flex = append(flex, i)
+			if !unplaceable[k.key] {
+				placed = append(placed, i)
+			}
+		}
+		all := 1<<len(o.nodes) - 1
+		require.Equal(rt, int64(len(flex))-o.fit(flex, all), int64(len(got.Unplaceable)), "unplaceable keys")
+		share := o.shares(placed)
+		loads := got.Assignment.Loads()
+		index := map[string]int{}
+		for j, n := range o.nodes {
+			index[n.ID] = j
+			lo, hi := ratBounds(share[j])
+			l := int64(loads[n.ID])
+			require.True(rt, lo <= l && l <= hi, "node %s holds %d keys, share %s", n.ID, l, share[j].RatString())
+		}
+		for _, i := range placed {
+			k := o.keys[i]
+			require.True(rt, k.ok[index[got.Assignment[k.key]]], "key %q on a node it may not use", k.key)
+		}
+	})
+}
