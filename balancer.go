@@ -92,8 +92,8 @@ func Moves(prev, next Assignment) int {
 // avoidances, with this contract, highest priority first: hard
 // requirements, pins, caps, node balance (each node within ⌊share⌋ and
 // ⌈share⌉ of its weighted max-min-fair share of the keys it may hold),
-// spread within ±1 across label values, and the fewest moves among all
-// placements that meet the rest; keys no node may take are returned as
+// spread within ±1 across label values where those allow, and the fewest
+// moves among all placements that meet the rest; keys no node may take are returned as
 // unplaceable. Without constraints its shares are N·w/W and its result is
 // Balance's.
 func Balance(prev Assignment, keys []string, nodes []Node) (Assignment, error) {
