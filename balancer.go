@@ -21,6 +21,15 @@ type Node struct {
 	// Weight is the node's capacity relative to the others, in
 	// [1, MaxWeight]. Zero means 1, so a zero Node{ID: id} is an equal peer.
 	Weight int
+	// Labels describe the node (zone, region, hardware) for the
+	// requirements and spread of [BalanceWith]; Balance ignores them.
+	Labels map[string]string
+	// MaxKeys caps the keys the node holds under [BalanceWith]; 0 means no
+	// cap. Balance ignores it.
+	MaxKeys int
+	// MaxCost caps the cost units the node holds under [BalanceWith]; 0
+	// means no cap. Balance ignores it.
+	MaxCost int
 }
 
 // Assignment maps each config key to the ID of the node that should run it.
@@ -77,6 +86,16 @@ func Moves(prev, next Assignment) int {
 // Balance runs in O(N log N + M log M) time and O(N + M) memory. Only the
 // keys placed by hash and the keys of nodes over their quota are sorted, so a
 // join or leave on a balanced assignment takes time close to linear in N.
+//
+// Balance looks only at node IDs and weights. [BalanceWith] adds node
+// labels and caps, per-key requirements, spread and cost, pins and
+// avoidances, with this contract, highest priority first: hard
+// requirements, pins, caps, node balance (each node within ⌊share⌋ and
+// ⌈share⌉ of its weighted max-min-fair share of the keys it may hold),
+// spread within ±1 across label values where those allow, and the fewest
+// moves among all placements that meet the rest; keys no node may take are returned as
+// unplaceable. Without constraints its shares are N·w/W and its result is
+// Balance's.
 func Balance(prev Assignment, keys []string, nodes []Node) (Assignment, error) {
 	b, err := newBalancing(nodes)
 	if err != nil {

@@ -68,6 +68,7 @@ type Manager[C, I any] struct {
 	getConfig      func(context.Context) ([]C, error)
 	createInstance func(context.Context, C) (I, error)
 	keyOf          func(C) string
+	placementOf    func(C) Placement // nil: none
 	healthcheck    func(context.Context, I) error
 	disconnect     func(context.Context, I) error
 	prepare        func(context.Context, C) (I, error) // nil: no make-before-break (see WithPrepare)
@@ -215,6 +216,9 @@ func New[C, I any](
 	m.leader.taken = make(chan grant, 1)
 	var err error
 	if m.keyOf, err = checkHook[func(C) string]("WithKey", s.key, "config type"); err != nil {
+		return nil, err
+	}
+	if m.placementOf, err = checkHook[func(C) Placement]("WithPlacement", s.placement, "config type"); err != nil {
 		return nil, err
 	}
 	if m.healthcheck, err = checkHook[func(context.Context, I) error]("WithHealthcheck", s.healthcheck, "instance type"); err != nil {

@@ -26,6 +26,9 @@ const (
 	MoveUnhealthy   = "its node is unhealthy"
 	MoveJoinHold    = "a joiner in a rollout took its leaving node's keys"
 	MoveQuarantined = "quarantined: it failed on every node it was given to"
+	MovePinned      = "pinned by an operator to its new node"
+	MoveRequirement = "its node does not meet the key's requirements"
+	MoveUnplaceable = "unplaceable: no live node meets its requirements, or all that do are at their caps"
 	MoveBalance     = "balance"
 )
 
@@ -43,8 +46,14 @@ type whyRecord struct {
 // balance (a join, a weight change, a rebalance request).
 func moveReasons(changes []change, p *placement, trigger string) map[string]whyRecord {
 	taking := map[string]bool{}
+	labels := map[string]map[string]string{}
+	unplaceable := make(map[string]bool, len(p.unplaceable))
+	for _, key := range p.unplaceable {
+		unplaceable[key] = true
+	}
 	for _, n := range p.nodes {
 		taking[n.ID] = true
+		labels[n.ID] = n.Labels
 	}
 	quarantined := map[string]bool{}
 	for _, key := range p.verdict.quarantined {
@@ -61,6 +70,8 @@ func moveReasons(changes []change, p *placement, trigger string) map[string]whyR
 		switch {
 		case c.to == "" && quarantined[c.key]:
 			r.Reason = MoveQuarantined
+		case c.to == "" && unplaceable[c.key]:
+			r.Reason = MoveUnplaceable
 		case c.to == "":
 			continue // removed from the configs: its record goes
 		case drained:
@@ -75,6 +86,10 @@ func moveReasons(changes []change, p *placement, trigger string) map[string]whyR
 			r.Reason = MoveUnknown
 		case slices.Contains(p.verdict.avoid[c.key], c.from):
 			r.Reason = MoveUnhealthy
+		case p.pins[c.key] == c.to:
+			r.Reason = MovePinned
+		case !meets(labels[c.from], p.placements[c.key].Require):
+			r.Reason = MoveRequirement
 		default:
 			r.Reason = MoveBalance
 		}
@@ -145,6 +160,13 @@ type Explanation struct {
 	// Drained, Frozen and Restarting name what holds placement back.
 	Drained []string `json:"drained,omitempty"`
 	Frozen  bool     `json:"frozen"`
+	// Pinned is the node an operator pinned the key to (see Pin), "" if
+	// none; the pin holds while that node is live and meets the key's
+	// requirements.
+	Pinned string `json:"pinned,omitempty"`
+	// Unplaceable is set when, at the leader's last rebalance, no live node
+	// could take the key (among the first 100 such keys recorded).
+	Unplaceable bool `json:"unplaceable,omitempty"`
 }
 
 // KeyMove is one move of a key.
@@ -185,7 +207,9 @@ func Explain(ctx context.Context, client rueidis.Client, key string, opts ...Opt
 		b.Hgetall().Key(k.nodes).Build(),
 		b.Hgetall().Key(k.drains).Build(),
 		b.Pttl().Key(k.freeze).Build(),
-		b.Time().Build())
+		b.Time().Build(),
+		b.Hget().Key(k.pins).Field(key).Build(),
+		b.Get().Key(k.unplace).Build())
 	for _, r := range res {
 		if err := r.Error(); err != nil && !rueidis.IsRedisNil(err) {
 			return nil, fmt.Errorf("%w: explain %q: %w", ErrRedis, key, err)
@@ -244,7 +268,13 @@ func Explain(ctx context.Context, client rueidis.Client, key string, opts ...Opt
 	slices.Sort(e.Drained)
 	pttl, _ := res[8].AsInt64()
 	e.Frozen = pttl > 0
-	if e.AssignedTo == "" && e.Owner == nil && e.State == nil && e.LastMove == nil && e.Quarantine == nil && len(e.Avoided) == 0 {
+	e.Pinned = str(10)
+	var u unplaceableRecord
+	if v := str(11); v != "" && json.Unmarshal([]byte(v), &u) == nil {
+		e.Unplaceable = slices.Contains(u.Keys, key)
+	}
+	if e.AssignedTo == "" && e.Owner == nil && e.State == nil && e.LastMove == nil && e.Quarantine == nil && len(e.Avoided) == 0 &&
+		e.Pinned == "" && !e.Unplaceable {
 		return nil, fmt.Errorf("%w: %q in %q", ErrUnknownKey, key, s.service)
 	}
 	return e, nil

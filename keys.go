@@ -62,6 +62,11 @@ import (
 //	<p>:fleet      HASH  size: how many nodes the service had when the leader
 //	                     last counted them; since: server ms when a node
 //	                     joined a service with no live member (a restart)
+//	<p>:labels     HASH  node → JSON {"l":{label:value},"k":max_keys,"c":max_cost}:
+//	                     what WithLabels and WithCaps declared at its join
+//	<p>:pins       HASH  key → node: an operator's pins (see Pin)
+//	<p>:unplaceable STRING JSON {"n":count,"k":[first keys]}: keys no live
+//	                     node may take at the leader's last rebalance
 //	<p>:lock:…     rueidislock's leader lock
 //	<p>:events     the service's pub/sub channel
 //
@@ -90,6 +95,9 @@ type keys struct {
 	why        string
 	history    string
 	fleet      string
+	labels     string
+	pins       string
+	unplace    string
 	lock       string
 	channel    string
 }
@@ -119,6 +127,9 @@ func newKeys(keyPrefix, service string) keys {
 		handoffs:   p + ":handoffs",
 		why:        p + ":why",
 		history:    p + ":history",
+		labels:     p + ":labels",
+		pins:       p + ":pins",
+		unplace:    p + ":unplaceable",
 		lock:       p + ":lock",
 		fleet:      p + ":fleet",
 		channel:    p + ":events",
@@ -596,13 +607,14 @@ return 1
 
 // leaveScript ends a node's membership if its session is still current.
 //
-// KEYS: nodes cfgerr traces state handoffs
+// KEYS: nodes cfgerr traces state handoffs labels
 // ARGV: node session channel
 var leaveScript = keepScript(`
 if redis.call('HGET', KEYS[1], 's:' .. ARGV[1]) ~= ARGV[2] then return 0 end
 forget(KEYS[1], ARGV[1])
 for i = 2, 3 do redis.call('HDEL', KEYS[i], ARGV[1]) end
 redis.call('HDEL', KEYS[5], ARGV[1])
+redis.call('HDEL', KEYS[6], ARGV[1])
 dropStates(KEYS[4], ARGV[1])
 redis.call('PUBLISH', ARGV[3], 'leave ' .. ARGV[1])
 return 1
@@ -611,9 +623,10 @@ return 1
 // membersScript drops expired members (announcing them as left) and lists
 // the live ones.
 //
-// KEYS: nodes cfgerr traces state handoffs
+// KEYS: nodes cfgerr traces state handoffs labels
 // ARGV: channel
-// Returns {server_ms, node, expiry_ms, weight, node, …}.
+// Returns {server_ms, node, expiry_ms, weight, labels, node, …}, labels
+// as the labels hash holds them ("" for none).
 var membersScript = keepScript(`
 local ids, by = members(KEYS[1])
 local dead, out = {}, {now}
@@ -624,17 +637,42 @@ for _, n in ipairs(ids) do
     forget(KEYS[1], n)
     for i = 2, 3 do redis.call('HDEL', KEYS[i], n) end
     redis.call('HDEL', KEYS[5], n)
+    redis.call('HDEL', KEYS[6], n)
     dropStates(KEYS[4], n)
   else
     out[#out + 1] = n
     out[#out + 1] = e
     out[#out + 1] = tonumber(by[n].w or '0') or 0
+    out[#out + 1] = redis.call('HGET', KEYS[6], n) or ''
   end
 end
 if #dead > 0 then
   redis.call('PUBLISH', ARGV[1], 'leave ' .. table.concat(dead, ' '))
 end
 return out
+`)
+
+// pinScript pins a key to a live node, or refuses (0) a node that is not
+// live, and asks the leader to rebalance.
+//
+// KEYS: nodes pins
+// ARGV: key node channel
+var pinScript = script(`
+if (tonumber(redis.call('HGET', KEYS[1], 'e:' .. ARGV[2]) or '') or 0) <= now then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], 'rebalance')
+return 1
+`)
+
+// unpinScript removes a key's pin, if it has one, and asks the leader to
+// rebalance; it returns whether there was one.
+//
+// KEYS: pins
+// ARGV: key channel
+var unpinScript = script(`
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('PUBLISH', ARGV[2], 'rebalance')
+return 1
 `)
 
 // fleetScript tells the leader how many nodes have joined and confirmed

@@ -167,6 +167,9 @@ func (m *Manager[C, I]) joinRecord(ctx context.Context, upgrade bool) error {
 	if graceLeft > 0 {
 		m.log.Info("claims wait for the grace period", "wait", time.Duration(graceLeft)*time.Millisecond)
 	}
+	if err := m.publishLabels(ctx); err != nil {
+		return fmt.Errorf("join: publish labels: %w", err)
+	}
 	m.lease.begin(m.runCtx, session, sent, sentBoot, valid)
 	// Confirm at once: the leader counts the node only from here on.
 	if err := m.renew(session); err != nil {
@@ -378,7 +381,7 @@ func (m *Manager[C, I]) leave(ctx context.Context) error {
 	}
 	m.lease.end()
 	err := leaveScript.Exec(ctx, m.client, &m.plainScripts,
-		[]string{m.k.nodes, m.k.cfgErr, m.k.traces, m.k.state, m.k.handoffs},
+		[]string{m.k.nodes, m.k.cfgErr, m.k.traces, m.k.state, m.k.handoffs, m.k.labels},
 		[]string{m.s.nodeID, session, m.k.channel}).Error()
 	if err == nil {
 		m.record(ctx, HistoryLeft, 0, nil, nil, session)
@@ -391,26 +394,28 @@ type member struct {
 	id      string
 	expires int64 // server ms
 	weight  int
+	labels  string // as published (see nodeLabels); "" for none
 }
 
 // members drops expired nodes and returns the live ones with the server
 // time, in milliseconds.
 func (m *Manager[C, I]) members(ctx context.Context) (now int64, live []member, err error) {
 	res, err := membersScript.Exec(ctx, m.client, &m.plainScripts,
-		[]string{m.k.nodes, m.k.cfgErr, m.k.traces, m.k.state, m.k.handoffs},
+		[]string{m.k.nodes, m.k.cfgErr, m.k.traces, m.k.state, m.k.handoffs, m.k.labels},
 		[]string{m.k.channel}).ToArray()
 	if err != nil {
 		return 0, nil, err
 	}
-	if len(res) == 0 || (len(res)-1)%3 != 0 {
+	if len(res) == 0 || (len(res)-1)%4 != 0 {
 		return 0, nil, fmt.Errorf("members: unexpected reply of %d values", len(res))
 	}
 	now, _ = res[0].AsInt64()
-	for i := 1; i < len(res); i += 3 {
+	for i := 1; i < len(res); i += 4 {
 		id, _ := res[i].ToString()
 		exp, _ := res[i+1].AsInt64()
 		w, _ := res[i+2].AsInt64()
-		live = append(live, member{id: id, expires: exp, weight: int(w)})
+		labels, _ := res[i+3].ToString()
+		live = append(live, member{id: id, expires: exp, weight: int(w), labels: labels})
 	}
 	return now, live, nil
 }

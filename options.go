@@ -75,6 +75,8 @@ type settings struct {
 	budgetRel         float64 // … as a fraction of the keys; 0: no limit
 	quarantineFirst   time.Duration
 	quarantineMax     time.Duration
+	labels            map[string]string // WithLabels
+	maxKeys, maxCost  int               // WithCaps; 0: none
 
 	healthSpec       string
 	leaderHealthSpec string
@@ -85,6 +87,7 @@ type settings struct {
 
 	// Hooks as given; New checks their types against C and I.
 	key            any // func(C) string
+	placement      any // func(C) Placement
 	healthcheck    any // func(context.Context, I) error
 	disconnect     any // func(context.Context, I) error
 	prepare        any // func(context.Context, C) (I, error)

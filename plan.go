@@ -22,6 +22,8 @@ type placeInput struct {
 	drain string
 	// budget is how many voluntary moves this step may start (-1: any).
 	budget int
+	// placements are the keys' placements (see WithPlacement).
+	placements map[string]Placement
 }
 
 // placement is an assignment as the leader computes it, with what it read
@@ -36,6 +38,11 @@ type placement struct {
 	joined  []string // waiting joiners that took a leaver's keys: their holds end
 	held    int      // voluntary moves a freeze or the budget held back
 	moving  []string // the voluntary moves let through, under a budget
+	// pins are the operator's pins; unplaceable the keys no live node
+	// may take (see BalanceWith), sorted.
+	pins        map[string]string
+	unplaceable []string
+	placements  map[string]Placement
 }
 
 // place computes the assignment the leader writes, from what Redis holds:
@@ -55,15 +62,38 @@ func place(ctx context.Context, client rueidis.Client, k keys, in placeInput) (*
 	}
 	h.rollout.sessions = facts.sessions
 	ro := h.rollout.apply(in.prev, in.keys, h.without(in.nodes))
-	p := &placement{holds: h, facts: facts, nodes: ro.nodes, back: ro.back, joined: ro.joined}
+	p := &placement{holds: h, facts: facts, nodes: ro.nodes, back: ro.back, joined: ro.joined, placements: in.placements}
 	ri := &reviewInput{failureFacts: *p.facts, keys: ro.keys, nodes: p.nodes, prev: ro.prev,
 		first: in.first, max: in.max, cooldown: giveUpCooldown, poll: in.poll}
 	if ri.states, err = readStates(ctx, client, k, lookups(p.facts, ro.prev)); err != nil {
 		return nil, err
 	}
 	p.verdict = review(ri)
-	if p.next, err = BalanceAvoiding(ro.prev, p.verdict.keys, p.nodes, p.verdict.avoid); err != nil {
-		return nil, err
+	if p.pins, err = client.Do(ctx, client.B().Hgetall().Key(k.pins).Build()).AsStrMap(); err != nil {
+		return nil, fmt.Errorf("read pins: %w", err)
+	}
+	c := Constraints{Keys: in.placements, Pins: p.pins, Avoid: p.verdict.avoid}
+	// Labels matter only to placements; avoidances alone are
+	// BalanceAvoiding's, as before constraints existed.
+	constrained := len(c.Keys) > 0 || len(c.Pins) > 0 || slices.ContainsFunc(p.nodes, func(n Node) bool {
+		return n.MaxKeys > 0 || n.MaxCost > 0
+	})
+	if !constrained {
+		// Exactly what dim did before constraints existed.
+		if p.next, err = BalanceAvoiding(ro.prev, p.verdict.keys, p.nodes, p.verdict.avoid); err != nil {
+			return nil, err
+		}
+	} else {
+		res, err := BalanceWith(ro.prev, p.verdict.keys, p.nodes, c)
+		if err != nil {
+			return nil, err
+		}
+		p.next = res.Assignment
+		for _, key := range res.Unplaceable {
+			if _, held := ro.pinned[key]; !held {
+				p.unplaceable = append(p.unplaceable, key)
+			}
+		}
 	}
 	for key, node := range ro.pinned {
 		p.next[key] = node
@@ -102,13 +132,18 @@ type PlanResult struct {
 	// Frozen is true when a freeze holds voluntary moves back: the moves
 	// are those the leader would make now, not after the thaw.
 	Frozen bool `json:"frozen"`
+	// Unplaceable lists, sorted, the keys no live node could take.
+	Unplaceable []string `json:"unplaceable,omitempty"`
 }
 
 // Plan computes, without changing anything, the moves the leader would make
 // if change happened now: the same placement code the leader runs, on what
-// Redis holds (the assignment, nodes and weights, drains, freeze,
-// avoidances and the leader's failure verdicts). The keys are those of the
-// assignment and the quarantines, so keys that the configs gained since the
+// Redis holds (the assignment, nodes and weights, labels and caps, pins,
+// drains, freeze, avoidances and the leader's failure verdicts). Per-key
+// placements (WithPlacement) come from the configs, which Plan does not
+// read: it places every key as if it had none. The keys are those of the
+// assignment, the quarantines and the unplaceable keys recorded by name
+// (the first 100), so keys that the configs gained since the
 // last rebalance are not in it. opts as for [ReadStatus]. It returns an
 // error wrapping [ErrUnknownNode] when change drains a node that is not live,
 // or [ErrLastNode] when it drains the last node that takes keys.
@@ -126,7 +161,7 @@ func Plan(ctx context.Context, client rueidis.Client, change PlanChange, opts ..
 	drainable := false
 	for _, n := range st.Nodes {
 		if n.Weight > 0 {
-			nodes = append(nodes, Node{ID: n.ID, Weight: n.Weight})
+			nodes = append(nodes, Node{ID: n.ID, Weight: n.Weight, Labels: n.Labels, MaxKeys: n.MaxKeys, MaxCost: n.MaxCost})
 			if n.ID != change.Drain && n.DrainedFor == 0 {
 				drainable = true
 			}
@@ -163,6 +198,11 @@ func Plan(ctx context.Context, client rueidis.Client, change PlanChange, opts ..
 			keys = append(keys, q.Key)
 		}
 	}
+	for _, key := range st.Unplaceable {
+		if _, ok := prev[key]; !ok {
+			keys = append(keys, key)
+		}
+	}
 	if len(nodes) == 0 {
 		return &PlanResult{Moves: []Move{}, Loads: map[string]int{}}, nil
 	}
@@ -171,7 +211,7 @@ func Plan(ctx context.Context, client rueidis.Client, change PlanChange, opts ..
 	if err != nil {
 		return nil, fmt.Errorf("%w: plan: %w", ErrRedis, err)
 	}
-	res := &PlanResult{Moves: []Move{}, Loads: p.next.Loads(), Frozen: p.holds.frozen > 0}
+	res := &PlanResult{Moves: []Move{}, Loads: p.next.Loads(), Frozen: p.holds.frozen > 0, Unplaceable: p.unplaceable}
 	for key, to := range p.next {
 		if from := prev[key]; from != to {
 			res.Moves = append(res.Moves, Move{Key: key, From: from, To: to})

@@ -83,6 +83,12 @@ type leaderState struct {
 	// prefetched are the keys read while waiting for a restarting
 	// service's nodes, for the rebalance that follows; nil: none.
 	prefetched []string
+	// placements are the keys' placements from the last successful
+	// getConfig (see WithPlacement); nil: none.
+	placements map[string]Placement
+	// recordedUnplaceable is the unplaceable keys as last recorded,
+	// joined; nil: not recorded in this term.
+	recordedUnplaceable *string
 }
 
 // joinWindow is how long a leader waits for further joins after a join or
@@ -331,8 +337,9 @@ func (m *Manager[C, I]) rebalance(ctx context.Context, epoch uint64, trigger str
 			earliest = mb.expires
 		}
 		if mb.weight > 0 { // 0: draining or pending
-			nodes = append(nodes, Node{ID: mb.id, Weight: mb.weight})
-			fmt.Fprintf(&sig, "%s=%d ", mb.id, mb.weight)
+			l := parseNodeLabels(mb.labels)
+			nodes = append(nodes, Node{ID: mb.id, Weight: mb.weight, Labels: l.Labels, MaxKeys: l.MaxKeys, MaxCost: l.MaxCost})
+			fmt.Fprintf(&sig, "%s=%d%s ", mb.id, mb.weight, mb.labels)
 		}
 	}
 	next := m.s.nodeTTL
@@ -412,11 +419,12 @@ func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string
 	}
 	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	p, err := place(rctx, m.client, m.k, placeInput{now: now, prev: prev, keys: keys, nodes: nodes,
-		first: m.s.quarantineFirst, max: m.s.quarantineMax, poll: m.s.heartbeat, budget: budget})
+		first: m.s.quarantineFirst, max: m.s.quarantineMax, poll: m.s.heartbeat, budget: budget, placements: st.placements})
 	cancel()
 	if err != nil {
 		return err
 	}
+	m.recordUnplaceable(ctx, st, p.unplaceable)
 	for _, key := range p.moving {
 		st.moving[key] = p.next[key]
 	}
@@ -563,6 +571,11 @@ func (m *Manager[C, I]) leaderKeys(ctx context.Context, st *leaderState, prev As
 		return keys, true
 	}
 	m.cfgErrs.report(ctx, m, nil, 0)
+	if pl, err := m.placements(configs); err != nil {
+		m.log.Error("bad placement; keeping the last placements", "err", err)
+	} else {
+		st.placements = pl
+	}
 	keys = make([]string, 0, len(configs))
 	for key := range configs {
 		keys = append(keys, key)

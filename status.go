@@ -63,6 +63,16 @@ type Status struct {
 	// Outage is set while the leader judges that most keys fail on every
 	// node; nil otherwise.
 	Outage *Outage `json:"outage,omitempty"`
+	// Pins maps each pinned key to the node an operator pinned it to (see
+	// Pin); a pin holds while that node is live and meets the key's
+	// requirements.
+	Pins map[string]string `json:"pins,omitempty"`
+	// Unplaceable lists, sorted, keys that no live node may take at the
+	// leader's last rebalance (no node meets their requirements, or every
+	// one that does is at its cap): they run nowhere. At most the first
+	// 100 are named; UnplaceableCount counts them all.
+	Unplaceable      []string `json:"unplaceable,omitempty"`
+	UnplaceableCount int      `json:"unplaceable_count,omitempty"`
 }
 
 // Grace is a grace period during which no claim is granted: nodes that
@@ -91,6 +101,11 @@ type NodeStatus struct {
 	ID string `json:"id"`
 	// Weight is the node's weight; 0 while it drains before stopping.
 	Weight int `json:"weight"`
+	// Labels, MaxKeys and MaxCost are what the node declared with
+	// WithLabels and WithCaps at its join (0: no cap).
+	Labels  map[string]string `json:"labels,omitempty"`
+	MaxKeys int               `json:"max_keys,omitempty"`
+	MaxCost int               `json:"max_cost,omitempty"`
 	// State is "active", "pending" (joined, first heartbeat not yet seen),
 	// "draining" (stopping), "drained" (an operator's drain: a live member
 	// that gets no keys), or "suspect": it has not renewed its lease for more than
@@ -421,10 +436,50 @@ func readStatus(ctx context.Context, client rueidis.Client, service string, k ke
 	if err := readHoldStatus(ctx, client, k, st); err != nil {
 		return nil, err
 	}
+	if err := readPlacementStatus(ctx, client, k, st, index); err != nil {
+		return nil, err
+	}
 	st.Memory = readMemory(ctx, client, k)
 	slices.Sort(st.Unowned)
 	slices.Sort(st.AtRisk)
 	slices.Sort(st.Misplaced)
 	slices.SortFunc(st.Nodes, func(a, b NodeStatus) int { return strings.Compare(a.ID, b.ID) })
 	return st, nil
+}
+
+// readPlacementStatus reads the nodes' labels and caps, the pins and the
+// unplaceable keys.
+func readPlacementStatus(ctx context.Context, client rueidis.Client, k keys, st *Status, index map[string]int) error {
+	res := client.DoMulti(ctx,
+		client.B().Hgetall().Key(k.labels).Build(),
+		client.B().Hgetall().Key(k.pins).Build(),
+		client.B().Get().Key(k.unplace).Build())
+	labels, err := res[0].AsStrMap()
+	if err != nil {
+		return fmt.Errorf("%w: read labels: %w", ErrRedis, err)
+	}
+	for id, v := range labels {
+		if i, ok := index[id]; ok {
+			l := parseNodeLabels(v)
+			st.Nodes[i].Labels, st.Nodes[i].MaxKeys, st.Nodes[i].MaxCost = l.Labels, l.MaxKeys, l.MaxCost
+		}
+	}
+	if st.Pins, err = res[1].AsStrMap(); err != nil {
+		return fmt.Errorf("%w: read pins: %w", ErrRedis, err)
+	}
+	if len(st.Pins) == 0 {
+		st.Pins = nil
+	}
+	v, err := res[2].ToString()
+	if rueidis.IsRedisNil(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%w: read unplaceable keys: %w", ErrRedis, err)
+	}
+	var r unplaceableRecord
+	if json.Unmarshal([]byte(v), &r) == nil {
+		st.Unplaceable, st.UnplaceableCount = r.Keys, r.N
+	}
+	return nil
 }

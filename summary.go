@@ -92,6 +92,12 @@ type Summary struct {
 	// LastRebalance is the outcome of the leader's last rebalance; nil
 	// before the first one.
 	LastRebalance *LastRebalance `json:"last_rebalance,omitempty"`
+	// Pins counts the pinned keys; see [Status.Pins].
+	Pins int `json:"pins,omitempty"`
+	// Unplaceable counts the keys no live node may take, and
+	// UnplaceableKeys names the first of them; see [Status.Unplaceable].
+	Unplaceable     int      `json:"unplaceable,omitempty"`
+	UnplaceableKeys []string `json:"unplaceable_keys,omitempty"`
 }
 
 // KeyProblem is one key listed in a [Summary], with its published state.
@@ -332,6 +338,16 @@ func readSummary(ctx context.Context, client rueidis.Client, service string, k k
 		}
 		sum.Frozen = vst.Frozen
 		sum.Restarting = vst.Restarting
+		index := make(map[string]int, len(sum.Nodes))
+		for i, n := range sum.Nodes {
+			index[n.ID] = i
+		}
+		// vst.Nodes is sum.Nodes: labels and caps fill in place.
+		if err := readPlacementStatus(ctx, client, k, vst, index); err != nil {
+			return nil, err
+		}
+		sum.Pins, sum.Unplaceable = len(vst.Pins), vst.UnplaceableCount
+		sum.UnplaceableKeys = vst.Unplaceable[:min(len(vst.Unplaceable), limit)]
 		sum.Memory = readMemory(ctx, client, k)
 	}
 	byKey := func(a, b KeyProblem) int { return strings.Compare(a.Key, b.Key) }

@@ -86,6 +86,7 @@ type telemetry struct {
 	unowned        metric.Int64Gauge
 	unknown        metric.Int64Gauge
 	quarantined    metric.Int64Gauge
+	unplaceable    metric.Int64Gauge
 	unhealthy      metric.Int64Gauge
 	outage         metric.Int64Gauge
 	clockOffset    metric.Int64Gauge
@@ -127,6 +128,7 @@ func newTelemetry(s settings, log *slog.Logger) *telemetry {
 	t.fences, _ = meter.Int64Counter("dim.fences", metric.WithDescription("Times this node fenced itself and stopped all its instances."))
 	t.configFails, _ = meter.Int64Counter("dim.config.failures", metric.WithDescription("Failed getConfig calls."))
 	t.unowned, _ = meter.Int64Gauge("dim.keys.unowned", metric.WithDescription("On the leader: keys assigned but not running on any live node."))
+	t.unplaceable, _ = meter.Int64Gauge("dim.keys.unplaceable", metric.WithDescription("On the leader: keys no live node may take (no node meets their requirements, or every one that does is at its cap); they run nowhere."))
 	t.quarantined, _ = meter.Int64Gauge("dim.keys.quarantined", metric.WithDescription("On the leader: keys quarantined service-wide after failing on several nodes; they run nowhere until tried again."))
 	t.unhealthy, _ = meter.Int64Gauge("dim.nodes.unhealthy", metric.WithDescription("On the leader: nodes that get no keys because keys fail there that run elsewhere."))
 	t.outage, _ = meter.Int64Gauge("dim.outage", metric.WithDescription("On the leader: 1 while most keys fail on every node (an upstream outage), else 0."))
@@ -357,6 +359,10 @@ func (t *telemetry) setFailures(quarantined, unhealthy int, outage bool) {
 		o = 1
 	}
 	t.outage.Record(ctx, o, t.attrs())
+}
+
+func (t *telemetry) setUnplaceable(n int) {
+	t.unplaceable.Record(context.Background(), int64(n), t.attrs())
 }
 
 func (t *telemetry) setClockOffset(d time.Duration) {

@@ -75,5 +75,11 @@ func (o *options) explain(ctx context.Context, client rueidis.Client, stdout io.
 	if e.Frozen {
 		fmt.Fprintln(tw, "frozen\tvoluntary moves are held back")
 	}
+	if e.Pinned != "" {
+		fmt.Fprintf(tw, "pinned\tto %s by an operator: it stays there while that node is live and meets the key's requirements\n", quote(e.Pinned))
+	}
+	if e.Unplaceable {
+		fmt.Fprintln(tw, "unplaceable\tno live node may take it: none meets its requirements, or all that do are at their caps")
+	}
 	return tw.Flush()
 }

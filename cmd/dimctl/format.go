@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -63,6 +64,7 @@ func writeStatus(w io.Writer, st *dim.Status) error {
 		return quote(key) + " (" + quote(st.Assignment[key]) + ", " + why + ")"
 	}))
 	writeQuarantined(tw, st.Quarantined, len(st.Quarantined))
+	writePlacement(tw, len(st.Pins), st.UnplaceableCount, st.Unplaceable)
 	if len(st.AtRisk) > 0 {
 		fmt.Fprintf(tw, "at risk\t%d\t%s\n", len(st.AtRisk), list(st.AtRisk, func(key string) string {
 			return quote(key) + " (on suspect " + quote(st.Keys[key].Node) + ")"
@@ -129,6 +131,29 @@ func writeNodes(tw io.Writer, nodes []dim.NodeStatus) {
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\n",
 			quote(n.ID), n.Weight, nodeState(n), roundLease(n.LeaseLeft), n.Assigned, n.Running)
 	}
+	var labelled []dim.NodeStatus
+	for _, n := range nodes {
+		if len(n.Labels) > 0 || n.MaxKeys > 0 || n.MaxCost > 0 {
+			labelled = append(labelled, n)
+		}
+	}
+	if len(labelled) > 0 {
+		fmt.Fprintln(tw)
+		fmt.Fprintln(tw, "LABELS AND CAPS")
+		for _, n := range labelled {
+			var parts []string
+			for _, name := range slices.Sorted(maps.Keys(n.Labels)) {
+				parts = append(parts, quote(name)+"="+quote(n.Labels[name]))
+			}
+			if n.MaxKeys > 0 {
+				parts = append(parts, fmt.Sprintf("at most %d keys", n.MaxKeys))
+			}
+			if n.MaxCost > 0 {
+				parts = append(parts, fmt.Sprintf("at most %d cost units", n.MaxCost))
+			}
+			fmt.Fprintf(tw, "%s\t%s\n", quote(n.ID), strings.Join(parts, ", "))
+		}
+	}
 	var failing []dim.NodeStatus
 	for _, n := range nodes {
 		if n.ConfigError != "" {
@@ -157,6 +182,21 @@ func writeNodes(tw io.Writer, nodes []dim.NodeStatus) {
 			fmt.Fprintf(tw, "%s\tno keys until a probe at %s (level %d); failed here, ran elsewhere: %s\n", quote(n.ID),
 				u.Until.UTC().Format("15:04:05"), u.Level, list(u.Keys, quote))
 		}
+	}
+}
+
+// writePlacement prints the lines of unplaceable keys and pins, if there
+// are any.
+func writePlacement(tw io.Writer, pins, unplaceable int, keys []string) {
+	if unplaceable > 0 {
+		shown := make([]string, 0, len(keys))
+		for _, k := range keys[:min(len(keys), maxListed)] {
+			shown = append(shown, quote(k))
+		}
+		fmt.Fprintf(tw, "unplaceable\t%d\t%s (no live node meets their requirements, or all that do are at their caps)\n", unplaceable, named(shown, unplaceable))
+	}
+	if pins > 0 {
+		fmt.Fprintf(tw, "pinned\t%d\tkeys an operator pinned (dimctl explain shows where)\n", pins)
 	}
 }
 
@@ -353,6 +393,7 @@ func writeSummary(w io.Writer, sum *dim.Summary) error {
 	}
 	fmt.Fprintf(tw, "unowned\t%d\t%s\n", sum.Unowned, named(shown, sum.Problems))
 	writeQuarantined(tw, sum.QuarantinedKeys, sum.Quarantined)
+	writePlacement(tw, sum.Pins, sum.Unplaceable, sum.UnplaceableKeys)
 	if sum.AtRisk > 0 {
 		var risky []string
 		for _, p := range sum.AtRiskKeys {

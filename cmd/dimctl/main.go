@@ -79,6 +79,9 @@ Commands:
   drain      drain <service> <node> [-for 1h]: the node stays a member and
              gets no keys until the drain ends by itself or is undone
   undrain    undrain <service> <node>: give a drained node keys again
+  pin        pin <service> <key> <node>: keep the key on the node while the
+             node is live and meets the key's requirements
+  unpin      unpin <service> <key>: remove the key's pin
   freeze     freeze <service> [-for 30m]: no voluntary moves (joins, weight
              changes, rebalances) until it ends; failures and drains still
              move keys
@@ -140,7 +143,8 @@ type options struct {
 
 	command string
 	service string
-	node    string // drain, undrain, plan: a node; explain: a key
+	node    string // drain, undrain, plan: a node; explain, pin, unpin: a key
+	pinTo   string // pin: the node
 	planOp  string // plan: drain or join
 	weight  int    // plan join
 }
@@ -179,6 +183,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = o.drain(ctx, client, stdout)
 	case "undrain":
 		err = o.undrain(ctx, client, stdout)
+	case "pin":
+		err = o.pin(ctx, client, stdout)
+	case "unpin":
+		err = o.unpin(ctx, client, stdout)
 	case "freeze":
 		err = o.freeze(ctx, client, stdout)
 	case "thaw":
@@ -273,10 +281,19 @@ func (o *options) parse(fs *flag.FlagSet, args []string) error {
 			return fmt.Errorf("too many arguments: %q", pos[1:])
 		}
 		o.service = "any" // for the name check below
-	case "drain", "undrain", "explain":
+	case "pin":
+		switch len(pos) {
+		case 1, 2, 3:
+			return errors.New("pin needs a service, a key and a node")
+		case 4:
+			o.service, o.node, o.pinTo = pos[1], pos[2], pos[3]
+		default:
+			return fmt.Errorf("too many arguments: %q", pos[4:])
+		}
+	case "drain", "undrain", "explain", "unpin":
 		switch len(pos) {
 		case 1:
-			return fmt.Errorf("missing service and %s after %q", choose(o.command == "explain", "key", "node"), pos[0])
+			return fmt.Errorf("missing service and %s after %q", choose(o.command == "explain" || o.command == "unpin", "key", "node"), pos[0])
 		case 2:
 			return fmt.Errorf("missing %s after %q %q", choose(o.command == "explain", "key", "node"), pos[0], pos[1])
 		case 3:
@@ -310,7 +327,7 @@ func (o *options) parse(fs *flag.FlagSet, args []string) error {
 			return fmt.Errorf("too many arguments: %q", pos[2:])
 		}
 	default:
-		return fmt.Errorf("unknown command %q (commands: status, watch, rebalance, history, explain, drain, undrain, freeze, thaw, plan, web, purge, services)", o.command)
+		return fmt.Errorf("unknown command %q (commands: status, watch, rebalance, history, explain, drain, undrain, pin, unpin, freeze, thaw, plan, web, purge, services)", o.command)
 	}
 
 	if o.redis == "" {

@@ -875,3 +875,41 @@ func TestHistoryPrintsWhatHappened(t *testing.T) {
 	assert.Equal(t, 2, code)
 	assert.Contains(t, errOut, "-limit 0 is below 1")
 }
+
+func TestPinUnpin(t *testing.T) {
+	srv := redistest.Start(t)
+	startService(t, srv, "ops")
+	base := []string{"-redis", srv.Addr(), "-prefix", testPrefix}
+	status := func() *dim.Status {
+		st, err := dim.ReadStatus(t.Context(), srv.Client(t), dim.WithService("ops"), dim.WithKeyPrefix(testPrefix))
+		require.NoError(t, err)
+		return st
+	}
+	from := status().Assignment["a"]
+	to := map[string]string{"n1": "n2", "n2": "n1"}[from]
+
+	code, out, errOut := dimctl(t, append(base, "pin", "ops", "a", to)...)
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, "pinned a to "+to)
+	require.Eventually(t, func() bool { return status().Assignment["a"] == to }, 10*time.Second, 20*time.Millisecond)
+	_, out, _ = dimctl(t, append(base, "status", "ops")...)
+	assert.Regexp(t, `pinned +1 +keys an operator pinned`, out)
+	code, out, errOut = dimctl(t, append(base, "explain", "ops", "a")...)
+	require.Equal(t, 0, code, errOut)
+	assert.Regexp(t, `pinned +to `+to+` by an operator`, out)
+
+	code, _, errOut = dimctl(t, append(base, "pin", "ops", "a", "n9")...)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut, `"n9" is not a live node`)
+	code, _, errOut = dimctl(t, append(base, "pin", "ops", "a")...)
+	assert.Equal(t, 2, code)
+	assert.Contains(t, errOut, "pin needs a service, a key and a node")
+
+	code, out, errOut = dimctl(t, append(base, "unpin", "ops", "a")...)
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, "unpinned a")
+	code, _, errOut = dimctl(t, append(base, "unpin", "ops", "a")...)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut, "a is not pinned")
+	assert.Empty(t, status().Pins)
+}

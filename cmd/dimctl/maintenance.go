@@ -71,3 +71,29 @@ func (o *options) thaw(ctx context.Context, client rueidis.Client, stdout io.Wri
 	_, err = fmt.Fprintf(stdout, "thawed %q: the leader balances again\n", o.service)
 	return err
 }
+
+// pin pins a key to a node.
+func (o *options) pin(ctx context.Context, client rueidis.Client, stdout io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	if err := dim.Pin(ctx, client, o.node, o.pinTo, o.dimOptions()...); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(stdout, "pinned %s to %s in %q: it stays there while the node is live and meets the key's requirements\n", quote(o.node), quote(o.pinTo), o.service)
+	return err
+}
+
+// unpin removes a key's pin.
+func (o *options) unpin(ctx context.Context, client rueidis.Client, stdout io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	was, err := dim.Unpin(ctx, client, o.node, o.dimOptions()...)
+	if err != nil {
+		return err
+	}
+	if !was {
+		return fmt.Errorf("%s is not pinned in %q", quote(o.node), o.service)
+	}
+	_, err = fmt.Fprintf(stdout, "unpinned %s in %q\n", quote(o.node), o.service)
+	return err
+}
