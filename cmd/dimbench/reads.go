@@ -115,8 +115,14 @@ func (b *bench) reads(ctx context.Context) error {
 // logEveryCall makes SLOWLOG record every command, and returns what puts the
 // settings back.
 func logEveryCall(ctx context.Context, admin rueidis.Client) (restore func(), err error) {
+	return configure(ctx, admin, map[string]string{"slowlog-log-slower-than": "0", "slowlog-max-len": "4096"})
+}
+
+// configure sets Redis parameters with CONFIG SET, and returns what puts
+// their old values back.
+func configure(ctx context.Context, admin rueidis.Client, params map[string]string) (restore func(), err error) {
 	old := map[string]string{}
-	for _, p := range []string{"slowlog-log-slower-than", "slowlog-max-len"} {
+	for p := range params {
 		kv, err := admin.Do(ctx, admin.B().ConfigGet().Parameter(p).Build()).AsStrMap()
 		if err != nil {
 			return nil, fmt.Errorf("CONFIG GET %s: %w", p, err)
@@ -131,7 +137,7 @@ func logEveryCall(ctx context.Context, admin rueidis.Client) (restore func(), er
 		}
 		return nil
 	}
-	if err := set(map[string]string{"slowlog-log-slower-than": "0", "slowlog-max-len": "4096"}); err != nil {
+	if err := set(params); err != nil {
 		return nil, err
 	}
 	return func() { _ = set(old) }, nil

@@ -330,33 +330,17 @@ func (c *cluster) waitSummary(ctx context.Context, nodes int, timeout time.Durat
 // slowlogAt sets SLOWLOG's threshold (µs) with room for many entries, and
 // resets it; it returns what puts the settings back.
 func (b *bench) slowlogAt(ctx context.Context, us int) (restore func(), err error) {
-	admin := b.admin
-	old := map[string]string{}
-	params := map[string]string{"slowlog-log-slower-than": strconv.Itoa(us), "slowlog-max-len": "200000",
-		"latency-monitor-threshold": strconv.Itoa(us / 1000)}
-	for p := range params {
-		kv, err := admin.Do(ctx, admin.B().ConfigGet().Parameter(p).Build()).AsStrMap()
-		if err != nil {
-			return nil, fmt.Errorf("CONFIG GET %s: %w", p, err)
-		}
-		old[p] = kv[p]
-	}
-	set := func(kv map[string]string) error {
-		for p, v := range kv {
-			if err := admin.Do(ctx, admin.B().ConfigSet().ParameterValue().ParameterValue(p, v).Build()).Error(); err != nil {
-				return fmt.Errorf("CONFIG SET %s: %w", p, err)
-			}
-		}
-		return nil
-	}
-	if err := set(params); err != nil {
+	restore, err = configure(ctx, b.admin, map[string]string{"slowlog-log-slower-than": strconv.Itoa(us),
+		"slowlog-max-len": "200000", "latency-monitor-threshold": strconv.Itoa(us / 1000)})
+	if err != nil {
 		return nil, err
 	}
-	if err := admin.Do(ctx, admin.B().SlowlogReset().Build()).Error(); err != nil {
+	if err := b.admin.Do(ctx, b.admin.B().SlowlogReset().Build()).Error(); err != nil {
+		restore()
 		return nil, err
 	}
-	_ = admin.Do(ctx, admin.B().LatencyReset().Build()).Error()
-	return func() { _ = set(old) }, nil
+	_ = b.admin.Do(ctx, b.admin.B().LatencyReset().Build()).Error()
+	return restore, nil
 }
 
 // slowlog reads every SLOWLOG entry: the ten slowest, and how many took
