@@ -117,6 +117,9 @@ func (m *Manager[C, I]) startPrepare(ctx, leaseCtx context.Context, session, key
 	if _, ok := m.tab.prepared[key]; ok {
 		return
 	}
+	if _, failed := m.tab.unprepared[key]; failed {
+		return // this move goes the normal way
+	}
 	pctx, cancel := context.WithCancel(leaseCtx)
 	m.tab.preparing[key] = cancel
 	// Stop waits for it (see shutdown): what it returns is disposed of
@@ -159,6 +162,7 @@ func (m *Manager[C, I]) onPrepared(r prepareResult[I]) {
 	switch {
 	case r.err != nil:
 		r.cancel()
+		m.tab.unprepared[r.key] = time.Now().Add(m.s.prepareTimeout)
 		m.logPanic(r.key, r.err)
 		m.log.Warn("prepare failed; the key moves the normal way", "key", r.key, "err", r.err)
 	case r.session != session || running || m.stopping.Load():

@@ -196,10 +196,26 @@ func TestAFailedOrLatePrepareMovesTheKeyTheNormalWay(t *testing.T) {
 			log := &handoffLog{}
 			c.startNode(c.preparingNode("n1", log, sleepFor(0), tc.within))
 			c.waitConverged(10*time.Second, "n1")
-			c.startNode(c.preparingNode("n2", log, tc.prepare, tc.within))
+			var mu sync.Mutex
+			calls := map[string]int{}
+			c.startNode(c.preparingNode("n2", log, func(ctx context.Context, key string) error {
+				mu.Lock()
+				calls[key]++
+				mu.Unlock()
+				return tc.prepare(ctx, key)
+			}, tc.within))
 			// Within a few seconds, not the hour a hold could last.
 			c.waitConverged(10*time.Second, "n1", "n2")
 			assert.Empty(t, history.Overlaps(c.rec.Events()))
+			// A prepare that failed is not tried again for the same move:
+			// the key moves the normal way, and a second prepare would
+			// be a connection opened for nothing.
+			mu.Lock()
+			defer mu.Unlock()
+			assert.Len(t, calls, 2, "the two keys that moved to n2")
+			for key, n := range calls {
+				assert.Equal(t, 1, n, "prepare calls for %s", key)
+			}
 		})
 	}
 }

@@ -138,7 +138,11 @@ type table[I any] struct {
 	prepared  map[string]*prepared[I]       // instances prepared for keys that move here (WithPrepare)
 	preparing map[string]context.CancelFunc // prepare calls in flight, with their contexts' cancel
 	holding   map[string]time.Time          // moved keys still run here until the new owner prepared, until then
-	retryAt   time.Time                     // when to reconcile again after a failed read
+	// unprepared are keys whose prepare failed here, and until when they
+	// move the normal way: not prepared again while their old owner lets
+	// them go.
+	unprepared map[string]time.Time
+	retryAt    time.Time // when to reconcile again after a failed read
 }
 
 // hungSet holds the keys whose createInstance or disconnect call outlived
@@ -215,15 +219,16 @@ type failure struct {
 
 func newTable[I any]() table[I] {
 	return table[I]{
-		running:   make(map[string]*entry[I]),
-		claimed:   make(map[string]uint64),
-		failures:  make(map[string]*failure),
-		waiting:   make(map[string]time.Time),
-		states:    make(map[string]keyRecord),
-		avoiding:  make(map[string]avoidMark),
-		prepared:  make(map[string]*prepared[I]),
-		preparing: make(map[string]context.CancelFunc),
-		holding:   make(map[string]time.Time),
+		running:    make(map[string]*entry[I]),
+		claimed:    make(map[string]uint64),
+		failures:   make(map[string]*failure),
+		waiting:    make(map[string]time.Time),
+		states:     make(map[string]keyRecord),
+		avoiding:   make(map[string]avoidMark),
+		prepared:   make(map[string]*prepared[I]),
+		preparing:  make(map[string]context.CancelFunc),
+		holding:    make(map[string]time.Time),
+		unprepared: make(map[string]time.Time),
 	}
 }
 
@@ -394,6 +399,11 @@ func (m *Manager[C, I]) reconcile() {
 			delete(m.tab.holding, key)
 		}
 	}
+	for key, until := range m.tab.unprepared {
+		if !mine[key] || !now.Before(until) {
+			delete(m.tab.unprepared, key)
+		}
+	}
 	var release []string
 	for key := range m.tab.claimed {
 		if _, held := m.tab.holding[key]; held {
@@ -463,6 +473,7 @@ func (m *Manager[C, I]) reconcile() {
 	for _, key := range want {
 		if token, ok := granted[key]; ok {
 			delete(m.tab.waiting, key)
+			delete(m.tab.unprepared, key)
 			jobs = append(jobs, createJob[C]{key: key, cfg: configs[key], token: token, gen: gen, lease: leaseCtx})
 		} else if retry := now.Add(m.claimRetry); err == nil && !m.tab.waiting[key].After(retry) {
 			// Held by its old owner: with WithPrepare, get ready meanwhile.
@@ -571,6 +582,7 @@ func (m *Manager[C, I]) dropAll(ctx context.Context, why string) {
 		cancel() // what they return is disposed of: nothing will be activated
 	}
 	clear(m.tab.holding)
+	clear(m.tab.unprepared)
 	all := make([]*entry[I], 0, len(m.tab.running))
 	for _, e := range m.tab.running {
 		all = append(all, e)

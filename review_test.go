@@ -258,7 +258,9 @@ func TestAMoveBudgetHoldsAcrossAChangeOfLeader(t *testing.T) {
 				break
 			}
 		}
-		return sleepFor(2*time.Second)(ctx, "")
+		// Well inside the test nodes' callback timeout of 2 s: these
+		// prepares succeed, and the moves stay in flight meanwhile.
+		return sleepFor(1500*time.Millisecond)(ctx, "")
 	}
 	budget := WithMoveBudget(2, 0)
 	c.startNode(c.prepNode("n1", sleepFor(0), budget))
