@@ -131,6 +131,7 @@ type chaosResult struct {
 	Converged      int            `json:"converged"`
 	WorstRecovery  string         `json:"worst_recovery"`
 	RecoveryBound  string         `json:"recovery_bound"`
+	Slowest        []string       `json:"slowest_recoveries"` // took, quiet event, the round's faults
 	Wakes          int            `json:"wakeups"`
 	WakeCancel     string         `json:"worst_wake_cancel"`
 	WakeDown       string         `json:"worst_wake_disconnect"`
@@ -681,6 +682,7 @@ func writeChaosReport(t *testing.T, path string, seed uint64, nodes, rounds int,
 		StaleWrites: len(rep.StaleWrites), EpochViolation: len(rep.EpochViolations), LeaderTerms: rep.Terms,
 		Recoveries: len(rep.Recoveries), Converged: converged,
 		WorstRecovery: rep.WorstRecovery().Round(time.Millisecond).String(),
+		Slowest:       slowest(rep),
 		RecoveryBound: DefaultLimits.recoveryBound(rep.MaxTTL).String(),
 		Wakes:         len(rep.Wakes), WakeCancel: wc.Round(time.Microsecond).String(), WakeDown: wd.Round(time.Microsecond).String(),
 		WakeOverlaps: len(rep.WakeOverl), Refused: rep.Refused, Accepted: rep.TokenAccepted,
@@ -699,4 +701,13 @@ func writeChaosReport(t *testing.T, path string, seed uint64, nodes, rounds int,
 	if err := os.WriteFile(path, append(data, '\n'), 0o644); err != nil {
 		t.Error(err)
 	}
+}
+
+// slowest describes the run's ten slowest recoveries, for the report.
+func slowest(rep *Report) []string {
+	var out []string
+	for _, rc := range rep.SlowestRecoveries(10) {
+		out = append(out, fmt.Sprintf("%v at event %d after %s", rc.Took.Round(time.Millisecond), rc.Seq, strings.Join(rc.Faults, ", ")))
+	}
+	return out
 }

@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
 	"slices"
@@ -81,6 +82,11 @@ type Recovery struct {
 	Converged bool
 	Took      time.Duration // Quiet → the moment it converged for good
 	Why       string        // why it had not converged at Settled
+	// Faults are the kinds of the faults injected since the last
+	// Settled, in order: what this recovery recovered from.
+	Faults []string
+	// Seq is the Quiet event's sequence number, to find it in the history.
+	Seq int64
 }
 
 // Report is what the checker found. Failures lists every violation; an
@@ -153,6 +159,19 @@ func (r *Report) WorstRecovery() time.Duration {
 	return worst
 }
 
+// SlowestRecoveries returns the n slowest converged recoveries, slowest
+// first.
+func (r *Report) SlowestRecoveries(n int) []Recovery {
+	var done []Recovery
+	for _, rc := range r.Recoveries {
+		if rc.Converged {
+			done = append(done, rc)
+		}
+	}
+	slices.SortStableFunc(done, func(a, b Recovery) int { return cmp.Compare(b.Took, a.Took) })
+	return done[:min(n, len(done))]
+}
+
 // WorstWake returns the longest resume → cancel and resume → disconnect
 // times over all wake-ups.
 func (r *Report) WorstWake() (cancel, down time.Duration) {
@@ -193,6 +212,9 @@ func (r *Report) Summary() string {
 		}
 	}
 	fmt.Fprintf(&b, "recoveries: %d/%d converged, worst %v\n", ok, len(r.Recoveries), r.WorstRecovery().Round(time.Millisecond))
+	for _, rc := range r.SlowestRecoveries(5) {
+		fmt.Fprintf(&b, "  quiet at event %d took %v after %s\n", rc.Seq, rc.Took.Round(time.Millisecond), strings.Join(rc.Faults, ", "))
+	}
 	fmt.Fprintf(&b, "failures: %d", len(r.Failures()))
 	return b.String()
 }
@@ -244,6 +266,7 @@ func Check(events []Event, lim Limits) *Report {
 	// inPlay is the largest TTL of the processes alive since the last
 	// Settled: the longest a lease of this round can hold a key.
 	var inPlay time.Duration
+	var round []string // fault kinds since the last Settled
 	alive := func() time.Duration {
 		var m time.Duration
 		for _, p := range s.procs {
@@ -267,6 +290,7 @@ func Check(events []Event, lim Limits) *Report {
 		switch e.Kind {
 		case Fault:
 			r.Faults[e.Fault]++
+			round = append(round, e.Fault)
 		case Exit:
 			if !e.Expected {
 				r.Problems = append(r.Problems, fmt.Sprintf("event %d: %s exited unexpectedly: %s", e.Seq, e.Proc(), e.Detail))
@@ -283,7 +307,8 @@ func Check(events []Event, lim Limits) *Report {
 				q.since, q.why = Event{}, why
 			}
 			if e.Kind == Settled {
-				rc := Recovery{Quiet: q.quiet.Time(), Converged: q.since.Seq != 0, Why: q.why}
+				rc := Recovery{Quiet: q.quiet.Time(), Converged: q.since.Seq != 0, Why: q.why, Faults: round, Seq: q.quiet.Seq}
+				round = nil
 				if rc.Converged {
 					rc.Took = time.Duration(q.since.T - q.quiet.T)
 					if bound := lim.recoveryBound(inPlay); lim.RecoveryBound > 0 && rc.Took > bound {

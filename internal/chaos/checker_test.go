@@ -373,6 +373,28 @@ func TestRecoveryIsMeasuredFromQuietToLastingConvergence(t *testing.T) {
 	})
 }
 
+func TestTheSlowestRecoveriesNameTheirRoundsFaults(t *testing.T) {
+	round := func(h *hist, fault string, took time.Duration) *hist {
+		return h.add(Event{Kind: Fault, Fault: fault}).
+			add(Event{Kind: Quiet, Keys: []string{"k1"}, Nodes: []string{"n1"}}).
+			at(took).
+			up("n1", "k1", fault).
+			add(Event{Kind: Settled}).
+			down("n1", "k1", fault)
+	}
+	h := newHist().spawn("n1")
+	h = round(h, "crash", 100*time.Millisecond)
+	h = round(h.add(Event{Kind: Fault, Fault: "pause"}), "failover", 900*time.Millisecond)
+	h = round(h, "churn", 400*time.Millisecond)
+	r := Check(h.events, testLimits)
+	slow := r.SlowestRecoveries(2)
+	require.Len(t, slow, 2)
+	assert.Equal(t, []string{"pause", "failover"}, slow[0].Faults)
+	assert.Equal(t, []string{"churn"}, slow[1].Faults)
+	assert.Greater(t, slow[0].Took, slow[1].Took)
+	assert.Contains(t, r.Summary(), "after pause, failover")
+}
+
 func TestFaultsAreCountedByKind(t *testing.T) {
 	h := newHist().
 		add(Event{Kind: Fault, Fault: "crash"}).
