@@ -151,6 +151,20 @@ func Start(tb testing.TB, opts ...Option) *Server {
 	return start(tb, newConfig("redis", opts))
 }
 
+// Require does what [Start] does before it starts anything, for a test
+// whose redis-server is started by the code under test (through [Launch]):
+// under `go test -short` it skips the test, and if redis-server is not on
+// the PATH it fails the test with a hint on how to install it.
+func Require(tb testing.TB) {
+	tb.Helper()
+	if testing.Short() {
+		tb.Skip(skipMessage)
+	}
+	if _, err := lookPath(DefaultBinary); err != nil {
+		tb.Fatal(err)
+	}
+}
+
 func start(tb testing.TB, cfg config) *Server {
 	tb.Helper()
 	if testing.Short() {

@@ -199,6 +199,24 @@ func TestMissingBinaryFailsWithHint(t *testing.T) {
 	require.Contains(t, ft.msg, "redis-server not found on PATH: run scripts/test, or apt-get install redis-server")
 }
 
+func TestRequireFailsWithHintWithoutRedisServer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	redistest.Require(t) // on this machine, it passes
+
+	t.Setenv("PATH", t.TempDir())
+	ft := &fakeTB{TB: t}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		redistest.Require(ft)
+	}()
+	<-done
+	require.True(t, ft.failed)
+	require.Contains(t, ft.msg, "redis-server not found on PATH: run scripts/test, or apt-get install redis-server")
+}
+
 func TestClusterServesAllSlots(t *testing.T) {
 	t.Parallel()
 	start := time.Now()
