@@ -217,47 +217,51 @@ func (s *Server) Stop() {
 // come back.
 func (s *Server) Restart() {
 	s.tb.Helper()
-	if err := s.Process.Restart(); err != nil {
-		s.tb.Fatal(err)
-	}
+	s.fatalIf(s.Process.Restart())
 }
 
 // Save is [Process.Save], failing the test on error.
 func (s *Server) Save() {
 	s.tb.Helper()
-	if err := s.Process.Save(); err != nil {
-		s.tb.Fatal(err)
-	}
+	s.fatalIf(s.Process.Save())
 }
 
 // RestartFromRDB is [Process.RestartFromRDB], failing the test on error.
 func (s *Server) RestartFromRDB() {
 	s.tb.Helper()
-	if err := s.Process.RestartFromRDB(); err != nil {
-		s.tb.Fatal(err)
-	}
+	s.fatalIf(s.Process.RestartFromRDB())
 }
 
 // RestartFromAOF is [Process.RestartFromAOF], failing the test on error.
 func (s *Server) RestartFromAOF() {
 	s.tb.Helper()
-	if err := s.Process.RestartFromAOF(); err != nil {
-		s.tb.Fatal(err)
-	}
+	s.fatalIf(s.Process.RestartFromAOF())
 }
 
 // Pause is [Process.Pause], marking the test failed on error.
 func (s *Server) Pause() {
 	s.tb.Helper()
-	if err := s.Process.Pause(); err != nil {
-		s.tb.Error(err)
-	}
+	s.errorIf(s.Process.Pause())
 }
 
 // Resume is [Process.Resume], marking the test failed on error.
 func (s *Server) Resume() {
 	s.tb.Helper()
-	if err := s.Process.Resume(); err != nil {
+	s.errorIf(s.Process.Resume())
+}
+
+// fatalIf fails the test with err, if any.
+func (s *Server) fatalIf(err error) {
+	s.tb.Helper()
+	if err != nil {
+		s.tb.Fatal(err)
+	}
+}
+
+// errorIf marks the test failed with err, if any.
+func (s *Server) errorIf(err error) {
+	s.tb.Helper()
+	if err != nil {
 		s.tb.Error(err)
 	}
 }
