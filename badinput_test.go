@@ -5,38 +5,20 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/go-dim/dim/internal/history"
 	"github.com/go-dim/dim/internal/redistest"
+	"github.com/go-dim/dim/internal/syncbuf"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
-// logBuffer collects log output from any goroutine.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func TestDuplicateKeysFromGetConfigKeepWhatRuns(t *testing.T) {
 	c := newTestCluster(t, 4)
-	logs := &logBuffer{}
+	logs := &syncbuf.Buffer{}
 	c.start("n1", WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
 	c.start("n2")
 	c.waitConverged(10*time.Second, "n1", "n2")

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/go-dim/dim/internal/history"
+	"github.com/go-dim/dim/internal/syncbuf"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -19,7 +20,7 @@ func TestAFullRedisKeepsWhatRunsAndStartsNothingNew(t *testing.T) {
 		t.Skip("integration test")
 	}
 	c := newTestCluster(t, 4)
-	logs := &logBuffer{}
+	logs := &syncbuf.Buffer{}
 	for _, id := range []string{"n1", "n2"} {
 		n := c.newNode(id)
 		n.m.log = slog.New(slog.NewTextHandler(logs, nil))

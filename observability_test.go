@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-dim/dim/internal/syncbuf"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel/attribute"
@@ -287,9 +288,9 @@ func TestStatusMatchesTheService(t *testing.T) {
 
 func TestASteadyStateLogsNothingAboveDebug(t *testing.T) {
 	c := newTestCluster(t, 6)
-	logs := map[string]*logBuffer{}
+	logs := map[string]*syncbuf.Buffer{}
 	for _, id := range []string{"n1", "n2"} {
-		logs[id] = &logBuffer{}
+		logs[id] = &syncbuf.Buffer{}
 		c.start(id, WithLogger(slog.New(slog.NewTextHandler(logs[id], &slog.HandlerOptions{Level: slog.LevelInfo}))))
 	}
 	c.waitConverged(10*time.Second, "n1", "n2")

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/go-dim/dim/internal/redistest"
+	"github.com/go-dim/dim/internal/syncbuf"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -89,7 +90,7 @@ func TestAKeyMissingFromANodesConfigsRunsElsewhere(t *testing.T) {
 		cfgs, err := others(ctx)
 		return slices.DeleteFunc(cfgs, func(c testConfig) bool { return c.Key == "cfg-00" || c.Key == "cfg-01" }), err
 	}
-	logs := &logBuffer{}
+	logs := &syncbuf.Buffer{}
 	n2.m.log = slog.New(slog.NewTextHandler(logs, nil))
 	c.startNode(n2)
 	// n2 runs the two keys it knows; the two it does not know run on n1.
@@ -132,7 +133,7 @@ func TestWithoutALoggerFailuresGoToTheDefaultLogger(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test")
 	}
-	logs := &logBuffer{}
+	logs := &syncbuf.Buffer{}
 	prev := slog.Default()
 	slog.SetDefault(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	defer slog.SetDefault(prev)
@@ -151,7 +152,7 @@ func TestWithoutALoggerFailuresGoToTheDefaultLogger(t *testing.T) {
 	assert.NotContains(t, logs.String(), "level=INFO", "only Warn and above by default")
 	assert.NotContains(t, logs.String(), "level=DEBUG")
 
-	quiet := &logBuffer{}
+	quiet := &syncbuf.Buffer{}
 	slog.SetDefault(slog.New(slog.NewTextHandler(quiet, nil)))
 	m2, err := New(get, create, WithService("quiet2"), WithRedis(srv.ClientOption()), WithLogger(nil),
 		WithKey(func(s string) string { return s }), WithNodeTTL(testTTL), WithHeartbeat(testHeartbeat))
@@ -274,7 +275,7 @@ func TestAPanicLogsItsStackOnce(t *testing.T) {
 	}
 	c := newTestCluster(t, 2)
 	c.createErr.Store("cfg-01", func() error { panic("nil map in the driver") })
-	logs := &logBuffer{}
+	logs := &syncbuf.Buffer{}
 	c.start("n1", WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
 	c.eventually(10*time.Second, "three failed creates", func() bool {
 		return strings.Count(logs.String(), `msg="create failed" service=svc node=n1 key=cfg-01`) >= 3

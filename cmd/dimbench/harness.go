@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/go-dim/dim"
+	"github.com/go-dim/dim/internal/syncbuf"
 	"github.com/redis/rueidis"
 )
 
@@ -616,24 +616,7 @@ type child struct {
 	stdin  io.WriteCloser
 	ready  chan struct{}
 	done   chan struct{} // its stdout reached EOF and it exited
-	stderr syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	stderr syncbuf.Buffer
 }
 
 // startChild starts a node process and returns once it is registered.

@@ -376,9 +376,9 @@ func runBench(ctx context.Context, cfg *config, args []string, stdout, stderr io
 		if err != nil {
 			return err
 		}
-		defer srv.stop()
-		b.addr = srv.addr
-		b.progress("redis-server started on %s", srv.addr)
+		defer srv.Close()
+		b.addr = srv.Addr()
+		b.progress("redis-server started on %s", b.addr)
 	}
 	b.admin, err = rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{b.addr}, DisableCache: true})
 	if err != nil {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -29,12 +28,7 @@ func TestMain(m *testing.M) {
 // TestQuick runs every scenario once at its smallest size against a
 // redis-server the program starts itself, and checks the table and the JSON.
 func TestQuick(t *testing.T) {
-	if testing.Short() {
-		t.Skip("integration test: needs redis-server; run without -short")
-	}
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		t.Fatal("redis-server not found on PATH: run scripts/test, or apt-get install redis-server")
-	}
+	redistest.Require(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	path := filepath.Join(t.TempDir(), "out.json")

@@ -4,141 +4,27 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/go-dim/dim/internal/redistest"
 	"github.com/redis/rueidis"
 )
 
-// redisServer is a redis-server process this program started on a free
-// loopback port, persisting nothing.
-type redisServer struct {
-	addr string
-	dir  string
-	cmd  *exec.Cmd
-	done chan struct{}
+// startRedis starts bin on a free port of 127.0.0.1, persisting nothing and
+// evicting nothing, and returns once it answers PING. Close kills it and
+// removes its files.
+func startRedis(bin string) (*redistest.Process, error) {
+	srv, err := redistest.Launch(redistest.WithBinary(bin), redistest.WithArgs("--maxmemory-policy", "noeviction"))
+	if err != nil {
+		return nil, fmt.Errorf("start %s (choose another with -redis-server, or use a running Redis with -redis): %w", bin, err)
+	}
+	return srv, nil
 }
 
-// startRedis starts bin on a free port of 127.0.0.1 and returns once it
-// answers PING. A port found free can be taken before the server binds it,
-// so a few ports are tried.
-func startRedis(bin string) (*redisServer, error) {
-	path, err := exec.LookPath(bin)
-	if err != nil {
-		return nil, fmt.Errorf("%s not found: install redis-server (apt-get install redis-server) or give -redis-server: %w", bin, err)
-	}
-	var last error
-	for range 5 {
-		port, err := freePort()
-		if err != nil {
-			return nil, err
-		}
-		s, err := tryStartRedis(path, port)
-		if err == nil {
-			return s, nil
-		}
-		last = err
-	}
-	return nil, last
-}
-
-func tryStartRedis(path string, port int) (*redisServer, error) {
-	dir, err := os.MkdirTemp("", "dimbench-redis-")
-	if err != nil {
-		return nil, err
-	}
-	logPath := filepath.Join(dir, "redis.log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
-	cmd := exec.Command(path,
-		"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", dir,
-		"--maxmemory-policy", "noeviction")
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	// The kernel kills the server if this process dies without stopping it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	err = cmd.Start()
-	logFile.Close()
-	if err != nil {
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("start %s: %w", path, err)
-	}
-	s := &redisServer{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), dir: dir, cmd: cmd, done: make(chan struct{})}
-	go func() {
-		_ = cmd.Wait()
-		close(s.done)
-	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case <-s.done:
-			log, _ := os.ReadFile(logPath)
-			os.RemoveAll(dir)
-			return nil, fmt.Errorf("redis-server on port %d exited: %s", port, lastLines(string(log), 5))
-		default:
-		}
-		if pingOnce(s.addr) == nil {
-			return s, nil
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	s.stop()
-	return nil, fmt.Errorf("redis-server on port %d did not answer PING within 10s", port)
-}
-
-// stop shuts the server down with SIGTERM, killing it after 5 s, and removes
-// its directory.
-func (s *redisServer) stop() {
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.done:
-	case <-time.After(5 * time.Second):
-		_ = s.cmd.Process.Kill()
-		<-s.done
-	}
-	os.RemoveAll(s.dir)
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	return port, l.Close()
-}
-
-func pingOnce(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(500 * time.Millisecond))
-	if _, err := c.Write([]byte("PING\r\n")); err != nil {
-		return err
-	}
-	buf := make([]byte, 16)
-	n, err := c.Read(buf)
-	if err != nil {
-		return err
-	}
-	if !strings.HasPrefix(string(buf[:n]), "+PONG") {
-		return fmt.Errorf("unexpected reply %q", buf[:n])
-	}
-	return nil
-}
-
+// lastLines returns the last n lines of s on one line.
 func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	if len(lines) > n {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -11,39 +10,21 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/go-dim/dim"
 	"github.com/go-dim/dim/internal/redistest"
+	"github.com/go-dim/dim/internal/syncbuf"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
-
-// syncBuffer is a bytes.Buffer that the test reads while run writes it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // webInstance is a running dimctl web.
 type webInstance struct {
 	url    string // http://127.0.0.1:port
 	host   string // 127.0.0.1:port
-	stderr *syncBuffer
+	stderr *syncbuf.Buffer
 	client *http.Client
 }
 
@@ -54,7 +35,7 @@ var servingRE = regexp.MustCompile(`at http://(127\.0\.0\.1:\d+)/`)
 func startWeb(t *testing.T, args ...string) *webInstance {
 	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
-	stdout, stderr := &syncBuffer{}, &syncBuffer{}
+	stdout, stderr := &syncbuf.Buffer{}, &syncbuf.Buffer{}
 	done := make(chan int, 1)
 	go func() { done <- run(ctx, append(args, "-listen", "127.0.0.1:0"), stdout, stderr) }()
 	tr := &http.Transport{}

@@ -4,11 +4,11 @@ import (
 	"bytes"
 	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/go-dim/dim/internal/redistest"
+	"github.com/go-dim/dim/internal/syncbuf"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -55,7 +55,7 @@ func TestDemoRejectsBadFlags(t *testing.T) {
 }
 
 func TestDemoRunsUntilCancelled(t *testing.T) {
-	out := &syncWriter{}
+	out := &syncbuf.Buffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, []string{"-steps=false", "-nodes", "2", "-configs", "4"}, out) }()
@@ -66,22 +66,4 @@ func TestDemoRunsUntilCancelled(t *testing.T) {
 	}
 	cancel()
 	require.NoError(t, <-done)
-}
-
-// syncWriter is a buffer safe to read while the demo writes.
-type syncWriter struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (w *syncWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.Write(p)
-}
-
-func (w *syncWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.String()
 }

@@ -42,15 +42,15 @@ func StartCluster(tb testing.TB, masters int, opts ...Option) *Cluster {
 	if masters < 3 {
 		tb.Fatalf("redistest: a cluster needs at least 3 masters, not %d", masters)
 	}
-	cli := lookPath(tb, "redis-cli")
+	cli, err := lookPath("redis-cli")
+	if err != nil {
+		tb.Fatal(err)
+	}
 	c := &Cluster{tb: tb}
 	for i := range masters {
-		cfg := config{startTimeout: DefaultStartTimeout}
-		for _, opt := range opts {
-			opt(&cfg)
-		}
-		withCluster()(&cfg)
-		cfg.name = "node" + strconv.Itoa(i)
+		cfg := newConfig("", opts)
+		cfg.name = "node" + strconv.Itoa(i) // WithName is ignored
+		cfg.cluster = true
 		c.nodes = append(c.nodes, start(tb, cfg))
 	}
 

@@ -168,15 +168,7 @@ func TestBadArgsFailWithTheLog(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test")
 	}
-	ft := &fakeTB{TB: t}
-	done := make(chan struct{})
-	go func() {
-		// Fatal ends this goroutine the way it would end a test's.
-		defer close(done)
-		redistest.Start(ft, redistest.WithArgs("--no-such-directive", "x"))
-	}()
-	<-done
-	ft.runCleanups()
+	ft := failing(t, func(tb testing.TB) { redistest.Start(tb, redistest.WithArgs("--no-such-directive", "x")) })
 	require.True(t, ft.failed)
 	require.Contains(t, ft.msg, "exited at start")
 	require.Contains(t, ft.msg, "no-such-directive")
@@ -187,14 +179,19 @@ func TestMissingBinaryFailsWithHint(t *testing.T) {
 		t.Skip("integration test")
 	}
 	t.Setenv("PATH", t.TempDir())
-	ft := &fakeTB{TB: t}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		redistest.Start(ft)
-	}()
-	<-done
-	ft.runCleanups()
+	ft := failing(t, func(tb testing.TB) { redistest.Start(tb) })
+	require.True(t, ft.failed)
+	require.Contains(t, ft.msg, "redis-server not found on PATH: run scripts/test, or apt-get install redis-server")
+}
+
+func TestRequireFailsWithHintWithoutRedisServer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	redistest.Require(t) // on this machine, it passes
+
+	t.Setenv("PATH", t.TempDir())
+	ft := failing(t, redistest.Require)
 	require.True(t, ft.failed)
 	require.Contains(t, ft.msg, "redis-server not found on PATH: run scripts/test, or apt-get install redis-server")
 }
@@ -257,14 +254,7 @@ func TestClusterNeedsThreeMasters(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test")
 	}
-	ft := &fakeTB{TB: t}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		redistest.StartCluster(ft, 2)
-	}()
-	<-done
-	ft.runCleanups()
+	ft := failing(t, func(tb testing.TB) { redistest.StartCluster(tb, 2) })
 	require.True(t, ft.failed)
 	require.Contains(t, ft.msg, "at least 3 masters")
 }
@@ -311,6 +301,22 @@ func (f *fakeTB) Fatalf(format string, args ...any) {
 func (f *fakeTB) Fatal(args ...any) {
 	f.failed, f.msg = true, strings.TrimSuffix(fmt.Sprintln(args...), "\n")
 	runtime.Goexit()
+}
+
+// failing runs fn with a fakeTB in a goroutine of its own, which the fake's
+// Fatal ends the way it would end a test's, then runs the cleanups fn
+// registered, and returns the fake to check what was reported.
+func failing(t *testing.T, fn func(testing.TB)) *fakeTB {
+	t.Helper()
+	ft := &fakeTB{TB: t}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fn(ft)
+	}()
+	<-done
+	ft.runCleanups()
+	return ft
 }
 
 func (f *fakeTB) runCleanups() {

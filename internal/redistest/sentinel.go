@@ -55,10 +55,7 @@ func StartSentinel(tb testing.TB, opts ...Option) *Sentinel {
 	if testing.Short() {
 		tb.Skip(skipMessage)
 	}
-	base := config{startTimeout: DefaultStartTimeout}
-	for _, opt := range opts {
-		opt(&base)
-	}
+	base := newConfig("", opts)
 	if base.tls {
 		tb.Fatal("redistest: WithTLS is not supported for a Sentinel")
 	}
@@ -94,7 +91,7 @@ func StartSentinel(tb testing.TB, opts ...Option) *Sentinel {
 	if err := os.WriteFile(path, []byte(strings.Join(conf, "\n")+"\n"), 0o600); err != nil {
 		tb.Fatalf("redistest: write the Sentinel configuration: %v", err)
 	}
-	s.sentinel = start(tb, config{name: "sentinel", startTimeout: base.startTimeout, sentinelConf: path})
+	s.sentinel = start(tb, config{name: "sentinel", binary: base.binary, startTimeout: base.startTimeout, sentinelConf: path})
 
 	if _, err := s.sentinel.do(time.Second, "SENTINEL", "DEBUG", "info-period", strconv.Itoa(int(SentinelInfoPeriod.Milliseconds()))); err != nil {
 		tb.Fatalf("redistest: SENTINEL DEBUG info-period: %v", err)
@@ -373,15 +370,15 @@ func (s *Sentinel) poll(within time.Duration, what string, check func() error) e
 }
 
 // setRole sets the replicaof arguments of every later start.
-func (s *Server) setRole(args ...string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.role = args
+func (p *Process) setRole(args ...string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.role = args
 }
 
 // info returns one field of an INFO section of the server.
-func (s *Server) info(section, field string) (string, error) {
-	out, err := s.do(time.Second, "INFO", section)
+func (p *Process) info(section, field string) (string, error) {
+	out, err := p.do(time.Second, "INFO", section)
 	if err != nil {
 		return "", err
 	}
@@ -390,5 +387,5 @@ func (s *Server) info(section, field string) (string, error) {
 			return v, nil
 		}
 	}
-	return "", fmt.Errorf("%s: no %s in INFO %s", s.cfg.name, field, section)
+	return "", fmt.Errorf("%s: no %s in INFO %s", p.cfg.name, field, section)
 }
