@@ -96,22 +96,27 @@ func (m *Manager[C, I]) publishLabels(ctx context.Context) error {
 }
 
 // placements derives the placement of every configured key that has one
-// other than the zero value; nil without WithPlacement.
-func (m *Manager[C, I]) placements(configs map[string]config[C]) (map[string]Placement, error) {
+// other than the zero value, and, if sum is set, a checksum of them (see
+// placingHash); nil without WithPlacement.
+func (m *Manager[C, I]) placements(configs map[string]config[C], sum bool) (map[string]Placement, uint64, error) {
 	if m.placementOf == nil {
-		return nil, nil
+		return nil, 0, nil
 	}
 	out := map[string]Placement{}
+	var total uint64
 	for key, cfg := range configs {
 		p := m.placementOf(cfg.value)
 		if p.Cost < 0 || p.Cost > MaxCost || (p.Group != "" && p.Spread == "") {
-			return nil, fmt.Errorf("%w: the placement of key %q: cost %d, group %q, spread %q", ErrInvalidConfig, key, p.Cost, p.Group, p.Spread)
+			return nil, 0, fmt.Errorf("%w: the placement of key %q: cost %d, group %q, spread %q", ErrInvalidConfig, key, p.Cost, p.Group, p.Spread)
 		}
-		if len(p.Require) > 0 || p.Spread != "" || p.Cost > 1 {
+		if !isDefault(p) {
 			out[key] = p
+			if sum {
+				total += placingHash(key, p)
+			}
 		}
 	}
-	return out, nil
+	return out, total, nil
 }
 
 // Pin pins key to node: while node is live and meets the key's
