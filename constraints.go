@@ -17,18 +17,18 @@ const MaxCost = 1 << 20
 type Placement struct {
 	// Require lists node labels the key needs: only a node whose label of
 	// each name has the given value may hold it. A hard constraint.
-	Require map[string]string
+	Require map[string]string `json:"require,omitempty"`
 	// Spread names a node label whose values the key's group is spread
 	// over: the keys of one group on the nodes of each value differ by at
 	// most one wherever the constraints above spread allow. Nodes without
 	// the label count as one more value, "".
-	Spread string
+	Spread string `json:"spread,omitempty"`
 	// Group names the keys spread together; keys with the same Spread and
 	// Group, the same requirements and the same cost form one group. ""
 	// is a group like any other. A Group without a Spread is an error.
-	Group string
+	Group string `json:"group,omitempty"`
 	// Cost is the key's load in cost units, in [1, MaxCost]; 0 means 1.
-	Cost int
+	Cost int `json:"cost,omitempty"`
 }
 
 // Constraints are what [BalanceWith] honours beyond counts.
