@@ -9,7 +9,6 @@ import (
 	"math/bits"
 	"slices"
 	"strconv"
-	"time"
 
 	"github.com/redis/rueidis"
 )
@@ -318,14 +317,20 @@ func (m *Manager[C, I]) storePlacing(ctx context.Context, st *leaderState) {
 	if w.empty() {
 		return
 	}
-	cmds := w.cmds(m.client.B(), m.k)
-	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat+time.Duration(len(w.set)+len(w.del))*10*time.Microsecond)
-	defer cancel()
-	for _, r := range m.client.DoMulti(rctx, cmds...) {
-		if err := r.Error(); err != nil {
-			m.log.Debug("storing the placements failed", "err", err)
-			st.placing = nil
-			return
+	// A few commands of a thousand fields at a time, each batch bounded by
+	// a timeout of its own: the first write of a big service is 100
+	// commands for 100k keys.
+	for batch := range slices.Chunk(w.cmds(m.client.B(), m.k), 8) {
+		rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+		res := m.client.DoMulti(rctx, batch...)
+		cancel()
+		for _, r := range res {
+			if err := r.Error(); err != nil {
+				m.log.Debug("storing the placements failed", "err", err)
+				st.placing = nil
+				return
+			}
 		}
+		st.progress()
 	}
 }
