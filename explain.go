@@ -175,8 +175,8 @@ type Explanation struct {
 	// requirements; nil when it requires nothing.
 	Qualifying []string `json:"qualifying,omitempty"`
 	// PlacedBy says which rules of [BalanceWith] decide where the key is,
-	// highest first: a pin, a requirement (and who meets it), a spread, a
-	// cost; or that nothing constrains it.
+	// highest first: a pin, a requirement (and who meets it), a spread or
+	// anti-affinity, a preference, a cost; or that nothing constrains it.
 	PlacedBy []string `json:"placed_by"`
 }
 
@@ -293,7 +293,8 @@ func Explain(ctx context.Context, client rueidis.Client, key string, opts ...Opt
 		}
 		var r placingRecord
 		if v != "" && json.Unmarshal([]byte(v), &r) == nil {
-			e.Placement = &Placement{Require: r.Require, Spread: r.Spread, Group: r.Group, Cost: r.Cost}
+			p := r.placement()
+			e.Placement = &p
 		}
 	}
 	if e.AssignedTo == "" && e.Owner == nil && e.State == nil && e.LastMove == nil && e.Quarantine == nil && len(e.Avoided) == 0 &&
@@ -333,7 +334,12 @@ func (e *Explanation) placedBy(nodes []string, published map[string]string) {
 	}
 	labels := make(map[string]map[string]string, len(nodes))
 	for _, n := range nodes {
-		labels[n] = parseNodeLabels(published[n]).Labels
+		l := maps.Clone(parseNodeLabels(published[n]).Labels)
+		if l == nil {
+			l = map[string]string{}
+		}
+		l[LabelNode] = n
+		labels[n] = l
 	}
 	if len(p.Require) > 0 {
 		e.Qualifying = []string{}
@@ -344,6 +350,7 @@ func (e *Explanation) placedBy(nodes []string, published map[string]string) {
 		}
 	}
 	e.PlacedBy = []string{}
+	var pinLine []string // a pin that does not hold
 	if pin := e.Pinned; pin != "" {
 		_, live := labels[pin]
 		switch {
@@ -355,6 +362,7 @@ func (e *Explanation) placedBy(nodes []string, published map[string]string) {
 			e.PlacedBy = append(e.PlacedBy, "pinned by an operator to "+pin)
 			return
 		}
+		pinLine = e.PlacedBy
 	}
 	if len(p.Require) > 0 {
 		req := requirementText(p.Require)
@@ -372,21 +380,35 @@ func (e *Explanation) placedBy(nodes []string, published map[string]string) {
 	} else if e.Unplaceable {
 		e.PlacedBy = append(e.PlacedBy, "every node is at its cap, so it runs nowhere")
 	}
+	group := "the keys of the same requirements, preferences and cost"
+	if p.Group != "" {
+		group = fmt.Sprintf("the keys of group %q", p.Group)
+	}
 	switch {
-	case p.Spread != "" && p.Group != "":
-		e.PlacedBy = append(e.PlacedBy, fmt.Sprintf("spread over %s with the keys of group %q", p.Spread, p.Group))
+	case p.Spread == LabelNode:
+		e.PlacedBy = append(e.PlacedBy, "kept apart from "+group+": one per node where balance allows")
 	case p.Spread != "":
-		e.PlacedBy = append(e.PlacedBy, fmt.Sprintf("spread over %s with the keys of the same requirements and cost", p.Spread))
+		e.PlacedBy = append(e.PlacedBy, fmt.Sprintf("spread over %s with %s", p.Spread, group))
+	}
+	if len(p.Prefer) > 0 {
+		pref := requirementText(p.Prefer)
+		switch on, ok := labels[e.AssignedTo]; {
+		case ok && meets(on, p.Prefer):
+			e.PlacedBy = append(e.PlacedBy, fmt.Sprintf("preferred %s: on %s, which has it", pref, e.AssignedTo))
+		case e.AssignedTo != "":
+			e.PlacedBy = append(e.PlacedBy, fmt.Sprintf("preferred %s, but balance or spread keep it on %s", pref, e.AssignedTo))
+		}
 	}
 	if p.Cost > 1 {
 		e.PlacedBy = append(e.PlacedBy, fmt.Sprintf("cost %d: balanced in cost units", p.Cost))
 	}
-	if len(e.PlacedBy) == 0 {
+	if len(e.PlacedBy) == len(pinLine) {
 		e.PlacedBy = append(e.PlacedBy, "no constraint: any node may hold it, and it is where balance put it with the fewest moves")
 	}
 }
 
-// requirementText writes a requirement as name=value pairs in name order.
+// requirementText writes a requirement or preference as name=value pairs
+// in name order.
 func requirementText(require map[string]string) string {
 	parts := make([]string, 0, len(require))
 	for _, name := range slices.Sorted(maps.Keys(require)) {

@@ -36,12 +36,16 @@ func parseNodeLabels(s string) nodeLabels {
 // per-key placements (see [WithPlacement]) require and spread over. They
 // are published with the membership at every join, shown in [Status], and
 // take effect for placement when the node joins: to change them, restart
-// the node. Label names must be non-empty. Default: none.
+// the node. Label names must be non-empty and not begin with "dim:" (every
+// node has [LabelNode] already). Default: none.
 func WithLabels(labels map[string]string) Option {
 	return optionFunc(func(s *settings) error {
 		for name := range labels {
 			if name == "" {
 				return invalid("WithLabels", "a label name is empty")
+			}
+			if strings.HasPrefix(name, "dim:") {
+				return invalid("WithLabels", "label %q: names that begin with dim: are dim's own (see LabelNode)", name)
 			}
 		}
 		s.labels = maps.Clone(labels)

@@ -28,7 +28,11 @@ type placingRecord struct {
 	Spread  string            `json:"s,omitempty"`
 	Group   string            `json:"g,omitempty"`
 	Cost    int               `json:"c,omitempty"`
+	Prefer  map[string]string `json:"p,omitempty"`
 }
+
+// placement is r as a Placement: the same fields, in another encoding.
+func (r placingRecord) placement() Placement { return Placement(r) }
 
 // placingChunk bounds the fields one HSET or HDEL of the stored placements
 // carries.
@@ -40,17 +44,19 @@ func placementSig(buf []byte, p Placement) []byte {
 	buf = appendLabelSig(buf, p.Require)
 	buf = append(buf, '|')
 	buf = appendStr(appendStr(buf, p.Spread), p.Group)
-	return strconv.AppendInt(append(buf, '|'), int64(max(p.Cost, 1)), 10)
+	buf = strconv.AppendInt(append(buf, '|'), int64(max(p.Cost, 1)), 10)
+	return appendLabelSig(append(buf, '|'), p.Prefer)
 }
 
 // isDefault reports whether p places a key like the zero Placement.
 func isDefault(p Placement) bool {
-	return len(p.Require) == 0 && p.Spread == "" && p.Group == "" && p.Cost <= 1
+	return len(p.Require) == 0 && p.Spread == "" && p.Group == "" && p.Cost <= 1 && len(p.Prefer) == 0
 }
 
 // samePlacement reports whether a and b place a key alike.
 func samePlacement(a, b Placement) bool {
-	return a.Spread == b.Spread && a.Group == b.Group && max(a.Cost, 1) == max(b.Cost, 1) && maps.Equal(a.Require, b.Require)
+	return a.Spread == b.Spread && a.Group == b.Group && max(a.Cost, 1) == max(b.Cost, 1) && maps.Equal(a.Require, b.Require) &&
+		maps.Equal(a.Prefer, b.Prefer)
 }
 
 // placingSeed seeds placingHash: checksums are compared within a process.
@@ -64,6 +70,9 @@ func placingHash(key string, p Placement) uint64 {
 		uint64(max(p.Cost, 1))*0x9e3779b97f4a7c15
 	for name, value := range p.Require {
 		h += bits.RotateLeft64(maphash.String(placingSeed, name), 43) ^ maphash.String(placingSeed, value)
+	}
+	for name, value := range p.Prefer {
+		h += bits.RotateLeft64(maphash.String(placingSeed, name), 13) ^ bits.RotateLeft64(maphash.String(placingSeed, value), 29)
 	}
 	// splitmix64's finaliser over both.
 	z := maphash.String(placingSeed, key) ^ bits.RotateLeft64(h, 7)
@@ -96,9 +105,9 @@ func (t *placingTable) addClass(n int, p Placement) {
 		t.bySig[sig] = n
 	}
 	t.classes[n], t.sigs[n] = p, sig
-	r := placingRecord{Require: p.Require, Spread: p.Spread, Group: p.Group}
-	if p.Cost > 1 {
-		r.Cost = p.Cost
+	r := placingRecord(p)
+	if r.Cost <= 1 {
+		r.Cost = 0
 	}
 	t.raw[n] = r
 	t.next = max(t.next, n+1)
@@ -236,7 +245,7 @@ func readPlacing(ctx context.Context, client rueidis.Client, k keys, progress fu
 		if err != nil || n < 1 || json.Unmarshal([]byte(v), &r) != nil {
 			continue
 		}
-		t.addClass(n, Placement{Require: r.Require, Spread: r.Spread, Group: r.Group, Cost: r.Cost})
+		t.addClass(n, r.placement())
 	}
 	var cursor uint64
 	for {
@@ -256,29 +265,6 @@ func readPlacing(ctx context.Context, client rueidis.Client, k keys, progress fu
 			return t, nil
 		}
 	}
-}
-
-// readKeyPlacement reads one key's stored placement; nil if it has none.
-func readKeyPlacement(ctx context.Context, client rueidis.Client, k keys, key string) (*Placement, error) {
-	n, err := client.Do(ctx, client.B().Hget().Key(k.placing).Field(key).Build()).ToString()
-	if rueidis.IsRedisNil(err) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	v, err := client.Do(ctx, client.B().Hget().Key(k.pclasses).Field(n).Build()).ToString()
-	if rueidis.IsRedisNil(err) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	var r placingRecord
-	if json.Unmarshal([]byte(v), &r) != nil {
-		return nil, nil
-	}
-	return &Placement{Require: r.Require, Spread: r.Spread, Group: r.Group, Cost: r.Cost}, nil
 }
 
 // storePlacing makes the stored placements those the leader balanced with.

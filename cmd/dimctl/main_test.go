@@ -885,7 +885,7 @@ func TestExplainAndPlanFollowThePlacements(t *testing.T) {
 	assert.Regexp(t, `placed by +required zone=a: only n1 qualifies\n`, out)
 	code, out, errOut = dimctl(t, append(base, "explain", "placed", "b")...)
 	require.Equal(t, 0, code, errOut)
-	assert.Regexp(t, `placed by +spread over zone with the keys of the same requirements and cost\n`, out)
+	assert.Regexp(t, `placed by +spread over zone with the keys of the same requirements, preferences and cost\n`, out)
 	code, out, errOut = dimctl(t, append(base, "-json", "explain", "placed", "c")...)
 	require.Equal(t, 0, code, errOut)
 	var e dim.Explanation
