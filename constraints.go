@@ -17,7 +17,9 @@ const MaxCost = 1 << 20
 // no two of them on one node while another node they may use has none of
 // them (as spread is: where the rules above spread allow). Required or
 // preferred, it names nodes by ID. Labels a node declares under this name
-// are ignored.
+// are ignored. It costs: every node becomes a class of its own, and every
+// group spread over it a flow vertex per node, so it suits a few groups
+// (BENCHMARKS.md: 1,000 groups on 1,000 nodes take seconds and gigabytes).
 const LabelNode = "dim:node"
 
 // Placement says where one key may run and what it weighs. The zero value
