@@ -112,6 +112,19 @@ func BenchmarkBalanceWith(b *testing.B) {
 		b.Run(size.name+"/zones=3/classes=10/leave", func(b *testing.B) {
 			runBalanceWithBench(b, fresh, keys, left, c)
 		})
+		// Classes 3 to 5 prefer zone a, b or c besides.
+		pc := zonedBenchConstraints(keys)
+		for i, k := range keys {
+			if class := i % 10; class >= 3 && class < 6 {
+				p := pc.Keys[k]
+				p.Prefer = map[string]string{"zone": string(rune('a' + class - 3))}
+				pc.Keys[k] = p
+			}
+		}
+		preferred := mustBalanceWithBench(b, nil, keys, base, pc)
+		b.Run(size.name+"/zones=3/classes=10/prefer/join", func(b *testing.B) {
+			runBalanceWithBench(b, preferred, keys, joined, pc)
+		})
 	}
 }
 

@@ -12,23 +12,38 @@ import (
 // MaxCost is the largest [Placement.Cost] that [BalanceWith] accepts.
 const MaxCost = 1 << 20
 
+// LabelNode is a label that every node has without declaring it, whose
+// value is the node's ID. Spread over it keeps the keys of a group apart:
+// no two of them on one node while another node they may use has none of
+// them (as spread is: where the rules above spread allow). Required or
+// preferred, it names nodes by ID. Labels a node declares under this name
+// are ignored. It costs: every node becomes a class of its own, and every
+// group spread over it a flow vertex per node, so it suits a few groups
+// (BENCHMARKS.md: 1,000 groups on 1,000 nodes take seconds and gigabytes).
+const LabelNode = "dim:node"
+
 // Placement says where one key may run and what it weighs. The zero value
 // is a key that any node may run, of cost 1.
 type Placement struct {
 	// Require lists node labels the key needs: only a node whose label of
 	// each name has the given value may hold it. A hard constraint.
-	Require map[string]string
+	Require map[string]string `json:"require,omitempty"`
 	// Spread names a node label whose values the key's group is spread
 	// over: the keys of one group on the nodes of each value differ by at
 	// most one wherever the constraints above spread allow. Nodes without
 	// the label count as one more value, "".
-	Spread string
+	Spread string `json:"spread,omitempty"`
 	// Group names the keys spread together; keys with the same Spread and
-	// Group, the same requirements and the same cost form one group. ""
-	// is a group like any other. A Group without a Spread is an error.
-	Group string
+	// Group, the same requirements and preferences and the same cost form
+	// one group. "" is a group like any other. A Group without a Spread is
+	// an error.
+	Group string `json:"group,omitempty"`
 	// Cost is the key's load in cost units, in [1, MaxCost]; 0 means 1.
-	Cost int
+	Cost int `json:"cost,omitempty"`
+	// Prefer lists node labels the key would rather run on: a soft
+	// preference, honoured where requirements, pins, caps, balance and
+	// spread allow, and above fewest moves (see [BalanceWith]).
+	Prefer map[string]string `json:"prefer,omitempty"`
 }
 
 // Constraints are what [BalanceWith] honours beyond counts.
@@ -62,8 +77,9 @@ type Balanced struct {
 
 // BalanceWith is [Balance] under constraints: node labels and caps
 // ([Node.Labels], [Node.MaxKeys], [Node.MaxCost]), per-key requirements,
-// spread and cost, operator pins and avoidances. Like Balance it is pure
-// and deterministic: the same sets in any order give the same result.
+// spread, preferences and cost, operator pins and avoidances. Like Balance
+// it is pure and deterministic: the same sets in any order give the same
+// result.
 //
 // The rules, highest priority first:
 //
@@ -87,24 +103,31 @@ type Balanced struct {
 //  5. Spread: within each group, the keys on the nodes of each value of the
 //     Spread label are within ±1 of each other where the rules above
 //     allow; where they do not, the total excess over that band, summed
-//     over values and groups, is the least possible.
-//  6. Fewest moves: among all placements meeting 1–5, one that moves the
+//     over values and groups, is the least possible. Spread over
+//     [LabelNode] is anti-affinity: a group's keys on distinct nodes.
+//  6. Preferences: among the placements meeting 1–5, one with the fewest
+//     keys on nodes that lack a label they prefer (pinned keys aside).
+//  7. Fewest moves: among all placements meeting 1–6, one that moves the
 //     fewest keys.
 //
 // With costs (some Cost above 1), shares are counted in cost units, and
 // exact balance with fewest moves is bin packing; BalanceWith instead
 // guarantees that each node's cost load is at most ⌈share⌉ plus the
 // largest cost of a key it may hold, and that a key whose node is live,
-// may hold it and is within its share stays, as documented in costs.go.
+// may hold it and is within its share stays, as documented in costs.go;
+// spread is not promised there, and preferences shape the split of cost
+// units over node classes, before fewest moves.
 //
 // Keys are grouped into classes by their constraints (requirements,
-// spread, group, cost, avoided nodes) and nodes by their labels; shares
+// spread, group, preferences, cost, avoided nodes) and nodes by their
+// labels; shares
 // come from parametric maximum flows over the classes, and the placement
 // with the fewest moves from one minimum-cost flow whose size grows with
 // the classes and the node count, not with the keys; picking the keys
 // themselves is linear apart from sorting the keys that move by hash. It
 // stops scaling when classes multiply: a group per tenant, or thousands of
-// distinct requirement sets, make the flows the dominant cost.
+// distinct requirement sets, make the flows the dominant cost; so does
+// [LabelNode] in any placement, which makes every node a class of its own.
 //
 // With empty constraints and no caps it is exactly Balance. Errors are as
 // for Balance, plus [ErrInvalidNode] for a negative cap and [ErrInvalidKey]
@@ -122,14 +145,21 @@ func BalanceWith(prev Assignment, keys []string, nodes []Node, c Constraints) (*
 		}
 		return res, nil
 	}
-	s, err := newConstrained(keys, nodes, c)
+	s, err := newConstrained(keys, nodes, c, false)
 	if err != nil {
 		return nil, err
 	}
 	if len(s.nodes) == 0 {
 		return &Balanced{Assignment: Assignment{}, Unplaceable: distinctSorted(keys)}, nil
 	}
-	s.readKeys(prev, c)
+	if !s.readKeys(prev, c) {
+		// A requirement or preference names LabelNode: again, with every
+		// node labelled with its ID.
+		if s, err = newConstrained(keys, nodes, c, true); err != nil {
+			return nil, err
+		}
+		s.readKeys(prev, c)
+	}
 	s.setUnplaceable()
 	if s.costly {
 		s.placeCosts()
@@ -167,6 +197,8 @@ type constrained struct {
 	// Flexible keys per class, filled by readKeys.
 	members [][]int32
 	costly  bool // some key costs more than 1
+	prefers bool // some key has a preference
+	byNode  bool // every node has LabelNode
 	total   int  // distinct keys
 	inPrev  int  // distinct flexible keys that prev holds
 }
@@ -204,13 +236,35 @@ type keyClass struct {
 	cost   int64
 	elig   []int  // node classes it may use
 	ok     []bool // per node class: may use it
+	off    []bool // per node class: lacks a preferred label
 	pinned map[string]int64
 	// Filled later.
 	n int64 // flexible keys that are placeable
 }
 
-func newConstrained(keys []string, nodes []Node, c Constraints) (*constrained, error) {
-	s := &constrained{keys: keys}
+// newConstrained validates the input and classifies the nodes. byNode
+// labels every node with LabelNode, as it is when some key spreads over it
+// too.
+func newConstrained(keys []string, nodes []Node, c Constraints, byNode bool) (*constrained, error) {
+	s := &constrained{keys: keys, byNode: byNode}
+	for key, p := range c.Keys {
+		switch {
+		case p.Cost < 0 || p.Cost > MaxCost:
+			return nil, fmt.Errorf("%w: key %q has cost %d, want 0..%d", ErrInvalidKey, key, p.Cost, MaxCost)
+		case p.Group != "" && p.Spread == "":
+			return nil, fmt.Errorf("%w: key %q has group %q but no spread label", ErrInvalidKey, key, p.Group)
+		}
+		if p.Cost > 1 {
+			s.costly = true
+		}
+		// Requirements and preferences that name LabelNode are found by
+		// readKeys, once per distinct set, rather than by a look-up in
+		// every key's maps here.
+		if p.Spread == LabelNode {
+			byNode = true
+		}
+	}
+	s.byNode = byNode
 	var ids []string
 	for _, n := range nodes {
 		switch {
@@ -221,8 +275,19 @@ func newConstrained(keys []string, nodes []Node, c Constraints) (*constrained, e
 		case n.MaxKeys < 0 || n.MaxCost < 0:
 			return nil, fmt.Errorf("%w: node %q has a negative cap", ErrInvalidNode, n.ID)
 		}
+		labels := n.Labels
+		if _, declared := labels[LabelNode]; byNode || declared {
+			labels = maps.Clone(labels)
+			if labels == nil {
+				labels = map[string]string{}
+			}
+			delete(labels, LabelNode)
+			if byNode {
+				labels[LabelNode] = n.ID
+			}
+		}
 		s.nodes = append(s.nodes, conNode{id: n.ID, hash: hashString(n.ID), weight: int64(max(n.Weight, 1)),
-			labels: n.Labels, capN: int64(n.MaxKeys), capC: int64(n.MaxCost)})
+			labels: labels, capN: int64(n.MaxKeys), capC: int64(n.MaxCost)})
 	}
 	slices.SortFunc(s.nodes, func(x, y conNode) int { return cmp.Compare(x.id, y.id) })
 	var weights int64
@@ -241,17 +306,6 @@ func newConstrained(keys []string, nodes []Node, c Constraints) (*constrained, e
 	s.live = newStrIndex(ids)
 	for i := range ids {
 		s.live.add(i)
-	}
-	for key, p := range c.Keys {
-		switch {
-		case p.Cost < 0 || p.Cost > MaxCost:
-			return nil, fmt.Errorf("%w: key %q has cost %d, want 0..%d", ErrInvalidKey, key, p.Cost, MaxCost)
-		case p.Group != "" && p.Spread == "":
-			return nil, fmt.Errorf("%w: key %q has group %q but no spread label", ErrInvalidKey, key, p.Group)
-		}
-		if p.Cost > 1 {
-			s.costly = true
-		}
 	}
 	if slices.Contains(keys, "") {
 		return nil, errEmptyKey
@@ -347,8 +401,9 @@ func meets(labels, require map[string]string) bool {
 }
 
 // readKeys sorts every key into its class, notes where it may stay and
-// honours pins.
-func (s *constrained) readKeys(prev Assignment, c Constraints) {
+// honours pins. It returns false, having done nothing useful, when a
+// requirement or preference names LabelNode and the nodes do not have it.
+func (s *constrained) readKeys(prev Assignment, c Constraints) bool {
 	n := len(s.keys)
 	s.seen = newStrIndex(s.keys)
 	s.class = make([]int32, n)
@@ -372,6 +427,9 @@ func (s *constrained) readKeys(prev Assignment, c Constraints) {
 		buf = appendLabelSig(buf[:0], p.Require)
 		ri := reqs[string(buf)]
 		if ri == nil {
+			if _, named := p.Require[LabelNode]; named && !s.byNode {
+				return false
+			}
 			ri = &reqInfo{ok: make([]bool, len(s.classes))}
 			for ci, nc := range s.classes {
 				ri.ok[ci] = meets(nc.labels, p.Require)
@@ -401,6 +459,7 @@ func (s *constrained) readKeys(prev Assignment, c Constraints) {
 		cost := int64(max(p.Cost, 1))
 		buf = append(buf, '|')
 		buf = appendStr(appendStr(buf, p.Spread), p.Group)
+		buf = appendLabelSig(append(buf, '|'), p.Prefer)
 		buf = strconv.AppendInt(append(buf, '|'), cost, 10)
 		for _, j := range avoided {
 			buf = strconv.AppendInt(append(buf, '|'), int64(j), 10)
@@ -411,6 +470,16 @@ func (s *constrained) readKeys(prev Assignment, c Constraints) {
 			sig := string(buf)
 			bySig[sig] = ki
 			kc := keyClass{sig: sig, place: p, cost: cost, ok: slices.Clone(ri.ok), pinned: map[string]int64{}}
+			if len(p.Prefer) > 0 {
+				if _, named := p.Prefer[LabelNode]; named && !s.byNode {
+					return false
+				}
+				s.prefers = true
+				kc.off = make([]bool, len(s.classes))
+				for ci, nc := range s.classes {
+					kc.off[ci] = !meets(nc.labels, p.Prefer)
+				}
+			}
 			for _, j := range avoided {
 				kc.ok[s.nodeClass[j]] = false // its class holds j alone
 			}
@@ -473,6 +542,7 @@ func (s *constrained) readKeys(prev Assignment, c Constraints) {
 			s.members[s.class[i]] = append(s.members[s.class[i]], int32(i))
 		}
 	}
+	return true
 }
 
 // room is how many keys (in cost units, with costs) node j may take

@@ -22,7 +22,8 @@ import (
 // of nodes can take", over every subset of nodes, with exact rationals),
 // and then every placement of the keys, of which the valid ones are those
 // within ⌊share⌋..⌈share⌉ on every node, the best those with the least
-// spread excess and, among them, the fewest moves.
+// spread excess, among them the fewest keys off the nodes they prefer, and
+// among those the fewest moves.
 
 type oracleKey struct {
 	key   string
@@ -42,6 +43,14 @@ type oracle struct {
 func newOracle(keys []string, nodes []Node, c Constraints) *oracle {
 	o := &oracle{nodes: slices.Clone(nodes)}
 	slices.SortFunc(o.nodes, func(x, y Node) int { return strings.Compare(x.ID, y.ID) })
+	// Every node has the label LabelNode, its ID.
+	for j, n := range o.nodes {
+		o.nodes[j].Labels = maps.Clone(n.Labels)
+		if o.nodes[j].Labels == nil {
+			o.nodes[j].Labels = map[string]string{}
+		}
+		o.nodes[j].Labels[LabelNode] = n.ID
+	}
 	index := map[string]int{}
 	for j, n := range o.nodes {
 		index[n.ID] = j
@@ -74,7 +83,7 @@ func newOracle(keys []string, nodes []Node, c Constraints) *oracle {
 				av = append(av, o.nodes[j].ID)
 			}
 		}
-		k.class = fmt.Sprintf("%v|%s|%s|%v", labelSig(p.Require), p.Spread, p.Group, av)
+		k.class = fmt.Sprintf("%v|%s|%s|%v|%v", labelSig(p.Require), p.Spread, p.Group, labelSig(p.Prefer), av)
 		if id, ok := c.Pins[key]; ok {
 			if j, live := index[id]; live && meetsReq[j] {
 				k.pin = j
@@ -238,6 +247,22 @@ func (o *oracle) spreadExcess(a Assignment) int64 {
 	return excess
 }
 
+// offPreferred counts the placed keys, pinned ones aside, on nodes that
+// lack a label they prefer.
+func (o *oracle) offPreferred(a Assignment) int64 {
+	index := map[string]int{}
+	for j, n := range o.nodes {
+		index[n.ID] = j
+	}
+	var off int64
+	for _, k := range o.keys {
+		if node, ok := a[k.key]; ok && k.pin < 0 && !meets(o.nodes[index[node]].Labels, k.place.Prefer) {
+			off++
+		}
+	}
+	return off
+}
+
 // checkWithOracle checks got against the contract by enumeration.
 func checkWithOracle(t testingT, prev Assignment, keys []string, nodes []Node, c Constraints, got *Balanced) {
 	t.Helper()
@@ -289,8 +314,9 @@ func checkWithOracle(t testingT, prev Assignment, keys []string, nodes []Node, c
 	}
 
 	// Every valid placement of the placed keys, for the least spread
-	// excess and then the fewest moves.
-	bestExcess, bestMoves := int64(-1), -1
+	// excess, then the fewest keys off their preferred nodes, then the
+	// fewest moves.
+	bestExcess, bestOff, bestMoves := int64(-1), int64(-1), -1
 	a := maps.Clone(got.Assignment)
 	load := make([]int64, len(o.nodes))
 	copy(load, o.pins)
@@ -302,9 +328,9 @@ func checkWithOracle(t testingT, prev Assignment, keys []string, nodes []Node, c
 					return
 				}
 			}
-			e, m := o.spreadExcess(a), Moves(prev, a)
-			if bestExcess < 0 || e < bestExcess || e == bestExcess && m < bestMoves {
-				bestExcess, bestMoves = e, m
+			e, off, m := o.spreadExcess(a), o.offPreferred(a), Moves(prev, a)
+			if bestExcess < 0 || e < bestExcess || e == bestExcess && (off < bestOff || off == bestOff && m < bestMoves) {
+				bestExcess, bestOff, bestMoves = e, off, m
 			}
 			return
 		}
@@ -322,6 +348,7 @@ func checkWithOracle(t testingT, prev Assignment, keys []string, nodes []Node, c
 	walk(0)
 	require.GreaterOrEqual(t, bestExcess, int64(0), "no valid placement exists, yet one was returned")
 	require.Equal(t, bestExcess, o.spreadExcess(got.Assignment), "spread excess")
+	require.Equal(t, bestOff, o.offPreferred(got.Assignment), "keys off their preferred nodes")
 	require.Equal(t, bestMoves, Moves(prev, got.Assignment), "moves")
 }
 
@@ -362,9 +389,21 @@ func constrainedInput(t *rapid.T, maxKeys, maxNodes int) (Assignment, []string, 
 		case 1:
 			p.Require = map[string]string{"gpu": "yes"}
 		}
-		if rapid.IntRange(0, 2).Draw(t, "spread") == 0 {
+		switch rapid.IntRange(0, 5).Draw(t, "spread") {
+		case 0, 1:
 			p.Spread = "zone"
 			p.Group = []string{"", "g"}[rapid.IntRange(0, 1).Draw(t, "group")]
+		case 2:
+			p.Spread = LabelNode // anti-affinity
+			p.Group = []string{"", "g"}[rapid.IntRange(0, 1).Draw(t, "group")]
+		}
+		switch rapid.IntRange(0, 5).Draw(t, "prefer") {
+		case 0:
+			p.Prefer = map[string]string{"zone": zones[rapid.IntRange(0, 2).Draw(t, "pzone")]}
+		case 1:
+			p.Prefer = map[string]string{"gpu": "yes"}
+		case 2:
+			p.Prefer = map[string]string{LabelNode: "n" + strconv.Itoa(rapid.IntRange(0, maxNodes).Draw(t, "pnode"))}
 		}
 		c.Keys[key] = p
 		node := func(label string) string { return "n" + strconv.Itoa(rapid.IntRange(0, maxNodes).Draw(t, label)) }
@@ -505,6 +544,94 @@ func TestBalanceWith(t *testing.T) {
 	})
 }
 
+func TestBalanceWithPreferencesAndAntiAffinity(t *testing.T) {
+	zone := func(id, z string) Node { return Node{ID: id, Labels: map[string]string{"zone": z}} }
+	nodes := []Node{zone("a1", "a"), zone("a2", "a"), zone("b1", "b"), zone("c1", "c")}
+	keys := keysN(12)
+	preferB := Constraints{Keys: map[string]Placement{}}
+	for _, k := range keys[:6] {
+		preferB.Keys[k] = Placement{Prefer: map[string]string{"zone": "b"}}
+	}
+
+	t.Run("a preference is honoured as far as balance allows", func(t *testing.T) {
+		got, err := BalanceWith(nil, keys, nodes, preferB)
+		require.NoError(t, err)
+		assert.Equal(t, map[string]int{"a1": 3, "a2": 3, "b1": 3, "c1": 3}, got.Assignment.Loads(), "never at the cost of balance")
+		for key, node := range got.Assignment {
+			if node == "b1" {
+				assert.Contains(t, keys[:6], key, "b1's three keys are keys that prefer zone b")
+			}
+		}
+	})
+
+	t.Run("a preferred node that joins takes the keys that prefer it, and its share only", func(t *testing.T) {
+		// Two keys that prefer zone b on each of a1, a2 and c1.
+		before := Assignment{}
+		for i, k := range keys {
+			before[k] = []string{"a1", "a2", "c1"}[i%3]
+		}
+		after, err := BalanceWith(before, keys, nodes, preferB)
+		require.NoError(t, err)
+		assert.Equal(t, 3, Moves(before, after.Assignment), "the joiner's share, no more")
+		for _, mv := range moved(before, after.Assignment) {
+			assert.Equal(t, "b1", mv.To)
+			assert.Contains(t, keys[:6], mv.Key)
+		}
+	})
+
+	t.Run("keys trade places to run where they prefer, above fewest moves", func(t *testing.T) {
+		prev := Assignment{}
+		for i, k := range keys {
+			prev[k] = nodes[i%4].ID
+		}
+		got, err := BalanceWith(prev, keys, nodes, preferB)
+		require.NoError(t, err)
+		// b1 holds k02, which prefers b, and k06 and k10, which do not:
+		// those two trade places with two keys that prefer b.
+		assert.Equal(t, 4, Moves(prev, got.Assignment))
+		var onB []string
+		for key, node := range got.Assignment {
+			if node == "b1" {
+				onB = append(onB, key)
+			}
+		}
+		assert.Len(t, onB, 3)
+		assert.Contains(t, onB, "k02")
+		for _, key := range onB {
+			assert.Contains(t, keys[:6], key)
+		}
+		assert.Equal(t, map[string]int{"a1": 3, "a2": 3, "b1": 3, "c1": 3}, got.Assignment.Loads())
+	})
+
+	t.Run("spread over LabelNode keeps a group's keys apart", func(t *testing.T) {
+		c := Constraints{Keys: map[string]Placement{}}
+		for _, k := range keys[:4] {
+			c.Keys[k] = Placement{Spread: LabelNode, Group: "replicas of shard 7"}
+		}
+		prev := Assignment{}
+		for _, k := range keys {
+			prev[k] = "a1" // everything on one node, as after a restart of the others
+		}
+		got, err := BalanceWith(prev, keys, nodes, c)
+		require.NoError(t, err)
+		on := map[string]bool{}
+		for _, k := range keys[:4] {
+			on[got.Assignment[k]] = true
+		}
+		assert.Len(t, on, 4, "four replicas on four nodes")
+		assert.Equal(t, map[string]int{"a1": 3, "a2": 3, "b1": 3, "c1": 3}, got.Assignment.Loads())
+		assert.Equal(t, 9, Moves(prev, got.Assignment), "only what balance moves anyway")
+	})
+
+	t.Run("LabelNode names nodes by ID; a declared one is ignored", func(t *testing.T) {
+		liar := Node{ID: "x", Labels: map[string]string{LabelNode: "y"}}
+		c := Constraints{Keys: map[string]Placement{"k00": {Require: map[string]string{LabelNode: "y"}}, "k01": {Prefer: map[string]string{LabelNode: "y"}}}}
+		got, err := BalanceWith(nil, keys[:2], []Node{liar, {ID: "y"}}, c)
+		require.NoError(t, err)
+		assert.Equal(t, Assignment{"k00": "y", "k01": "x"}, got.Assignment, "k01 prefers y, but balance comes first")
+	})
+}
+
 func TestBalanceWithRejectsBadInput(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -531,7 +658,9 @@ func TestBalanceWithRejectsBadInput(t *testing.T) {
 }
 
 // FuzzBalanceWith feeds BalanceWith arbitrary inputs: keys as
-// "key[@zone][*cost][^pin][~group]", nodes as "id:weight:zone:cap", prev as
+// "key[@zone][%zone][*cost][^pin][~group]" (a preferred zone after %; a
+// group that starts with ! is spread over LabelNode), nodes as
+// "id:weight:zone:cap", prev as
 // for FuzzBalance. Whatever comes in, it must not panic, must honour
 // requirements, pins and caps, must place or report every key, and must
 // give the same result twice.
@@ -539,6 +668,7 @@ func FuzzBalanceWith(f *testing.F) {
 	f.Add("a@x,b@y,c,d*3,e^n1,f~t,g~t", "n1:1:x:0,n2:2:y:2,n3:1::0", "a=n2,b=n1")
 	f.Add("a@z,b*9,c^n9", "n1:0:x:1", "")
 	f.Add("a,a,b~", "n1:1:x:0,n1:1:y:0", "")
+	f.Add("a%x,b%y~!t,c~!t,d@x%y*2", "n1:1:x:0,n2:1:y:1,n3:2:x:0", "a=n2,c=n2")
 	f.Fuzz(func(t *testing.T, keys, nodes, prev string) {
 		p, _, _, ok := parseFuzzInput("", "", prev)
 		if !ok || len(keys) > 400 || len(nodes) > 200 {
@@ -551,6 +681,9 @@ func FuzzBalanceWith(f *testing.F) {
 			key, group, spread := strings.Cut(f, "~")
 			if spread {
 				pl.Spread, pl.Group = "zone", group
+				if g, apart := strings.CutPrefix(group, "!"); apart {
+					pl.Spread, pl.Group = LabelNode, g
+				}
 			}
 			key, pin, pinned := strings.Cut(key, "^")
 			if pinned {
@@ -563,6 +696,10 @@ func FuzzBalanceWith(f *testing.F) {
 					t.Skip()
 				}
 				pl.Cost = n
+			}
+			key, pzone, preferring := strings.Cut(key, "%")
+			if preferring {
+				pl.Prefer = map[string]string{"zone": pzone}
 			}
 			key, zone, required := strings.Cut(key, "@")
 			if required {

@@ -51,7 +51,9 @@ func (s *constrained) placeCosts() {
 }
 
 // classUnits is step 1: the cost units of each key class per node class,
-// units[k][c], from a minimum-cost flow that keeps units where they were.
+// units[k][c], from a minimum-cost flow that puts the fewest units on
+// node classes their key class does not prefer and then keeps units where
+// they were.
 func (s *constrained) classUnits(hi []int64) [][]int64 {
 	K, C := len(s.kc), len(s.classes)
 	g := newFlowGraph(K + C + 2)
@@ -68,13 +70,19 @@ func (s *constrained) classUnits(hi []int64) [][]int64 {
 		g.addArc(0, 1+k, kc.n*kc.cost, 0)
 		total += kc.n * kc.cost
 	}
+	// Units on a node class without a label their key class prefers cost
+	// more than any units that move.
 	arcs := make([][][2]int, K) // per key class: (class, arc) pairs
 	for k, kc := range s.kc {
 		for _, c := range kc.elig {
-			if h := heldUnits[k][c]; h > 0 {
-				arcs[k] = append(arcs[k], [2]int{c, g.addArc(1+k, 1+K+c, h, 0)})
+			var off int64
+			if kc.off != nil && kc.off[c] {
+				off = 1
 			}
-			arcs[k] = append(arcs[k], [2]int{c, g.addArc(1+k, 1+K+c, kc.n*kc.cost, 1)})
+			if h := heldUnits[k][c]; h > 0 {
+				arcs[k] = append(arcs[k], [2]int{c, g.addArcCost(1+k, 1+K+c, h, flowCost{hi: off})})
+			}
+			arcs[k] = append(arcs[k], [2]int{c, g.addArcCost(1+k, 1+K+c, kc.n*kc.cost, flowCost{hi: off, lo: 1})})
 		}
 	}
 	for c, nc := range s.classes {

@@ -133,6 +133,9 @@ func costInput(t *rapid.T) (Assignment, []string, []Node, Constraints) {
 		if rapid.IntRange(0, 3).Draw(t, "require") == 0 {
 			p.Require = map[string]string{"zone": zones[rapid.IntRange(0, 1).Draw(t, "rzone")]}
 		}
+		if rapid.IntRange(0, 3).Draw(t, "prefer") == 0 {
+			p.Prefer = map[string]string{"zone": zones[rapid.IntRange(0, 1).Draw(t, "pzone")]}
+		}
 		c.Keys[key] = p
 		node := func(label string) string { return "n" + strconv.Itoa(rapid.IntRange(0, 4).Draw(t, label)) }
 		if rapid.IntRange(0, 6).Draw(t, "pinned") == 0 {

@@ -54,6 +54,49 @@ func ExampleBalance() {
 	// d [k3 k6]
 }
 
+// BalanceWith places the keys of two tenants: t1's keys must stay in zone
+// eu, t2's three replicas are kept on distinct nodes, and one key would
+// rather run on the node with a GPU. Then zone eu's node dies: t1's keys
+// have nowhere to go and are reported, and nothing else moves.
+func ExampleBalanceWith() {
+	nodes := []dim.Node{
+		{ID: "eu-1", Labels: map[string]string{"zone": "eu"}},
+		{ID: "us-1", Labels: map[string]string{"zone": "us", "gpu": "yes"}},
+		{ID: "us-2", Labels: map[string]string{"zone": "us"}},
+		{ID: "us-3", Labels: map[string]string{"zone": "us"}},
+	}
+	c := dim.Constraints{Keys: map[string]dim.Placement{
+		"t1-a":   {Require: map[string]string{"zone": "eu"}},
+		"t1-b":   {Require: map[string]string{"zone": "eu"}},
+		"t2-r1":  {Spread: dim.LabelNode, Group: "t2"},
+		"t2-r2":  {Spread: dim.LabelNode, Group: "t2"},
+		"t2-r3":  {Spread: dim.LabelNode, Group: "t2"},
+		"render": {Prefer: map[string]string{"gpu": "yes"}},
+	}}
+	keys := []string{"t1-a", "t1-b", "t2-r1", "t2-r2", "t2-r3", "render"}
+
+	before, err := dim.BalanceWith(nil, keys, nodes, c)
+	if err != nil {
+		panic(err)
+	}
+	after, err := dim.BalanceWith(before.Assignment, keys, nodes[1:], c)
+	if err != nil {
+		panic(err)
+	}
+	for _, key := range keys {
+		fmt.Printf("%-6s on %-4s then %q\n", key, before.Assignment[key], after.Assignment[key])
+	}
+	fmt.Println("unplaceable:", after.Unplaceable)
+	// Output:
+	// t1-a   on eu-1 then ""
+	// t1-b   on eu-1 then ""
+	// t2-r1  on us-1 then "us-1"
+	// t2-r2  on us-3 then "us-3"
+	// t2-r3  on us-2 then "us-2"
+	// render on us-1 then "us-1"
+	// unplaceable: [t1-a t1-b]
+}
+
 // Feed is the config type of the examples: one upstream to poll.
 type Feed struct {
 	Name string

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -167,6 +168,16 @@ type Explanation struct {
 	// Unplaceable is set when, at the leader's last rebalance, no live node
 	// could take the key (among the first 100 such keys recorded).
 	Unplaceable bool `json:"unplaceable,omitempty"`
+	// Placement is the key's placement (see WithPlacement) as the leader
+	// last stored it; nil for none: any node, cost 1.
+	Placement *Placement `json:"placement,omitempty"`
+	// Qualifying lists the live nodes that take keys and meet the key's
+	// requirements; nil when it requires nothing.
+	Qualifying []string `json:"qualifying,omitempty"`
+	// PlacedBy says which rules of [BalanceWith] decide where the key is,
+	// highest first: a pin, a requirement (and who meets it), a spread or
+	// anti-affinity, a preference, a cost; or that nothing constrains it.
+	PlacedBy []string `json:"placed_by"`
 }
 
 // KeyMove is one move of a key.
@@ -209,7 +220,9 @@ func Explain(ctx context.Context, client rueidis.Client, key string, opts ...Opt
 		b.Pttl().Key(k.freeze).Build(),
 		b.Time().Build(),
 		b.Hget().Key(k.pins).Field(key).Build(),
-		b.Get().Key(k.unplace).Build())
+		b.Get().Key(k.unplace).Build(),
+		b.Hgetall().Key(k.labels).Build(),
+		b.Hget().Key(k.placing).Field(key).Build())
 	for _, r := range res {
 		if err := r.Error(); err != nil && !rueidis.IsRedisNil(err) {
 			return nil, fmt.Errorf("%w: explain %q: %w", ErrRedis, key, err)
@@ -273,9 +286,133 @@ func Explain(ctx context.Context, client rueidis.Client, key string, opts ...Opt
 	if v := str(11); v != "" && json.Unmarshal([]byte(v), &u) == nil {
 		e.Unplaceable = slices.Contains(u.Keys, key)
 	}
+	if class := str(13); class != "" {
+		v, err := client.Do(ctx, b.Hget().Key(k.pclasses).Field(class).Build()).ToString()
+		if err != nil && !rueidis.IsRedisNil(err) {
+			return nil, fmt.Errorf("%w: explain %q: %w", ErrRedis, key, err)
+		}
+		var r placingRecord
+		if v != "" && json.Unmarshal([]byte(v), &r) == nil {
+			p := r.placement()
+			e.Placement = &p
+		}
+	}
 	if e.AssignedTo == "" && e.Owner == nil && e.State == nil && e.LastMove == nil && e.Quarantine == nil && len(e.Avoided) == 0 &&
-		e.Pinned == "" && !e.Unplaceable {
+		e.Pinned == "" && !e.Unplaceable && e.Placement == nil {
 		return nil, fmt.Errorf("%w: %q in %q", ErrUnknownKey, key, s.service)
 	}
+	labels, _ := res[12].AsStrMap()
+	e.placedBy(takers(rec, now, e.Drained), labels)
 	return e, nil
+}
+
+// takers returns the nodes of a membership record (a HGETALL of it) that
+// are live and take keys at server time now: a weight above 0, not drained.
+func takers(rec map[string]string, now int64, drained []string) []string {
+	var out []string
+	for f, v := range rec {
+		node, ok := strings.CutPrefix(f, "e:")
+		if !ok {
+			continue
+		}
+		exp, err := strconv.ParseFloat(v, 64)
+		w, _ := strconv.Atoi(rec["w:"+node])
+		if err == nil && int64(exp) > now && w > 0 && !slices.Contains(drained, node) {
+			out = append(out, node)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// placedBy says which rules place the key, from its placement, its pin and
+// the labels (published JSON by node) of the nodes that take keys.
+func (e *Explanation) placedBy(nodes []string, published map[string]string) {
+	var p Placement
+	if e.Placement != nil {
+		p = *e.Placement
+	}
+	labels := make(map[string]map[string]string, len(nodes))
+	for _, n := range nodes {
+		l := maps.Clone(parseNodeLabels(published[n]).Labels)
+		if l == nil {
+			l = map[string]string{}
+		}
+		l[LabelNode] = n
+		labels[n] = l
+	}
+	if len(p.Require) > 0 {
+		e.Qualifying = []string{}
+		for _, n := range nodes {
+			if meets(labels[n], p.Require) {
+				e.Qualifying = append(e.Qualifying, n)
+			}
+		}
+	}
+	e.PlacedBy = []string{}
+	var pinLine []string // a pin that does not hold
+	if pin := e.Pinned; pin != "" {
+		_, live := labels[pin]
+		switch {
+		case !live:
+			e.PlacedBy = append(e.PlacedBy, fmt.Sprintf("pinned to %s by an operator, but %s is not live or takes no keys: placed as if unpinned", pin, pin))
+		case !meets(labels[pin], p.Require):
+			e.PlacedBy = append(e.PlacedBy, fmt.Sprintf("pinned to %s by an operator, but %s does not meet its requirements: placed as if unpinned", pin, pin))
+		default:
+			e.PlacedBy = append(e.PlacedBy, "pinned by an operator to "+pin)
+			return
+		}
+		pinLine = e.PlacedBy
+	}
+	if len(p.Require) > 0 {
+		req := requirementText(p.Require)
+		switch q := e.Qualifying; len(q) {
+		case 0:
+			e.PlacedBy = append(e.PlacedBy, "required "+req+": no live node qualifies, so it runs nowhere")
+		case 1:
+			e.PlacedBy = append(e.PlacedBy, "required "+req+": only "+q[0]+" qualifies")
+		default:
+			e.PlacedBy = append(e.PlacedBy, "required "+req+": "+strings.Join(q[:len(q)-1], ", ")+" and "+q[len(q)-1]+" qualify")
+		}
+		if len(e.Qualifying) > 0 && e.Unplaceable {
+			e.PlacedBy = append(e.PlacedBy, "every node that qualifies is at its cap, so it runs nowhere")
+		}
+	} else if e.Unplaceable {
+		e.PlacedBy = append(e.PlacedBy, "every node is at its cap, so it runs nowhere")
+	}
+	group := "the keys of the same requirements, preferences and cost"
+	if p.Group != "" {
+		group = fmt.Sprintf("the keys of group %q", p.Group)
+	}
+	switch {
+	case p.Spread == LabelNode:
+		e.PlacedBy = append(e.PlacedBy, "kept apart from "+group+": one per node where balance allows")
+	case p.Spread != "":
+		e.PlacedBy = append(e.PlacedBy, fmt.Sprintf("spread over %s with %s", p.Spread, group))
+	}
+	if len(p.Prefer) > 0 {
+		pref := requirementText(p.Prefer)
+		switch on, ok := labels[e.AssignedTo]; {
+		case ok && meets(on, p.Prefer):
+			e.PlacedBy = append(e.PlacedBy, fmt.Sprintf("preferred %s: on %s, which has it", pref, e.AssignedTo))
+		case e.AssignedTo != "":
+			e.PlacedBy = append(e.PlacedBy, fmt.Sprintf("preferred %s, but balance or spread keep it on %s", pref, e.AssignedTo))
+		}
+	}
+	if p.Cost > 1 {
+		e.PlacedBy = append(e.PlacedBy, fmt.Sprintf("cost %d: balanced in cost units", p.Cost))
+	}
+	if len(e.PlacedBy) == len(pinLine) {
+		e.PlacedBy = append(e.PlacedBy, "no constraint: any node may hold it, and it is where balance put it with the fewest moves")
+	}
+}
+
+// requirementText writes a requirement or preference as name=value pairs
+// in name order.
+func requirementText(require map[string]string) string {
+	parts := make([]string, 0, len(require))
+	for _, name := range slices.Sorted(maps.Keys(require)) {
+		parts = append(parts, name+"="+require[name])
+	}
+	return strings.Join(parts, ",")
 }

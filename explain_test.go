@@ -74,3 +74,110 @@ func TestExplainSaysWhereAKeyIsAndWhy(t *testing.T) {
 	_, err = Explain(ctx, admin, "no-such-key", opt)
 	assert.ErrorIs(t, err, ErrUnknownKey)
 }
+
+func TestExplainSaysWhichConstraintPlacedAKey(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 10)
+	table := map[string]Placement{
+		"cfg-00": {Require: map[string]string{"zone": "a"}},
+		"cfg-01": {Require: map[string]string{"zone": "b"}},
+		"cfg-02": {Spread: "zone", Group: "tenant-1"},
+		"cfg-03": {Require: map[string]string{"zone": "b"}, Prefer: map[string]string{LabelNode: "n3"}},
+		"cfg-05": {Require: map[string]string{"zone": "c"}},
+		"cfg-07": {Prefer: map[string]string{"zone": "a"}},
+		"cfg-08": {Spread: LabelNode, Group: "shard-1"},
+		"cfg-09": {Spread: LabelNode, Group: "shard-1"},
+	}
+	for id, zone := range map[string]string{"n1": "a", "n2": "b", "n3": "b"} {
+		c.start(id, WithLabels(map[string]string{"zone": zone}), placementByKey(table))
+	}
+	admin := c.srv.Client(t)
+	ctx := context.Background()
+	opt := WithService(c.service)
+	c.eventually(15*time.Second, "nine keys running, cfg-05 unplaceable", func() bool {
+		st := c.status()
+		return len(c.liveOn()) == 9 && st.UnplaceableCount == 1 && len(st.Misplaced) == 0
+	})
+	on := c.liveOn()
+	assert.Equal(t, "n1", on["cfg-07"], "cfg-07 prefers zone a, where n1 is, and balance allows it there")
+	assert.NotEqual(t, on["cfg-08"], on["cfg-09"], "two keys of one group apart")
+	// cfg-04 is pinned to a node it does not run on.
+	to := map[string]string{"n1": "n2", "n2": "n3", "n3": "n1"}[c.liveOn()["cfg-04"]]
+	require.NoError(t, Pin(ctx, admin, "cfg-04", to, opt))
+	c.eventually(10*time.Second, "cfg-04 on its pin's node", func() bool { return c.liveOn()["cfg-04"] == to })
+
+	explain := func(key string) *Explanation {
+		t.Helper()
+		e, err := Explain(ctx, admin, key, opt)
+		require.NoError(t, err)
+		return e
+	}
+	for _, tt := range []struct {
+		key        string
+		placedBy   []string
+		qualifying []string
+	}{
+		{"cfg-00", []string{"required zone=a: only n1 qualifies"}, []string{"n1"}},
+		{"cfg-01", []string{"required zone=b: n2 and n3 qualify"}, []string{"n2", "n3"}},
+		{"cfg-02", []string{`spread over zone with the keys of group "tenant-1"`}, nil},
+		{"cfg-03", []string{"required zone=b: n2 and n3 qualify", "preferred dim:node=n3: on n3, which has it"}, []string{"n2", "n3"}},
+		{"cfg-04", []string{"pinned by an operator to " + to}, nil},
+		{"cfg-05", []string{"required zone=c: no live node qualifies, so it runs nowhere"}, []string{}},
+		{"cfg-06", []string{"no constraint: any node may hold it, and it is where balance put it with the fewest moves"}, nil},
+		{"cfg-07", []string{"preferred zone=a: on n1, which has it"}, nil},
+		{"cfg-08", []string{`kept apart from the keys of group "shard-1": one per node where balance allows`}, nil},
+	} {
+		t.Run(tt.key, func(t *testing.T) {
+			e := explain(tt.key)
+			assert.Equal(t, tt.placedBy, e.PlacedBy)
+			assert.Equal(t, tt.qualifying, e.Qualifying)
+			if p, ok := table[tt.key]; ok {
+				require.NotNil(t, e.Placement)
+				assert.Equal(t, p, *e.Placement)
+			} else {
+				assert.Nil(t, e.Placement)
+			}
+		})
+	}
+	// A pin to a node that does not meet the key's requirements does not
+	// hold, and explain says so.
+	require.NoError(t, Pin(ctx, admin, "cfg-00", "n2", opt))
+	assert.Equal(t, []string{
+		"pinned to n2 by an operator, but n2 does not meet its requirements: placed as if unpinned",
+		"required zone=a: only n1 qualifies",
+	}, explain("cfg-00").PlacedBy)
+}
+
+func TestPlacedBySaysWhichRulesPlaceAKey(t *testing.T) {
+	published := map[string]string{"n1": `{"l":{"zone":"a"},"k":2}`, "n2": `{"l":{"zone":"b"}}`}
+	nodes := []string{"n1", "n2"}
+	zoneA := map[string]string{"zone": "a"}
+	for _, tt := range []struct {
+		name string
+		e    Explanation
+		want []string
+	}{
+		{"a cost", Explanation{AssignedTo: "n2", Placement: &Placement{Cost: 3}},
+			[]string{"cost 3: balanced in cost units"}},
+		{"caps leave no room where it may run", Explanation{Unplaceable: true, Placement: &Placement{Require: zoneA}},
+			[]string{"required zone=a: only n1 qualifies", "every node that qualifies is at its cap, so it runs nowhere"}},
+		{"caps leave no room anywhere", Explanation{Unplaceable: true},
+			[]string{"every node is at its cap, so it runs nowhere"}},
+		{"a pin to a node that is gone", Explanation{AssignedTo: "n1", Pinned: "n9"},
+			[]string{"pinned to n9 by an operator, but n9 is not live or takes no keys: placed as if unpinned",
+				"no constraint: any node may hold it, and it is where balance put it with the fewest moves"}},
+		{"a preference that balance overrides", Explanation{AssignedTo: "n2", Placement: &Placement{Prefer: zoneA}},
+			[]string{"preferred zone=a, but balance or spread keep it on n2"}},
+		{"a spread of the default group", Explanation{AssignedTo: "n2", Placement: &Placement{Spread: "zone"}},
+			[]string{"spread over zone with the keys of the same requirements, preferences and cost"}},
+		{"two labels required", Explanation{Placement: &Placement{Require: map[string]string{"zone": "a", "disk": "ssd"}}},
+			[]string{"required disk=ssd,zone=a: no live node qualifies, so it runs nowhere"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.e.placedBy(nodes, published)
+			assert.Equal(t, tt.want, tt.e.PlacedBy)
+		})
+	}
+}

@@ -13,12 +13,36 @@ import (
 type flowGraph struct {
 	arcs []flowArc
 	out  [][]int32 // arc indexes leaving each vertex
+	// lo holds the lower level of each arc's cost (see flowCost), nil
+	// while every arc's is 0: the maximum flows, which look at no cost,
+	// run over arcs as small as they can be.
+	lo []int64
 }
 
 type flowArc struct {
 	to   int32
 	cap  int64 // residual capacity
-	cost int64
+	cost int64 // the upper level of its cost
+}
+
+// flowCost is a cost of two levels compared in order: a minimum-cost flow
+// minimises hi and, among the flows of least hi, lo, with no need to scale
+// one level above every sum of the other.
+type flowCost struct{ hi, lo int64 }
+
+func (a flowCost) plus(b flowCost) flowCost  { return flowCost{a.hi + b.hi, a.lo + b.lo} }
+func (a flowCost) minus(b flowCost) flowCost { return flowCost{a.hi - b.hi, a.lo - b.lo} }
+func (a flowCost) less(b flowCost) bool      { return a.hi < b.hi || a.hi == b.hi && a.lo < b.lo }
+
+// unreachedCost marks a vertex no path reaches; every cost of a path is
+// less.
+var unreachedCost = flowCost{math.MaxInt64, 0}
+
+func minCost(a, b flowCost) flowCost {
+	if b.less(a) {
+		return b
+	}
+	return a
 }
 
 // flowInf is an arc capacity that never limits a flow.
@@ -28,13 +52,33 @@ func newFlowGraph(vertices int) *flowGraph {
 	return &flowGraph{out: make([][]int32, vertices)}
 }
 
-// addArc adds an arc from u to v and returns its index.
+// addArc adds an arc from u to v of a cost of one level and returns its
+// index.
 func (g *flowGraph) addArc(u, v int, capacity, cost int64) int {
+	return g.addArcCost(u, v, capacity, flowCost{hi: cost})
+}
+
+// addArcCost adds an arc from u to v and returns its index.
+func (g *flowGraph) addArcCost(u, v int, capacity int64, cost flowCost) int {
 	a := len(g.arcs)
-	g.arcs = append(g.arcs, flowArc{to: int32(v), cap: capacity, cost: cost}, flowArc{to: int32(u), cost: -cost})
+	g.arcs = append(g.arcs, flowArc{to: int32(v), cap: capacity, cost: cost.hi}, flowArc{to: int32(u), cost: -cost.hi})
+	if cost.lo != 0 && g.lo == nil {
+		g.lo = make([]int64, a, cap(g.arcs))
+	}
+	if g.lo != nil {
+		g.lo = append(g.lo, cost.lo, -cost.lo)
+	}
 	g.out[u] = append(g.out[u], int32(a))
 	g.out[v] = append(g.out[v], int32(a+1))
 	return a
+}
+
+// cost is arc a's cost.
+func (g *flowGraph) cost(a int) flowCost {
+	if g.lo == nil {
+		return flowCost{hi: g.arcs[a].cost}
+	}
+	return flowCost{g.arcs[a].cost, g.lo[a]}
 }
 
 // flow is the flow on arc a.
@@ -146,43 +190,42 @@ func (g *flowGraph) reachesSink(t int) []bool {
 // few phases.
 func (g *flowGraph) minCostFlow(s, t int, need int64) int64 {
 	n := len(g.out)
-	const unreached = math.MaxInt64
-	pot := make([]int64, n)
+	pot := make([]flowCost, n)
 	for i := range pot {
-		pot[i] = unreached
+		pot[i] = unreachedCost
 	}
-	pot[s] = 0
+	pot[s] = flowCost{}
 	for u := range n {
-		if pot[u] == unreached {
+		if pot[u] == unreachedCost {
 			continue
 		}
 		for _, a := range g.out[u] {
 			arc := &g.arcs[a]
-			if arc.cap > 0 && int(arc.to) > u && pot[u]+arc.cost < pot[arc.to] {
-				pot[arc.to] = pot[u] + arc.cost
+			if d := pot[u].plus(g.cost(int(a))); arc.cap > 0 && int(arc.to) > u && d.less(pot[arc.to]) {
+				pot[arc.to] = d
 			}
 		}
 	}
-	if pot[t] == unreached {
+	if pot[t] == unreachedCost {
 		return 0
 	}
 	for i := range pot {
-		if pot[i] == unreached {
+		if pot[i] == unreachedCost {
 			pot[i] = pot[t]
 		}
 	}
-	dist := make([]int64, n)
+	dist := make([]flowCost, n)
 	var sent int64
 	for sent < need {
-		if !g.dijkstra(s, pot, dist) || dist[t] == unreached {
+		if !g.dijkstra(s, pot, dist) || dist[t] == unreachedCost {
 			break
 		}
 		for i := range pot {
-			pot[i] += min(dist[i], dist[t])
+			pot[i] = pot[i].plus(minCost(dist[i], dist[t]))
 		}
 		admit := func(a int) bool {
 			arc := &g.arcs[a]
-			return arc.cost+pot[g.arcs[a^1].to]-pot[arc.to] == 0
+			return g.cost(a).plus(pot[g.arcs[a^1].to]).minus(pot[arc.to]) == flowCost{}
 		}
 		f := g.maxFlow(s, t, need-sent, admit)
 		if f == 0 {
@@ -196,13 +239,12 @@ func (g *flowGraph) minCostFlow(s, t int, need int64) int64 {
 // dijkstra sets dist to the shortest distances from s under the reduced
 // costs of pot, unreached where none; it reports whether any vertex was
 // reached.
-func (g *flowGraph) dijkstra(s int, pot, dist []int64) bool {
-	const unreached = math.MaxInt64
+func (g *flowGraph) dijkstra(s int, pot, dist []flowCost) bool {
 	for i := range dist {
-		dist[i] = unreached
+		dist[i] = unreachedCost
 	}
-	dist[s] = 0
-	h := &distHeap{{0, s}}
+	dist[s] = flowCost{}
+	h := &distHeap{{flowCost{}, s}}
 	for h.Len() > 0 {
 		top := heap.Pop(h).(distItem)
 		if top.d != dist[top.v] {
@@ -215,8 +257,8 @@ func (g *flowGraph) dijkstra(s int, pot, dist []int64) bool {
 				continue
 			}
 			v := int(arc.to)
-			d := top.d + arc.cost + pot[u] - pot[v]
-			if d < dist[v] {
+			d := top.d.plus(g.cost(int(a))).plus(pot[u]).minus(pot[v])
+			if d.less(dist[v]) {
 				dist[v] = d
 				heap.Push(h, distItem{d, v})
 			}
@@ -226,7 +268,7 @@ func (g *flowGraph) dijkstra(s int, pot, dist []int64) bool {
 }
 
 type distItem struct {
-	d int64
+	d flowCost
 	v int
 }
 
@@ -235,7 +277,7 @@ type distHeap []distItem
 func (h distHeap) Len() int { return len(h) }
 func (h distHeap) Less(i, j int) bool {
 	if h[i].d != h[j].d {
-		return h[i].d < h[j].d
+		return h[i].d.less(h[j].d)
 	}
 	return h[i].v < h[j].v
 }

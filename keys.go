@@ -67,6 +67,12 @@ import (
 //	<p>:pins       HASH  key → node: an operator's pins (see Pin)
 //	<p>:unplaceable STRING JSON {"n":count,"k":[first keys]}: keys no live
 //	                     node may take at the leader's last rebalance
+//	<p>:pclasses   HASH  number → JSON {"r":{label:value},"s":spread,"g":group,"c":cost}:
+//	                     the distinct per-key placements (WithPlacement) the
+//	                     leader balanced with, for Plan and Explain
+//	<p>:placing    HASH  key → a number of pclasses: the placement of each key
+//	                     that has one other than the zero value (written by
+//	                     difference, when the placements change; see placing.go)
 //	<p>:lock:…     rueidislock's leader lock
 //	<p>:events     the service's pub/sub channel
 //
@@ -98,6 +104,8 @@ type keys struct {
 	labels     string
 	pins       string
 	unplace    string
+	pclasses   string
+	placing    string
 	lock       string
 	channel    string
 }
@@ -130,6 +138,8 @@ func newKeys(keyPrefix, service string) keys {
 		labels:     p + ":labels",
 		pins:       p + ":pins",
 		unplace:    p + ":unplaceable",
+		pclasses:   p + ":pclasses",
+		placing:    p + ":placing",
 		lock:       p + ":lock",
 		fleet:      p + ":fleet",
 		channel:    p + ":events",

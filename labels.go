@@ -36,12 +36,16 @@ func parseNodeLabels(s string) nodeLabels {
 // per-key placements (see [WithPlacement]) require and spread over. They
 // are published with the membership at every join, shown in [Status], and
 // take effect for placement when the node joins: to change them, restart
-// the node. Label names must be non-empty. Default: none.
+// the node. Label names must be non-empty and not begin with "dim:" (every
+// node has [LabelNode] already). Default: none.
 func WithLabels(labels map[string]string) Option {
 	return optionFunc(func(s *settings) error {
 		for name := range labels {
 			if name == "" {
 				return invalid("WithLabels", "a label name is empty")
+			}
+			if strings.HasPrefix(name, "dim:") {
+				return invalid("WithLabels", "label %q: names that begin with dim: are dim's own (see LabelNode)", name)
 			}
 		}
 		s.labels = maps.Clone(labels)
@@ -96,22 +100,27 @@ func (m *Manager[C, I]) publishLabels(ctx context.Context) error {
 }
 
 // placements derives the placement of every configured key that has one
-// other than the zero value; nil without WithPlacement.
-func (m *Manager[C, I]) placements(configs map[string]config[C]) (map[string]Placement, error) {
+// other than the zero value, and, if sum is set, a checksum of them (see
+// placingHash); nil without WithPlacement.
+func (m *Manager[C, I]) placements(configs map[string]config[C], sum bool) (map[string]Placement, uint64, error) {
 	if m.placementOf == nil {
-		return nil, nil
+		return nil, 0, nil
 	}
 	out := map[string]Placement{}
+	var total uint64
 	for key, cfg := range configs {
 		p := m.placementOf(cfg.value)
 		if p.Cost < 0 || p.Cost > MaxCost || (p.Group != "" && p.Spread == "") {
-			return nil, fmt.Errorf("%w: the placement of key %q: cost %d, group %q, spread %q", ErrInvalidConfig, key, p.Cost, p.Group, p.Spread)
+			return nil, 0, fmt.Errorf("%w: the placement of key %q: cost %d, group %q, spread %q", ErrInvalidConfig, key, p.Cost, p.Group, p.Spread)
 		}
-		if len(p.Require) > 0 || p.Spread != "" || p.Cost > 1 {
+		if !isDefault(p) {
 			out[key] = p
+			if sum {
+				total += placingHash(key, p)
+			}
 		}
 	}
-	return out, nil
+	return out, total, nil
 }
 
 // Pin pins key to node: while node is live and meets the key's

@@ -2,9 +2,13 @@ package dim
 
 import (
 	"context"
+	"fmt"
 	"maps"
+	"slices"
 	"testing"
 	"time"
+
+	"github.com/go-dim/dim/internal/history"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -137,4 +141,172 @@ func TestPlacementCaps(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, map[string]int{"n1": 1}, plan.Loads)
 	assert.Len(t, plan.Unplaceable, 4)
+}
+
+// rollingTable is the placements of TestARollingChangeOfLabelsMovesOnly
+// WhatTheConstraintsRequire: two keys that require each of the zones a, b
+// and c, three spread over zone, six free.
+func rollingTable() map[string]Placement {
+	table := map[string]Placement{}
+	for i, zone := range []string{"a", "a", "b", "b", "c", "c"} {
+		table[fmt.Sprintf("cfg-%02d", i)] = Placement{Require: map[string]string{"zone": zone}}
+	}
+	for i := 6; i < 9; i++ {
+		table[fmt.Sprintf("cfg-%02d", i)] = Placement{Spread: "zone", Group: "s"}
+	}
+	return table
+}
+
+func TestARollingChangeOfLabelsMovesOnlyWhatTheConstraintsRequire(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 15)
+	table := rollingTable()
+	labels := map[string]map[string]string{"n1": {"zone": "a"}, "n2": {"zone": "b"}, "n3": {"zone": "c"}}
+	opts := func(id string) []Option {
+		return []Option{WithLabels(labels[id]), placementByKey(table), WithRestartHold(10 * time.Second)}
+	}
+	ids := []string{"n1", "n2", "n3"}
+	for _, id := range ids {
+		c.start(id, opts(id)...)
+	}
+	c.waitConverged(15*time.Second, ids...)
+	st := c.status()
+	zoneOf := func(node string) string { return labels[node]["zone"] }
+	spread := map[string]int{}
+	for key, node := range st.Assignment {
+		if req := table[key].Require["zone"]; req != "" {
+			assert.Equal(t, req, zoneOf(node), "%s requires zone %s", key, req)
+		}
+		if table[key].Spread != "" {
+			spread[zoneOf(node)]++
+		}
+	}
+	assert.Equal(t, map[string]int{"a": 1, "b": 1, "c": 1}, spread, "the spread group, one key per zone")
+	keys := c.keys()
+
+	// relabel restarts one node with new labels. The keys whose node no
+	// longer meets their requirements must move: to the one node that
+	// does, or nowhere (unplaceable), and unplaceable keys that a node now
+	// meets must run there. Beyond those, exactly as many keys move as the
+	// loads need: a key runs on each node from ⌊n/3⌋ to ⌈n/3⌉. The result
+	// is BalanceWith's from the assignment before, and no key but the
+	// moved ones and the restarting node's own ever stopped.
+	relabel := func(node string, to map[string]string, unplaceable []string) map[string]string {
+		t.Helper()
+		before := c.status().Assignment
+		seq := lastSeq(c.rec.Events())
+		labels[node] = to
+		var nodes []Node
+		for _, id := range ids {
+			nodes = append(nodes, Node{ID: id, Weight: 1, Labels: labels[id]})
+		}
+		want, err := BalanceWith(before, keys, nodes, Constraints{Keys: table})
+		require.NoError(t, err)
+		require.Equal(t, unplaceable, want.Unplaceable)
+
+		required := map[string]string{} // key → the node it must go to, "" for none
+		loads := map[string]int{}
+		for _, key := range keys {
+			if table[key].Require == nil {
+				loads[before[key]]++
+				continue
+			}
+			var may []string
+			for _, id := range ids {
+				if meets(labels[id], table[key].Require) {
+					may = append(may, id)
+				}
+			}
+			from, placed := before[key]
+			switch {
+			case len(may) == 0:
+				if placed {
+					required[key] = ""
+				}
+			case placed && slices.Contains(may, from):
+				loads[from]++
+			default:
+				require.Len(t, may, 1, "in this scenario a key that must move has one place to go")
+				required[key] = may[0]
+				loads[may[0]]++
+			}
+		}
+		lo, hi := (len(keys)-len(unplaceable))/3, (len(keys)-len(unplaceable)+2)/3
+		over, under := 0, 0
+		for _, id := range ids {
+			over += max(0, loads[id]-hi)
+			under += max(0, lo-loads[id])
+		}
+
+		c.stop(node)
+		c.start(node, opts(node)...)
+		var after *Status
+		c.eventually(15*time.Second, node+" back with its new labels and every key where BalanceWith puts it", func() bool {
+			after = c.status()
+			return maps.Equal(after.Assignment, want.Assignment) && maps.Equal(c.liveOn(), map[string]string(want.Assignment)) &&
+				after.node(node) != nil && maps.Equal(after.node(node).Labels, to) && slices.Equal(after.Unplaceable, unplaceable)
+		})
+		// Settled: a rebalance moves nothing more.
+		_, err = RequestRebalance(context.Background(), c.srv.Client(t), WithService(c.service))
+		require.NoError(t, err)
+		assert.Equal(t, map[string]string(want.Assignment), c.status().Assignment)
+
+		extra := map[string]string{}
+		for _, mv := range moved(before, after.Assignment) {
+			extra[mv.Key] = mv.To
+		}
+		for key := range before {
+			if _, ok := after.Assignment[key]; !ok {
+				extra[key] = ""
+			}
+		}
+		for key, to := range required {
+			assert.Equal(t, to, extra[key], "%s must go where the new labels allow", key)
+			delete(extra, key)
+		}
+		assert.Len(t, extra, max(over, under), "moves beyond what the requirements force: %v", extra)
+		for key, to := range extra {
+			assert.True(t, meets(labels[to], table[key].Require), "%s moved to %s, which it may use", key, to)
+		}
+		// Only the moved keys and the restarting node's own stopped.
+		for _, e := range c.rec.Events() {
+			if e.Seq <= seq || e.Node == node {
+				continue
+			}
+			_, req := required[e.Key]
+			_, ext := extra[e.Key]
+			assert.True(t, req || ext, "%s stopped or started on %s though it did not move", e.Key, e.Node)
+		}
+		return required
+	}
+
+	// A label nothing requires: nothing moves.
+	assert.Empty(t, relabel("n1", map[string]string{"zone": "a", "rack": "r1"}, nil))
+	// n2 moves from zone b to c: the keys that require b have nowhere to
+	// go; the node, two keys lighter, takes one key back for balance.
+	assert.Equal(t, map[string]string{"cfg-02": "", "cfg-03": ""},
+		relabel("n2", map[string]string{"zone": "c", "rack": "r2"}, []string{"cfg-02", "cfg-03"}))
+	exp, err := Explain(context.Background(), c.srv.Client(t), "cfg-02", WithService(c.service))
+	require.NoError(t, err)
+	assert.True(t, exp.Unplaceable)
+	require.NotNil(t, exp.LastMove)
+	assert.Equal(t, MoveUnplaceable, exp.LastMove.Reason)
+	// n3 moves from zone c to b: the keys that require c go to n2, the only
+	// node left in c (one of them may be there already, moved for balance
+	// in the step before), and those that require b run again, on n3.
+	required := relabel("n3", map[string]string{"zone": "b", "rack": "r3"}, nil)
+	assert.Equal(t, "n3", required["cfg-02"])
+	assert.Equal(t, "n3", required["cfg-03"])
+	assert.Contains(t, required, "cfg-05")
+	st = c.status()
+	for key, node := range map[string]string{"cfg-02": "n3", "cfg-03": "n3", "cfg-04": "n2", "cfg-05": "n2", "cfg-00": "n1", "cfg-01": "n1"} {
+		assert.Equal(t, node, st.Assignment[key], key)
+	}
+	exp, err = Explain(context.Background(), c.srv.Client(t), "cfg-05", WithService(c.service))
+	require.NoError(t, err)
+	require.NotNil(t, exp.LastMove)
+	assert.Equal(t, MoveRequirement, exp.LastMove.Reason)
+	assert.Empty(t, history.Overlaps(c.rec.Events()))
 }

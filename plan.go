@@ -139,12 +139,11 @@ type PlanResult struct {
 // Plan computes, without changing anything, the moves the leader would make
 // if change happened now: the same placement code the leader runs, on what
 // Redis holds (the assignment, nodes and weights, labels and caps, pins,
-// drains, freeze, avoidances and the leader's failure verdicts). Per-key
-// placements (WithPlacement) come from the configs, which Plan does not
-// read: it places every key as if it had none. The keys are those of the
-// assignment, the quarantines and the unplaceable keys recorded by name
-// (the first 100), so keys that the configs gained since the
-// last rebalance are not in it. opts as for [ReadStatus]. It returns an
+// drains, freeze, avoidances, the leader's failure verdicts and the per-key
+// placements it last balanced with). The keys are those of the assignment,
+// the quarantines, the keys with a placement and the unplaceable keys
+// recorded by name (the first 100), so keys that the configs gained since
+// the last rebalance are not in it. opts as for [ReadStatus]. It returns an
 // error wrapping [ErrUnknownNode] when change drains a node that is not live,
 // or [ErrLastNode] when it drains the last node that takes keys.
 func Plan(ctx context.Context, client rueidis.Client, change PlanChange, opts ...Option) (*PlanResult, error) {
@@ -198,8 +197,23 @@ func Plan(ctx context.Context, client rueidis.Client, change PlanChange, opts ..
 			keys = append(keys, q.Key)
 		}
 	}
+	stored, err := readPlacing(ctx, client, k, nil)
+	if err != nil {
+		return nil, fmt.Errorf("%w: plan: %w", ErrRedis, err)
+	}
+	placements := stored.placements()
+	listed := make(map[string]bool, len(keys))
+	for _, key := range keys {
+		listed[key] = true
+	}
 	for _, key := range st.Unplaceable {
-		if _, ok := prev[key]; !ok {
+		if !listed[key] {
+			listed[key] = true
+			keys = append(keys, key)
+		}
+	}
+	for key := range placements {
+		if !listed[key] {
 			keys = append(keys, key)
 		}
 	}
@@ -207,7 +221,8 @@ func Plan(ctx context.Context, client rueidis.Client, change PlanChange, opts ..
 		return &PlanResult{Moves: []Move{}, Loads: map[string]int{}}, nil
 	}
 	p, err := place(ctx, client, k, placeInput{now: st.ServerTime.UnixMilli(), prev: prev, keys: keys, nodes: nodes,
-		first: DefaultQuarantineFirst, max: DefaultQuarantineMax, poll: time.Second, drain: change.Drain, budget: -1})
+		first: DefaultQuarantineFirst, max: DefaultQuarantineMax, poll: time.Second, drain: change.Drain, budget: -1,
+		placements: placements})
 	if err != nil {
 		return nil, fmt.Errorf("%w: plan: %w", ErrRedis, err)
 	}

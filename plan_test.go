@@ -2,6 +2,7 @@ package dim
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -71,4 +72,49 @@ func TestAPlanIsWhatTheLeaderThenDoes(t *testing.T) {
 	assert.ErrorIs(t, err, ErrUnknownNode)
 	_, err = Plan(ctx, admin, PlanChange{Join: "n1"}, opt)
 	assert.ErrorIs(t, err, ErrInvalidOption)
+}
+
+func TestAPlanHonoursTheKeysPlacements(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	// Four keys require zone a, where n1 and n2 are; one requires zone c,
+	// where nobody is; four may run anywhere.
+	c := newTestCluster(t, 9)
+	table := map[string]Placement{"cfg-08": {Require: map[string]string{"zone": "c"}}}
+	for i := range 4 {
+		table[fmt.Sprintf("cfg-%02d", i)] = Placement{Require: map[string]string{"zone": "a"}, Cost: 1}
+	}
+	for id, zone := range map[string]string{"n1": "a", "n2": "a", "n3": "b"} {
+		c.start(id, WithLabels(map[string]string{"zone": zone}), placementByKey(table))
+	}
+	c.eventually(15*time.Second, "eight keys running, cfg-08 unplaceable", func() bool {
+		st := c.status()
+		return len(c.liveOn()) == 8 && len(st.Assignment) == 8 && st.UnplaceableCount == 1 && len(st.Misplaced) == 0
+	})
+	admin := c.srv.Client(t)
+	ctx := context.Background()
+	opt := WithService(c.service)
+
+	// Draining n1: the keys that require zone a can only go to n2, so the
+	// others go to n3, and cfg-08 stays unplaceable.
+	before := c.status().Assignment
+	plan, err := Plan(ctx, admin, PlanChange{Drain: "n1"}, opt)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"cfg-08"}, plan.Unplaceable)
+	require.NotEmpty(t, plan.Moves)
+	for _, mv := range plan.Moves {
+		if table[mv.Key].Require["zone"] == "a" {
+			assert.Equal(t, Move{Key: mv.Key, From: "n1", To: "n2"}, mv, "%s requires zone a", mv.Key)
+		} else {
+			assert.Equal(t, "n3", mv.To, "%s makes room", mv.Key)
+		}
+	}
+	assert.Equal(t, map[string]int{"n2": 4, "n3": 4}, plan.Loads)
+	_, err = DrainNode(ctx, admin, "n1", time.Minute, opt)
+	require.NoError(t, err)
+	c.eventually(10*time.Second, "n1's keys running elsewhere", func() bool {
+		return c.loads()["n1"] == 0 && len(c.liveOn()) == 8 && len(c.status().Misplaced) == 0
+	})
+	assert.ElementsMatch(t, plan.Moves, moved(before, c.status().Assignment), "the leader made the planned moves")
 }

@@ -86,6 +86,14 @@ type leaderState struct {
 	// placements are the keys' placements from the last successful
 	// getConfig (see WithPlacement); nil: none.
 	placements map[string]Placement
+	// placementSum is their checksum (see placingHash), if placementSummed:
+	// computed, like the configs' fingerprint, when their content matters
+	// (not at a membership change).
+	placementSum    uint64
+	placementSummed bool
+	// placing is the placements as stored for Plan and Explain; nil:
+	// not read in this term.
+	placing *placingTable
 	// recordedUnplaceable is the unplaceable keys as last recorded,
 	// joined; nil: not recorded in this term.
 	recordedUnplaceable *string
@@ -475,6 +483,7 @@ func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string
 		return err
 	}
 	st.assigned = assignment
+	m.storePlacing(ctx, st)
 	if changes := diff(prev, assignment); len(changes) > 0 {
 		// Why each key moved, and the history: one round trip.
 		cmds := m.whyCmds(changes, moveReasons(changes, p, trigger))
@@ -571,10 +580,11 @@ func (m *Manager[C, I]) leaderKeys(ctx context.Context, st *leaderState, prev As
 		return keys, true
 	}
 	m.cfgErrs.report(ctx, m, nil, 0)
-	if pl, err := m.placements(configs); err != nil {
+	st.placementSummed = false
+	if pl, sum, err := m.placements(configs, !membership); err != nil {
 		m.log.Error("bad placement; keeping the last placements", "err", err)
 	} else {
-		st.placements = pl
+		st.placements, st.placementSum, st.placementSummed = pl, sum, !membership
 	}
 	keys = make([]string, 0, len(configs))
 	for key := range configs {

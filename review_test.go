@@ -201,6 +201,9 @@ func TestNewRefusesBadInputToTheNewOptions(t *testing.T) {
 		"WithJoinHold":          WithJoinHold(0),
 		"WithHistory":           WithHistory(-1),
 		"WithCreateConcurrency": WithCreateConcurrency(0),
+		"WithLabels":            WithLabels(map[string]string{"": "a"}),
+		"WithLabels ":           WithLabels(map[string]string{LabelNode: "n1"}),
+		"WithCaps":              WithCaps(-1, 0),
 	} {
 		_, err := New(getConfig, create, WithService("svc"), opt)
 		if assert.ErrorIs(t, err, ErrInvalidOption, "%s", name) {

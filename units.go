@@ -14,7 +14,11 @@ import (
 // node's arc to the sink has a lower part of ⌊share⌋−pins at a cost so
 // negative that every lower part fills first, and an upper part up to
 // ⌈share⌉−pins at no cost; a spread vertex's arc from its class is split
-// alike into the band ⌊n/V⌋..⌈n/V⌉ and the excess beyond it.
+// alike into the band ⌊n/V⌋..⌈n/V⌉ and the excess beyond it. With
+// preferences, a move or stay to a node class that lacks a label the key
+// class prefers costs more than any number of moves, and the costs take
+// two levels (see flowCost): bounds and spread, then preferences and
+// moves, so that neither level needs scaling above all sums of the other.
 func (s *constrained) placeUnits() {
 	lo, hi := fairShares(s.fairInput())
 	var flexible int64
@@ -24,9 +28,24 @@ func (s *constrained) placeUnits() {
 	if flexible == 0 {
 		return
 	}
-	const moveCost = 1
-	spreadCost := flexible + 1                 // above any number of moves
-	boundCost := (2*flexible + 3) * spreadCost // above any spread excess and moves
+	moveCost := flowCost{hi: 1}
+	spreadCost := flowCost{hi: flexible + 1}                    // above any number of moves
+	boundCost := flowCost{hi: (2*flexible + 3) * spreadCost.hi} // above any spread excess and moves
+	var offCost flowCost                                        // on a node class without a preferred label
+	if s.prefers {
+		moveCost = flowCost{lo: 1}
+		offCost = flowCost{lo: flexible + 1} // above any number of moves
+		spreadCost = flowCost{hi: 1}
+		boundCost = flowCost{hi: 2*flexible + 3} // above any spread excess
+	}
+	// off is the cost of key class k's keys on node class c beyond a move.
+	off := func(k, c int) flowCost {
+		if s.kc[k].off != nil && s.kc[k].off[c] {
+			return offCost
+		}
+		return flowCost{}
+	}
+	neg := func(c flowCost) flowCost { return flowCost{}.minus(c) }
 
 	// Vertices: source, key classes, spread values, node classes, nodes,
 	// sink; every arc goes from a lower vertex to a higher one.
@@ -98,12 +117,12 @@ func (s *constrained) placeUnits() {
 			low := max(0, band-p)
 			up := max(0, band+odd-p-low)
 			if low > 0 {
-				g.addArc(kv[k], sv.v, low, -spreadCost)
+				g.addArcCost(kv[k], sv.v, low, neg(spreadCost))
 			}
 			if up > 0 {
 				g.addArc(kv[k], sv.v, up, 0)
 			}
-			g.addArc(kv[k], sv.v, kc.n, spreadCost)
+			g.addArcCost(kv[k], sv.v, kc.n, spreadCost)
 		}
 	}
 	// Moves: one arc per key class (or spread value) and node class.
@@ -113,7 +132,7 @@ func (s *constrained) placeUnits() {
 			continue
 		}
 		for _, c := range kc.elig {
-			moves = append(moves, moveArc{k, c, g.addArc(from(k, c), cv+c, kc.n, moveCost)})
+			moves = append(moves, moveArc{k, c, g.addArcCost(from(k, c), cv+c, kc.n, moveCost.plus(off(k, c)))})
 		}
 	}
 	// Stays: one arc per node and key class it held keys of.
@@ -126,7 +145,7 @@ func (s *constrained) placeUnits() {
 			for n < len(run) && int(s.class[run[n]]) == k {
 				n++
 			}
-			st.arcs = append(st.arcs, g.addArc(from(k, s.nodeClass[j]), nv+j, int64(n), 0))
+			st.arcs = append(st.arcs, g.addArcCost(from(k, s.nodeClass[j]), nv+j, int64(n), off(k, s.nodeClass[j])))
 			run = run[n:]
 		}
 	}
@@ -139,7 +158,7 @@ func (s *constrained) placeUnits() {
 	for j, n := range s.nodes {
 		l, h := lo[j]-n.pins, hi[j]-n.pins
 		if l > 0 {
-			g.addArc(nv+j, t, l, -boundCost)
+			g.addArcCost(nv+j, t, l, neg(boundCost))
 		}
 		if h > l {
 			g.addArc(nv+j, t, h-max(l, 0), 0)

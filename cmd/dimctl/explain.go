@@ -62,6 +62,9 @@ func (o *options) explain(ctx context.Context, client rueidis.Client, stdout io.
 	case e.AssignedTo != "":
 		fmt.Fprintln(tw, "why\tplaced there when it was added, or after its last recorded move; it has stayed (fewest moves)")
 	}
+	for _, line := range e.PlacedBy {
+		fmt.Fprintf(tw, "placed by\t%s\n", line)
+	}
 	for _, a := range e.Avoided {
 		line := "its getConfig does not return the key"
 		if a.Why == "gave up" {

@@ -90,7 +90,8 @@ Commands:
              elections, joins, leaves, fences, moves, claims, releases and
              verdicts, newest first (needs +xrevrange on the service's keys)
   explain    explain <service> <key>: where the key is assigned, who runs it
-             with which token, its state, and why it is where it is
+             with which token, its state, why it is where it is, and which
+             constraint placed it (a pin, a requirement, a spread, a cost)
   plan       plan <service> drain <node> | plan <service> join [<node>]
              [-weight w]: print the moves the leader would make, and change
              nothing

@@ -49,15 +49,26 @@ func dimctl(t *testing.T, args ...string) (code int, stdout, stderr string) {
 // c, and returns once every key runs on the node it is assigned to.
 func startService(t *testing.T, srv *redistest.Server, service string) *dim.Status {
 	t.Helper()
+	return startServiceWith(t, srv, service, nil)
+}
+
+// startServiceWith is startService with more options for each node.
+func startServiceWith(t *testing.T, srv *redistest.Server, service string, extra func(node string) []dim.Option) *dim.Status {
+	t.Helper()
 	for _, id := range []string{"n1", "n2"} {
-		m, err := dim.New(
-			func(context.Context) ([]string, error) { return []string{"a", "b", "c"}, nil },
-			func(_ context.Context, cfg string) (string, error) { return cfg, nil },
+		opts := []dim.Option{
 			dim.WithService(service), dim.WithKeyPrefix(testPrefix),
 			dim.WithKey(func(c string) string { return c }),
 			dim.WithRedis(srv.ClientOption()), dim.WithNodeID(id),
-			dim.WithNodeTTL(time.Second), dim.WithHeartbeat(100*time.Millisecond),
-			dim.WithLeaderLockTTL(time.Second), dim.WithLeaderLockRefresh(200*time.Millisecond))
+			dim.WithNodeTTL(time.Second), dim.WithHeartbeat(100 * time.Millisecond),
+			dim.WithLeaderLockTTL(time.Second), dim.WithLeaderLockRefresh(200 * time.Millisecond)}
+		if extra != nil {
+			opts = append(opts, extra(id)...)
+		}
+		m, err := dim.New(
+			func(context.Context) ([]string, error) { return []string{"a", "b", "c"}, nil },
+			func(_ context.Context, cfg string) (string, error) { return cfg, nil },
+			opts...)
 		require.NoError(t, err)
 		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 		require.NoError(t, m.Start(ctx))
@@ -850,6 +861,44 @@ func TestExplainPrintsWhereAKeyIsAndWhy(t *testing.T) {
 	code, _, errOut = dimctl(t, append(base, "explain", "explained")...)
 	assert.Equal(t, 2, code)
 	assert.Contains(t, errOut, `missing key after "explain" "explained"`)
+}
+
+func TestExplainAndPlanFollowThePlacements(t *testing.T) {
+	srv := redistest.Start(t)
+	// n1 is in zone a, n2 in b; key a requires zone a, b spreads over zones.
+	placement := dim.WithPlacement(func(key string) dim.Placement {
+		switch key {
+		case "a":
+			return dim.Placement{Require: map[string]string{"zone": "a"}}
+		case "b":
+			return dim.Placement{Spread: "zone"}
+		}
+		return dim.Placement{}
+	})
+	st := startServiceWith(t, srv, "placed", func(node string) []dim.Option {
+		return []dim.Option{dim.WithLabels(map[string]string{"zone": map[string]string{"n1": "a", "n2": "b"}[node]}), placement}
+	})
+	require.Equal(t, "n1", st.Assignment["a"])
+	base := []string{"-redis", srv.Addr(), "-prefix", testPrefix}
+	code, out, errOut := dimctl(t, append(base, "explain", "placed", "a")...)
+	require.Equal(t, 0, code, errOut)
+	assert.Regexp(t, `placed by +required zone=a: only n1 qualifies\n`, out)
+	code, out, errOut = dimctl(t, append(base, "explain", "placed", "b")...)
+	require.Equal(t, 0, code, errOut)
+	assert.Regexp(t, `placed by +spread over zone with the keys of the same requirements, preferences and cost\n`, out)
+	code, out, errOut = dimctl(t, append(base, "-json", "explain", "placed", "c")...)
+	require.Equal(t, 0, code, errOut)
+	var e dim.Explanation
+	require.NoError(t, json.Unmarshal([]byte(out), &e))
+	assert.Equal(t, []string{"no constraint: any node may hold it, and it is where balance put it with the fewest moves"}, e.PlacedBy)
+	assert.Nil(t, e.Placement)
+
+	// Draining n1 leaves key a nowhere to go: the plan says so.
+	code, out, errOut = dimctl(t, append(base, "plan", "placed", "drain", "n1")...)
+	require.Equal(t, 0, code, errOut)
+	assert.Regexp(t, `a +n1 +-\n`, out)
+	assert.Regexp(t, `unplaceable +a: no live node could take them\n`, out)
+	assert.Regexp(t, `n2 +2\n`, out)
 }
 
 func TestHistoryPrintsWhatHappened(t *testing.T) {

@@ -48,6 +48,9 @@ func (o *options) plan(ctx context.Context, client rueidis.Client, stdout io.Wri
 	if res.Frozen {
 		fmt.Fprintln(tw, "frozen\ta freeze is in force: these are the moves the leader makes now, not after the thaw")
 	}
+	if len(res.Unplaceable) > 0 {
+		fmt.Fprintf(tw, "unplaceable\t%s: no live node could take them\n", list(res.Unplaceable, quote))
+	}
 	if len(res.Moves) > 0 {
 		fmt.Fprintln(tw)
 		fmt.Fprintln(tw, "KEY\tFROM\tTO")

@@ -5,9 +5,16 @@
 // the demo prints who leads, what runs where, what moved and how long it
 // took, and checks that no config ever ran twice at once.
 //
+// With -zones it runs in two zones instead: the nodes alternate between
+// zones a and b, a quarter of the feeds must stay in zone a, a quarter in
+// zone b, and the rest spread over both. Zone a dies: zone b takes over
+// exactly the feeds allowed to move there, and the feeds that must stay in
+// zone a run nowhere and are reported unplaceable; then zone a comes back.
+//
 //	go run ./examples/demo                      # embedded Redis, the walk-through
 //	go run ./examples/demo -redis 127.0.0.1:6379 # a real server
 //	go run ./examples/demo -steps=false          # just run until Ctrl-C
+//	go run ./examples/demo -zones                # two zones, one of which dies
 package main
 
 import (
@@ -48,22 +55,32 @@ type flags struct {
 	steps   bool
 	ttl     time.Duration
 	verbose bool
+	zones   bool
 }
 
 func parseFlags(args []string) (flags, error) {
 	var f flags
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.StringVar(&f.redis, "redis", "", "Redis host:port; empty runs an embedded Redis")
-	fs.IntVar(&f.nodes, "nodes", 3, "nodes to start with")
+	fs.IntVar(&f.nodes, "nodes", 3, "nodes to start with (4 with -zones)")
 	fs.IntVar(&f.configs, "configs", 12, "configured instances")
 	fs.BoolVar(&f.steps, "steps", true, "walk through join, stop, crash and leader death, then exit; false runs until Ctrl-C")
 	fs.DurationVar(&f.ttl, "ttl", time.Second, "node TTL and leader lock TTL")
 	fs.BoolVar(&f.verbose, "v", false, "log dim's debug output and every unit of work")
+	fs.BoolVar(&f.zones, "zones", false, "run in two zones, a and b, and let zone a die and come back, instead of the walk-through")
 	if err := fs.Parse(args); err != nil {
 		return f, err
 	}
+	nodesSet := false
+	fs.Visit(func(fl *flag.Flag) { nodesSet = nodesSet || fl.Name == "nodes" })
+	if f.zones && !nodesSet {
+		f.nodes = 4 // two in each zone
+	}
 	if f.nodes < 2 || f.configs < 1 || f.ttl < 200*time.Millisecond {
 		return f, errors.New("need -nodes ≥ 2, -configs ≥ 1 and -ttl ≥ 200ms")
+	}
+	if f.zones && f.configs < 4 {
+		return f, errors.New("-zones needs -configs ≥ 4: a quarter for each zone, the rest spread")
 	}
 	return f, nil
 }
@@ -77,6 +94,7 @@ type demo struct {
 	service string
 	rec     *history.Recorder
 	configs []source
+	admin   rueidis.Client // with -zones: reads status and plans as dimctl does
 
 	mu     sync.Mutex
 	nodes  map[string]*node
@@ -85,16 +103,29 @@ type demo struct {
 	cut    map[string]bool // "node feed": a node that cannot reach a feed
 }
 
-// source is a config: one simulated connection to an upstream.
+// source is a config: one simulated connection to an upstream. Zone, with
+// -zones, is the zone whose nodes alone may run it (data that must stay
+// there); "" spreads it over the zones.
 type source struct {
 	Name string `json:"name"`
 	URL  string `json:"url"`
+	Zone string `json:"zone,omitempty"`
+}
+
+// placeFeed is the demo's placement with -zones: a feed with a zone
+// requires it; the others spread over the zones.
+func placeFeed(s source) dim.Placement {
+	if s.Zone != "" {
+		return dim.Placement{Require: map[string]string{"zone": s.Zone}}
+	}
+	return dim.Placement{Spread: "zone"}
 }
 
 // node is one replica, reaching Redis through a proxy the demo can cut to
 // simulate a crash.
 type node struct {
 	id      string
+	zone    string // with -zones
 	m       *dim.Manager[source, *conn]
 	proxy   *faultproxy.Proxy
 	crashed bool // cut off, its connections counted dead
@@ -120,7 +151,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	d := &demo{f: f, out: out, start: time.Now(), rec: history.New(), nodes: map[string]*node{},
 		broken: map[string]bool{}, cut: map[string]bool{}}
 	for i := range f.configs {
-		d.configs = append(d.configs, source{Name: fmt.Sprintf("feed-%02d", i+1), URL: fmt.Sprintf("wss://upstream.example/%02d", i+1)})
+		s := source{Name: fmt.Sprintf("feed-%02d", i+1), URL: fmt.Sprintf("wss://upstream.example/%02d", i+1)}
+		if f.zones && i < f.configs/2 {
+			s.Zone = []string{"a", "b"}[i/(f.configs/4)%2]
+		}
+		d.configs = append(d.configs, s)
 	}
 	if f.redis == "" {
 		srv, err := embedded.Start()
@@ -137,6 +172,12 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		d.say("dim demo: %d nodes share %d connections through Redis at %s (service %s)", f.nodes, f.configs, f.redis, d.service)
 	}
 	defer d.stopAll()
+	if f.zones {
+		if d.admin, err = rueidis.NewClient(d.redis); err != nil {
+			return err
+		}
+		defer d.admin.Close()
+	}
 
 	for range f.nodes {
 		if _, err := d.addNode(ctx); err != nil {
@@ -150,9 +191,12 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	d.say("every connection is open exactly once after %v (first start waits one node TTL: Redis could have lost a previous run's state)", took.Round(time.Millisecond))
 	d.view(ctx)
 
-	if f.steps {
+	switch {
+	case f.zones:
+		err = d.twoZones(ctx)
+	case f.steps:
 		err = d.walk(ctx)
-	} else {
+	default:
 		err = d.watch(ctx)
 	}
 	if err != nil {
@@ -297,7 +341,19 @@ func (d *demo) watch(ctx context.Context) error {
 	}
 }
 
+// addNode starts a node; with -zones, in zone a or b by turns.
 func (d *demo) addNode(ctx context.Context) (*node, error) {
+	zone := ""
+	if d.f.zones {
+		d.mu.Lock()
+		zone = []string{"a", "b"}[d.next%2]
+		d.mu.Unlock()
+	}
+	return d.addNodeIn(ctx, zone)
+}
+
+// addNodeIn starts a node in zone ("" for none).
+func (d *demo) addNodeIn(ctx context.Context, zone string) (*node, error) {
 	d.mu.Lock()
 	d.next++
 	id := fmt.Sprintf("n%d", d.next)
@@ -313,9 +369,7 @@ func (d *demo) addNode(ctx context.Context) (*node, error) {
 	if d.f.verbose {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	m, err := dim.New(
-		func(context.Context) ([]source, error) { return d.configs, nil },
-		func(ctx context.Context, s source) (*conn, error) { return d.open(ctx, id, s) },
+	opts := []dim.Option{
 		dim.WithService(d.service),
 		dim.WithNodeID(id),
 		dim.WithRedis(opt),
@@ -325,11 +379,18 @@ func (d *demo) addNode(ctx context.Context) (*node, error) {
 		dim.WithQuarantine(3*time.Second, 30*time.Second),
 		dim.WithDisconnect(func(ctx context.Context, c *conn) error { return c.close(ctx) }),
 		dim.WithNodeTTL(d.f.ttl),
-		dim.WithHeartbeat(d.f.ttl/10),
+		dim.WithHeartbeat(d.f.ttl / 10),
 		dim.WithLeaderLockTTL(d.f.ttl),
-		dim.WithLeaderLockRefresh(d.f.ttl/5),
+		dim.WithLeaderLockRefresh(d.f.ttl / 5),
 		dim.WithLogger(logger),
-	)
+	}
+	if zone != "" {
+		opts = append(opts, dim.WithLabels(map[string]string{"zone": zone}), dim.WithPlacement(placeFeed))
+	}
+	m, err := dim.New(
+		func(context.Context) ([]source, error) { return d.configs, nil },
+		func(ctx context.Context, s source) (*conn, error) { return d.open(ctx, id, s) },
+		opts...)
 	if err != nil {
 		_ = proxy.Close()
 		return nil, err
@@ -340,11 +401,15 @@ func (d *demo) addNode(ctx context.Context) (*node, error) {
 		_ = proxy.Close()
 		return nil, err
 	}
-	n := &node{id: id, m: m, proxy: proxy}
+	n := &node{id: id, zone: zone, m: m, proxy: proxy}
 	d.mu.Lock()
 	d.nodes[id] = n
 	d.mu.Unlock()
-	d.say("%s starts", id)
+	if zone != "" {
+		d.say("%s starts in zone %s", id, zone)
+	} else {
+		d.say("%s starts", id)
+	}
 	return n, nil
 }
 
@@ -565,6 +630,9 @@ func (d *demo) waitConverged(ctx context.Context, within time.Duration) (time.Du
 }
 
 func (d *demo) converged() bool {
+	if d.f.zones {
+		return d.convergedInZones()
+	}
 	live := d.liveNodes()
 	ids := map[string]bool{}
 	for _, n := range live {
@@ -613,6 +681,9 @@ func (d *demo) view(ctx context.Context) {
 		role := "      "
 		if n.id == st.Leader {
 			role = "leader"
+		}
+		if n.zone != "" {
+			role = "zone " + n.zone + " " + role
 		}
 		d.say("  %-3s %s %2d │ %s", n.id, role, len(keys), strings.Join(keys, " "))
 	}

@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -48,10 +51,55 @@ func TestDemoWalksThroughEveryStep(t *testing.T) {
 	}
 }
 
+func TestDemoTwoZonesOneDies(t *testing.T) {
+	tests := []struct {
+		name string
+		args func(t *testing.T) []string
+	}{
+		{"on the embedded Redis", func(*testing.T) []string { return []string{"-zones"} }},
+		{"on a real redis-server", func(t *testing.T) []string { return []string{"-zones", "-redis", redistest.Start(t).Addr()} }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out bytes.Buffer
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			// The demo checks the outcome itself and fails otherwise.
+			require.NoError(t, run(ctx, tt.args(t), &out), out.String())
+			text := out.String()
+
+			// What zone a ran before it died, from the first view.
+			inZoneA := map[string]bool{}
+			for _, m := range regexp.MustCompile(`(?m)^ +[\d.]+s +(n[13]) +zone a .*│ (.*)$`).FindAllStringSubmatch(text, 2) {
+				for _, key := range strings.Fields(m[2]) {
+					inZoneA[key] = true
+				}
+			}
+			var movable []string
+			for key := range inZoneA {
+				if key > "feed-03" { // feed-01 to -03 must stay in zone a
+					movable = append(movable, key)
+				}
+			}
+			slices.Sort(movable)
+			require.Len(t, inZoneA, 6, "zone a ran half of the 12 feeds:\n%s", text)
+			assert.Contains(t, text, "zone a dies: n1 and n3 crash at once")
+			assert.Contains(t, text, fmt.Sprintf("zone b took over exactly the %d feeds allowed to move there (%s)", len(movable), strings.Join(movable, " ")))
+			assert.Contains(t, text, "nothing in zone b moved")
+			assert.Contains(t, text, "reported unplaceable (Status.Unplaceable: feed-01 feed-02 feed-03)")
+			assert.Contains(t, text, "dimctl explain demo") // the service is named on the embedded Redis only
+			assert.Contains(t, text, "feed-01: required zone=a: no live node qualifies, so it runs nowhere")
+			assert.Contains(t, text, "nothing is unplaceable; the spread feeds run 3 in zone a and 3 in zone b")
+			assert.Contains(t, text, "no connection ever ran twice at once")
+		})
+	}
+}
+
 func TestDemoRejectsBadFlags(t *testing.T) {
 	var out bytes.Buffer
 	assert.Error(t, run(context.Background(), []string{"-nodes", "1"}, &out))
 	assert.Error(t, run(context.Background(), []string{"-bogus"}, &out))
+	assert.Error(t, run(context.Background(), []string{"-zones", "-configs", "3"}, &out))
 }
 
 func TestDemoRunsUntilCancelled(t *testing.T) {
