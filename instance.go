@@ -651,12 +651,14 @@ func (m *Manager[C, I]) claimChunk(ctx context.Context, session string, keys []s
 		[]string{m.k.nodes, m.k.assign, m.k.owner, m.k.fence, m.k.state}, args).ToArray()
 	if err != nil {
 		// The script may have run with its reply lost: keep the keys on the
-		// books as claimed, so that they are released if they move away.
+		// books as claimed, so that they are released if they move away,
+		// and publish their states again (a grant drops a key's record).
 		for _, key := range keys {
 			m.tab.waiting[key] = time.Now().Add(m.claimRetry)
 			if _, ok := m.tab.claimed[key]; !ok {
 				m.tab.claimed[key] = 0
 			}
+			delete(m.tab.states, key)
 		}
 		return 0, true, fmt.Errorf("claim: %w", err)
 	}
@@ -690,7 +692,9 @@ func (m *Manager[C, I]) claimChunk(ctx context.Context, session string, keys []s
 		if token > 0 {
 			granted[key] = token
 			m.tab.claimed[key] = token
-			m.tab.states[key] = keyRecord{Node: m.s.nodeID, Session: session, State: KeyCreating, Since: time.Now().UnixMilli()}
+			// The grant dropped the key's record: its owner entry says
+			// creating until the node publishes what follows.
+			delete(m.tab.states, key)
 		}
 	}
 	return held, false, nil
@@ -722,7 +726,7 @@ func (m *Manager[C, I]) releaseChunk(ctx context.Context, session string, keys [
 	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
 	args := append([]string{m.s.nodeID, session, m.k.channel}, keys...)
-	if err := releaseScript.Exec(ctx, m.client, &m.plainScripts, []string{m.k.owner, m.k.state}, args).Error(); err != nil {
+	if err := releaseScript.Exec(ctx, m.client, &m.plainScripts, []string{m.k.owner, m.k.state, m.k.nodes, m.k.assign}, args).Error(); err != nil {
 		return fmt.Errorf("release: %w", err)
 	}
 	m.slot.over(m.log)
@@ -939,7 +943,7 @@ func (m *Manager[C, I]) markStopping(entries []*entry[I], chans []<-chan struct{
 		m.tab.states[e.key] = r
 	}
 	if len(args) > 0 {
-		_, _ = m.publishStates(m.runCtx, session, args)
+		_, _ = m.publishStates(m.runCtx, session, 0, nil, args)
 	}
 }
 
@@ -1000,7 +1004,7 @@ func (m *Manager[C, I]) verifyOwnership(session string, entries []*entry[I], unt
 	keys := slices.Sorted(maps.Keys(held))
 	for chunk := range slices.Chunk(keys, verifyChunk) {
 		ctx, cancel := context.WithDeadline(m.runCtx, until)
-		res, err := verifyScript.Exec(ctx, m.client, &m.plainScripts, []string{m.k.owner, m.k.nodes, m.k.fence},
+		res, err := verifyScript.Exec(ctx, m.client, &m.plainScripts, []string{m.k.owner, m.k.nodes, m.k.fence, m.k.state, m.k.assign},
 			append([]string{m.s.nodeID, session}, chunk...)).ToArray()
 		cancel()
 		if err == nil && len(res) != 2 {
@@ -1063,12 +1067,15 @@ func (c *confirmedKeys) take(session string) []string {
 }
 
 // bookConfirmed puts the keys verifyOwnership wrote on the node loop's
-// books, so that those it does not run are released like any other claim.
+// books, so that those it does not run are released like any other claim,
+// and has their states published again: a re-asserted owner entry says
+// creating, and the restored state hash may have lost their records.
 func (m *Manager[C, I]) bookConfirmed(session string) {
 	for _, key := range m.confirmed.take(session) {
 		if _, ok := m.tab.claimed[key]; !ok {
 			m.tab.claimed[key] = 0
 		}
+		delete(m.tab.states, key)
 	}
 }
 
