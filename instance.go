@@ -622,13 +622,22 @@ func (m *Manager[C, I]) dropAll(ctx context.Context, why string) {
 // their fencing tokens.
 func (m *Manager[C, I]) claim(ctx context.Context, session string, keys []string) (granted map[string]uint64, held int, err error) {
 	granted = make(map[string]uint64, len(keys))
-	for chunk := range slices.Chunk(keys, claimChunk) {
+	for i := 0; i < len(keys); i += claimChunk {
 		if m.checkLease() != session {
 			return granted, held, nil // fenced: claims died with the lease
 		}
-		n, done, err := m.claimChunk(ctx, session, chunk, granted)
+		chunk := keys[i:min(i+claimChunk, len(keys))]
+		n, graceEnd, done, err := m.claimChunk(ctx, session, chunk, granted)
 		m.live.advance()
 		held += n
+		if !graceEnd.IsZero() {
+			// A grace period refuses every claim until it ends: the keys
+			// not asked for yet wait with the chunk, or the node would
+			// read its keys and ask again for the next chunk, over and over.
+			for _, key := range keys[i:] {
+				m.tab.waiting[key] = graceEnd
+			}
+		}
 		if done || err != nil {
 			return granted, held, err
 		}
@@ -641,9 +650,10 @@ func (m *Manager[C, I]) claim(ctx context.Context, session string, keys []string
 const claimChunk = 500
 
 // claimChunk claims one chunk of keys into granted, and reports how many
-// another live node still holds and whether the rest must wait (the node is
-// fenced, or a grace period runs).
-func (m *Manager[C, I]) claimChunk(ctx context.Context, session string, keys []string, granted map[string]uint64) (held int, done bool, err error) {
+// another live node still holds, when the grace period ends if one refused
+// the claim, and whether the rest must wait (the node is fenced, or a grace
+// period runs).
+func (m *Manager[C, I]) claimChunk(ctx context.Context, session string, keys []string, granted map[string]uint64) (held int, graceEnd time.Time, done bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
 	args := append([]string{m.s.nodeID, session, ms(m.ttlFloor()), m.durable()}, keys...)
@@ -660,27 +670,23 @@ func (m *Manager[C, I]) claimChunk(ctx context.Context, session string, keys []s
 			}
 			delete(m.tab.states, key)
 		}
-		return 0, true, fmt.Errorf("claim: %w", err)
+		return 0, time.Time{}, true, fmt.Errorf("claim: %w", err)
 	}
 	m.slot.over(m.log)
 	if len(res) < 2 {
-		return 0, true, fmt.Errorf("claim: unexpected reply of %d values", len(res))
+		return 0, time.Time{}, true, fmt.Errorf("claim: unexpected reply of %d values", len(res))
 	}
 	switch status, _ := res[0].AsInt64(); status {
 	case -1:
 		m.fenceSession(session, "claim refused: not a live member")
-		return 0, true, nil
+		return 0, time.Time{}, true, nil
 	case -2:
 		wait, _ := res[1].AsInt64()
-		at := time.Now().Add(time.Duration(wait) * time.Millisecond)
-		for _, key := range keys {
-			m.tab.waiting[key] = at
-		}
 		m.log.Debug("claims wait for the grace period", "wait_ms", wait)
-		return 0, true, nil
+		return 0, time.Now().Add(time.Duration(wait) * time.Millisecond), true, nil
 	}
 	if len(res) != len(keys)+2 {
-		return 0, true, fmt.Errorf("claim: unexpected reply of %d values for %d keys", len(res), len(keys))
+		return 0, time.Time{}, true, fmt.Errorf("claim: unexpected reply of %d values for %d keys", len(res), len(keys))
 	}
 	for i, key := range keys {
 		s, _ := res[i+2].ToString()
@@ -697,7 +703,7 @@ func (m *Manager[C, I]) claimChunk(ctx context.Context, session string, keys []s
 			delete(m.tab.states, key)
 		}
 	}
-	return held, false, nil
+	return held, time.Time{}, false, nil
 }
 
 // release gives up claims after their instances were disconnected, and tells
