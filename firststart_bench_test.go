@@ -154,8 +154,8 @@ func firstStartCost(ctx context.Context, tb testing.TB, client rueidis.Client, s
 				moves[i], keys[i] = Move{Key: c.key, To: c.to}, c.key
 			}
 			kj, _ := json.Marshal(keys)
-			mj, _ := json.Marshal(moves)
-			must(client.Do(ctx, xadd(HistoryAssigned, "node-0", "p", "1", "k", string(kj), "m", string(mj))).Error())
+			mj, _ := json.Marshal(moveRuns(moves))
+			must(client.Do(ctx, xadd(HistoryAssigned, "node-0", "p", "1", "k", string(kj), "mr", string(mj))).Error())
 		}
 	})
 	phase("claim", func() {
