@@ -164,10 +164,10 @@ func firstStartCost(ctx context.Context, tb testing.TB, client rueidis.Client, s
 				args := append([]string{ids[n], sessions[n], "600000", "0"}, chunk...)
 				res, err := claimScript.Exec(ctx, client, []string{k.nodes, k.assign, k.owner, k.fence, k.state}, args).ToArray()
 				must(err)
-				if st, _ := res[0].AsInt64(); st != 1 || len(res) != len(chunk)+2 {
+				if st, _ := res[0].AsInt64(); st != 1 || len(res) != len(chunk)+3 {
 					tb.Fatalf("claim: status %d, %d replies", st, len(res))
 				}
-				if s, _ := res[2].ToString(); s == "0" || s == "-" {
+				if s, _ := res[3].ToString(); s != "+" {
 					tb.Fatalf("claim refused: %q", s)
 				}
 			}

@@ -685,17 +685,22 @@ func (m *Manager[C, I]) claimChunk(ctx context.Context, session string, keys []s
 		m.log.Debug("claims wait for the grace period", "wait_ms", wait)
 		return 0, time.Now().Add(time.Duration(wait) * time.Millisecond), true, nil
 	}
-	if len(res) != len(keys)+2 {
+	if len(res) != len(keys)+3 {
 		return 0, time.Time{}, true, fmt.Errorf("claim: unexpected reply of %d values for %d keys", len(res), len(keys))
 	}
+	first, _ := res[2].ToString()
+	next, err := strconv.ParseUint(first, 10, 64)
+	if err != nil {
+		return 0, time.Time{}, true, fmt.Errorf("claim: first token %q: %w", first, err)
+	}
 	for i, key := range keys {
-		s, _ := res[i+2].ToString()
-		if s == "-" {
+		switch s, _ := res[i+3].ToString(); s {
+		case "-":
 			held++
-			continue
-		}
-		token, _ := strconv.ParseUint(s, 10, 64)
-		if token > 0 {
+		case "+":
+			// Granted keys have consecutive tokens, in their order.
+			token := next
+			next++
 			granted[key] = token
 			m.tab.claimed[key] = token
 			// The grant dropped the key's record: its owner entry says

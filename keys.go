@@ -30,13 +30,14 @@ import (
 //	<p>:a:<node>   SET   the keys assigned to one node
 //	<p>:traces     HASH  node → trace context of the last rebalance that
 //	                     changed its keys
-//	<p>:owner      HASH  key → "node session token generation since
-//	                     [r<ms>]": who runs it, and, while the key has no
-//	                     record in state, what it does: creating since the
-//	                     claim (server ms), or, once the node added the r
-//	                     field, running since <ms> (the node's clock). A
-//	                     first start thus writes one entry per key and
-//	                     rewrites it once, nothing else per key
+//	<p>:owner      HASH  key → "node session token generation [r<ms>]":
+//	                     who runs it, and, while the key has no record in
+//	                     state, what it does: creating since the claim (the
+//	                     token, which is at least the server's time in µs
+//	                     when it was minted, tells when), or, once the node
+//	                     added the r field, running since <ms> (the node's
+//	                     clock). A first start thus writes one entry per key
+//	                     and rewrites it once, nothing else per key
 //	<p>:fence      STRING the last token handed out
 //	<p>:state      HASH  key → what the node that holds it says it does,
 //	                     where its owner entry cannot say it (failing, hung,
@@ -247,9 +248,11 @@ local function nextToken(key)
   redis.call('SET', key, s)
   return s
 end
--- counter returns the decimal strings of n + 1, n + 2, …: one
--- string.format per thousand values instead of one per value (a claim
--- mints a token per key).
+-- counter returns the decimal strings of n + 1, n + 2, …, each in two
+-- parts to be concatenated (all but the last three digits, and those): one
+-- string.format per thousand values instead of one per value, and no
+-- string of its own per value (a claim mints a token per key and writes
+-- it into the key's owner entry).
 local function counter(n)
   local hi = math.floor(n / 1000)
   local lo = n - hi * 1000
@@ -260,8 +263,8 @@ local function counter(n)
       hi, lo = hi + 1, 0
       prefix = fmt(hi)
     end
-    if hi == 0 then return fmt(lo) end
-    return prefix .. string.char(48 + math.floor(lo / 100), 48 + math.floor(lo / 10) % 10, 48 + lo % 10)
+    if hi == 0 then return '', fmt(lo) end
+    return prefix, string.char(48 + math.floor(lo / 100), 48 + math.floor(lo / 10) % 10, 48 + lo % 10)
   end
 end
 local function info(section, field)
@@ -671,7 +674,7 @@ for i = 3, #ARGV do
   elseif cur and string.match(cur, '^%S+ %S+ %S+ (%S+)') == gen then
     lost[#lost + 1] = ARGV[i]
   else
-    local own = mine .. nextToken(KEYS[3]) .. ' ' .. gen .. ' ' .. now
+    local own = mine .. nextToken(KEYS[3]) .. ' ' .. gen
     redis.call('HSET', KEYS[1], ARGV[i], own)
     wrote[#wrote + 1] = ARGV[i]
     local rec = redis.call('HGET', KEYS[4], ARGV[i])
@@ -945,16 +948,18 @@ return 1
 // node already owns: a token is never handed out twice, whatever older record
 // Redis comes back with.
 //
-// An owner entry is "node session token generation since": a granted key
-// has no record in the state hash (any it had goes), so its owner entry
-// says it is creating, since the claim (see keys); the node's counter of
-// such keys, which the summary reads, follows in bulk (see change).
+// An owner entry is "node session token generation": a granted key has no
+// record in the state hash (any it had goes), so its owner entry says it is
+// creating, since the claim (see keys); the node's counter of such keys,
+// which the summary reads, follows in bulk (see change).
 //
 // KEYS: nodes assign owner fence state
 // ARGV: node session floor_ms durable key…
-// Returns {status, wait_ms, token per key}: status 1 ok, -1 the node itself
-// is not live, -2 the grace period runs for wait_ms more; a token of "0" means
-// the key is not assigned to the node, "-" that another live node holds it.
+// Returns {status, wait_ms, first_token, code per key}: status 1 ok, -1 the
+// node itself is not live, -2 the grace period runs for wait_ms more; a
+// code of "+" means granted (the granted keys have the tokens first_token,
+// first_token + 1, … in their order), "0" that the key is not assigned to
+// the node, "-" that another live node holds it.
 var claimScript = script(`
 local node, session = ARGV[1], ARGV[2]
 local gen = trust(KEYS[1], tonumber(ARGV[3]), ARGV[4])
@@ -962,18 +967,18 @@ if gen == '' then gen = '-' end
 if not live(KEYS[1], node, session) then return {-1, 0} end
 local left = graceLeft(KEYS[1])
 if left > 0 then return {-2, left} end
-local out = {1, 0}
-if #ARGV < 5 then return out end
+if #ARGV < 5 then return {1, 0, '0'} end
 local mine = node .. ' ' .. session .. ' '
-local suffix = ' ' .. gen .. ' ' .. now
+local suffix = ' ' .. gen
 local last = math.max(tonumber(redis.call('GET', KEYS[4]) or '0'), tonumber(t[1]) * 1000000 + tonumber(t[2]) - 1)
+local out = {1, 0, fmt(last + 1)}
 local nextOf = counter(last)
 local owners, grants, before, alive = {}, {}, {}, {}
 local g = 0
 local assigned = redis.call('HMGET', KEYS[2], unpack(ARGV, 5))
 local current = redis.call('HMGET', KEYS[3], unpack(ARGV, 5))
 for j = 1, #assigned do
-  local token = '0'
+  local code = '0'
   if assigned[j] == node then
     local cur = current[j]
     local free = true
@@ -988,24 +993,27 @@ for j = 1, #assigned do
       end
     end
     if not free then
-      token = '-'
+      code = '-'
     else
       last = last + 1
-      token = nextOf()
+      local hi, lo = nextOf()
       g = g + 1
       owners[2 * g - 1] = ARGV[4 + j]
-      owners[2 * g] = mine .. token .. suffix
+      owners[2 * g] = mine .. hi .. lo .. suffix
       grants[g] = ARGV[4 + j]
       before[g] = cur or false
+      code = '+'
     end
   end
-  out[j + 2] = token
+  out[j + 3] = code
 end
 if g > 0 then
   -- The rest follows the first write that needs memory (the token), so
   -- that a full Redis refuses the claim before it writes anything.
   redis.call('SET', KEYS[4], fmt(last))
-  local olds = redis.call('HMGET', KEYS[5], unpack(grants))
+  -- Keys that run have no record: a first start finds the hash empty.
+  local olds = {}
+  if redis.call('HLEN', KEYS[5]) > 0 then olds = redis.call('HMGET', KEYS[5], unpack(grants)) end
   redis.call('HSET', KEYS[3], unpack(owners))
   local tr = newTrack(KEYS[5], KEYS[1])
   tr.sessions[node] = session
@@ -1099,7 +1107,8 @@ for i = 5, 4 + nrun do keys[i - 4] = ARGV[i] end
 for i = 5 + nrun, #ARGV, 2 do keys[#keys + 1] = ARGV[i] end
 if #keys == 0 then return out end
 local owners = redis.call('HMGET', KEYS[2], unpack(keys))
-local olds = redis.call('HMGET', KEYS[3], unpack(keys))
+local olds = {}
+if redis.call('HLEN', KEYS[3]) > 0 then olds = redis.call('HMGET', KEYS[3], unpack(keys)) end
 local tr = newTrack(KEYS[3], KEYS[1])
 tr.sessions[node] = session
 local oset, sset, sdel = {}, {}, {}

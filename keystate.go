@@ -52,7 +52,7 @@ type keyRecord struct {
 	Err      string   `json:"e,omitempty"` // the last error, shortened
 }
 
-// ownerEntry is a key's owner entry: "node session token generation since
+// ownerEntry is a key's owner entry: "node session token generation
 // [r<ms>]" (see keys).
 type ownerEntry struct {
 	node, session string
@@ -62,9 +62,9 @@ type ownerEntry struct {
 	implicit keyRecord
 }
 
-// parseOwner reads an owner entry. An entry written before entries had a
-// time (no since field) dates its claim by its token, which is at least the
-// server's time in microseconds when it was minted.
+// parseOwner reads an owner entry. A claim is dated by its token: at least
+// the server's time in microseconds when it was minted, and close to it, as
+// tokens are minted one per key granted.
 func parseOwner(v string) (ownerEntry, bool) {
 	f := strings.Fields(v)
 	if len(f) < 3 {
@@ -73,13 +73,11 @@ func parseOwner(v string) (ownerEntry, bool) {
 	token, _ := strconv.ParseUint(f[2], 10, 64)
 	o := ownerEntry{node: f[0], session: f[1], token: token,
 		implicit: keyRecord{Node: f[0], Session: f[1], State: KeyCreating, Since: int64(token / 1000)}}
-	for i, x := range f[min(4, len(f)):] {
+	for _, x := range f[min(4, len(f)):] {
 		if ms, ok := strings.CutPrefix(x, "r"); ok {
 			if at, err := strconv.ParseInt(ms, 10, 64); err == nil {
 				o.implicit.State, o.implicit.Since = KeyRunning, at
 			}
-		} else if at, err := strconv.ParseInt(x, 10, 64); err == nil && i == 0 {
-			o.implicit.Since = at
 		}
 	}
 	return o, true

@@ -174,8 +174,7 @@ local function listImplicit(n, session, st, into)
           local o = own[j]
           if not rec[j] and not seen[key] and hasPrefix(o, prefix) and implicitOf(o) == st then
             seen[key] = true
-            local at = string.match(o, ' r(%d+)') or string.match(o, '^%S+ %S+ %S+ %S+ (%d+)') or
-              fmt(math.floor(tonumber(string.match(o, '^%S+ %S+ (%d+)') or '0') / 1000))
+            local at = string.match(o, ' r(%d+)') or fmt(math.floor(tonumber(string.match(o, '^%S+ %S+ (%d+)') or '0') / 1000))
             implicit[key] = '{"n":"' .. n .. '","s":"' .. session .. '","st":"' .. st .. '","t":' .. at .. '}'
             into[#into + 1] = key
             into[#into + 1] = n
