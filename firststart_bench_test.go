@@ -3,6 +3,7 @@ package dim
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"slices"
 	"strconv"
@@ -15,6 +16,9 @@ import (
 	"github.com/redis/rueidis"
 )
 
+// firstStartKeys is the size of BenchmarkFirstStartRedisCPU's service.
+var firstStartKeys = flag.Int("firststart.keys", 100_000, "keys of BenchmarkFirstStartRedisCPU's first start")
+
 // BenchmarkFirstStartRedisCPU measures the Redis CPU a first start costs per
 // key, script by script: the leader's assignment write, the nodes' claims,
 // their state writes ("running") and the history entries of both, each
@@ -23,7 +27,7 @@ import (
 // less than wall time; compare runs made side by side. Each iteration is a
 // new service on the same server; -benchtime=1x -count=N gives N samples.
 func BenchmarkFirstStartRedisCPU(b *testing.B) {
-	const keys, nodes = 100_000, 3
+	keys, nodes := *firstStartKeys, 3
 	srv := redistest.Start(b)
 	client := srv.Client(b)
 	ctx := context.Background()

@@ -155,11 +155,11 @@ end
 -- Keys of a node's session whose owner entry says st and that have no
 -- record, with the record the entry stands for.
 local budget = 2 * limit
-local implicit = {}
+local implicit, implicitTo = {}, {}
 local function listImplicit(n, session, st, into)
   local prefix = n .. ' ' .. session .. ' '
   local seen = {}
-  for _, set in ipairs({ARGV[2] .. n, KEYS[4] .. ':moving'}) do
+  for s, set in ipairs({ARGV[2] .. n, KEYS[4] .. ':moving'}) do
     local cursor = '0'
     repeat
       if #into >= 2 * limit or budget <= 0 then return end
@@ -176,6 +176,7 @@ local function listImplicit(n, session, st, into)
             seen[key] = true
             local at = string.match(o, ' r(%d+)') or fmt(math.floor(tonumber(string.match(o, '^%S+ %S+ (%d+)') or '0') / 1000))
             implicit[key] = '{"n":"' .. n .. '","s":"' .. session .. '","st":"' .. st .. '","t":' .. at .. '}'
+            if s == 1 then implicitTo[key] = n end
             into[#into + 1] = key
             into[#into + 1] = n
             if #into >= 2 * limit then return end
@@ -223,16 +224,20 @@ if limit > 0 then
   end
 end
 local recs, risks = {}, {}
+-- A key found among a node's assigned keys is assigned to it, and one
+-- found without a record has none.
 for i = 1, #problems, 2 do
-  recs[#recs + 1] = problems[i]
+  local key = problems[i]
+  recs[#recs + 1] = key
   recs[#recs + 1] = problems[i + 1]
-  recs[#recs + 1] = redis.call('HGET', KEYS[4], problems[i]) or implicit[problems[i]] or ''
-  recs[#recs + 1] = redis.call('HGET', KEYS[3], problems[i]) or ''
+  recs[#recs + 1] = implicit[key] or redis.call('HGET', KEYS[4], key) or ''
+  recs[#recs + 1] = implicitTo[key] or redis.call('HGET', KEYS[3], key) or ''
 end
 for i = 1, #risky, 2 do
-  risks[#risks + 1] = risky[i]
+  local key = risky[i]
+  risks[#risks + 1] = key
   risks[#risks + 1] = risky[i + 1]
-  risks[#risks + 1] = redis.call('HGET', KEYS[3], risky[i]) or ''
+  risks[#risks + 1] = implicitTo[key] or redis.call('HGET', KEYS[3], key) or ''
 end
 return {now, redis.call('HMGET', KEYS[2], 'node', 'session', 'epoch', 'rb_at', 'rb_moves', 'rb_err'), keyStates, nodes,
   {redis.call('HLEN', KEYS[3]), redis.call('SCARD', KEYS[4] .. ':moving')},
