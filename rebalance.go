@@ -425,10 +425,12 @@ func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string
 	if err != nil {
 		return err
 	}
-	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-	p, err := place(rctx, m.client, m.k, placeInput{now: now, prev: prev, keys: keys, nodes: nodes,
-		first: m.s.quarantineFirst, max: m.s.quarantineMax, poll: m.s.heartbeat, budget: budget, placements: st.placements})
-	cancel()
+	// Each read has a heartbeat; the balancing between them takes what it
+	// takes (a second or more at a million keys), under the leader-loop
+	// watchdog.
+	p, err := place(ctx, m.client, m.k, placeInput{now: now, prev: prev, keys: keys, nodes: nodes,
+		first: m.s.quarantineFirst, max: m.s.quarantineMax, poll: m.s.heartbeat, budget: budget, placements: st.placements,
+		read: m.s.heartbeat})
 	if err != nil {
 		return err
 	}
