@@ -155,6 +155,7 @@ end
 -- Keys of a node's session whose owner entry says st and that have no
 -- record, with the record the entry stands for.
 local budget = 2 * limit
+local anyRecord = redis.call('HLEN', KEYS[4]) > 0
 local implicit, implicitTo = {}, {}
 local function listImplicit(n, session, st, into)
   local prefix = n .. ' ' .. session .. ' '
@@ -169,7 +170,8 @@ local function listImplicit(n, session, st, into)
       if #keys > 0 then
         budget = budget - #keys
         local own = redis.call('HMGET', KEYS[6], unpack(keys))
-        local rec = redis.call('HMGET', KEYS[4], unpack(keys))
+        local rec = {}
+        if anyRecord then rec = redis.call('HMGET', KEYS[4], unpack(keys)) end
         for j, key in ipairs(keys) do
           local o = own[j]
           if not rec[j] and not seen[key] and hasPrefix(o, prefix) and implicitOf(o) == st then
