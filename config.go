@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -203,8 +204,13 @@ func fingerprint[C any](configs map[string]config[C]) string {
 	}
 	slices.Sort(keys)
 	h := sha256.New()
+	// "len:key=sum;" per key, built by hand: at a million keys Fprintf
+	// was a third of the leader's time here.
+	var buf []byte
 	for _, k := range keys {
-		fmt.Fprintf(h, "%d:%s=%s;", len(k), k, configs[k].sum)
+		buf = strconv.AppendInt(buf[:0], int64(len(k)), 10)
+		buf = append(append(append(append(append(buf, ':'), k...), '='), configs[k].sum...), ';')
+		h.Write(buf)
 	}
 	return hex.EncodeToString(h.Sum(nil)[:8])
 }

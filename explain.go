@@ -239,17 +239,17 @@ func Explain(ctx context.Context, client rueidis.Client, key string, opts ...Opt
 		now = sec*1000 + usec/1000
 	}
 	e := &Explanation{Key: key, AssignedTo: str(0), Avoided: []Avoidance{}}
-	if f := strings.Fields(str(1)); len(f) >= 3 {
-		token, _ := strconv.ParseUint(f[2], 10, 64)
-		e.Owner = &Owner{Node: f[0], Token: token, Live: sessions[f[0]] == f[1]}
+	o, owned := parseOwner(str(1))
+	if owned {
+		e.Owner = &Owner{Node: o.node, Token: o.token, Live: sessions[o.node] == o.session}
 	}
 	var r keyRecord
 	if v := str(2); v != "" && json.Unmarshal([]byte(v), &r) == nil {
-		ks := KeyStatus{Node: r.Node, State: r.State, Live: sessions[r.Node] == r.Session && r.Session != "",
-			Since: time.UnixMilli(r.Since).UTC(), Attempts: r.Attempts, LastError: r.Err}
-		if r.Retry > 0 {
-			ks.NextRetry = time.UnixMilli(r.Retry).UTC()
-		}
+		ks := keyStatusOf(r, sessions)
+		e.State = &ks
+	} else if owned {
+		// Without a record, the owner entry says what the key does.
+		ks := keyStatusOf(o.implicit, sessions)
 		e.State = &ks
 	}
 	var w whyRecord

@@ -295,3 +295,51 @@ func TestAKeyRemovedWhileItsOwnerWasDeadLeavesNoOwnerBehind(t *testing.T) {
 	require.NoError(t, err)
 	assert.False(t, st, "its state entry gone too")
 }
+
+// TestANodeWaitsOutTheGracePeriodForAllItsKeysAtOnce: a claim refused for
+// the grace period makes every key the node wants wait for its end, not
+// only the chunk that was refused, so that the node does not read its keys
+// from Redis again and again while it cannot claim any of them.
+func TestANodeWaitsOutTheGracePeriodForAllItsKeysAtOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	keys := 20 * claimChunk
+	c := newTestCluster(t, keys)
+	client := c.srv.Client(t)
+	ctx := context.Background()
+	sscans := func() int64 {
+		s, err := client.Do(ctx, client.B().Info().Section("commandstats").Build()).ToString()
+		require.NoError(t, err)
+		for line := range strings.SplitSeq(s, "\r\n") {
+			if rest, ok := strings.CutPrefix(line, "cmdstat_sscan:calls="); ok {
+				n, _, _ := strings.Cut(rest, ",")
+				var v int64
+				_, err := fmt.Sscan(n, &v)
+				require.NoError(t, err)
+				return v
+			}
+		}
+		return 0
+	}
+	c.start("n1", append(slowTTLOptions(), WithConfigRefreshSchedule("@every 1h"))...)
+	set := newKeys("", c.service).assigned("n1")
+	c.eventually(slowTTL/2, "every key assigned to n1", func() bool {
+		n, err := client.Do(ctx, client.B().Scard().Key(set).Build()).AsInt64()
+		return err == nil && n == int64(keys)
+	})
+	st, err := c.node("n1").m.Status(ctx)
+	require.NoError(t, err)
+	require.NotNil(t, st.Grace)
+	window := min(st.Grace.Left-500*time.Millisecond, 2*time.Second)
+	require.Greater(t, window, time.Second, "too little of the grace period left to watch")
+	before := sscans()
+	time.Sleep(window) // a window of time to count calls in, not a synchronization
+	read := sscans() - before
+	t.Logf("read %d pages in %v", read, window)
+	// The reconcile that the assignment notice brought reads the keys once
+	// (pages of scanPage); nothing else does until the grace ends.
+	assert.LessOrEqual(t, read, int64(2*(keys/scanPage+1)), "the node read its keys %d pages' worth in %v of grace", read, window)
+	assert.Empty(t, c.rec.Live(), "nothing starts during the grace period")
+	c.waitConverged(2*slowTTL, "n1")
+}

@@ -67,13 +67,55 @@ func (m *Manager[C, I]) historyCmd(kind string, epoch uint64, keys []string, mov
 		b = b.FieldValue("k", string(raw))
 	}
 	if len(moves) > 0 {
-		raw, _ := json.Marshal(moves)
-		b = b.FieldValue("m", string(raw))
+		raw, _ := json.Marshal(moveRuns(moves))
+		b = b.FieldValue("mr", string(raw))
 	}
 	if detail != "" {
 		b = b.FieldValue("d", detail)
 	}
 	return b.Build(), true
+}
+
+// moveRuns writes moves, whose keys the entry lists in the same order, as
+// runs of the same origin and destination: [[from, to, count], …]. A
+// chunk of a first start is one run of a thousand keys, which the entry
+// then lists once instead of three times.
+func moveRuns(moves []Move) [][3]any {
+	var runs [][3]any
+	for i := 0; i < len(moves); {
+		j := i + 1
+		for j < len(moves) && moves[j].From == moves[i].From && moves[j].To == moves[i].To {
+			j++
+		}
+		runs = append(runs, [3]any{moves[i].From, moves[i].To, j - i})
+		i = j
+	}
+	return runs
+}
+
+// movesOf reads an entry's move runs (see moveRuns) back into moves of its
+// keys; nil if they do not match the keys.
+func movesOf(raw string, keys []string) []Move {
+	var runs [][3]json.RawMessage
+	if json.Unmarshal([]byte(raw), &runs) != nil {
+		return nil
+	}
+	moves := make([]Move, 0, len(keys))
+	for _, r := range runs {
+		var from, to string
+		var n int
+		if json.Unmarshal(r[0], &from) != nil || json.Unmarshal(r[1], &to) != nil || json.Unmarshal(r[2], &n) != nil ||
+			n < 0 || len(moves)+n > len(keys) {
+			return nil
+		}
+		for _, key := range keys[len(moves) : len(moves)+n] {
+			moves = append(moves, Move{Key: key, From: from, To: to})
+		}
+	}
+	if len(moves) != len(keys) {
+		return nil
+	}
+	return moves
 }
 
 // record appends one entry, best effort.
@@ -149,8 +191,10 @@ func ReadHistory(ctx context.Context, client rueidis.Client, f HistoryFilter, op
 		if v := x.FieldValues["k"]; v != "" {
 			_ = json.Unmarshal([]byte(v), &e.Keys)
 		}
-		if v := x.FieldValues["m"]; v != "" {
-			_ = json.Unmarshal([]byte(v), &e.Moves)
+		if v := x.FieldValues["mr"]; v != "" {
+			e.Moves = movesOf(v, e.Keys)
+		} else if v := x.FieldValues["m"]; v != "" {
+			_ = json.Unmarshal([]byte(v), &e.Moves) // written by an older dim
 		}
 		if f.Node != "" && e.Node != f.Node && !slices.ContainsFunc(e.Moves, func(mv Move) bool { return mv.From == f.Node || mv.To == f.Node }) {
 			continue

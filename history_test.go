@@ -2,6 +2,7 @@ package dim
 
 import (
 	"context"
+	"encoding/json"
 	"slices"
 	"testing"
 	"time"
@@ -98,4 +99,15 @@ func TestWithHistoryZeroWritesNone(t *testing.T) {
 	all, err := ReadHistory(context.Background(), c.srv.Client(t), HistoryFilter{}, WithService(c.service))
 	require.NoError(t, err)
 	assert.Empty(t, all)
+}
+
+func TestMoveRunsReadBackAsTheMovesTheyWrite(t *testing.T) {
+	moves := []Move{{Key: "a", To: "n1"}, {Key: "b", To: "n1"}, {Key: "c", From: "n2", To: "n1"}, {Key: "d", From: "n1", To: ""}}
+	raw, err := json.Marshal(moveRuns(moves))
+	require.NoError(t, err)
+	assert.JSONEq(t, `[["","n1",2],["n2","n1",1],["n1","",1]]`, string(raw))
+	assert.Equal(t, moves, movesOf(string(raw), []string{"a", "b", "c", "d"}))
+	assert.Nil(t, movesOf(string(raw), []string{"a", "b", "c"}), "runs for more keys than listed")
+	assert.Nil(t, movesOf(`[["","n1",-1]]`, []string{"a"}))
+	assert.Nil(t, movesOf(`{}`, []string{"a"}))
 }

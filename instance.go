@@ -622,13 +622,22 @@ func (m *Manager[C, I]) dropAll(ctx context.Context, why string) {
 // their fencing tokens.
 func (m *Manager[C, I]) claim(ctx context.Context, session string, keys []string) (granted map[string]uint64, held int, err error) {
 	granted = make(map[string]uint64, len(keys))
-	for chunk := range slices.Chunk(keys, claimChunk) {
+	for i := 0; i < len(keys); i += claimChunk {
 		if m.checkLease() != session {
 			return granted, held, nil // fenced: claims died with the lease
 		}
-		n, done, err := m.claimChunk(ctx, session, chunk, granted)
+		chunk := keys[i:min(i+claimChunk, len(keys))]
+		n, graceEnd, done, err := m.claimChunk(ctx, session, chunk, granted)
 		m.live.advance()
 		held += n
+		if !graceEnd.IsZero() {
+			// A grace period refuses every claim until it ends: the keys
+			// not asked for yet wait with the chunk, or the node would
+			// read its keys and ask again for the next chunk, over and over.
+			for _, key := range keys[i:] {
+				m.tab.waiting[key] = graceEnd
+			}
+		}
 		if done || err != nil {
 			return granted, held, err
 		}
@@ -641,9 +650,10 @@ func (m *Manager[C, I]) claim(ctx context.Context, session string, keys []string
 const claimChunk = 500
 
 // claimChunk claims one chunk of keys into granted, and reports how many
-// another live node still holds and whether the rest must wait (the node is
-// fenced, or a grace period runs).
-func (m *Manager[C, I]) claimChunk(ctx context.Context, session string, keys []string, granted map[string]uint64) (held int, done bool, err error) {
+// another live node still holds, when the grace period ends if one refused
+// the claim, and whether the rest must wait (the node is fenced, or a grace
+// period runs).
+func (m *Manager[C, I]) claimChunk(ctx context.Context, session string, keys []string, granted map[string]uint64) (held int, graceEnd time.Time, done bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
 	args := append([]string{m.s.nodeID, session, ms(m.ttlFloor()), m.durable()}, keys...)
@@ -651,49 +661,54 @@ func (m *Manager[C, I]) claimChunk(ctx context.Context, session string, keys []s
 		[]string{m.k.nodes, m.k.assign, m.k.owner, m.k.fence, m.k.state}, args).ToArray()
 	if err != nil {
 		// The script may have run with its reply lost: keep the keys on the
-		// books as claimed, so that they are released if they move away.
+		// books as claimed, so that they are released if they move away,
+		// and publish their states again (a grant drops a key's record).
 		for _, key := range keys {
 			m.tab.waiting[key] = time.Now().Add(m.claimRetry)
 			if _, ok := m.tab.claimed[key]; !ok {
 				m.tab.claimed[key] = 0
 			}
+			delete(m.tab.states, key)
 		}
-		return 0, true, fmt.Errorf("claim: %w", err)
+		return 0, time.Time{}, true, fmt.Errorf("claim: %w", err)
 	}
 	m.slot.over(m.log)
 	if len(res) < 2 {
-		return 0, true, fmt.Errorf("claim: unexpected reply of %d values", len(res))
+		return 0, time.Time{}, true, fmt.Errorf("claim: unexpected reply of %d values", len(res))
 	}
 	switch status, _ := res[0].AsInt64(); status {
 	case -1:
 		m.fenceSession(session, "claim refused: not a live member")
-		return 0, true, nil
+		return 0, time.Time{}, true, nil
 	case -2:
 		wait, _ := res[1].AsInt64()
-		at := time.Now().Add(time.Duration(wait) * time.Millisecond)
-		for _, key := range keys {
-			m.tab.waiting[key] = at
-		}
 		m.log.Debug("claims wait for the grace period", "wait_ms", wait)
-		return 0, true, nil
+		return 0, time.Now().Add(time.Duration(wait) * time.Millisecond), true, nil
 	}
-	if len(res) != len(keys)+2 {
-		return 0, true, fmt.Errorf("claim: unexpected reply of %d values for %d keys", len(res), len(keys))
+	if len(res) != len(keys)+3 {
+		return 0, time.Time{}, true, fmt.Errorf("claim: unexpected reply of %d values for %d keys", len(res), len(keys))
+	}
+	first, _ := res[2].ToString()
+	next, err := strconv.ParseUint(first, 10, 64)
+	if err != nil {
+		return 0, time.Time{}, true, fmt.Errorf("claim: first token %q: %w", first, err)
 	}
 	for i, key := range keys {
-		s, _ := res[i+2].ToString()
-		if s == "-" {
+		switch s, _ := res[i+3].ToString(); s {
+		case "-":
 			held++
-			continue
-		}
-		token, _ := strconv.ParseUint(s, 10, 64)
-		if token > 0 {
+		case "+":
+			// Granted keys have consecutive tokens, in their order.
+			token := next
+			next++
 			granted[key] = token
 			m.tab.claimed[key] = token
-			m.tab.states[key] = keyRecord{Node: m.s.nodeID, Session: session, State: KeyCreating, Since: time.Now().UnixMilli()}
+			// The grant dropped the key's record: its owner entry says
+			// creating until the node publishes what follows.
+			delete(m.tab.states, key)
 		}
 	}
-	return held, false, nil
+	return held, time.Time{}, false, nil
 }
 
 // release gives up claims after their instances were disconnected, and tells
@@ -722,7 +737,7 @@ func (m *Manager[C, I]) releaseChunk(ctx context.Context, session string, keys [
 	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
 	args := append([]string{m.s.nodeID, session, m.k.channel}, keys...)
-	if err := releaseScript.Exec(ctx, m.client, &m.plainScripts, []string{m.k.owner, m.k.state}, args).Error(); err != nil {
+	if err := releaseScript.Exec(ctx, m.client, &m.plainScripts, []string{m.k.owner, m.k.state, m.k.nodes, m.k.assign}, args).Error(); err != nil {
 		return fmt.Errorf("release: %w", err)
 	}
 	m.slot.over(m.log)
@@ -939,7 +954,7 @@ func (m *Manager[C, I]) markStopping(entries []*entry[I], chans []<-chan struct{
 		m.tab.states[e.key] = r
 	}
 	if len(args) > 0 {
-		_, _ = m.publishStates(m.runCtx, session, args)
+		_, _ = m.publishStates(m.runCtx, session, 0, nil, args)
 	}
 }
 
@@ -1000,7 +1015,7 @@ func (m *Manager[C, I]) verifyOwnership(session string, entries []*entry[I], unt
 	keys := slices.Sorted(maps.Keys(held))
 	for chunk := range slices.Chunk(keys, verifyChunk) {
 		ctx, cancel := context.WithDeadline(m.runCtx, until)
-		res, err := verifyScript.Exec(ctx, m.client, &m.plainScripts, []string{m.k.owner, m.k.nodes, m.k.fence},
+		res, err := verifyScript.Exec(ctx, m.client, &m.plainScripts, []string{m.k.owner, m.k.nodes, m.k.fence, m.k.state, m.k.assign},
 			append([]string{m.s.nodeID, session}, chunk...)).ToArray()
 		cancel()
 		if err == nil && len(res) != 2 {
@@ -1063,12 +1078,15 @@ func (c *confirmedKeys) take(session string) []string {
 }
 
 // bookConfirmed puts the keys verifyOwnership wrote on the node loop's
-// books, so that those it does not run are released like any other claim.
+// books, so that those it does not run are released like any other claim,
+// and has their states published again: a re-asserted owner entry says
+// creating, and the restored state hash may have lost their records.
 func (m *Manager[C, I]) bookConfirmed(session string) {
 	for _, key := range m.confirmed.take(session) {
 		if _, ok := m.tab.claimed[key]; !ok {
 			m.tab.claimed[key] = 0
 		}
+		delete(m.tab.states, key)
 	}
 }
 

@@ -30,15 +30,29 @@ import (
 //	<p>:a:<node>   SET   the keys assigned to one node
 //	<p>:traces     HASH  node → trace context of the last rebalance that
 //	                     changed its keys
-//	<p>:owner      HASH  key → "node session token": who runs it
+//	<p>:owner      HASH  key → "node session token generation [r<ms>]":
+//	                     who runs it, and, while the key has no record in
+//	                     state, what it does: creating since the claim (the
+//	                     token, which is at least the server's time in µs
+//	                     when it was minted, tells when), or, once the node
+//	                     added the r field, running since <ms> (the node's
+//	                     clock). A first start thus writes one entry per key
+//	                     and rewrites it once, nothing else per key
 //	<p>:fence      STRING the last token handed out
-//	<p>:state      HASH  key → what the node that holds it says it does:
-//	                     JSON {"n":node,"s":session,"st":state,…}
-//	<p>:state:<st>:<node> SET the keys whose state the node's current
+//	<p>:state      HASH  key → what the node that holds it says it does,
+//	                     where its owner entry cannot say it (failing, hung,
+//	                     unknown, stopping; running on a key the node does
+//	                     not own): JSON {"n":node,"s":session,"st":state,…}.
+//	                     A record outranks the owner entry
+//	<p>:state:<st>:<node> SET the keys whose record the node's current
 //	                     session published as st: mirrors of the state hash
 //	                     that the summary counts without reading it
-//	<p>:state:moving SET keys whose state comes from a node other than the
-//	                     one they are assigned to (or that are unassigned)
+//	<p>:state:count HASH creating:<node>, running:<node> → how many keys of
+//	                     the node's current session have no record and are
+//	                     creating or running by their owner entry
+//	<p>:state:moving SET keys whose state (the record, or else the owner
+//	                     entry) comes from a node other than the one they are
+//	                     assigned to (or that are unassigned)
 //	<p>:cfgerr     HASH  node → its last failed getConfig, JSON {"e","t","k"}
 //	<p>:avoid      HASH  key → "node=until_ms …": nodes that must not get the
 //	                     key (until 0: until they say otherwise)
@@ -149,8 +163,8 @@ func newKeys(keyPrefix, service string) keys {
 // assigned is the set of keys assigned to node.
 func (k keys) assigned(node string) string { return k.prefix + ":a:" + node }
 
-// inState is the set of keys whose state node published as st (see
-// putState).
+// inState is the set of keys whose record node published as st (see
+// change).
 func (k keys) inState(st KeyState, node string) string {
 	return k.state + ":" + string(st) + ":" + node
 }
@@ -158,6 +172,10 @@ func (k keys) inState(st KeyState, node string) string {
 // moving is the set of keys whose state comes from a node other than the
 // one they are assigned to.
 func (k keys) moving() string { return k.state + ":moving" }
+
+// counts is the hash of the per-node counts of keys whose owner entry is
+// their state (see keys).
+func (k keys) counts() string { return k.state + ":count" }
 
 // Events on the service channel: a verb and space-separated arguments. Node
 // IDs contain no spaces (see namePattern).
@@ -205,18 +223,21 @@ func parseEvent(msg string) (verb string, args []string) {
 // the older rule in joinScript. With WithDurableRedis, a record written by
 // another server is trusted as it is.
 //
-// putState is the only way a script writes or removes a key's published
-// state, so that the mirrors the summary reads (see keys) stay exact: per
-// node and state, the set of keys the node says are in that state, and the
-// set of keys whose state comes from a node other than the one they are
-// assigned to (mirrorChange and mirrorApply do the same in bulk). A node's
-// sets are dropped (dropStates) when its session ends, joins anew or
-// expires, with UNLINK: a set of a node that ran a million keys is freed
-// outside the script, which stays bounded; the entries of its old sessions stay in the state hash, stale,
-// until they are overwritten or removed. Scripts that a
-// full Redis must refuse (those without allow-oom) touch the mirrors only
-// after their first write that needs memory: Redis checks memory at a
-// script's first write only, and SREM or DEL would let the rest through.
+// A key's state is its record in the state hash or, without one, what its
+// owner entry says (creating or running; see keys). Every script that
+// changes either tells change, and applyTrack keeps the mirrors the summary
+// reads exact in bulk: per node and state, the set of keys whose record the
+// node published in that state; per node, the counts of keys whose owner
+// entry of its current session is their state; and the set of keys whose
+// state comes from a node other than the one they are assigned to. A node's
+// sets and counts are dropped (dropStates) when its session ends, joins
+// anew or expires, with UNLINK: a set of a node that ran a million keys is
+// freed outside the script, which stays bounded; the entries of its old
+// sessions stay in the hashes, stale, until they are overwritten or
+// removed. Scripts that a full Redis must refuse (those without allow-oom)
+// touch the mirrors only after their first write that needs memory: Redis
+// checks memory at a script's first write only, and SREM or DEL would let
+// the rest through.
 const luaPrelude = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -227,9 +248,11 @@ local function nextToken(key)
   redis.call('SET', key, s)
   return s
 end
--- counter returns the decimal strings of n + 1, n + 2, …: one
--- string.format per thousand values instead of one per value (a claim
--- mints a token per key).
+-- counter returns the decimal strings of n + 1, n + 2, …, each in two
+-- parts to be concatenated (all but the last three digits, and those): one
+-- string.format per thousand values instead of one per value, and no
+-- string of its own per value (a claim mints a token per key and writes
+-- it into the key's owner entry).
 local function counter(n)
   local hi = math.floor(n / 1000)
   local lo = n - hi * 1000
@@ -240,8 +263,8 @@ local function counter(n)
       hi, lo = hi + 1, 0
       prefix = fmt(hi)
     end
-    if hi == 0 then return fmt(lo) end
-    return prefix .. string.char(48 + math.floor(lo / 100), 48 + math.floor(lo / 10) % 10, 48 + lo % 10)
+    if hi == 0 then return '', fmt(lo) end
+    return prefix, string.char(48 + math.floor(lo / 100), 48 + math.floor(lo / 10) % 10, 48 + lo % 10)
   end
 end
 local function info(section, field)
@@ -380,31 +403,6 @@ local function hasPrefix(s, p) return type(s) == 'string' and string.find(s, p, 
 local function bulk(cmd, key, list)
   for i = 1, #list, 1000 do redis.call(cmd, key, unpack(list, i, math.min(i + 999, #list))) end
 end
-local function unmove(state, key)
-  redis.call('SREM', state .. ':moving', key)
-end
-local function markMoving(state, key, recNode, assigned)
-  if recNode and recNode ~= assigned then
-    redis.call('SADD', state .. ':moving', key)
-  else
-    unmove(state, key)
-  end
-end
-local function putState(state, assign, key, v)
-  local old, st = recordOf(redis.call('HGET', state, key))
-  if old and mirrored[st] then redis.call('SREM', byState(state, st, old), key) end
-  if not v then
-    redis.call('HDEL', state, key)
-    unmove(state, key)
-    return
-  end
-  redis.call('HSET', state, key, v)
-  local n
-  n, st = recordOf(v)
-  if n and mirrored[st] then redis.call('SADD', byState(state, st, n), key) end
-  markMoving(state, key, n, redis.call('HGET', assign, key))
-end
-local function newMirror() return {rem = {}, add = {}, moving = {}, still = {}} end
 local function push(lists, name, key)
   local l = lists[name]
   if not l then
@@ -413,25 +411,102 @@ local function push(lists, name, key)
   end
   l[#l + 1] = key
 end
-local function mirrorChange(mb, state, key, oldv, newv, assigned)
-  local on, ost = recordOf(oldv)
-  if on and mirrored[ost] then push(mb.rem, byState(state, ost, on), key) end
-  local n, st = recordOf(newv)
-  if n and mirrored[st] then push(mb.add, byState(state, st, n), key) end
-  if n and n ~= assigned then
-    mb.moving[#mb.moving + 1] = key
-  elseif on then
-    mb.still[#mb.still + 1] = key
+-- An owner entry without a record says what its key does: creating, or
+-- running once its node added the r field (see keys).
+local function implicitOf(own)
+  if string.find(own, ' r', 1, true) then return 'running' end
+  return 'creating'
+end
+-- effective is the node whose word a key's state is: its record's, or,
+-- without one, its owner's.
+local function effective(rec, own)
+  if rec then return (recordOf(rec)) end
+  if own then return (string.match(own, '^(%S+) ')) end
+  return nil
+end
+-- A track gathers what changes of records and owner entries do to the
+-- mirrors, and applies it in bulk (applyTrack): the sets of recorded
+-- states, the counters of implicit states and the moving set.
+local function newTrack(state, nodes)
+  return {state = state, nodes = nodes, rem = {}, add = {}, moving = {}, still = {}, unsure = {}, unsureNode = {},
+    delta = {}, sessions = {}}
+end
+-- countImplicit counts an owner entry without a record into its node's
+-- counter (d = 1) or out of it (d = -1), if it is of the node's current
+-- session: a counter is dropped with its session (see dropStates).
+local function countImplicit(tr, own, d)
+  local n, s = string.match(own, '^(%S+) (%S+) ')
+  if not n then return end
+  local cur = tr.sessions[n]
+  if cur == nil then
+    cur = redis.call('HGET', tr.nodes, 's:' .. n) or false
+    tr.sessions[n] = cur
+  end
+  if cur ~= s then return end
+  local f = implicitOf(own) .. ':' .. n
+  tr.delta[f] = (tr.delta[f] or 0) + d
+end
+-- change records that key's record went from rec0 to rec1 and its owner
+-- entry from own0 to own1; asg is the node it is assigned to (false for
+-- none, nil if unknown: read in applyTrack when it matters).
+local function change(tr, key, rec0, own0, rec1, own1, asg)
+  if rec0 ~= rec1 then
+    local n, st = recordOf(rec0)
+    if n and mirrored[st] then push(tr.rem, byState(tr.state, st, n), key) end
+    n, st = recordOf(rec1)
+    if n and mirrored[st] then push(tr.add, byState(tr.state, st, n), key) end
+  end
+  if own0 ~= own1 or rec0 ~= rec1 then
+    if own0 and not rec0 then countImplicit(tr, own0, -1) end
+    if own1 and not rec1 then countImplicit(tr, own1, 1) end
+  end
+  local n0, n1 = effective(rec0, own0), effective(rec1, own1)
+  if n0 == n1 then return end
+  if not n1 then
+    tr.still[#tr.still + 1] = key
+  elseif asg == nil then
+    tr.unsure[#tr.unsure + 1] = key
+    tr.unsureNode[#tr.unsureNode + 1] = n1
+  elseif n1 ~= asg then
+    tr.moving[#tr.moving + 1] = key
+  else
+    tr.still[#tr.still + 1] = key
   end
 end
-local function mirrorApply(mb, state)
-  for set, list in pairs(mb.rem) do bulk('SREM', set, list) end
-  for set, list in pairs(mb.add) do bulk('SADD', set, list) end
-  bulk('SADD', state .. ':moving', mb.moving)
-  bulk('SREM', state .. ':moving', mb.still)
+local function countsOf(state) return state .. ':count' end
+local function applyTrack(tr, assign)
+  for set, list in pairs(tr.rem) do bulk('SREM', set, list) end
+  for set, list in pairs(tr.add) do bulk('SADD', set, list) end
+  for i = 1, #tr.unsure, 1000 do
+    local to = math.min(i + 999, #tr.unsure)
+    local a = redis.call('HMGET', assign, unpack(tr.unsure, i, to))
+    for j = i, to do
+      if a[j - i + 1] ~= tr.unsureNode[j] then
+        tr.moving[#tr.moving + 1] = tr.unsure[j]
+      else
+        tr.still[#tr.still + 1] = tr.unsure[j]
+      end
+    end
+  end
+  bulk('SADD', tr.state .. ':moving', tr.moving)
+  bulk('SREM', tr.state .. ':moving', tr.still)
+  local fields = {}
+  for f, d in pairs(tr.delta) do
+    if d ~= 0 then fields[#fields + 1] = f end
+  end
+  if #fields > 0 then
+    local cur = redis.call('HMGET', countsOf(tr.state), unpack(fields))
+    local set = {}
+    for j, f in ipairs(fields) do
+      set[#set + 1] = f
+      set[#set + 1] = (tonumber(cur[j]) or 0) + tr.delta[f]
+    end
+    redis.call('HSET', countsOf(tr.state), unpack(set))
+  end
 end
 local function dropStates(state, node)
   for _, s in ipairs(keyStates) do redis.call('UNLINK', byState(state, s, node)) end
+  redis.call('HDEL', countsOf(state), 'creating:' .. node, 'running:' .. node)
 end
 `
 
@@ -578,28 +653,35 @@ return {1, now, gen, maxttl}
 // token if the restored record names another owner. A key that another node
 // already confirmed under this generation is listed instead, for the node to
 // stop at once; that cannot happen while every node keeps to its lease. An
-// entry left unconfirmed when the grace period ends is free to claim.
+// entry left unconfirmed when the grace period ends is free to claim. An
+// entry of the node keeps what it says of its key (see keys); a re-asserted
+// one says creating, until the node publishes its keys' states again.
 //
-// KEYS: owner nodes fence
+// KEYS: owner nodes fence state assign
 // ARGV: node session key…
 // Returns {the keys confirmed by another node, the keys written}.
 var verifyScript = keepScript(`
 local gen = redis.call('HGET', KEYS[2], 'gen') or '-'
 local mine = ARGV[1] .. ' ' .. ARGV[2] .. ' '
 local lost, wrote = {}, {}
+local tr = newTrack(KEYS[4], KEYS[2])
 for i = 3, #ARGV do
   local cur = redis.call('HGET', KEYS[1], ARGV[i])
-  if cur and string.sub(cur, 1, #mine) == mine then
-    local token = string.match(cur, '^%S+ %S+ (%S+)')
-    redis.call('HSET', KEYS[1], ARGV[i], mine .. token .. ' ' .. gen)
+  if cur and hasPrefix(cur, mine) then
+    local token, tail = string.match(cur, '^%S+ %S+ (%S+) ?%S*(.*)$')
+    redis.call('HSET', KEYS[1], ARGV[i], mine .. token .. ' ' .. gen .. tail)
     wrote[#wrote + 1] = ARGV[i]
   elseif cur and string.match(cur, '^%S+ %S+ %S+ (%S+)') == gen then
     lost[#lost + 1] = ARGV[i]
   else
-    redis.call('HSET', KEYS[1], ARGV[i], mine .. nextToken(KEYS[3]) .. ' ' .. gen)
+    local own = mine .. nextToken(KEYS[3]) .. ' ' .. gen
+    redis.call('HSET', KEYS[1], ARGV[i], own)
     wrote[#wrote + 1] = ARGV[i]
+    local rec = redis.call('HGET', KEYS[4], ARGV[i])
+    change(tr, ARGV[i], rec, cur, rec, own, nil)
   end
 end
+applyTrack(tr, KEYS[5])
 return {lost, wrote}
 `)
 
@@ -752,77 +834,105 @@ return {l[1], l[3], ok}
 // them, so that the reconcile that acts on the change can link to it. A key
 // that leaves the configs while its owner is dead takes its owner entry and
 // state with it; a live owner releases them itself when it has stopped. The
-// set of keys whose state is published by another node than the one they
-// are assigned to follows every change (see putState).
+// set of keys whose state comes from another node than the one they are
+// assigned to follows every change (see change): a key that was not
+// assigned is in it if it has any state, so that a first placement reads
+// nothing per key while that set is empty.
 //
 // KEYS: epoch assign traces nodes owner state, then set_1 … set_m
 // (the per-node sets involved)
 // ARGV: epoch channel traceparent m node_1 … node_m tell_1 … tell_m then
-// triples (key, new, old), where new and old number the nodes (0: none) and
-// tell_i is "1" if node i is to be told now (its last chunk of a write).
+// groups (new, old, count, key_1 … key_count): count keys that go from
+// node old to node new (numbering the nodes, 0: none); tell_i is "1" if node
+// i is to be told now (its last chunk of a write).
 // Returns 1, or 0 if the epoch is stale.
 var writeScript = script(`
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local m = tonumber(ARGV[4])
-local adds, rems, sets, dels, marks = {}, {}, {}, {}, {}
-for i = 5 + 2 * m, #ARGV, 3 do
-  local key, new, old = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+local adds, rems, sets, dels, look, lookTo = {}, {}, {}, {}, {}, {}
+local scan = redis.call('SCARD', KEYS[6] .. ':moving') > 0
+local i = 5 + 2 * m
+while i <= #ARGV do
+  local new, old, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local from, to = i + 3, i + 2 + n
   if old > 0 then
-    rems[old] = rems[old] or {}
-    table.insert(rems[old], key)
+    local r = rems[old] or {}
+    rems[old] = r
+    for j = from, to do r[#r + 1] = ARGV[j] end
   end
   if new > 0 then
-    adds[new] = adds[new] or {}
-    table.insert(adds[new], key)
-    sets[#sets + 1] = key
-    sets[#sets + 1] = ARGV[4 + new]
-    marks[#marks + 1] = key
-    marks[#marks + 1] = ARGV[4 + new]
-  else
-    dels[#dels + 1] = key
-    local cur = redis.call('HGET', KEYS[5], key)
-    local gone = false
-    if cur then
-      local on, os = string.match(cur, '^(%S+) (%S+) ')
-      if not live(KEYS[4], on, os) then
-        redis.call('HDEL', KEYS[5], key)
-        putState(KEYS[6], KEYS[2], key, nil)
-        gone = true
+    local a = adds[new] or {}
+    adds[new] = a
+    local node = ARGV[4 + new]
+    local k = #sets
+    for j = from, to do
+      local key = ARGV[j]
+      a[#a + 1] = key
+      sets[k + 1] = key
+      sets[k + 2] = node
+      k = k + 2
+      if old > 0 or scan then
+        look[#look + 1] = key
+        lookTo[#lookTo + 1] = node
       end
     end
-    if not gone then
-      marks[#marks + 1] = key
-      marks[#marks + 1] = false
-    end
+  else
+    for j = from, to do dels[#dels + 1] = ARGV[j] end
   end
+  i = to + 1
 end
 local notify = {}
 for i = 1, m do
-  if rems[i] then redis.call('SREM', KEYS[6 + i], unpack(rems[i])) end
-  if adds[i] then redis.call('SADD', KEYS[6 + i], unpack(adds[i])) end
+  if rems[i] then bulk('SREM', KEYS[6 + i], rems[i]) end
+  if adds[i] then bulk('SADD', KEYS[6 + i], adds[i]) end
   if (rems[i] or adds[i]) and ARGV[4 + m + i] == '1' then
     notify[#notify + 1] = ARGV[4 + i]
     if ARGV[3] ~= '-' then redis.call('HSET', KEYS[3], ARGV[4 + i], ARGV[3]) end
   end
 end
-if #sets > 0 then redis.call('HSET', KEYS[2], unpack(sets)) end
-if #dels > 0 then redis.call('HDEL', KEYS[2], unpack(dels)) end
-if #marks > 0 then
-  -- markMoving in bulk: one HMGET for the chunk's published states; a key
-  -- with none is in no mirror.
-  local mkeys = {}
-  for i = 1, #marks, 2 do mkeys[#mkeys + 1] = marks[i] end
-  local recs = redis.call('HMGET', KEYS[6], unpack(mkeys))
-  local moving, still = {}, {}
-  for j, key in ipairs(mkeys) do
-    if recs[j] then
-      local n = recordOf(recs[j])
-      if n and n ~= (marks[2 * j] or nil) then moving[#moving + 1] = key else still[#still + 1] = key end
+bulk('HSET', KEYS[2], sets)
+bulk('HDEL', KEYS[2], dels)
+local tr = newTrack(KEYS[6], KEYS[4])
+for i = 1, #look, 1000 do
+  local to = math.min(i + 999, #look)
+  local recs = redis.call('HMGET', KEYS[6], unpack(look, i, to))
+  local owns = redis.call('HMGET', KEYS[5], unpack(look, i, to))
+  for j = i, to do
+    local n = effective(recs[j - i + 1], owns[j - i + 1])
+    if n and n ~= lookTo[j] then
+      tr.moving[#tr.moving + 1] = look[j]
+    elseif n then
+      tr.still[#tr.still + 1] = look[j]
     end
   end
-  bulk('SADD', KEYS[6] .. ':moving', moving)
-  bulk('SREM', KEYS[6] .. ':moving', still)
 end
+local alive, gone = {}, {}
+for i = 1, #dels, 1000 do
+  local to = math.min(i + 999, #dels)
+  local owns = redis.call('HMGET', KEYS[5], unpack(dels, i, to))
+  local recs = redis.call('HMGET', KEYS[6], unpack(dels, i, to))
+  for j = i, to do
+    local key, cur, rec = dels[j], owns[j - i + 1], recs[j - i + 1]
+    local dead = false
+    if cur then
+      local who = string.match(cur, '^(%S+ %S+) ')
+      if alive[who] == nil then
+        local on, os = string.match(cur, '^(%S+) (%S+) ')
+        alive[who] = live(KEYS[4], on, os)
+      end
+      dead = not alive[who]
+    end
+    if dead then
+      gone[#gone + 1] = key
+      change(tr, key, rec, cur, nil, nil, false)
+    elseif rec or cur then
+      tr.moving[#tr.moving + 1] = key
+    end
+  end
+end
+bulk('HDEL', KEYS[5], gone)
+bulk('HDEL', KEYS[6], gone)
+applyTrack(tr, KEYS[2])
 if #notify > 0 then
   redis.call('PUBLISH', ARGV[2], 'assign ' .. ARGV[1] .. ' ' .. table.concat(notify, ' '))
 end
@@ -838,16 +948,18 @@ return 1
 // node already owns: a token is never handed out twice, whatever older record
 // Redis comes back with.
 //
-// An owner entry is "node session token generation".
-//
-// A granted key's state becomes "creating", and the summary's mirrors follow
-// in bulk (see putState).
+// An owner entry is "node session token generation": a granted key has no
+// record in the state hash (any it had goes), so its owner entry says it is
+// creating, since the claim (see keys); the node's counter of such keys,
+// which the summary reads, follows in bulk (see change).
 //
 // KEYS: nodes assign owner fence state
 // ARGV: node session floor_ms durable key…
-// Returns {status, wait_ms, token per key}: status 1 ok, -1 the node itself
-// is not live, -2 the grace period runs for wait_ms more; a token of "0" means
-// the key is not assigned to the node, "-" that another live node holds it.
+// Returns {status, wait_ms, first_token, code per key}: status 1 ok, -1 the
+// node itself is not live, -2 the grace period runs for wait_ms more; a
+// code of "+" means granted (the granted keys have the tokens first_token,
+// first_token + 1, … in their order), "0" that the key is not assigned to
+// the node, "-" that another live node holds it.
 var claimScript = script(`
 local node, session = ARGV[1], ARGV[2]
 local gen = trust(KEYS[1], tonumber(ARGV[3]), ARGV[4])
@@ -855,18 +967,18 @@ if gen == '' then gen = '-' end
 if not live(KEYS[1], node, session) then return {-1, 0} end
 local left = graceLeft(KEYS[1])
 if left > 0 then return {-2, left} end
-local out = {1, 0}
+if #ARGV < 5 then return {1, 0, '0'} end
 local mine = node .. ' ' .. session .. ' '
-local creating = '{"n":"' .. node .. '","s":"' .. session .. '","st":"creating","t":' .. now .. '}'
+local suffix = ' ' .. gen
 local last = math.max(tonumber(redis.call('GET', KEYS[4]) or '0'), tonumber(t[1]) * 1000000 + tonumber(t[2]) - 1)
+local out = {1, 0, fmt(last + 1)}
 local nextOf = counter(last)
-local owners, states, alive, grants = {}, {}, {}, {}
-local keys = {unpack(ARGV, 5)}
-if #keys == 0 then return out end
-local assigned = redis.call('HMGET', KEYS[2], unpack(keys))
-local current = redis.call('HMGET', KEYS[3], unpack(keys))
-for j, key in ipairs(keys) do
-  local token = '0'
+local owners, grants, before, alive = {}, {}, {}, {}
+local g = 0
+local assigned = redis.call('HMGET', KEYS[2], unpack(ARGV, 5))
+local current = redis.call('HMGET', KEYS[3], unpack(ARGV, 5))
+for j = 1, #assigned do
+  local code = '0'
   if assigned[j] == node then
     local cur = current[j]
     local free = true
@@ -881,40 +993,43 @@ for j, key in ipairs(keys) do
       end
     end
     if not free then
-      token = '-'
+      code = '-'
     else
       last = last + 1
-      token = nextOf()
-      owners[#owners + 1] = key
-      owners[#owners + 1] = mine .. token .. ' ' .. gen
-      states[#states + 1] = key
-      states[#states + 1] = creating
-      grants[#grants + 1] = key
+      local hi, lo = nextOf()
+      g = g + 1
+      owners[2 * g - 1] = ARGV[4 + j]
+      owners[2 * g] = mine .. hi .. lo .. suffix
+      grants[g] = ARGV[4 + j]
+      before[g] = cur or false
+      code = '+'
     end
   end
-  out[#out + 1] = token
+  out[j + 3] = code
 end
-if #owners > 0 then
-  -- The mirrors follow the first write that needs memory (the token), so
+if g > 0 then
+  -- The rest follows the first write that needs memory (the token), so
   -- that a full Redis refuses the claim before it writes anything.
   redis.call('SET', KEYS[4], fmt(last))
-  -- mirrorChange in bulk, for one new value: every grant goes to this
-  -- node's creating set, leaves the set of its old state, and is not
-  -- moving (it is assigned here).
-  local olds = redis.call('HMGET', KEYS[5], unpack(grants))
-  local rem, still = {}, {}
-  for j, key in ipairs(grants) do
-    if olds[j] then
-      local on, ost = recordOf(olds[j])
-      if on and mirrored[ost] then push(rem, byState(KEYS[5], ost, on), key) end
-      if on then still[#still + 1] = key end
+  -- Keys that run have no record: a first start finds the hash empty.
+  local olds = {}
+  if redis.call('HLEN', KEYS[5]) > 0 then olds = redis.call('HMGET', KEYS[5], unpack(grants)) end
+  redis.call('HSET', KEYS[3], unpack(owners))
+  local tr = newTrack(KEYS[5], KEYS[1])
+  tr.sessions[node] = session
+  local dels, fresh = {}, 0
+  for j = 1, g do
+    local rec, cur = olds[j], before[j] or nil
+    if rec or cur then
+      if rec then dels[#dels + 1] = grants[j] end
+      change(tr, grants[j], rec, cur, nil, owners[2 * j], node)
+    else
+      fresh = fresh + 1
     end
   end
-  redis.call('HSET', KEYS[3], unpack(owners))
-  redis.call('HSET', KEYS[5], unpack(states))
-  for set, list in pairs(rem) do bulk('SREM', set, list) end
-  bulk('SADD', byState(KEYS[5], 'creating', node), grants)
-  bulk('SREM', KEYS[5] .. ':moving', still)
+  tr.delta['creating:' .. node] = (tr.delta['creating:' .. node] or 0) + fresh
+  bulk('HDEL', KEYS[5], dels)
+  applyTrack(tr, KEYS[2])
 end
 return out
 `)
@@ -922,81 +1037,145 @@ return out
 // releaseScript gives up keys the node owns, with their published state,
 // and tells waiting claimants.
 //
-// KEYS: owner state
+// KEYS: owner state nodes assign
 // ARGV: node session channel key…
 var releaseScript = keepScript(`
-local mine = ARGV[1] .. ' ' .. ARGV[2] .. ' '
-local minestate = '{"n":"' .. ARGV[1] .. '","s":"' .. ARGV[2] .. '"'
+local node, session = ARGV[1], ARGV[2]
+local mine = node .. ' ' .. session .. ' '
+local minestate = '{"n":"' .. node .. '","s":"' .. session .. '"'
 local dels, sdels = {}, {}
-local mb = newMirror()
+local tr = newTrack(KEYS[2], KEYS[3])
+local cs = redis.call('HGET', KEYS[3], 's:' .. node) or false
+tr.sessions[node] = cs
+local counted = {creating = 0, running = 0}
 for from = 4, #ARGV, 1000 do
   local to = math.min(from + 999, #ARGV)
   local owners = redis.call('HMGET', KEYS[1], unpack(ARGV, from, to))
   local states = redis.call('HMGET', KEYS[2], unpack(ARGV, from, to))
   for j = 1, to - from + 1 do
-    local key, cur, st = ARGV[from + j - 1], owners[j], states[j]
-    if hasPrefix(cur, mine) then dels[#dels + 1] = key end
-    if hasPrefix(st, minestate) then
-      sdels[#sdels + 1] = key
-      mirrorChange(mb, KEYS[2], key, st, nil, nil)
+    local key, cur, rec = ARGV[from + j - 1], owners[j], states[j]
+    local owned, recorded = hasPrefix(cur, mine), hasPrefix(rec, minestate)
+    if owned then dels[#dels + 1] = key end
+    if recorded then sdels[#sdels + 1] = key end
+    if owned and not rec then
+      -- Its owner entry was its state: both go.
+      local st = implicitOf(cur)
+      counted[st] = counted[st] + 1
+      tr.still[#tr.still + 1] = key
+    elseif owned or recorded then
+      local rec1, own1 = rec, cur
+      if recorded then rec1 = nil end
+      if owned then own1 = nil end
+      change(tr, key, rec, cur, rec1, own1, nil)
     end
+  end
+end
+if cs == session then
+  for st, c in pairs(counted) do
+    tr.delta[st .. ':' .. node] = (tr.delta[st .. ':' .. node] or 0) - c
   end
 end
 bulk('HDEL', KEYS[1], dels)
 bulk('HDEL', KEYS[2], sdels)
-mirrorApply(mb, KEYS[2])
+applyTrack(tr, KEYS[4])
 if #dels > 0 then redis.call('PUBLISH', ARGV[3], 'release ' .. ARGV[1]) end
 return #dels
 `)
 
-// stateScript publishes what a node's keys are doing: a JSON value per key,
-// or "" to drop the node's own entry. A node writes only keys that it owns,
-// that nobody owns, or whose entry is already its own, and only while its
-// session is live.
+// stateScript publishes what a node's keys are doing. Keys that run are
+// listed first, with one time for all of them: on a key the node owns, that
+// is its owner entry's r field (see keys), and any record the key had goes;
+// on any other key, a record that says running. Then a record (JSON) per
+// key, or "" to drop the node's own entry: without a record, the owner
+// entry of a key the node owns says creating again. A node writes only
+// keys that it owns, that nobody owns, or whose entry is already its own,
+// and only while its session is live.
 //
 // KEYS: nodes owner state assign
-// ARGV: node session key value key value…
+// ARGV: node session since_ms n run_key_1 … run_key_n key value key value…
 // Returns {1, refused key…}, or {0} if the session is not live.
 var stateScript = keepScript(`
 if not live(KEYS[1], ARGV[1], ARGV[2]) then return {0} end
-local mine = ARGV[1] .. ' ' .. ARGV[2] .. ' '
-local minestate = '{"n":"' .. ARGV[1] .. '","s":"' .. ARGV[2] .. '"'
-local out, set, del = {1}, {}, {}
-if #ARGV < 3 then return out end
+local node, session = ARGV[1], ARGV[2]
+local mine = node .. ' ' .. session .. ' '
+local minestate = '{"n":"' .. node .. '","s":"' .. session .. '"'
+local suffix = ' r' .. ARGV[3]
+local nrun = tonumber(ARGV[4])
+local out = {1}
 local keys = {}
-for i = 3, #ARGV, 2 do keys[#keys + 1] = ARGV[i] end
+for i = 5, 4 + nrun do keys[i - 4] = ARGV[i] end
+for i = 5 + nrun, #ARGV, 2 do keys[#keys + 1] = ARGV[i] end
+if #keys == 0 then return out end
 local owners = redis.call('HMGET', KEYS[2], unpack(keys))
-local olds = redis.call('HMGET', KEYS[3], unpack(keys))
-local assigned = redis.call('HMGET', KEYS[4], unpack(keys))
-local mb = newMirror()
-for i = 3, #ARGV, 2 do
-  local j = (i - 1) / 2
-  local key, v, cur, st = ARGV[i], ARGV[i + 1], owners[j], olds[j]
-  local own = hasPrefix(st, minestate)
-  local write
-  if hasPrefix(cur, mine) then
-    write = v ~= '' or st
+local olds = {}
+if redis.call('HLEN', KEYS[3]) > 0 then olds = redis.call('HMGET', KEYS[3], unpack(keys)) end
+local tr = newTrack(KEYS[3], KEYS[1])
+tr.sessions[node] = session
+local oset, sset, sdel = {}, {}, {}
+local running
+local started = 0
+for j = 1, #keys do
+  local key, cur, rec = keys[j], owners[j], olds[j]
+  local v
+  if j <= nrun then
+    if hasPrefix(cur, mine) then
+      local at = string.find(cur, ' r', #mine, true)
+      local own1
+      if at then own1 = string.sub(cur, 1, at - 1) .. suffix else own1 = cur .. suffix end
+      oset[#oset + 1] = key
+      oset[#oset + 1] = own1
+      if rec then
+        sdel[#sdel + 1] = key
+        change(tr, key, rec, cur, nil, own1, nil)
+      elseif not at then
+        started = started + 1
+      end
+    else
+      running = running or ('{"n":"' .. node .. '","s":"' .. session .. '","st":"running","t":' .. ARGV[3] .. '}')
+      v = running
+    end
+  else
+    v = ARGV[4 + nrun + 2 * (j - nrun)]
+  end
+  if not v then
+    -- done above
+  elseif hasPrefix(cur, mine) then
+    if v ~= '' then
+      sset[#sset + 1] = key
+      sset[#sset + 1] = v
+      change(tr, key, rec, cur, v, cur, nil)
+    else
+      local own1 = cur
+      local at = string.find(cur, ' r', #mine, true)
+      if at then
+        own1 = string.sub(cur, 1, at - 1)
+        oset[#oset + 1] = key
+        oset[#oset + 1] = own1
+      end
+      if rec then sdel[#sdel + 1] = key end
+      change(tr, key, rec, cur, nil, own1, nil)
+    end
   elseif v == '' then
-    write = own
-  elseif own or not cur then
-    write = true
+    if hasPrefix(rec, minestate) then
+      sdel[#sdel + 1] = key
+      change(tr, key, rec, cur, nil, cur, nil)
+    end
+  elseif hasPrefix(rec, minestate) or not cur then
+    sset[#sset + 1] = key
+    sset[#sset + 1] = v
+    change(tr, key, rec, cur, v, cur, nil)
   else
     out[#out + 1] = key
   end
-  if write then
-    if v == '' then
-      del[#del + 1] = key
-      mirrorChange(mb, KEYS[3], key, st, nil, nil)
-    else
-      set[#set + 1] = key
-      set[#set + 1] = v
-      mirrorChange(mb, KEYS[3], key, st, v, assigned[j])
-    end
-  end
 end
-bulk('HDEL', KEYS[3], del)
-if #set > 0 then redis.call('HSET', KEYS[3], unpack(set)) end
-mirrorApply(mb, KEYS[3])
+bulk('HDEL', KEYS[3], sdel)
+bulk('HSET', KEYS[3], sset)
+bulk('HSET', KEYS[2], oset)
+if started > 0 then
+  tr.delta['creating:' .. node] = (tr.delta['creating:' .. node] or 0) - started
+  tr.delta['running:' .. node] = (tr.delta['running:' .. node] or 0) + started
+end
+applyTrack(tr, KEYS[4])
 return out
 `)
 
@@ -1033,16 +1212,20 @@ return 1
 var sweepScript = script(`
 local page = redis.call('HSCAN', KEYS[3], ARGV[1], 'COUNT', ARGV[2])
 local entries = page[2]
+local tr = newTrack(KEYS[4], KEYS[1])
 for i = 1, #entries, 2 do
   local key, cur = entries[i], entries[i + 1]
   if redis.call('HEXISTS', KEYS[2], key) == 0 then
     local on, os = string.match(cur, '^(%S+) (%S+) ')
     if not live(KEYS[1], on, os) then
+      local rec = redis.call('HGET', KEYS[4], key)
       redis.call('HDEL', KEYS[3], key)
-      putState(KEYS[4], KEYS[2], key, nil)
+      if rec then redis.call('HDEL', KEYS[4], key) end
+      change(tr, key, rec, cur, nil, nil, false)
     end
   end
 end
+applyTrack(tr, KEYS[2])
 return page[1]
 `)
 

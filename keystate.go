@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -49,6 +50,37 @@ type keyRecord struct {
 	Attempts int      `json:"a,omitempty"` // consecutive failures
 	Retry    int64    `json:"r,omitempty"` // unix ms of the next try
 	Err      string   `json:"e,omitempty"` // the last error, shortened
+}
+
+// ownerEntry is a key's owner entry: "node session token generation
+// [r<ms>]" (see keys).
+type ownerEntry struct {
+	node, session string
+	token         uint64
+	// implicit is what the entry says the key does, which is its state
+	// when the key has no record: creating since the claim, or running.
+	implicit keyRecord
+}
+
+// parseOwner reads an owner entry. A claim is dated by its token: at least
+// the server's time in microseconds when it was minted, and close to it, as
+// tokens are minted one per key granted.
+func parseOwner(v string) (ownerEntry, bool) {
+	f := strings.Fields(v)
+	if len(f) < 3 {
+		return ownerEntry{}, false
+	}
+	token, _ := strconv.ParseUint(f[2], 10, 64)
+	o := ownerEntry{node: f[0], session: f[1], token: token,
+		implicit: keyRecord{Node: f[0], Session: f[1], State: KeyCreating, Since: int64(token / 1000)}}
+	for _, x := range f[min(4, len(f)):] {
+		if ms, ok := strings.CutPrefix(x, "r"); ok {
+			if at, err := strconv.ParseInt(ms, 10, 64); err == nil {
+				o.implicit.State, o.implicit.Since = KeyRunning, at
+			}
+		}
+	}
+	return o, true
 }
 
 // same reports whether two records say the same (ignoring when).
@@ -98,23 +130,29 @@ func (m *Manager[C, I]) syncStates(ctx context.Context, session string, unknown 
 			want[key] = rec(KeyUnknown)
 		}
 	}
-	var args []string
+	// A key that only runs is listed, for its owner entry to say so (see
+	// keys); any other state is a record.
+	var run, pairs []string
 	for key, r := range want {
 		if old, ok := m.tab.states[key]; ok && old.same(r) {
 			continue
 		}
+		if r.plainRunning() {
+			run = append(run, key)
+			continue
+		}
 		b, _ := json.Marshal(r)
-		args = append(args, key, string(b))
+		pairs = append(pairs, key, string(b))
 	}
 	for key := range m.tab.states {
 		if _, ok := want[key]; !ok {
-			args = append(args, key, "")
+			pairs = append(pairs, key, "")
 		}
 	}
-	if len(args) == 0 {
+	if len(run) == 0 && len(pairs) == 0 {
 		return
 	}
-	refused, err := m.publishStates(ctx, session, args)
+	refused, err := m.publishStates(ctx, session, now.UnixMilli(), run, pairs)
 	if err != nil {
 		m.log.Debug("publishing key states failed; trying again", "err", err)
 		m.tab.retryAt = time.Now().Add(m.claimRetry)
@@ -135,14 +173,28 @@ func (m *Manager[C, I]) syncStates(ctx context.Context, session string, unknown 
 	}
 }
 
-// publishStates writes key/value pairs ("" deletes) in bounded chunks, and
-// returns the keys Redis refused because another node owns them.
-func (m *Manager[C, I]) publishStates(ctx context.Context, session string, pairs []string) (map[string]bool, error) {
+// plainRunning reports whether a record says no more than that its key
+// runs since a time, which the key's owner entry can say (see keys).
+func (r keyRecord) plainRunning() bool {
+	return r.State == KeyRunning && r.Attempts == 0 && r.Retry == 0 && r.Err == ""
+}
+
+// publishStates writes the states of keys in bounded chunks: run, the keys
+// that run since the time since (unix ms), then key/value pairs of records
+// ("" deletes). It returns the keys Redis refused because another node owns
+// them.
+func (m *Manager[C, I]) publishStates(ctx context.Context, session string, since int64, run, pairs []string) (map[string]bool, error) {
 	refused := map[string]bool{}
-	for chunk := range slices.Chunk(pairs, 2*stateChunk) {
+	at := strconv.FormatInt(since, 10)
+	for len(run) > 0 || len(pairs) > 0 {
+		r := min(len(run), stateChunk)
+		p := min(len(pairs), 2*(stateChunk-r))
+		args := make([]string, 0, 4+r+p)
+		args = append(args, m.s.nodeID, session, at, strconv.Itoa(r))
+		args = append(append(args, run[:r]...), pairs[:p]...)
+		run, pairs = run[r:], pairs[p:]
 		cctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-		res, err := stateScript.Exec(cctx, m.client, &m.plainScripts, []string{m.k.nodes, m.k.owner, m.k.state, m.k.assign},
-			append([]string{m.s.nodeID, session}, chunk...)).AsStrSlice()
+		res, err := stateScript.Exec(cctx, m.client, &m.plainScripts, []string{m.k.nodes, m.k.owner, m.k.state, m.k.assign}, args).AsStrSlice()
 		cancel()
 		m.live.advance()
 		if err == nil && len(res) == 0 {

@@ -24,6 +24,9 @@ type placeInput struct {
 	budget int
 	// placements are the keys' placements (see WithPlacement).
 	placements map[string]Placement
+	// read bounds each Redis read (0: ctx alone bounds them): the leader's
+	// work on every key between them must not eat into a read's time.
+	read time.Duration
 }
 
 // placement is an assignment as the leader computes it, with what it read
@@ -49,14 +52,30 @@ type placement struct {
 // drains and the freeze, avoidances, the leader's failure verdicts. It
 // writes nothing, so a plan runs the very same code as the leader.
 func place(ctx context.Context, client rueidis.Client, k keys, in placeInput) (*placement, error) {
-	h, err := readHolds(ctx, client, k, in.now)
+	bounded := func(read func(context.Context) error) error {
+		if in.read <= 0 {
+			return read(ctx)
+		}
+		rctx, cancel := context.WithTimeout(ctx, in.read)
+		defer cancel()
+		return read(rctx)
+	}
+	var h *holds
+	err := bounded(func(ctx context.Context) (err error) {
+		h, err = readHolds(ctx, client, k, in.now)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
 	if in.drain != "" {
 		h.drained[in.drain] = in.now + maxHold.Milliseconds()
 	}
-	facts, err := readFailures(ctx, client, k, in.now)
+	var facts *failureFacts
+	err = bounded(func(ctx context.Context) (err error) {
+		facts, err = readFailures(ctx, client, k, in.now)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -65,11 +84,18 @@ func place(ctx context.Context, client rueidis.Client, k keys, in placeInput) (*
 	p := &placement{holds: h, facts: facts, nodes: ro.nodes, back: ro.back, joined: ro.joined, placements: in.placements}
 	ri := &reviewInput{failureFacts: *p.facts, keys: ro.keys, nodes: p.nodes, prev: ro.prev,
 		first: in.first, max: in.max, cooldown: giveUpCooldown, poll: in.poll}
-	if ri.states, err = readStates(ctx, client, k, lookups(p.facts, ro.prev)); err != nil {
+	look := lookups(p.facts, ro.prev)
+	if err := bounded(func(ctx context.Context) (err error) {
+		ri.states, err = readStates(ctx, client, k, look)
+		return err
+	}); err != nil {
 		return nil, err
 	}
 	p.verdict = review(ri)
-	if p.pins, err = client.Do(ctx, client.B().Hgetall().Key(k.pins).Build()).AsStrMap(); err != nil {
+	if err := bounded(func(ctx context.Context) (err error) {
+		p.pins, err = client.Do(ctx, client.B().Hgetall().Key(k.pins).Build()).AsStrMap()
+		return err
+	}); err != nil {
 		return nil, fmt.Errorf("read pins: %w", err)
 	}
 	c := Constraints{Keys: in.placements, Pins: p.pins, Avoid: p.verdict.avoid}

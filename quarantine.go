@@ -530,21 +530,41 @@ func readFailures(ctx context.Context, client rueidis.Client, k keys, now int64)
 	return f, nil
 }
 
-// readStates reads the published states of keys.
+// readStates reads the published states of keys: their records, or what
+// their owner entries say (see keys).
 func readStates(ctx context.Context, client rueidis.Client, k keys, look []string) (map[string]keyRecord, error) {
 	out := map[string]keyRecord{}
 	if len(look) == 0 {
 		return out, nil
 	}
-	vals, err := client.Do(ctx, client.B().Hmget().Key(k.state).Field(look...).Build()).ToArray()
-	if err != nil {
-		return nil, fmt.Errorf("read key states: %w", err)
+	// Pages of bounded commands, in one round trip.
+	var cmds rueidis.Commands
+	for chunk := range slices.Chunk(look, scanPage) {
+		cmds = append(cmds, client.B().Hmget().Key(k.state).Field(chunk...).Build(),
+			client.B().Hmget().Key(k.owner).Field(chunk...).Build())
 	}
-	for i, val := range vals {
-		s, err := val.ToString()
-		var r keyRecord
-		if err == nil && json.Unmarshal([]byte(s), &r) == nil {
-			out[look[i]] = r
+	res := client.DoMulti(ctx, cmds...)
+	for c, chunk := 0, look; len(chunk) > 0; c += 2 {
+		page := chunk[:min(len(chunk), scanPage)]
+		chunk = chunk[len(page):]
+		vals, err := res[c].ToArray()
+		if err != nil {
+			return nil, fmt.Errorf("read key states: %w", err)
+		}
+		owners, err := res[c+1].ToArray()
+		if err != nil {
+			return nil, fmt.Errorf("read key owners: %w", err)
+		}
+		for i, key := range page {
+			s, err := vals[i].ToString()
+			var r keyRecord
+			if err == nil && json.Unmarshal([]byte(s), &r) == nil {
+				out[key] = r
+			} else if v, err := owners[i].ToString(); err == nil {
+				if o, ok := parseOwner(v); ok {
+					out[key] = o.implicit
+				}
+			}
 		}
 	}
 	return out, nil

@@ -425,10 +425,12 @@ func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string
 	if err != nil {
 		return err
 	}
-	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-	p, err := place(rctx, m.client, m.k, placeInput{now: now, prev: prev, keys: keys, nodes: nodes,
-		first: m.s.quarantineFirst, max: m.s.quarantineMax, poll: m.s.heartbeat, budget: budget, placements: st.placements})
-	cancel()
+	// Each read has a heartbeat; the balancing between them takes what it
+	// takes (a second or more at a million keys), under the leader-loop
+	// watchdog.
+	p, err := place(ctx, m.client, m.k, placeInput{now: now, prev: prev, keys: keys, nodes: nodes,
+		first: m.s.quarantineFirst, max: m.s.quarantineMax, poll: m.s.heartbeat, budget: budget, placements: st.placements,
+		read: m.s.heartbeat})
 	if err != nil {
 		return err
 	}
@@ -725,7 +727,7 @@ func (m *Manager[C, I]) writeChunk(ctx context.Context, epoch uint64, chunk []ch
 	}
 	keys := make([]string, 0, 7+len(nodes))
 	keys = append(keys, m.k.epoch, m.k.assign, m.k.traces, m.k.nodes, m.k.owner, m.k.state)
-	args := make([]string, 0, 4+2*len(nodes)+3*len(chunk))
+	args := make([]string, 0, 4+2*len(nodes)+len(chunk))
 	args = append(args, strconv.FormatUint(epoch, 10), m.k.channel, traceparent(ctx), strconv.Itoa(len(nodes)))
 	for _, n := range nodes {
 		keys = append(keys, m.k.assigned(n))
@@ -734,9 +736,7 @@ func (m *Manager[C, I]) writeChunk(ctx context.Context, epoch uint64, chunk []ch
 	for _, n := range nodes {
 		args = append(args, map[bool]string{true: "1", false: "0"}[tell(n)])
 	}
-	for _, c := range chunk {
-		args = append(args, c.key, strconv.Itoa(index[c.to]), strconv.Itoa(index[c.from]))
-	}
+	args = append(args, writeGroups(chunk, index)...)
 	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat+time.Duration(len(chunk))*time.Millisecond)
 	defer cancel()
 	ok, err := writeScript.Exec(ctx, m.client, keys, args).AsInt64()
@@ -747,6 +747,29 @@ func (m *Manager[C, I]) writeChunk(ctx context.Context, epoch uint64, chunk []ch
 		return errStaleEpoch
 	}
 	return nil
+}
+
+// writeGroups lists a chunk's changes for writeScript: per pair of new and
+// old node (numbered by index), in the order the pairs first appear, the
+// pair, how many keys make it, and the keys.
+func writeGroups(chunk []change, index map[string]int) []string {
+	type pair struct{ to, from string }
+	var order []pair
+	byPair := map[pair][]string{}
+	for _, c := range chunk {
+		p := pair{c.to, c.from}
+		if _, ok := byPair[p]; !ok {
+			order = append(order, p)
+		}
+		byPair[p] = append(byPair[p], c.key)
+	}
+	args := make([]string, 0, 3*len(order)+len(chunk))
+	for _, p := range order {
+		keys := byPair[p]
+		args = append(args, strconv.Itoa(index[p.to]), strconv.Itoa(index[p.from]), strconv.Itoa(len(keys)))
+		args = append(args, keys...)
+	}
+	return args
 }
 
 // bestEffort sends cmds and logs a failure at Debug: records that end or

@@ -145,8 +145,9 @@ func TestAnOwnerEntryOfThePreviousReleaseIsNotFree(t *testing.T) {
 	owners, err := admin.Do(ctx, admin.B().Hgetall().Key(k.owner).Build()).AsStrMap()
 	require.NoError(t, err)
 	for key, v := range owners {
+		// node session token generation, and r<ms> once the key runs
 		f := strings.Fields(v)
-		require.Len(t, f, 4, "new-format owner entry")
+		require.GreaterOrEqual(t, len(f), 4, "new-format owner entry %q", v)
 		require.NoError(t, admin.Do(ctx, admin.B().Hset().Key(k.owner).FieldValue().
 			FieldValue(key, strings.Join(f[:3], " ")).Build()).Error())
 	}

@@ -31,8 +31,10 @@ type Status struct {
 	Assignment map[string]string `json:"assignment"`
 	// Owners maps every claimed key to the node that claimed it.
 	Owners map[string]Owner `json:"owners"`
-	// Keys maps every key some node published a state for to that state:
-	// what actually runs, as the node that holds the key says.
+	// Keys maps every key some node published a state for, or that a
+	// node owns, to that state: what actually runs, as the node that holds
+	// the key says (a key it owns and published nothing else for is
+	// creating, or running once it said so).
 	Keys map[string]KeyStatus `json:"keys"`
 	// Unowned lists keys assigned but not running on any live node: not
 	// running anywhere (claimed and failing, hung or still creating
@@ -377,13 +379,14 @@ func readStatus(ctx context.Context, client rueidis.Client, service string, k ke
 		st.Assignment = map[string]string{}
 	}
 	owners, _ := res[4].AsStrMap()
+	implicit := map[string]keyRecord{}
 	for key, v := range owners {
-		f := strings.Fields(v) // node session token [generation]
-		if len(f) < 3 {
+		o, ok := parseOwner(v)
+		if !ok {
 			continue
 		}
-		token, _ := strconv.ParseUint(f[2], 10, 64)
-		st.Owners[key] = Owner{Node: f[0], Token: token, Live: sessions[f[0]] == f[1]}
+		st.Owners[key] = Owner{Node: o.node, Token: o.token, Live: sessions[o.node] == o.session}
+		implicit[key] = o.implicit
 	}
 
 	states, _ := res[6].AsStrMap()
@@ -392,12 +395,13 @@ func readStatus(ctx context.Context, client rueidis.Client, service string, k ke
 		if json.Unmarshal([]byte(v), &r) != nil {
 			continue
 		}
-		ks := KeyStatus{Node: r.Node, State: r.State, Live: sessions[r.Node] == r.Session && r.Session != "",
-			Since: time.UnixMilli(r.Since).UTC(), Attempts: r.Attempts, LastError: r.Err}
-		if r.Retry > 0 {
-			ks.NextRetry = time.UnixMilli(r.Retry).UTC()
+		st.Keys[key] = keyStatusOf(r, sessions)
+	}
+	// A key without a record is what its owner entry says (see keys).
+	for key, r := range implicit {
+		if _, ok := st.Keys[key]; !ok {
+			st.Keys[key] = keyStatusOf(r, sessions)
 		}
-		st.Keys[key] = ks
 	}
 	for key, node := range st.Assignment {
 		if i, ok := index[node]; ok {

@@ -24,9 +24,14 @@ const SummaryLimit = 1000
 // any size. [Status] is the full snapshot, every key included. Summary is
 // plain data with JSON tags.
 //
-// Counts come from sets that every script writing a key's state keeps up to
-// date, so they are exact once every node runs a version of dim that keeps
-// them (during a rolling upgrade from an older one they may lag).
+// Counts come from sets and counters that every script writing a key's
+// state or owner keeps up to date, so they are exact once every node runs a
+// version of dim that keeps them (during a rolling upgrade from an older one
+// they may lag). Keys that are creating, or running, by their owner entry
+// alone (see [Status.Keys]) have no set to list them from: the listed keys
+// are looked for among a bounded number of each node's keys, so that a
+// Summary may name fewer of them than its limit allows while it counts them
+// all.
 type Summary struct {
 	Service string `json:"service"`
 	// ServerTime is Redis's clock when the snapshot was taken.
@@ -109,12 +114,17 @@ type KeyProblem struct {
 }
 
 // summaryScript reads what a Summary needs in one atomic step: per live
-// node a handful of SCARDs, then at most ARGV[1] problem keys (in the
-// order of keyStates: failing and hung first) and as many keys at risk,
-// with their records. Nothing in it reads a whole hash or
-// set, except the sets it lists, which it stops scanning at the limit.
+// node a handful of SCARDs and its counts of keys whose owner entry is
+// their state, then at most ARGV[1] problem keys (in the order of
+// keyStates: failing and hung first) and as many keys at risk, with their
+// records. Nothing in it reads a whole hash or set, except the sets it
+// lists, which it stops scanning at the limit. Keys that are creating or
+// running by their owner entry have no set: they are found among the
+// node's assigned keys and the moving set, looking at no more than twice
+// the limit of keys in all, so that a summary that lists them stays
+// bounded (the counts stay exact; the list may then name fewer).
 //
-// KEYS: nodes leader assign state cfgerr
+// KEYS: nodes leader assign state cfgerr owner
 // ARGV: limit (0: counts only) assigned_prefix
 // Returns {server_ms, leader{node,session,epoch,rb_at,rb_moves,rb_err},
 // states{st…}, nodes{id,expiry,weight,session,ttl,cfgerr,assigned,count per
@@ -142,6 +152,52 @@ local function list(set, node, into)
     end
   until cursor == '0'
 end
+-- Keys of a node's session whose owner entry says st and that have no
+-- record, with the record the entry stands for.
+local budget = 2 * limit
+local anyRecord = redis.call('HLEN', KEYS[4]) > 0
+local implicit, implicitTo = {}, {}
+local function listImplicit(n, session, st, into)
+  local prefix = n .. ' ' .. session .. ' '
+  local seen = {}
+  for s, set in ipairs({ARGV[2] .. n, KEYS[4] .. ':moving'}) do
+    local cursor = '0'
+    repeat
+      if #into >= 2 * limit or budget <= 0 then return end
+      local page = redis.call('SSCAN', set, cursor, 'COUNT', 100)
+      cursor = page[1]
+      local keys = page[2]
+      if #keys > 0 then
+        budget = budget - #keys
+        local own = redis.call('HMGET', KEYS[6], unpack(keys))
+        local rec = {}
+        if anyRecord then rec = redis.call('HMGET', KEYS[4], unpack(keys)) end
+        for j, key in ipairs(keys) do
+          local o = own[j]
+          if not rec[j] and not seen[key] and hasPrefix(o, prefix) and implicitOf(o) == st then
+            seen[key] = true
+            local at = string.match(o, ' r(%d+)') or fmt(math.floor(tonumber(string.match(o, '^%S+ %S+ (%d+)') or '0') / 1000))
+            implicit[key] = '{"n":"' .. n .. '","s":"' .. session .. '","st":"' .. st .. '","t":' .. at .. '}'
+            if s == 1 then implicitTo[key] = n end
+            into[#into + 1] = key
+            into[#into + 1] = n
+            if #into >= 2 * limit then return end
+          end
+        end
+      end
+    until cursor == '0'
+  end
+end
+local counts = {}
+if #ids > 0 then
+  local fields = {}
+  for _, n in ipairs(ids) do
+    fields[#fields + 1] = 'running:' .. n
+    fields[#fields + 1] = 'creating:' .. n
+  end
+  local v = redis.call('HMGET', KEYS[4] .. ':count', unpack(fields))
+  for i, f in ipairs(fields) do counts[f] = tonumber(v[i]) or 0 end
+end
 local nodes, problems, risky, count, suspect = {}, {}, {}, {}, {}
 for _, n in ipairs(ids) do
   local ttl = tonumber(by[n].t or '0') or 0
@@ -155,34 +211,35 @@ for _, n in ipairs(ids) do
   nodes[#nodes + 1] = tostring(redis.call('SCARD', ARGV[2] .. n))
   for _, st in ipairs(keyStates) do
     local c = redis.call('SCARD', byState(KEYS[4], st, n))
-    nodes[#nodes + 1] = tostring(c)
+    nodes[#nodes + 1] = tostring(c + (counts[st .. ':' .. n] or 0))
     count[st .. ' ' .. n] = c
   end
 end
 if limit > 0 then
   for _, st in ipairs(keyStates) do
     for _, n in ipairs(ids) do
-      if count[st .. ' ' .. n] > 0 then
-        if st ~= 'running' then
-          list(byState(KEYS[4], st, n), n, problems)
-        elseif suspect[n] then
-          list(byState(KEYS[4], st, n), n, risky)
-        end
-      end
+      local into = problems
+      if st == 'running' then into = suspect[n] and risky or nil end
+      if into and count[st .. ' ' .. n] > 0 then list(byState(KEYS[4], st, n), n, into) end
+      if into and (counts[st .. ':' .. n] or 0) > 0 then listImplicit(n, by[n].s or '', st, into) end
     end
   end
 end
 local recs, risks = {}, {}
+-- A key found among a node's assigned keys is assigned to it, and one
+-- found without a record has none.
 for i = 1, #problems, 2 do
-  recs[#recs + 1] = problems[i]
+  local key = problems[i]
+  recs[#recs + 1] = key
   recs[#recs + 1] = problems[i + 1]
-  recs[#recs + 1] = redis.call('HGET', KEYS[4], problems[i]) or ''
-  recs[#recs + 1] = redis.call('HGET', KEYS[3], problems[i]) or ''
+  recs[#recs + 1] = implicit[key] or redis.call('HGET', KEYS[4], key) or ''
+  recs[#recs + 1] = implicitTo[key] or redis.call('HGET', KEYS[3], key) or ''
 end
 for i = 1, #risky, 2 do
-  risks[#risks + 1] = risky[i]
+  local key = risky[i]
+  risks[#risks + 1] = key
   risks[#risks + 1] = risky[i + 1]
-  risks[#risks + 1] = redis.call('HGET', KEYS[3], risky[i]) or ''
+  risks[#risks + 1] = implicitTo[key] or redis.call('HGET', KEYS[3], key) or ''
 end
 return {now, redis.call('HMGET', KEYS[2], 'node', 'session', 'epoch', 'rb_at', 'rb_moves', 'rb_err'), keyStates, nodes,
   {redis.call('HLEN', KEYS[3]), redis.call('SCARD', KEYS[4] .. ':moving')},
@@ -225,7 +282,7 @@ func ReadSummary(ctx context.Context, client rueidis.Client, opts ...Option) (*S
 // them already).
 func readSummary(ctx context.Context, client rueidis.Client, service string, k keys, limit int) (*Summary, error) {
 	res, err := summaryScript.Exec(ctx, client,
-		[]string{k.nodes, k.leader, k.assign, k.state, k.cfgErr},
+		[]string{k.nodes, k.leader, k.assign, k.state, k.cfgErr, k.owner},
 		[]string{strconv.Itoa(limit), k.assigned("")}).ToArray()
 	if err != nil {
 		return nil, fmt.Errorf("%w: read summary: %w", ErrRedis, err)

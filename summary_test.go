@@ -6,12 +6,16 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"slices"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/go-dim/dim/internal/redistest"
+	"github.com/redis/rueidis"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -131,29 +135,42 @@ func (c *testCluster) agree(within time.Duration, what string, cond func(*Summar
 	}
 }
 
-// mirrorsExact checks the summary's sets against the state hash: for every
-// live node and state, exactly the keys whose record its current session
-// published in that state; no set for any other node; and the moving set.
+// mirrorsExact checks the summary's sets and counts against the state and
+// owner hashes: for every live node and state, exactly the keys whose record
+// its current session published in that state; for every live node, how
+// many keys of its current session have no record and are creating or
+// running by their owner entry; no set or count for any other node; and the
+// moving set, of the keys whose state (record, or else owner entry) comes
+// from another node than the one they are assigned to.
 func (c *testCluster) mirrorsExact() string {
 	c.t.Helper()
+	return mirrorDiff(c.t, c.srv.Client(c.t), c.service)
+}
+
+// mirrorDiff is mirrorsExact for any service on client's Redis.
+func mirrorDiff(t *testing.T, client rueidis.Client, service string) string {
+	t.Helper()
 	ctx := context.Background()
-	client := c.srv.Client(c.t)
-	k := newKeys("", c.service)
-	st := c.status()
+	k := newKeys("", service)
+	st, err := ReadStatus(ctx, client, WithService(service))
+	require.NoError(t, err)
 	rec, err := client.Do(ctx, client.B().Hgetall().Key(k.nodes).Build()).AsStrMap()
-	require.NoError(c.t, err)
+	require.NoError(t, err)
 	sessions := sessionsIn(rec)
 	live := map[string]bool{}
 	for _, n := range st.Nodes {
 		live[n.ID] = true
 	}
 	raw, err := client.Do(ctx, client.B().Hgetall().Key(k.state).Build()).AsStrMap()
-	require.NoError(c.t, err)
+	require.NoError(t, err)
+	owners, err := client.Do(ctx, client.B().Hgetall().Key(k.owner).Build()).AsStrMap()
+	require.NoError(t, err)
 	want := map[string][]string{}
+	wantCounts := map[string]string{}
 	var moving []string
 	for key, v := range raw {
 		var r keyRecord
-		require.NoError(c.t, json.Unmarshal([]byte(v), &r))
+		require.NoError(t, json.Unmarshal([]byte(v), &r))
 		if live[r.Node] && sessions[r.Node] == r.Session {
 			set := k.inState(r.State, r.Node)
 			want[set] = append(want[set], key)
@@ -162,15 +179,35 @@ func (c *testCluster) mirrorsExact() string {
 			moving = append(moving, key)
 		}
 	}
+	counted := map[string]int{}
+	for key, v := range owners {
+		if _, ok := raw[key]; ok {
+			continue
+		}
+		o, ok := parseOwner(v)
+		require.True(t, ok, "owner entry %q", v)
+		if live[o.node] && sessions[o.node] == o.session {
+			counted[string(o.implicit.State)+":"+o.node]++
+		}
+		if st.Assignment[key] != o.node {
+			moving = append(moving, key)
+		}
+	}
+	for f, n := range counted {
+		wantCounts[f] = fmt.Sprint(n)
+	}
 	if len(moving) > 0 {
 		want[k.moving()] = moving
 	}
 	got := map[string][]string{}
 	sets, err := client.Do(ctx, client.B().Keys().Pattern(k.state+":*").Build()).AsStrSlice()
-	require.NoError(c.t, err)
+	require.NoError(t, err)
 	for _, set := range sets {
+		if set == k.counts() {
+			continue
+		}
 		members, err := client.Do(ctx, client.B().Smembers().Key(set).Build()).AsStrSlice()
-		require.NoError(c.t, err)
+		require.NoError(t, err)
 		got[set] = members
 	}
 	var diffs []string
@@ -179,6 +216,16 @@ func (c *testCluster) mirrorsExact() string {
 		if !slices.Equal(w, g) {
 			diffs = append(diffs, fmt.Sprintf("%s: want %v, have %v", strings.TrimPrefix(set, k.state), w, g))
 		}
+	}
+	gotCounts, err := client.Do(ctx, client.B().Hgetall().Key(k.counts()).Build()).AsStrMap()
+	require.NoError(t, err)
+	for f, v := range gotCounts {
+		if v == "0" {
+			delete(gotCounts, f) // a count that went back to zero
+		}
+	}
+	if !maps.Equal(wantCounts, gotCounts) {
+		diffs = append(diffs, fmt.Sprintf("counts: want %v, have %v", wantCounts, gotCounts))
 	}
 	return strings.Join(diffs, "; ")
 }
@@ -320,4 +367,193 @@ func TestSummaryCountsEveryKeyState(t *testing.T) {
 		quoted = append(quoted, "'"+string(s)+"'")
 	}
 	assert.Equal(t, "local keyStates = {"+strings.Join(quoted, ", ")+"}", line)
+}
+
+// TestMirrorsStayExactThroughAnySequenceOfScripts drives the scripts that
+// change keys' owners and states directly, in a random order a real service
+// could produce (writes of the assignment, claims, states of every kind,
+// releases, confirmations after a restore, sweeps, nodes that leave, crash
+// and come back), and checks after every call that the summary's sets and
+// counts say exactly what the owner and state hashes say.
+func TestMirrorsStayExactThroughAnySequenceOfScripts(t *testing.T) {
+	srv := redistest.Start(t)
+	client := srv.Client(t)
+	ctx := context.Background()
+	const service = "mirrors"
+	k := newKeys("", service)
+	var plain atomic.Bool
+	do := func(what string, r rueidis.RedisResult) rueidis.RedisResult {
+		t.Helper()
+		require.NoError(t, r.Error(), what)
+		return r
+	}
+	ids := []string{"n1", "n2", "n3"}
+	sessions := map[string]string{}
+	join := func(n string) {
+		res, err := joinScript.Exec(ctx, client, []string{k.nodes, k.fence, k.fleet, k.state},
+			[]string{n, "600000", "600000", "0"}).ToArray()
+		require.NoError(t, err)
+		sessions[n], _ = res[0].ToString()
+		require.NotEmpty(t, sessions[n], "join of %s", n)
+		do("heartbeat", heartbeatScript.Exec(ctx, client, &plain, []string{k.nodes},
+			[]string{n, sessions[n], "600000", "1", k.channel, "600000", "0"}))
+		do("no grace", client.Do(ctx, client.B().Hset().Key(k.nodes).FieldValue().FieldValue("grace", "0").Build()))
+	}
+	for _, n := range ids {
+		join(n)
+	}
+	do("epoch", client.Do(ctx, client.B().Set().Key(k.epoch).Value("1").Build()))
+	keys := make([]string, 16)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("cfg-%02d", i)
+	}
+	assigned := map[string]string{}
+	rng := rand.New(rand.NewPCG(17, 42))
+	some := func() []string {
+		var out []string
+		for _, key := range keys {
+			if rng.IntN(3) == 0 {
+				out = append(out, key)
+			}
+		}
+		return out
+	}
+	anyNode := func() string { return ids[rng.IntN(len(ids))] }
+	record := func(n string, st KeyState) string {
+		r := keyRecord{Node: n, Session: sessions[n], State: st, Since: time.Now().UnixMilli()}
+		if st == KeyFailing {
+			r.Attempts, r.Err = 1+rng.IntN(3), "refused"
+		}
+		b, err := json.Marshal(r)
+		require.NoError(t, err)
+		return string(b)
+	}
+	states := []KeyState{KeyFailing, KeyHung, KeyUnknown, KeyStopping, KeyRunning, KeyCreating}
+	steps := []struct {
+		name string
+		run  func() string
+	}{
+		{"write", func() string {
+			var changes []change
+			for _, key := range some() {
+				to := anyNode()
+				if rng.IntN(5) == 0 {
+					to = ""
+				}
+				if to != assigned[key] {
+					changes = append(changes, change{key: key, from: assigned[key], to: to})
+				}
+			}
+			if len(changes) == 0 {
+				return "nothing"
+			}
+			slices.SortFunc(changes, func(a, b change) int { return strings.Compare(a.to, b.to) })
+			index := map[string]int{"": 0}
+			var nodes []string
+			for _, c := range changes {
+				for _, n := range []string{c.from, c.to} {
+					if _, ok := index[n]; !ok {
+						nodes = append(nodes, n)
+						index[n] = len(nodes)
+					}
+				}
+			}
+			kk := []string{k.epoch, k.assign, k.traces, k.nodes, k.owner, k.state}
+			args := []string{"1", k.channel, "-", strconv.Itoa(len(nodes))}
+			for _, n := range nodes {
+				kk = append(kk, k.assigned(n))
+				args = append(args, n)
+			}
+			for range nodes {
+				args = append(args, "1")
+			}
+			args = append(args, writeGroups(changes, index)...)
+			do("write", writeScript.Exec(ctx, client, kk, args))
+			for _, c := range changes {
+				if c.to == "" {
+					delete(assigned, c.key)
+				} else {
+					assigned[c.key] = c.to
+				}
+			}
+			return fmt.Sprint(changes)
+		}},
+		{"claim", func() string {
+			n, ks := anyNode(), some()
+			if len(ks) == 0 {
+				return "nothing"
+			}
+			do("claim", claimScript.Exec(ctx, client, []string{k.nodes, k.assign, k.owner, k.fence, k.state},
+				append([]string{n, sessions[n], "600000", "0"}, ks...)))
+			return n + " " + fmt.Sprint(ks)
+		}},
+		{"state", func() string {
+			n := anyNode()
+			var run, pairs []string
+			for _, key := range some() {
+				switch i := rng.IntN(len(states) + 2); {
+				case i < len(states):
+					pairs = append(pairs, key, record(n, states[i]))
+				case i == len(states):
+					run = append(run, key)
+				default:
+					pairs = append(pairs, key, "")
+				}
+			}
+			args := append([]string{n, sessions[n], strconv.FormatInt(time.Now().UnixMilli(), 10), strconv.Itoa(len(run))}, run...)
+			do("state", stateScript.Exec(ctx, client, &plain, []string{k.nodes, k.owner, k.state, k.assign}, append(args, pairs...)))
+			return fmt.Sprintf("%s run %v, %v", n, run, pairs)
+		}},
+		{"release", func() string {
+			n, ks := anyNode(), some()
+			if len(ks) == 0 {
+				return "nothing"
+			}
+			do("release", releaseScript.Exec(ctx, client, &plain, []string{k.owner, k.state, k.nodes, k.assign},
+				append([]string{n, sessions[n], k.channel}, ks...)))
+			return n + " " + fmt.Sprint(ks)
+		}},
+		{"verify", func() string {
+			n, ks := anyNode(), some()
+			if len(ks) == 0 {
+				return "nothing"
+			}
+			do("verify", verifyScript.Exec(ctx, client, &plain, []string{k.owner, k.nodes, k.fence, k.state, k.assign},
+				append([]string{n, sessions[n]}, ks...)))
+			return n + " " + fmt.Sprint(ks)
+		}},
+		{"sweep", func() string {
+			do("sweep", sweepScript.Exec(ctx, client, []string{k.nodes, k.assign, k.owner, k.state}, []string{"0", "100"}))
+			return ""
+		}},
+		{"leave and join", func() string {
+			n := anyNode()
+			do("leave", leaveScript.Exec(ctx, client, &plain, []string{k.nodes, k.cfgErr, k.traces, k.state, k.handoffs, k.labels},
+				[]string{n, sessions[n], k.channel}))
+			join(n)
+			return n
+		}},
+		{"crash and rejoin", func() string {
+			n := anyNode()
+			do("expire", client.Do(ctx, client.B().Hset().Key(k.nodes).FieldValue().FieldValue("e:"+n, "1").Build()))
+			do("members", membersScript.Exec(ctx, client, &plain, []string{k.nodes, k.cfgErr, k.traces, k.state, k.handoffs, k.labels},
+				[]string{k.channel}))
+			join(n)
+			return n
+		}},
+	}
+	weights := []int{3, 4, 5, 2, 1, 1, 1, 1}
+	var log []string
+	for i := range 600 {
+		w := rng.IntN(18)
+		j := 0
+		for w >= weights[j] {
+			w -= weights[j]
+			j++
+		}
+		log = append(log, fmt.Sprintf("%d %s: %s", i, steps[j].name, steps[j].run()))
+		if d := mirrorDiff(t, client, service); d != "" {
+			t.Fatalf("after step %s\n%s\nmirrors: %s", log[len(log)-1], strings.Join(log[max(0, len(log)-8):], "\n"), d)
+		}
+	}
 }

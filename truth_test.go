@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -323,4 +324,65 @@ func TestANodeWhoseFirstGetConfigFailsStillGetsItsShare(t *testing.T) {
 	avoid, err := admin.Do(context.Background(), admin.B().Hgetall().Key(newKeys("", c.service).avoid).Build()).AsStrMap()
 	require.NoError(t, err)
 	assert.Empty(t, avoid, "no key was declared unknown to n2")
+}
+
+// TestAKeyBeingCreatedIsCreatingInEveryView: while createInstance runs, the
+// key's owner entry is all Redis holds of it, and Status, Summary and
+// Explain say it is creating on its node, since its claim; once created, it
+// runs.
+func TestAKeyBeingCreatedIsCreatingInEveryView(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 4)
+	slow := make(chan struct{})
+	var once sync.Once
+	done := func() { once.Do(func() { close(slow) }) }
+	t.Cleanup(done)
+	c.createErr.Store("cfg-01", func() error { <-slow; return nil })
+	before := time.Now().Add(-time.Second)
+	c.start("n1", WithCallbackTimeout(time.Minute))
+	// The node publishes what its other creates did once the batch is done:
+	// they may still be creating too.
+	sum, st := c.agree(10*time.Second, "cfg-01 creating", func(sum *Summary, st *Status) bool {
+		return st.Keys["cfg-01"].State == KeyCreating && sum.States[KeyCreating] >= 1
+	})
+	ks := st.Keys["cfg-01"]
+	assert.Equal(t, KeyCreating, ks.State)
+	assert.Equal(t, "n1", ks.Node)
+	assert.True(t, ks.Live)
+	assert.True(t, ks.Since.After(before) && ks.Since.Before(time.Now().Add(time.Second)), "creating since %v", ks.Since)
+	assert.Contains(t, st.Unowned, "cfg-01")
+	i := slices.IndexFunc(sum.ProblemKeys, func(p KeyProblem) bool { return p.Key == "cfg-01" })
+	require.GreaterOrEqual(t, i, 0, "cfg-01 among the problem keys %v", sum.ProblemKeys)
+	p := sum.ProblemKeys[i]
+	assert.Equal(t, "n1", p.AssignedTo)
+	assert.Equal(t, KeyCreating, p.State)
+	assert.True(t, p.Live)
+	assert.Equal(t, ks.Since, p.Since)
+	assert.Equal(t, sum.States[KeyCreating], sum.Problems)
+	assert.Equal(t, len(st.Unowned), sum.Unowned)
+	e, err := Explain(context.Background(), c.srv.Client(t), "cfg-01", WithService(c.service))
+	require.NoError(t, err)
+	require.NotNil(t, e.State)
+	assert.Equal(t, KeyCreating, e.State.State)
+	require.NotNil(t, e.Owner)
+	assert.Equal(t, st.Owners["cfg-01"], *e.Owner)
+	if d := c.mirrorsExact(); d != "" {
+		t.Errorf("mirrors drifted: %s", d)
+	}
+
+	done()
+	sum, st = c.agree(10*time.Second, "every key running", func(sum *Summary, _ *Status) bool {
+		return sum.Running == 4
+	})
+	assert.Zero(t, sum.Problems)
+	assert.Empty(t, st.Unowned)
+	ran := st.Keys["cfg-01"]
+	assert.Equal(t, KeyRunning, ran.State)
+	assert.True(t, ran.Live)
+	assert.False(t, ran.Since.Before(ks.Since), "running since %v, before it was claimed (%v)", ran.Since, ks.Since)
+	if d := c.mirrorsExact(); d != "" {
+		t.Errorf("mirrors drifted: %s", d)
+	}
 }
