@@ -83,7 +83,7 @@ func Purge(ctx context.Context, client rueidis.Client, opts ...Option) (int, err
 	if err != nil {
 		return 0, err
 	}
-	k := newKeys(s.keyPrefix, s.service)
+	k := newKeyspace(s.keyPrefix, s.service)
 	// The keys with the service's hash tag, wherever the scan finds them:
 	// one slot, so one master of a Cluster.
 	var keys []string

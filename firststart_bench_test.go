@@ -76,7 +76,7 @@ func redisMainCPU(ctx context.Context, tb testing.TB, client rueidis.Client) flo
 // service script by script, and returns the Redis CPU of each phase.
 func firstStartCost(ctx context.Context, tb testing.TB, client rueidis.Client, service string, keys, nodes int) []phaseCost {
 	tb.Helper()
-	k := newKeys("", service)
+	k := newKeyspace("", service)
 	var plain atomic.Bool
 	must := func(err error) {
 		tb.Helper()

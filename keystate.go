@@ -53,7 +53,7 @@ type keyRecord struct {
 }
 
 // ownerEntry is a key's owner entry: "node session token generation
-// [r<ms>]" (see keys).
+// [r<ms>]" (see keyspace).
 type ownerEntry struct {
 	node, session string
 	token         uint64
@@ -174,7 +174,7 @@ func (m *Manager[C, I]) syncStates(ctx context.Context, session string, unknown 
 }
 
 // plainRunning reports whether a record says no more than that its key
-// runs since a time, which the key's owner entry can say (see keys).
+// runs since a time, which the key's owner entry can say (see keyspace).
 func (r keyRecord) plainRunning() bool {
 	return r.State == KeyRunning && r.Attempts == 0 && r.Retry == 0 && r.Err == ""
 }

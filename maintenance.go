@@ -122,12 +122,12 @@ func (m *Manager[C, I]) Undrain(ctx context.Context) (bool, error) {
 	return UndrainNode(ctx, m.client, m.s.nodeID, WithService(m.s.service), WithKeyPrefix(m.s.keyPrefix))
 }
 
-func adminKeys(opts []Option) (keys, error) {
+func adminKeys(opts []Option) (keyspace, error) {
 	s, err := serviceSettings(opts)
 	if err != nil {
-		return keys{}, err
+		return keyspace{}, err
 	}
-	return newKeys(s.keyPrefix, s.service), nil
+	return newKeyspace(s.keyPrefix, s.service), nil
 }
 
 // holds are the drains and the freeze in force, as the leader reads them.
@@ -138,7 +138,7 @@ type holds struct {
 }
 
 // readHolds reads the drains and the freeze in force.
-func readHolds(ctx context.Context, client rueidis.Client, k keys, now int64) (*holds, error) {
+func readHolds(ctx context.Context, client rueidis.Client, k keyspace, now int64) (*holds, error) {
 	b := client.B()
 	res := client.DoMulti(ctx, b.Hgetall().Key(k.drains).Build(), b.Pttl().Key(k.freeze).Build(),
 		b.Hgetall().Key(k.restarting).Build(), b.Hgetall().Key(k.joinWait).Build(), b.Hgetall().Key(k.handoffs).Build())
@@ -209,7 +209,7 @@ type FreezeStatus struct {
 }
 
 // readHoldStatus adds the drains and the freeze to a status.
-func readHoldStatus(ctx context.Context, client rueidis.Client, k keys, st *Status) error {
+func readHoldStatus(ctx context.Context, client rueidis.Client, k keyspace, st *Status) error {
 	b := client.B()
 	res := client.DoMulti(ctx, b.Hgetall().Key(k.drains).Build(), b.Pttl().Key(k.freeze).Build(),
 		b.Hmget().Key(k.leader).Field("rb_pending", "rb_flight", "rb_budget").Build(),

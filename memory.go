@@ -84,7 +84,7 @@ return s
 
 // readMemory reads INFO memory; nil if the server does not answer it (a user
 // without +info, the embedded server).
-func readMemory(ctx context.Context, c rueidis.Client, k keys) *RedisMemory {
+func readMemory(ctx context.Context, c rueidis.Client, k keyspace) *RedisMemory {
 	s, err := memoryScript.Exec(ctx, c, []string{k.nodes}, nil).ToString()
 	if err != nil || s == "" {
 		return nil

@@ -211,7 +211,7 @@ func ReadStatus(ctx context.Context, client rueidis.Client, opts ...Option) (*St
 	if err != nil {
 		return nil, err
 	}
-	st, err := readStatus(ctx, client, s.service, newKeys(s.keyPrefix, s.service))
+	st, err := readStatus(ctx, client, s.service, newKeyspace(s.keyPrefix, s.service))
 	if err != nil {
 		return nil, err
 	}
@@ -231,7 +231,7 @@ func RequestRebalance(ctx context.Context, client rueidis.Client, opts ...Option
 	if err != nil {
 		return nil, err
 	}
-	k := newKeys(s.keyPrefix, s.service)
+	k := newKeyspace(s.keyPrefix, s.service)
 	id := randomSuffix() + randomSuffix()
 	answers := make(chan []string, 1)
 	dc, release := client.Dedicate()
@@ -307,7 +307,7 @@ func serviceSettings(opts []Option) (settings, error) {
 	return s, nil
 }
 
-func readStatus(ctx context.Context, client rueidis.Client, service string, k keys) (*Status, error) {
+func readStatus(ctx context.Context, client rueidis.Client, service string, k keyspace) (*Status, error) {
 	res, err := statusScript.Exec(ctx, client,
 		[]string{k.nodes, k.leader, k.assign, k.owner, k.state, k.cfgErr}, nil).ToArray()
 	if err != nil {
@@ -397,7 +397,7 @@ func readStatus(ctx context.Context, client rueidis.Client, service string, k ke
 		}
 		st.Keys[key] = keyStatusOf(r, sessions)
 	}
-	// A key without a record is what its owner entry says (see keys).
+	// A key without a record is what its owner entry says (see keyspace).
 	for key, r := range implicit {
 		if _, ok := st.Keys[key]; !ok {
 			st.Keys[key] = keyStatusOf(r, sessions)
@@ -453,7 +453,7 @@ func readStatus(ctx context.Context, client rueidis.Client, service string, k ke
 
 // readPlacementStatus reads the nodes' labels and caps, the pins and the
 // unplaceable keys.
-func readPlacementStatus(ctx context.Context, client rueidis.Client, k keys, st *Status, index map[string]int) error {
+func readPlacementStatus(ctx context.Context, client rueidis.Client, k keyspace, st *Status, index map[string]int) error {
 	res := client.DoMulti(ctx,
 		client.B().Hgetall().Key(k.labels).Build(),
 		client.B().Hgetall().Key(k.pins).Build(),

@@ -266,7 +266,7 @@ func ReadSummary(ctx context.Context, client rueidis.Client, opts ...Option) (*S
 	if err != nil {
 		return nil, err
 	}
-	sum, err := readSummary(ctx, client, s.service, newKeys(s.keyPrefix, s.service), SummaryLimit)
+	sum, err := readSummary(ctx, client, s.service, newKeyspace(s.keyPrefix, s.service), SummaryLimit)
 	if err != nil {
 		return nil, err
 	}
@@ -280,7 +280,7 @@ func ReadSummary(ctx context.Context, client rueidis.Client, opts ...Option) (*S
 // limit 0 it only counts, and leaves out the quarantines, unhealthy nodes,
 // outage, drains, freeze and memory (the leader, which reads it so, knows
 // them already).
-func readSummary(ctx context.Context, client rueidis.Client, service string, k keys, limit int) (*Summary, error) {
+func readSummary(ctx context.Context, client rueidis.Client, service string, k keyspace, limit int) (*Summary, error) {
 	res, err := summaryScript.Exec(ctx, client,
 		[]string{k.nodes, k.leader, k.assign, k.state, k.cfgErr, k.owner},
 		[]string{strconv.Itoa(limit), k.assigned("")}).ToArray()

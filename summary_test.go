@@ -151,7 +151,7 @@ func (c *testCluster) mirrorsExact() string {
 func mirrorDiff(t *testing.T, client rueidis.Client, service string) string {
 	t.Helper()
 	ctx := context.Background()
-	k := newKeys("", service)
+	k := newKeyspace("", service)
 	st, err := ReadStatus(ctx, client, WithService(service))
 	require.NoError(t, err)
 	rec, err := client.Do(ctx, client.B().Hgetall().Key(k.nodes).Build()).AsStrMap()
@@ -338,7 +338,7 @@ func TestSummaryListsAtMostTheLimitAndCountsTheRest(t *testing.T) {
 	}
 	c.start("n1", WithGiveUpAfter(0))
 	c.eventually(10*time.Second, "five keys failing", func() bool { return c.summary().States[KeyFailing] == 5 })
-	sum, err := readSummary(context.Background(), c.srv.Client(t), c.service, newKeys("", c.service), 2)
+	sum, err := readSummary(context.Background(), c.srv.Client(t), c.service, newKeyspace("", c.service), 2)
 	require.NoError(t, err)
 	assert.Equal(t, 5, sum.Problems)
 	assert.Len(t, sum.ProblemKeys, 2)
@@ -346,7 +346,7 @@ func TestSummaryListsAtMostTheLimitAndCountsTheRest(t *testing.T) {
 	for _, p := range sum.ProblemKeys {
 		assert.Equal(t, KeyFailing, p.State)
 	}
-	counts, err := readSummary(context.Background(), c.srv.Client(t), c.service, newKeys("", c.service), 0)
+	counts, err := readSummary(context.Background(), c.srv.Client(t), c.service, newKeyspace("", c.service), 0)
 	require.NoError(t, err)
 	assert.Equal(t, 5, counts.Problems)
 	assert.Empty(t, counts.ProblemKeys, "a limit of 0 only counts")
@@ -380,7 +380,7 @@ func TestMirrorsStayExactThroughAnySequenceOfScripts(t *testing.T) {
 	client := srv.Client(t)
 	ctx := context.Background()
 	const service = "mirrors"
-	k := newKeys("", service)
+	k := newKeyspace("", service)
 	var plain atomic.Bool
 	do := func(what string, r rueidis.RedisResult) rueidis.RedisResult {
 		t.Helper()
