@@ -1,6 +1,5 @@
 package dim
 
-
 // keyspace names every Redis key and the channel of one service. All share the
 // hash tag {service}, so each script touches a single slot and dim runs
 // unchanged on Redis Cluster.
@@ -173,7 +172,7 @@ func (k keyspace) moving() string { return k.state + ":moving" }
 func (k keyspace) counts() string { return k.state + ":count" }
 
 // legacyKeys are the keys of the layout before the membership record (see
-// keys), which upgradeScript folds into it: sessions weights ttls maxttl
+// keyspace), which upgradeScript folds into it: sessions weights ttls maxttl
 // origin graceperiod.
 func (k keyspace) legacyKeys() []string {
 	return []string{k.prefix + ":sessions", k.prefix + ":weights", k.prefix + ":ttls", k.prefix + ":maxttl",
