@@ -55,24 +55,6 @@ func scanTargets(client rueidis.Client) []rueidis.Client {
 	return out
 }
 
-// purgeScript deletes a retired service's keys, unless a member is live.
-//
-// KEYS: nodes, then every key of the service
-// Returns the number of keys deleted, or -1 while a member is live. It
-// reads the record of the layout before the membership hash too (a sorted
-// set of leases; see upgradeScript).
-var purgeScript = script(`
-if type(redis.pcall('HLEN', KEYS[1])) == 'number' then
-  if #liveMembers(KEYS[1]) > 0 then return -1 end
-else
-  local z = redis.pcall('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'LIMIT', 0, 1)
-  if type(z) == 'table' and not z.err and #z > 0 then return -1 end
-end
-local n = 0
-for i = 1, #KEYS do n = n + redis.call('DEL', KEYS[i]) end
-return n
-`)
-
 // Purge removes every Redis key of a retired service: its record, counters
 // and assignment. It refuses, with an error wrapping [ErrServiceLive], while
 // any node of the service holds a live lease; a purged service that starts

@@ -1,7 +1,16 @@
 package dim
 
+// Every Lua script dim runs lives in this file, and every one of them is
+// built by script or keepScript, so that each starts with the shared prelude
+// (luaPrelude): the server's clock in now, and the helpers that keep the
+// membership record and the mirrors of key states consistent. The Go side of
+// each script — its key order, its arguments and the parsing of its reply —
+// is one method of store (store.go).
+
 import (
+	"context"
 	"strings"
+	"sync/atomic"
 
 	"github.com/redis/rueidis"
 )
@@ -28,6 +37,44 @@ func parseEvent(msg string) (verb string, args []string) {
 		return "", nil
 	}
 	return f[0], f[1:]
+}
+
+// A Redis out of memory under the noeviction policy refuses every write that
+// could grow memory, and without script flags it refuses a script at its
+// first write. What keeps a running instance alive — renewing a lease,
+// re-asserting an ownership, publishing a state, releasing, leaving —
+// needs no new memory, so those scripts carry flags=allow-oom: a full
+// Redis stops what is new (claims, the leader's moves and elections), never
+// what runs.
+
+// oomFlag lets a script run while Redis is out of memory (Redis 7 script
+// flags).
+const oomFlag = "#!lua flags=allow-oom\n"
+
+// keepLua is a script that keeps or frees memory. It runs with
+// flags=allow-oom on servers that know script flags, and plain on those that
+// do not (the embedded test server).
+type keepLua struct {
+	flagged, plain *rueidis.Lua
+}
+
+// keepScript is script for what must run in a full Redis.
+func keepScript(body string) *keepLua {
+	return &keepLua{flagged: rueidis.NewLuaScript(oomFlag + luaPrelude + body), plain: script(body)}
+}
+
+// Exec runs the script; plain records that the server does not compile
+// flagged scripts, so that it is asked once per client.
+func (s *keepLua) Exec(ctx context.Context, c rueidis.Client, plain *atomic.Bool, keys, args []string) rueidis.RedisResult {
+	if plain.Load() {
+		return s.plain.Exec(ctx, c, keys, args)
+	}
+	r := s.flagged.Exec(ctx, c, keys, args)
+	if err := r.Error(); err != nil && strings.Contains(err.Error(), "Error compiling script") {
+		plain.Store(true)
+		return s.plain.Exec(ctx, c, keys, args)
+	}
+	return r
 }
 
 // Every script reads the clock with TIME, so leases never depend on a
@@ -613,7 +660,7 @@ return {n, tonumber(f[1] or '0') or 0, since}
 // KEYS: fleet
 // ARGV: size force ("1" or "0")
 // Returns the size recorded.
-var fleetSizeScript = rueidis.NewLuaScript(`
+var fleetSizeScript = script(`
 local cur = tonumber(redis.call('HGET', KEYS[1], 'size') or '0') or 0
 local n = tonumber(ARGV[1])
 if ARGV[2] == '1' or n > cur then
@@ -1169,6 +1216,191 @@ return 1
 //
 // KEYS: forcing
 // ARGV: node ttl_ms
-var forceGateScript = rueidis.NewLuaScript(`
+var forceGateScript = script(`
 return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
+`)
+
+// purgeScript deletes a retired service's keys, unless a member is live.
+//
+// KEYS: nodes, then every key of the service
+// Returns the number of keys deleted, or -1 while a member is live. It
+// reads the record of the layout before the membership hash too (a sorted
+// set of leases; see upgradeScript).
+var purgeScript = script(`
+if type(redis.pcall('HLEN', KEYS[1])) == 'number' then
+  if #liveMembers(KEYS[1]) > 0 then return -1 end
+else
+  local z = redis.pcall('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'LIMIT', 0, 1)
+  if type(z) == 'table' and not z.err and #z > 0 then return -1 end
+end
+local n = 0
+for i = 1, #KEYS do n = n + redis.call('DEL', KEYS[i]) end
+return n
+`)
+
+// statusScript reads everything a Status needs in one atomic step.
+//
+// KEYS: nodes leader assign owner state cfgerr
+// Returns {server_ms, leader{node,session,epoch}, nodes{id,expiry,weight,
+// session,ttl,cfgerr…}, assign{k,v…}, owner{k,v…}, {grace_left_ms, why},
+// state{k,v…}}.
+var statusScript = script(`
+requireRecord(KEYS[1])
+local alive, by = liveMembers(KEYS[1])
+local out = {}
+for _, n in ipairs(alive) do
+  out[#out + 1] = n
+  out[#out + 1] = by[n].e
+  out[#out + 1] = by[n].w or ''
+  out[#out + 1] = by[n].s or ''
+  out[#out + 1] = by[n].t or '0'
+  out[#out + 1] = redis.call('HGET', KEYS[6], n) or ''
+end
+return {now, redis.call('HMGET', KEYS[2], 'node', 'session', 'epoch', 'rb_at', 'rb_moves', 'rb_err'), out,
+  redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4]),
+  {graceLeft(KEYS[1]), redis.call('HGET', KEYS[1], 'why') or ''},
+  redis.call('HGETALL', KEYS[5])}
+`)
+
+// summaryScript reads what a Summary needs in one atomic step: per live
+// node a handful of SCARDs and its counts of keys whose owner entry is
+// their state, then at most ARGV[1] problem keys (in the order of
+// keyStates: failing and hung first) and as many keys at risk, with their
+// records. Nothing in it reads a whole hash or set, except the sets it
+// lists, which it stops scanning at the limit. Keys that are creating or
+// running by their owner entry have no set: they are found among the
+// node's assigned keys and the moving set, looking at no more than twice
+// the limit of keys in all, so that a summary that lists them stays
+// bounded (the counts stay exact; the list may then name fewer).
+//
+// KEYS: nodes leader assign state cfgerr owner
+// ARGV: limit (0: counts only) assigned_prefix
+// Returns {server_ms, leader{node,session,epoch,rb_at,rb_moves,rb_err},
+// states{st…}, nodes{id,expiry,weight,session,ttl,cfgerr,assigned,count per
+// state…}, {assigned, moving}, {grace_left_ms, why}, problems{key,node,
+// record,assigned…}, atrisk{key,node,assigned…}}.
+var summaryScript = script(`
+local limit = tonumber(ARGV[1])
+requireRecord(KEYS[1])
+local ids, by = liveMembers(KEYS[1])
+local expiry, score = {}, {}
+for _, n in ipairs(ids) do
+  expiry[n] = tonumber(by[n].e)
+  score[n] = by[n].e
+end
+local function list(set, node, into)
+  if #into >= 2 * limit then return end
+  local cursor = '0'
+  repeat
+    local page = redis.call('SSCAN', set, cursor, 'COUNT', 100)
+    cursor = page[1]
+    for _, key in ipairs(page[2]) do
+      if #into >= 2 * limit then return end
+      into[#into + 1] = key
+      into[#into + 1] = node
+    end
+  until cursor == '0'
+end
+-- Keys of a node's session whose owner entry says st and that have no
+-- record, with the record the entry stands for.
+local budget = 2 * limit
+local anyRecord = redis.call('HLEN', KEYS[4]) > 0
+local implicit, implicitTo = {}, {}
+local function listImplicit(n, session, st, into)
+  local prefix = n .. ' ' .. session .. ' '
+  local seen = {}
+  for s, set in ipairs({ARGV[2] .. n, KEYS[4] .. ':moving'}) do
+    local cursor = '0'
+    repeat
+      if #into >= 2 * limit or budget <= 0 then return end
+      local page = redis.call('SSCAN', set, cursor, 'COUNT', 100)
+      cursor = page[1]
+      local keys = page[2]
+      if #keys > 0 then
+        budget = budget - #keys
+        local own = redis.call('HMGET', KEYS[6], unpack(keys))
+        local rec = {}
+        if anyRecord then rec = redis.call('HMGET', KEYS[4], unpack(keys)) end
+        for j, key in ipairs(keys) do
+          local o = own[j]
+          if not rec[j] and not seen[key] and hasPrefix(o, prefix) and implicitOf(o) == st then
+            seen[key] = true
+            local at = string.match(o, ' r(%d+)') or fmt(math.floor(tonumber(string.match(o, '^%S+ %S+ (%d+)') or '0') / 1000))
+            implicit[key] = '{"n":"' .. n .. '","s":"' .. session .. '","st":"' .. st .. '","t":' .. at .. '}'
+            if s == 1 then implicitTo[key] = n end
+            into[#into + 1] = key
+            into[#into + 1] = n
+            if #into >= 2 * limit then return end
+          end
+        end
+      end
+    until cursor == '0'
+  end
+end
+local counts = {}
+if #ids > 0 then
+  local fields = {}
+  for _, n in ipairs(ids) do
+    fields[#fields + 1] = 'running:' .. n
+    fields[#fields + 1] = 'creating:' .. n
+  end
+  local v = redis.call('HMGET', KEYS[4] .. ':count', unpack(fields))
+  for i, f in ipairs(fields) do counts[f] = tonumber(v[i]) or 0 end
+end
+local nodes, problems, risky, count, suspect = {}, {}, {}, {}, {}
+for _, n in ipairs(ids) do
+  local ttl = tonumber(by[n].t or '0') or 0
+  suspect[n] = ttl > 0 and expiry[n] - now < ttl / 2
+  nodes[#nodes + 1] = n
+  nodes[#nodes + 1] = score[n]
+  nodes[#nodes + 1] = by[n].w or ''
+  nodes[#nodes + 1] = by[n].s or ''
+  nodes[#nodes + 1] = tostring(ttl)
+  nodes[#nodes + 1] = redis.call('HGET', KEYS[5], n) or ''
+  nodes[#nodes + 1] = tostring(redis.call('SCARD', ARGV[2] .. n))
+  for _, st in ipairs(keyStates) do
+    local c = redis.call('SCARD', byState(KEYS[4], st, n))
+    nodes[#nodes + 1] = tostring(c + (counts[st .. ':' .. n] or 0))
+    count[st .. ' ' .. n] = c
+  end
+end
+if limit > 0 then
+  for _, st in ipairs(keyStates) do
+    for _, n in ipairs(ids) do
+      local into = problems
+      if st == 'running' then into = suspect[n] and risky or nil end
+      if into and count[st .. ' ' .. n] > 0 then list(byState(KEYS[4], st, n), n, into) end
+      if into and (counts[st .. ':' .. n] or 0) > 0 then listImplicit(n, by[n].s or '', st, into) end
+    end
+  end
+end
+local recs, risks = {}, {}
+-- A key found among a node's assigned keys is assigned to it, and one
+-- found without a record has none.
+for i = 1, #problems, 2 do
+  local key = problems[i]
+  recs[#recs + 1] = key
+  recs[#recs + 1] = problems[i + 1]
+  recs[#recs + 1] = implicit[key] or redis.call('HGET', KEYS[4], key) or ''
+  recs[#recs + 1] = implicitTo[key] or redis.call('HGET', KEYS[3], key) or ''
+end
+for i = 1, #risky, 2 do
+  local key = risky[i]
+  risks[#risks + 1] = key
+  risks[#risks + 1] = risky[i + 1]
+  risks[#risks + 1] = implicitTo[key] or redis.call('HGET', KEYS[3], key) or ''
+end
+return {now, redis.call('HMGET', KEYS[2], 'node', 'session', 'epoch', 'rb_at', 'rb_moves', 'rb_err'), keyStates, nodes,
+  {redis.call('HLEN', KEYS[3]), redis.call('SCARD', KEYS[4] .. ':moving')},
+  {graceLeft(KEYS[1]), redis.call('HGET', KEYS[1], 'why') or ''}, recs, risks}
+`)
+
+// memoryScript reads INFO memory on the server that holds the service's
+// keys (in a Cluster, the master of its slot, which a plain INFO may miss).
+//
+// KEYS: any key of the service
+var memoryScript = script(`
+local s = redis.pcall('INFO', 'memory')
+if type(s) == 'table' then return '' end
+return s
 `)

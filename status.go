@@ -168,30 +168,6 @@ type Owner struct {
 	Live  bool   `json:"live"`
 }
 
-// statusScript reads everything a Status needs in one atomic step.
-//
-// KEYS: nodes leader assign owner state cfgerr
-// Returns {server_ms, leader{node,session,epoch}, nodes{id,expiry,weight,
-// session,ttl,cfgerr…}, assign{k,v…}, owner{k,v…}, {grace_left_ms, why},
-// state{k,v…}}.
-var statusScript = script(`
-requireRecord(KEYS[1])
-local alive, by = liveMembers(KEYS[1])
-local out = {}
-for _, n in ipairs(alive) do
-  out[#out + 1] = n
-  out[#out + 1] = by[n].e
-  out[#out + 1] = by[n].w or ''
-  out[#out + 1] = by[n].s or ''
-  out[#out + 1] = by[n].t or '0'
-  out[#out + 1] = redis.call('HGET', KEYS[6], n) or ''
-end
-return {now, redis.call('HMGET', KEYS[2], 'node', 'session', 'epoch', 'rb_at', 'rb_moves', 'rb_err'), out,
-  redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4]),
-  {graceLeft(KEYS[1]), redis.call('HGET', KEYS[1], 'why') or ''},
-  redis.call('HGETALL', KEYS[5])}
-`)
-
 // Status reads a snapshot of the service from Redis. It may return an
 // error wrapping [ErrRedis], or [ErrNotStarted] before Start.
 func (m *Manager[C, I]) Status(ctx context.Context) (*Status, error) {
