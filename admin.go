@@ -87,24 +87,25 @@ func Purge(ctx context.Context, client rueidis.Client, opts ...Option) (int, err
 	}
 	keys = slices.DeleteFunc(keys, func(key string) bool { return key == k.nodes })
 	total := 0
+	db := newStore(client, k)
 	// Bounded scripts: a big service's keys go in chunks, the live check
 	// repeated in each.
 	for chunk := range slices.Chunk(keys, 500) {
-		n, err := purgeScript.Exec(ctx, client, append([]string{k.nodes}, chunk...), nil).AsInt64()
+		n, live, err := db.purge(ctx, chunk)
 		if err != nil {
 			return total, fmt.Errorf("%w: purge: %w", ErrRedis, err)
 		}
-		if n < 0 {
+		if live {
 			return total, fmt.Errorf("%w: %q has live nodes; stop them first", ErrServiceLive, s.service)
 		}
-		total += int(n)
+		total += n
 	}
-	n, err := purgeScript.Exec(ctx, client, []string{k.nodes, k.nodes}, nil).AsInt64()
+	n, live, err := db.purge(ctx, []string{k.nodes})
 	if err != nil {
 		return total, fmt.Errorf("%w: purge: %w", ErrRedis, err)
 	}
-	if n < 0 {
+	if live {
 		return total, fmt.Errorf("%w: %q has live nodes; stop them first", ErrServiceLive, s.service)
 	}
-	return total + int(n), nil
+	return total + n, nil
 }

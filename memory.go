@@ -1,7 +1,6 @@
 package dim
 
 import (
-	"context"
 	"strconv"
 	"strings"
 
@@ -33,10 +32,8 @@ type RedisMemory struct {
 	Policy      string `json:"policy"`
 }
 
-// readMemory reads INFO memory; nil if the server does not answer it (a user
-// without +info, the embedded server).
-func readMemory(ctx context.Context, c rueidis.Client, k keyspace) *RedisMemory {
-	s, err := memoryScript.Exec(ctx, c, []string{k.nodes}, nil).ToString()
+// parseMemory parses INFO memory; nil if there is none.
+func parseMemory(s string, err error) *RedisMemory {
 	if err != nil || s == "" {
 		return nil
 	}

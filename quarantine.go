@@ -617,7 +617,7 @@ func (m *Manager[C, I]) recordVerdict(ctx context.Context, f *failureFacts, v *v
 	// A key out of quarantine starts afresh: the give-ups that led to it
 	// must not quarantine it again.
 	if len(v.released) > 0 {
-		if err := forgiveScript.Exec(ctx, m.client, []string{m.k.avoid}, v.released).Error(); err != nil {
+		if err := m.db().forgive(ctx, v.released); err != nil {
 			return fmt.Errorf("record failure review: %w", err)
 		}
 	}

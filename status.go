@@ -284,13 +284,9 @@ func serviceSettings(opts []Option) (settings, error) {
 }
 
 func readStatus(ctx context.Context, client rueidis.Client, service string, k keyspace) (*Status, error) {
-	res, err := statusScript.Exec(ctx, client,
-		[]string{k.nodes, k.leader, k.assign, k.owner, k.state, k.cfgErr}, nil).ToArray()
+	res, err := newStore(client, k).status(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%w: read status: %w", ErrRedis, err)
-	}
-	if len(res) != 7 {
-		return nil, fmt.Errorf("%w: read status: unexpected reply of %d values", ErrRedis, len(res))
 	}
 	now, _ := res[0].AsInt64()
 	st := &Status{
@@ -419,7 +415,7 @@ func readStatus(ctx context.Context, client rueidis.Client, service string, k ke
 	if err := readPlacementStatus(ctx, client, k, st, index); err != nil {
 		return nil, err
 	}
-	st.Memory = readMemory(ctx, client, k)
+	st.Memory = newStore(client, k).memory(ctx)
 	slices.Sort(st.Unowned)
 	slices.Sort(st.AtRisk)
 	slices.Sort(st.Misplaced)

@@ -148,14 +148,9 @@ func ReadSummary(ctx context.Context, client rueidis.Client, opts ...Option) (*S
 // outage, drains, freeze and memory (the leader, which reads it so, knows
 // them already).
 func readSummary(ctx context.Context, client rueidis.Client, service string, k keyspace, limit int) (*Summary, error) {
-	res, err := summaryScript.Exec(ctx, client,
-		[]string{k.nodes, k.leader, k.assign, k.state, k.cfgErr, k.owner},
-		[]string{strconv.Itoa(limit), k.assigned("")}).ToArray()
+	res, err := newStore(client, k).summary(ctx, limit)
 	if err != nil {
 		return nil, fmt.Errorf("%w: read summary: %w", ErrRedis, err)
-	}
-	if len(res) != 8 {
-		return nil, fmt.Errorf("%w: read summary: unexpected reply of %d values", ErrRedis, len(res))
 	}
 	now, _ := res[0].AsInt64()
 	sum := &Summary{
@@ -272,7 +267,7 @@ func readSummary(ctx context.Context, client rueidis.Client, service string, k k
 		}
 		sum.Pins, sum.Unplaceable = len(vst.Pins), vst.UnplaceableCount
 		sum.UnplaceableKeys = vst.Unplaceable[:min(len(vst.Unplaceable), limit)]
-		sum.Memory = readMemory(ctx, client, k)
+		sum.Memory = newStore(client, k).memory(ctx)
 	}
 	byKey := func(a, b KeyProblem) int { return strings.Compare(a.Key, b.Key) }
 	slices.SortFunc(sum.ProblemKeys, byKey)
