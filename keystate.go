@@ -188,7 +188,7 @@ func (m *Manager[C, I]) publishStates(ctx context.Context, session string, since
 		r := min(len(run), stateChunk)
 		p := min(len(pairs), 2*(stateChunk-r))
 		cctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-		res, err := m.db().state(cctx, m.s.nodeID, session, since, run[:r], pairs[:p])
+		_, res, err := m.db().state(cctx, m.s.nodeID, session, since, run[:r], pairs[:p])
 		cancel()
 		run, pairs = run[r:], pairs[p:]
 		m.live.advance()

@@ -341,19 +341,25 @@ func (s store) release(ctx context.Context, node, session string, keys []string)
 
 // state publishes what node's keys do (see stateScript): run are keys that
 // run since since (unix ms), pairs are key, record (JSON, or "" to drop the
-// node's own record). It returns the keys the script refused.
-func (s store) state(ctx context.Context, node, session string, since int64, run, pairs []string) ([]string, error) {
+// node's own record). It returns whether the session was live (a session
+// that is not writes nothing), and the keys the script refused.
+func (s store) state(ctx context.Context, node, session string, since int64, run, pairs []string) (live bool, refused []string, err error) {
 	args := make([]string, 0, 4+len(run)+len(pairs))
 	args = append(args, node, session, strconv.FormatInt(since, 10), strconv.Itoa(len(run)))
 	args = append(append(args, run...), pairs...)
-	res, err := stateScript.Exec(ctx, s.c, s.plain, []string{s.k.nodes, s.k.owner, s.k.state, s.k.assign}, args).AsStrSlice()
+	res, err := stateScript.Exec(ctx, s.c, s.plain, []string{s.k.nodes, s.k.owner, s.k.state, s.k.assign}, args).ToArray()
 	if err == nil && len(res) == 0 {
 		err = errors.New("empty reply")
 	}
 	if err != nil {
-		return nil, err
+		return false, nil, err
 	}
-	return res[1:], nil
+	ok, _ := res[0].AsInt64()
+	for _, r := range res[1:] {
+		key, _ := r.ToString()
+		refused = append(refused, key)
+	}
+	return ok == 1, refused, nil
 }
 
 // avoid records which keys node cannot run (see avoidScript): pairs are

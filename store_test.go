@@ -117,9 +117,10 @@ func TestStore(t *testing.T) {
 		assert.Equal(t, []string{"+"}, again.codes, "a node's own key is granted again")
 		assert.Greater(t, again.first, c.first+1, "with a token larger than any before")
 
-		refused, err := db.state(ctx, "n1", sessions["n1"], time.Now().UnixMilli(), []string{"k1"},
+		live, refused, err := db.state(ctx, "n1", sessions["n1"], time.Now().UnixMilli(), []string{"k1"},
 			[]string{"k3", `{"n":"n1","s":"` + sessions["n1"] + `","st":"failing"}`})
 		require.NoError(t, err)
+		assert.True(t, live)
 		assert.Empty(t, refused, "n1 may write k1 (its own) and k3 (owned by nobody)")
 
 		require.NoError(t, db.release(ctx, "n1", sessions["n1"], []string{"k1", "k2"}))

@@ -493,7 +493,7 @@ func TestMirrorsStayExactThroughAnySequenceOfScripts(t *testing.T) {
 					pairs = append(pairs, key, "")
 				}
 			}
-			_, err := db.state(ctx, n, sessions[n], time.Now().UnixMilli(), run, pairs)
+			_, _, err := db.state(ctx, n, sessions[n], time.Now().UnixMilli(), run, pairs)
 			require.NoError(t, err, "state")
 			return fmt.Sprintf("%s run %v, %v", n, run, pairs)
 		}},
