@@ -55,24 +55,6 @@ func scanTargets(client rueidis.Client) []rueidis.Client {
 	return out
 }
 
-// purgeScript deletes a retired service's keys, unless a member is live.
-//
-// KEYS: nodes, then every key of the service
-// Returns the number of keys deleted, or -1 while a member is live. It
-// reads the record of the layout before the membership hash too (a sorted
-// set of leases; see upgradeScript).
-var purgeScript = script(`
-if type(redis.pcall('HLEN', KEYS[1])) == 'number' then
-  if #liveMembers(KEYS[1]) > 0 then return -1 end
-else
-  local z = redis.pcall('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'LIMIT', 0, 1)
-  if type(z) == 'table' and not z.err and #z > 0 then return -1 end
-end
-local n = 0
-for i = 1, #KEYS do n = n + redis.call('DEL', KEYS[i]) end
-return n
-`)
-
 // Purge removes every Redis key of a retired service: its record, counters
 // and assignment. It refuses, with an error wrapping [ErrServiceLive], while
 // any node of the service holds a live lease; a purged service that starts
@@ -83,7 +65,7 @@ func Purge(ctx context.Context, client rueidis.Client, opts ...Option) (int, err
 	if err != nil {
 		return 0, err
 	}
-	k := newKeys(s.keyPrefix, s.service)
+	k := newKeyspace(s.keyPrefix, s.service)
 	// The keys with the service's hash tag, wherever the scan finds them:
 	// one slot, so one master of a Cluster.
 	var keys []string
@@ -105,24 +87,25 @@ func Purge(ctx context.Context, client rueidis.Client, opts ...Option) (int, err
 	}
 	keys = slices.DeleteFunc(keys, func(key string) bool { return key == k.nodes })
 	total := 0
+	db := newStore(client, k)
 	// Bounded scripts: a big service's keys go in chunks, the live check
 	// repeated in each.
 	for chunk := range slices.Chunk(keys, 500) {
-		n, err := purgeScript.Exec(ctx, client, append([]string{k.nodes}, chunk...), nil).AsInt64()
+		n, live, err := db.purge(ctx, chunk)
 		if err != nil {
 			return total, fmt.Errorf("%w: purge: %w", ErrRedis, err)
 		}
-		if n < 0 {
+		if live {
 			return total, fmt.Errorf("%w: %q has live nodes; stop them first", ErrServiceLive, s.service)
 		}
-		total += int(n)
+		total += n
 	}
-	n, err := purgeScript.Exec(ctx, client, []string{k.nodes, k.nodes}, nil).AsInt64()
+	n, live, err := db.purge(ctx, []string{k.nodes})
 	if err != nil {
 		return total, fmt.Errorf("%w: purge: %w", ErrRedis, err)
 	}
-	if n < 0 {
+	if live {
 		return total, fmt.Errorf("%w: %q has live nodes; stop them first", ErrServiceLive, s.service)
 	}
-	return total + int(n), nil
+	return total + n, nil
 }

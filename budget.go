@@ -71,7 +71,7 @@ func limitMoves(prev, next Assignment, nodes []Node, avoid map[string][]string, 
 
 // inFlight returns the keys of moving that have not landed yet: not owned
 // by the node they are assigned to now.
-func inFlight(ctx context.Context, client rueidis.Client, k keys, moving map[string]string) ([]string, error) {
+func inFlight(ctx context.Context, client rueidis.Client, k keyspace, moving map[string]string) ([]string, error) {
 	if len(moving) == 0 {
 		return nil, nil
 	}

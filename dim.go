@@ -62,7 +62,7 @@ type Manager[C, I any] struct {
 	clock          redisClock  // this node's offset from Redis's clock
 	clockWarned    atomic.Bool // a large offset was logged
 	s              settings
-	k              keys
+	k              keyspace
 	log            *slog.Logger
 	tel            *telemetry
 	getConfig      func(context.Context) ([]C, error)
@@ -194,7 +194,7 @@ func New[C, I any](
 	}
 	m := &Manager[C, I]{
 		s:               s,
-		k:               newKeys(s.keyPrefix, s.service),
+		k:               newKeyspace(s.keyPrefix, s.service),
 		getConfig:       getConfig,
 		createInstance:  createInstance,
 		claimRetry:      max(s.heartbeat/4, 10*time.Millisecond),

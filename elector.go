@@ -3,8 +3,6 @@ package dim
 import (
 	"context"
 	"errors"
-	"fmt"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -136,16 +134,14 @@ func (m *Manager[C, I]) becomeLeader(ctx context.Context) (uint64, error) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
-	s, err := leadScript.Exec(ctx, m.client,
-		[]string{m.k.nodes, m.k.epoch, m.k.leader},
-		[]string{m.s.nodeID, session, m.k.channel}).ToString()
+	epoch, err := m.db().lead(ctx, m.s.nodeID, session)
+	var bad *badReply
+	if errors.As(err, &bad) {
+		return 0, err
+	}
 	if err != nil {
 		m.tel.election(ctx, start, "error", 0, err)
 		return 0, err
-	}
-	epoch, err := strconv.ParseUint(s, 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("leader epoch %q: %w", s, err)
 	}
 	m.tel.election(ctx, start, "won", epoch, nil)
 	return epoch, nil
@@ -190,7 +186,7 @@ func (m *Manager[C, I]) lead(lockCtx context.Context, release context.CancelFunc
 		// A graceful end leaves no dead leader on record for others to
 		// force out.
 		ctx, cancel := context.WithTimeout(m.runCtx, m.s.heartbeat)
-		_ = abdicateScript.Exec(ctx, m.client, &m.plainScripts, []string{m.k.epoch, m.k.leader}, []string{strconv.FormatUint(epoch, 10)}).Error()
+		_ = m.db().abdicate(ctx, epoch)
 		cancel()
 	}
 	release()
@@ -241,21 +237,7 @@ type leaderStatus struct {
 }
 
 func (m *Manager[C, I]) readLeader(ctx context.Context) (leaderStatus, error) {
-	res, err := leaderScript.Exec(ctx, m.client,
-		[]string{m.k.nodes, m.k.leader}, nil).ToArray()
-	if err != nil {
-		return leaderStatus{}, err
-	}
-	if len(res) != 3 {
-		return leaderStatus{}, fmt.Errorf("leader: unexpected reply of %d values", len(res))
-	}
-	var st leaderStatus
-	st.node, _ = res[0].ToString()
-	e, _ := res[1].ToString()
-	st.epoch, _ = strconv.ParseUint(e, 10, 64)
-	live, _ := res[2].AsInt64()
-	st.live = live == 1
-	return st, nil
+	return m.db().leader(ctx)
 }
 
 // checkLeader is the leader health check every node runs on its schedule,
@@ -297,9 +279,8 @@ func (m *Manager[C, I]) checkLeader() {
 	if m.deadLeader.Swap(st.epoch) != st.epoch {
 		return
 	}
-	ok, err := forceGateScript.Exec(ctx, m.client, []string{m.k.forcing},
-		[]string{m.s.nodeID, ms(m.s.lockTTL)}).AsInt64()
-	if err != nil || ok != 1 {
+	ok, err := m.db().forceGate(ctx, m.s.nodeID, m.s.lockTTL)
+	if err != nil || !ok {
 		return
 	}
 	m.log.Warn("leader is not a live member; forcing it out", "leader", st.node, "epoch", st.epoch)

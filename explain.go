@@ -206,7 +206,7 @@ func Explain(ctx context.Context, client rueidis.Client, key string, opts ...Opt
 	if err != nil {
 		return nil, err
 	}
-	k := newKeys(s.keyPrefix, s.service)
+	k := newKeyspace(s.keyPrefix, s.service)
 	b := client.B()
 	res := client.DoMulti(ctx,
 		b.Hget().Key(k.assign).Field(key).Build(),

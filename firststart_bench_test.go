@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -76,8 +75,8 @@ func redisMainCPU(ctx context.Context, tb testing.TB, client rueidis.Client) flo
 // service script by script, and returns the Redis CPU of each phase.
 func firstStartCost(ctx context.Context, tb testing.TB, client rueidis.Client, service string, keys, nodes int) []phaseCost {
 	tb.Helper()
-	k := newKeys("", service)
-	var plain atomic.Bool
+	k := newKeyspace("", service)
+	db := newStore(client, k)
 	must := func(err error) {
 		tb.Helper()
 		if err != nil {
@@ -89,13 +88,11 @@ func firstStartCost(ctx context.Context, tb testing.TB, client rueidis.Client, s
 	for n := range nodes {
 		ids[n] = fmt.Sprintf("node-%d", n)
 		// Leases long enough for the whole run, which renews none.
-		res, err := joinScript.Exec(ctx, client, []string{k.nodes, k.fence, k.fleet, k.state},
-			[]string{ids[n], "600000", "600000", "0"}).ToArray()
+		res, err := db.join(ctx, ids[n], 10*time.Minute, 10*time.Minute, "0")
 		must(err)
-		sessions[n], err = res[0].ToString()
+		sessions[n] = res.session
+		_, err = db.heartbeat(ctx, ids[n], sessions[n], 10*time.Minute, 1, 10*time.Minute, "0")
 		must(err)
-		must(heartbeatScript.Exec(ctx, client, &plain, []string{k.nodes},
-			[]string{ids[n], sessions[n], "600000", "1", k.channel, "600000", "0"}).Error())
 	}
 	// No grace period: the claims are granted at once.
 	must(client.Do(ctx, client.B().Hset().Key(k.nodes).FieldValue().FieldValue("grace", "0").Build()).Error())
@@ -137,17 +134,12 @@ func firstStartCost(ctx context.Context, tb testing.TB, client rueidis.Client, s
 					index[c.to] = len(used)
 				}
 			}
-			kk := []string{k.epoch, k.assign, k.traces, k.nodes, k.owner, k.state}
-			args := []string{"1", k.channel, "-", strconv.Itoa(len(used))}
-			for _, n := range used {
-				kk = append(kk, k.assigned(n))
-				args = append(args, n)
+			tell := make([]bool, len(used))
+			for i := range tell {
+				tell[i] = true
 			}
-			for range used {
-				args = append(args, "1")
-			}
-			args = append(args, writeGroups(chunk, index)...)
-			must(writeScript.Exec(ctx, client, kk, args).Error())
+			_, err := db.write(ctx, 1, "-", used, tell, writeGroups(chunk, index))
+			must(err)
 		}
 	})
 	phase("assigned-history", func() {
@@ -165,14 +157,13 @@ func firstStartCost(ctx context.Context, tb testing.TB, client rueidis.Client, s
 	phase("claim", func() {
 		for n := range nodes {
 			for chunk := range slices.Chunk(mine[n], claimChunk) {
-				args := append([]string{ids[n], sessions[n], "600000", "0"}, chunk...)
-				res, err := claimScript.Exec(ctx, client, []string{k.nodes, k.assign, k.owner, k.fence, k.state}, args).ToArray()
+				res, err := db.claim(ctx, ids[n], sessions[n], 10*time.Minute, "0", chunk)
 				must(err)
-				if st, _ := res[0].AsInt64(); st != 1 || len(res) != len(chunk)+3 {
-					tb.Fatalf("claim: status %d, %d replies", st, len(res))
+				if res.status != 1 || len(res.codes) != len(chunk) {
+					tb.Fatalf("claim: status %d, %d codes", res.status, len(res.codes))
 				}
-				if s, _ := res[3].ToString(); s != "+" {
-					tb.Fatalf("claim refused: %q", s)
+				if res.codes[0] != "+" {
+					tb.Fatalf("claim refused: %q", res.codes[0])
 				}
 			}
 		}
@@ -186,14 +177,13 @@ func firstStartCost(ctx context.Context, tb testing.TB, client rueidis.Client, s
 		}
 	})
 	phase("state", func() {
-		since := strconv.FormatInt(time.Now().UnixMilli(), 10)
+		since := time.Now().UnixMilli()
 		for n := range nodes {
 			for chunk := range slices.Chunk(mine[n], stateChunk) {
-				args := append([]string{ids[n], sessions[n], since, strconv.Itoa(len(chunk))}, chunk...)
-				res, err := stateScript.Exec(ctx, client, &plain, []string{k.nodes, k.owner, k.state, k.assign}, args).ToArray()
+				live, refused, err := db.state(ctx, ids[n], sessions[n], since, chunk, nil)
 				must(err)
-				if ok, _ := res[0].AsInt64(); ok != 1 || len(res) != 1 {
-					tb.Fatalf("state: status %d, %d refused", ok, len(res)-1)
+				if !live || len(refused) != 0 {
+					tb.Fatalf("state: live %v, %d refused", live, len(refused))
 				}
 			}
 		}

@@ -156,7 +156,7 @@ func TestADurableRedisRestartStopsNothingAndWaitsForNothing(t *testing.T) {
 	assert.Nil(t, st.Grace)
 	// Once both nodes renewed on the restarted server, nothing changed.
 	admin := c.srv.Client(t)
-	k := newKeys("", c.service)
+	k := newKeyspace("", c.service)
 	now, err := admin.Do(context.Background(), admin.B().Time().Build()).AsIntSlice()
 	require.NoError(t, err)
 	restarted := float64(now[0]*1000 + now[1]/1000)
@@ -243,7 +243,7 @@ func TestNodeIDsThatChangeAtEveryRestartLeaveNothingBehind(t *testing.T) {
 		c.waitConverged(10*time.Second, "keeper")
 	}
 	admin := c.srv.Client(t)
-	k := newKeys("", c.service)
+	k := newKeyspace("", c.service)
 	for _, hash := range []string{k.traces, k.cfgErr, k.handoffs} {
 		fields, err := admin.Do(context.Background(), admin.B().Hkeys().Key(hash).Build()).AsStrSlice()
 		require.NoError(t, err)
@@ -286,7 +286,7 @@ func TestAKeyRemovedWhileItsOwnerWasDeadLeavesNoOwnerBehind(t *testing.T) {
 	c.setConfigs(keep)
 	c.waitConverged(10*time.Second, "n1")
 	admin := c.srv.Client(t)
-	k := newKeys("", c.service)
+	k := newKeyspace("", c.service)
 	c.eventually(5*time.Second, "the removed key's owner entry gone", func() bool {
 		n, err := admin.Do(context.Background(), admin.B().Hexists().Key(k.owner).Field(gone).Build()).AsBool()
 		return err == nil && !n
@@ -323,7 +323,7 @@ func TestANodeWaitsOutTheGracePeriodForAllItsKeysAtOnce(t *testing.T) {
 		return 0
 	}
 	c.start("n1", append(slowTTLOptions(), WithConfigRefreshSchedule("@every 1h"))...)
-	set := newKeys("", c.service).assigned("n1")
+	set := newKeyspace("", c.service).assigned("n1")
 	c.eventually(slowTTL/2, "every key assigned to n1", func() bool {
 		n, err := client.Do(ctx, client.B().Scard().Key(set).Build()).AsInt64()
 		return err == nil && n == int64(keys)

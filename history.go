@@ -160,7 +160,7 @@ func ReadHistory(ctx context.Context, client rueidis.Client, f HistoryFilter, op
 	if err != nil {
 		return nil, err
 	}
-	k := newKeys(s.keyPrefix, s.service)
+	k := newKeyspace(s.keyPrefix, s.service)
 	limit := f.Limit
 	if limit <= 0 {
 		limit = 100

@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"runtime/debug"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -656,10 +655,9 @@ const claimChunk = 500
 func (m *Manager[C, I]) claimChunk(ctx context.Context, session string, keys []string, granted map[string]uint64) (held int, graceEnd time.Time, done bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
-	args := append([]string{m.s.nodeID, session, ms(m.ttlFloor()), m.durable()}, keys...)
-	res, err := claimScript.Exec(ctx, m.client,
-		[]string{m.k.nodes, m.k.assign, m.k.owner, m.k.fence, m.k.state}, args).ToArray()
-	if err != nil {
+	res, err := m.db().claim(ctx, m.s.nodeID, session, m.ttlFloor(), m.durable(), keys)
+	var bad *badReply
+	if err != nil && !errors.As(err, &bad) {
 		// The script may have run with its reply lost: keep the keys on the
 		// books as claimed, so that they are released if they move away,
 		// and publish their states again (a grant drops a key's record).
@@ -673,28 +671,20 @@ func (m *Manager[C, I]) claimChunk(ctx context.Context, session string, keys []s
 		return 0, time.Time{}, true, fmt.Errorf("claim: %w", err)
 	}
 	m.slot.over(m.log)
-	if len(res) < 2 {
-		return 0, time.Time{}, true, fmt.Errorf("claim: unexpected reply of %d values", len(res))
+	if err != nil {
+		return 0, time.Time{}, true, fmt.Errorf("claim: %w", err)
 	}
-	switch status, _ := res[0].AsInt64(); status {
+	switch res.status {
 	case -1:
 		m.fenceSession(session, "claim refused: not a live member")
 		return 0, time.Time{}, true, nil
 	case -2:
-		wait, _ := res[1].AsInt64()
-		m.log.Debug("claims wait for the grace period", "wait_ms", wait)
-		return 0, time.Now().Add(time.Duration(wait) * time.Millisecond), true, nil
+		m.log.Debug("claims wait for the grace period", "wait_ms", res.wait.Milliseconds())
+		return 0, time.Now().Add(res.wait), true, nil
 	}
-	if len(res) != len(keys)+3 {
-		return 0, time.Time{}, true, fmt.Errorf("claim: unexpected reply of %d values for %d keys", len(res), len(keys))
-	}
-	first, _ := res[2].ToString()
-	next, err := strconv.ParseUint(first, 10, 64)
-	if err != nil {
-		return 0, time.Time{}, true, fmt.Errorf("claim: first token %q: %w", first, err)
-	}
+	next := res.first
 	for i, key := range keys {
-		switch s, _ := res[i+3].ToString(); s {
+		switch res.codes[i] {
 		case "-":
 			held++
 		case "+":
@@ -736,8 +726,7 @@ func (m *Manager[C, I]) release(ctx context.Context, session string, keys []stri
 func (m *Manager[C, I]) releaseChunk(ctx context.Context, session string, keys []string) error {
 	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
-	args := append([]string{m.s.nodeID, session, m.k.channel}, keys...)
-	if err := releaseScript.Exec(ctx, m.client, &m.plainScripts, []string{m.k.owner, m.k.state, m.k.nodes, m.k.assign}, args).Error(); err != nil {
+	if err := m.db().release(ctx, m.s.nodeID, session, keys); err != nil {
 		return fmt.Errorf("release: %w", err)
 	}
 	m.slot.over(m.log)
@@ -1015,17 +1004,11 @@ func (m *Manager[C, I]) verifyOwnership(session string, entries []*entry[I], unt
 	keys := slices.Sorted(maps.Keys(held))
 	for chunk := range slices.Chunk(keys, verifyChunk) {
 		ctx, cancel := context.WithDeadline(m.runCtx, until)
-		res, err := verifyScript.Exec(ctx, m.client, &m.plainScripts, []string{m.k.owner, m.k.nodes, m.k.fence, m.k.state, m.k.assign},
-			append([]string{m.s.nodeID, session}, chunk...)).ToArray()
+		lost, wrote, err := m.db().verify(ctx, m.s.nodeID, session, chunk)
 		cancel()
-		if err == nil && len(res) != 2 {
-			err = fmt.Errorf("unexpected reply of %d values", len(res))
-		}
 		if err != nil {
 			return fmt.Errorf("confirm ownership after Redis restored an older record: %w", err)
 		}
-		lost, _ := res[0].AsStrSlice()
-		wrote, _ := res[1].AsStrSlice()
 		m.confirmed.add(session, wrote)
 		for _, key := range lost {
 			if e := byKey[key]; e != nil {

@@ -3,7 +3,6 @@ package dim
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -53,7 +52,7 @@ type keyRecord struct {
 }
 
 // ownerEntry is a key's owner entry: "node session token generation
-// [r<ms>]" (see keys).
+// [r<ms>]" (see keyspace).
 type ownerEntry struct {
 	node, session string
 	token         uint64
@@ -174,7 +173,7 @@ func (m *Manager[C, I]) syncStates(ctx context.Context, session string, unknown 
 }
 
 // plainRunning reports whether a record says no more than that its key
-// runs since a time, which the key's owner entry can say (see keys).
+// runs since a time, which the key's owner entry can say (see keyspace).
 func (r keyRecord) plainRunning() bool {
 	return r.State == KeyRunning && r.Attempts == 0 && r.Retry == 0 && r.Err == ""
 }
@@ -185,26 +184,19 @@ func (r keyRecord) plainRunning() bool {
 // them.
 func (m *Manager[C, I]) publishStates(ctx context.Context, session string, since int64, run, pairs []string) (map[string]bool, error) {
 	refused := map[string]bool{}
-	at := strconv.FormatInt(since, 10)
 	for len(run) > 0 || len(pairs) > 0 {
 		r := min(len(run), stateChunk)
 		p := min(len(pairs), 2*(stateChunk-r))
-		args := make([]string, 0, 4+r+p)
-		args = append(args, m.s.nodeID, session, at, strconv.Itoa(r))
-		args = append(append(args, run[:r]...), pairs[:p]...)
-		run, pairs = run[r:], pairs[p:]
 		cctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-		res, err := stateScript.Exec(cctx, m.client, &m.plainScripts, []string{m.k.nodes, m.k.owner, m.k.state, m.k.assign}, args).AsStrSlice()
+		_, res, err := m.db().state(cctx, m.s.nodeID, session, since, run[:r], pairs[:p])
 		cancel()
+		run, pairs = run[r:], pairs[p:]
 		m.live.advance()
-		if err == nil && len(res) == 0 {
-			err = errors.New("empty reply")
-		}
 		if err != nil {
 			return nil, fmt.Errorf("publish key states: %w", err)
 		}
 		m.slot.over(m.log)
-		for _, key := range res[1:] {
+		for _, key := range res {
 			refused[key] = true
 		}
 	}
@@ -297,7 +289,7 @@ func (m *Manager[C, I]) syncAvoid(ctx context.Context, configs map[string]config
 	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
 	for chunk := range slices.Chunk(args, 2*stateChunk) {
-		err := avoidScript.Exec(ctx, m.client, []string{m.k.avoid}, append([]string{m.s.nodeID, m.k.channel}, chunk...)).Error()
+		err := m.db().avoid(ctx, m.s.nodeID, chunk)
 		if err != nil {
 			m.log.Debug("publishing the keys this node cannot run failed; trying again", "err", err)
 			m.tab.retryAt = time.Now().Add(m.claimRetry)

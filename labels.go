@@ -135,11 +135,11 @@ func Pin(ctx context.Context, client rueidis.Client, key, node string, opts ...O
 	if key == "" {
 		return fmt.Errorf("%w: pin: empty key", ErrInvalidKey)
 	}
-	n, err := pinScript.Exec(ctx, client, []string{k.nodes, k.pins}, []string{key, node, k.channel}).AsInt64()
+	ok, err := newStore(client, k).pin(ctx, key, node)
 	if err != nil {
 		return fmt.Errorf("%w: pin %q: %w", ErrRedis, key, err)
 	}
-	if n == 0 {
+	if !ok {
 		return fmt.Errorf("%w: %q is not a live node of the service", ErrUnknownNode, node)
 	}
 	return nil
@@ -151,11 +151,11 @@ func Unpin(ctx context.Context, client rueidis.Client, key string, opts ...Optio
 	if err != nil {
 		return false, err
 	}
-	n, err := unpinScript.Exec(ctx, client, []string{k.pins}, []string{key, k.channel}).AsInt64()
+	had, err := newStore(client, k).unpin(ctx, key)
 	if err != nil {
 		return false, fmt.Errorf("%w: unpin %q: %w", ErrRedis, key, err)
 	}
-	return n == 1, nil
+	return had, nil
 }
 
 // unplaceableShown is how many unplaceable keys the leader records by name.

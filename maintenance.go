@@ -41,18 +41,17 @@ func DrainNode(ctx context.Context, client rueidis.Client, node string, d time.D
 	if d <= 0 || d > maxHold {
 		return time.Time{}, fmt.Errorf("%w: a drain of %v: want more than 0 and at most %v", ErrInvalidOption, d, maxHold)
 	}
-	res, err := drainNodeScript.Exec(ctx, client, []string{k.nodes, k.drains},
-		[]string{node, ms(d), k.channel}).AsIntSlice()
-	if err != nil || len(res) == 0 {
+	code, until, err := newStore(client, k).drainNode(ctx, node, d)
+	if err != nil {
 		return time.Time{}, fmt.Errorf("%w: drain %q: %w", ErrRedis, node, err)
 	}
-	switch res[0] {
+	switch code {
 	case -1:
 		return time.Time{}, fmt.Errorf("%w: %q is not a live node of the service", ErrUnknownNode, node)
 	case -2:
 		return time.Time{}, fmt.Errorf("%w: draining %q would leave no node to run keys", ErrLastNode, node)
 	}
-	return time.UnixMilli(res[1]).UTC(), nil
+	return until, nil
 }
 
 // UndrainNode ends a node's drain: the leader gives it keys again. It
@@ -62,11 +61,11 @@ func UndrainNode(ctx context.Context, client rueidis.Client, node string, opts .
 	if err != nil {
 		return false, err
 	}
-	n, err := undrainScript.Exec(ctx, client, []string{k.drains}, []string{node, k.channel}).AsInt64()
+	had, err := newStore(client, k).undrain(ctx, node)
 	if err != nil {
 		return false, fmt.Errorf("%w: undrain %q: %w", ErrRedis, node, err)
 	}
-	return n == 1, nil
+	return had, nil
 }
 
 // Freeze stops voluntary moves in a service for d: joins, weight changes,
@@ -83,12 +82,12 @@ func Freeze(ctx context.Context, client rueidis.Client, d time.Duration, opts ..
 	if d <= 0 || d > maxHold {
 		return fmt.Errorf("%w: a freeze of %v: want more than 0 and at most %v", ErrInvalidOption, d, maxHold)
 	}
-	left, err := freezeScript.Exec(ctx, client, []string{k.freeze}, []string{"frozen", ms(d), k.channel}).AsInt64()
+	left, err := newStore(client, k).freeze(ctx, "frozen", d)
 	if err != nil {
 		return fmt.Errorf("%w: freeze: %w", ErrRedis, err)
 	}
 	if left > 0 {
-		return fmt.Errorf("%w: for %v more; thaw it first", ErrFrozen, time.Duration(left)*time.Millisecond)
+		return fmt.Errorf("%w: for %v more; thaw it first", ErrFrozen, left)
 	}
 	return nil
 }
@@ -99,11 +98,11 @@ func Thaw(ctx context.Context, client rueidis.Client, opts ...Option) (bool, err
 	if err != nil {
 		return false, err
 	}
-	n, err := thawScript.Exec(ctx, client, []string{k.freeze}, []string{k.channel}).AsInt64()
+	had, err := newStore(client, k).thaw(ctx)
 	if err != nil {
 		return false, fmt.Errorf("%w: thaw: %w", ErrRedis, err)
 	}
-	return n == 1, nil
+	return had, nil
 }
 
 // Drain drains this node for d (see [DrainNode]); Undrain ends it.
@@ -122,12 +121,12 @@ func (m *Manager[C, I]) Undrain(ctx context.Context) (bool, error) {
 	return UndrainNode(ctx, m.client, m.s.nodeID, WithService(m.s.service), WithKeyPrefix(m.s.keyPrefix))
 }
 
-func adminKeys(opts []Option) (keys, error) {
+func adminKeys(opts []Option) (keyspace, error) {
 	s, err := serviceSettings(opts)
 	if err != nil {
-		return keys{}, err
+		return keyspace{}, err
 	}
-	return newKeys(s.keyPrefix, s.service), nil
+	return newKeyspace(s.keyPrefix, s.service), nil
 }
 
 // holds are the drains and the freeze in force, as the leader reads them.
@@ -138,7 +137,7 @@ type holds struct {
 }
 
 // readHolds reads the drains and the freeze in force.
-func readHolds(ctx context.Context, client rueidis.Client, k keys, now int64) (*holds, error) {
+func readHolds(ctx context.Context, client rueidis.Client, k keyspace, now int64) (*holds, error) {
 	b := client.B()
 	res := client.DoMulti(ctx, b.Hgetall().Key(k.drains).Build(), b.Pttl().Key(k.freeze).Build(),
 		b.Hgetall().Key(k.restarting).Build(), b.Hgetall().Key(k.joinWait).Build(), b.Hgetall().Key(k.handoffs).Build())
@@ -209,7 +208,7 @@ type FreezeStatus struct {
 }
 
 // readHoldStatus adds the drains and the freeze to a status.
-func readHoldStatus(ctx context.Context, client rueidis.Client, k keys, st *Status) error {
+func readHoldStatus(ctx context.Context, client rueidis.Client, k keyspace, st *Status) error {
 	b := client.B()
 	res := client.DoMulti(ctx, b.Hgetall().Key(k.drains).Build(), b.Pttl().Key(k.freeze).Build(),
 		b.Hmget().Key(k.leader).Field("rb_pending", "rb_flight", "rb_budget").Build(),

@@ -130,20 +130,12 @@ func (m *Manager[C, I]) joinRecord(ctx context.Context, upgrade bool) error {
 	ctx, cancel := context.WithTimeout(ctx, valid)
 	defer cancel()
 	sent, sentBoot := time.Now(), m.lease.boot()
-	res, err := joinScript.Exec(ctx, m.client,
-		[]string{m.k.nodes, m.k.fence, m.k.fleet, m.k.state},
-		[]string{m.s.nodeID, ms(m.s.nodeTTL), ms(m.ttlFloor()), m.durable()}).ToArray()
+	res, err := m.db().join(ctx, m.s.nodeID, m.s.nodeTTL, m.ttlFloor(), m.durable())
 	if err != nil {
 		return fmt.Errorf("join: %w", err)
 	}
-	if len(res) != 5 {
-		return fmt.Errorf("join: unexpected reply of %d values", len(res))
-	}
-	session, err := res[0].ToString()
-	if err != nil {
-		return fmt.Errorf("join: %w", err)
-	}
-	if layout, _ := res[4].AsInt64(); session == "" && layout < 0 {
+	session := res.session
+	if res.oldLayout {
 		if !upgrade {
 			return fmt.Errorf("%w: %s changed layout again while this node joined", ErrOtherVersion, m.k.nodes)
 		}
@@ -153,19 +145,16 @@ func (m *Manager[C, I]) joinRecord(ctx context.Context, upgrade bool) error {
 		return m.joinRecord(ctx, false)
 	}
 	if session == "" {
-		wait, _ := res[2].AsInt64()
-		return &idInUseError{id: m.s.nodeID, wait: time.Duration(wait) * time.Millisecond}
+		return &idInUseError{id: m.s.nodeID, wait: res.grace}
 	}
-	graceLeft, _ := res[2].AsInt64()
-	gen, _ := res[3].ToString()
-	maxTTL, _ := res[4].AsInt64()
-	m.seeTTL(maxTTL)
+	graceLeft, gen := res.grace, res.gen
+	m.seeTTL(res.maxTTL)
 	m.instances.setGeneration(gen)
 	if gen == "" && m.noIDsLogged.CompareAndSwap(false, true) {
 		m.log.Warn("Redis gives no run id in INFO: a restart or failover cannot be detected, so every join into a service with no live member waits a grace period (see docs/SAFETY.md)")
 	}
 	if graceLeft > 0 {
-		m.log.Info("claims wait for the grace period", "wait", time.Duration(graceLeft)*time.Millisecond)
+		m.log.Info("claims wait for the grace period", "wait", graceLeft)
 	}
 	if err := m.publishLabels(ctx); err != nil {
 		return fmt.Errorf("join: publish labels: %w", err)
@@ -184,7 +173,7 @@ func (m *Manager[C, I]) joinRecord(ctx context.Context, upgrade bool) error {
 // upgradeRecord converts the record of an older dim's layout into the
 // membership record (see upgradeScript), or says why it cannot.
 func (m *Manager[C, I]) upgradeRecord(ctx context.Context) error {
-	n, err := upgradeScript.Exec(ctx, m.client, append([]string{m.k.nodes}, m.k.legacyKeys()...), nil).AsInt64()
+	n, err := m.db().upgrade(ctx)
 	switch {
 	case err != nil:
 		return fmt.Errorf("join: upgrade the record of an older dim: %w", err)
@@ -307,25 +296,19 @@ func (m *Manager[C, I]) renew(session string) error {
 	ctx, cancel := context.WithDeadline(m.runCtx, until)
 	defer cancel()
 	sent, sentBoot, sentClock := time.Now(), m.lease.boot(), m.clock.now()
-	res, err := heartbeatScript.Exec(ctx, m.client, &m.plainScripts,
-		[]string{m.k.nodes},
-		[]string{m.s.nodeID, session, ms(m.s.nodeTTL), strconv.Itoa(m.s.weight), m.k.channel, ms(m.ttlFloor()), m.durable()}).ToArray()
-	if err == nil && len(res) != 4 {
-		err = fmt.Errorf("unexpected reply of %d values", len(res))
-	}
+	res, err := m.db().heartbeat(ctx, m.s.nodeID, session, m.s.nodeTTL, m.s.weight, m.ttlFloor(), m.durable())
 	if err != nil {
 		if m.runCtx.Err() == nil {
 			m.log.Debug("heartbeat failed", "err", err)
 		}
 		return err
 	}
-	if server, err := res[1].AsInt64(); err == nil {
-		m.observeClock(server, sentClock)
+	if res.hasServer {
+		m.observeClock(res.server, sentClock)
 	}
-	gen, _ := res[2].ToString()
-	maxTTL, _ := res[3].AsInt64()
-	m.seeTTL(maxTTL)
-	if ok, _ := res[0].AsInt64(); ok != 1 {
+	gen := res.gen
+	m.seeTTL(res.maxTTL)
+	if !res.live {
 		m.fenceSession(session, "membership lost in Redis")
 		return errors.New("membership lost")
 	}
@@ -368,9 +351,7 @@ func (m *Manager[C, I]) drain(ctx context.Context) error {
 	if session == "" {
 		return nil
 	}
-	return drainScript.Exec(ctx, m.client, &m.plainScripts,
-		[]string{m.k.nodes},
-		[]string{m.s.nodeID, session, m.k.channel}).Error()
+	return m.db().drain(ctx, m.s.nodeID, session)
 }
 
 // leave ends the membership.
@@ -380,9 +361,7 @@ func (m *Manager[C, I]) leave(ctx context.Context) error {
 		return nil
 	}
 	m.lease.end()
-	err := leaveScript.Exec(ctx, m.client, &m.plainScripts,
-		[]string{m.k.nodes, m.k.cfgErr, m.k.traces, m.k.state, m.k.handoffs, m.k.labels},
-		[]string{m.s.nodeID, session, m.k.channel}).Error()
+	err := m.db().leave(ctx, m.s.nodeID, session)
 	if err == nil {
 		m.record(ctx, HistoryLeft, 0, nil, nil, session)
 	}
@@ -400,24 +379,7 @@ type member struct {
 // members drops expired nodes and returns the live ones with the server
 // time, in milliseconds.
 func (m *Manager[C, I]) members(ctx context.Context) (now int64, live []member, err error) {
-	res, err := membersScript.Exec(ctx, m.client, &m.plainScripts,
-		[]string{m.k.nodes, m.k.cfgErr, m.k.traces, m.k.state, m.k.handoffs, m.k.labels},
-		[]string{m.k.channel}).ToArray()
-	if err != nil {
-		return 0, nil, err
-	}
-	if len(res) == 0 || (len(res)-1)%4 != 0 {
-		return 0, nil, fmt.Errorf("members: unexpected reply of %d values", len(res))
-	}
-	now, _ = res[0].AsInt64()
-	for i := 1; i < len(res); i += 4 {
-		id, _ := res[i].ToString()
-		exp, _ := res[i+1].AsInt64()
-		w, _ := res[i+2].AsInt64()
-		labels, _ := res[i+3].ToString()
-		live = append(live, member{id: id, expires: exp, weight: int(w), labels: labels})
-	}
-	return now, live, nil
+	return m.db().members(ctx)
 }
 
 // sessionsIn maps every node in the membership record (a HGETALL of it) to

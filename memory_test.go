@@ -32,7 +32,7 @@ func TestAFullRedisKeepsWhatRunsAndStartsNothingNew(t *testing.T) {
 	// documented noeviction policy.
 	admin := c.srv.Client(t)
 	ctx := context.Background()
-	used := readMemory(ctx, admin, newKeys("", c.service))
+	used := newStore(admin, newKeyspace("", c.service)).memory(ctx)
 	require.NotNil(t, used)
 	require.NoError(t, admin.Do(ctx, admin.B().ConfigSet().ParameterValue().ParameterValue("maxmemory-policy", "noeviction").Build()).Error())
 	require.NoError(t, admin.Do(ctx, admin.B().ConfigSet().ParameterValue().
@@ -48,7 +48,7 @@ func TestAFullRedisKeepsWhatRunsAndStartsNothingNew(t *testing.T) {
 	}
 	require.True(t, full, "Redis never filled up")
 	// It stays full: the other application keeps writing at the limit.
-	now := readMemory(ctx, admin, newKeys("", c.service))
+	now := newStore(admin, newKeyspace("", c.service)).memory(ctx)
 	require.NoError(t, admin.Do(ctx, admin.B().ConfigSet().ParameterValue().
 		ParameterValue("maxmemory", fmt.Sprint(now.Used-1<<20)).Build()).Error())
 	st := c.status()

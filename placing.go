@@ -200,7 +200,7 @@ func (t *placingTable) update(want map[string]Placement) *placingWrites {
 
 // cmds are the commands of w: classes first and unused classes last, so
 // that a reader between them finds every key's class.
-func (w *placingWrites) cmds(b rueidis.Builder, k keys) rueidis.Commands {
+func (w *placingWrites) cmds(b rueidis.Builder, k keyspace) rueidis.Commands {
 	var cmds rueidis.Commands
 	if len(w.classes) > 0 {
 		set := b.Hset().Key(k.pclasses).FieldValue()
@@ -233,7 +233,7 @@ func (w *placingWrites) cmds(b rueidis.Builder, k keys) rueidis.Commands {
 
 // readPlacing reads the stored placements, the keys page by page (HSCAN).
 // A key whose class is missing (a write in progress) has none.
-func readPlacing(ctx context.Context, client rueidis.Client, k keys, progress func()) (*placingTable, error) {
+func readPlacing(ctx context.Context, client rueidis.Client, k keyspace, progress func()) (*placingTable, error) {
 	t := newPlacingTable()
 	raw, err := client.Do(ctx, client.B().Hgetall().Key(k.pclasses).Build()).AsStrMap()
 	if err != nil {

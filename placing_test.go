@@ -90,7 +90,7 @@ func TestStoredPlacementsReadBackAsWritten(t *testing.T) {
 	}
 	client := redistest.Start(t).Client(t)
 	ctx := context.Background()
-	k := newKeys("", "svc")
+	k := newKeyspace("", "svc")
 	want := map[string]Placement{}
 	for i := range 2500 { // more than one chunk and one scan page
 		p := Placement{Require: map[string]string{"zone": fmt.Sprint("abc"[i%3 : i%3+1])}}

@@ -51,7 +51,7 @@ type placement struct {
 // place computes the assignment the leader writes, from what Redis holds:
 // drains and the freeze, avoidances, the leader's failure verdicts. It
 // writes nothing, so a plan runs the very same code as the leader.
-func place(ctx context.Context, client rueidis.Client, k keys, in placeInput) (*placement, error) {
+func place(ctx context.Context, client rueidis.Client, k keyspace, in placeInput) (*placement, error) {
 	bounded := func(read func(context.Context) error) error {
 		if in.read <= 0 {
 			return read(ctx)
@@ -177,7 +177,7 @@ func Plan(ctx context.Context, client rueidis.Client, change PlanChange, opts ..
 	if err != nil {
 		return nil, err
 	}
-	k := newKeys(s.keyPrefix, s.service)
+	k := newKeyspace(s.keyPrefix, s.service)
 	st, err := ReadStatus(ctx, client, opts...)
 	if err != nil {
 		return nil, err

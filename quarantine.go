@@ -474,7 +474,7 @@ func earliest(a, b int64) int64 {
 
 // readFailures reads the avoidances, quarantines, unhealthy nodes, outage
 // and live sessions in one round trip.
-func readFailures(ctx context.Context, client rueidis.Client, k keys, now int64) (*failureFacts, error) {
+func readFailures(ctx context.Context, client rueidis.Client, k keyspace, now int64) (*failureFacts, error) {
 	b := client.B()
 	res := client.DoMulti(ctx,
 		b.Hgetall().Key(k.avoid).Build(),
@@ -531,8 +531,8 @@ func readFailures(ctx context.Context, client rueidis.Client, k keys, now int64)
 }
 
 // readStates reads the published states of keys: their records, or what
-// their owner entries say (see keys).
-func readStates(ctx context.Context, client rueidis.Client, k keys, look []string) (map[string]keyRecord, error) {
+// their owner entries say (see keyspace).
+func readStates(ctx context.Context, client rueidis.Client, k keyspace, look []string) (map[string]keyRecord, error) {
 	out := map[string]keyRecord{}
 	if len(look) == 0 {
 		return out, nil
@@ -617,7 +617,7 @@ func (m *Manager[C, I]) recordVerdict(ctx context.Context, f *failureFacts, v *v
 	// A key out of quarantine starts afresh: the give-ups that led to it
 	// must not quarantine it again.
 	if len(v.released) > 0 {
-		if err := forgiveScript.Exec(ctx, m.client, []string{m.k.avoid}, v.released).Error(); err != nil {
+		if err := m.db().forgive(ctx, v.released); err != nil {
 			return fmt.Errorf("record failure review: %w", err)
 		}
 	}
@@ -650,7 +650,7 @@ func (m *Manager[C, I]) recordVerdict(ctx context.Context, f *failureFacts, v *v
 
 // readVerdicts adds the leader's failure verdicts to a status: quarantined
 // keys, unhealthy nodes and an outage.
-func readVerdicts(ctx context.Context, client rueidis.Client, k keys, st *Status, sessions map[string]string) error {
+func readVerdicts(ctx context.Context, client rueidis.Client, k keyspace, st *Status, sessions map[string]string) error {
 	b := client.B()
 	res := client.DoMulti(ctx,
 		b.Hgetall().Key(k.quarantine).Build(),

@@ -203,8 +203,7 @@ func (m *Manager[C, I]) sweepOwners(ctx context.Context, st *leaderState) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
-	next, err := sweepScript.Exec(ctx, m.client, []string{m.k.nodes, m.k.assign, m.k.owner, m.k.state},
-		[]string{st.sweep, strconv.Itoa(sweepChunk)}).ToString()
+	next, err := m.db().sweep(ctx, st.sweep, sweepChunk)
 	if err == nil {
 		st.sweep = next
 	}
@@ -280,18 +279,11 @@ func (f fleet) restarting(window time.Duration) bool {
 func (m *Manager[C, I]) readFleet(ctx context.Context) (fleet, error) {
 	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
-	res, err := fleetScript.Exec(ctx, m.client, []string{m.k.nodes, m.k.fleet}, nil).AsIntSlice()
+	f, err := m.db().fleet(ctx)
 	if err != nil {
 		return fleet{}, fmt.Errorf("read fleet: %w", err)
 	}
-	if len(res) != 3 {
-		return fleet{}, fmt.Errorf("read fleet: unexpected reply of %d values", len(res))
-	}
-	since := time.Duration(res[2]) * time.Millisecond
-	if res[2] < 0 {
-		since = -1
-	}
-	return fleet{live: int(res[0]), size: int(res[1]), since: since}, nil
+	return f, nil
 }
 
 // recordFleet records how many nodes the service has, for the join window
@@ -302,14 +294,10 @@ func (m *Manager[C, I]) recordFleet(ctx context.Context, st *leaderState, n int,
 	if n == 0 || n == st.fleet || (n < st.fleet && trigger != triggerRefresh) {
 		return
 	}
-	force := "0"
-	if trigger == triggerRefresh {
-		force = "1"
-	}
 	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
-	if size, err := fleetSizeScript.Exec(ctx, m.client, []string{m.k.fleet}, []string{strconv.Itoa(n), force}).AsInt64(); err == nil {
-		st.fleet = int(size)
+	if size, err := m.db().fleetSize(ctx, n, trigger == triggerRefresh); err == nil {
+		st.fleet = size
 	}
 }
 
@@ -394,8 +382,7 @@ func (m *Manager[C, I]) answer(ctx context.Context, epoch uint64, st *leaderStat
 	}
 	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
-	if resultScript.Exec(rctx, m.client, &m.plainScripts, []string{m.k.epoch, m.k.leader},
-		[]string{strconv.FormatUint(epoch, 10), strconv.Itoa(st.moves), msg, strconv.Itoa(st.pending), strconv.Itoa(len(st.moving)), strconv.Itoa(st.budget)}).Error() == nil {
+	if m.db().result(rctx, epoch, rebalanceResult{moves: st.moves, err: msg, pending: st.pending, inFlight: len(st.moving), budget: st.budget}) == nil {
 		st.recorded, st.lastErr, st.recordedPending, st.recordedFlying = true, msg, st.pending, len(st.moving)
 	}
 }
@@ -725,25 +712,18 @@ func (m *Manager[C, I]) writeChunk(ctx context.Context, epoch uint64, chunk []ch
 			}
 		}
 	}
-	keys := make([]string, 0, 7+len(nodes))
-	keys = append(keys, m.k.epoch, m.k.assign, m.k.traces, m.k.nodes, m.k.owner, m.k.state)
-	args := make([]string, 0, 4+2*len(nodes)+len(chunk))
-	args = append(args, strconv.FormatUint(epoch, 10), m.k.channel, traceparent(ctx), strconv.Itoa(len(nodes)))
-	for _, n := range nodes {
-		keys = append(keys, m.k.assigned(n))
-		args = append(args, n)
+	told := make([]bool, len(nodes))
+	for i, n := range nodes {
+		told[i] = tell(n)
 	}
-	for _, n := range nodes {
-		args = append(args, map[bool]string{true: "1", false: "0"}[tell(n)])
-	}
-	args = append(args, writeGroups(chunk, index)...)
+	trace := traceparent(ctx)
 	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat+time.Duration(len(chunk))*time.Millisecond)
 	defer cancel()
-	ok, err := writeScript.Exec(ctx, m.client, keys, args).AsInt64()
+	ok, err := m.db().write(ctx, epoch, trace, nodes, told, writeGroups(chunk, index))
 	if err != nil {
 		return fmt.Errorf("write assignment: %w", err)
 	}
-	if ok != 1 {
+	if !ok {
 		return errStaleEpoch
 	}
 	return nil

@@ -53,7 +53,7 @@ func TestClusterSlotMigratedKeyByKeyWhileTheServiceRuns(t *testing.T) {
 	before := liveInstances(c.rec)
 	creates := c.creates.Load()
 	events := len(c.rec.Events())
-	k := newKeys("", c.service)
+	k := newKeyspace("", c.service)
 	slot := slotOf(t, admin, k.nodes)
 	gen := c.node("n1").m.instances.generation()
 	require.NotEmpty(t, gen)

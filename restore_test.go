@@ -141,7 +141,7 @@ func TestAnOwnerEntryOfThePreviousReleaseIsNotFree(t *testing.T) {
 	c.waitConverged(10*time.Second, "n1")
 	admin := c.srv.Client(t)
 	ctx := context.Background()
-	k := newKeys("", c.service)
+	k := newKeyspace("", c.service)
 	owners, err := admin.Do(ctx, admin.B().Hgetall().Key(k.owner).Build()).AsStrMap()
 	require.NoError(t, err)
 	for key, v := range owners {

@@ -186,7 +186,7 @@ func (m *Manager[C, I]) hold(ctx context.Context, key string, d time.Duration) e
 	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
 	session, _ := m.lease.current()
-	if err := holdScript.Exec(ctx, m.client, []string{key}, []string{m.s.nodeID, ms(d), session}).Error(); err != nil {
+	if err := m.db().hold(ctx, key, m.s.nodeID, d, session); err != nil {
 		return fmt.Errorf("%w: record a hold: %w", ErrRedis, err)
 	}
 	return nil

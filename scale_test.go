@@ -21,7 +21,7 @@ import (
 func TestTheLeadersWorkOnEveryKeyDoesNotEatIntoItsReads(t *testing.T) {
 	srv := redistest.Start(t)
 	client := srv.Client(t)
-	k := newKeys("", "svc")
+	k := newKeyspace("", "svc")
 	keys := make([]string, 100_000)
 	for i := range keys {
 		keys[i] = fmt.Sprintf("cfg-%06d", i)

@@ -202,8 +202,8 @@ func TestACLMinimalUserFromTheDocsRunsEveryScenario(t *testing.T) {
 		defer client.Close()
 		for _, cmd := range []rueidis.Completed{
 			client.B().Get().Key("other:secret").Build(),
-			client.B().Hgetall().Key(newKeys("", "other").assign).Build(),
-			client.B().Publish().Channel(newKeys("", "other").channel).Message(evRebalance).Build(),
+			client.B().Hgetall().Key(newKeyspace("", "other").assign).Build(),
+			client.B().Publish().Channel(newKeyspace("", "other").channel).Message(evRebalance).Build(),
 		} {
 			err := client.Do(context.Background(), cmd).Error()
 			require.Error(t, err)
@@ -330,9 +330,9 @@ func TestSecurityNoConfigContentReachesRedis(t *testing.T) {
 		}
 	}
 	// What identifies a config instead: its key, or a hash of its content.
-	assign := state[newKeys("", "keyed").assign]
+	assign := state[newKeyspace("", "keyed").assign]
 	assert.Contains(t, assign, "feed-a")
-	assert.Regexp(t, `^map\[[0-9a-f]{32}:`, state[newKeys("", "hashed").assign])
+	assert.Regexp(t, `^map\[[0-9a-f]{32}:`, state[newKeyspace("", "hashed").assign])
 }
 
 // eventually polls cond every 10ms until it holds, failing the test after
@@ -616,7 +616,7 @@ func FuzzInjectNamesStayInTheirHashTag(f *testing.F) {
 				return
 			}
 		}
-		k := newKeys(prefix, service)
+		k := newKeyspace(prefix, service)
 		names := append(k.legacyKeys(), k.nodes, k.epoch, k.leader, k.forcing,
 			k.assign, k.traces, k.owner, k.fence, k.lock+":0:"+lockName, k.channel, k.assigned(node))
 		for _, name := range names {

@@ -168,30 +168,6 @@ type Owner struct {
 	Live  bool   `json:"live"`
 }
 
-// statusScript reads everything a Status needs in one atomic step.
-//
-// KEYS: nodes leader assign owner state cfgerr
-// Returns {server_ms, leader{node,session,epoch}, nodes{id,expiry,weight,
-// session,ttl,cfgerr…}, assign{k,v…}, owner{k,v…}, {grace_left_ms, why},
-// state{k,v…}}.
-var statusScript = script(`
-requireRecord(KEYS[1])
-local alive, by = liveMembers(KEYS[1])
-local out = {}
-for _, n in ipairs(alive) do
-  out[#out + 1] = n
-  out[#out + 1] = by[n].e
-  out[#out + 1] = by[n].w or ''
-  out[#out + 1] = by[n].s or ''
-  out[#out + 1] = by[n].t or '0'
-  out[#out + 1] = redis.call('HGET', KEYS[6], n) or ''
-end
-return {now, redis.call('HMGET', KEYS[2], 'node', 'session', 'epoch', 'rb_at', 'rb_moves', 'rb_err'), out,
-  redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4]),
-  {graceLeft(KEYS[1]), redis.call('HGET', KEYS[1], 'why') or ''},
-  redis.call('HGETALL', KEYS[5])}
-`)
-
 // Status reads a snapshot of the service from Redis. It may return an
 // error wrapping [ErrRedis], or [ErrNotStarted] before Start.
 func (m *Manager[C, I]) Status(ctx context.Context) (*Status, error) {
@@ -211,7 +187,7 @@ func ReadStatus(ctx context.Context, client rueidis.Client, opts ...Option) (*St
 	if err != nil {
 		return nil, err
 	}
-	st, err := readStatus(ctx, client, s.service, newKeys(s.keyPrefix, s.service))
+	st, err := readStatus(ctx, client, s.service, newKeyspace(s.keyPrefix, s.service))
 	if err != nil {
 		return nil, err
 	}
@@ -231,7 +207,7 @@ func RequestRebalance(ctx context.Context, client rueidis.Client, opts ...Option
 	if err != nil {
 		return nil, err
 	}
-	k := newKeys(s.keyPrefix, s.service)
+	k := newKeyspace(s.keyPrefix, s.service)
 	id := randomSuffix() + randomSuffix()
 	answers := make(chan []string, 1)
 	dc, release := client.Dedicate()
@@ -307,14 +283,10 @@ func serviceSettings(opts []Option) (settings, error) {
 	return s, nil
 }
 
-func readStatus(ctx context.Context, client rueidis.Client, service string, k keys) (*Status, error) {
-	res, err := statusScript.Exec(ctx, client,
-		[]string{k.nodes, k.leader, k.assign, k.owner, k.state, k.cfgErr}, nil).ToArray()
+func readStatus(ctx context.Context, client rueidis.Client, service string, k keyspace) (*Status, error) {
+	res, err := newStore(client, k).status(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%w: read status: %w", ErrRedis, err)
-	}
-	if len(res) != 7 {
-		return nil, fmt.Errorf("%w: read status: unexpected reply of %d values", ErrRedis, len(res))
 	}
 	now, _ := res[0].AsInt64()
 	st := &Status{
@@ -397,7 +369,7 @@ func readStatus(ctx context.Context, client rueidis.Client, service string, k ke
 		}
 		st.Keys[key] = keyStatusOf(r, sessions)
 	}
-	// A key without a record is what its owner entry says (see keys).
+	// A key without a record is what its owner entry says (see keyspace).
 	for key, r := range implicit {
 		if _, ok := st.Keys[key]; !ok {
 			st.Keys[key] = keyStatusOf(r, sessions)
@@ -443,7 +415,7 @@ func readStatus(ctx context.Context, client rueidis.Client, service string, k ke
 	if err := readPlacementStatus(ctx, client, k, st, index); err != nil {
 		return nil, err
 	}
-	st.Memory = readMemory(ctx, client, k)
+	st.Memory = newStore(client, k).memory(ctx)
 	slices.Sort(st.Unowned)
 	slices.Sort(st.AtRisk)
 	slices.Sort(st.Misplaced)
@@ -453,7 +425,7 @@ func readStatus(ctx context.Context, client rueidis.Client, service string, k ke
 
 // readPlacementStatus reads the nodes' labels and caps, the pins and the
 // unplaceable keys.
-func readPlacementStatus(ctx context.Context, client rueidis.Client, k keys, st *Status, index map[string]int) error {
+func readPlacementStatus(ctx context.Context, client rueidis.Client, k keyspace, st *Status, index map[string]int) error {
 	res := client.DoMulti(ctx,
 		client.B().Hgetall().Key(k.labels).Build(),
 		client.B().Hgetall().Key(k.pins).Build(),

@@ -113,139 +113,6 @@ type KeyProblem struct {
 	KeyStatus
 }
 
-// summaryScript reads what a Summary needs in one atomic step: per live
-// node a handful of SCARDs and its counts of keys whose owner entry is
-// their state, then at most ARGV[1] problem keys (in the order of
-// keyStates: failing and hung first) and as many keys at risk, with their
-// records. Nothing in it reads a whole hash or set, except the sets it
-// lists, which it stops scanning at the limit. Keys that are creating or
-// running by their owner entry have no set: they are found among the
-// node's assigned keys and the moving set, looking at no more than twice
-// the limit of keys in all, so that a summary that lists them stays
-// bounded (the counts stay exact; the list may then name fewer).
-//
-// KEYS: nodes leader assign state cfgerr owner
-// ARGV: limit (0: counts only) assigned_prefix
-// Returns {server_ms, leader{node,session,epoch,rb_at,rb_moves,rb_err},
-// states{st…}, nodes{id,expiry,weight,session,ttl,cfgerr,assigned,count per
-// state…}, {assigned, moving}, {grace_left_ms, why}, problems{key,node,
-// record,assigned…}, atrisk{key,node,assigned…}}.
-var summaryScript = script(`
-local limit = tonumber(ARGV[1])
-requireRecord(KEYS[1])
-local ids, by = liveMembers(KEYS[1])
-local expiry, score = {}, {}
-for _, n in ipairs(ids) do
-  expiry[n] = tonumber(by[n].e)
-  score[n] = by[n].e
-end
-local function list(set, node, into)
-  if #into >= 2 * limit then return end
-  local cursor = '0'
-  repeat
-    local page = redis.call('SSCAN', set, cursor, 'COUNT', 100)
-    cursor = page[1]
-    for _, key in ipairs(page[2]) do
-      if #into >= 2 * limit then return end
-      into[#into + 1] = key
-      into[#into + 1] = node
-    end
-  until cursor == '0'
-end
--- Keys of a node's session whose owner entry says st and that have no
--- record, with the record the entry stands for.
-local budget = 2 * limit
-local anyRecord = redis.call('HLEN', KEYS[4]) > 0
-local implicit, implicitTo = {}, {}
-local function listImplicit(n, session, st, into)
-  local prefix = n .. ' ' .. session .. ' '
-  local seen = {}
-  for s, set in ipairs({ARGV[2] .. n, KEYS[4] .. ':moving'}) do
-    local cursor = '0'
-    repeat
-      if #into >= 2 * limit or budget <= 0 then return end
-      local page = redis.call('SSCAN', set, cursor, 'COUNT', 100)
-      cursor = page[1]
-      local keys = page[2]
-      if #keys > 0 then
-        budget = budget - #keys
-        local own = redis.call('HMGET', KEYS[6], unpack(keys))
-        local rec = {}
-        if anyRecord then rec = redis.call('HMGET', KEYS[4], unpack(keys)) end
-        for j, key in ipairs(keys) do
-          local o = own[j]
-          if not rec[j] and not seen[key] and hasPrefix(o, prefix) and implicitOf(o) == st then
-            seen[key] = true
-            local at = string.match(o, ' r(%d+)') or fmt(math.floor(tonumber(string.match(o, '^%S+ %S+ (%d+)') or '0') / 1000))
-            implicit[key] = '{"n":"' .. n .. '","s":"' .. session .. '","st":"' .. st .. '","t":' .. at .. '}'
-            if s == 1 then implicitTo[key] = n end
-            into[#into + 1] = key
-            into[#into + 1] = n
-            if #into >= 2 * limit then return end
-          end
-        end
-      end
-    until cursor == '0'
-  end
-end
-local counts = {}
-if #ids > 0 then
-  local fields = {}
-  for _, n in ipairs(ids) do
-    fields[#fields + 1] = 'running:' .. n
-    fields[#fields + 1] = 'creating:' .. n
-  end
-  local v = redis.call('HMGET', KEYS[4] .. ':count', unpack(fields))
-  for i, f in ipairs(fields) do counts[f] = tonumber(v[i]) or 0 end
-end
-local nodes, problems, risky, count, suspect = {}, {}, {}, {}, {}
-for _, n in ipairs(ids) do
-  local ttl = tonumber(by[n].t or '0') or 0
-  suspect[n] = ttl > 0 and expiry[n] - now < ttl / 2
-  nodes[#nodes + 1] = n
-  nodes[#nodes + 1] = score[n]
-  nodes[#nodes + 1] = by[n].w or ''
-  nodes[#nodes + 1] = by[n].s or ''
-  nodes[#nodes + 1] = tostring(ttl)
-  nodes[#nodes + 1] = redis.call('HGET', KEYS[5], n) or ''
-  nodes[#nodes + 1] = tostring(redis.call('SCARD', ARGV[2] .. n))
-  for _, st in ipairs(keyStates) do
-    local c = redis.call('SCARD', byState(KEYS[4], st, n))
-    nodes[#nodes + 1] = tostring(c + (counts[st .. ':' .. n] or 0))
-    count[st .. ' ' .. n] = c
-  end
-end
-if limit > 0 then
-  for _, st in ipairs(keyStates) do
-    for _, n in ipairs(ids) do
-      local into = problems
-      if st == 'running' then into = suspect[n] and risky or nil end
-      if into and count[st .. ' ' .. n] > 0 then list(byState(KEYS[4], st, n), n, into) end
-      if into and (counts[st .. ':' .. n] or 0) > 0 then listImplicit(n, by[n].s or '', st, into) end
-    end
-  end
-end
-local recs, risks = {}, {}
--- A key found among a node's assigned keys is assigned to it, and one
--- found without a record has none.
-for i = 1, #problems, 2 do
-  local key = problems[i]
-  recs[#recs + 1] = key
-  recs[#recs + 1] = problems[i + 1]
-  recs[#recs + 1] = implicit[key] or redis.call('HGET', KEYS[4], key) or ''
-  recs[#recs + 1] = implicitTo[key] or redis.call('HGET', KEYS[3], key) or ''
-end
-for i = 1, #risky, 2 do
-  local key = risky[i]
-  risks[#risks + 1] = key
-  risks[#risks + 1] = risky[i + 1]
-  risks[#risks + 1] = implicitTo[key] or redis.call('HGET', KEYS[3], key) or ''
-end
-return {now, redis.call('HMGET', KEYS[2], 'node', 'session', 'epoch', 'rb_at', 'rb_moves', 'rb_err'), keyStates, nodes,
-  {redis.call('HLEN', KEYS[3]), redis.call('SCARD', KEYS[4] .. ':moving')},
-  {graceLeft(KEYS[1]), redis.call('HGET', KEYS[1], 'why') or ''}, recs, risks}
-`)
-
 // Summary reads a bounded snapshot of the service from Redis: counts by
 // state and the keys that do not run, at a cost that does not grow with the
 // number of keys that run. [Manager.Status] reads everything. It may return
@@ -266,7 +133,7 @@ func ReadSummary(ctx context.Context, client rueidis.Client, opts ...Option) (*S
 	if err != nil {
 		return nil, err
 	}
-	sum, err := readSummary(ctx, client, s.service, newKeys(s.keyPrefix, s.service), SummaryLimit)
+	sum, err := readSummary(ctx, client, s.service, newKeyspace(s.keyPrefix, s.service), SummaryLimit)
 	if err != nil {
 		return nil, err
 	}
@@ -280,15 +147,10 @@ func ReadSummary(ctx context.Context, client rueidis.Client, opts ...Option) (*S
 // limit 0 it only counts, and leaves out the quarantines, unhealthy nodes,
 // outage, drains, freeze and memory (the leader, which reads it so, knows
 // them already).
-func readSummary(ctx context.Context, client rueidis.Client, service string, k keys, limit int) (*Summary, error) {
-	res, err := summaryScript.Exec(ctx, client,
-		[]string{k.nodes, k.leader, k.assign, k.state, k.cfgErr, k.owner},
-		[]string{strconv.Itoa(limit), k.assigned("")}).ToArray()
+func readSummary(ctx context.Context, client rueidis.Client, service string, k keyspace, limit int) (*Summary, error) {
+	res, err := newStore(client, k).summary(ctx, limit)
 	if err != nil {
 		return nil, fmt.Errorf("%w: read summary: %w", ErrRedis, err)
-	}
-	if len(res) != 8 {
-		return nil, fmt.Errorf("%w: read summary: unexpected reply of %d values", ErrRedis, len(res))
 	}
 	now, _ := res[0].AsInt64()
 	sum := &Summary{
@@ -405,7 +267,7 @@ func readSummary(ctx context.Context, client rueidis.Client, service string, k k
 		}
 		sum.Pins, sum.Unplaceable = len(vst.Pins), vst.UnplaceableCount
 		sum.UnplaceableKeys = vst.Unplaceable[:min(len(vst.Unplaceable), limit)]
-		sum.Memory = readMemory(ctx, client, k)
+		sum.Memory = newStore(client, k).memory(ctx)
 	}
 	byKey := func(a, b KeyProblem) int { return strings.Compare(a.Key, b.Key) }
 	slices.SortFunc(sum.ProblemKeys, byKey)

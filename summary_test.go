@@ -8,9 +8,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"slices"
-	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -151,7 +149,7 @@ func (c *testCluster) mirrorsExact() string {
 func mirrorDiff(t *testing.T, client rueidis.Client, service string) string {
 	t.Helper()
 	ctx := context.Background()
-	k := newKeys("", service)
+	k := newKeyspace("", service)
 	st, err := ReadStatus(ctx, client, WithService(service))
 	require.NoError(t, err)
 	rec, err := client.Do(ctx, client.B().Hgetall().Key(k.nodes).Build()).AsStrMap()
@@ -338,7 +336,7 @@ func TestSummaryListsAtMostTheLimitAndCountsTheRest(t *testing.T) {
 	}
 	c.start("n1", WithGiveUpAfter(0))
 	c.eventually(10*time.Second, "five keys failing", func() bool { return c.summary().States[KeyFailing] == 5 })
-	sum, err := readSummary(context.Background(), c.srv.Client(t), c.service, newKeys("", c.service), 2)
+	sum, err := readSummary(context.Background(), c.srv.Client(t), c.service, newKeyspace("", c.service), 2)
 	require.NoError(t, err)
 	assert.Equal(t, 5, sum.Problems)
 	assert.Len(t, sum.ProblemKeys, 2)
@@ -346,7 +344,7 @@ func TestSummaryListsAtMostTheLimitAndCountsTheRest(t *testing.T) {
 	for _, p := range sum.ProblemKeys {
 		assert.Equal(t, KeyFailing, p.State)
 	}
-	counts, err := readSummary(context.Background(), c.srv.Client(t), c.service, newKeys("", c.service), 0)
+	counts, err := readSummary(context.Background(), c.srv.Client(t), c.service, newKeyspace("", c.service), 0)
 	require.NoError(t, err)
 	assert.Equal(t, 5, counts.Problems)
 	assert.Empty(t, counts.ProblemKeys, "a limit of 0 only counts")
@@ -380,23 +378,23 @@ func TestMirrorsStayExactThroughAnySequenceOfScripts(t *testing.T) {
 	client := srv.Client(t)
 	ctx := context.Background()
 	const service = "mirrors"
-	k := newKeys("", service)
-	var plain atomic.Bool
+	k := newKeyspace("", service)
+	db := newStore(client, k)
 	do := func(what string, r rueidis.RedisResult) rueidis.RedisResult {
 		t.Helper()
 		require.NoError(t, r.Error(), what)
 		return r
 	}
+	const long = 10 * time.Minute
 	ids := []string{"n1", "n2", "n3"}
 	sessions := map[string]string{}
 	join := func(n string) {
-		res, err := joinScript.Exec(ctx, client, []string{k.nodes, k.fence, k.fleet, k.state},
-			[]string{n, "600000", "600000", "0"}).ToArray()
+		res, err := db.join(ctx, n, long, long, "0")
 		require.NoError(t, err)
-		sessions[n], _ = res[0].ToString()
+		sessions[n] = res.session
 		require.NotEmpty(t, sessions[n], "join of %s", n)
-		do("heartbeat", heartbeatScript.Exec(ctx, client, &plain, []string{k.nodes},
-			[]string{n, sessions[n], "600000", "1", k.channel, "600000", "0"}))
+		_, err = db.heartbeat(ctx, n, sessions[n], long, 1, long, "0")
+		require.NoError(t, err, "heartbeat")
 		do("no grace", client.Do(ctx, client.B().Hset().Key(k.nodes).FieldValue().FieldValue("grace", "0").Build()))
 	}
 	for _, n := range ids {
@@ -458,17 +456,12 @@ func TestMirrorsStayExactThroughAnySequenceOfScripts(t *testing.T) {
 					}
 				}
 			}
-			kk := []string{k.epoch, k.assign, k.traces, k.nodes, k.owner, k.state}
-			args := []string{"1", k.channel, "-", strconv.Itoa(len(nodes))}
-			for _, n := range nodes {
-				kk = append(kk, k.assigned(n))
-				args = append(args, n)
+			tell := make([]bool, len(nodes))
+			for i := range tell {
+				tell[i] = true
 			}
-			for range nodes {
-				args = append(args, "1")
-			}
-			args = append(args, writeGroups(changes, index)...)
-			do("write", writeScript.Exec(ctx, client, kk, args))
+			_, err := db.write(ctx, 1, "-", nodes, tell, writeGroups(changes, index))
+			require.NoError(t, err, "write")
 			for _, c := range changes {
 				if c.to == "" {
 					delete(assigned, c.key)
@@ -483,8 +476,8 @@ func TestMirrorsStayExactThroughAnySequenceOfScripts(t *testing.T) {
 			if len(ks) == 0 {
 				return "nothing"
 			}
-			do("claim", claimScript.Exec(ctx, client, []string{k.nodes, k.assign, k.owner, k.fence, k.state},
-				append([]string{n, sessions[n], "600000", "0"}, ks...)))
+			_, err := db.claim(ctx, n, sessions[n], long, "0", ks)
+			require.NoError(t, err, "claim")
 			return n + " " + fmt.Sprint(ks)
 		}},
 		{"state", func() string {
@@ -500,8 +493,8 @@ func TestMirrorsStayExactThroughAnySequenceOfScripts(t *testing.T) {
 					pairs = append(pairs, key, "")
 				}
 			}
-			args := append([]string{n, sessions[n], strconv.FormatInt(time.Now().UnixMilli(), 10), strconv.Itoa(len(run))}, run...)
-			do("state", stateScript.Exec(ctx, client, &plain, []string{k.nodes, k.owner, k.state, k.assign}, append(args, pairs...)))
+			_, _, err := db.state(ctx, n, sessions[n], time.Now().UnixMilli(), run, pairs)
+			require.NoError(t, err, "state")
 			return fmt.Sprintf("%s run %v, %v", n, run, pairs)
 		}},
 		{"release", func() string {
@@ -509,8 +502,7 @@ func TestMirrorsStayExactThroughAnySequenceOfScripts(t *testing.T) {
 			if len(ks) == 0 {
 				return "nothing"
 			}
-			do("release", releaseScript.Exec(ctx, client, &plain, []string{k.owner, k.state, k.nodes, k.assign},
-				append([]string{n, sessions[n], k.channel}, ks...)))
+			require.NoError(t, db.release(ctx, n, sessions[n], ks), "release")
 			return n + " " + fmt.Sprint(ks)
 		}},
 		{"verify", func() string {
@@ -518,26 +510,26 @@ func TestMirrorsStayExactThroughAnySequenceOfScripts(t *testing.T) {
 			if len(ks) == 0 {
 				return "nothing"
 			}
-			do("verify", verifyScript.Exec(ctx, client, &plain, []string{k.owner, k.nodes, k.fence, k.state, k.assign},
-				append([]string{n, sessions[n]}, ks...)))
+			_, _, err := db.verify(ctx, n, sessions[n], ks)
+			require.NoError(t, err, "verify")
 			return n + " " + fmt.Sprint(ks)
 		}},
 		{"sweep", func() string {
-			do("sweep", sweepScript.Exec(ctx, client, []string{k.nodes, k.assign, k.owner, k.state}, []string{"0", "100"}))
+			_, err := db.sweep(ctx, "0", 100)
+			require.NoError(t, err, "sweep")
 			return ""
 		}},
 		{"leave and join", func() string {
 			n := anyNode()
-			do("leave", leaveScript.Exec(ctx, client, &plain, []string{k.nodes, k.cfgErr, k.traces, k.state, k.handoffs, k.labels},
-				[]string{n, sessions[n], k.channel}))
+			require.NoError(t, db.leave(ctx, n, sessions[n]), "leave")
 			join(n)
 			return n
 		}},
 		{"crash and rejoin", func() string {
 			n := anyNode()
 			do("expire", client.Do(ctx, client.B().Hset().Key(k.nodes).FieldValue().FieldValue("e:"+n, "1").Build()))
-			do("members", membersScript.Exec(ctx, client, &plain, []string{k.nodes, k.cfgErr, k.traces, k.state, k.handoffs, k.labels},
-				[]string{k.channel}))
+			_, _, err := db.members(ctx)
+			require.NoError(t, err, "members")
 			join(n)
 			return n
 		}},

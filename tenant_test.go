@@ -67,7 +67,7 @@ func TestTenantsSharingARedisNeitherLearnNorDisturbEachOther(t *testing.T) {
 
 	// Tenant a's user, with every command its line allows, against b's keys
 	// and channel: ACL DRYRUN asks Redis whether it would run them.
-	bk := newKeys("b:", aclDocService)
+	bk := newKeyspace("b:", aclDocService)
 	victims := map[string][]string{
 		"evalsha":       {"0123456789012345678901234567890123456789", "1", bk.assign},
 		"eval":          {"return redis.call('HGETALL', KEYS[1])", "1", bk.assign},

@@ -249,7 +249,7 @@ func serviceOn(t *testing.T, client rueidis.Client, addr, stem string) string {
 	for i := range 1000 {
 		name := fmt.Sprintf("%s-%d", stem, i)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := node.Do(ctx, node.B().Exists().Key(newKeys("", name).nodes).Build()).Error()
+		err := node.Do(ctx, node.B().Exists().Key(newKeyspace("", name).nodes).Build()).Error()
 		cancel()
 		if err == nil {
 			return name
@@ -277,7 +277,7 @@ func TestClusterRunsEveryScenarioForServicesOnEachMaster(t *testing.T) {
 	for i, addr := range cluster.Addrs() {
 		service := serviceOn(t, admin, addr, "svc")
 		// Every key of the service, the lock's included, is in one slot.
-		k := newKeys("", service)
+		k := newKeyspace("", service)
 		slot := slotOf(t, admin, k.nodes)
 		for _, key := range []string{k.epoch, k.leader, k.forcing,
 			k.assign, k.traces, k.owner, k.fence, k.assigned("n1"), k.lock + ":0:" + lockName} {
@@ -415,7 +415,7 @@ func TestSentinelFailoverReconvergesWithoutOverlap(t *testing.T) {
 func waitRenewed(t *testing.T, srv *redistest.Server, c *testCluster, ttl time.Duration, nodes ...string) {
 	t.Helper()
 	client := srv.Client(t)
-	k := newKeys("", c.service)
+	k := newKeyspace("", c.service)
 	serverMS := func(ctx context.Context) (int64, error) {
 		now, err := client.Do(ctx, client.B().Time().Build()).AsIntSlice()
 		if err != nil {

@@ -321,7 +321,7 @@ func TestANodeWhoseFirstGetConfigFailsStillGetsItsShare(t *testing.T) {
 	broken.Store(false)
 	c.waitConverged(10*time.Second, "n1", "n2")
 	admin := c.srv.Client(t)
-	avoid, err := admin.Do(context.Background(), admin.B().Hgetall().Key(newKeys("", c.service).avoid).Build()).AsStrMap()
+	avoid, err := admin.Do(context.Background(), admin.B().Hgetall().Key(newKeyspace("", c.service).avoid).Build()).AsStrMap()
 	require.NoError(t, err)
 	assert.Empty(t, avoid, "no key was declared unknown to n2")
 }

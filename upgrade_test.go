@@ -22,7 +22,7 @@ func TestAnOlderDimsRecordIsConvertedOnlyOnceItsNodesAreGone(t *testing.T) {
 	srv := redistest.Start(t)
 	admin := srv.Client(t)
 	ctx := context.Background()
-	k := newKeys("", "svc")
+	k := newKeyspace("", "svc")
 	legacy := k.legacyKeys()
 	tm, err := admin.Do(ctx, admin.B().Time().Build()).AsIntSlice()
 	require.NoError(t, err)

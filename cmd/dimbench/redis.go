@@ -153,7 +153,7 @@ func commandDelta(a, b redisSnapshot) (total int64, byCmd []commandCount) {
 }
 
 // serviceKeys lists the Redis keys of a service (dim's keys all start with
-// "dim:{service}", see keys.go).
+// "dim:{service}", see keyspace.go).
 func serviceKeys(ctx context.Context, c rueidis.Client, service string) ([]string, error) {
 	var keys []string
 	var cursor uint64

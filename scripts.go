@@ -1,181 +1,19 @@
 package dim
 
+// Every Lua script dim runs lives in this file, and every one of them is
+// built by script or keepScript, so that each starts with the shared prelude
+// (luaPrelude): the server's clock in now, and the helpers that keep the
+// membership record and the mirrors of key states consistent. The Go side of
+// each script — its key order, its arguments and the parsing of its reply —
+// is one method of store (store.go).
+
 import (
+	"context"
 	"strings"
+	"sync/atomic"
 
 	"github.com/redis/rueidis"
 )
-
-// keys names every Redis key and the channel of one service. All share the
-// hash tag {service}, so each script touches a single slot and dim runs
-// unchanged on Redis Cluster.
-//
-//	<p>:nodes      HASH  the membership record, the one key a heartbeat
-//	                     touches (see heartbeatScript). Per node n:
-//	                     e:n lease expiry (server ms), s:n session (a
-//	                     fresh number at every join), w:n weight (0 while
-//	                     it drains, "pending" until its first heartbeat),
-//	                     t:n the node TTL it declared (ms). For the service:
-//	                     id, gen: run id of the Redis that wrote the record
-//	                     and its generation (changes at every restore);
-//	                     grace, why: server ms before which no claim is
-//	                     granted, and why ("new": no record, "restored":
-//	                     rolled back); maxttl: the largest node TTL declared
-//	                     at the last join. dim before this layout kept the
-//	                     leases in a sorted set here (see upgradeScript).
-//	<p>:epoch      STRING the last leader epoch (fencing token)
-//	<p>:leader     HASH  node, session, epoch of the current leader
-//	<p>:forcing    STRING who is forcing out a dead leader (short TTL)
-//	<p>:assign     HASH  key → node: the assignment
-//	<p>:a:<node>   SET   the keys assigned to one node
-//	<p>:traces     HASH  node → trace context of the last rebalance that
-//	                     changed its keys
-//	<p>:owner      HASH  key → "node session token generation [r<ms>]":
-//	                     who runs it, and, while the key has no record in
-//	                     state, what it does: creating since the claim (the
-//	                     token, which is at least the server's time in µs
-//	                     when it was minted, tells when), or, once the node
-//	                     added the r field, running since <ms> (the node's
-//	                     clock). A first start thus writes one entry per key
-//	                     and rewrites it once, nothing else per key
-//	<p>:fence      STRING the last token handed out
-//	<p>:state      HASH  key → what the node that holds it says it does,
-//	                     where its owner entry cannot say it (failing, hung,
-//	                     unknown, stopping; running on a key the node does
-//	                     not own): JSON {"n":node,"s":session,"st":state,…}.
-//	                     A record outranks the owner entry
-//	<p>:state:<st>:<node> SET the keys whose record the node's current
-//	                     session published as st: mirrors of the state hash
-//	                     that the summary counts without reading it
-//	<p>:state:count HASH creating:<node>, running:<node> → how many keys of
-//	                     the node's current session have no record and are
-//	                     creating or running by their owner entry
-//	<p>:state:moving SET keys whose state (the record, or else the owner
-//	                     entry) comes from a node other than the one they are
-//	                     assigned to (or that are unassigned)
-//	<p>:cfgerr     HASH  node → its last failed getConfig, JSON {"e","t","k"}
-//	<p>:avoid      HASH  key → "node=until_ms …": nodes that must not get the
-//	                     key (until 0: until they say otherwise)
-//	<p>:quarantine HASH  key → JSON {"u":until_ms,"l":level,…}: keys that
-//	                     failed on every node they were given to
-//	<p>:unhealthy  HASH  node → JSON {"u":until_ms,"l":level,"s":session,…}:
-//	                     nodes on which keys fail that run elsewhere
-//	<p>:outage     STRING JSON {"t":since_ms,"k":keys}: most keys fail everywhere
-//	<p>:drains     HASH  node → until_ms: nodes an operator drained (they stay
-//	                     members and get no keys until then)
-//	<p>:freeze     STRING who froze the service, expiring with the freeze
-//	<p>:restarting HASH  node → until_ms: stopped to restart; its keys wait
-//	<p>:joinwait   HASH  node → until_ms: joined in a rollout; takes a leaver's keys
-//	<p>:history    STREAM what happened: elections, joins, leaves, fences, moves,
-//	                     claims, releases, verdicts (MAXLEN ~ WithHistory)
-//	<p>:why        HASH  key → JSON {"t","f","o","r","g"}: its last move between
-//	                     nodes and why (not a first placement)
-//	<p>:handoffs   HASH  node → "prepared held": its make-before-break handoffs
-//	                     in progress (instances prepared, keys held for their
-//	                     new owner), while it has any
-//	<p>:fleet      HASH  size: how many nodes the service had when the leader
-//	                     last counted them; since: server ms when a node
-//	                     joined a service with no live member (a restart)
-//	<p>:labels     HASH  node → JSON {"l":{label:value},"k":max_keys,"c":max_cost}:
-//	                     what WithLabels and WithCaps declared at its join
-//	<p>:pins       HASH  key → node: an operator's pins (see Pin)
-//	<p>:unplaceable STRING JSON {"n":count,"k":[first keys]}: keys no live
-//	                     node may take at the leader's last rebalance
-//	<p>:pclasses   HASH  number → JSON {"r":{label:value},"s":spread,"g":group,"c":cost}:
-//	                     the distinct per-key placements (WithPlacement) the
-//	                     leader balanced with, for Plan and Explain
-//	<p>:placing    HASH  key → a number of pclasses: the placement of each key
-//	                     that has one other than the zero value (written by
-//	                     difference, when the placements change; see placing.go)
-//	<p>:lock:…     rueidislock's leader lock
-//	<p>:events     the service's pub/sub channel
-//
-// where <p> is "dim:{service}", after the optional WithKeyPrefix.
-type keys struct {
-	prefix     string
-	nodes      string
-	epoch      string
-	leader     string
-	forcing    string
-	assign     string
-	traces     string
-	owner      string
-	fence      string
-	state      string
-	cfgErr     string
-	avoid      string
-	quarantine string
-	unhealthy  string
-	outage     string
-	drains     string
-	freeze     string
-	restarting string
-	joinWait   string
-	handoffs   string
-	why        string
-	history    string
-	fleet      string
-	labels     string
-	pins       string
-	unplace    string
-	pclasses   string
-	placing    string
-	lock       string
-	channel    string
-}
-
-func newKeys(keyPrefix, service string) keys {
-	p := keyPrefix + "dim:{" + service + "}"
-	return keys{
-		prefix:     p,
-		nodes:      p + ":nodes",
-		epoch:      p + ":epoch",
-		leader:     p + ":leader",
-		forcing:    p + ":forcing",
-		assign:     p + ":assign",
-		traces:     p + ":traces",
-		owner:      p + ":owner",
-		fence:      p + ":fence",
-		state:      p + ":state",
-		cfgErr:     p + ":cfgerr",
-		avoid:      p + ":avoid",
-		quarantine: p + ":quarantine",
-		unhealthy:  p + ":unhealthy",
-		outage:     p + ":outage",
-		drains:     p + ":drains",
-		freeze:     p + ":freeze",
-		restarting: p + ":restarting",
-		joinWait:   p + ":joinwait",
-		handoffs:   p + ":handoffs",
-		why:        p + ":why",
-		history:    p + ":history",
-		labels:     p + ":labels",
-		pins:       p + ":pins",
-		unplace:    p + ":unplaceable",
-		pclasses:   p + ":pclasses",
-		placing:    p + ":placing",
-		lock:       p + ":lock",
-		fleet:      p + ":fleet",
-		channel:    p + ":events",
-	}
-}
-
-// assigned is the set of keys assigned to node.
-func (k keys) assigned(node string) string { return k.prefix + ":a:" + node }
-
-// inState is the set of keys whose record node published as st (see
-// change).
-func (k keys) inState(st KeyState, node string) string {
-	return k.state + ":" + string(st) + ":" + node
-}
-
-// moving is the set of keys whose state comes from a node other than the
-// one they are assigned to.
-func (k keys) moving() string { return k.state + ":moving" }
-
-// counts is the hash of the per-node counts of keys whose owner entry is
-// their state (see keys).
-func (k keys) counts() string { return k.state + ":count" }
 
 // Events on the service channel: a verb and space-separated arguments. Node
 // IDs contain no spaces (see namePattern).
@@ -201,6 +39,44 @@ func parseEvent(msg string) (verb string, args []string) {
 	return f[0], f[1:]
 }
 
+// A Redis out of memory under the noeviction policy refuses every write that
+// could grow memory, and without script flags it refuses a script at its
+// first write. What keeps a running instance alive — renewing a lease,
+// re-asserting an ownership, publishing a state, releasing, leaving —
+// needs no new memory, so those scripts carry flags=allow-oom: a full
+// Redis stops what is new (claims, the leader's moves and elections), never
+// what runs.
+
+// oomFlag lets a script run while Redis is out of memory (Redis 7 script
+// flags).
+const oomFlag = "#!lua flags=allow-oom\n"
+
+// keepLua is a script that keeps or frees memory. It runs with
+// flags=allow-oom on servers that know script flags, and plain on those that
+// do not (the embedded test server).
+type keepLua struct {
+	flagged, plain *rueidis.Lua
+}
+
+// keepScript is script for what must run in a full Redis.
+func keepScript(body string) *keepLua {
+	return &keepLua{flagged: rueidis.NewLuaScript(oomFlag + luaPrelude + body), plain: script(body)}
+}
+
+// Exec runs the script; plain records that the server does not compile
+// flagged scripts, so that it is asked once per client.
+func (s *keepLua) Exec(ctx context.Context, c rueidis.Client, plain *atomic.Bool, keys, args []string) rueidis.RedisResult {
+	if plain.Load() {
+		return s.plain.Exec(ctx, c, keys, args)
+	}
+	r := s.flagged.Exec(ctx, c, keys, args)
+	if err := r.Error(); err != nil && strings.Contains(err.Error(), "Error compiling script") {
+		plain.Store(true)
+		return s.plain.Exec(ctx, c, keys, args)
+	}
+	return r
+}
+
 // Every script reads the clock with TIME, so leases never depend on a
 // client's clock. nextToken makes counters that only grow, even across a
 // restart of Redis that loses them: a new value is at least the server time
@@ -224,7 +100,7 @@ func parseEvent(msg string) (verb string, args []string) {
 // another server is trusted as it is.
 //
 // A key's state is its record in the state hash or, without one, what its
-// owner entry says (creating or running; see keys). Every script that
+// owner entry says (creating or running; see keyspace). Every script that
 // changes either tells change, and applyTrack keeps the mirrors the summary
 // reads exact in bulk: per node and state, the set of keys whose record the
 // node published in that state; per node, the counts of keys whose owner
@@ -412,7 +288,7 @@ local function push(lists, name, key)
   l[#l + 1] = key
 end
 -- An owner entry without a record says what its key does: creating, or
--- running once its node added the r field (see keys).
+-- running once its node added the r field (see keyspace).
 local function implicitOf(own)
   if string.find(own, ' r', 1, true) then return 'running' end
   return 'creating'
@@ -511,14 +387,6 @@ end
 `
 
 func script(body string) *rueidis.Lua { return rueidis.NewLuaScript(luaPrelude + body) }
-
-// legacyKeys are the keys of the layout before the membership record (see
-// keys), which upgradeScript folds into it: sessions weights ttls maxttl
-// origin graceperiod.
-func (k keys) legacyKeys() []string {
-	return []string{k.prefix + ":sessions", k.prefix + ":weights", k.prefix + ":ttls", k.prefix + ":maxttl",
-		k.prefix + ":origin", k.prefix + ":graceperiod"}
-}
 
 // upgradeScript turns the record of the layout before this one (a sorted
 // set of leases at nodes, with sessions, weights, TTLs, origin and grace in
@@ -654,7 +522,7 @@ return {1, now, gen, maxttl}
 // already confirmed under this generation is listed instead, for the node to
 // stop at once; that cannot happen while every node keeps to its lease. An
 // entry left unconfirmed when the grace period ends is free to claim. An
-// entry of the node keeps what it says of its key (see keys); a re-asserted
+// entry of the node keeps what it says of its key (see keyspace); a re-asserted
 // one says creating, until the node publishes its keys' states again.
 //
 // KEYS: owner nodes fence state assign
@@ -792,7 +660,7 @@ return {n, tonumber(f[1] or '0') or 0, since}
 // KEYS: fleet
 // ARGV: size force ("1" or "0")
 // Returns the size recorded.
-var fleetSizeScript = rueidis.NewLuaScript(`
+var fleetSizeScript = script(`
 local cur = tonumber(redis.call('HGET', KEYS[1], 'size') or '0') or 0
 local n = tonumber(ARGV[1])
 if ARGV[2] == '1' or n > cur then
@@ -950,7 +818,7 @@ return 1
 //
 // An owner entry is "node session token generation": a granted key has no
 // record in the state hash (any it had goes), so its owner entry says it is
-// creating, since the claim (see keys); the node's counter of such keys,
+// creating, since the claim (see keyspace); the node's counter of such keys,
 // which the summary reads, follows in bulk (see change).
 //
 // KEYS: nodes assign owner fence state
@@ -1084,7 +952,7 @@ return #dels
 
 // stateScript publishes what a node's keys are doing. Keys that run are
 // listed first, with one time for all of them: on a key the node owns, that
-// is its owner entry's r field (see keys), and any record the key had goes;
+// is its owner entry's r field (see keyspace), and any record the key had goes;
 // on any other key, a record that says running. Then a record (JSON) per
 // key, or "" to drop the node's own entry: without a record, the owner
 // entry of a key the node owns says creating again. A node writes only
@@ -1348,6 +1216,191 @@ return 1
 //
 // KEYS: forcing
 // ARGV: node ttl_ms
-var forceGateScript = rueidis.NewLuaScript(`
+var forceGateScript = script(`
 return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
+`)
+
+// purgeScript deletes a retired service's keys, unless a member is live.
+//
+// KEYS: nodes, then every key of the service
+// Returns the number of keys deleted, or -1 while a member is live. It
+// reads the record of the layout before the membership hash too (a sorted
+// set of leases; see upgradeScript).
+var purgeScript = script(`
+if type(redis.pcall('HLEN', KEYS[1])) == 'number' then
+  if #liveMembers(KEYS[1]) > 0 then return -1 end
+else
+  local z = redis.pcall('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'LIMIT', 0, 1)
+  if type(z) == 'table' and not z.err and #z > 0 then return -1 end
+end
+local n = 0
+for i = 1, #KEYS do n = n + redis.call('DEL', KEYS[i]) end
+return n
+`)
+
+// statusScript reads everything a Status needs in one atomic step.
+//
+// KEYS: nodes leader assign owner state cfgerr
+// Returns {server_ms, leader{node,session,epoch}, nodes{id,expiry,weight,
+// session,ttl,cfgerr…}, assign{k,v…}, owner{k,v…}, {grace_left_ms, why},
+// state{k,v…}}.
+var statusScript = script(`
+requireRecord(KEYS[1])
+local alive, by = liveMembers(KEYS[1])
+local out = {}
+for _, n in ipairs(alive) do
+  out[#out + 1] = n
+  out[#out + 1] = by[n].e
+  out[#out + 1] = by[n].w or ''
+  out[#out + 1] = by[n].s or ''
+  out[#out + 1] = by[n].t or '0'
+  out[#out + 1] = redis.call('HGET', KEYS[6], n) or ''
+end
+return {now, redis.call('HMGET', KEYS[2], 'node', 'session', 'epoch', 'rb_at', 'rb_moves', 'rb_err'), out,
+  redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4]),
+  {graceLeft(KEYS[1]), redis.call('HGET', KEYS[1], 'why') or ''},
+  redis.call('HGETALL', KEYS[5])}
+`)
+
+// summaryScript reads what a Summary needs in one atomic step: per live
+// node a handful of SCARDs and its counts of keys whose owner entry is
+// their state, then at most ARGV[1] problem keys (in the order of
+// keyStates: failing and hung first) and as many keys at risk, with their
+// records. Nothing in it reads a whole hash or set, except the sets it
+// lists, which it stops scanning at the limit. Keys that are creating or
+// running by their owner entry have no set: they are found among the
+// node's assigned keys and the moving set, looking at no more than twice
+// the limit of keys in all, so that a summary that lists them stays
+// bounded (the counts stay exact; the list may then name fewer).
+//
+// KEYS: nodes leader assign state cfgerr owner
+// ARGV: limit (0: counts only) assigned_prefix
+// Returns {server_ms, leader{node,session,epoch,rb_at,rb_moves,rb_err},
+// states{st…}, nodes{id,expiry,weight,session,ttl,cfgerr,assigned,count per
+// state…}, {assigned, moving}, {grace_left_ms, why}, problems{key,node,
+// record,assigned…}, atrisk{key,node,assigned…}}.
+var summaryScript = script(`
+local limit = tonumber(ARGV[1])
+requireRecord(KEYS[1])
+local ids, by = liveMembers(KEYS[1])
+local expiry, score = {}, {}
+for _, n in ipairs(ids) do
+  expiry[n] = tonumber(by[n].e)
+  score[n] = by[n].e
+end
+local function list(set, node, into)
+  if #into >= 2 * limit then return end
+  local cursor = '0'
+  repeat
+    local page = redis.call('SSCAN', set, cursor, 'COUNT', 100)
+    cursor = page[1]
+    for _, key in ipairs(page[2]) do
+      if #into >= 2 * limit then return end
+      into[#into + 1] = key
+      into[#into + 1] = node
+    end
+  until cursor == '0'
+end
+-- Keys of a node's session whose owner entry says st and that have no
+-- record, with the record the entry stands for.
+local budget = 2 * limit
+local anyRecord = redis.call('HLEN', KEYS[4]) > 0
+local implicit, implicitTo = {}, {}
+local function listImplicit(n, session, st, into)
+  local prefix = n .. ' ' .. session .. ' '
+  local seen = {}
+  for s, set in ipairs({ARGV[2] .. n, KEYS[4] .. ':moving'}) do
+    local cursor = '0'
+    repeat
+      if #into >= 2 * limit or budget <= 0 then return end
+      local page = redis.call('SSCAN', set, cursor, 'COUNT', 100)
+      cursor = page[1]
+      local keys = page[2]
+      if #keys > 0 then
+        budget = budget - #keys
+        local own = redis.call('HMGET', KEYS[6], unpack(keys))
+        local rec = {}
+        if anyRecord then rec = redis.call('HMGET', KEYS[4], unpack(keys)) end
+        for j, key in ipairs(keys) do
+          local o = own[j]
+          if not rec[j] and not seen[key] and hasPrefix(o, prefix) and implicitOf(o) == st then
+            seen[key] = true
+            local at = string.match(o, ' r(%d+)') or fmt(math.floor(tonumber(string.match(o, '^%S+ %S+ (%d+)') or '0') / 1000))
+            implicit[key] = '{"n":"' .. n .. '","s":"' .. session .. '","st":"' .. st .. '","t":' .. at .. '}'
+            if s == 1 then implicitTo[key] = n end
+            into[#into + 1] = key
+            into[#into + 1] = n
+            if #into >= 2 * limit then return end
+          end
+        end
+      end
+    until cursor == '0'
+  end
+end
+local counts = {}
+if #ids > 0 then
+  local fields = {}
+  for _, n in ipairs(ids) do
+    fields[#fields + 1] = 'running:' .. n
+    fields[#fields + 1] = 'creating:' .. n
+  end
+  local v = redis.call('HMGET', KEYS[4] .. ':count', unpack(fields))
+  for i, f in ipairs(fields) do counts[f] = tonumber(v[i]) or 0 end
+end
+local nodes, problems, risky, count, suspect = {}, {}, {}, {}, {}
+for _, n in ipairs(ids) do
+  local ttl = tonumber(by[n].t or '0') or 0
+  suspect[n] = ttl > 0 and expiry[n] - now < ttl / 2
+  nodes[#nodes + 1] = n
+  nodes[#nodes + 1] = score[n]
+  nodes[#nodes + 1] = by[n].w or ''
+  nodes[#nodes + 1] = by[n].s or ''
+  nodes[#nodes + 1] = tostring(ttl)
+  nodes[#nodes + 1] = redis.call('HGET', KEYS[5], n) or ''
+  nodes[#nodes + 1] = tostring(redis.call('SCARD', ARGV[2] .. n))
+  for _, st in ipairs(keyStates) do
+    local c = redis.call('SCARD', byState(KEYS[4], st, n))
+    nodes[#nodes + 1] = tostring(c + (counts[st .. ':' .. n] or 0))
+    count[st .. ' ' .. n] = c
+  end
+end
+if limit > 0 then
+  for _, st in ipairs(keyStates) do
+    for _, n in ipairs(ids) do
+      local into = problems
+      if st == 'running' then into = suspect[n] and risky or nil end
+      if into and count[st .. ' ' .. n] > 0 then list(byState(KEYS[4], st, n), n, into) end
+      if into and (counts[st .. ':' .. n] or 0) > 0 then listImplicit(n, by[n].s or '', st, into) end
+    end
+  end
+end
+local recs, risks = {}, {}
+-- A key found among a node's assigned keys is assigned to it, and one
+-- found without a record has none.
+for i = 1, #problems, 2 do
+  local key = problems[i]
+  recs[#recs + 1] = key
+  recs[#recs + 1] = problems[i + 1]
+  recs[#recs + 1] = implicit[key] or redis.call('HGET', KEYS[4], key) or ''
+  recs[#recs + 1] = implicitTo[key] or redis.call('HGET', KEYS[3], key) or ''
+end
+for i = 1, #risky, 2 do
+  local key = risky[i]
+  risks[#risks + 1] = key
+  risks[#risks + 1] = risky[i + 1]
+  risks[#risks + 1] = implicitTo[key] or redis.call('HGET', KEYS[3], key) or ''
+end
+return {now, redis.call('HMGET', KEYS[2], 'node', 'session', 'epoch', 'rb_at', 'rb_moves', 'rb_err'), keyStates, nodes,
+  {redis.call('HLEN', KEYS[3]), redis.call('SCARD', KEYS[4] .. ':moving')},
+  {graceLeft(KEYS[1]), redis.call('HGET', KEYS[1], 'why') or ''}, recs, risks}
+`)
+
+// memoryScript reads INFO memory on the server that holds the service's
+// keys (in a Cluster, the master of its slot, which a plain INFO may miss).
+//
+// KEYS: any key of the service
+var memoryScript = script(`
+local s = redis.pcall('INFO', 'memory')
+if type(s) == 'table' then return '' end
+return s
 `)
