@@ -83,10 +83,7 @@ type Manager[C, I any] struct {
 	retryMin   time.Duration // backoff after a failed create or health check
 	retryMax   time.Duration
 
-	lifecycle sync.Mutex   // serialises Start and Stop
-	state     atomic.Int32 // stateNew, stateRunning, stateStopped
-	stopping  atomic.Bool
-	unfenced  atomic.Bool // false from a fence until its instances are stopped
+	life      lifecycle // new, running, fenced, stopping, stopped
 	runCtx    context.Context
 	runCancel context.CancelFunc
 	wg        sync.WaitGroup
@@ -137,12 +134,6 @@ type Manager[C, I any] struct {
 	viewMu sync.RWMutex
 	view   map[string]I
 }
-
-const (
-	stateNew int32 = iota
-	stateRunning
-	stateStopped
-)
 
 // New returns a Manager for one replica of a service. getConfig lists the
 // configured instances; createInstance starts one. Both are required, as is
@@ -243,7 +234,6 @@ func New[C, I any](
 	m.lease.boot = bootClock
 	m.lease.onExpire = func(session string) { m.fenceSession(session, "lease expired without renewal") }
 	m.instances.stop = m.disconnectOne
-	m.unfenced.Store(true)
 	return m, nil
 }
 
@@ -278,16 +268,13 @@ func (m *Manager[C, I]) Instances() map[string]I {
 // [ErrRedis] that names the address when Redis cannot be reached; then
 // nothing is left running.
 func (m *Manager[C, I]) Start(ctx context.Context) error {
-	m.lifecycle.Lock()
-	defer m.lifecycle.Unlock()
-	if !m.state.CompareAndSwap(stateNew, stateRunning) {
-		if m.state.Load() == stateStopped {
-			return ErrStopped
-		}
-		return ErrAlreadyStarted
+	m.life.mu.Lock()
+	defer m.life.mu.Unlock()
+	if err := m.life.begin(); err != nil {
+		return err
 	}
 	if err := m.start(ctx); err != nil {
-		m.state.Store(stateStopped)
+		m.life.end()
 		return err
 	}
 	m.log.Info("started", "weight", m.s.weight)
@@ -433,16 +420,10 @@ func (m *Manager[C, I]) joinWaiting(ctx context.Context) error {
 // second call.
 func (m *Manager[C, I]) Stop(ctx context.Context) error {
 	// A Stop during Start waits for Start to finish first.
-	m.lifecycle.Lock()
-	defer m.lifecycle.Unlock()
-	switch m.state.Load() {
-	case stateNew:
-		return ErrNotStarted
-	case stateStopped:
-		return ErrStopped
-	}
-	if !m.stopping.CompareAndSwap(false, true) {
-		return ErrStopped
+	m.life.mu.Lock()
+	defer m.life.mu.Unlock()
+	if err := m.life.beginStop(); err != nil {
+		return err
 	}
 	start := time.Now()
 	done := make(chan struct{})
@@ -452,12 +433,12 @@ func (m *Manager[C, I]) Stop(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
-		m.state.Store(stateStopped)
+		m.life.end()
 		m.log.Info("stopped", "took", time.Since(start))
 		return ctx.Err()
 	case <-ctx.Done():
 	}
-	m.state.Store(stateStopped)
+	m.life.end()
 	// Nothing may outlive Stop unasked: every instance is told to stop now.
 	m.instances.stopAll()
 	left := m.stillRunning()
@@ -566,11 +547,8 @@ func (m *Manager[C, I]) shutdown(ctx context.Context) {
 // from any replica. It returns once the request is sent, or [ErrNotStarted]
 // or [ErrStopped], or an error wrapping [ErrRedis].
 func (m *Manager[C, I]) Rebalance(ctx context.Context) error {
-	switch m.state.Load() {
-	case stateNew:
-		return ErrNotStarted
-	case stateStopped:
-		return ErrStopped
+	if err := m.life.checkStarted(); err != nil {
+		return err
 	}
 	if m.IsLeader() {
 		m.triggerLeader(triggerRequested)

@@ -269,7 +269,7 @@ func (m *Manager[C, I]) nodeLoop() {
 		case <-m.fenceCh:
 			m.live.enter()
 			m.dropAll(m.runCtx, "fenced")
-			m.unfenced.Store(true)
+			m.life.unfence()
 		case <-m.nodeCh:
 			m.live.enter()
 			m.reconcile()
@@ -305,7 +305,7 @@ func (m *Manager[C, I]) nextRetry() (time.Time, bool) {
 	// Without a lease, or while stopping, reconcile does nothing, so a retry
 	// time that has passed would wake the loop again at once, over and over
 	// until the node rejoins. A rejoin triggers a reconcile by itself.
-	if session, _ := m.lease.current(); session == "" || m.stopping.Load() {
+	if session, _ := m.lease.current(); !m.life.canTakeWork(session) {
 		return time.Time{}, false
 	}
 	var at time.Time
@@ -338,7 +338,7 @@ func (m *Manager[C, I]) nextRetry() (time.Time, bool) {
 func (m *Manager[C, I]) reconcile() {
 	session, leaseCtx := m.lease.current()
 	m.dropStale(session)
-	if session == "" || m.stopping.Load() {
+	if !m.life.canTakeWork(session) {
 		return
 	}
 	m.bookConfirmed(session)

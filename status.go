@@ -195,7 +195,7 @@ return {now, redis.call('HMGET', KEYS[2], 'node', 'session', 'epoch', 'rb_at', '
 // Status reads a snapshot of the service from Redis. It may return an
 // error wrapping [ErrRedis], or [ErrNotStarted] before Start.
 func (m *Manager[C, I]) Status(ctx context.Context) (*Status, error) {
-	if m.state.Load() == stateNew {
+	if m.life.load() == phaseNew {
 		return nil, ErrNotStarted
 	}
 	return readStatus(ctx, m.client, m.s.service, m.k)

@@ -251,7 +251,7 @@ return {now, redis.call('HMGET', KEYS[2], 'node', 'session', 'epoch', 'rb_at', '
 // number of keys that run. [Manager.Status] reads everything. It may return
 // an error wrapping [ErrRedis], or [ErrNotStarted] before Start.
 func (m *Manager[C, I]) Summary(ctx context.Context) (*Summary, error) {
-	if m.state.Load() == stateNew {
+	if m.life.load() == phaseNew {
 		return nil, ErrNotStarted
 	}
 	return readSummary(ctx, m.client, m.s.service, m.k, SummaryLimit)
