@@ -436,26 +436,7 @@ func (s *constrained) readKeys(prev Assignment, c Constraints) bool {
 			}
 			reqs[string(buf)] = ri
 		}
-		// Avoidances that hold: of nodes that meet the requirements,
-		// while some other node that does is live.
-		var avoided []int
-		for _, id := range c.Avoid[key] {
-			if j := s.live.index(id); j >= 0 && ri.ok[s.nodeClass[j]] && !slices.Contains(avoided, j) {
-				avoided = append(avoided, j)
-			}
-		}
-		if len(avoided) > 0 {
-			eligible := 0
-			for ci, ok := range ri.ok {
-				if ok {
-					eligible += len(s.classes[ci].members)
-				}
-			}
-			if eligible == len(avoided) {
-				avoided = nil
-			}
-		}
-		slices.Sort(avoided)
+		avoided := s.avoided(c.Avoid[key], ri.ok)
 		cost := int64(max(p.Cost, 1))
 		buf = append(buf, '|')
 		buf = appendStr(appendStr(buf, p.Spread), p.Group)
@@ -469,24 +450,9 @@ func (s *constrained) readKeys(prev Assignment, c Constraints) bool {
 			ki = int32(len(classes))
 			sig := string(buf)
 			bySig[sig] = ki
-			kc := keyClass{sig: sig, place: p, cost: cost, ok: slices.Clone(ri.ok), pinned: map[string]int64{}}
-			if len(p.Prefer) > 0 {
-				if _, named := p.Prefer[LabelNode]; named && !s.byNode {
-					return false
-				}
-				s.prefers = true
-				kc.off = make([]bool, len(s.classes))
-				for ci, nc := range s.classes {
-					kc.off[ci] = !meets(nc.labels, p.Prefer)
-				}
-			}
-			for _, j := range avoided {
-				kc.ok[s.nodeClass[j]] = false // its class holds j alone
-			}
-			for ci, ok := range kc.ok {
-				if ok {
-					kc.elig = append(kc.elig, ci)
-				}
+			kc, ok := s.newKeyClass(sig, p, cost, ri.ok, avoided)
+			if !ok {
+				return false
 			}
 			classes = append(classes, kc)
 		}
@@ -511,7 +477,65 @@ func (s *constrained) readKeys(prev Assignment, c Constraints) bool {
 			}
 		}
 	}
-	// Classes in signature order, so that nothing depends on key order.
+	s.sortClasses(classes)
+	return true
+}
+
+// avoided returns the nodes (by index) a key avoids that hold: of nodes
+// that meet its requirements (meet, by node class), while some other node
+// that does is live.
+func (s *constrained) avoided(ids []string, meet []bool) []int {
+	var avoided []int
+	for _, id := range ids {
+		if j := s.live.index(id); j >= 0 && meet[s.nodeClass[j]] && !slices.Contains(avoided, j) {
+			avoided = append(avoided, j)
+		}
+	}
+	if len(avoided) > 0 {
+		eligible := 0
+		for ci, ok := range meet {
+			if ok {
+				eligible += len(s.classes[ci].members)
+			}
+		}
+		if eligible == len(avoided) {
+			avoided = nil
+		}
+	}
+	slices.Sort(avoided)
+	return avoided
+}
+
+// newKeyClass makes the class of keys with signature sig: placement p,
+// cost, the node classes that meet the requirements (ok) less those of the
+// avoided nodes. It returns false when a preference names LabelNode and
+// the nodes do not have it.
+func (s *constrained) newKeyClass(sig string, p Placement, cost int64, ok []bool, avoided []int) (keyClass, bool) {
+	kc := keyClass{sig: sig, place: p, cost: cost, ok: slices.Clone(ok), pinned: map[string]int64{}}
+	if len(p.Prefer) > 0 {
+		if _, named := p.Prefer[LabelNode]; named && !s.byNode {
+			return keyClass{}, false
+		}
+		s.prefers = true
+		kc.off = make([]bool, len(s.classes))
+		for ci, nc := range s.classes {
+			kc.off[ci] = !meets(nc.labels, p.Prefer)
+		}
+	}
+	for _, j := range avoided {
+		kc.ok[s.nodeClass[j]] = false // its class holds j alone
+	}
+	for ci, ok := range kc.ok {
+		if ok {
+			kc.elig = append(kc.elig, ci)
+		}
+	}
+	return kc, true
+}
+
+// sortClasses puts the key classes in signature order, so that nothing
+// depends on key order, and lists the flexible keys of each.
+func (s *constrained) sortClasses(classes []keyClass) {
 	order := make([]int32, len(classes))
 	for i := range order {
 		order[i] = int32(i)
@@ -542,7 +566,6 @@ func (s *constrained) readKeys(prev Assignment, c Constraints) bool {
 			s.members[s.class[i]] = append(s.members[s.class[i]], int32(i))
 		}
 	}
-	return true
 }
 
 // room is how many keys (in cost units, with costs) node j may take

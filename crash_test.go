@@ -9,5 +9,5 @@ func (m *Manager[C, I]) crashForTest() {
 	m.wg.Wait()
 	m.locker.Close()
 	m.client.Close()
-	m.state.Store(stateStopped)
+	m.life.end()
 }

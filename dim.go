@@ -83,10 +83,7 @@ type Manager[C, I any] struct {
 	retryMin   time.Duration // backoff after a failed create or health check
 	retryMax   time.Duration
 
-	lifecycle sync.Mutex   // serialises Start and Stop
-	state     atomic.Int32 // stateNew, stateRunning, stateStopped
-	stopping  atomic.Bool
-	unfenced  atomic.Bool // false from a fence until its instances are stopped
+	life      lifecycle // new, running, fenced, stopping, stopped
 	runCtx    context.Context
 	runCancel context.CancelFunc
 	wg        sync.WaitGroup
@@ -137,12 +134,6 @@ type Manager[C, I any] struct {
 	viewMu sync.RWMutex
 	view   map[string]I
 }
-
-const (
-	stateNew int32 = iota
-	stateRunning
-	stateStopped
-)
 
 // New returns a Manager for one replica of a service. getConfig lists the
 // configured instances; createInstance starts one. Both are required, as is
@@ -243,7 +234,6 @@ func New[C, I any](
 	m.lease.boot = bootClock
 	m.lease.onExpire = func(session string) { m.fenceSession(session, "lease expired without renewal") }
 	m.instances.stop = m.disconnectOne
-	m.unfenced.Store(true)
 	return m, nil
 }
 
@@ -278,23 +268,57 @@ func (m *Manager[C, I]) Instances() map[string]I {
 // [ErrRedis] that names the address when Redis cannot be reached; then
 // nothing is left running.
 func (m *Manager[C, I]) Start(ctx context.Context) error {
-	m.lifecycle.Lock()
-	defer m.lifecycle.Unlock()
-	if !m.state.CompareAndSwap(stateNew, stateRunning) {
-		if m.state.Load() == stateStopped {
-			return ErrStopped
-		}
-		return ErrAlreadyStarted
+	m.life.mu.Lock()
+	defer m.life.mu.Unlock()
+	if err := m.life.begin(); err != nil {
+		return err
 	}
 	if err := m.start(ctx); err != nil {
-		m.state.Store(stateStopped)
+		m.life.end()
 		return err
 	}
 	m.log.Info("started", "weight", m.s.weight)
 	return nil
 }
 
+// start is Start's work, in phases: connect, subscribe, join, run the loops.
+// A failure leaves nothing running.
 func (m *Manager[C, I]) start(ctx context.Context) error {
+	addr, err := m.connect()
+	if err != nil {
+		return err
+	}
+	m.runCtx, m.runCancel = context.WithCancel(context.WithoutCancel(ctx))
+	fail := func(err error) error {
+		m.runCancel()
+		m.wg.Wait()
+		m.locker.Close()
+		m.closeClient(m.client)
+		return err
+	}
+	if err := m.subscribe(ctx); err != nil {
+		return fail(fmt.Errorf("%w: subscribe at %s: %w", ErrRedis, addr, err))
+	}
+	if m.s.joinHold > 0 {
+		// Before the join, so that the leader never gives this node a share
+		// of everyone's keys in between.
+		if err := m.hold(ctx, m.k.joinWait, m.s.joinHold); err != nil {
+			return err
+		}
+	}
+	if err := m.joinWaiting(ctx); err != nil {
+		if errors.Is(err, ErrNodeIDInUse) {
+			return fail(err)
+		}
+		return fail(fmt.Errorf("%w: register at %s: %w", ErrRedis, addr, err))
+	}
+	m.runLoops()
+	return nil
+}
+
+// connect makes the Redis client (or takes the given one) and the locker of
+// the leader lock, and returns the address to name in errors.
+func (m *Manager[C, I]) connect() (string, error) {
 	addr := fmt.Sprint(m.s.redis.InitAddress)
 	lockOpt := rueidislock.LockerOption{
 		ClientOption:   m.s.redis,
@@ -321,7 +345,7 @@ func (m *Manager[C, I]) start(ctx context.Context) error {
 	if client == nil {
 		var err error
 		if client, err = rueidis.NewClient(m.s.redis); err != nil {
-			return fmt.Errorf("%w: connect to %s: %w", ErrRedis, addr, err)
+			return addr, fmt.Errorf("%w: connect to %s: %w", ErrRedis, addr, err)
 		}
 	} else {
 		// The locker shares the caller's client, which it must not close
@@ -335,44 +359,32 @@ func (m *Manager[C, I]) start(ctx context.Context) error {
 	locker, err := rueidislock.NewLocker(lockOpt)
 	if err != nil {
 		m.closeClient(client)
-		return fmt.Errorf("%w: connect to %s: %w", ErrRedis, addr, err)
+		return addr, fmt.Errorf("%w: connect to %s: %w", ErrRedis, addr, err)
 	}
 	m.client, m.locker = client, locker
-	m.runCtx, m.runCancel = context.WithCancel(context.WithoutCancel(ctx))
+	return addr, nil
+}
 
+// subscribe starts the subscription loop and waits until the server has
+// confirmed the subscription, refused it, or not answered in time.
+func (m *Manager[C, I]) subscribe(ctx context.Context) error {
 	subscribed := make(chan struct{})
 	refused := make(chan error, 1)
 	m.wg.Go(func() { m.subscribeLoop(subscribed, refused) })
-	fail := func(err error) error {
-		m.runCancel()
-		m.wg.Wait()
-		m.locker.Close()
-		m.closeClient(m.client)
-		return err
-	}
 	select {
 	case <-subscribed:
+		return nil
 	case err := <-refused:
-		return fail(fmt.Errorf("%w: subscribe at %s: %w", ErrRedis, addr, err))
+		return err
 	case <-ctx.Done():
-		return fail(fmt.Errorf("%w: subscribe at %s: %w", ErrRedis, addr, ctx.Err()))
+		return ctx.Err()
 	case <-time.After(max(m.s.nodeTTL, 5*time.Second)):
-		return fail(fmt.Errorf("%w: subscribe at %s: no answer within %v", ErrRedis, addr, max(m.s.nodeTTL, 5*time.Second)))
+		return fmt.Errorf("no answer within %v", max(m.s.nodeTTL, 5*time.Second))
 	}
-	if m.s.joinHold > 0 {
-		// Before the join, so that the leader never gives this node a share
-		// of everyone's keys in between.
-		if err := m.hold(ctx, m.k.joinWait, m.s.joinHold); err != nil {
-			return err
-		}
-	}
-	if err := m.joinWaiting(ctx); err != nil {
-		if errors.Is(err, ErrNodeIDInUse) {
-			return fail(err)
-		}
-		return fail(fmt.Errorf("%w: register at %s: %w", ErrRedis, addr, err))
-	}
+}
 
+// runLoops starts the goroutines of a node that has joined.
+func (m *Manager[C, I]) runLoops() {
 	m.live.beatNow() // the heartbeat loop's first turn is one heartbeat away
 	m.wg.Go(m.heartbeatLoop)
 	m.wg.Go(m.watchdog)
@@ -390,7 +402,6 @@ func (m *Manager[C, I]) start(ctx context.Context) error {
 	})
 	m.triggerNode()
 	m.triggerCampaign()
-	return nil
 }
 
 // joinWaiting joins, waiting out a live session that holds this node's ID
@@ -433,16 +444,10 @@ func (m *Manager[C, I]) joinWaiting(ctx context.Context) error {
 // second call.
 func (m *Manager[C, I]) Stop(ctx context.Context) error {
 	// A Stop during Start waits for Start to finish first.
-	m.lifecycle.Lock()
-	defer m.lifecycle.Unlock()
-	switch m.state.Load() {
-	case stateNew:
-		return ErrNotStarted
-	case stateStopped:
-		return ErrStopped
-	}
-	if !m.stopping.CompareAndSwap(false, true) {
-		return ErrStopped
+	m.life.mu.Lock()
+	defer m.life.mu.Unlock()
+	if err := m.life.beginStop(); err != nil {
+		return err
 	}
 	start := time.Now()
 	done := make(chan struct{})
@@ -452,12 +457,18 @@ func (m *Manager[C, I]) Stop(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
-		m.state.Store(stateStopped)
+		m.life.end()
 		m.log.Info("stopped", "took", time.Since(start))
 		return ctx.Err()
 	case <-ctx.Done():
 	}
-	m.state.Store(stateStopped)
+	m.life.end()
+	return m.stopLate(ctx, start)
+}
+
+// stopLate ends a Stop whose deadline came before its work was done: the
+// work goes on in the background, and the error names what still runs.
+func (m *Manager[C, I]) stopLate(ctx context.Context, start time.Time) error {
 	// Nothing may outlive Stop unasked: every instance is told to stop now.
 	m.instances.stopAll()
 	left := m.stillRunning()
@@ -487,10 +498,22 @@ func (m *Manager[C, I]) stillRunning() []string {
 	return keys
 }
 
-// shutdown is Stop's work. ctx bounds only the waits that concern the rest
-// of the service (the leader's handoff); what this node holds is stopped,
-// released and left in full, in the background if Stop has returned.
+// shutdown is Stop's work, in phases: move the keys away, let the
+// leadership go, stop the local instances, leave. ctx bounds only the waits
+// that concern the rest of the service (the leader's handoff); what this
+// node holds is stopped, released and left in full, in the background if
+// Stop has returned.
 func (m *Manager[C, I]) shutdown(ctx context.Context) {
+	m.moveKeysAway(ctx)
+	m.handOffLeadership(ctx)
+	m.stepDown()
+	m.stopLocal(ctx)
+	m.leaveAndClose()
+}
+
+// moveKeysAway asks for this node's keys to wait for its restart, or else
+// to move to other nodes while it still holds its lease.
+func (m *Manager[C, I]) moveKeysAway(ctx context.Context) {
 	switch {
 	case ctx.Err() != nil:
 	case m.s.restartHold > 0:
@@ -509,23 +532,31 @@ func (m *Manager[C, I]) shutdown(ctx context.Context) {
 		}
 		cancel()
 	}
-	// The leader moves this node's keys itself before it lets go, unless its
-	// leadership ends first.
-	if epoch, lctx := m.leader.current(); epoch != 0 {
-		done := make(chan struct{})
+}
+
+// handOffLeadership waits while the leader moves this node's keys itself
+// before it lets go, unless its leadership (or ctx) ends first.
+func (m *Manager[C, I]) handOffLeadership(ctx context.Context) {
+	epoch, lctx := m.leader.current()
+	if epoch == 0 {
+		return
+	}
+	done := make(chan struct{})
+	select {
+	case m.handoffLeaderCh <- done:
 		select {
-		case m.handoffLeaderCh <- done:
-			select {
-			case <-done:
-			case <-lctx.Done():
-			case <-ctx.Done():
-			}
+		case <-done:
 		case <-lctx.Done():
 		case <-ctx.Done():
 		}
+	case <-lctx.Done():
+	case <-ctx.Done():
 	}
-	m.stepDown()
-	// Local instances go, whatever ctx says: nothing may leak.
+}
+
+// stopLocal stops this node's instances, whatever ctx says: nothing may
+// leak. It waits for the callbacks that may yet bring an instance to life.
+func (m *Manager[C, I]) stopLocal(ctx context.Context) {
 	done := make(chan struct{})
 	select {
 	case m.handoffCh <- done:
@@ -544,6 +575,11 @@ func (m *Manager[C, I]) shutdown(ctx context.Context) {
 		m.log.Warn("callbacks still running; their keys stay claimed until they return")
 		_ = m.hung.wait(context.Background())
 	}
+}
+
+// leaveAndClose leaves the service, ends the node's goroutines and closes
+// its connections.
+func (m *Manager[C, I]) leaveAndClose() {
 	lctx, cancel := context.WithTimeout(context.Background(), m.s.heartbeat)
 	if err := m.leave(lctx); err != nil {
 		m.log.Warn("leave failed; the lease expires by itself", "err", err)
@@ -566,11 +602,8 @@ func (m *Manager[C, I]) shutdown(ctx context.Context) {
 // from any replica. It returns once the request is sent, or [ErrNotStarted]
 // or [ErrStopped], or an error wrapping [ErrRedis].
 func (m *Manager[C, I]) Rebalance(ctx context.Context) error {
-	switch m.state.Load() {
-	case stateNew:
-		return ErrNotStarted
-	case stateStopped:
-		return ErrStopped
+	if err := m.life.checkStarted(); err != nil {
+		return err
 	}
 	if m.IsLeader() {
 		m.triggerLeader(triggerRequested)

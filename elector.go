@@ -113,7 +113,7 @@ func (m *Manager[C, I]) campaignLoop() {
 // waitMember blocks until the node holds a lease or the Manager stops.
 func (m *Manager[C, I]) waitMember() bool {
 	for {
-		if session, _ := m.lease.current(); session != "" && !m.stopping.Load() {
+		if session, _ := m.lease.current(); m.life.canTakeWork(session) {
 			return true
 		}
 		select {
@@ -128,7 +128,7 @@ func (m *Manager[C, I]) waitMember() bool {
 // not a member or is stopping declines (epoch 0).
 func (m *Manager[C, I]) becomeLeader(ctx context.Context) (uint64, error) {
 	session, _ := m.lease.current()
-	if session == "" || m.stopping.Load() {
+	if !m.life.canTakeWork(session) {
 		return 0, nil
 	}
 	start := time.Now()
@@ -171,7 +171,7 @@ func (m *Manager[C, I]) lead(lockCtx context.Context, release context.CancelFunc
 	<-stuck
 	if why == "" {
 		why = "stepped down" // fenced or stopping
-		if lockCtx.Err() != nil && m.runCtx.Err() == nil && !m.stopping.Load() {
+		if lockCtx.Err() != nil && m.runCtx.Err() == nil && !m.life.stopping() {
 			if session, _ := m.lease.current(); session != "" {
 				why = "lock lost"
 			}
@@ -264,7 +264,7 @@ func (m *Manager[C, I]) checkLeader() {
 	if outcome != "dead" && outcome != "none" {
 		return
 	}
-	if session, _ := m.lease.current(); session == "" || m.stopping.Load() || m.IsLeader() {
+	if session, _ := m.lease.current(); !m.life.canTakeWork(session) || m.IsLeader() {
 		return
 	}
 	if lockCtx, release, err := m.locker.TryWithContext(m.runCtx, lockName); err == nil {

@@ -92,7 +92,7 @@ func decodeKeys(parts []string) []string {
 // only while the node is not stopping, and only until the announcement or
 // the prepare timeout.
 func (m *Manager[C, I]) holdMoved(key string, ready map[string]bool, now time.Time) bool {
-	if m.prepare == nil || m.stopping.Load() {
+	if m.prepare == nil || m.life.stopping() {
 		return false
 	}
 	deadline, held := m.tab.holding[key]
@@ -165,7 +165,7 @@ func (m *Manager[C, I]) onPrepared(r prepareResult[I]) {
 		m.tab.unprepared[r.key] = time.Now().Add(m.s.prepareTimeout)
 		m.logPanic(r.key, r.err)
 		m.log.Warn("prepare failed; the key moves the normal way", "key", r.key, "err", r.err)
-	case r.session != session || running || m.stopping.Load():
+	case r.session != session || running || m.life.stopping():
 		m.dispose(&prepared[I]{inst: r.inst, ctx: r.ctx, cancel: r.cancel}, r.key)
 		return
 	default:

@@ -285,7 +285,7 @@ func (c *testCluster) stopAll() {
 	c.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, n := range nodes {
-		if n.crashed || n.m.state.Load() != stateRunning {
+		if n.crashed || n.m.life.checkStarted() != nil {
 			continue
 		}
 		wg.Go(func() {

@@ -26,16 +26,14 @@ func (m *Manager[C, I]) Ready() bool { return m.notReady() == "" }
 
 // notReady says why the replica is not ready, or "" when it is.
 func (m *Manager[C, I]) notReady() string {
-	switch m.state.Load() {
-	case stateNew:
+	switch m.life.load() {
+	case phaseNew:
 		return "not started"
-	case stateStopped:
+	case phaseStopped:
 		return "stopped"
-	}
-	if m.stopping.Load() {
+	case phaseStopping:
 		return "stopping"
-	}
-	if !m.unfenced.Load() {
+	case phaseFenced:
 		return "fenced: stopping its instances"
 	}
 	session, _ := m.lease.current()
@@ -85,7 +83,7 @@ func (m *Manager[C, I]) WedgedAfter() time.Duration {
 
 // wedged says which loop is stuck at now, or "" when none is.
 func (m *Manager[C, I]) wedged(now time.Time) string {
-	if m.state.Load() != stateRunning || m.stopping.Load() {
+	if p := m.life.load(); p != phaseRunning && p != phaseFenced {
 		return ""
 	}
 	return m.live.stuck(monoAt(now), m.WedgedAfter())

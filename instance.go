@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 // entry is one running instance on this node.
@@ -268,7 +270,7 @@ func (m *Manager[C, I]) nodeLoop() {
 		case <-m.fenceCh:
 			m.live.enter()
 			m.dropAll(m.runCtx, "fenced")
-			m.unfenced.Store(true)
+			m.life.unfence()
 		case <-m.nodeCh:
 			m.live.enter()
 			m.reconcile()
@@ -304,7 +306,7 @@ func (m *Manager[C, I]) nextRetry() (time.Time, bool) {
 	// Without a lease, or while stopping, reconcile does nothing, so a retry
 	// time that has passed would wake the loop again at once, over and over
 	// until the node rejoins. A rejoin triggers a reconcile by itself.
-	if session, _ := m.lease.current(); session == "" || m.stopping.Load() {
+	if session, _ := m.lease.current(); !m.life.canTakeWork(session) {
 		return time.Time{}, false
 	}
 	var at time.Time
@@ -332,20 +334,52 @@ func (m *Manager[C, I]) nextRetry() (time.Time, bool) {
 	return at, !at.IsZero()
 }
 
-// reconcile converges this node on its part of the assignment: it stops what
-// moved away or changed, releases it, then claims and creates what is new.
+// reconcile converges this node on its part of the assignment, one phase
+// after the other (see reconcilePass): read what this node owns, stop what
+// moved away or changed, release it, claim and create what is new, publish
+// the key states.
 func (m *Manager[C, I]) reconcile() {
 	session, leaseCtx := m.lease.current()
 	m.dropStale(session)
-	if session == "" || m.stopping.Load() {
+	if !m.life.canTakeWork(session) {
 		return
 	}
 	m.bookConfirmed(session)
-	stats := reconcileStats{start: time.Now()}
+	p := &reconcilePass[C, I]{m: m, session: session, lease: leaseCtx}
+	p.stats = reconcileStats{start: time.Now()}
 	ctx, span, links := m.tel.startReconcile(leaseCtx)
-	stats.links = links
-	defer func() { m.tel.endReconcile(ctx, span, stats) }()
+	p.ctx = ctx
+	p.stats.links = links
+	defer func() { m.tel.endReconcile(ctx, span, p.stats) }()
 
+	if !p.readMine(span) {
+		return
+	}
+	p.configs, p.fresh = m.nodeConfigs(ctx, p.mine)
+	now := p.stopMoved()
+	p.release(now)
+	p.claimAndCreate()
+	p.publish()
+}
+
+// reconcilePass is one reconcile: what its phases share, so that each phase
+// is a method of its own.
+type reconcilePass[C, I any] struct {
+	m       *Manager[C, I]
+	ctx     context.Context // the reconcile's span, under the lease
+	lease   context.Context // the lease, parent of new instances
+	session string
+	stats   reconcileStats
+	mine    map[string]bool      // the keys assigned to this node
+	configs map[string]config[C] // this node's configs of those keys
+	fresh   bool                 // getConfig answered just now
+}
+
+// readMine reads the keys assigned to this node, and links the span to the
+// rebalance that last changed them. Without an answer it schedules a retry
+// and reports false: nothing else of the pass can go ahead.
+func (p *reconcilePass[C, I]) readMine(span trace.Span) bool {
+	m, ctx := p.m, p.ctx
 	assigned, tp, err := m.readAssigned(ctx)
 	if tp != "" && tp != m.lastTrace {
 		// A rebalance changed this node's keys since the last look: this
@@ -353,23 +387,27 @@ func (m *Manager[C, I]) reconcile() {
 		m.lastTrace = tp
 		if link, ok := linkTo(tp); ok {
 			span.AddLink(link)
-			stats.links = append(stats.links, link)
+			p.stats.links = append(p.stats.links, link)
 		}
 	}
 	if err != nil {
-		stats.err = fmt.Errorf("read assignment: %w", err)
+		p.stats.err = fmt.Errorf("read assignment: %w", err)
 		m.tab.retryAt = time.Now().Add(m.s.heartbeat)
-		return
+		return false
 	}
 	m.tab.retryAt = time.Time{}
-	mine := make(map[string]bool, len(assigned))
+	p.mine = make(map[string]bool, len(assigned))
 	for _, k := range assigned {
-		mine[k] = true
+		p.mine[k] = true
 	}
-	configs, fresh := m.nodeConfigs(ctx, mine)
+	return true
+}
 
-	// Stop what is no longer ours or no longer configured; replace what
-	// changed under the same key.
+// stopMoved stops what is no longer ours or no longer configured, and
+// replaces what changed under the same key. It returns the time it judged
+// the holds of moved keys by, which the release phase goes by too.
+func (p *reconcilePass[C, I]) stopMoved() time.Time {
+	m, mine, configs := p.m, p.mine, p.configs
 	var stop, replace []*entry[I]
 	ready, now := m.announced.take(), time.Now()
 	for key, e := range m.tab.running {
@@ -390,9 +428,16 @@ func (m *Manager[C, I]) reconcile() {
 		}
 	}
 	m.disconnectAll(append(stop, replace...))
-	stats.disconnected = len(stop)
-	stats.replaced = len(replace)
+	p.stats.disconnected = len(stop)
+	p.stats.replaced = len(replace)
+	return now
+}
 
+// release forgets what the table keeps about keys that are no longer ours,
+// and releases the claims of those that no longer run here (a hung call
+// keeps its key claimed until it returns).
+func (p *reconcilePass[C, I]) release(now time.Time) {
+	m, ctx, session, mine, configs := p.m, p.ctx, p.session, p.mine, p.configs
 	for key := range m.tab.holding {
 		if _, running := m.tab.running[key]; mine[key] || !running {
 			delete(m.tab.holding, key)
@@ -412,10 +457,10 @@ func (m *Manager[C, I]) reconcile() {
 			release = append(release, key)
 		}
 	}
-	m.dropPrepared(func(key string, p *prepared[I]) bool {
+	m.dropPrepared(func(key string, pre *prepared[I]) bool {
 		cfg, ok := configs[key]
 		_, running := m.tab.running[key]
-		return mine[key] && ok && !running && p.session == session && (!cfg.hashed || p.sum == "" || cfg.sum == p.sum)
+		return mine[key] && ok && !running && pre.session == session && (!cfg.hashed || pre.sum == "" || cfg.sum == pre.sum)
 	})
 	for key := range m.tab.failures {
 		if !mine[key] {
@@ -428,31 +473,19 @@ func (m *Manager[C, I]) reconcile() {
 		}
 	}
 	if err := m.release(ctx, session, release); err != nil {
-		stats.err = err
+		p.stats.err = err
 	}
-	stats.released = len(release)
+	p.stats.released = len(release)
+}
 
-	// Claim and create what is ours but not running, including what was
-	// just replaced: claiming a key this node owns returns its token. After
-	// another node released keys, refused claims are tried again at once.
-	now = time.Now()
-	retryRefused := m.released.Swap(false)
-	var want []string
-	for key := range mine {
-		if _, running := m.tab.running[key]; running {
-			continue
-		}
-		if _, ok := configs[key]; !ok || m.hung.has(key) {
-			continue
-		}
-		if f := m.tab.failures[key]; f != nil && now.Before(f.next) {
-			continue
-		}
-		if w, ok := m.tab.waiting[key]; ok && now.Before(w) && !retryRefused {
-			continue
-		}
-		want = append(want, key)
-	}
+// claimAndCreate claims and creates what is ours but not running,
+// including what was just replaced: claiming a key this node owns returns
+// its token. After another node released keys, refused claims are tried
+// again at once.
+func (p *reconcilePass[C, I]) claimAndCreate() {
+	m, ctx, leaseCtx, session, configs := p.m, p.ctx, p.lease, p.session, p.configs
+	now := time.Now()
+	want := p.wanted(now)
 	gen := m.instances.generation()
 	// Keys this node already owns are claimed again (a retry after a failed
 	// create or health check): not a change of owner, so not history.
@@ -464,10 +497,10 @@ func (m *Manager[C, I]) reconcile() {
 	}
 	granted, held, err := m.claim(ctx, session, want)
 	if err != nil {
-		stats.err = err
+		p.stats.err = err
 	}
-	stats.claimed = len(granted)
-	stats.refused = held
+	p.stats.claimed = len(granted)
+	p.stats.refused = held
 	var jobs []createJob[C]
 	for _, key := range want {
 		if token, ok := granted[key]; ok {
@@ -483,7 +516,7 @@ func (m *Manager[C, I]) reconcile() {
 			m.tab.waiting[key] = retry
 		}
 	}
-	stats.created, stats.failed = m.createAll(ctx, leaseCtx, session, jobs)
+	p.stats.created, p.stats.failed = m.createAll(ctx, leaseCtx, session, jobs)
 	if len(granted) > 0 {
 		claimed := make([]string, 0, len(granted))
 		for key := range granted {
@@ -496,31 +529,67 @@ func (m *Manager[C, I]) reconcile() {
 			m.record(ctx, HistoryClaimed, 0, chunk, nil, "")
 		}
 	}
-	stats.waiting = len(m.tab.waiting)
-	// A key is unknown to this node only when getConfig just answered
-	// without it: not when getConfig failed or the list is merely older
-	// than the leader's.
-	unknown := map[string]bool{}
-	for key := range mine {
-		if _, ok := configs[key]; ok {
+	p.stats.waiting = len(m.tab.waiting)
+}
+
+// wanted lists the keys to claim at now: ours, configured, not running, no
+// call of theirs hung, and not waiting out a backoff or a refused claim.
+func (p *reconcilePass[C, I]) wanted(now time.Time) []string {
+	m := p.m
+	retryRefused := m.released.Swap(false)
+	var want []string
+	for key := range p.mine {
+		if _, running := m.tab.running[key]; running {
 			continue
 		}
-		if fresh || m.tab.avoiding[key].why == avoidUnknown {
+		if _, ok := p.configs[key]; !ok || m.hung.has(key) {
+			continue
+		}
+		if f := m.tab.failures[key]; f != nil && now.Before(f.next) {
+			continue
+		}
+		if w, ok := m.tab.waiting[key]; ok && now.Before(w) && !retryRefused {
+			continue
+		}
+		want = append(want, key)
+	}
+	return want
+}
+
+// publish writes the key states, the keys this node avoids and the
+// handoffs, and updates Instances' view.
+func (p *reconcilePass[C, I]) publish() {
+	m, ctx := p.m, p.ctx
+	unknown := p.unknown()
+	m.tel.setUnknown(len(unknown))
+	// States first: the leader, woken by a give-up, reads the key's last
+	// error from them.
+	m.syncStates(ctx, p.session, unknown)
+	m.syncAvoid(ctx, p.configs, unknown)
+	if m.prepare != nil {
+		m.syncHandoffs(ctx)
+	}
+	m.publishView()
+}
+
+// unknown lists the assigned keys this node has no config for. A key is
+// unknown to this node only when getConfig just answered without it: not
+// when getConfig failed or the list is merely older than the leader's.
+func (p *reconcilePass[C, I]) unknown() map[string]bool {
+	m := p.m
+	unknown := map[string]bool{}
+	for key := range p.mine {
+		if _, ok := p.configs[key]; ok {
+			continue
+		}
+		if p.fresh || m.tab.avoiding[key].why == avoidUnknown {
 			unknown[key] = true
 			if m.tab.states[key].State != KeyUnknown {
 				m.log.Warn("assigned a key that this node's getConfig does not return; it cannot run here", "key", key)
 			}
 		}
 	}
-	m.tel.setUnknown(len(unknown))
-	// States first: the leader, woken by a give-up, reads the key's last
-	// error from them.
-	m.syncStates(ctx, session, unknown)
-	m.syncAvoid(ctx, configs, unknown)
-	if m.prepare != nil {
-		m.syncHandoffs(ctx)
-	}
-	m.publishView()
+	return unknown
 }
 
 // scanPage is how many entries one SSCAN or HSCAN of a big set or hash is

@@ -107,7 +107,7 @@ func Thaw(ctx context.Context, client rueidis.Client, opts ...Option) (bool, err
 
 // Drain drains this node for d (see [DrainNode]); Undrain ends it.
 func (m *Manager[C, I]) Drain(ctx context.Context, d time.Duration) (time.Time, error) {
-	if m.state.Load() == stateNew {
+	if m.life.load() == phaseNew {
 		return time.Time{}, ErrNotStarted
 	}
 	return DrainNode(ctx, m.client, m.s.nodeID, d, WithService(m.s.service), WithKeyPrefix(m.s.keyPrefix))
@@ -115,7 +115,7 @@ func (m *Manager[C, I]) Drain(ctx context.Context, d time.Duration) (time.Time, 
 
 // Undrain ends this node's drain (see [UndrainNode]).
 func (m *Manager[C, I]) Undrain(ctx context.Context) (bool, error) {
-	if m.state.Load() == stateNew {
+	if m.life.load() == phaseNew {
 		return false, ErrNotStarted
 	}
 	return UndrainNode(ctx, m.client, m.s.nodeID, WithService(m.s.service), WithKeyPrefix(m.s.keyPrefix))

@@ -46,7 +46,7 @@ func TestGracefulStopHandsOffWithinMilliseconds(t *testing.T) {
 	for _, victim := range []string{followerOf(c), c.leader().id} {
 		var rest []string
 		for id, n := range c.nodes {
-			if id != victim && n.m.state.Load() == stateRunning {
+			if id != victim && n.m.life.checkStarted() == nil {
 				rest = append(rest, id)
 			}
 		}
@@ -507,7 +507,7 @@ func TestStopReturnsWhenLeadershipEndsDuringTheHandoff(t *testing.T) {
 	c.setKeys(3)
 	stopped := make(chan error, 1)
 	go func() { stopped <- n1.m.Stop(context.Background()) }()
-	c.eventually(5*time.Second, "Stop waiting for the handoff", func() bool { return n1.m.stopping.Load() })
+	c.eventually(5*time.Second, "Stop waiting for the handoff", func() bool { return n1.m.life.stopping() })
 	armed.Store(false)
 	close(gate)
 	select {
@@ -546,7 +546,7 @@ func TestStopDuringAStartThatCannotReachRedis(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	go func() { started <- n.m.Start(ctx) }()
-	c.eventually(time.Second, "Start under way", func() bool { return n.m.state.Load() != stateNew })
+	c.eventually(time.Second, "Start under way", func() bool { return n.m.life.load() != phaseNew })
 	stopErr := n.m.Stop(context.Background())
 	startErr := <-started
 	require.ErrorIs(t, startErr, ErrRedis)

@@ -231,8 +231,8 @@ func (m *Manager[C, I]) heartbeatLoop() {
 		switch {
 		case session != "":
 			_ = m.renew(session)
-		case m.stopping.Load():
-		case !m.unfenced.Load():
+		case m.life.stopping():
+		case m.life.load() == phaseFenced:
 			// Instances of the fenced session are still stopping: the node
 			// talks to Redis again only once they are gone.
 		default:
@@ -333,7 +333,7 @@ func (m *Manager[C, I]) fenceSession(session, reason string) {
 	if !m.lease.endIf(session) {
 		return
 	}
-	m.unfenced.Store(false) // until the node loop has stopped every instance
+	m.life.fence() // until the node loop has stopped every instance
 	// Every instance's context ended with the lease; every disconnect hook
 	// is called now, all at once, whatever the node loop is doing.
 	m.instances.stopAll()

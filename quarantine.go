@@ -223,20 +223,52 @@ func (in *reviewInput) backoff(level int) int64 {
 	return min(d, in.max).Milliseconds()
 }
 
-// review decides quarantines, unhealthy nodes and outages. It is pure.
+// review decides quarantines, unhealthy nodes and outages. It is pure. Its
+// phases: forget the records of what is gone, detect an outage (then
+// nothing else), move given-up keys, quarantine keys, judge nodes.
 func review(in *reviewInput) *verdict {
 	v := &verdict{
 		avoid:         map[string][]string{},
 		setQuarantine: map[string]*quarantineRecord{},
 		setUnhealthy:  map[string]*unhealthyRecord{},
 	}
-	configured := make(map[string]bool, len(in.keys))
-	for _, key := range in.keys {
-		configured[key] = true
-	}
 	live := make(map[string]bool, len(in.nodes))
 	for _, n := range in.nodes {
 		live[n.ID] = true
+	}
+	v.forgetGone(in, live)
+	if v.detectOutage(in, live) {
+		return v
+	}
+
+	// Give-ups move keys, unless the key is quarantined.
+	for key := range in.avoid {
+		for _, e := range in.gaveUp(key) {
+			v.avoid[key] = append(v.avoid[key], e.node)
+		}
+	}
+	quarantined := v.reviewKeys(in, live)
+	for _, key := range in.keys {
+		if !quarantined[key] {
+			v.keys = append(v.keys, key)
+		}
+	}
+	v.underBan = len(quarantined)
+	v.reviewNodes(in)
+	slices.Sort(v.quarantined)
+	slices.Sort(v.released)
+	slices.Sort(v.sick)
+	slices.Sort(v.healed)
+	return v
+}
+
+// forgetGone drops the quarantines of keys no longer configured and the
+// unhealthy records of nodes gone or rejoined, and keeps the avoidances an
+// operator set (those without an end).
+func (v *verdict) forgetGone(in *reviewInput, live map[string]bool) {
+	configured := make(map[string]bool, len(in.keys))
+	for _, key := range in.keys {
+		configured[key] = true
 	}
 	for key := range in.quarantine {
 		if !configured[key] {
@@ -256,10 +288,12 @@ func review(in *reviewInput) *verdict {
 			}
 		}
 	}
+}
 
-	// An outage: most keys fail somewhere. Then nothing moves because of a
-	// failure, nothing is quarantined and no node is unhealthy: every node
-	// keeps its keys and retries them with its backoff.
+// detectOutage reports an outage: most keys fail somewhere. Then nothing
+// moves because of a failure, nothing is quarantined and no node is
+// unhealthy: every node keeps its keys and retries them with its backoff.
+func (v *verdict) detectOutage(in *reviewInput, live map[string]bool) bool {
 	failing := 0
 	for _, key := range in.keys {
 		_, q := in.quarantine[key]
@@ -267,25 +301,22 @@ func review(in *reviewInput) *verdict {
 			failing++
 		}
 	}
-	if failing >= 2 && 2*failing >= len(in.keys) {
-		v.outage = in.outage
-		if v.outage == nil {
-			v.outage = &outageRecord{Since: in.now}
-		}
-		v.outage.Keys = failing
-		v.keys = in.keys
-		return v
+	if failing < 2 || 2*failing < len(in.keys) {
+		return false
 	}
-
-	// Give-ups move keys, unless the key is quarantined.
-	for key := range in.avoid {
-		for _, e := range in.gaveUp(key) {
-			v.avoid[key] = append(v.avoid[key], e.node)
-		}
+	v.outage = in.outage
+	if v.outage == nil {
+		v.outage = &outageRecord{Since: in.now}
 	}
+	v.outage.Keys = failing
+	v.keys = in.keys
+	return true
+}
 
-	// Quarantines: keys that failed on enough distinct nodes, and keys on
-	// probation that failed again.
+// reviewKeys quarantines keys that failed on enough distinct nodes, and keys
+// on probation that failed again; it releases those that ran. It returns
+// the keys under quarantine after the review.
+func (v *verdict) reviewKeys(in *reviewInput, live map[string]bool) map[string]bool {
 	eligible := func(key string) int {
 		n := 0
 		for _, node := range in.nodes {
@@ -347,15 +378,14 @@ func review(in *reviewInput) *verdict {
 		quarantined[key] = true
 		v.wake = earliest(v.wake, q.Until)
 	}
-	for _, key := range in.keys {
-		if !quarantined[key] {
-			v.keys = append(v.keys, key)
-		}
-	}
-	v.underBan = len(quarantined)
+	return quarantined
+}
 
-	// Unhealthy nodes: several keys given up, none running there, and some
-	// of them running elsewhere: the node, not the keys, is at fault.
+// reviewNodes finds unhealthy nodes: several keys given up, none running
+// there, and some of them running elsewhere: the node, not the keys, is at
+// fault. It also heals them and puts them on probation. It runs after
+// reviewKeys: a probe is chosen among the keys left to balance.
+func (v *verdict) reviewNodes(in *reviewInput) {
 	gaveUpOn := map[string][]avoidEntry{} // node → its give-ups, keyed by entry.node = key
 	for key := range in.avoid {
 		for _, e := range in.gaveUp(key) {
@@ -406,15 +436,7 @@ func review(in *reviewInput) *verdict {
 				return on != "" && on != node
 			})
 			if !elsewhere {
-				// Undecided until the keys it gave up have been tried
-				// elsewhere: it keeps what it has but gets nothing new,
-				// so that running keys are not moved onto it meanwhile.
-				for _, key := range in.keys {
-					if in.prev[key] != node && !slices.Contains(v.avoid[key], node) {
-						v.avoid[key] = append(v.avoid[key], node)
-					}
-				}
-				v.wake = earliest(v.wake, in.now+in.poll.Milliseconds())
+				v.suspect(in, node)
 				continue
 			}
 			u = unhealthyRecord{Level: 1, Session: in.sessions[node]}
@@ -431,11 +453,18 @@ func review(in *reviewInput) *verdict {
 		v.wake = earliest(v.wake, u.Until)
 		banAll(v.avoid, in.keys, node, "")
 	}
-	slices.Sort(v.quarantined)
-	slices.Sort(v.released)
-	slices.Sort(v.sick)
-	slices.Sort(v.healed)
-	return v
+}
+
+// suspect holds a node undecided until the keys it gave up have been tried
+// elsewhere: it keeps what it has but gets nothing new, so that running
+// keys are not moved onto it meanwhile.
+func (v *verdict) suspect(in *reviewInput, node string) {
+	for _, key := range in.keys {
+		if in.prev[key] != node && !slices.Contains(v.avoid[key], node) {
+			v.avoid[key] = append(v.avoid[key], node)
+		}
+	}
+	v.wake = earliest(v.wake, in.now+in.poll.Milliseconds())
 }
 
 // probeKey picks the one key an unhealthy node on probation may take: one

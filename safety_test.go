@@ -458,7 +458,7 @@ func TestCreateInstanceIsNeverCalledWithAnEndedContext(t *testing.T) {
 	c.eventually(5*time.Second, "n1 fenced", func() bool { s, _ := n1.m.lease.current(); return s == "" })
 	// The node loop handles the fence once the reconcile with the creates
 	// is over.
-	c.eventually(10*time.Second, "the fence handled", n1.m.unfenced.Load)
+	c.eventually(10*time.Second, "the fence handled", func() bool { return n1.m.life.load() != phaseFenced })
 	assert.Zero(t, c.cancelledAtEntry.Load(),
 		"createInstance was called with an already cancelled context (of %d calls)", c.creates.Load())
 	n1.proxy.Heal()

@@ -280,7 +280,7 @@ func TestSecurityNoConfigContentReachesRedis(t *testing.T) {
 	}
 	stopAll := func() {
 		for _, m := range managers {
-			if m.state.Load() == stateRunning {
+			if m.life.checkStarted() == nil {
 				_ = m.Stop(context.Background())
 			}
 		}

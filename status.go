@@ -171,7 +171,7 @@ type Owner struct {
 // Status reads a snapshot of the service from Redis. It may return an
 // error wrapping [ErrRedis], or [ErrNotStarted] before Start.
 func (m *Manager[C, I]) Status(ctx context.Context) (*Status, error) {
-	if m.state.Load() == stateNew {
+	if m.life.load() == phaseNew {
 		return nil, ErrNotStarted
 	}
 	return readStatus(ctx, m.client, m.s.service, m.k)

@@ -118,7 +118,7 @@ type KeyProblem struct {
 // number of keys that run. [Manager.Status] reads everything. It may return
 // an error wrapping [ErrRedis], or [ErrNotStarted] before Start.
 func (m *Manager[C, I]) Summary(ctx context.Context) (*Summary, error) {
-	if m.state.Load() == stateNew {
+	if m.life.load() == phaseNew {
 		return nil, ErrNotStarted
 	}
 	return readSummary(ctx, m.client, m.s.service, m.k, SummaryLimit)
@@ -161,7 +161,43 @@ func readSummary(ctx context.Context, client rueidis.Client, service string, k k
 		AtRiskKeys:  []KeyProblem{},
 	}
 
-	leader, _ := res[1].ToArray()
+	leaderSession := sum.parseLeader(res[1])
+	sessions, assignedLive := sum.parseNodes(res[2], res[3], now)
+	sum.Running = sum.States[KeyRunning]
+	sum.LeaderLive = sum.Leader != "" && leaderSession != "" && sessions[sum.Leader] == leaderSession
+
+	if counts, _ := res[4].AsIntSlice(); len(counts) == 2 {
+		sum.Assigned, sum.Moving = int(counts[0]), int(counts[1])
+	}
+	sum.Unowned = max(0, sum.Assigned-sum.Running)
+	sum.OnDeadNodes = max(0, sum.Assigned-assignedLive)
+
+	if g, _ := res[5].ToArray(); len(g) == 2 {
+		left, _ := g[0].AsInt64()
+		why, _ := g[1].ToString()
+		if left > 0 {
+			sum.Grace = &Grace{Left: time.Duration(left) * time.Millisecond, Reason: why}
+		}
+	}
+	sum.parseKeys(res[6], res[7], sessions)
+	sum.QuarantinedKeys = []Quarantine{}
+	sum.Restarting = []RestartHold{}
+	if limit > 0 {
+		if err := sum.addVerdicts(ctx, client, k, sessions, limit); err != nil {
+			return nil, err
+		}
+	}
+	byKey := func(a, b KeyProblem) int { return strings.Compare(a.Key, b.Key) }
+	slices.SortFunc(sum.ProblemKeys, byKey)
+	slices.SortFunc(sum.AtRiskKeys, byKey)
+	slices.SortFunc(sum.Nodes, func(a, b NodeStatus) int { return strings.Compare(a.ID, b.ID) })
+	return sum, nil
+}
+
+// parseLeader reads the leader's part of the summary script's reply, and
+// returns the leader's session.
+func (sum *Summary) parseLeader(v rueidis.RedisMessage) string {
+	leader, _ := v.ToArray()
 	var leaderSession string
 	if len(leader) == 6 {
 		sum.Leader, _ = leader[0].ToString()
@@ -174,13 +210,19 @@ func readSummary(ctx context.Context, client rueidis.Client, service string, k k
 			sum.LastRebalance = &LastRebalance{At: time.UnixMilli(at).UTC(), Moves: int(moves), Error: msg}
 		}
 	}
+	return leaderSession
+}
 
-	states, _ := res[2].AsStrSlice()
+// parseNodes reads the key states and the nodes of the summary script's
+// reply, at server time now. It returns the nodes' sessions and how many
+// keys are assigned to live nodes.
+func (sum *Summary) parseNodes(statesV, nodesV rueidis.RedisMessage, now int64) (map[string]string, int) {
+	states, _ := statesV.AsStrSlice()
 	for _, st := range states {
 		sum.States[KeyState(st)] = 0
 	}
 	width := 7 + len(states)
-	nodes, _ := res[3].AsStrSlice()
+	nodes, _ := nodesV.AsStrSlice()
 	sessions := map[string]string{}
 	suspect := map[string]bool{}
 	assignedLive := 0
@@ -209,24 +251,13 @@ func readSummary(ctx context.Context, client rueidis.Client, service string, k k
 		suspect[ns.ID] = ns.State == "suspect"
 		sum.Nodes = append(sum.Nodes, ns)
 	}
-	sum.Running = sum.States[KeyRunning]
-	sum.LeaderLive = sum.Leader != "" && leaderSession != "" && sessions[sum.Leader] == leaderSession
+	return sessions, assignedLive
+}
 
-	if counts, _ := res[4].AsIntSlice(); len(counts) == 2 {
-		sum.Assigned, sum.Moving = int(counts[0]), int(counts[1])
-	}
-	sum.Unowned = max(0, sum.Assigned-sum.Running)
-	sum.OnDeadNodes = max(0, sum.Assigned-assignedLive)
-
-	if g, _ := res[5].ToArray(); len(g) == 2 {
-		left, _ := g[0].AsInt64()
-		why, _ := g[1].ToString()
-		if left > 0 {
-			sum.Grace = &Grace{Left: time.Duration(left) * time.Millisecond, Reason: why}
-		}
-	}
-
-	recs, _ := res[6].AsStrSlice()
+// parseKeys reads the keys with problems and the keys at risk of the
+// summary script's reply.
+func (sum *Summary) parseKeys(problems, atRisk rueidis.RedisMessage, sessions map[string]string) {
+	recs, _ := problems.AsStrSlice()
 	for i := 0; i+3 < len(recs); i += 4 {
 		p := KeyProblem{Key: recs[i], AssignedTo: recs[i+3], KeyStatus: KeyStatus{Node: recs[i+1]}}
 		var r keyRecord
@@ -236,44 +267,41 @@ func readSummary(ctx context.Context, client rueidis.Client, service string, k k
 		sum.ProblemKeys = append(sum.ProblemKeys, p)
 	}
 	sum.ProblemsOmitted = max(0, sum.Problems-len(sum.ProblemKeys))
-	risky, _ := res[7].AsStrSlice()
+	risky, _ := atRisk.AsStrSlice()
 	for i := 0; i+2 < len(risky); i += 3 {
 		sum.AtRiskKeys = append(sum.AtRiskKeys, KeyProblem{Key: risky[i], AssignedTo: risky[i+2],
 			KeyStatus: KeyStatus{Node: risky[i+1], State: KeyRunning, Live: true}})
 	}
-	sum.QuarantinedKeys = []Quarantine{}
-	sum.Restarting = []RestartHold{}
-	if limit > 0 {
-		// The leader's verdicts: a few entries, not one per key that runs.
-		vst := &Status{ServerTime: sum.ServerTime, Nodes: sum.Nodes, Keys: map[string]KeyStatus{}, LastRebalance: sum.LastRebalance}
-		if err := readVerdicts(ctx, client, k, vst, sessions); err != nil {
-			return nil, err
-		}
-		sum.Quarantined = len(vst.Quarantined)
-		sum.QuarantinedKeys = vst.Quarantined[:min(len(vst.Quarantined), limit)]
-		sum.Outage = vst.Outage
-		if err := readHoldStatus(ctx, client, k, vst); err != nil {
-			return nil, err
-		}
-		sum.Frozen = vst.Frozen
-		sum.Restarting = vst.Restarting
-		index := make(map[string]int, len(sum.Nodes))
-		for i, n := range sum.Nodes {
-			index[n.ID] = i
-		}
-		// vst.Nodes is sum.Nodes: labels and caps fill in place.
-		if err := readPlacementStatus(ctx, client, k, vst, index); err != nil {
-			return nil, err
-		}
-		sum.Pins, sum.Unplaceable = len(vst.Pins), vst.UnplaceableCount
-		sum.UnplaceableKeys = vst.Unplaceable[:min(len(vst.Unplaceable), limit)]
-		sum.Memory = newStore(client, k).memory(ctx)
+}
+
+// addVerdicts adds the leader's verdicts, holds, placement and memory,
+// listing at most limit keys of each kind.
+func (sum *Summary) addVerdicts(ctx context.Context, client rueidis.Client, k keyspace, sessions map[string]string, limit int) error {
+	// The leader's verdicts: a few entries, not one per key that runs.
+	vst := &Status{ServerTime: sum.ServerTime, Nodes: sum.Nodes, Keys: map[string]KeyStatus{}, LastRebalance: sum.LastRebalance}
+	if err := readVerdicts(ctx, client, k, vst, sessions); err != nil {
+		return err
 	}
-	byKey := func(a, b KeyProblem) int { return strings.Compare(a.Key, b.Key) }
-	slices.SortFunc(sum.ProblemKeys, byKey)
-	slices.SortFunc(sum.AtRiskKeys, byKey)
-	slices.SortFunc(sum.Nodes, func(a, b NodeStatus) int { return strings.Compare(a.ID, b.ID) })
-	return sum, nil
+	sum.Quarantined = len(vst.Quarantined)
+	sum.QuarantinedKeys = vst.Quarantined[:min(len(vst.Quarantined), limit)]
+	sum.Outage = vst.Outage
+	if err := readHoldStatus(ctx, client, k, vst); err != nil {
+		return err
+	}
+	sum.Frozen = vst.Frozen
+	sum.Restarting = vst.Restarting
+	index := make(map[string]int, len(sum.Nodes))
+	for i, n := range sum.Nodes {
+		index[n.ID] = i
+	}
+	// vst.Nodes is sum.Nodes: labels and caps fill in place.
+	if err := readPlacementStatus(ctx, client, k, vst, index); err != nil {
+		return err
+	}
+	sum.Pins, sum.Unplaceable = len(vst.Pins), vst.UnplaceableCount
+	sum.UnplaceableKeys = vst.Unplaceable[:min(len(vst.Unplaceable), limit)]
+	sum.Memory = newStore(client, k).memory(ctx)
+	return nil
 }
 
 // nodeState reads a node's weight entry ("pending" or a number) and lease:

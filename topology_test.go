@@ -122,7 +122,7 @@ func (c *directCluster) running() []string {
 	defer c.mu.Unlock()
 	var ids []string
 	for id, n := range c.nodes {
-		if !n.crashed && n.m.state.Load() == stateRunning && !n.m.stopping.Load() {
+		if !n.crashed && !n.m.life.stopping() && n.m.life.checkStarted() == nil {
 			ids = append(ids, id)
 		}
 	}

@@ -28,38 +28,59 @@ func (s *constrained) placeUnits() {
 	if flexible == 0 {
 		return
 	}
-	moveCost := flowCost{hi: 1}
-	spreadCost := flowCost{hi: flexible + 1}                    // above any number of moves
-	boundCost := flowCost{hi: (2*flexible + 3) * spreadCost.hi} // above any spread excess and moves
-	var offCost flowCost                                        // on a node class without a preferred label
-	if s.prefers {
-		moveCost = flowCost{lo: 1}
-		offCost = flowCost{lo: flexible + 1} // above any number of moves
-		spreadCost = flowCost{hi: 1}
-		boundCost = flowCost{hi: 2*flexible + 3} // above any spread excess
+	f := s.newUnitFlow(flexible)
+	f.spreadArcs()
+	moves := f.moveArcs()
+	st := f.stayArcs()
+	toNode := f.nodeArcs(lo, hi, flexible)
+	if f.g.minCostFlow(0, f.t, flexible) != flexible {
+		panic("dim: the fair shares left keys without a node") // a broken invariant
 	}
-	// off is the cost of key class k's keys on node class c beyond a move.
-	off := func(k, c int) flowCost {
-		if s.kc[k].off != nil && s.kc[k].off[c] {
-			return offCost
-		}
-		return flowCost{}
-	}
-	neg := func(c flowCost) flowCost { return flowCost{}.minus(c) }
+	s.pickKeys(f.g, st, toNode, moves)
+}
 
-	// Vertices: source, key classes, spread values, node classes, nodes,
-	// sink; every arc goes from a lower vertex to a higher one.
-	type spreadValue struct {
-		value string
-		v     int
+// unitFlow is placeUnits' flow graph. Vertices: source, key classes, spread
+// values, node classes, nodes, sink; every arc goes from a lower vertex to
+// a higher one.
+type unitFlow struct {
+	s      *constrained
+	g      *flowGraph
+	kv     []int           // the vertex of each key class
+	values [][]spreadValue // the spread values of each key class, nil: no spread
+	cv, nv int             // the first node class vertex, the first node vertex
+	t      int             // the sink
+	// The costs of a move, of spread excess, of a node beyond its bounds,
+	// and of a node class without a preferred label.
+	moveCost, spreadCost, boundCost, offCost flowCost
+}
+
+// spreadValue is the vertex of one value of a key class's spread label.
+type spreadValue struct {
+	value string
+	v     int
+}
+
+// newUnitFlow lays out the vertices and sets the costs for flexible keys.
+func (s *constrained) newUnitFlow(flexible int64) *unitFlow {
+	f := &unitFlow{s: s}
+	f.moveCost = flowCost{hi: 1}
+	f.spreadCost = flowCost{hi: flexible + 1}                      // above any number of moves
+	f.boundCost = flowCost{hi: (2*flexible + 3) * f.spreadCost.hi} // above any spread excess and moves
+	// offCost (on a node class without a preferred label) is 0 without
+	// preferences.
+	if s.prefers {
+		f.moveCost = flowCost{lo: 1}
+		f.offCost = flowCost{lo: flexible + 1} // above any number of moves
+		f.spreadCost = flowCost{hi: 1}
+		f.boundCost = flowCost{hi: 2*flexible + 3} // above any spread excess
 	}
 	v := 1
-	kv := make([]int, len(s.kc))
+	f.kv = make([]int, len(s.kc))
 	for k := range s.kc {
-		kv[k] = v
+		f.kv[k] = v
 		v++
 	}
-	values := make([][]spreadValue, len(s.kc))
+	f.values = make([][]spreadValue, len(s.kc))
 	for k, kc := range s.kc {
 		if kc.place.Spread == "" || kc.n == 0 {
 			continue
@@ -70,32 +91,50 @@ func (s *constrained) placeUnits() {
 		}
 		slices.Sort(vals)
 		for _, val := range slices.Compact(vals) {
-			values[k] = append(values[k], spreadValue{val, v})
+			f.values[k] = append(f.values[k], spreadValue{val, v})
 			v++
 		}
 	}
-	cv := v
+	f.cv = v
 	v += len(s.classes)
-	nv := v
+	f.nv = v
 	v += len(s.nodes)
-	t := v
-	g := newFlowGraph(t + 1)
+	f.t = v
+	f.g = newFlowGraph(f.t + 1)
+	return f
+}
 
-	// from is where a key class's keys leave for nodes: the class itself,
-	// or the vertex of the spread value of the node class.
-	from := func(k, c int) int {
-		if values[k] == nil {
-			return kv[k]
-		}
-		val := s.classes[c].labels[s.kc[k].place.Spread]
-		for _, sv := range values[k] {
-			if sv.value == val {
-				return sv.v
-			}
-		}
-		panic("dim: spread value missing") // every eligible class has one
+// off is the cost of key class k's keys on node class c beyond a move.
+func (f *unitFlow) off(k, c int) flowCost {
+	if f.s.kc[k].off != nil && f.s.kc[k].off[c] {
+		return f.offCost
 	}
-	for k, kc := range s.kc {
+	return flowCost{}
+}
+
+// negCost is -c.
+func negCost(c flowCost) flowCost { return flowCost{}.minus(c) }
+
+// from is where a key class's keys leave for nodes: the class itself, or
+// the vertex of the spread value of the node class.
+func (f *unitFlow) from(k, c int) int {
+	if f.values[k] == nil {
+		return f.kv[k]
+	}
+	val := f.s.classes[c].labels[f.s.kc[k].place.Spread]
+	for _, sv := range f.values[k] {
+		if sv.value == val {
+			return sv.v
+		}
+	}
+	panic("dim: spread value missing") // every eligible class has one
+}
+
+// spreadArcs adds the arcs from the source to each key class, and from a
+// key class to its spread values: the band, then the excess at a cost.
+func (f *unitFlow) spreadArcs() {
+	g, kv, values := f.g, f.kv, f.values
+	for k, kc := range f.s.kc {
 		if kc.n == 0 {
 			continue
 		}
@@ -117,25 +156,33 @@ func (s *constrained) placeUnits() {
 			low := max(0, band-p)
 			up := max(0, band+odd-p-low)
 			if low > 0 {
-				g.addArcCost(kv[k], sv.v, low, neg(spreadCost))
+				g.addArcCost(kv[k], sv.v, low, negCost(f.spreadCost))
 			}
 			if up > 0 {
 				g.addArc(kv[k], sv.v, up, 0)
 			}
-			g.addArcCost(kv[k], sv.v, kc.n, spreadCost)
+			g.addArcCost(kv[k], sv.v, kc.n, f.spreadCost)
 		}
 	}
-	// Moves: one arc per key class (or spread value) and node class.
+}
+
+// moveArcs adds one arc per key class (or spread value) and node class.
+func (f *unitFlow) moveArcs() []moveArc {
 	var moves []moveArc
-	for k, kc := range s.kc {
+	for k, kc := range f.s.kc {
 		if kc.n == 0 {
 			continue
 		}
 		for _, c := range kc.elig {
-			moves = append(moves, moveArc{k, c, g.addArcCost(from(k, c), cv+c, kc.n, moveCost.plus(off(k, c)))})
+			moves = append(moves, moveArc{k, c, f.g.addArcCost(f.from(k, c), f.cv+c, kc.n, f.moveCost.plus(f.off(k, c)))})
 		}
 	}
-	// Stays: one arc per node and key class it held keys of.
+	return moves
+}
+
+// stayArcs adds one arc per node and key class it held keys of.
+func (f *unitFlow) stayArcs() *heldKeys {
+	s := f.s
 	st := s.heldByNode()
 	for j := range s.nodes {
 		run := st.keys[st.start[j]:st.start[j+1]]
@@ -145,29 +192,34 @@ func (s *constrained) placeUnits() {
 			for n < len(run) && int(s.class[run[n]]) == k {
 				n++
 			}
-			st.arcs = append(st.arcs, g.addArcCost(from(k, s.nodeClass[j]), nv+j, int64(n), off(k, s.nodeClass[j])))
+			st.arcs = append(st.arcs, f.g.addArcCost(f.from(k, s.nodeClass[j]), f.nv+j, int64(n), f.off(k, s.nodeClass[j])))
 			run = run[n:]
 		}
 	}
+	return st
+}
+
+// nodeArcs adds the arcs from node classes to their nodes, and from each
+// node to the sink within its fair shares lo..hi (less its pins), and
+// returns the arc to each node.
+func (f *unitFlow) nodeArcs(lo, hi []int64, flexible int64) []int {
+	s, g, nv, t := f.s, f.g, f.nv, f.t
 	toNode := make([]int, len(s.nodes))
 	for c, nc := range s.classes {
 		for _, j := range nc.members {
-			toNode[j] = g.addArc(cv+c, nv+j, flexible, 0)
+			toNode[j] = g.addArc(f.cv+c, nv+j, flexible, 0)
 		}
 	}
 	for j, n := range s.nodes {
 		l, h := lo[j]-n.pins, hi[j]-n.pins
 		if l > 0 {
-			g.addArcCost(nv+j, t, l, neg(boundCost))
+			g.addArcCost(nv+j, t, l, negCost(f.boundCost))
 		}
 		if h > l {
 			g.addArc(nv+j, t, h-max(l, 0), 0)
 		}
 	}
-	if g.minCostFlow(0, t, flexible) != flexible {
-		panic("dim: the fair shares left keys without a node") // a broken invariant
-	}
-	s.pickKeys(g, st, toNode, moves)
+	return toNode
 }
 
 // moveArc is the flow arc that moves keys of class k to node class c.
