@@ -76,14 +76,13 @@ return n
 // Purge removes every Redis key of a retired service: its record, counters
 // and assignment. It refuses, with an error wrapping [ErrServiceLive], while
 // any node of the service holds a live lease; a purged service that starts
-// again is a new one (its first start waits a grace period). opts name the
-// service as for [ReadStatus]. It returns how many keys it deleted.
-func Purge(ctx context.Context, client rueidis.Client, opts ...Option) (int, error) {
-	s, err := serviceSettings(opts)
+// again is a new one (its first start waits a grace period). It returns how
+// many keys it deleted.
+func Purge(ctx context.Context, client rueidis.Client, svc Service) (int, error) {
+	k, err := svc.keys()
 	if err != nil {
 		return 0, err
 	}
-	k := newKeys(s.keyPrefix, s.service)
 	// The keys with the service's hash tag, wherever the scan finds them:
 	// one slot, so one master of a Cluster.
 	var keys []string
@@ -101,7 +100,7 @@ func Purge(ctx context.Context, client rueidis.Client, opts ...Option) (int, err
 		}
 	}
 	if len(keys) == 0 {
-		return 0, fmt.Errorf("%w: %q has no keys in Redis", ErrUnknownService, s.service)
+		return 0, fmt.Errorf("%w: %q has no keys in Redis", ErrUnknownService, svc.Name)
 	}
 	keys = slices.DeleteFunc(keys, func(key string) bool { return key == k.nodes })
 	total := 0
@@ -113,7 +112,7 @@ func Purge(ctx context.Context, client rueidis.Client, opts ...Option) (int, err
 			return total, fmt.Errorf("%w: purge: %w", ErrRedis, err)
 		}
 		if n < 0 {
-			return total, fmt.Errorf("%w: %q has live nodes; stop them first", ErrServiceLive, s.service)
+			return total, fmt.Errorf("%w: %q has live nodes; stop them first", ErrServiceLive, svc.Name)
 		}
 		total += int(n)
 	}
@@ -122,7 +121,7 @@ func Purge(ctx context.Context, client rueidis.Client, opts ...Option) (int, err
 		return total, fmt.Errorf("%w: purge: %w", ErrRedis, err)
 	}
 	if n < 0 {
-		return total, fmt.Errorf("%w: %q has live nodes; stop them first", ErrServiceLive, s.service)
+		return total, fmt.Errorf("%w: %q has live nodes; stop them first", ErrServiceLive, svc.Name)
 	}
 	return total + int(n), nil
 }

@@ -277,12 +277,12 @@ func TestStatusMatchesTheService(t *testing.T) {
 	// The same view without a node, and a clear error for a service Redis
 	// does not know.
 	client := c.srv.Client(t)
-	again, err := ReadStatus(context.Background(), client, WithService("svc"))
+	again, err := ReadStatus(context.Background(), client, Service{Name: "svc"})
 	require.NoError(t, err)
 	assert.Equal(t, st.Assignment, again.Assignment)
-	_, err = ReadStatus(context.Background(), client, WithService("nope"))
+	_, err = ReadStatus(context.Background(), client, Service{Name: "nope"})
 	require.ErrorIs(t, err, ErrUnknownService)
-	_, err = ReadStatus(context.Background(), client)
+	_, err = ReadStatus(context.Background(), client, Service{})
 	require.ErrorIs(t, err, ErrInvalidOption)
 }
 

@@ -268,7 +268,7 @@ func TestPageShowsANodeCrashAndItsKeysMoving(t *testing.T) {
 	admin := srv.Client(t)
 	var leader string
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		st, err := dim.ReadStatus(t.Context(), admin, dim.WithService(service))
+		st, err := dim.ReadStatus(t.Context(), admin, dim.Service{Name: service})
 		require.NoError(c, err)
 		require.True(c, st.LeaderLive)
 		require.Len(c, st.Nodes, 3)
