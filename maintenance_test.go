@@ -39,7 +39,7 @@ func TestADrainedNodeStaysAMemberAndGetsNoKeysUntilUndrained(t *testing.T) {
 	st := c.status()
 	n2 := st.node("n2")
 	require.NotNil(t, n2, "a drained node stays a member")
-	assert.Equal(t, "drained", n2.State)
+	assert.Equal(t, NodeDrained, n2.State)
 	assert.Greater(t, n2.DrainedFor, 50*time.Second)
 	assert.Equal(t, 0, n2.Assigned)
 	assert.Positive(t, n2.LeaseLeft)
@@ -65,7 +65,7 @@ func TestADrainedNodeStaysAMemberAndGetsNoKeysUntilUndrained(t *testing.T) {
 	require.NoError(t, err)
 	assert.False(t, was, "no drain left to end")
 	c.waitConverged(5*time.Second, "n1", "n2", "n3")
-	assert.Equal(t, "active", c.status().node("n2").State)
+	assert.Equal(t, NodeActive, c.status().node("n2").State)
 	assert.Empty(t, history.Overlaps(c.rec.Events()))
 }
 

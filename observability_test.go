@@ -260,7 +260,7 @@ func TestStatusMatchesTheService(t *testing.T) {
 	require.Len(t, st.Nodes, 3)
 	loads := c.loads()
 	for _, ns := range st.Nodes {
-		assert.Equal(t, "active", ns.State)
+		assert.Equal(t, NodeActive, ns.State)
 		assert.Greater(t, ns.LeaseLeft, time.Duration(0))
 		assert.LessOrEqual(t, ns.LeaseLeft, testTTL)
 		assert.Equal(t, loads[ns.ID], ns.Assigned, ns.ID)

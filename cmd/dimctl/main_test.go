@@ -93,7 +93,7 @@ func startServiceWith(t *testing.T, srv *redistest.Server, service string, extra
 		require.Empty(c, st.Misplaced)
 		require.Len(c, st.Nodes, 2)
 		for _, n := range st.Nodes {
-			require.Equal(c, "active", n.State, n.ID)
+			require.Equal(c, dim.NodeActive, n.State, n.ID)
 			require.Positive(c, n.Running, n.ID)
 			require.Equal(c, n.Assigned, n.Running, n.ID)
 		}

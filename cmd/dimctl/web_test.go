@@ -238,7 +238,7 @@ func TestWebActionsAreRefusedUnlessAllowed(t *testing.T) {
 	st, err := dim.ReadStatus(t.Context(), srv.Client(t), dim.Service{Name: "guarded", KeyPrefix: testPrefix})
 	require.NoError(t, err)
 	for _, n := range st.Nodes {
-		assert.Equal(t, "active", n.State, n.ID)
+		assert.Equal(t, dim.NodeActive, n.State, n.ID)
 	}
 }
 

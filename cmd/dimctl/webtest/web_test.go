@@ -273,7 +273,7 @@ func TestPageShowsANodeCrashAndItsKeysMoving(t *testing.T) {
 		require.True(c, st.LeaderLive)
 		require.Len(c, st.Nodes, 3)
 		for _, n := range st.Nodes {
-			require.Equal(c, "active", n.State, n.ID)
+			require.Equal(c, dim.NodeActive, n.State, n.ID)
 			require.Equal(c, nkeys/3, n.Running, n.ID)
 		}
 		leader = st.Leader
