@@ -58,14 +58,13 @@ func scanTargets(client rueidis.Client) []rueidis.Client {
 // Purge removes every Redis key of a retired service: its record, counters
 // and assignment. It refuses, with an error wrapping [ErrServiceLive], while
 // any node of the service holds a live lease; a purged service that starts
-// again is a new one (its first start waits a grace period). opts name the
-// service as for [ReadStatus]. It returns how many keys it deleted.
-func Purge(ctx context.Context, client rueidis.Client, opts ...Option) (int, error) {
-	s, err := serviceSettings(opts)
+// again is a new one (its first start waits a grace period). It returns how
+// many keys it deleted.
+func Purge(ctx context.Context, client rueidis.Client, svc Service) (int, error) {
+	k, err := svc.keys()
 	if err != nil {
 		return 0, err
 	}
-	k := newKeyspace(s.keyPrefix, s.service)
 	// The keys with the service's hash tag, wherever the scan finds them:
 	// one slot, so one master of a Cluster.
 	var keys []string
@@ -83,7 +82,7 @@ func Purge(ctx context.Context, client rueidis.Client, opts ...Option) (int, err
 		}
 	}
 	if len(keys) == 0 {
-		return 0, fmt.Errorf("%w: %q has no keys in Redis", ErrUnknownService, s.service)
+		return 0, fmt.Errorf("%w: %q has no keys in Redis", ErrUnknownService, svc.Name)
 	}
 	keys = slices.DeleteFunc(keys, func(key string) bool { return key == k.nodes })
 	total := 0
@@ -96,7 +95,7 @@ func Purge(ctx context.Context, client rueidis.Client, opts ...Option) (int, err
 			return total, fmt.Errorf("%w: purge: %w", ErrRedis, err)
 		}
 		if live {
-			return total, fmt.Errorf("%w: %q has live nodes; stop them first", ErrServiceLive, s.service)
+			return total, fmt.Errorf("%w: %q has live nodes; stop them first", ErrServiceLive, svc.Name)
 		}
 		total += n
 	}
@@ -105,7 +104,7 @@ func Purge(ctx context.Context, client rueidis.Client, opts ...Option) (int, err
 		return total, fmt.Errorf("%w: purge: %w", ErrRedis, err)
 	}
 	if live {
-		return total, fmt.Errorf("%w: %q has live nodes; stop them first", ErrServiceLive, s.service)
+		return total, fmt.Errorf("%w: %q has live nodes; stop them first", ErrServiceLive, svc.Name)
 	}
 	return total + n, nil
 }

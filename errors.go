@@ -14,13 +14,17 @@ var (
 	// ErrInvalidKey reports an empty config key.
 	ErrInvalidKey = errors.New("dim: invalid key")
 	// ErrDuplicateKey reports two configs with the same key in one result of
-	// getConfig.
+	// getConfig. No call returns it: dim logs it, records it on the span and
+	// in Status (a node's ConfigError), and keeps what runs.
 	ErrDuplicateKey = errors.New("dim: duplicate config key")
 	// ErrInvalidConfig reports a config dim cannot key: nil, or not
-	// encodable as JSON when no WithKey is given.
+	// encodable as JSON when no WithKey is given, or a bad placement. No
+	// call returns it: dim logs it and records it on the span and in Status,
+	// and keeps what runs.
 	ErrInvalidConfig = errors.New("dim: invalid config")
 	// ErrCallback reports a user callback that panicked or did not return
-	// within the callback timeout.
+	// within the callback timeout. No call returns it: dim logs it and
+	// records it on the span, and a key's LastError in Status carries it.
 	ErrCallback = errors.New("dim: callback failed")
 	// ErrRedis reports that Redis could not be reached or refused a command
 	// dim needs.

@@ -2,6 +2,7 @@ package dim_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -344,4 +345,49 @@ func ExampleWithPrepare() {
 	// a: close prices
 	// b: activate prices with a token: true
 	// b: close prices
+}
+
+// A program that runs no node reads a service as dimctl does, naming it
+// with a dim.Service.
+func ExampleReadStatus() {
+	redis, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer redis.Close()
+	addr := rueidis.ClientOption{InitAddress: []string{redis.Addr()}, DisableCache: true}
+
+	getConfig := func(ctx context.Context) ([]string, error) { return []string{"a", "b"}, nil }
+	create := func(ctx context.Context, name string) (string, error) { return name, nil }
+	m, err := dim.New(getConfig, create, dim.WithService("feeds"), dim.WithRedis(addr), dim.WithNodeID("n1"),
+		dim.WithKey(func(name string) string { return name }),
+		dim.WithNodeTTL(500*time.Millisecond), dim.WithHeartbeat(100*time.Millisecond))
+	if err != nil {
+		panic(err)
+	}
+	if err := m.Start(context.Background()); err != nil {
+		panic(err)
+	}
+	waitFor(func() bool { return len(m.Instances()) == 2 })
+
+	client, err := rueidis.NewClient(addr)
+	if err != nil {
+		panic(err)
+	}
+	defer client.Close()
+	var st *dim.Status
+	waitFor(func() bool {
+		st, err = dim.ReadStatus(context.Background(), client, dim.Service{Name: "feeds"})
+		return err == nil && len(st.Owners) == 2
+	})
+	fmt.Println("leader:", st.Leader, "assignment:", st.Assignment)
+
+	_, err = dim.ReadStatus(context.Background(), client, dim.Service{Name: "nobody"})
+	fmt.Println(errors.Is(err, dim.ErrUnknownService))
+	if err := m.Stop(context.Background()); err != nil {
+		panic(err)
+	}
+	// Output:
+	// leader: n1 assignment: map[a:n1 b:n1]
+	// true
 }

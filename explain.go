@@ -198,15 +198,13 @@ type Avoidance struct {
 	Until time.Time `json:"until,omitzero"`
 }
 
-// Explain tells everything Redis holds of one key (see [Explanation]); opts
-// as for [ReadStatus]. A key Redis knows nothing of gives an error wrapping
+// Explain tells everything Redis holds of one key (see [Explanation]). A key Redis knows nothing of gives an error wrapping
 // [ErrUnknownKey].
-func Explain(ctx context.Context, client rueidis.Client, key string, opts ...Option) (*Explanation, error) {
-	s, err := serviceSettings(opts)
+func Explain(ctx context.Context, client rueidis.Client, svc Service, key string) (*Explanation, error) {
+	k, err := svc.keys()
 	if err != nil {
 		return nil, err
 	}
-	k := newKeyspace(s.keyPrefix, s.service)
 	b := client.B()
 	res := client.DoMulti(ctx,
 		b.Hget().Key(k.assign).Field(key).Build(),
@@ -299,7 +297,7 @@ func Explain(ctx context.Context, client rueidis.Client, key string, opts ...Opt
 	}
 	if e.AssignedTo == "" && e.Owner == nil && e.State == nil && e.LastMove == nil && e.Quarantine == nil && len(e.Avoided) == 0 &&
 		e.Pinned == "" && !e.Unplaceable && e.Placement == nil {
-		return nil, fmt.Errorf("%w: %q in %q", ErrUnknownKey, key, s.service)
+		return nil, fmt.Errorf("%w: %q in %q", ErrUnknownKey, key, svc.Name)
 	}
 	labels, _ := res[12].AsStrMap()
 	e.placedBy(takers(rec, now, e.Drained), labels)

@@ -19,12 +19,12 @@ func TestExplainSaysWhereAKeyIsAndWhy(t *testing.T) {
 	c.waitConverged(10*time.Second, "n1")
 	admin := c.srv.Client(t)
 	ctx := context.Background()
-	opt := WithService(c.service)
+	opt := Service{Name: c.service}
 
 	var e *Explanation
 	var err error
 	c.eventually(5*time.Second, "cfg-00 shown running", func() bool {
-		e, err = Explain(ctx, admin, "cfg-00", opt)
+		e, err = Explain(ctx, admin, opt, "cfg-00")
 		return err == nil && e.State != nil && e.State.State == KeyRunning
 	})
 	assert.Equal(t, "n1", e.AssignedTo)
@@ -45,17 +45,17 @@ func TestExplainSaysWhereAKeyIsAndWhy(t *testing.T) {
 			joined = key
 		}
 	}
-	e, err = Explain(ctx, admin, joined, opt)
+	e, err = Explain(ctx, admin, opt, joined)
 	require.NoError(t, err)
 	require.NotNil(t, e.LastMove)
 	assert.Equal(t, MoveBalance, e.LastMove.Reason)
 	assert.Equal(t, "n1", e.LastMove.From)
 	assert.Equal(t, "n2", e.LastMove.To)
 
-	_, err = DrainNode(ctx, admin, "n2", time.Minute, opt)
+	_, err = DrainNode(ctx, admin, opt, "n2", time.Minute)
 	require.NoError(t, err)
 	c.waitConverged(10*time.Second, "n1")
-	e, err = Explain(ctx, admin, joined, opt)
+	e, err = Explain(ctx, admin, opt, joined)
 	require.NoError(t, err)
 	assert.Equal(t, MoveNodeDrained, e.LastMove.Reason)
 	assert.Equal(t, []string{"n2"}, e.Drained)
@@ -63,15 +63,15 @@ func TestExplainSaysWhereAKeyIsAndWhy(t *testing.T) {
 	// A key that fails on a node is given up there: the avoidance shows.
 	c.createErr.Store("cfg-03", func() error { return errors.New("refused") })
 	c.healthErr.Store("cfg-03", func() error { return errors.New("lost its session") })
-	_, err = UndrainNode(ctx, admin, "n2", opt)
+	_, err = UndrainNode(ctx, admin, opt, "n2")
 	require.NoError(t, err)
 	c.eventually(20*time.Second, "cfg-03 given up somewhere", func() bool {
-		e, err = Explain(ctx, admin, "cfg-03", opt)
+		e, err = Explain(ctx, admin, opt, "cfg-03")
 		return err == nil && len(e.Avoided) > 0
 	})
 	assert.Equal(t, "gave up", e.Avoided[0].Why)
 
-	_, err = Explain(ctx, admin, "no-such-key", opt)
+	_, err = Explain(ctx, admin, opt, "no-such-key")
 	assert.ErrorIs(t, err, ErrUnknownKey)
 }
 
@@ -95,7 +95,7 @@ func TestExplainSaysWhichConstraintPlacedAKey(t *testing.T) {
 	}
 	admin := c.srv.Client(t)
 	ctx := context.Background()
-	opt := WithService(c.service)
+	opt := Service{Name: c.service}
 	c.eventually(15*time.Second, "nine keys running, cfg-05 unplaceable", func() bool {
 		st := c.status()
 		return len(c.liveOn()) == 9 && st.UnplaceableCount == 1 && len(st.Misplaced) == 0
@@ -105,12 +105,12 @@ func TestExplainSaysWhichConstraintPlacedAKey(t *testing.T) {
 	assert.NotEqual(t, on["cfg-08"], on["cfg-09"], "two keys of one group apart")
 	// cfg-04 is pinned to a node it does not run on.
 	to := map[string]string{"n1": "n2", "n2": "n3", "n3": "n1"}[c.liveOn()["cfg-04"]]
-	require.NoError(t, Pin(ctx, admin, "cfg-04", to, opt))
+	require.NoError(t, Pin(ctx, admin, opt, "cfg-04", to))
 	c.eventually(10*time.Second, "cfg-04 on its pin's node", func() bool { return c.liveOn()["cfg-04"] == to })
 
 	explain := func(key string) *Explanation {
 		t.Helper()
-		e, err := Explain(ctx, admin, key, opt)
+		e, err := Explain(ctx, admin, opt, key)
 		require.NoError(t, err)
 		return e
 	}
@@ -143,7 +143,7 @@ func TestExplainSaysWhichConstraintPlacedAKey(t *testing.T) {
 	}
 	// A pin to a node that does not meet the key's requirements does not
 	// hold, and explain says so.
-	require.NoError(t, Pin(ctx, admin, "cfg-00", "n2", opt))
+	require.NoError(t, Pin(ctx, admin, opt, "cfg-00", "n2"))
 	assert.Equal(t, []string{
 		"pinned to n2 by an operator, but n2 does not meet its requirements: placed as if unpinned",
 		"required zone=a: only n1 qualifies",

@@ -80,7 +80,7 @@ func TestAServiceWhoseLeasesExpiredInRedisNeedsNoGrace(t *testing.T) {
 	c.crash("n1")
 	c.crash("n2")
 	c.eventually(5*time.Second, "the crashed leases expired", func() bool {
-		st, err := ReadStatus(context.Background(), c.srv.Client(t), WithService(c.service))
+		st, err := ReadStatus(context.Background(), c.srv.Client(t), Service{Name: c.service})
 		return err == nil && len(st.Nodes) == 0
 	})
 	n3 := c.start("n3")
@@ -102,7 +102,7 @@ func TestARestoredRecordStartsAGraceThatStatusExplains(t *testing.T) {
 	require.NoError(t, admin.Do(context.Background(), admin.B().Save().Build()).Error())
 	c.srv.Restart()
 	c.eventually(5*time.Second, "a grace period for the restored record", func() bool {
-		st, err := ReadStatus(context.Background(), c.srv.Client(t), WithService(c.service))
+		st, err := ReadStatus(context.Background(), c.srv.Client(t), Service{Name: c.service})
 		return err == nil && st.Grace != nil && st.Grace.Reason == GraceRestored
 	})
 	// What the restored record says each node owns, it keeps running.
@@ -151,7 +151,7 @@ func TestADurableRedisRestartStopsNothingAndWaitsForNothing(t *testing.T) {
 	c.waitConverged(10*time.Second, "n1", "n2")
 	ups := len(c.rec.Events())
 	c.srv.Restart()
-	st, err := ReadStatus(context.Background(), c.srv.Client(t), WithService(c.service))
+	st, err := ReadStatus(context.Background(), c.srv.Client(t), Service{Name: c.service})
 	require.NoError(t, err)
 	assert.Nil(t, st.Grace)
 	// Once both nodes renewed on the restarted server, nothing changed.
@@ -170,7 +170,7 @@ func TestADurableRedisRestartStopsNothingAndWaitsForNothing(t *testing.T) {
 		return true
 	})
 	require.True(t, c.converged("n1", "n2"))
-	st, err = ReadStatus(context.Background(), c.srv.Client(t), WithService(c.service))
+	st, err = ReadStatus(context.Background(), c.srv.Client(t), Service{Name: c.service})
 	require.NoError(t, err)
 	assert.Nil(t, st.Grace, "the restarted record is trusted")
 	assert.Len(t, c.rec.Events(), ups, "no instance stopped or started")

@@ -165,7 +165,7 @@ func TestAPreparedInstanceThatIsNotActivatedIsDisposedOfOnce(t *testing.T) {
 	}
 	c.setConfigs(keep)
 	rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	_, err := RequestRebalance(rctx, c.srv.Client(t), WithService(c.service))
+	_, err := RequestRebalance(rctx, c.srv.Client(t), Service{Name: c.service})
 	cancel()
 	require.NoError(t, err)
 	close(release)

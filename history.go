@@ -154,13 +154,12 @@ type HistoryFilter struct {
 }
 
 // ReadHistory returns a service's history, newest first, as the filter
-// narrows it; opts as for [ReadStatus]. It reads at most 10,000 entries.
-func ReadHistory(ctx context.Context, client rueidis.Client, f HistoryFilter, opts ...Option) ([]HistoryEntry, error) {
-	s, err := serviceSettings(opts)
+// narrows it. It reads at most 10,000 entries.
+func ReadHistory(ctx context.Context, client rueidis.Client, svc Service, f HistoryFilter) ([]HistoryEntry, error) {
+	k, err := svc.keys()
 	if err != nil {
 		return nil, err
 	}
-	k := newKeyspace(s.keyPrefix, s.service)
 	limit := f.Limit
 	if limit <= 0 {
 		limit = 100

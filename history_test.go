@@ -36,9 +36,9 @@ func TestHistoryTellsWhatHappenedOneEntryPerChange(t *testing.T) {
 	c.waitConverged(60*time.Second, "n1")
 	admin := c.srv.Client(t)
 	ctx := context.Background()
-	opt := WithService(c.service)
+	opt := Service{Name: c.service}
 
-	all, err := ReadHistory(ctx, admin, HistoryFilter{Limit: 1000}, opt)
+	all, err := ReadHistory(ctx, admin, opt, HistoryFilter{Limit: 1000})
 	require.NoError(t, err)
 	got := kinds(all)
 	assert.Contains(t, got, HistoryJoined)
@@ -58,12 +58,12 @@ func TestHistoryTellsWhatHappenedOneEntryPerChange(t *testing.T) {
 	// The key's own story: claimed on n1, moved to n2, released by n1,
 	// claimed on n2.
 	c.eventually(20*time.Second, "the move's release and claim recorded", func() bool {
-		mine, err := ReadHistory(ctx, admin, HistoryFilter{Key: moved}, opt)
+		mine, err := ReadHistory(ctx, admin, opt, HistoryFilter{Key: moved})
 		require.NoError(t, err)
 		k := kinds(mine)
 		return slices.Contains(k, HistoryAssigned) && slices.Contains(k, HistoryReleased) && len(k) >= 4
 	})
-	mine, err := ReadHistory(ctx, admin, HistoryFilter{Key: moved}, opt)
+	mine, err := ReadHistory(ctx, admin, opt, HistoryFilter{Key: moved})
 	require.NoError(t, err)
 	var placements []Move
 	for _, e := range mine {
@@ -75,12 +75,12 @@ func TestHistoryTellsWhatHappenedOneEntryPerChange(t *testing.T) {
 	}
 	assert.Equal(t, []Move{{Key: moved, From: "n1", To: "n2"}, {Key: moved, To: "n1"}}, placements,
 		"its move, then (older) its first placement")
-	byN2, err := ReadHistory(ctx, admin, HistoryFilter{Node: "n2"}, opt)
+	byN2, err := ReadHistory(ctx, admin, opt, HistoryFilter{Node: "n2"})
 	require.NoError(t, err)
 	for _, e := range byN2 {
 		assert.True(t, e.Node == "n2" || slices.ContainsFunc(e.Moves, func(m Move) bool { return m.To == "n2" || m.From == "n2" }), "%+v", e)
 	}
-	future, err := ReadHistory(ctx, admin, HistoryFilter{Since: time.Now().Add(time.Hour)}, opt)
+	future, err := ReadHistory(ctx, admin, opt, HistoryFilter{Since: time.Now().Add(time.Hour)})
 	require.NoError(t, err)
 	assert.Empty(t, future)
 
@@ -89,7 +89,7 @@ func TestHistoryTellsWhatHappenedOneEntryPerChange(t *testing.T) {
 	c.waitConverged(10*testTTL, "n1")
 	c.node("n2").proxy.Heal()
 	c.eventually(10*time.Second, "n2's fence in the history", func() bool {
-		es, err := ReadHistory(ctx, admin, HistoryFilter{Node: "n2", Limit: 1000}, opt)
+		es, err := ReadHistory(ctx, admin, opt, HistoryFilter{Node: "n2", Limit: 1000})
 		require.NoError(t, err)
 		return slices.Contains(kinds(es), HistoryFenced)
 	})
@@ -102,7 +102,7 @@ func TestWithHistoryZeroWritesNone(t *testing.T) {
 	c := newTestCluster(t, 4)
 	c.start("n1", WithHistory(0))
 	c.waitConverged(10*time.Second, "n1")
-	all, err := ReadHistory(context.Background(), c.srv.Client(t), HistoryFilter{}, WithService(c.service))
+	all, err := ReadHistory(context.Background(), c.srv.Client(t), Service{Name: c.service}, HistoryFilter{})
 	require.NoError(t, err)
 	assert.Empty(t, all)
 }

@@ -126,9 +126,9 @@ func (m *Manager[C, I]) placements(configs map[string]config[C], sum bool) (map[
 // Pin pins key to node: while node is live and meets the key's
 // requirements, the leader keeps the key there, above caps and balance
 // (see [BalanceWith]). It returns an error wrapping [ErrUnknownNode] when
-// node is not a live member. opts name the service as for [ReadStatus].
-func Pin(ctx context.Context, client rueidis.Client, key, node string, opts ...Option) error {
-	k, err := adminKeys(opts)
+// node is not a live member.
+func Pin(ctx context.Context, client rueidis.Client, svc Service, key, node string) error {
+	k, err := svc.keys()
 	if err != nil {
 		return err
 	}
@@ -146,8 +146,8 @@ func Pin(ctx context.Context, client rueidis.Client, key, node string, opts ...O
 }
 
 // Unpin removes key's pin and reports whether it had one.
-func Unpin(ctx context.Context, client rueidis.Client, key string, opts ...Option) (bool, error) {
-	k, err := adminKeys(opts)
+func Unpin(ctx context.Context, client rueidis.Client, svc Service, key string) (bool, error) {
+	k, err := svc.keys()
 	if err != nil {
 		return false, err
 	}

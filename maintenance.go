@@ -28,13 +28,13 @@ const maxHold = 7 * 24 * time.Hour
 
 // DrainNode drains a live node of a service for d: the leader moves its keys
 // to the other nodes with the normal handoff and gives it none, while it
-// stays a member (Status shows it "drained"). The drain ends by itself after
+// stays a member (Status shows it [NodeDrained]). The drain ends by itself after
 // d, or with [UndrainNode]. An explicit drain is honoured during a freeze.
-// opts as for [ReadStatus]. It returns an error wrapping [ErrUnknownNode]
+// It returns an error wrapping [ErrUnknownNode]
 // for a node that is not live, [ErrLastNode] when no other node would take
 // keys, or [ErrRedis].
-func DrainNode(ctx context.Context, client rueidis.Client, node string, d time.Duration, opts ...Option) (time.Time, error) {
-	k, err := adminKeys(opts)
+func DrainNode(ctx context.Context, client rueidis.Client, svc Service, node string, d time.Duration) (time.Time, error) {
+	k, err := svc.keys()
 	if err != nil {
 		return time.Time{}, err
 	}
@@ -56,8 +56,8 @@ func DrainNode(ctx context.Context, client rueidis.Client, node string, d time.D
 
 // UndrainNode ends a node's drain: the leader gives it keys again. It
 // reports whether a drain was in force.
-func UndrainNode(ctx context.Context, client rueidis.Client, node string, opts ...Option) (bool, error) {
-	k, err := adminKeys(opts)
+func UndrainNode(ctx context.Context, client rueidis.Client, svc Service, node string) (bool, error) {
+	k, err := svc.keys()
 	if err != nil {
 		return false, err
 	}
@@ -74,8 +74,8 @@ func UndrainNode(ctx context.Context, client rueidis.Client, node string, opts .
 // handled at once, and an explicit drain still moves its node's keys. It
 // ends by itself after d, or with [Thaw]; then the leader balances again.
 // It returns an error wrapping [ErrFrozen] while another freeze is in force.
-func Freeze(ctx context.Context, client rueidis.Client, d time.Duration, opts ...Option) error {
-	k, err := adminKeys(opts)
+func Freeze(ctx context.Context, client rueidis.Client, svc Service, d time.Duration) error {
+	k, err := svc.keys()
 	if err != nil {
 		return err
 	}
@@ -93,8 +93,8 @@ func Freeze(ctx context.Context, client rueidis.Client, d time.Duration, opts ..
 }
 
 // Thaw ends a freeze; it reports whether one was in force.
-func Thaw(ctx context.Context, client rueidis.Client, opts ...Option) (bool, error) {
-	k, err := adminKeys(opts)
+func Thaw(ctx context.Context, client rueidis.Client, svc Service) (bool, error) {
+	k, err := svc.keys()
 	if err != nil {
 		return false, err
 	}
@@ -110,7 +110,7 @@ func (m *Manager[C, I]) Drain(ctx context.Context, d time.Duration) (time.Time, 
 	if m.life.load() == phaseNew {
 		return time.Time{}, ErrNotStarted
 	}
-	return DrainNode(ctx, m.client, m.s.nodeID, d, WithService(m.s.service), WithKeyPrefix(m.s.keyPrefix))
+	return DrainNode(ctx, m.client, Service{Name: m.s.service, KeyPrefix: m.s.keyPrefix}, m.s.nodeID, d)
 }
 
 // Undrain ends this node's drain (see [UndrainNode]).
@@ -118,15 +118,7 @@ func (m *Manager[C, I]) Undrain(ctx context.Context) (bool, error) {
 	if m.life.load() == phaseNew {
 		return false, ErrNotStarted
 	}
-	return UndrainNode(ctx, m.client, m.s.nodeID, WithService(m.s.service), WithKeyPrefix(m.s.keyPrefix))
-}
-
-func adminKeys(opts []Option) (keyspace, error) {
-	s, err := serviceSettings(opts)
-	if err != nil {
-		return keyspace{}, err
-	}
-	return newKeyspace(s.keyPrefix, s.service), nil
+	return UndrainNode(ctx, m.client, Service{Name: m.s.service, KeyPrefix: m.s.keyPrefix}, m.s.nodeID)
 }
 
 // holds are the drains and the freeze in force, as the leader reads them.
@@ -224,8 +216,8 @@ func readHoldStatus(ctx context.Context, client rueidis.Client, k keyspace, st *
 			continue
 		}
 		st.Nodes[i].DrainedFor = time.Duration(until-now) * time.Millisecond
-		if n.State == "active" {
-			st.Nodes[i].State = "drained"
+		if n.State == NodeActive {
+			st.Nodes[i].State = NodeDrained
 		}
 	}
 	pttl, err := res[1].AsInt64()
@@ -254,8 +246,8 @@ func readHoldStatus(ctx context.Context, client rueidis.Client, k keyspace, st *
 			st.Nodes[i].Prepared, _ = strconv.Atoi(f[0])
 			st.Nodes[i].Handing, _ = strconv.Atoi(f[1])
 		}
-		if h, ok := waiting[n.ID]; ok && n.State == "active" {
-			st.Nodes[i].State = "waiting"
+		if h, ok := waiting[n.ID]; ok && n.State == NodeActive {
+			st.Nodes[i].State = NodeWaiting
 			st.Nodes[i].WaitingFor = time.Duration(h.until-now) * time.Millisecond
 		}
 	}

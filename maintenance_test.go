@@ -32,40 +32,40 @@ func TestADrainedNodeStaysAMemberAndGetsNoKeysUntilUndrained(t *testing.T) {
 	admin := c.srv.Client(t)
 	ctx := context.Background()
 
-	until, err := DrainNode(ctx, admin, "n2", time.Minute, WithService(c.service))
+	until, err := DrainNode(ctx, admin, Service{Name: c.service}, "n2", time.Minute)
 	require.NoError(t, err)
 	assert.WithinDuration(t, time.Now().Add(time.Minute), until, 5*time.Second)
 	c.waitConverged(5*time.Second, "n1", "n3")
 	st := c.status()
 	n2 := st.node("n2")
 	require.NotNil(t, n2, "a drained node stays a member")
-	assert.Equal(t, "drained", n2.State)
+	assert.Equal(t, NodeDrained, n2.State)
 	assert.Greater(t, n2.DrainedFor, 50*time.Second)
 	assert.Equal(t, 0, n2.Assigned)
 	assert.Positive(t, n2.LeaseLeft)
 
 	// Draining the last node that takes keys is refused; so is a node that
 	// is not live.
-	_, err = DrainNode(ctx, admin, "n1", time.Minute, WithService(c.service))
+	_, err = DrainNode(ctx, admin, Service{Name: c.service}, "n1", time.Minute)
 	require.NoError(t, err)
-	_, err = DrainNode(ctx, admin, "n3", time.Minute, WithService(c.service))
+	_, err = DrainNode(ctx, admin, Service{Name: c.service}, "n3", time.Minute)
 	require.ErrorIs(t, err, ErrLastNode)
-	_, err = DrainNode(ctx, admin, "n9", time.Minute, WithService(c.service))
+	_, err = DrainNode(ctx, admin, Service{Name: c.service}, "n9", time.Minute)
 	require.ErrorIs(t, err, ErrUnknownNode)
-	_, err = DrainNode(ctx, admin, "n2", 0, WithService(c.service))
+	_, err = DrainNode(ctx, admin, Service{Name: c.service}, "n2", 0)
 	require.ErrorIs(t, err, ErrInvalidOption)
 	c.waitConverged(5*time.Second, "n3")
 
 	for _, id := range []string{"n1", "n2"} {
-		was, err := UndrainNode(ctx, admin, id, WithService(c.service))
+		was, err := UndrainNode(ctx, admin, Service{Name: c.service}, id)
 		require.NoError(t, err)
 		assert.True(t, was)
 	}
-	was, err := UndrainNode(ctx, admin, "n2", WithService(c.service))
+	was, err := UndrainNode(ctx, admin, Service{Name: c.service}, "n2")
 	require.NoError(t, err)
 	assert.False(t, was, "no drain left to end")
 	c.waitConverged(5*time.Second, "n1", "n2", "n3")
-	assert.Equal(t, "active", c.status().node("n2").State)
+	assert.Equal(t, NodeActive, c.status().node("n2").State)
 	assert.Empty(t, history.Overlaps(c.rec.Events()))
 }
 
@@ -96,8 +96,8 @@ func TestAFreezeHoldsVoluntaryMovesButNotFailures(t *testing.T) {
 	c.waitConverged(10*time.Second, "n1", "n2")
 	admin := c.srv.Client(t)
 	ctx := context.Background()
-	require.NoError(t, Freeze(ctx, admin, time.Minute, WithService(c.service)))
-	err := Freeze(ctx, admin, time.Minute, WithService(c.service))
+	require.NoError(t, Freeze(ctx, admin, Service{Name: c.service}, time.Minute))
+	err := Freeze(ctx, admin, Service{Name: c.service}, time.Minute)
 	require.ErrorIs(t, err, ErrFrozen, "a freeze in force is not replaced")
 	st := c.status()
 	require.NotNil(t, st.Frozen)
@@ -107,7 +107,7 @@ func TestAFreezeHoldsVoluntaryMovesButNotFailures(t *testing.T) {
 	before := c.status().Assignment
 	c.start("n3")
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	res, err := RequestRebalance(rctx, admin, WithService(c.service))
+	res, err := RequestRebalance(rctx, admin, Service{Name: c.service})
 	cancel()
 	require.NoError(t, err)
 	assert.Zero(t, res.Moves)
@@ -115,12 +115,12 @@ func TestAFreezeHoldsVoluntaryMovesButNotFailures(t *testing.T) {
 	assert.Zero(t, c.loads()["n3"])
 
 	// A drain is explicit: it moves its node's keys even now.
-	_, err = DrainNode(ctx, admin, "n2", time.Minute, WithService(c.service))
+	_, err = DrainNode(ctx, admin, Service{Name: c.service}, "n2", time.Minute)
 	require.NoError(t, err)
 	c.eventually(5*time.Second, "n2's keys moved", func() bool {
 		return c.loads()["n2"] == 0 && len(c.rec.LiveByKey()) == 6
 	})
-	_, err = UndrainNode(ctx, admin, "n2", WithService(c.service))
+	_, err = UndrainNode(ctx, admin, Service{Name: c.service}, "n2")
 	require.NoError(t, err)
 
 	// A crash is a failure: its keys move at once.
@@ -140,7 +140,7 @@ func TestAFreezeHoldsVoluntaryMovesButNotFailures(t *testing.T) {
 	})
 
 	// Thawed, the service balances again.
-	was, err := Thaw(ctx, admin, WithService(c.service))
+	was, err := Thaw(ctx, admin, Service{Name: c.service})
 	require.NoError(t, err)
 	assert.True(t, was)
 	c.waitConverged(5*time.Second, "n2", "n3")

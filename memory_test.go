@@ -59,7 +59,7 @@ func TestAFullRedisKeepsWhatRunsAndStartsNothingNew(t *testing.T) {
 	before := len(c.rec.Events())
 	c.setKeys(5)
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	_, err := RequestRebalance(rctx, admin, WithService(c.service))
+	_, err := RequestRebalance(rctx, admin, Service{Name: c.service})
 	cancel()
 	require.ErrorIs(t, err, ErrRebalance)
 	assert.Contains(t, err.Error(), "OOM")
@@ -82,7 +82,7 @@ func TestAFullRedisKeepsWhatRunsAndStartsNothingNew(t *testing.T) {
 	// Memory is freed: the new key starts.
 	require.NoError(t, admin.Do(ctx, admin.B().ConfigSet().ParameterValue().ParameterValue("maxmemory", "0").Build()).Error())
 	rctx, cancel = context.WithTimeout(ctx, 5*time.Second)
-	_, err = RequestRebalance(rctx, admin, WithService(c.service))
+	_, err = RequestRebalance(rctx, admin, Service{Name: c.service})
 	cancel()
 	require.NoError(t, err)
 	c.waitConverged(10*time.Second, "n1", "n2")

@@ -260,7 +260,7 @@ func TestStatusMatchesTheService(t *testing.T) {
 	require.Len(t, st.Nodes, 3)
 	loads := c.loads()
 	for _, ns := range st.Nodes {
-		assert.Equal(t, "active", ns.State)
+		assert.Equal(t, NodeActive, ns.State)
 		assert.Greater(t, ns.LeaseLeft, time.Duration(0))
 		assert.LessOrEqual(t, ns.LeaseLeft, testTTL)
 		assert.Equal(t, loads[ns.ID], ns.Assigned, ns.ID)
@@ -277,12 +277,12 @@ func TestStatusMatchesTheService(t *testing.T) {
 	// The same view without a node, and a clear error for a service Redis
 	// does not know.
 	client := c.srv.Client(t)
-	again, err := ReadStatus(context.Background(), client, WithService("svc"))
+	again, err := ReadStatus(context.Background(), client, Service{Name: "svc"})
 	require.NoError(t, err)
 	assert.Equal(t, st.Assignment, again.Assignment)
-	_, err = ReadStatus(context.Background(), client, WithService("nope"))
+	_, err = ReadStatus(context.Background(), client, Service{Name: "nope"})
 	require.ErrorIs(t, err, ErrUnknownService)
-	_, err = ReadStatus(context.Background(), client)
+	_, err = ReadStatus(context.Background(), client, Service{})
 	require.ErrorIs(t, err, ErrInvalidOption)
 }
 

@@ -77,13 +77,13 @@ func TestPlacementPins(t *testing.T) {
 	c.waitConverged(15*time.Second, "n1", "n2")
 	client := c.srv.Client(t)
 	ctx := context.Background()
-	svc := WithService(c.service)
+	svc := Service{Name: c.service}
 
 	// Pin a key to the node it is not on.
 	key := "cfg-00"
 	from := c.liveOn()[key]
 	to := map[string]string{"n1": "n2", "n2": "n1"}[from]
-	require.NoError(t, Pin(ctx, client, key, to, svc))
+	require.NoError(t, Pin(ctx, client, svc, key, to))
 	c.eventually(15*time.Second, key+" running on its pin's node", func() bool { return c.liveOn()[key] == to })
 	assert.Equal(t, map[string]string{key: to}, c.status().Pins)
 	// Balance still holds around the pin: 2 and 2.
@@ -91,21 +91,21 @@ func TestPlacementPins(t *testing.T) {
 		l := c.loads()
 		return len(c.liveOn()) == 4 && l["n1"] == 2 && l["n2"] == 2
 	})
-	exp, err := Explain(ctx, client, key, svc)
+	exp, err := Explain(ctx, client, svc, key)
 	require.NoError(t, err)
 	assert.Equal(t, to, exp.Pinned)
 	require.NotNil(t, exp.LastMove)
 	assert.Equal(t, MovePinned, exp.LastMove.Reason)
 
 	// A pin to a node that is not live is refused.
-	require.ErrorIs(t, Pin(ctx, client, key, "nobody", svc), ErrUnknownNode)
+	require.ErrorIs(t, Pin(ctx, client, svc, key, "nobody"), ErrUnknownNode)
 
 	// Unpinned, the key stays where it is: balance holds, so nothing moves.
-	had, err := Unpin(ctx, client, key, svc)
+	had, err := Unpin(ctx, client, svc, key)
 	require.NoError(t, err)
 	assert.True(t, had)
 	assert.Empty(t, c.status().Pins)
-	had, err = Unpin(ctx, client, key, svc)
+	had, err = Unpin(ctx, client, svc, key)
 	require.NoError(t, err)
 	assert.False(t, had)
 	before := maps.Clone(c.status().Assignment)
@@ -137,7 +137,7 @@ func TestPlacementCaps(t *testing.T) {
 	assert.Equal(t, 1, st.Nodes[0].MaxKeys)
 	assert.Equal(t, 2, st.Nodes[1].MaxKeys)
 	// Plan sees the caps too: draining n2 leaves only n1's one slot.
-	plan, err := Plan(context.Background(), c.srv.Client(t), PlanChange{Drain: "n2"}, WithService(c.service))
+	plan, err := Plan(context.Background(), c.srv.Client(t), Service{Name: c.service}, PlanChange{Drain: "n2"})
 	require.NoError(t, err)
 	assert.Equal(t, map[string]int{"n1": 1}, plan.Loads)
 	assert.Len(t, plan.Unplaceable, 4)
@@ -249,7 +249,7 @@ func TestARollingChangeOfLabelsMovesOnlyWhatTheConstraintsRequire(t *testing.T) 
 				after.node(node) != nil && maps.Equal(after.node(node).Labels, to) && slices.Equal(after.Unplaceable, unplaceable)
 		})
 		// Settled: a rebalance moves nothing more.
-		_, err = RequestRebalance(context.Background(), c.srv.Client(t), WithService(c.service))
+		_, err = RequestRebalance(context.Background(), c.srv.Client(t), Service{Name: c.service})
 		require.NoError(t, err)
 		assert.Equal(t, map[string]string(want.Assignment), c.status().Assignment)
 
@@ -288,7 +288,7 @@ func TestARollingChangeOfLabelsMovesOnlyWhatTheConstraintsRequire(t *testing.T) 
 	// go; the node, two keys lighter, takes one key back for balance.
 	assert.Equal(t, map[string]string{"cfg-02": "", "cfg-03": ""},
 		relabel("n2", map[string]string{"zone": "c", "rack": "r2"}, []string{"cfg-02", "cfg-03"}))
-	exp, err := Explain(context.Background(), c.srv.Client(t), "cfg-02", WithService(c.service))
+	exp, err := Explain(context.Background(), c.srv.Client(t), Service{Name: c.service}, "cfg-02")
 	require.NoError(t, err)
 	assert.True(t, exp.Unplaceable)
 	require.NotNil(t, exp.LastMove)
@@ -304,7 +304,7 @@ func TestARollingChangeOfLabelsMovesOnlyWhatTheConstraintsRequire(t *testing.T) 
 	for key, node := range map[string]string{"cfg-02": "n3", "cfg-03": "n3", "cfg-04": "n2", "cfg-05": "n2", "cfg-00": "n1", "cfg-01": "n1"} {
 		assert.Equal(t, node, st.Assignment[key], key)
 	}
-	exp, err = Explain(context.Background(), c.srv.Client(t), "cfg-05", WithService(c.service))
+	exp, err = Explain(context.Background(), c.srv.Client(t), Service{Name: c.service}, "cfg-05")
 	require.NoError(t, err)
 	require.NotNil(t, exp.LastMove)
 	assert.Equal(t, MoveRequirement, exp.LastMove.Reason)

@@ -169,16 +169,15 @@ type PlanResult struct {
 // placements it last balanced with). The keys are those of the assignment,
 // the quarantines, the keys with a placement and the unplaceable keys
 // recorded by name (the first 100), so keys that the configs gained since
-// the last rebalance are not in it. opts as for [ReadStatus]. It returns an
-// error wrapping [ErrUnknownNode] when change drains a node that is not live,
+// the last rebalance are not in it. It returns an error wrapping
+// [ErrInvalidOption] for a bad svc, [ErrUnknownNode] when change drains a node that is not live,
 // or [ErrLastNode] when it drains the last node that takes keys.
-func Plan(ctx context.Context, client rueidis.Client, change PlanChange, opts ...Option) (*PlanResult, error) {
-	s, err := serviceSettings(opts)
+func Plan(ctx context.Context, client rueidis.Client, svc Service, change PlanChange) (*PlanResult, error) {
+	k, err := svc.keys()
 	if err != nil {
 		return nil, err
 	}
-	k := newKeyspace(s.keyPrefix, s.service)
-	st, err := ReadStatus(ctx, client, opts...)
+	st, err := ReadStatus(ctx, client, svc)
 	if err != nil {
 		return nil, err
 	}

@@ -32,12 +32,12 @@ func TestAPlanIsWhatTheLeaderThenDoes(t *testing.T) {
 	c.waitConverged(10*time.Second, "n1", "n2", "n3")
 	admin := c.srv.Client(t)
 	ctx := context.Background()
-	opt := WithService(c.service)
+	opt := Service{Name: c.service}
 
 	// A drain: exactly the drained node's keys move, and the plan names
 	// where each goes.
 	before := c.status().Assignment
-	plan, err := Plan(ctx, admin, PlanChange{Drain: "n2"}, opt)
+	plan, err := Plan(ctx, admin, opt, PlanChange{Drain: "n2"})
 	require.NoError(t, err)
 	require.Len(t, plan.Moves, 4)
 	for _, mv := range plan.Moves {
@@ -45,17 +45,17 @@ func TestAPlanIsWhatTheLeaderThenDoes(t *testing.T) {
 	}
 	assert.Equal(t, map[string]int{"n1": 6, "n3": 6}, plan.Loads)
 	assert.Equal(t, before, c.status().Assignment, "a plan changes nothing")
-	_, err = DrainNode(ctx, admin, "n2", time.Minute, opt)
+	_, err = DrainNode(ctx, admin, opt, "n2", time.Minute)
 	require.NoError(t, err)
 	c.waitConverged(5*time.Second, "n1", "n3")
 	assert.ElementsMatch(t, plan.Moves, moved(before, c.status().Assignment), "the leader made the planned moves")
-	_, err = UndrainNode(ctx, admin, "n2", opt)
+	_, err = UndrainNode(ctx, admin, opt, "n2")
 	require.NoError(t, err)
 	c.waitConverged(5*time.Second, "n1", "n2", "n3")
 
 	// A join with a weight.
 	before = c.status().Assignment
-	plan, err = Plan(ctx, admin, PlanChange{Join: "n4", JoinWeight: 3}, opt)
+	plan, err = Plan(ctx, admin, opt, PlanChange{Join: "n4", JoinWeight: 3})
 	require.NoError(t, err)
 	assert.Len(t, plan.Moves, 6, "weight 3 of 6: half the keys")
 	c.start("n4", WithWeight(3))
@@ -68,9 +68,9 @@ func TestAPlanIsWhatTheLeaderThenDoes(t *testing.T) {
 	assert.ElementsMatch(t, plan.Moves, moved(before, c.status().Assignment))
 
 	// Bad changes are refused.
-	_, err = Plan(ctx, admin, PlanChange{Drain: "n9"}, opt)
+	_, err = Plan(ctx, admin, opt, PlanChange{Drain: "n9"})
 	assert.ErrorIs(t, err, ErrUnknownNode)
-	_, err = Plan(ctx, admin, PlanChange{Join: "n1"}, opt)
+	_, err = Plan(ctx, admin, opt, PlanChange{Join: "n1"})
 	assert.ErrorIs(t, err, ErrInvalidOption)
 }
 
@@ -94,12 +94,12 @@ func TestAPlanHonoursTheKeysPlacements(t *testing.T) {
 	})
 	admin := c.srv.Client(t)
 	ctx := context.Background()
-	opt := WithService(c.service)
+	opt := Service{Name: c.service}
 
 	// Draining n1: the keys that require zone a can only go to n2, so the
 	// others go to n3, and cfg-08 stays unplaceable.
 	before := c.status().Assignment
-	plan, err := Plan(ctx, admin, PlanChange{Drain: "n1"}, opt)
+	plan, err := Plan(ctx, admin, opt, PlanChange{Drain: "n1"})
 	require.NoError(t, err)
 	assert.Equal(t, []string{"cfg-08"}, plan.Unplaceable)
 	require.NotEmpty(t, plan.Moves)
@@ -111,7 +111,7 @@ func TestAPlanHonoursTheKeysPlacements(t *testing.T) {
 		}
 	}
 	assert.Equal(t, map[string]int{"n2": 4, "n3": 4}, plan.Loads)
-	_, err = DrainNode(ctx, admin, "n1", time.Minute, opt)
+	_, err = DrainNode(ctx, admin, opt, "n1", time.Minute)
 	require.NoError(t, err)
 	c.eventually(10*time.Second, "n1's keys running elsewhere", func() bool {
 		return c.loads()["n1"] == 0 && len(c.liveOn()) == 8 && len(c.status().Misplaced) == 0

@@ -33,7 +33,7 @@ func TestClusterSlotMigratedKeyByKeyWhileTheServiceRuns(t *testing.T) {
 	// Let the leader's first writes and the nodes' states settle, so that
 	// every key of the service exists before the migration starts.
 	c.eventually(5*time.Second, "every key shown running", func() bool {
-		st, err := ReadStatus(context.Background(), admin, WithService(service))
+		st, err := ReadStatus(context.Background(), admin, Service{Name: service})
 		if err != nil {
 			return false
 		}

@@ -183,7 +183,7 @@ func TestAttachingAReplicaIsNotARestore(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, rc.Do(context.Background(), rc.B().Replicaof().Host(host).Port(mustAtoi(t, port)).Build()).Error())
 	graced := c.poll(3*time.Second, func() bool {
-		st, err := ReadStatus(context.Background(), c.srv.Client(t), WithService(c.service))
+		st, err := ReadStatus(context.Background(), c.srv.Client(t), Service{Name: c.service})
 		return err == nil && st.Grace != nil
 	})
 	require.False(t, graced, "attaching a replica (no restart, no failover, nothing lost) started a grace period")
@@ -218,7 +218,7 @@ func TestANodeWithoutDurableRedisStaysCareful(t *testing.T) {
 	time.Sleep(700 * time.Millisecond)
 	n2.proxy.Heal()
 	graced := c.poll(3*time.Second, func() bool {
-		st, err := ReadStatus(context.Background(), c.srv.Client(t), WithService(c.service))
+		st, err := ReadStatus(context.Background(), c.srv.Client(t), Service{Name: c.service})
 		return err == nil && st.Grace != nil
 	})
 	require.True(t, graced, "Redis restarted from a snapshot and n2, without WithDurableRedis, never treated the record as restored")

@@ -168,7 +168,7 @@ func TestRetriesOfAFailingKeyDoNotFloodTheHistory(t *testing.T) {
 	c.eventually(10*time.Second, "every key tried a few times", func() bool {
 		return c.creates.Load() >= 4*5
 	})
-	entries, err := ReadHistory(context.Background(), c.srv.Client(t), HistoryFilter{Limit: 10_000}, WithService(c.service))
+	entries, err := ReadHistory(context.Background(), c.srv.Client(t), Service{Name: c.service}, HistoryFilter{Limit: 10_000})
 	require.NoError(t, err)
 	claims := 0
 	for _, e := range entries {

@@ -127,6 +127,6 @@ func TestASurgeJoinerTakesExactlyTheLeaversKeys(t *testing.T) {
 			assert.Equal(t, node, after[key], "nothing else moved")
 		}
 	}
-	assert.Equal(t, "active", c.status().node("n4").State)
+	assert.Equal(t, NodeActive, c.status().node("n4").State)
 	require.Empty(t, history.Overlaps(c.rec.Events()))
 }

@@ -484,7 +484,7 @@ func TestKeyPrefixPutsEveryKeyAndChannelUnderIt(t *testing.T) {
 	assert.Empty(t, aclLog(t, admin), "commands refused to a tenant")
 
 	for prefix, c := range tenants {
-		st, err := ReadStatus(context.Background(), admin, WithService("ingest"), WithKeyPrefix(prefix))
+		st, err := ReadStatus(context.Background(), admin, Service{Name: "ingest", KeyPrefix: prefix})
 		require.NoError(t, err)
 		assert.Len(t, st.Nodes, 2, prefix)
 		assert.Len(t, st.Owners, 4, prefix)
@@ -556,10 +556,12 @@ func TestInjectionThroughNamesIsRefused(t *testing.T) {
 		for _, tt := range []struct {
 			option string
 			opts   []Option
+			svc    *Service // the same name for the tools; nil: they take none
+			field  string
 		}{
-			{"WithService", []Option{WithService(name)}},
-			{"WithNodeID", []Option{WithService("svc"), WithNodeID(name)}},
-			{"WithKeyPrefix", []Option{WithService("svc"), WithKeyPrefix(name)}},
+			{"WithService", []Option{WithService(name)}, &Service{Name: name}, "Service.Name"},
+			{"WithNodeID", []Option{WithService("svc"), WithNodeID(name)}, nil, ""},
+			{"WithKeyPrefix", []Option{WithService("svc"), WithKeyPrefix(name)}, &Service{Name: "svc", KeyPrefix: name}, "Service.KeyPrefix"},
 		} {
 			if tt.option == "WithKeyPrefix" && (name == "" || name == "-leading" || name == ".leading") {
 				continue // a prefix may be empty and start with anything it may contain
@@ -568,11 +570,15 @@ func TestInjectionThroughNamesIsRefused(t *testing.T) {
 				_, err := New(get, create, tt.opts...)
 				require.ErrorIs(t, err, ErrInvalidOption)
 				assert.Contains(t, err.Error(), tt.option)
+				if tt.svc == nil {
+					return
+				}
 				// The tools that read a service without running a node check
 				// names the same way, before any command is sent.
-				_, err = ReadStatus(context.Background(), nil, tt.opts...)
+				_, err = ReadStatus(context.Background(), nil, *tt.svc)
 				require.ErrorIs(t, err, ErrInvalidOption)
-				_, err = RequestRebalance(context.Background(), nil, tt.opts...)
+				assert.Contains(t, err.Error(), tt.field)
+				_, err = RequestRebalance(context.Background(), nil, *tt.svc)
 				require.ErrorIs(t, err, ErrInvalidOption)
 			})
 		}

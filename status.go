@@ -28,7 +28,7 @@ type Status struct {
 	// Nodes are the members whose lease has not expired, by ID.
 	Nodes []NodeStatus `json:"nodes"`
 	// Assignment maps every key to the node it is assigned to.
-	Assignment map[string]string `json:"assignment"`
+	Assignment Assignment `json:"assignment"`
 	// Owners maps every claimed key to the node that claimed it.
 	Owners map[string]Owner `json:"owners"`
 	// Keys maps every key some node published a state for, or that a
@@ -98,6 +98,29 @@ const (
 	GraceRestored = "restored"
 )
 
+// NodeState is what a live node does, as [Status] and [Summary] show it.
+type NodeState string
+
+// The states of a node.
+const (
+	// NodeActive takes keys.
+	NodeActive NodeState = "active"
+	// NodePending has joined; its first heartbeat is not yet seen, and
+	// until it is the node gets no keys.
+	NodePending NodeState = "pending"
+	// NodeDraining is stopping: its keys move to other nodes.
+	NodeDraining NodeState = "draining"
+	// NodeDrained is drained by an operator (see [DrainNode]): a live
+	// member that gets no keys until the drain ends.
+	NodeDrained NodeState = "drained"
+	// NodeWaiting is a joiner held back by a join hold (see
+	// [WithJoinHold]) until a leaving node's keys are its to take.
+	NodeWaiting NodeState = "waiting"
+	// NodeSuspect has not renewed its lease for more than half its node
+	// TTL: it is probably gone, and its keys are at risk.
+	NodeSuspect NodeState = "suspect"
+)
+
 // NodeStatus is one live member of a service.
 type NodeStatus struct {
 	ID string `json:"id"`
@@ -108,11 +131,8 @@ type NodeStatus struct {
 	Labels  map[string]string `json:"labels,omitempty"`
 	MaxKeys int               `json:"max_keys,omitempty"`
 	MaxCost int               `json:"max_cost,omitempty"`
-	// State is "active", "pending" (joined, first heartbeat not yet seen),
-	// "draining" (stopping), "drained" (an operator's drain: a live member
-	// that gets no keys), or "suspect": it has not renewed its lease for more than
-	// half its node TTL, so it is probably gone, and its keys are at risk.
-	State string `json:"state"`
+	// State is what the node does (see [NodeState]).
+	State NodeState `json:"state"`
 	// LeaseLeft is how long the lease runs without renewal.
 	LeaseLeft time.Duration `json:"lease_left_ns"`
 	// TTL is the node TTL the node declared.
@@ -135,7 +155,7 @@ type NodeStatus struct {
 	Handing  int `json:"handing,omitempty"`
 	// WaitingFor is how long a join hold still keeps the node without keys
 	// unless another node leaves (see WithJoinHold); its State is then
-	// "waiting".
+	// [NodeWaiting].
 	WaitingFor time.Duration `json:"waiting_for_ns,omitempty"`
 	// DrainedFor is how long an operator's drain still keeps keys off the
 	// node (see DrainNode); 0 if it is not drained.
@@ -178,21 +198,20 @@ func (m *Manager[C, I]) Status(ctx context.Context) (*Status, error) {
 }
 
 // ReadStatus reads a snapshot of a service from Redis without running a
-// node, as the dimctl command does. opts must include [WithService] and the
-// service's [WithKeyPrefix] if it has one; other options are ignored. It
-// returns an error wrapping [ErrUnknownService] when Redis holds nothing of
-// the service, or [ErrRedis].
-func ReadStatus(ctx context.Context, client rueidis.Client, opts ...Option) (*Status, error) {
-	s, err := serviceSettings(opts)
+// node, as the dimctl command does. It returns an error wrapping
+// [ErrInvalidOption] for a bad svc, [ErrUnknownService] when Redis holds
+// nothing of the service, or [ErrRedis].
+func ReadStatus(ctx context.Context, client rueidis.Client, svc Service) (*Status, error) {
+	k, err := svc.keys()
 	if err != nil {
 		return nil, err
 	}
-	st, err := readStatus(ctx, client, s.service, newKeyspace(s.keyPrefix, s.service))
+	st, err := readStatus(ctx, client, svc.Name, k)
 	if err != nil {
 		return nil, err
 	}
 	if st.Leader == "" && st.Epoch == 0 && len(st.Nodes) == 0 && len(st.Assignment) == 0 && len(st.Owners) == 0 {
-		return nil, fmt.Errorf("%w: %q has no nodes, leader or assignment in Redis", ErrUnknownService, s.service)
+		return nil, fmt.Errorf("%w: %q has no nodes, leader or assignment in Redis", ErrUnknownService, svc.Name)
 	}
 	return st, nil
 }
@@ -200,14 +219,13 @@ func ReadStatus(ctx context.Context, client rueidis.Client, opts ...Option) (*St
 // RequestRebalance asks the leader of a service for an immediate rebalance
 // with fresh configs, without running a node, and waits for the leader's
 // answer: the moves it made, or an error wrapping [ErrRebalance] with the
-// leader's reason. opts as for [ReadStatus]. Without a leader to answer, it
-// waits until ctx ends and returns an error wrapping ctx.Err().
-func RequestRebalance(ctx context.Context, client rueidis.Client, opts ...Option) (*RebalanceResult, error) {
-	s, err := serviceSettings(opts)
+// leader's reason, or [ErrInvalidOption] for a bad svc. Without a leader to
+// answer, it waits until ctx ends and returns an error wrapping ctx.Err().
+func RequestRebalance(ctx context.Context, client rueidis.Client, svc Service) (*RebalanceResult, error) {
+	k, err := svc.keys()
 	if err != nil {
 		return nil, err
 	}
-	k := newKeyspace(s.keyPrefix, s.service)
 	id := randomSuffix() + randomSuffix()
 	answers := make(chan []string, 1)
 	dc, release := client.Dedicate()
@@ -265,24 +283,6 @@ type LastRebalance struct {
 	Error string `json:"error,omitempty"`
 }
 
-// serviceSettings applies options for the functions that only need to name
-// a service.
-func serviceSettings(opts []Option) (settings, error) {
-	s := defaultSettings()
-	for _, opt := range opts {
-		if opt == nil {
-			continue
-		}
-		if err := opt.apply(&s); err != nil {
-			return s, err
-		}
-	}
-	if s.service == "" {
-		return s, invalid("WithService", "a service name is required")
-	}
-	return s, nil
-}
-
 func readStatus(ctx context.Context, client rueidis.Client, service string, k keyspace) (*Status, error) {
 	res, err := newStore(client, k).status(ctx)
 	if err != nil {
@@ -318,15 +318,15 @@ func readStatus(ctx context.Context, client rueidis.Client, service string, k ke
 		id := nodes[i]
 		exp, _ := strconv.ParseFloat(nodes[i+1], 64)
 		ttl, _ := strconv.ParseInt(nodes[i+4], 10, 64)
-		ns := NodeStatus{ID: id, State: "active", LeaseLeft: time.Duration(int64(exp)-now) * time.Millisecond,
+		ns := NodeStatus{ID: id, State: NodeActive, LeaseLeft: time.Duration(int64(exp)-now) * time.Millisecond,
 			TTL: time.Duration(ttl) * time.Millisecond}
 		switch w := nodes[i+2]; w {
 		case "pending":
-			ns.State = "pending"
+			ns.State = NodePending
 		default:
 			ns.Weight, _ = strconv.Atoi(w)
 			if ns.Weight == 0 {
-				ns.State = "draining"
+				ns.State = NodeDraining
 			}
 		}
 		if v := nodes[i+5]; v != "" {
@@ -338,7 +338,7 @@ func readStatus(ctx context.Context, client rueidis.Client, service string, k ke
 		// A healthy node renews every heartbeat, at most (TTL − margin)/2:
 		// its lease never runs below half its TTL.
 		if ns.TTL > 0 && ns.LeaseLeft < ns.TTL/2 {
-			ns.State = "suspect"
+			ns.State = NodeSuspect
 		}
 		sessions[id] = nodes[i+3]
 		index[id] = len(st.Nodes)
@@ -348,7 +348,7 @@ func readStatus(ctx context.Context, client rueidis.Client, service string, k ke
 
 	st.Assignment, _ = res[3].AsStrMap()
 	if st.Assignment == nil {
-		st.Assignment = map[string]string{}
+		st.Assignment = Assignment{}
 	}
 	owners, _ := res[4].AsStrMap()
 	implicit := map[string]keyRecord{}
@@ -389,7 +389,7 @@ func readStatus(ctx context.Context, client rueidis.Client, service string, k ke
 		}
 		if i, ok := index[ks.Node]; ok {
 			st.Nodes[i].Running++
-			if st.Nodes[i].State == "suspect" {
+			if st.Nodes[i].State == NodeSuspect {
 				st.AtRisk = append(st.AtRisk, key)
 			}
 		}

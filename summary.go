@@ -125,20 +125,20 @@ func (m *Manager[C, I]) Summary(ctx context.Context) (*Summary, error) {
 }
 
 // ReadSummary reads a bounded snapshot of a service from Redis without
-// running a node, as the dimctl command does; see [Summary]. opts as for
-// [ReadStatus]. It returns an error wrapping [ErrUnknownService] when Redis
-// holds nothing of the service, or [ErrRedis].
-func ReadSummary(ctx context.Context, client rueidis.Client, opts ...Option) (*Summary, error) {
-	s, err := serviceSettings(opts)
+// running a node, as the dimctl command does; see [Summary]. It returns an
+// error wrapping [ErrInvalidOption] for a bad svc, [ErrUnknownService] when
+// Redis holds nothing of the service, or [ErrRedis].
+func ReadSummary(ctx context.Context, client rueidis.Client, svc Service) (*Summary, error) {
+	k, err := svc.keys()
 	if err != nil {
 		return nil, err
 	}
-	sum, err := readSummary(ctx, client, s.service, newKeyspace(s.keyPrefix, s.service), SummaryLimit)
+	sum, err := readSummary(ctx, client, svc.Name, k, SummaryLimit)
 	if err != nil {
 		return nil, err
 	}
 	if sum.Leader == "" && sum.Epoch == 0 && len(sum.Nodes) == 0 && sum.Assigned == 0 {
-		return nil, fmt.Errorf("%w: %q has no nodes, leader or assignment in Redis", ErrUnknownService, s.service)
+		return nil, fmt.Errorf("%w: %q has no nodes, leader or assignment in Redis", ErrUnknownService, svc.Name)
 	}
 	return sum, nil
 }
@@ -240,7 +240,7 @@ func (sum *Summary) parseNodes(statesV, nodesV rueidis.RedisMessage, now int64) 
 			sum.States[KeyState(st)] += c
 			if KeyState(st) == KeyRunning {
 				ns.Running = c
-				if ns.State == "suspect" {
+				if ns.State == NodeSuspect {
 					sum.AtRisk += c
 				}
 			} else {
@@ -248,7 +248,7 @@ func (sum *Summary) parseNodes(statesV, nodesV rueidis.RedisMessage, now int64) 
 			}
 		}
 		sessions[ns.ID] = f[3]
-		suspect[ns.ID] = ns.State == "suspect"
+		suspect[ns.ID] = ns.State == NodeSuspect
 		sum.Nodes = append(sum.Nodes, ns)
 	}
 	return sessions, assignedLive
@@ -306,20 +306,20 @@ func (sum *Summary) addVerdicts(ctx context.Context, client rueidis.Client, k ke
 
 // nodeState reads a node's weight entry ("pending" or a number) and lease:
 // its state for Status and Summary, and its weight.
-func nodeState(weight string, leaseLeft, ttl time.Duration) (state string, w int) {
-	state = "active"
+func nodeState(weight string, leaseLeft, ttl time.Duration) (state NodeState, w int) {
+	state = NodeActive
 	if weight == "pending" {
-		state = "pending"
+		state = NodePending
 	} else {
 		w, _ = strconv.Atoi(weight)
 		if w == 0 {
-			state = "draining"
+			state = NodeDraining
 		}
 	}
 	// A healthy node renews every heartbeat, at most (TTL − margin)/2: its
 	// lease never runs below half its TTL.
 	if ttl > 0 && leaseLeft < ttl/2 {
-		state = "suspect"
+		state = NodeSuspect
 	}
 	return state, w
 }

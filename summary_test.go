@@ -21,7 +21,7 @@ import (
 // summary reads the service's summary from the test's own client.
 func (c *testCluster) summary() *Summary {
 	c.t.Helper()
-	sum, err := ReadSummary(context.Background(), c.srv.Client(c.t), WithService(c.service))
+	sum, err := ReadSummary(context.Background(), c.srv.Client(c.t), Service{Name: c.service})
 	require.NoError(c.t, err)
 	return sum
 }
@@ -150,7 +150,7 @@ func mirrorDiff(t *testing.T, client rueidis.Client, service string) string {
 	t.Helper()
 	ctx := context.Background()
 	k := newKeyspace("", service)
-	st, err := ReadStatus(ctx, client, WithService(service))
+	st, err := ReadStatus(ctx, client, Service{Name: service})
 	require.NoError(t, err)
 	rec, err := client.Do(ctx, client.B().Hgetall().Key(k.nodes).Build()).AsStrMap()
 	require.NoError(t, err)
@@ -352,7 +352,7 @@ func TestSummaryListsAtMostTheLimitAndCountsTheRest(t *testing.T) {
 
 func TestSummaryOfAnUnknownServiceIsAnError(t *testing.T) {
 	srv := redistest.Start(t)
-	_, err := ReadSummary(context.Background(), srv.Client(t), WithService("nobody"))
+	_, err := ReadSummary(context.Background(), srv.Client(t), Service{Name: "nobody"})
 	require.ErrorIs(t, err, ErrUnknownService)
 }
 

@@ -20,7 +20,7 @@ import (
 // status reads the service's status from the test's own client.
 func (c *testCluster) status() *Status {
 	c.t.Helper()
-	st, err := ReadStatus(context.Background(), c.srv.Client(c.t), WithService(c.service))
+	st, err := ReadStatus(context.Background(), c.srv.Client(c.t), Service{Name: c.service})
 	require.NoError(c.t, err)
 	return st
 }
@@ -362,7 +362,7 @@ func TestAKeyBeingCreatedIsCreatingInEveryView(t *testing.T) {
 	assert.Equal(t, ks.Since, p.Since)
 	assert.Equal(t, sum.States[KeyCreating], sum.Problems)
 	assert.Equal(t, len(st.Unowned), sum.Unowned)
-	e, err := Explain(context.Background(), c.srv.Client(t), "cfg-01", WithService(c.service))
+	e, err := Explain(context.Background(), c.srv.Client(t), Service{Name: c.service}, "cfg-01")
 	require.NoError(t, err)
 	require.NotNil(t, e.State)
 	assert.Equal(t, KeyCreating, e.State.State)

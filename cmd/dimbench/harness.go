@@ -518,7 +518,7 @@ func (c *cluster) waitLeader(ctx context.Context, exclude string, timeout time.D
 
 // status reads the service as dimctl does.
 func (c *cluster) status(ctx context.Context) (*dim.Status, error) {
-	return dim.ReadStatus(ctx, c.b.admin, dim.WithService(c.service))
+	return dim.ReadStatus(ctx, c.b.admin, dim.Service{Name: c.service})
 }
 
 // waitConverged polls the service's status until nodes live nodes are all
@@ -566,7 +566,7 @@ func (c *cluster) unconverged(st *dim.Status, nodes int) string {
 	lo, hi := len(c.keys), 0
 	for _, n := range st.Nodes {
 		if n.State != "active" {
-			return n.ID + " is " + n.State
+			return n.ID + " is " + string(n.State)
 		}
 		if n.Running != n.Assigned {
 			return fmt.Sprintf("%s runs %d of %d", n.ID, n.Running, n.Assigned)

@@ -206,7 +206,7 @@ func (b *bench) readStream(ctx context.Context, service string, r *historyRun) e
 			return fmt.Errorf("MEMORY USAGE: %w", err)
 		}
 	}
-	entries, err := dim.ReadHistory(ctx, b.admin, dim.HistoryFilter{Limit: 10_000}, dim.WithService(service))
+	entries, err := dim.ReadHistory(ctx, b.admin, dim.Service{Name: service}, dim.HistoryFilter{Limit: 10_000})
 	if err != nil {
 		return err
 	}

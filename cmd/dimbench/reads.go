@@ -52,13 +52,13 @@ func (b *bench) reads(ctx context.Context) error {
 			}
 			defer restore()
 
-			opts := []dim.Option{dim.WithService(c.service)}
+			svc := dim.Service{Name: c.service}
 			kinds := []struct {
 				name string
 				read func() error
 			}{
-				{"Status", func() error { _, err := dim.ReadStatus(ctx, client, opts...); return err }},
-				{"Summary", func() error { _, err := dim.ReadSummary(ctx, client, opts...); return err }},
+				{"Status", func() error { _, err := dim.ReadStatus(ctx, client, svc); return err }},
+				{"Summary", func() error { _, err := dim.ReadSummary(ctx, client, svc); return err }},
 			}
 			redisMs := map[string]float64{}
 			for _, k := range kinds {

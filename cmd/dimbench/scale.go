@@ -301,7 +301,7 @@ func (c *cluster) waitSummary(ctx context.Context, nodes int, timeout time.Durat
 	deadline := time.Now().Add(timeout)
 	var why string
 	for {
-		sum, err := dim.ReadSummary(ctx, c.b.admin, dim.WithService(c.service))
+		sum, err := dim.ReadSummary(ctx, c.b.admin, dim.Service{Name: c.service})
 		switch {
 		case err != nil:
 			why = err.Error()

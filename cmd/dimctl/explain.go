@@ -17,7 +17,7 @@ import (
 func (o *options) explain(ctx context.Context, client rueidis.Client, stdout io.Writer) error {
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	e, err := dim.Explain(ctx, client, o.node, o.dimOptions()...)
+	e, err := dim.Explain(ctx, client, o.dimService(), o.node)
 	if err != nil {
 		return err
 	}

@@ -345,7 +345,7 @@ func nodeState(n dim.NodeStatus) string {
 	case n.Prepared > 0 || n.Handing > 0:
 		return fmt.Sprintf("%s (handoffs: %d prepared, %d held for their new owner)", n.State, n.Prepared, n.Handing)
 	}
-	return n.State
+	return string(n.State)
 }
 
 // writeSummary prints a summary for people, in the layout of writeStatus:

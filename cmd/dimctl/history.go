@@ -21,7 +21,7 @@ func (o *options) history(ctx context.Context, client rueidis.Client, stdout io.
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	entries, err := dim.ReadHistory(ctx, client, f, o.dimOptions()...)
+	entries, err := dim.ReadHistory(ctx, client, o.dimService(), f)
 	if err != nil {
 		return err
 	}

@@ -380,9 +380,9 @@ func checkNames(service, prefix string) error {
 	return nil
 }
 
-// dimOptions name the service for dim.ReadStatus and dim.RequestRebalance.
-func (o *options) dimOptions() []dim.Option {
-	return []dim.Option{dim.WithService(o.service), dim.WithKeyPrefix(o.prefix)}
+// dimService names the service the command works on.
+func (o *options) dimService() dim.Service {
+	return dim.Service{Name: o.service, KeyPrefix: o.prefix}
 }
 
 func connect(o *options) (rueidis.Client, error) {
@@ -417,10 +417,10 @@ func (o *options) read(ctx context.Context, client rueidis.Client) (snapshot, er
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
 	if o.json || o.keys {
-		st, err := dim.ReadStatus(ctx, client, o.dimOptions()...)
+		st, err := dim.ReadStatus(ctx, client, o.dimService())
 		return snapshot{st: st}, err
 	}
-	sum, err := dim.ReadSummary(ctx, client, o.dimOptions()...)
+	sum, err := dim.ReadSummary(ctx, client, o.dimService())
 	return snapshot{sum: sum}, err
 }
 
@@ -646,7 +646,7 @@ func isTerminal(w io.Writer) bool {
 // no live leader, would go unheard without a word.
 func (o *options) rebalance(ctx context.Context, client rueidis.Client, stdout io.Writer) error {
 	rctx, cancel := context.WithTimeout(ctx, o.timeout)
-	st, err := dim.ReadSummary(rctx, client, o.dimOptions()...)
+	st, err := dim.ReadSummary(rctx, client, o.dimService())
 	cancel()
 	if err != nil {
 		return err
@@ -656,7 +656,7 @@ func (o *options) rebalance(ctx context.Context, client rueidis.Client, stdout i
 	}
 	rctx, cancel = context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	res, err := dim.RequestRebalance(rctx, client, o.dimOptions()...)
+	res, err := dim.RequestRebalance(rctx, client, o.dimService())
 	if errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("leader %s did not answer the rebalance request within %v (see -timeout)", st.Leader, o.timeout)
 	}
@@ -671,7 +671,7 @@ func (o *options) rebalance(ctx context.Context, client rueidis.Client, stdout i
 func (o *options) purge(ctx context.Context, client rueidis.Client, stdout io.Writer) error {
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	n, err := dim.Purge(ctx, client, o.dimOptions()...)
+	n, err := dim.Purge(ctx, client, o.dimService())
 	if err != nil {
 		return err
 	}

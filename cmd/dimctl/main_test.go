@@ -85,7 +85,7 @@ func startServiceWith(t *testing.T, srv *redistest.Server, service string, extra
 	client := srv.Client(t)
 	var settled *dim.Status
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		st, err := dim.ReadStatus(t.Context(), client, dim.WithService(service), dim.WithKeyPrefix(testPrefix))
+		st, err := dim.ReadStatus(t.Context(), client, dim.Service{Name: service, KeyPrefix: testPrefix})
 		require.NoError(c, err)
 		require.True(c, st.LeaderLive, "leader live")
 		require.Len(c, st.Assignment, 3)
@@ -93,7 +93,7 @@ func startServiceWith(t *testing.T, srv *redistest.Server, service string, extra
 		require.Empty(c, st.Misplaced)
 		require.Len(c, st.Nodes, 2)
 		for _, n := range st.Nodes {
-			require.Equal(c, "active", n.State, n.ID)
+			require.Equal(c, dim.NodeActive, n.State, n.ID)
 			require.Positive(c, n.Running, n.ID)
 			require.Equal(c, n.Assigned, n.Running, n.ID)
 		}
@@ -634,7 +634,7 @@ func TestDrainUndrainFreezeThaw(t *testing.T) {
 	startService(t, srv, "ops")
 	base := []string{"-redis", srv.Addr(), "-prefix", testPrefix}
 	status := func() *dim.Status {
-		st, err := dim.ReadStatus(t.Context(), srv.Client(t), dim.WithService("ops"), dim.WithKeyPrefix(testPrefix))
+		st, err := dim.ReadStatus(t.Context(), srv.Client(t), dim.Service{Name: "ops", KeyPrefix: testPrefix})
 		require.NoError(t, err)
 		return st
 	}
@@ -708,7 +708,7 @@ func TestPlanPrintsMovesAndChangesNothing(t *testing.T) {
 	code, _, errOut = dimctl(t, append(base, "plan", "planned", "drain", "n9")...)
 	assert.Equal(t, 1, code)
 	assert.Contains(t, errOut, `"n9" is not a live node`)
-	after, err := dim.ReadStatus(t.Context(), srv.Client(t), dim.WithService("planned"), dim.WithKeyPrefix(testPrefix))
+	after, err := dim.ReadStatus(t.Context(), srv.Client(t), dim.Service{Name: "planned", KeyPrefix: testPrefix})
 	require.NoError(t, err)
 	assert.Equal(t, before.Assignment, after.Assignment)
 }
@@ -930,7 +930,7 @@ func TestPinUnpin(t *testing.T) {
 	startService(t, srv, "ops")
 	base := []string{"-redis", srv.Addr(), "-prefix", testPrefix}
 	status := func() *dim.Status {
-		st, err := dim.ReadStatus(t.Context(), srv.Client(t), dim.WithService("ops"), dim.WithKeyPrefix(testPrefix))
+		st, err := dim.ReadStatus(t.Context(), srv.Client(t), dim.Service{Name: "ops", KeyPrefix: testPrefix})
 		require.NoError(t, err)
 		return st
 	}

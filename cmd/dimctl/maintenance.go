@@ -18,7 +18,7 @@ func (o *options) drain(ctx context.Context, client rueidis.Client, stdout io.Wr
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	until, err := dim.DrainNode(ctx, client, o.node, d, o.dimOptions()...)
+	until, err := dim.DrainNode(ctx, client, o.dimService(), o.node, d)
 	if err != nil {
 		return err
 	}
@@ -31,7 +31,7 @@ func (o *options) drain(ctx context.Context, client rueidis.Client, stdout io.Wr
 func (o *options) undrain(ctx context.Context, client rueidis.Client, stdout io.Writer) error {
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	was, err := dim.UndrainNode(ctx, client, o.node, o.dimOptions()...)
+	was, err := dim.UndrainNode(ctx, client, o.dimService(), o.node)
 	if err != nil {
 		return err
 	}
@@ -50,7 +50,7 @@ func (o *options) freeze(ctx context.Context, client rueidis.Client, stdout io.W
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	if err := dim.Freeze(ctx, client, d, o.dimOptions()...); err != nil {
+	if err := dim.Freeze(ctx, client, o.dimService(), d); err != nil {
 		return err
 	}
 	_, err := fmt.Fprintf(stdout, "froze %q for %v: joins, weight changes and rebalances move nothing; failures and drains still do\n", o.service, d)
@@ -61,7 +61,7 @@ func (o *options) freeze(ctx context.Context, client rueidis.Client, stdout io.W
 func (o *options) thaw(ctx context.Context, client rueidis.Client, stdout io.Writer) error {
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	was, err := dim.Thaw(ctx, client, o.dimOptions()...)
+	was, err := dim.Thaw(ctx, client, o.dimService())
 	if err != nil {
 		return err
 	}
@@ -76,7 +76,7 @@ func (o *options) thaw(ctx context.Context, client rueidis.Client, stdout io.Wri
 func (o *options) pin(ctx context.Context, client rueidis.Client, stdout io.Writer) error {
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	if err := dim.Pin(ctx, client, o.node, o.pinTo, o.dimOptions()...); err != nil {
+	if err := dim.Pin(ctx, client, o.dimService(), o.node, o.pinTo); err != nil {
 		return err
 	}
 	_, err := fmt.Fprintf(stdout, "pinned %s to %s in %q: it stays there while the node is live and meets the key's requirements\n", quote(o.node), quote(o.pinTo), o.service)
@@ -87,7 +87,7 @@ func (o *options) pin(ctx context.Context, client rueidis.Client, stdout io.Writ
 func (o *options) unpin(ctx context.Context, client rueidis.Client, stdout io.Writer) error {
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	was, err := dim.Unpin(ctx, client, o.node, o.dimOptions()...)
+	was, err := dim.Unpin(ctx, client, o.dimService(), o.node)
 	if err != nil {
 		return err
 	}

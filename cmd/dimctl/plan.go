@@ -30,7 +30,7 @@ func (o *options) plan(ctx context.Context, client rueidis.Client, stdout io.Wri
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	res, err := dim.Plan(ctx, client, change, o.dimOptions()...)
+	res, err := dim.Plan(ctx, client, o.dimService(), change)
 	if err != nil {
 		return err
 	}

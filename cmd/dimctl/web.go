@@ -155,7 +155,7 @@ func (w *webServer) refresh(ctx context.Context) error {
 		return err
 	}
 	hctx, cancel := context.WithTimeout(ctx, w.o.timeout)
-	entries, err := dim.ReadHistory(hctx, w.client, dim.HistoryFilter{Limit: w.o.limit}, w.o.dimOptions()...)
+	entries, err := dim.ReadHistory(hctx, w.client, w.o.dimService(), dim.HistoryFilter{Limit: w.o.limit})
 	cancel()
 	if err != nil {
 		v.HistoryError = w.o.describe(err)
@@ -177,7 +177,7 @@ func (w *webServer) read(ctx context.Context) (*webView, error) {
 	ctx, cancel := context.WithTimeout(ctx, w.o.timeout)
 	defer cancel()
 	if !w.full {
-		sum, err := dim.ReadSummary(ctx, w.client, w.o.dimOptions()...)
+		sum, err := dim.ReadSummary(ctx, w.client, w.o.dimService())
 		if err != nil {
 			return nil, err
 		}
@@ -186,7 +186,7 @@ func (w *webServer) read(ctx context.Context) (*webView, error) {
 		}
 		w.full = true
 	}
-	st, err := dim.ReadStatus(ctx, w.client, w.o.dimOptions()...)
+	st, err := dim.ReadStatus(ctx, w.client, w.o.dimService())
 	if err != nil {
 		return nil, err
 	}

@@ -235,10 +235,10 @@ func TestWebActionsAreRefusedUnlessAllowed(t *testing.T) {
 		assert.Equal(t, http.StatusForbidden, code, path)
 		assert.Contains(t, body, "actions are off: start dimctl web with -allow-actions", path)
 	}
-	st, err := dim.ReadStatus(t.Context(), srv.Client(t), dim.WithService("guarded"), dim.WithKeyPrefix(testPrefix))
+	st, err := dim.ReadStatus(t.Context(), srv.Client(t), dim.Service{Name: "guarded", KeyPrefix: testPrefix})
 	require.NoError(t, err)
 	for _, n := range st.Nodes {
-		assert.Equal(t, "active", n.State, n.ID)
+		assert.Equal(t, dim.NodeActive, n.State, n.ID)
 	}
 }
 

@@ -256,7 +256,7 @@ func (v *webView) attention(c webCell) {
 
 // nodeView is a node without its cells.
 func nodeView(n dim.NodeStatus) webNode {
-	wn := webNode{ID: n.ID, Weight: n.Weight, State: n.State, LeaseLeftMS: n.LeaseLeft.Milliseconds(),
+	wn := webNode{ID: n.ID, Weight: n.Weight, State: string(n.State), LeaseLeftMS: n.LeaseLeft.Milliseconds(),
 		TTLMS: n.TTL.Milliseconds(), DrainedForMS: n.DrainedFor.Milliseconds(), WaitingForMS: n.WaitingFor.Milliseconds(),
 		ConfigFailing: n.ConfigError != "", Assigned: n.Assigned, Running: n.Running, Cells: []webCell{}}
 	if u := n.Unhealthy; u != nil {

@@ -125,7 +125,7 @@ func (d *demo) twoZones(ctx context.Context) error {
 
 // explain returns what dim.Explain says placed key.
 func (d *demo) explain(ctx context.Context, key string) (string, error) {
-	e, err := dim.Explain(ctx, d.admin, key, dim.WithService(d.service))
+	e, err := dim.Explain(ctx, d.admin, dim.Service{Name: d.service}, key)
 	if err != nil {
 		return "", err
 	}
@@ -164,7 +164,7 @@ func (d *demo) convergedInZones() bool {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), d.f.ttl)
 	defer cancel()
-	opt := dim.WithService(d.service)
+	opt := dim.Service{Name: d.service}
 	st, err := dim.ReadStatus(ctx, d.admin, opt)
 	if err != nil || len(st.Misplaced) > 0 {
 		return false
@@ -178,7 +178,7 @@ func (d *demo) convergedInZones() bool {
 	if active != len(live) {
 		return false
 	}
-	plan, err := dim.Plan(ctx, d.admin, dim.PlanChange{}, opt)
+	plan, err := dim.Plan(ctx, d.admin, opt, dim.PlanChange{})
 	return err == nil && len(plan.Moves) == 0
 }
 

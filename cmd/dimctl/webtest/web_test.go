@@ -268,12 +268,12 @@ func TestPageShowsANodeCrashAndItsKeysMoving(t *testing.T) {
 	admin := srv.Client(t)
 	var leader string
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		st, err := dim.ReadStatus(t.Context(), admin, dim.WithService(service))
+		st, err := dim.ReadStatus(t.Context(), admin, dim.Service{Name: service})
 		require.NoError(c, err)
 		require.True(c, st.LeaderLive)
 		require.Len(c, st.Nodes, 3)
 		for _, n := range st.Nodes {
-			require.Equal(c, "active", n.State, n.ID)
+			require.Equal(c, dim.NodeActive, n.State, n.ID)
 			require.Equal(c, nkeys/3, n.Running, n.ID)
 		}
 		leader = st.Leader
