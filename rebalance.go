@@ -136,7 +136,7 @@ func (m *Manager[C, I]) leaderLoop(ctx context.Context, epoch uint64, busy *atom
 		switch trigger {
 		case triggerElected, "node " + evJoin, "node " + evDrain, "node " + evLeave:
 			// Nodes that start or stop together are balanced over once.
-			m.settleJoins(ctx, &st)
+			m.settleJoins(ctx, epoch, &st)
 		}
 		busy.Store(time.Now().UnixNano())
 		next, err := m.rebalance(ctx, epoch, trigger, &st)
@@ -214,15 +214,16 @@ func (m *Manager[C, I]) sweepOwners(ctx context.Context, st *leaderState) {
 // joinWindowMax in all; the triggers that came are covered by the rebalance
 // that follows. While the whole service restarts, it waits for as many
 // nodes as the service had instead, for at most one heartbeat interval
-// after the restart began.
-func (m *Manager[C, I]) settleJoins(ctx context.Context, st *leaderState) {
+// after the restart began, and gives each node that joins meanwhile the
+// keys of a departed node where it can (see pairJoiners).
+func (m *Manager[C, I]) settleJoins(ctx context.Context, epoch uint64, st *leaderState) {
 	f, err := m.readFleet(ctx)
 	if err == nil {
 		st.fleet = f.size
 	}
 	if err == nil && f.restarting(m.s.heartbeat) {
 		m.prefetch(ctx, st)
-		m.awaitFleet(ctx, m.s.heartbeat-f.since)
+		m.awaitFleet(ctx, epoch, st, f.size, m.s.heartbeat-f.since)
 		return
 	}
 	deadline := time.NewTimer(joinWindowMax)
@@ -246,10 +247,12 @@ func (m *Manager[C, I]) settleJoins(ctx context.Context, st *leaderState) {
 // awaitFleet waits until as many nodes have joined as the service had, at
 // most left. No quiet gap ends the wait: the nodes of a restarting service
 // join as fast as their processes start, which a quiet window cannot tell
-// from the end of the restart.
-func (m *Manager[C, I]) awaitFleet(ctx context.Context, left time.Duration) {
+// from the end of the restart. The nodes that joined so far take departed
+// nodes' keys as they come (see pairJoiners).
+func (m *Manager[C, I]) awaitFleet(ctx context.Context, epoch uint64, st *leaderState, size int, left time.Duration) {
 	deadline := time.NewTimer(left)
 	defer deadline.Stop()
+	m.pairJoiners(ctx, epoch, st, size)
 	for {
 		select {
 		case <-ctx.Done():
@@ -260,6 +263,7 @@ func (m *Manager[C, I]) awaitFleet(ctx context.Context, left time.Duration) {
 			if f, err := m.readFleet(ctx); err == nil && f.live >= f.size {
 				return
 			}
+			m.pairJoiners(ctx, epoch, st, size)
 		}
 	}
 }
