@@ -214,8 +214,8 @@ func (m *Manager[C, I]) sweepOwners(ctx context.Context, st *leaderState) {
 // joinWindowMax in all; the triggers that came are covered by the rebalance
 // that follows. While the whole service restarts, it waits for as many
 // nodes as the service had instead, for at most one heartbeat interval
-// after the restart began, and gives each node that joins meanwhile the
-// keys of a departed node where it can (see pairJoiners).
+// after the restart began, and gives each node that joins meanwhile
+// its share of departed nodes' keys where it can (see dealToJoiners).
 func (m *Manager[C, I]) settleJoins(ctx context.Context, epoch uint64, st *leaderState) {
 	f, err := m.readFleet(ctx)
 	if err == nil {
@@ -248,11 +248,11 @@ func (m *Manager[C, I]) settleJoins(ctx context.Context, epoch uint64, st *leade
 // most left. No quiet gap ends the wait: the nodes of a restarting service
 // join as fast as their processes start, which a quiet window cannot tell
 // from the end of the restart. The nodes that joined so far take departed
-// nodes' keys as they come (see pairJoiners).
+// nodes' keys as they come (see dealToJoiners).
 func (m *Manager[C, I]) awaitFleet(ctx context.Context, epoch uint64, st *leaderState, size int, left time.Duration) {
 	deadline := time.NewTimer(left)
 	defer deadline.Stop()
-	m.pairJoiners(ctx, epoch, st, size)
+	m.dealToJoiners(ctx, epoch, st, size)
 	for {
 		select {
 		case <-ctx.Done():
@@ -263,7 +263,7 @@ func (m *Manager[C, I]) awaitFleet(ctx context.Context, epoch uint64, st *leader
 			if f, err := m.readFleet(ctx); err == nil && f.live >= f.size {
 				return
 			}
-			m.pairJoiners(ctx, epoch, st, size)
+			m.dealToJoiners(ctx, epoch, st, size)
 		}
 	}
 }
@@ -521,6 +521,12 @@ func (m *Manager[C, I]) previous(ctx context.Context, st *leaderState, fresh boo
 	return read, nil
 }
 
+// assignPage is how many entries one HSCAN of the assignment asks for: a
+// page of 10,000 costs Redis a few milliseconds, and a restart of a service
+// of that size reads its assignment in one round trip while its nodes
+// start (see prefetch).
+const assignPage = 10000
+
 // readAssignment reads the whole assignment page by page (HSCAN), each page
 // a bounded command with a timeout of its own. It runs once a term, and the
 // leader is the only writer: a page may repeat an entry, which the map
@@ -530,7 +536,7 @@ func (m *Manager[C, I]) readAssignment(ctx context.Context, progress func()) (As
 	var cursor uint64
 	for {
 		rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-		page, err := m.client.Do(rctx, m.client.B().Hscan().Key(m.k.assign).Cursor(cursor).Count(scanPage).Build()).AsScanEntry()
+		page, err := m.client.Do(rctx, m.client.B().Hscan().Key(m.k.assign).Cursor(cursor).Count(assignPage).Build()).AsScanEntry()
 		cancel()
 		if err != nil {
 			return nil, err
@@ -550,13 +556,16 @@ func (m *Manager[C, I]) readAssignment(ctx context.Context, progress func()) (As
 // assignment and the configs, so that the rebalance that follows the last
 // join does not.
 func (m *Manager[C, I]) prefetch(ctx context.Context, st *leaderState) {
+	t0 := time.Now()
 	prev, err := m.previous(ctx, st, false)
 	if err != nil {
 		return
 	}
+	t1 := time.Now()
 	if keys, keep := m.leaderKeys(ctx, st, prev, triggerElected); !keep {
 		st.prefetched = keys
 	}
+	m.log.Warn("DEBUG prefetch", "assign", t1.Sub(t0), "keys", time.Since(t1))
 }
 
 // leaderKeys returns the keys to balance, from a fresh getConfig: a leader

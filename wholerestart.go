@@ -1,8 +1,8 @@
 package dim
 
 import (
-	"cmp"
 	"context"
+	"maps"
 	"slices"
 )
 
@@ -11,25 +11,25 @@ import (
 // Placing them only once every node is back puts the whole assignment
 // write, and every node's claims, after the last Start: at 100 nodes ×
 // 10,000 keys that is most of the time to live. Instead, while the leader
-// waits for the restarting service's nodes (see settleJoins), it pairs each
-// node that joins with one node that departed and gives it that node's keys
-// at once, where the rebalance after the last join would leave them.
+// waits for the restarting service's nodes (see settleJoins), each node
+// that joins takes its share of the departed nodes' keys at once, where the
+// rebalance after the last join will leave them.
 //
-// A pairing is made only where that rebalance is sure to move none of the
-// paired keys: with equal weights, no caps, no placements, pins or rollout
-// holds, and a departed node that held no more than its share of the
-// restarted service (at most ⌈K/M⌉ keys, and no more nodes at ⌈K/M⌉ than
-// K mod M allows). With minimal movement, the balancer moves no key off a
-// node that holds no more than its share. Anything else waits for the
-// rebalance that follows the joins, as before.
+// Keys are dealt only where that rebalance is sure to move none of them:
+// with equal weights, no caps, no placements, pins or rollout holds, and
+// each joiner given no more than its share of the service as it was (⌊K/M⌋
+// keys, or ⌈K/M⌉ while fewer nodes hold that many than K mod M). With
+// minimal movement, the balancer moves no key off a node that holds no
+// more than its share. Anything else waits for the rebalance that follows
+// the joins, as before.
 
-// pairJoiners gives the nodes that joined a restarting service so far the
-// keys of departed nodes, one departed node each, as described above. size
-// is how many nodes the service had. It needs the configured keys, read by
+// dealToJoiners gives the nodes that joined a restarting service so far
+// their shares of the departed nodes' keys, as described above. size is how
+// many nodes the service had. It needs the configured keys, read by
 // prefetch; without them it does nothing. Like every assignment write, it
-// is fenced by the epoch; a failed write leaves the pairing to the
-// rebalance that follows.
-func (m *Manager[C, I]) pairJoiners(ctx context.Context, epoch uint64, st *leaderState, size int) {
+// is fenced by the epoch; a failed write leaves the keys to the rebalance
+// that follows.
+func (m *Manager[C, I]) dealToJoiners(ctx context.Context, epoch uint64, st *leaderState, size int) {
 	if st.prefetched == nil || st.assigned == nil || len(st.placements) > 0 || size <= 0 {
 		return
 	}
@@ -63,7 +63,7 @@ func (m *Manager[C, I]) pairJoiners(ctx context.Context, epoch uint64, st *leade
 		}
 	}
 	prev := st.assigned
-	next := restartPairs(prev, st.prefetched, taking, size)
+	next := restartShares(prev, st.prefetched, taking, size)
 	if next == nil {
 		return
 	}
@@ -83,17 +83,19 @@ func (m *Manager[C, I]) pairJoiners(ctx context.Context, epoch uint64, st *leade
 	m.bestEffort(ctx, "recording the moves", append(m.whyCmds(changes, why), m.moveCmds(epoch, changes)...))
 }
 
-// triggerWholeRestart names, in the reasons of moves, the pairing of
-// joiners with departed nodes during a whole restart.
+// triggerWholeRestart names, in the reasons of moves, the keys dealt to
+// joiners during a whole restart.
 const triggerWholeRestart = "node join, whole restart"
 
-// restartPairs returns prev with the keys of departed nodes given to
-// joiners, one departed node to one joiner, where the rebalance over size
-// nodes would move none of them (see above); nil if it pairs none. A joiner
-// is a node in taking that holds no configured key in prev; a departed node
-// is one that holds some and is not in taking. Pairs go by ID order, so
-// that two leaders pair alike.
-func restartPairs(prev Assignment, keys []string, taking []string, size int) Assignment {
+// restartShares returns prev with keys of departed nodes dealt to joiners,
+// each joiner up to its share of the service of size nodes, so that the
+// rebalance over size nodes moves none of them (see above); nil if it
+// deals none. A joiner is a node in taking that holds no configured key in
+// prev; a departed node is one that holds some and is not in taking.
+// Joiners and departed nodes go by ID order and keys by name, so that two
+// leaders deal alike, and a joiner takes the keys of one departed node
+// where it can.
+func restartShares(prev Assignment, keys []string, taking []string, size int) Assignment {
 	if size <= 0 || len(keys) == 0 {
 		return nil
 	}
@@ -103,12 +105,20 @@ func restartPairs(prev Assignment, keys []string, taking []string, size int) Ass
 			held[node] = append(held[node], key)
 		}
 	}
+	share, extra := len(keys)/size, len(keys)%size
 	live := make(map[string]bool, len(taking))
 	var joiners []string
+	holders, atCeil := 0, 0
 	for _, id := range taking {
 		live[id] = true
-		if len(held[id]) == 0 {
+		switch n := len(held[id]); {
+		case n == 0:
 			joiners = append(joiners, id)
+		default:
+			holders++
+			if extra > 0 && n > share {
+				atCeil++
+			}
 		}
 	}
 	var departed []string
@@ -118,47 +128,35 @@ func restartPairs(prev Assignment, keys []string, taking []string, size int) Ass
 		}
 	}
 	slices.Sort(joiners)
-	slices.SortFunc(departed, func(a, b string) int {
-		return cmp.Or(cmp.Compare(len(held[b]), len(held[a])), cmp.Compare(a, b))
-	})
-	share, extra := len(keys)/size, len(keys)%size
-	ceil := share
-	if extra > 0 {
-		ceil++
-	}
-	holders, atCeil := 0, 0
-	for _, id := range taking {
-		if n := len(held[id]); n > 0 {
-			holders++
-			if extra > 0 && n == ceil {
-				atCeil++
-			}
-		}
+	slices.Sort(departed)
+	var pool []string
+	for _, d := range departed {
+		pool = append(pool, slices.Sorted(slices.Values(held[d]))...)
 	}
 	var next Assignment
-	for _, d := range departed {
-		if len(joiners) == 0 || holders >= size {
+	for _, j := range joiners {
+		if len(pool) == 0 || holders >= size {
 			break
 		}
-		n := len(held[d])
-		if n > ceil || (extra > 0 && n == ceil && atCeil >= extra) {
-			continue
+		n := share
+		if atCeil < extra {
+			n++
 		}
-		if extra > 0 && n == ceil {
+		n = min(n, len(pool))
+		if n == 0 {
+			break
+		}
+		if n > share {
 			atCeil++
 		}
 		if next == nil {
-			next = make(Assignment, len(prev))
-			for key, node := range prev {
-				next[key] = node
-			}
+			next = maps.Clone(prev)
 		}
-		j := joiners[0]
-		joiners = joiners[1:]
-		holders++
-		for _, key := range held[d] {
+		for _, key := range pool[:n] {
 			next[key] = j
 		}
+		pool = pool[n:]
+		holders++
 	}
 	return next
 }
