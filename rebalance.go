@@ -136,7 +136,7 @@ func (m *Manager[C, I]) leaderLoop(ctx context.Context, epoch uint64, busy *atom
 		switch trigger {
 		case triggerElected, "node " + evJoin, "node " + evDrain, "node " + evLeave:
 			// Nodes that start or stop together are balanced over once.
-			m.settleJoins(ctx, &st)
+			m.settleJoins(ctx, epoch, &st)
 		}
 		busy.Store(time.Now().UnixNano())
 		next, err := m.rebalance(ctx, epoch, trigger, &st)
@@ -213,15 +213,16 @@ func (m *Manager[C, I]) sweepOwners(ctx context.Context, st *leaderState) {
 // joinWindowMax in all; the triggers that came are covered by the rebalance
 // that follows. While the whole service restarts, it waits for as many
 // nodes as the service had instead, for at most one heartbeat interval
-// after the restart began.
-func (m *Manager[C, I]) settleJoins(ctx context.Context, st *leaderState) {
+// after the restart began, and gives each node that joins meanwhile
+// its share of departed nodes' keys where it can (see dealToJoiners).
+func (m *Manager[C, I]) settleJoins(ctx context.Context, epoch uint64, st *leaderState) {
 	f, err := m.readFleet(ctx)
 	if err == nil {
 		st.fleet = f.size
 	}
 	if err == nil && f.restarting(m.s.heartbeat) {
 		m.prefetch(ctx, st)
-		m.awaitFleet(ctx, m.s.heartbeat-f.since)
+		m.awaitFleet(ctx, epoch, st, f.size, m.s.heartbeat-f.since)
 		return
 	}
 	deadline := time.NewTimer(joinWindowMax)
@@ -245,10 +246,12 @@ func (m *Manager[C, I]) settleJoins(ctx context.Context, st *leaderState) {
 // awaitFleet waits until as many nodes have joined as the service had, at
 // most left. No quiet gap ends the wait: the nodes of a restarting service
 // join as fast as their processes start, which a quiet window cannot tell
-// from the end of the restart.
-func (m *Manager[C, I]) awaitFleet(ctx context.Context, left time.Duration) {
+// from the end of the restart. The nodes that joined so far take departed
+// nodes' keys as they come (see dealToJoiners).
+func (m *Manager[C, I]) awaitFleet(ctx context.Context, epoch uint64, st *leaderState, size int, left time.Duration) {
 	deadline := time.NewTimer(left)
 	defer deadline.Stop()
+	m.dealToJoiners(ctx, epoch, st, size)
 	for {
 		select {
 		case <-ctx.Done():
@@ -259,6 +262,7 @@ func (m *Manager[C, I]) awaitFleet(ctx context.Context, left time.Duration) {
 			if f, err := m.readFleet(ctx); err == nil && f.live >= f.size {
 				return
 			}
+			m.dealToJoiners(ctx, epoch, st, size)
 		}
 	}
 }
@@ -504,6 +508,12 @@ func (m *Manager[C, I]) previous(ctx context.Context, st *leaderState, fresh boo
 	return read, nil
 }
 
+// assignPage is how many entries one HSCAN of the assignment asks for: a
+// page of 10,000 costs Redis a few milliseconds, and a restart of a service
+// of that size reads its assignment in one round trip while its nodes
+// start (see prefetch).
+const assignPage = 10000
+
 // readAssignment reads the whole assignment page by page (HSCAN), each page
 // a bounded command with a timeout of its own. It runs once a term, and the
 // leader is the only writer: a page may repeat an entry, which the map
@@ -513,7 +523,7 @@ func (m *Manager[C, I]) readAssignment(ctx context.Context, progress func()) (As
 	var cursor uint64
 	for {
 		rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-		page, err := m.client.Do(rctx, m.client.B().Hscan().Key(m.k.assign).Cursor(cursor).Count(scanPage).Build()).AsScanEntry()
+		page, err := m.client.Do(rctx, m.client.B().Hscan().Key(m.k.assign).Cursor(cursor).Count(assignPage).Build()).AsScanEntry()
 		cancel()
 		if err != nil {
 			return nil, err
@@ -533,13 +543,16 @@ func (m *Manager[C, I]) readAssignment(ctx context.Context, progress func()) (As
 // assignment and the configs, so that the rebalance that follows the last
 // join does not.
 func (m *Manager[C, I]) prefetch(ctx context.Context, st *leaderState) {
+	t0 := time.Now()
 	prev, err := m.previous(ctx, st, false)
 	if err != nil {
 		return
 	}
+	t1 := time.Now()
 	if keys, keep := m.leaderKeys(ctx, st, prev, triggerElected); !keep {
 		st.prefetched = keys
 	}
+	m.log.Warn("DEBUG prefetch", "assign", t1.Sub(t0), "keys", time.Since(t1))
 }
 
 // leaderKeys returns the keys to balance, from a fresh getConfig: a leader

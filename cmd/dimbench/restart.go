@@ -294,7 +294,7 @@ func (t *logTap) Handle(ctx context.Context, r slog.Record) error {
 	if r.Level >= slog.LevelWarn {
 		return t.warns.Handle(ctx, r)
 	}
-	if r.Message != "became leader" && r.Message != "rebalanced" {
+	if r.Message != "became leader" && r.Message != "rebalanced" && r.Message != pairedMsg {
 		return nil
 	}
 	rec := tapRecord{at: r.Time, msg: r.Message}
@@ -306,6 +306,8 @@ func (t *logTap) Handle(ctx context.Context, r slog.Record) error {
 			rec.moves = a.Value.Int64()
 		case "nodes":
 			rec.nodes = a.Value.Int64()
+		case "keys":
+			rec.moves = a.Value.Int64()
 		}
 		return true
 	})
@@ -334,15 +336,27 @@ func (t *logTap) since(t0 time.Time) []tapRecord {
 // summary lists the records from t0 on, in ms after t0.
 func (t *logTap) summary(t0 time.Time) string {
 	var b strings.Builder
+	pairs, paired := 0, int64(0)
+	var lastPair time.Time
 	for _, r := range t.since(t0) {
-		if r.msg == "became leader" {
+		switch r.msg {
+		case pairedMsg:
+			pairs, paired, lastPair = pairs+1, paired+r.moves, r.at
+		case "became leader":
 			fmt.Fprintf(&b, "leader@%s ", num(ms(r.at.Sub(t0))))
-		} else {
+		default:
 			fmt.Fprintf(&b, "rebalance@%s–%s (%d nodes, %d moves) ", num(ms(r.at.Add(-r.took).Sub(t0))), num(ms(r.at.Sub(t0))), r.nodes, r.moves)
 		}
 	}
+	if pairs > 0 {
+		fmt.Fprintf(&b, "%d pairings (%d keys, the last @%s) ", pairs, paired, num(ms(lastPair.Sub(t0))))
+	}
 	return strings.TrimSpace(b.String())
 }
+
+// pairedMsg is dim's Info log when joiners of a whole restart take departed
+// nodes' keys (see dim's wholerestart.go).
+const pairedMsg = "restart: joiners took departed nodes' keys"
 
 // tapAttrs keeps the node's attributes on the warnings passed on.
 type tapAttrs struct {
