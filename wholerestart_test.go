@@ -104,7 +104,7 @@ func TestAWholeRestartWithNewIDsPlacesEachNodeAsItJoins(t *testing.T) {
 	c.waitConverged(10*time.Second, "d", "e", "f")
 	assert.Equal(t, first, liveOn(c, "d"), "d kept the keys it took")
 	assert.Empty(t, createdOnMoreThanOneNode(c.rec.Events(), seq), "keys created on one node, then moved to another")
-	ex, err := Explain(t.Context(), c.srv.Client(t), first[0], WithService(c.service))
+	ex, err := Explain(t.Context(), c.srv.Client(t), Service{Name: c.service}, first[0])
 	require.NoError(t, err)
 	require.NotNil(t, ex.LastMove)
 	assert.Equal(t, MoveNodeGone, ex.LastMove.Reason)
