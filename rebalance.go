@@ -543,16 +543,13 @@ func (m *Manager[C, I]) readAssignment(ctx context.Context, progress func()) (As
 // assignment and the configs, so that the rebalance that follows the last
 // join does not.
 func (m *Manager[C, I]) prefetch(ctx context.Context, st *leaderState) {
-	t0 := time.Now()
 	prev, err := m.previous(ctx, st, false)
 	if err != nil {
 		return
 	}
-	t1 := time.Now()
 	if keys, keep := m.leaderKeys(ctx, st, prev, triggerElected); !keep {
 		st.prefetched = keys
 	}
-	m.log.Warn("DEBUG prefetch", "assign", t1.Sub(t0), "keys", time.Since(t1))
 }
 
 // leaderKeys returns the keys to balance, from a fresh getConfig: a leader
