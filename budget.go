@@ -97,7 +97,7 @@ func inFlight(ctx context.Context, client rueidis.Client, k keyspace, moving map
 
 // budgetLeft is how many voluntary moves this rebalance may start: the
 // budget less the moves of earlier steps still in flight (-1: no budget).
-func (m *Manager[C, I]) budgetLeft(ctx context.Context, st *leaderState, prev Assignment, keys int) (int, error) {
+func (m *Manager[C, I]) budgetLeft(ctx context.Context, st *leaderMemory, prev Assignment, keys int) (int, error) {
 	limit := moveBudget(m.s.budgetAbs, m.s.budgetRel, keys)
 	st.budget = limit
 	if limit < 0 {

@@ -54,9 +54,42 @@ import (
 	"github.com/robfig/cron/v3"
 )
 
-// Manager runs this replica's share of a service's instances. C is the config
+// Manager runs this node's share of a service's instances. C is the config
 // type, I the instance type. Create it with [New], then [Manager.Start]; a
 // stopped Manager is not reused.
+//
+// A node is one Manager that has joined a service: one process, or one
+// replica of a deployment, under one node ID (see [WithNodeID]). The docs
+// say "node" throughout; "replica" means the same.
+//
+// How a node runs, for the reader of this package (not part of the API):
+//
+//   - The subscription (subscribeLoop, dim.go) holds a connection of its
+//     own to the service's channel and turns events into signals: nodeCh
+//     for the node loop, leaderCh for the leader loop, leaderCheckCh after
+//     every resubscription.
+//   - The heartbeat loop (membership.go) renews the lease; the watchdog
+//     checks it on the boot clock. Whichever sees the lease lost fences:
+//     it cancels every instance and calls every disconnect hook at once,
+//     whatever the node loop is doing, then signals fenceCh.
+//   - The node loop (nodeLoop, instance.go) owns the instance table: it
+//     reconciles on nodeCh (its assigned keys against what runs), stops
+//     everything on fenceCh, runs health checks on healthTickCh and takes
+//     their results from healthCh, and hands off on handoffCh when Stop
+//     asks.
+//   - The campaign (campaignLoop, elector.go) competes for the leader lock,
+//     woken by campaignCh; while it holds the lock the leader loop
+//     (leaderLoop, rebalance.go) runs under a context that ends with the
+//     term, rebalancing on leaderCh and its timers, and once more on
+//     handoffLeaderCh when Stop asks. watchLeaderLoop steps down a leader
+//     whose loop stops making progress.
+//   - The schedules (every, dim.go): health checks, the leader check on
+//     leaderCheckCh, and the config refresh, which wakes both loops.
+//
+// Each signal channel has a buffer of one and signal never blocks, so a
+// burst of events wakes its loop once. healthCh, handoffCh and
+// handoffLeaderCh are unbuffered: a sender waits for the loop (or for the
+// node to stop).
 type Manager[C, I any] struct {
 	plainScripts   atomic.Bool // the server does not compile flagged scripts (see keepLua)
 	clock          redisClock  // this node's offset from Redis's clock
@@ -91,7 +124,7 @@ type Manager[C, I any] struct {
 	locker    rueidislock.Locker
 
 	lease      lease
-	leader     leadership
+	term       leaderTerm
 	instances  liveSet[I]
 	maxTTLSeen atomic.Int64 // largest node TTL declared in the service, ms
 
@@ -108,13 +141,14 @@ type Manager[C, I any] struct {
 	leaderConfigGuard guard
 	hashGuard         guard
 
-	// Signals, each coalesced in a buffer of one.
-	nodeCh          chan struct{}
-	fenceCh         chan struct{}
-	campaignCh      chan struct{}
-	leaderCheckCh   chan struct{}
-	leaderCh        chan string
-	healthTickCh    chan struct{}
+	// Signals, each coalesced in a buffer of one (see the map above).
+	nodeCh        chan struct{}
+	fenceCh       chan struct{}
+	campaignCh    chan struct{}
+	leaderCheckCh chan struct{}
+	leaderCh      chan string
+	healthTickCh  chan struct{}
+	// Unbuffered: the sender waits for the loop that takes it.
 	healthCh        chan healthResult[I]
 	handoffCh       chan chan struct{}
 	handoffLeaderCh chan chan struct{}
@@ -180,6 +214,7 @@ func New[C, I any](
 			return nil, err
 		}
 	}
+	s.fillDefaults()
 	if err := s.validate(); err != nil {
 		return nil, err
 	}
@@ -204,7 +239,7 @@ func New[C, I any](
 		configBackoff:   newBackoff(100*time.Millisecond, 30*time.Second),
 		view:            map[string]I{},
 	}
-	m.leader.taken = make(chan grant, 1)
+	m.term.taken = make(chan grant, 1)
 	var err error
 	if m.keyOf, err = checkHook[func(C) string]("WithKey", s.key, "config type"); err != nil {
 		return nil, err
@@ -245,7 +280,7 @@ func (m *Manager[C, I]) Service() string { return m.s.service }
 
 // IsLeader reports whether this replica currently leads the service.
 func (m *Manager[C, I]) IsLeader() bool {
-	epoch, _ := m.leader.current()
+	epoch, _ := m.term.current()
 	return epoch != 0
 }
 
@@ -537,7 +572,7 @@ func (m *Manager[C, I]) moveKeysAway(ctx context.Context) {
 // handOffLeadership waits while the leader moves this node's keys itself
 // before it lets go, unless its leadership (or ctx) ends first.
 func (m *Manager[C, I]) handOffLeadership(ctx context.Context) {
-	epoch, lctx := m.leader.current()
+	epoch, lctx := m.term.current()
 	if epoch == 0 {
 		return
 	}
@@ -590,7 +625,7 @@ func (m *Manager[C, I]) leaveAndClose() {
 	m.wg.Wait()
 	// Leadership released its lock in lead(); only now may the clients go.
 	select {
-	case g := <-m.leader.taken:
+	case g := <-m.term.taken:
 		g.release()
 	default:
 	}

@@ -13,9 +13,10 @@ import (
 // lockName is the name of the leader lock under the service's lock prefix.
 const lockName = "leader"
 
-// leadership is this node's view of its own leadership. Work done for the
+// leaderTerm is this node's view of its own leadership: the epoch of its
+// term, if any. Work done for the
 // leader runs under ctx, which ends the moment leadership is lost.
-type leadership struct {
+type leaderTerm struct {
 	mu     sync.Mutex
 	epoch  uint64 // 0 when not leader
 	ctx    context.Context
@@ -23,7 +24,7 @@ type leadership struct {
 	taken  chan grant         // a lock taken by the leader health check
 }
 
-func (l *leadership) current() (uint64, context.Context) {
+func (l *leaderTerm) current() (uint64, context.Context) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.epoch, l.ctx
@@ -82,7 +83,7 @@ func (m *Manager[C, I]) campaignLoop() {
 			return
 		case g = <-waited:
 			waiting = false
-		case g = <-m.leader.taken:
+		case g = <-m.term.taken:
 		}
 		if g.err != nil {
 			if m.runCtx.Err() != nil || errors.Is(g.err, rueidislock.ErrLockerClosed) {
@@ -152,9 +153,9 @@ func (m *Manager[C, I]) becomeLeader(ctx context.Context) (uint64, error) {
 // anything closes the client, so the key goes at once instead of expiring.
 func (m *Manager[C, I]) lead(lockCtx context.Context, release context.CancelFunc, epoch uint64) {
 	ctx, cancel := context.WithCancel(lockCtx)
-	m.leader.mu.Lock()
-	m.leader.epoch, m.leader.ctx, m.leader.cancel = epoch, ctx, cancel
-	m.leader.mu.Unlock()
+	m.term.mu.Lock()
+	m.term.epoch, m.term.ctx, m.term.cancel = epoch, ctx, cancel
+	m.term.mu.Unlock()
 	m.log.Info("became leader", "epoch", epoch)
 	m.record(ctx, HistoryElected, epoch, nil, nil, "")
 	m.tel.setLeader(epoch)
@@ -178,9 +179,9 @@ func (m *Manager[C, I]) lead(lockCtx context.Context, release context.CancelFunc
 		}
 	}
 
-	m.leader.mu.Lock()
-	m.leader.epoch, m.leader.ctx, m.leader.cancel = 0, nil, nil
-	m.leader.mu.Unlock()
+	m.term.mu.Lock()
+	m.term.epoch, m.term.ctx, m.term.cancel = 0, nil, nil
+	m.term.mu.Unlock()
 	cancel()
 	if why == "handed off" {
 		// A graceful end leaves no dead leader on record for others to
@@ -221,22 +222,22 @@ func (m *Manager[C, I]) watchLeaderLoop(ctx context.Context, busy *atomic.Int64,
 
 // stepDown ends this node's leadership, if any, at once.
 func (m *Manager[C, I]) stepDown() {
-	m.leader.mu.Lock()
-	cancel := m.leader.cancel
-	m.leader.mu.Unlock()
+	m.term.mu.Lock()
+	cancel := m.term.cancel
+	m.term.mu.Unlock()
 	if cancel != nil {
 		cancel()
 	}
 }
 
-// leaderStatus is the leader as recorded in Redis.
-type leaderStatus struct {
+// recordedLeader is the leader as recorded in Redis.
+type recordedLeader struct {
 	node  string
 	epoch uint64
 	live  bool
 }
 
-func (m *Manager[C, I]) readLeader(ctx context.Context) (leaderStatus, error) {
+func (m *Manager[C, I]) readLeader(ctx context.Context) (recordedLeader, error) {
 	return m.db().leader(ctx)
 }
 
@@ -294,7 +295,7 @@ func (m *Manager[C, I]) checkLeader() {
 // hand gives a lock taken outside the campaign loop to it.
 func (m *Manager[C, I]) hand(g grant) {
 	select {
-	case m.leader.taken <- g:
+	case m.term.taken <- g:
 	default:
 		g.release()
 	}

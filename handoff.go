@@ -208,7 +208,7 @@ func (m *Manager[C, I]) dispose(p *prepared[I], key string) {
 // runs with the claim's fencing token, and the instance's context is the
 // one it was prepared with.
 func (m *Manager[C, I]) activateJob(ctx context.Context, session string, job createJob[C], p *prepared[I]) (*entry[I], error) {
-	actx := context.WithValue(p.ctx, tokenKey{}, ownership{job.key, job.token})
+	actx := context.WithValue(p.ctx, ownershipKey{}, ownership{job.key, job.token})
 	if m.checkLease() != session || actx.Err() != nil {
 		m.dispose(p, job.key)
 		return nil, fmt.Errorf("%w: the lease ended before activate", errNotCreated)

@@ -233,7 +233,9 @@ func newTable[I any]() table[I] {
 	}
 }
 
-type tokenKey struct{}
+// ownershipKey is the context key under which an instance's context holds
+// its ownership (see FencingToken).
+type ownershipKey struct{}
 
 type ownership struct {
 	key   string
@@ -247,14 +249,14 @@ type ownership struct {
 // writes to can refuse writes carrying an older token: a paused or
 // partitioned former owner cannot overwrite its successor.
 func FencingToken(ctx context.Context) (uint64, bool) {
-	o, ok := ctx.Value(tokenKey{}).(ownership)
+	o, ok := ctx.Value(ownershipKey{}).(ownership)
 	return o.token, ok
 }
 
 // InstanceKey returns the config key of the instance a context dim passed is
 // about: createInstance's, a health check's or a disconnect's.
 func InstanceKey(ctx context.Context) (string, bool) {
-	o, ok := ctx.Value(tokenKey{}).(ownership)
+	o, ok := ctx.Value(ownershipKey{}).(ownership)
 	return o.key, ok
 }
 
@@ -888,7 +890,7 @@ func (m *Manager[C, I]) recordFailure(key, what string, err error) {
 // it lives as long as the instance: it carries the fencing token and is
 // cancelled the moment this node loses the right to run the instance.
 func (m *Manager[C, I]) create(ctx, leaseCtx context.Context, session string, job createJob[C]) (*entry[I], error) {
-	ictx, cancel := context.WithCancel(context.WithValue(leaseCtx, tokenKey{}, ownership{job.key, job.token}))
+	ictx, cancel := context.WithCancel(context.WithValue(leaseCtx, ownershipKey{}, ownership{job.key, job.token}))
 	// A fence or a suspend between the claim and now: the claim died with
 	// the lease, and createInstance must not see a context that has ended.
 	if m.checkLease() != session || ictx.Err() != nil {
@@ -1025,7 +1027,7 @@ func (m *Manager[C, I]) disconnectOne(e *entry[I]) {
 	}
 	m.inflight.add(e.key)
 	defer m.inflight.remove(e.key)
-	owned := context.WithValue(m.runCtx, tokenKey{}, ownership{e.key, e.token})
+	owned := context.WithValue(m.runCtx, ownershipKey{}, ownership{e.key, e.token})
 	spanCtx, span := m.tel.startCallback(owned, spanDisconnect, e.key)
 	start := time.Now()
 	err := m.callWithTimeout(context.WithoutCancel(spanCtx), e.key, func(ctx context.Context) error {
@@ -1160,7 +1162,7 @@ func (m *Manager[C, I]) startHealthChecks() {
 			continue
 		}
 		m.wg.Go(func() {
-			owned := context.WithValue(m.runCtx, tokenKey{}, ownership{e.key, e.token})
+			owned := context.WithValue(m.runCtx, ownershipKey{}, ownership{e.key, e.token})
 			ctx, span := m.tel.startCallback(owned, spanHealth, e.key)
 			start := time.Now()
 			err := m.callGuarded(ctx, &e.check, func(ctx context.Context) error { return m.healthcheck(ctx, e.inst) })

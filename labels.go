@@ -169,7 +169,7 @@ type unplaceableRecord struct {
 
 // recordUnplaceable records, logs and counts the keys no live node may
 // take, when they changed.
-func (m *Manager[C, I]) recordUnplaceable(ctx context.Context, st *leaderState, keys []string) {
+func (m *Manager[C, I]) recordUnplaceable(ctx context.Context, st *leaderMemory, keys []string) {
 	m.tel.setUnplaceable(len(keys))
 	sig := strings.Join(keys, "\x00")
 	if st.recordedUnplaceable != nil && *st.recordedUnplaceable == sig {

@@ -90,12 +90,12 @@ func TestLeaderCrashElectsANewLeaderWithAHigherEpoch(t *testing.T) {
 	}
 	c.waitConverged(10*time.Second, "n1", "n2", "n3")
 	old := c.leader()
-	oldEpoch, _ := old.m.leader.current()
+	oldEpoch, _ := old.m.term.current()
 	start := time.Now()
 	c.crash(old.id)
 	next := c.leader()
 	elected := time.Since(start)
-	newEpoch, _ := next.m.leader.current()
+	newEpoch, _ := next.m.term.current()
 	assert.NotEqual(t, old.id, next.id)
 	assert.Greater(t, newEpoch, oldEpoch)
 	rest := without([]string{"n1", "n2", "n3"}, old.id)
@@ -109,10 +109,10 @@ func TestADeposedLeadersWriteIsRefused(t *testing.T) {
 	c.start("n2")
 	c.waitConverged(10*time.Second, "n1", "n2")
 	old := c.leader()
-	oldEpoch, _ := old.m.leader.current()
+	oldEpoch, _ := old.m.term.current()
 	c.stop(old.id)
 	survivor := c.leader()
-	newEpoch, _ := survivor.m.leader.current()
+	newEpoch, _ := survivor.m.term.current()
 	require.Greater(t, newEpoch, oldEpoch)
 
 	// The survivor writes with the old epoch, as a deposed leader would.

@@ -645,8 +645,29 @@ func invalid(option, format string, args ...any) error {
 
 var cronParser = cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
 
+// fillDefaults fills what follows from other settings when it was not set:
+// intervals from their TTLs (so that setting a TTL alone works), the node ID
+// and the logger. New calls it before validate.
+func (s *settings) fillDefaults() {
+	if s.heartbeat == 0 {
+		s.heartbeat = s.nodeTTL / 5
+	}
+	if s.lockRefresh == 0 {
+		s.lockRefresh = s.lockTTL / 5
+	}
+	if s.nodeID == "" {
+		s.nodeID = defaultNodeID()
+	}
+	switch {
+	case !s.loggerSet:
+		s.logger = slog.New(minLevel{slog.Default().Handler(), slog.LevelWarn})
+	case s.logger == nil:
+		s.logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+}
+
 // validate checks single values and the relations between them, and parses
-// the schedules.
+// the schedules. It changes nothing else.
 func (s *settings) validate() error {
 	if s.service == "" {
 		return invalid("WithService", "a service name is required")
@@ -674,13 +695,6 @@ func (s *settings) validate() error {
 		}
 		*sch.out = parsed
 	}
-	// Unset intervals follow their TTLs, so that setting a TTL alone works.
-	if s.heartbeat == 0 {
-		s.heartbeat = s.nodeTTL / 5
-	}
-	if s.lockRefresh == 0 {
-		s.lockRefresh = s.lockTTL / 5
-	}
 	switch {
 	case s.nodeTTL < 100*time.Millisecond:
 		return invalid("WithNodeTTL", "%v is below 100ms", s.nodeTTL)
@@ -701,15 +715,6 @@ func (s *settings) validate() error {
 		return invalid("WithCallbackTimeout", "%v is not positive", s.timeout)
 	case s.maxNodeTTL > 0 && s.maxNodeTTL < s.nodeTTL:
 		return invalid("WithMaxNodeTTL", "%v is below this replica's node TTL %v", s.maxNodeTTL, s.nodeTTL)
-	}
-	if s.nodeID == "" {
-		s.nodeID = defaultNodeID()
-	}
-	switch {
-	case !s.loggerSet:
-		s.logger = slog.New(minLevel{slog.Default().Handler(), slog.LevelWarn})
-	case s.logger == nil:
-		s.logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	return nil
 }

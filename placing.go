@@ -275,7 +275,7 @@ func readPlacing(ctx context.Context, client rueidis.Client, k keyspace, progres
 // differ: nothing at all while the placements stay as they are. A failed
 // write is read again next time. Best effort, like the reasons of moves:
 // Plan and Explain are worse off without it, placement is not.
-func (m *Manager[C, I]) storePlacing(ctx context.Context, st *leaderState) {
+func (m *Manager[C, I]) storePlacing(ctx context.Context, st *leaderMemory) {
 	gen := m.instances.generation()
 	sum := st.placementSum
 	switch {

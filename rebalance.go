@@ -56,8 +56,8 @@ func (r *requestSet) take() []string {
 	return ids
 }
 
-// leaderState is what a leader remembers between rebalances.
-type leaderState struct {
+// leaderMemory is what a leader remembers between rebalances.
+type leaderMemory struct {
 	// busy is when the leader loop last made progress in the current
 	// rebalance (unix ns; 0 while idle), for watchLeaderLoop: a big write
 	// advances it with every chunk.
@@ -130,7 +130,7 @@ func (m *Manager[C, I]) leaderLoop(ctx context.Context, epoch uint64, busy *atom
 	backoff := newBackoff(50*time.Millisecond, m.s.heartbeat)
 	// The first look at what runs comes one TTL into the term: a full
 	// status read of a big service would only slow its start down.
-	st := leaderState{observed: time.Now(), fleet: -1, busy: busy}
+	st := leaderMemory{observed: time.Now(), fleet: -1, busy: busy}
 	trigger := triggerElected
 	for {
 		switch trigger {
@@ -197,7 +197,7 @@ const sweepChunk = 1000
 
 // sweepOwners removes one page of owner entries left by keys that were
 // removed while their owner was dead (see sweepScript).
-func (m *Manager[C, I]) sweepOwners(ctx context.Context, st *leaderState) {
+func (m *Manager[C, I]) sweepOwners(ctx context.Context, st *leaderMemory) {
 	if st.sweep == "" {
 		st.sweep = "0"
 	}
@@ -215,7 +215,7 @@ func (m *Manager[C, I]) sweepOwners(ctx context.Context, st *leaderState) {
 // nodes as the service had instead, for at most one heartbeat interval
 // after the restart began, and gives each node that joins meanwhile
 // its share of departed nodes' keys where it can (see dealToJoiners).
-func (m *Manager[C, I]) settleJoins(ctx context.Context, epoch uint64, st *leaderState) {
+func (m *Manager[C, I]) settleJoins(ctx context.Context, epoch uint64, st *leaderMemory) {
 	f, err := m.readFleet(ctx)
 	if err == nil {
 		st.fleet = f.size
@@ -248,7 +248,7 @@ func (m *Manager[C, I]) settleJoins(ctx context.Context, epoch uint64, st *leade
 // join as fast as their processes start, which a quiet window cannot tell
 // from the end of the restart. The nodes that joined so far take departed
 // nodes' keys as they come (see dealToJoiners).
-func (m *Manager[C, I]) awaitFleet(ctx context.Context, epoch uint64, st *leaderState, size int, left time.Duration) {
+func (m *Manager[C, I]) awaitFleet(ctx context.Context, epoch uint64, st *leaderMemory, size int, left time.Duration) {
 	deadline := time.NewTimer(left)
 	defer deadline.Stop()
 	m.dealToJoiners(ctx, epoch, st, size)
@@ -294,7 +294,7 @@ func (m *Manager[C, I]) readFleet(ctx context.Context) (fleet, error) {
 // of its next restart: at once when it grew, and on the config refresh
 // schedule when it shrank (a service that stops as a whole shrinks for a
 // moment on every drain; that must not count).
-func (m *Manager[C, I]) recordFleet(ctx context.Context, st *leaderState, n int, trigger string) {
+func (m *Manager[C, I]) recordFleet(ctx context.Context, st *leaderMemory, n int, trigger string) {
 	if n == 0 || n == st.fleet || (n < st.fleet && trigger != triggerRefresh) {
 		return
 	}
@@ -308,7 +308,7 @@ func (m *Manager[C, I]) recordFleet(ctx context.Context, st *leaderState, n int,
 // observe records how many keys are not running where they should, from a
 // summary that only counts, so that its cost to Redis does not grow with the
 // number of keys: both counts drain to zero after every disturbance.
-func (m *Manager[C, I]) observe(ctx context.Context, st *leaderState) {
+func (m *Manager[C, I]) observe(ctx context.Context, st *leaderMemory) {
 	st.observed = time.Now()
 	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
@@ -321,7 +321,7 @@ func (m *Manager[C, I]) observe(ctx context.Context, st *leaderState) {
 
 // rebalance computes and writes a new assignment. It returns how long until
 // the next lease may expire, when it should look again.
-func (m *Manager[C, I]) rebalance(ctx context.Context, epoch uint64, trigger string, st *leaderState) (time.Duration, error) {
+func (m *Manager[C, I]) rebalance(ctx context.Context, epoch uint64, trigger string, st *leaderMemory) (time.Duration, error) {
 	start := time.Now()
 	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	now, live, err := m.members(rctx)
@@ -368,7 +368,7 @@ func (m *Manager[C, I]) rebalance(ctx context.Context, epoch uint64, trigger str
 // answer tells the requesters of a rebalance how it went, and records the
 // outcome where Status reads it when it changed: a failure, a recovery, or
 // moves.
-func (m *Manager[C, I]) answer(ctx context.Context, epoch uint64, st *leaderState, err error) {
+func (m *Manager[C, I]) answer(ctx context.Context, epoch uint64, st *leaderMemory, err error) {
 	ids := m.requests.take()
 	if !st.ran && len(ids) == 0 {
 		return
@@ -392,7 +392,7 @@ func (m *Manager[C, I]) answer(ctx context.Context, epoch uint64, st *leaderStat
 }
 
 // assign balances the keys over nodes and writes the difference.
-func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string, now int64, nodes []Node, st *leaderState, stats *rebalanceStats) error {
+func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string, now int64, nodes []Node, st *leaderMemory, stats *rebalanceStats) error {
 	// Within a term this leader is the only writer of the assignment, so
 	// it reads it once; after a restore of Redis, or a failed write, again.
 	prev, err := m.previous(ctx, st, trigger == triggerRefresh)
@@ -486,7 +486,7 @@ func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string
 }
 
 // progress tells watchLeaderLoop that the current rebalance moves on.
-func (st *leaderState) progress() {
+func (st *leaderMemory) progress() {
 	if st.busy != nil && st.busy.Load() != 0 {
 		st.busy.Store(time.Now().UnixNano())
 	}
@@ -495,7 +495,7 @@ func (st *leaderState) progress() {
 // previous returns the assignment as this leader last wrote it, reading it
 // from Redis once a term, after a restore of Redis, after a failed write,
 // or when fresh is set.
-func (m *Manager[C, I]) previous(ctx context.Context, st *leaderState, fresh bool) (Assignment, error) {
+func (m *Manager[C, I]) previous(ctx context.Context, st *leaderMemory, fresh bool) (Assignment, error) {
 	gen := m.instances.generation()
 	if st.assigned != nil && gen == st.gen && !fresh {
 		return st.assigned, nil
@@ -542,7 +542,7 @@ func (m *Manager[C, I]) readAssignment(ctx context.Context, progress func()) (As
 // the part of placing keys that does not depend on who joins: it reads the
 // assignment and the configs, so that the rebalance that follows the last
 // join does not.
-func (m *Manager[C, I]) prefetch(ctx context.Context, st *leaderState) {
+func (m *Manager[C, I]) prefetch(ctx context.Context, st *leaderMemory) {
 	prev, err := m.previous(ctx, st, false)
 	if err != nil {
 		return
@@ -556,7 +556,7 @@ func (m *Manager[C, I]) prefetch(ctx context.Context, st *leaderState) {
 // that cannot read configs must not move running instances to nodes that
 // may not be able to read them either. If getConfig fails, the last keys
 // (or those of the current assignment) stay and keep is true.
-func (m *Manager[C, I]) leaderKeys(ctx context.Context, st *leaderState, prev Assignment, trigger string) (keys []string, keep bool) {
+func (m *Manager[C, I]) leaderKeys(ctx context.Context, st *leaderMemory, prev Assignment, trigger string) (keys []string, keep bool) {
 	// Content changes matter on a refresh or a request; a membership change
 	// needs the keys only, not a hash of every config's content.
 	membership := false

@@ -225,15 +225,15 @@ func (s store) lead(ctx context.Context, node, session string) (uint64, error) {
 
 // leader reads the recorded leader and whether it is live (see
 // leaderScript).
-func (s store) leader(ctx context.Context) (leaderStatus, error) {
+func (s store) leader(ctx context.Context) (recordedLeader, error) {
 	res, err := leaderScript.Exec(ctx, s.c, []string{s.k.nodes, s.k.leader}, nil).ToArray()
 	if err != nil {
-		return leaderStatus{}, err
+		return recordedLeader{}, err
 	}
 	if len(res) != 3 {
-		return leaderStatus{}, fmt.Errorf("leader: %w", unexpected(len(res)))
+		return recordedLeader{}, fmt.Errorf("leader: %w", unexpected(len(res)))
 	}
-	var st leaderStatus
+	var st recordedLeader
 	st.node, _ = res[0].ToString()
 	e, _ := res[1].ToString()
 	st.epoch, _ = strconv.ParseUint(e, 10, 64)

@@ -95,7 +95,7 @@ func TestStore(t *testing.T) {
 		require.NotZero(t, epoch)
 		l, err := db.leader(ctx)
 		require.NoError(t, err)
-		assert.Equal(t, leaderStatus{node: "n1", epoch: epoch, live: true}, l)
+		assert.Equal(t, recordedLeader{node: "n1", epoch: epoch, live: true}, l)
 
 		// k1 and k2 go from nobody (0) to n1 (1), k3 to n2 (2).
 		ok, err := db.write(ctx, epoch, "-", []string{"n1", "n2"}, []bool{true, true},

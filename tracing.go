@@ -39,27 +39,27 @@ const (
 
 // Attribute keys, all under the dim. namespace.
 var (
-	attrService   = attribute.Key(attrPrefix + "service")
-	attrNode      = attribute.Key(attrPrefix + "node")
-	attrEpoch     = attribute.Key(attrPrefix + "epoch")
-	attrKey       = attribute.Key(attrPrefix + "key")
-	attrOutcome   = attribute.Key(attrPrefix + "outcome")
-	attrTrigger   = attribute.Key(attrPrefix + "trigger")
-	attrLeader    = attribute.Key(attrPrefix + "leader")
-	attrNodes     = attribute.Key(attrPrefix + "nodes")
-	attrKeys      = attribute.Key(attrPrefix + "keys")
-	attrMoves     = attribute.Key(attrPrefix + "moves")
-	attrChanges   = attribute.Key(attrPrefix + "changes")
-	attrClaimed   = attribute.Key(attrPrefix + "claimed")
-	attrRefused   = attribute.Key(attrPrefix + "refused")
-	attrCreated   = attribute.Key(attrPrefix + "created")
-	attrReplaced  = attribute.Key(attrPrefix + "replaced")
-	attrStopped   = attribute.Key(attrPrefix + "disconnected")
-	attrReleased  = attribute.Key(attrPrefix + "released")
-	attrFailed    = attribute.Key(attrPrefix + "failed")
-	attrKind      = attribute.Key(attrPrefix + "kind")
-	attrReason    = attribute.Key(attrPrefix + "reason")
-	attrOperation = attribute.Key(attrPrefix + "operation")
+	attrService      = attribute.Key(attrPrefix + "service")
+	attrNode         = attribute.Key(attrPrefix + "node")
+	attrEpoch        = attribute.Key(attrPrefix + "epoch")
+	attrKey          = attribute.Key(attrPrefix + "key")
+	attrOutcome      = attribute.Key(attrPrefix + "outcome")
+	attrTrigger      = attribute.Key(attrPrefix + "trigger")
+	attrLeader       = attribute.Key(attrPrefix + "leader")
+	attrNodes        = attribute.Key(attrPrefix + "nodes")
+	attrKeys         = attribute.Key(attrPrefix + "keys")
+	attrMoves        = attribute.Key(attrPrefix + "moves")
+	attrChanges      = attribute.Key(attrPrefix + "changes")
+	attrClaimed      = attribute.Key(attrPrefix + "claimed")
+	attrRefused      = attribute.Key(attrPrefix + "refused")
+	attrCreated      = attribute.Key(attrPrefix + "created")
+	attrReplaced     = attribute.Key(attrPrefix + "replaced")
+	attrDisconnected = attribute.Key(attrPrefix + "disconnected")
+	attrReleased     = attribute.Key(attrPrefix + "released")
+	attrFailed       = attribute.Key(attrPrefix + "failed")
+	attrKind         = attribute.Key(attrPrefix + "kind")
+	attrReason       = attribute.Key(attrPrefix + "reason")
+	attrOperation    = attribute.Key(attrPrefix + "operation")
 )
 
 // telemetry holds the tracer, the instruments and the logger of one Manager.
@@ -273,7 +273,7 @@ func (t *telemetry) takeLinks() []trace.Link {
 
 func (t *telemetry) endReconcile(ctx context.Context, span trace.Span, s reconcileStats) {
 	span.SetAttributes(attrClaimed.Int(s.claimed), attrRefused.Int(s.refused), attrCreated.Int(s.created),
-		attrReplaced.Int(s.replaced), attrStopped.Int(s.disconnected), attrReleased.Int(s.released), attrFailed.Int(s.failed))
+		attrReplaced.Int(s.replaced), attrDisconnected.Int(s.disconnected), attrReleased.Int(s.released), attrFailed.Int(s.failed))
 	end(span, s.err)
 	t.reconcileTime.Record(ctx, time.Since(s.start).Seconds(), t.attrs())
 	if s.refused > 0 {

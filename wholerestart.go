@@ -29,7 +29,7 @@ import (
 // prefetch; without them it does nothing. Like every assignment write, it
 // is fenced by the epoch; a failed write leaves the keys to the rebalance
 // that follows.
-func (m *Manager[C, I]) dealToJoiners(ctx context.Context, epoch uint64, st *leaderState, size int) {
+func (m *Manager[C, I]) dealToJoiners(ctx context.Context, epoch uint64, st *leaderMemory, size int) {
 	if st.prefetched == nil || st.assigned == nil || len(st.placements) > 0 || size <= 0 {
 		return
 	}
