@@ -251,7 +251,7 @@ func TestARollingChangeOfLabelsMovesOnlyWhatTheConstraintsRequire(t *testing.T) 
 		// Settled: a rebalance moves nothing more.
 		_, err = RequestRebalance(context.Background(), c.srv.Client(t), Service{Name: c.service})
 		require.NoError(t, err)
-		assert.Equal(t, map[string]string(want.Assignment), c.status().Assignment)
+		assert.Equal(t, want.Assignment, c.status().Assignment)
 
 		extra := map[string]string{}
 		for _, mv := range moved(before, after.Assignment) {
