@@ -292,65 +292,89 @@ func readStatus(ctx context.Context, client rueidis.Client, service string, k ke
 	st := &Status{
 		Service:    service,
 		ServerTime: time.UnixMilli(now).UTC(),
-		Assignment: map[string]string{},
+		Assignment: Assignment{},
 		Owners:     map[string]Owner{},
 		Keys:       map[string]KeyStatus{},
 	}
-
-	leader, _ := res[1].ToArray()
-	var leaderSession string
-	if len(leader) == 6 {
-		st.Leader, _ = leader[0].ToString()
-		leaderSession, _ = leader[1].ToString()
-		e, _ := leader[2].ToString()
-		st.Epoch, _ = strconv.ParseUint(e, 10, 64)
-		if at, err := leader[3].AsInt64(); err == nil {
-			moves, _ := leader[4].AsInt64()
-			msg, _ := leader[5].ToString()
-			st.LastRebalance = &LastRebalance{At: time.UnixMilli(at).UTC(), Moves: int(moves), Error: msg}
+	leaderSession := st.parseLeader(res[1])
+	sessions, index := st.parseNodes(res[2], now)
+	st.LeaderLive = st.Leader != "" && sessions[st.Leader] == leaderSession && leaderSession != ""
+	st.parseKeys(res[3], res[4], res[6], sessions)
+	st.derive(index)
+	if g, _ := res[5].ToArray(); len(g) == 2 {
+		left, _ := g[0].AsInt64()
+		why, _ := g[1].ToString()
+		if left > 0 {
+			st.Grace = &Grace{Left: time.Duration(left) * time.Millisecond, Reason: why}
 		}
 	}
+	if err := readVerdicts(ctx, client, k, st, sessions); err != nil {
+		return nil, err
+	}
+	if err := readHoldStatus(ctx, client, k, st); err != nil {
+		return nil, err
+	}
+	if err := readPlacementStatus(ctx, client, k, st, index); err != nil {
+		return nil, err
+	}
+	st.Memory = newStore(client, k).memory(ctx)
+	slices.SortFunc(st.Nodes, func(a, b NodeStatus) int { return strings.Compare(a.ID, b.ID) })
+	return st, nil
+}
 
-	sessions := map[string]string{}
-	index := map[string]int{}
-	nodes, _ := res[2].AsStrSlice()
+// parseLeader reads the leader's record: who, its epoch and last
+// rebalance. It returns the leader's session.
+func (st *Status) parseLeader(v rueidis.RedisMessage) (session string) {
+	leader, _ := v.ToArray()
+	if len(leader) != 6 {
+		return ""
+	}
+	st.Leader, _ = leader[0].ToString()
+	session, _ = leader[1].ToString()
+	e, _ := leader[2].ToString()
+	st.Epoch, _ = strconv.ParseUint(e, 10, 64)
+	if at, err := leader[3].AsInt64(); err == nil {
+		moves, _ := leader[4].AsInt64()
+		msg, _ := leader[5].ToString()
+		st.LastRebalance = &LastRebalance{At: time.UnixMilli(at).UTC(), Moves: int(moves), Error: msg}
+	}
+	return session
+}
+
+// parseNodes reads the live nodes (six fields each: id, expiry, weight,
+// session, ttl, config error). It returns each node's session and its
+// index in st.Nodes.
+func (st *Status) parseNodes(v rueidis.RedisMessage, now int64) (sessions map[string]string, index map[string]int) {
+	sessions, index = map[string]string{}, map[string]int{}
+	nodes, _ := v.AsStrSlice()
 	for i := 0; i+5 < len(nodes); i += 6 {
 		id := nodes[i]
 		exp, _ := strconv.ParseFloat(nodes[i+1], 64)
 		ttl, _ := strconv.ParseInt(nodes[i+4], 10, 64)
-		ns := NodeStatus{ID: id, State: NodeActive, LeaseLeft: time.Duration(int64(exp)-now) * time.Millisecond,
+		ns := NodeStatus{ID: id, LeaseLeft: time.Duration(int64(exp)-now) * time.Millisecond,
 			TTL: time.Duration(ttl) * time.Millisecond}
-		switch w := nodes[i+2]; w {
-		case "pending":
-			ns.State = NodePending
-		default:
-			ns.Weight, _ = strconv.Atoi(w)
-			if ns.Weight == 0 {
-				ns.State = NodeDraining
-			}
-		}
+		ns.State, ns.Weight = nodeState(nodes[i+2], ns.LeaseLeft, ns.TTL)
 		if v := nodes[i+5]; v != "" {
 			var ce configError
 			if json.Unmarshal([]byte(v), &ce) == nil {
 				ns.ConfigError, ns.ConfigErrorAt, ns.ConfigErrorKeys = ce.Err, time.UnixMilli(ce.At).UTC(), ce.Kept
 			}
 		}
-		// A healthy node renews every heartbeat, at most (TTL − margin)/2:
-		// its lease never runs below half its TTL.
-		if ns.TTL > 0 && ns.LeaseLeft < ns.TTL/2 {
-			ns.State = NodeSuspect
-		}
 		sessions[id] = nodes[i+3]
 		index[id] = len(st.Nodes)
 		st.Nodes = append(st.Nodes, ns)
 	}
-	st.LeaderLive = st.Leader != "" && sessions[st.Leader] == leaderSession && leaderSession != ""
+	return sessions, index
+}
 
-	st.Assignment, _ = res[3].AsStrMap()
-	if st.Assignment == nil {
-		st.Assignment = Assignment{}
+// parseKeys reads the assignment, the owner entries and the keys' state
+// records. A key without a record is what its owner entry says (see
+// keyspace).
+func (st *Status) parseKeys(assign, owner, state rueidis.RedisMessage, sessions map[string]string) {
+	if a, _ := assign.AsStrMap(); a != nil {
+		st.Assignment = a
 	}
-	owners, _ := res[4].AsStrMap()
+	owners, _ := owner.AsStrMap()
 	implicit := map[string]keyRecord{}
 	for key, v := range owners {
 		o, ok := parseOwner(v)
@@ -360,8 +384,7 @@ func readStatus(ctx context.Context, client rueidis.Client, service string, k ke
 		st.Owners[key] = Owner{Node: o.node, Token: o.token, Live: sessions[o.node] == o.session}
 		implicit[key] = o.implicit
 	}
-
-	states, _ := res[6].AsStrMap()
+	states, _ := state.AsStrMap()
 	for key, v := range states {
 		var r keyRecord
 		if json.Unmarshal([]byte(v), &r) != nil {
@@ -369,12 +392,17 @@ func readStatus(ctx context.Context, client rueidis.Client, service string, k ke
 		}
 		st.Keys[key] = keyStatusOf(r, sessions)
 	}
-	// A key without a record is what its owner entry says (see keyspace).
 	for key, r := range implicit {
 		if _, ok := st.Keys[key]; !ok {
 			st.Keys[key] = keyStatusOf(r, sessions)
 		}
 	}
+}
+
+// derive counts each node's assigned and running keys and lists, sorted,
+// the keys not running where assigned, at risk on a suspect node, and
+// running where they are not assigned.
+func (st *Status) derive(index map[string]int) {
 	for key, node := range st.Assignment {
 		if i, ok := index[node]; ok {
 			st.Nodes[i].Assigned++
@@ -399,28 +427,9 @@ func readStatus(ctx context.Context, client rueidis.Client, service string, k ke
 			st.Misplaced = append(st.Misplaced, key)
 		}
 	}
-	if g, _ := res[5].ToArray(); len(g) == 2 {
-		left, _ := g[0].AsInt64()
-		why, _ := g[1].ToString()
-		if left > 0 {
-			st.Grace = &Grace{Left: time.Duration(left) * time.Millisecond, Reason: why}
-		}
-	}
-	if err := readVerdicts(ctx, client, k, st, sessions); err != nil {
-		return nil, err
-	}
-	if err := readHoldStatus(ctx, client, k, st); err != nil {
-		return nil, err
-	}
-	if err := readPlacementStatus(ctx, client, k, st, index); err != nil {
-		return nil, err
-	}
-	st.Memory = newStore(client, k).memory(ctx)
 	slices.Sort(st.Unowned)
 	slices.Sort(st.AtRisk)
 	slices.Sort(st.Misplaced)
-	slices.SortFunc(st.Nodes, func(a, b NodeStatus) int { return strings.Compare(a.ID, b.ID) })
-	return st, nil
 }
 
 // readPlacementStatus reads the nodes' labels and caps, the pins and the
