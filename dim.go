@@ -351,12 +351,38 @@ func (m *Manager[C, I]) start(ctx context.Context) error {
 	return nil
 }
 
+// Buffers of the clients dim makes, where the caller's ClientOption leaves
+// them unset: a node sends a few commands at a time, and its largest
+// replies (a status of a big service) are read through the buffer in
+// pieces. rueidis's defaults (0.5 MiB each way and a ring of 1,024 slots per
+// connection) cost a node some 10 MiB over its two clients' connections,
+// allocated and cleared at every Start.
+const (
+	leanRingScale = 8         // 256 commands in flight per connection
+	leanBuffer    = 64 * 1024 // read and write buffer per connection
+)
+
+// lean returns opt with dim's buffer sizes where it sets none.
+func lean(opt rueidis.ClientOption) rueidis.ClientOption {
+	if opt.RingScaleEachConn == 0 {
+		opt.RingScaleEachConn = leanRingScale
+	}
+	if opt.ReadBufferEachConn == 0 {
+		opt.ReadBufferEachConn = leanBuffer
+	}
+	if opt.WriteBufferEachConn == 0 {
+		opt.WriteBufferEachConn = leanBuffer
+	}
+	return opt
+}
+
 // connect makes the Redis client (or takes the given one) and the locker of
 // the leader lock, and returns the address to name in errors.
 func (m *Manager[C, I]) connect() (string, error) {
 	addr := fmt.Sprint(m.s.redis.InitAddress)
+	opt := lean(m.s.redis)
 	lockOpt := rueidislock.LockerOption{
-		ClientOption:   m.s.redis,
+		ClientOption:   opt,
 		KeyPrefix:      m.k.lock,
 		KeyValidity:    m.s.lockTTL,
 		ExtendInterval: m.s.lockRefresh,
@@ -379,7 +405,7 @@ func (m *Manager[C, I]) connect() (string, error) {
 	client := m.s.client
 	if client == nil {
 		var err error
-		if client, err = rueidis.NewClient(m.s.redis); err != nil {
+		if client, err = rueidis.NewClient(opt); err != nil {
 			return addr, fmt.Errorf("%w: connect to %s: %w", ErrRedis, addr, err)
 		}
 	} else {

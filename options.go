@@ -156,8 +156,11 @@ func WithKeyPrefix(prefix string) Option {
 }
 
 // WithRedis sets how to connect to Redis. TLS, ACL users, Sentinel and
-// Cluster all come through [rueidis.ClientOption]. Default: a single server
-// at 127.0.0.1:6379.
+// Cluster all come through [rueidis.ClientOption]. Where opt leaves them
+// unset, dim's clients use smaller buffers than rueidis's defaults (64 KiB
+// read and write buffers and a ring of 256 commands per connection): a
+// node has a few commands in flight at a time. Default: a single server at
+// 127.0.0.1:6379.
 func WithRedis(opt rueidis.ClientOption) Option {
 	return optionFunc(func(s *settings) error {
 		if len(opt.InitAddress) == 0 {
