@@ -338,7 +338,7 @@ func (m *Manager[C, I]) start(ctx context.Context) error {
 		// Before the join, so that the leader never gives this node a share
 		// of everyone's keys in between.
 		if err := m.hold(ctx, m.k.joinWait, m.s.joinHold); err != nil {
-			return err
+			return fail(fmt.Errorf("join hold at %s: %w", addr, err))
 		}
 	}
 	if err := m.joinWaiting(ctx); err != nil {
