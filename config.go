@@ -240,14 +240,14 @@ func (c *configErrors) report(ctx context.Context, m interface {
 }
 
 // publishConfigError writes or clears this node's config error.
-func (m *Manager[C, I]) publishConfigError(ctx context.Context, msg string, kept int) error {
-	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+func (e *env) publishConfigError(ctx context.Context, msg string, kept int) error {
+	ctx, cancel := context.WithTimeout(ctx, e.s.heartbeat)
 	defer cancel()
 	if msg == "" {
-		return m.client.Do(ctx, m.client.B().Hdel().Key(m.k.cfgErr).Field(m.s.nodeID).Build()).Error()
+		return e.client.Do(ctx, e.client.B().Hdel().Key(e.k.cfgErr).Field(e.s.nodeID).Build()).Error()
 	}
 	b, _ := json.Marshal(configError{Err: msg, At: time.Now().UnixMilli(), Kept: kept})
-	return m.client.Do(ctx, m.client.B().Hset().Key(m.k.cfgErr).FieldValue().FieldValue(m.s.nodeID, string(b)).Build()).Error()
+	return e.client.Do(ctx, e.client.B().Hset().Key(e.k.cfgErr).FieldValue().FieldValue(e.s.nodeID, string(b)).Build()).Error()
 }
 
 // configError is a node's published getConfig failure.

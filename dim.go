@@ -41,7 +41,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -51,7 +50,6 @@ import (
 
 	"github.com/redis/rueidis"
 	"github.com/redis/rueidis/rueidislock"
-	"github.com/robfig/cron/v3"
 )
 
 // Manager runs this node's share of a service's instances. C is the config
@@ -91,13 +89,7 @@ import (
 // handoffLeaderCh are unbuffered: a sender waits for the loop (or for the
 // node to stop).
 type Manager[C, I any] struct {
-	plainScripts   atomic.Bool // the server does not compile flagged scripts (see keepLua)
-	clock          redisClock  // this node's offset from Redis's clock
-	clockWarned    atomic.Bool // a large offset was logged
-	s              settings
-	k              keyspace
-	log            *slog.Logger
-	tel            *telemetry
+	env
 	getConfig      func(context.Context) ([]C, error)
 	createInstance func(context.Context, C) (I, error)
 	keyOf          func(C) string
@@ -116,12 +108,8 @@ type Manager[C, I any] struct {
 	retryMin   time.Duration // backoff after a failed create or health check
 	retryMax   time.Duration
 
-	life      lifecycle // new, running, fenced, stopping, stopped
-	runCtx    context.Context
-	runCancel context.CancelFunc
-	wg        sync.WaitGroup
-	client    rueidis.Client
-	locker    rueidislock.Locker
+	life lifecycle // new, running, fenced, stopping, stopped
+	wg   sync.WaitGroup
 
 	lease      lease
 	term       leaderTerm
@@ -132,9 +120,6 @@ type Manager[C, I any] struct {
 	cfgErrs     configErrors  // what Status shows of this node's getConfig
 	deadLeader  atomic.Uint64 // epoch of a dead leader seen by the last leader check
 	noIDsLogged atomic.Bool
-	slot        *slotNotice // a slot migration in the Cluster, told once
-	panics      sync.Map    // panics whose stack was logged, by what and message
-	live        liveness    // the loops' progress, for Live
 
 	// One call of each kind at a time; see guard.
 	nodeConfigGuard   guard
@@ -142,12 +127,8 @@ type Manager[C, I any] struct {
 	hashGuard         guard
 
 	// Signals, each coalesced in a buffer of one (see the map above).
-	nodeCh        chan struct{}
-	fenceCh       chan struct{}
-	campaignCh    chan struct{}
-	leaderCheckCh chan struct{}
-	leaderCh      chan string
-	healthTickCh  chan struct{}
+	fenceCh      chan struct{}
+	healthTickCh chan struct{}
 	// Unbuffered: the sender waits for the loop that takes it.
 	healthCh        chan healthResult[I]
 	handoffCh       chan chan struct{}
@@ -219,18 +200,13 @@ func New[C, I any](
 		return nil, err
 	}
 	m := &Manager[C, I]{
-		s:               s,
-		k:               newKeyspace(s.keyPrefix, s.service),
+		env:             newEnv(s),
 		getConfig:       getConfig,
 		createInstance:  createInstance,
 		claimRetry:      max(s.heartbeat/4, 10*time.Millisecond),
 		retryMin:        100 * time.Millisecond,
 		retryMax:        30 * time.Second,
-		nodeCh:          make(chan struct{}, 1),
 		fenceCh:         make(chan struct{}, 1),
-		campaignCh:      make(chan struct{}, 1),
-		leaderCheckCh:   make(chan struct{}, 1),
-		leaderCh:        make(chan string, 1),
 		healthTickCh:    make(chan struct{}, 1),
 		healthCh:        make(chan healthResult[I]),
 		handoffCh:       make(chan chan struct{}),
@@ -780,52 +756,10 @@ func (m *Manager[C, I]) onEvent(msg rueidis.PubSubMessage) {
 	}
 }
 
-// every calls fn on a cron schedule, and whenever wake fires (nil: never),
-// until the node stops.
-func (m *Manager[C, I]) every(s cron.Schedule, wake <-chan struct{}, fn func()) {
-	for {
-		now := time.Now()
-		next := s.Next(now)
-		if next.IsZero() { // New refuses such specs; never spin on one
-			return
-		}
-		t := time.NewTimer(next.Sub(now))
-		select {
-		case <-m.runCtx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		case <-wake:
-			t.Stop()
-		}
-		fn()
-	}
-}
-
 func signal(ch chan struct{}) {
 	select {
 	case ch <- struct{}{}:
 	default:
-	}
-}
-
-func (m *Manager[C, I]) triggerNode()     { signal(m.nodeCh) }
-func (m *Manager[C, I]) triggerCampaign() { signal(m.campaignCh) }
-
-// triggerLeader wakes the leader loop; a pending reason is kept, later ones
-// coalesce into it.
-func (m *Manager[C, I]) triggerLeader(reason string) {
-	select {
-	case m.leaderCh <- reason:
-	default:
-	}
-}
-
-// closeClient closes a client dim made; one given by WithRedisClient stays
-// open.
-func (m *Manager[C, I]) closeClient(c rueidis.Client) {
-	if m.s.client == nil {
-		c.Close()
 	}
 }
 

@@ -113,10 +113,10 @@ func avoidsAs(f *failureFacts, key, node string, gaveUp bool) bool {
 // whyCmds writes the reasons of a rebalance's moves and forgets removed
 // keys. They are sent best effort: an explanation is not worth failing a
 // rebalance for.
-func (m *Manager[C, I]) whyCmds(changes []change, why map[string]whyRecord) rueidis.Commands {
-	b := m.client.B()
+func (e *env) whyCmds(changes []change, why map[string]whyRecord) rueidis.Commands {
+	b := e.client.B()
 	var cmds rueidis.Commands
-	set := b.Hset().Key(m.k.why).FieldValue()
+	set := b.Hset().Key(e.k.why).FieldValue()
 	var gone []string
 	n := 0
 	for _, c := range changes {
@@ -135,7 +135,7 @@ func (m *Manager[C, I]) whyCmds(changes []change, why map[string]whyRecord) ruei
 		cmds = append(cmds, set.Build())
 	}
 	if len(gone) > 0 {
-		cmds = append(cmds, b.Hdel().Key(m.k.why).Field(gone...).Build())
+		cmds = append(cmds, b.Hdel().Key(e.k.why).Field(gone...).Build())
 	}
 	return cmds
 }

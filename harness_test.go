@@ -11,12 +11,13 @@ import (
 	"testing"
 	"time"
 
+	"net"
+
 	"github.com/go-dim/dim/internal/faultproxy"
 	"github.com/go-dim/dim/internal/history"
 	"github.com/go-dim/dim/internal/redistest"
 	"github.com/redis/rueidis"
 	"github.com/stretchr/testify/require"
-	"net"
 )
 
 // testConfig is the config type of the integration tests: keyed, with a

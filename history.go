@@ -53,12 +53,12 @@ type HistoryEntry struct {
 
 // historyCmd is the XADD of one entry, or an empty command when the history
 // is off.
-func (m *Manager[C, I]) historyCmd(kind string, epoch uint64, keys []string, moves []Move, detail string) (rueidis.Completed, bool) {
-	if m.s.historyLen <= 0 {
+func (e *env) historyCmd(kind string, epoch uint64, keys []string, moves []Move, detail string) (rueidis.Completed, bool) {
+	if e.s.historyLen <= 0 {
 		return rueidis.Completed{}, false
 	}
-	b := m.client.B().Xadd().Key(m.k.history).Maxlen().Almost().Threshold(strconv.Itoa(m.s.historyLen)).Id("*").
-		FieldValue().FieldValue("e", kind).FieldValue("n", m.s.nodeID)
+	b := e.client.B().Xadd().Key(e.k.history).Maxlen().Almost().Threshold(strconv.Itoa(e.s.historyLen)).Id("*").
+		FieldValue().FieldValue("e", kind).FieldValue("n", e.s.nodeID)
 	if epoch != 0 {
 		b = b.FieldValue("p", strconv.FormatUint(epoch, 10))
 	}
@@ -119,17 +119,17 @@ func movesOf(raw string, keys []string) []Move {
 }
 
 // record appends one entry, best effort.
-func (m *Manager[C, I]) record(ctx context.Context, kind string, epoch uint64, keys []string, moves []Move, detail string) {
-	cmd, ok := m.historyCmd(kind, epoch, keys, moves, detail)
+func (e *env) record(ctx context.Context, kind string, epoch uint64, keys []string, moves []Move, detail string) {
+	cmd, ok := e.historyCmd(kind, epoch, keys, moves, detail)
 	if !ok {
 		return
 	}
-	m.bestEffort(ctx, "recording history", rueidis.Commands{cmd})
+	e.bestEffort(ctx, "recording history", rueidis.Commands{cmd})
 }
 
 // moveCmds append the leader's assignment changes to the history, one
 // entry per chunk of moves.
-func (m *Manager[C, I]) moveCmds(epoch uint64, changes []change) rueidis.Commands {
+func (e *env) moveCmds(epoch uint64, changes []change) rueidis.Commands {
 	var cmds rueidis.Commands
 	for chunk := range slices.Chunk(changes, writeChunk) {
 		moves := make([]Move, len(chunk))
@@ -137,7 +137,7 @@ func (m *Manager[C, I]) moveCmds(epoch uint64, changes []change) rueidis.Command
 		for i, c := range chunk {
 			moves[i], keys[i] = Move{Key: c.key, From: c.from, To: c.to}, c.key
 		}
-		if cmd, ok := m.historyCmd(HistoryAssigned, epoch, keys, moves, ""); ok {
+		if cmd, ok := e.historyCmd(HistoryAssigned, epoch, keys, moves, ""); ok {
 			cmds = append(cmds, cmd)
 		}
 	}
@@ -229,10 +229,10 @@ func (m *Manager[C, I]) recordJoin(ctx context.Context, session string) {
 }
 
 // recordVerdictHistory appends what a failure review changed.
-func (m *Manager[C, I]) recordVerdictHistory(ctx context.Context, v *verdict, f *failureFacts) {
+func (e *env) recordVerdictHistory(ctx context.Context, v *verdict, f *failureFacts) {
 	var cmds rueidis.Commands
 	add := func(kind string, keys []string, detail string) {
-		if cmd, ok := m.historyCmd(kind, 0, keys, nil, detail); ok {
+		if cmd, ok := e.historyCmd(kind, 0, keys, nil, detail); ok {
 			cmds = append(cmds, cmd)
 		}
 	}
@@ -254,5 +254,5 @@ func (m *Manager[C, I]) recordVerdictHistory(ctx context.Context, v *verdict, f 
 	case v.outage == nil && f.outage != nil:
 		add(HistoryOutage, nil, "ended")
 	}
-	m.bestEffort(ctx, "recording history", cmds)
+	e.bestEffort(ctx, "recording history", cmds)
 }

@@ -1282,18 +1282,6 @@ func (e *panicError) Error() string { return "dim: callback failed: panic: " + e
 
 func (e *panicError) Unwrap() error { return ErrCallback }
 
-// logPanic logs the stack of a recovered panic the first time it is seen
-// for what (a key, or a kind of call): retries log the message only.
-func (m *Manager[C, I]) logPanic(what string, err error) {
-	var p *panicError
-	if !errors.As(err, &p) {
-		return
-	}
-	if _, seen := m.panics.LoadOrStore(what+"\x00"+p.value, true); !seen {
-		m.log.Error("callback panicked", "what", what, "panic", p.value, "stack", string(p.stack))
-	}
-}
-
 // publishView refreshes the read-only copy behind Instances.
 func (m *Manager[C, I]) publishView() {
 	view := make(map[string]I, len(m.tab.running))

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/redis/rueidis"
 	"iter"
 	"slices"
 	"strconv"
@@ -760,29 +759,4 @@ func writeGroups(chunk []change, index map[string]int) []string {
 		args = append(args, keys...)
 	}
 	return args
-}
-
-// bestEffort sends cmds and logs a failure at Debug: records that end or
-// get rewritten by themselves, not worth failing a rebalance for.
-func (m *Manager[C, I]) bestEffort(ctx context.Context, what string, cmds rueidis.Commands) {
-	if len(cmds) == 0 {
-		return
-	}
-	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-	defer cancel()
-	for _, r := range m.client.DoMulti(ctx, cmds...) {
-		if err := r.Error(); err != nil {
-			m.log.Debug(what+" failed", "err", err)
-			return
-		}
-	}
-}
-
-// publish sends an event on the service channel.
-func (m *Manager[C, I]) publish(ctx context.Context, event string) {
-	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-	defer cancel()
-	if err := m.client.Do(ctx, m.client.B().Publish().Channel(m.k.channel).Message(event).Build()).Error(); err != nil {
-		m.log.Debug("publish failed", "event", event, "err", err)
-	}
 }

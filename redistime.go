@@ -100,13 +100,13 @@ func (c lockClient) onRedisClock(cmd rueidis.Completed) rueidis.Completed {
 // per episode when it is large enough to matter to anything that does not
 // read Redis's clock (the lock's own idea of its validity stays local and
 // safe; the user's own code may not be).
-func (m *Manager[C, I]) observeClock(server int64, sent time.Time) {
-	off := m.clock.observe(server, sent)
-	m.tel.setClockOffset(off)
-	far := off.Abs() > m.s.lockTTL/4
-	if far && !m.clockWarned.Load() {
-		m.log.Warn("this node's clock is off Redis's; dim keeps leases and the leader lock on Redis's clock, but check the node's time sync",
-			"offset", off, "lock_ttl", m.s.lockTTL)
+func (e *env) observeClock(server int64, sent time.Time) {
+	off := e.clock.observe(server, sent)
+	e.tel.setClockOffset(off)
+	far := off.Abs() > e.s.lockTTL/4
+	if far && !e.clockWarned.Load() {
+		e.log.Warn("this node's clock is off Redis's; dim keeps leases and the leader lock on Redis's clock, but check the node's time sync",
+			"offset", off, "lock_ttl", e.s.lockTTL)
 	}
-	m.clockWarned.Store(far)
+	e.clockWarned.Store(far)
 }

@@ -30,8 +30,8 @@ func newStore(c rueidis.Client, k keyspace) store {
 }
 
 // db is the Manager's store.
-func (m *Manager[C, I]) db() store {
-	return store{c: m.client, k: &m.k, plain: &m.plainScripts}
+func (e *env) db() store {
+	return store{c: e.client, k: &e.k, plain: &e.plainScripts}
 }
 
 // badReply is a reply that does not have the shape its script returns. The
