@@ -4,7 +4,7 @@ package dim
 // nothing is disconnected, released or removed from Redis. The caller cuts
 // its link to Redis first, so not even the lock release gets through.
 func (m *Manager[C, I]) crashForTest() {
-	m.lease.end() // its fence timer dies with it
+	m.membership.lease.end() // its fence timer dies with it
 	m.runCancel()
 	m.wg.Wait()
 	m.locker.Close()

@@ -99,10 +99,9 @@ type Manager[C, I any] struct {
 	prepare        func(context.Context, C) (I, error) // nil: no make-before-break (see WithPrepare)
 	activate       func(context.Context, I) error
 	prepareCh      chan prepareResult[I]
-	announced      announced                 // keys whose new owner prepared them
-	handoffsShown  [2]int                    // prepared and held, as last published; node loop only
-	prepares       hungSet                   // keys with a prepare call in flight, until its outcome is filed or disposed of
-	lastFence      atomic.Pointer[fenceNote] // a fence not yet in the history
+	announced      announced // keys whose new owner prepared them
+	handoffsShown  [2]int    // prepared and held, as last published; node loop only
+	prepares       hungSet   // keys with a prepare call in flight, until its outcome is filed or disposed of
 
 	claimRetry time.Duration // how soon a refused claim is tried again
 	retryMin   time.Duration // backoff after a failed create or health check
@@ -111,15 +110,13 @@ type Manager[C, I any] struct {
 	life lifecycle // new, running, fenced, stopping, stopped
 	wg   sync.WaitGroup
 
-	lease      lease
+	membership *membership // the lease, and with it every instance's context
 	term       leaderTerm
 	instances  liveSet[I]
-	maxTTLSeen atomic.Int64 // largest node TTL declared in the service, ms
 
-	requests    requestSet    // rebalance requests waiting for the leader's answer
-	cfgErrs     configErrors  // what Status shows of this node's getConfig
-	deadLeader  atomic.Uint64 // epoch of a dead leader seen by the last leader check
-	noIDsLogged atomic.Bool
+	requests   requestSet    // rebalance requests waiting for the leader's answer
+	cfgErrs    configErrors  // what Status shows of this node's getConfig
+	deadLeader atomic.Uint64 // epoch of a dead leader seen by the last leader check
 
 	// One call of each kind at a time; see guard.
 	nodeConfigGuard   guard
@@ -240,10 +237,15 @@ func New[C, I any](
 	m.slot = &slotNotice{}
 	m.tel = newTelemetry(s, m.log)
 	m.tel.slot = m.slot
-	m.lease.ctx, m.lease.cancel = context.WithCancel(context.Background())
-	m.lease.cancel()
-	m.lease.boot = bootClock
-	m.lease.onExpire = func(session string) { m.fenceSession(session, "lease expired without renewal") }
+	m.membership = newMembership(&m.env, memberHooks{
+		generation: m.newGeneration,
+		fenced:     m.fenced,
+		mayRejoin:  func() bool { return m.life.load() == phaseRunning },
+		rejoined: func() {
+			m.triggerNode()
+			m.triggerCampaign()
+		},
+	})
 	m.instances.stop = m.disconnectOne
 	return m, nil
 }
@@ -423,8 +425,8 @@ func (m *Manager[C, I]) subscribe(ctx context.Context) error {
 // runLoops starts the goroutines of a node that has joined.
 func (m *Manager[C, I]) runLoops() {
 	m.live.beatNow() // the heartbeat loop's first turn is one heartbeat away
-	m.wg.Go(m.heartbeatLoop)
-	m.wg.Go(m.watchdog)
+	m.wg.Go(m.membership.heartbeatLoop)
+	m.wg.Go(m.membership.watchdog)
 	m.wg.Go(m.nodeLoop)
 	m.wg.Go(m.campaignLoop)
 	m.wg.Go(func() { m.every(m.s.health, nil, func() { signal(m.healthTickCh) }) })
@@ -446,7 +448,7 @@ func (m *Manager[C, I]) runLoops() {
 func (m *Manager[C, I]) joinWaiting(ctx context.Context) error {
 	var inUse *idInUseError
 	for {
-		err := m.join(ctx)
+		err := m.membership.join(ctx)
 		if inUse != nil && ctx.Err() != nil {
 			// ctx ended during a retry: the ID being in use is the reason.
 			return fmt.Errorf("%w (start context: %w)", inUse, ctx.Err())
@@ -564,7 +566,7 @@ func (m *Manager[C, I]) moveKeysAway(ctx context.Context) {
 		fallthrough
 	default:
 		dctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-		if err := m.drain(dctx); err != nil && ctx.Err() == nil {
+		if err := m.membership.drain(dctx); err != nil && ctx.Err() == nil {
 			m.log.Warn("drain failed; keys move when the lease expires", "err", err)
 		}
 		cancel()
@@ -618,11 +620,11 @@ func (m *Manager[C, I]) stopLocal(ctx context.Context) {
 // its connections.
 func (m *Manager[C, I]) leaveAndClose() {
 	lctx, cancel := context.WithTimeout(context.Background(), m.s.heartbeat)
-	if err := m.leave(lctx); err != nil {
+	if err := m.membership.leave(lctx); err != nil {
 		m.log.Warn("leave failed; the lease expires by itself", "err", err)
 	}
 	cancel()
-	m.lease.end()
+	m.membership.lease.end()
 	m.runCancel()
 	m.wg.Wait()
 	// Leadership released its lock in lead(); only now may the clients go.

@@ -114,7 +114,7 @@ func (m *Manager[C, I]) campaignLoop() {
 // waitMember blocks until the node holds a lease or the Manager stops.
 func (m *Manager[C, I]) waitMember() bool {
 	for {
-		if session, _ := m.lease.current(); m.life.canTakeWork(session) {
+		if session, _ := m.membership.current(); m.life.canTakeWork(session) {
 			return true
 		}
 		select {
@@ -128,7 +128,7 @@ func (m *Manager[C, I]) waitMember() bool {
 // becomeLeader records this node as leader under a new epoch; a node that is
 // not a member or is stopping declines (epoch 0).
 func (m *Manager[C, I]) becomeLeader(ctx context.Context) (uint64, error) {
-	session, _ := m.lease.current()
+	session, _ := m.membership.current()
 	if !m.life.canTakeWork(session) {
 		return 0, nil
 	}
@@ -173,7 +173,7 @@ func (m *Manager[C, I]) lead(lockCtx context.Context, release context.CancelFunc
 	if why == "" {
 		why = "stepped down" // fenced or stopping
 		if lockCtx.Err() != nil && m.runCtx.Err() == nil && !m.life.stopping() {
-			if session, _ := m.lease.current(); session != "" {
+			if session, _ := m.membership.current(); session != "" {
 				why = "lock lost"
 			}
 		}
@@ -265,7 +265,7 @@ func (m *Manager[C, I]) checkLeader() {
 	if outcome != "dead" && outcome != "none" {
 		return
 	}
-	if session, _ := m.lease.current(); !m.life.canTakeWork(session) || m.IsLeader() {
+	if session, _ := m.membership.current(); !m.life.canTakeWork(session) || m.IsLeader() {
 		return
 	}
 	if lockCtx, release, err := m.locker.TryWithContext(m.runCtx, lockName); err == nil {

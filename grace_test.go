@@ -118,24 +118,24 @@ func TestASuspendedHostFencesOnWakeBeforeItRenews(t *testing.T) {
 	// The boot clock counts a suspend; Go's monotonic clock does not. A
 	// host that slept longer than the lease shows only on the boot clock.
 	var slept atomic.Int64
-	n1.m.lease.boot = func() time.Duration { return bootClock() + time.Duration(slept.Load()) }
+	n1.m.membership.lease.boot = func() time.Duration { return bootClock() + time.Duration(slept.Load()) }
 	c.startNode(n1)
 	c.waitConverged(10*time.Second, "n1")
-	before, _ := n1.m.lease.current()
+	before, _ := n1.m.membership.lease.current()
 	var renewed atomic.Int64
-	n1.m.lease.mu.Lock()
-	sent := n1.m.lease.sent
-	n1.m.lease.mu.Unlock()
+	n1.m.membership.lease.mu.Lock()
+	sent := n1.m.membership.lease.sent
+	n1.m.membership.lease.mu.Unlock()
 	slept.Store(int64(2 * testTTL))
 	c.eventually(testTTL, "n1 fenced on waking", func() bool {
-		s, _ := n1.m.lease.current()
+		s, _ := n1.m.membership.lease.current()
 		return s != before
 	})
-	n1.m.lease.mu.Lock()
-	if n1.m.lease.session == before && n1.m.lease.sent.After(sent) {
+	n1.m.membership.lease.mu.Lock()
+	if n1.m.membership.lease.session == before && n1.m.membership.lease.sent.After(sent) {
 		renewed.Add(1)
 	}
-	n1.m.lease.mu.Unlock()
+	n1.m.membership.lease.mu.Unlock()
 	assert.Zero(t, renewed.Load(), "the old session was never renewed after the wake-up")
 	slept.Store(0)
 	c.waitConverged(10*time.Second, "n1")

@@ -157,7 +157,7 @@ func (m *Manager[C, I]) startPrepare(ctx, leaseCtx context.Context, session, key
 // moves the normal way, at once.
 func (m *Manager[C, I]) onPrepared(r prepareResult[I]) {
 	delete(m.tab.preparing, r.key)
-	session, _ := m.lease.current()
+	session, _ := m.membership.current()
 	_, running := m.tab.running[r.key]
 	switch {
 	case r.err != nil:
@@ -209,7 +209,7 @@ func (m *Manager[C, I]) dispose(p *prepared[I], key string) {
 // one it was prepared with.
 func (m *Manager[C, I]) activateJob(ctx context.Context, session string, job createJob[C], p *prepared[I]) (*entry[I], error) {
 	actx := context.WithValue(p.ctx, ownershipKey{}, ownership{job.key, job.token})
-	if m.checkLease() != session || actx.Err() != nil {
+	if m.membership.checkLease() != session || actx.Err() != nil {
 		m.dispose(p, job.key)
 		return nil, fmt.Errorf("%w: the lease ended before activate", errNotCreated)
 	}

@@ -36,11 +36,11 @@ func (m *Manager[C, I]) notReady() string {
 	case phaseFenced:
 		return "fenced: stopping its instances"
 	}
-	session, _ := m.lease.current()
+	session, _ := m.membership.current()
 	if session == "" {
 		return "no lease: joining, or fenced and rejoining"
 	}
-	if m.lease.expired(session) {
+	if m.membership.lease.expired(session) {
 		return "lease expired: fencing"
 	}
 	return ""

@@ -220,14 +220,6 @@ type fenceNote struct {
 	reason string
 }
 
-// recordJoin appends a join, after the fence that preceded it if any.
-func (m *Manager[C, I]) recordJoin(ctx context.Context, session string) {
-	if f := m.lastFence.Swap(nil); f != nil {
-		m.record(ctx, HistoryFenced, 0, nil, nil, fmt.Sprintf("%s: %s", f.at.UTC().Format(time.RFC3339Nano), f.reason))
-	}
-	m.record(ctx, HistoryJoined, 0, nil, nil, session)
-}
-
 // recordVerdictHistory appends what a failure review changed.
 func (e *env) recordVerdictHistory(ctx context.Context, v *verdict, f *failureFacts) {
 	var cmds rueidis.Commands

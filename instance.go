@@ -308,7 +308,7 @@ func (m *Manager[C, I]) nextRetry() (time.Time, bool) {
 	// Without a lease, or while stopping, reconcile does nothing, so a retry
 	// time that has passed would wake the loop again at once, over and over
 	// until the node rejoins. A rejoin triggers a reconcile by itself.
-	if session, _ := m.lease.current(); !m.life.canTakeWork(session) {
+	if session, _ := m.membership.current(); !m.life.canTakeWork(session) {
 		return time.Time{}, false
 	}
 	var at time.Time
@@ -341,7 +341,7 @@ func (m *Manager[C, I]) nextRetry() (time.Time, bool) {
 // moved away or changed, release it, claim and create what is new, publish
 // the key states.
 func (m *Manager[C, I]) reconcile() {
-	session, leaseCtx := m.lease.current()
+	session, leaseCtx := m.membership.current()
 	m.dropStale(session)
 	if !m.life.canTakeWork(session) {
 		return
@@ -661,7 +661,7 @@ func (m *Manager[C, I]) dropAll(ctx context.Context, why string) {
 		m.log.Info("disconnecting all instances", "reason", why, "count", len(all))
 	}
 	m.disconnectAll(all)
-	session, _ := m.lease.current()
+	session, _ := m.membership.current()
 	if session != "" {
 		m.bookConfirmed(session)
 	}
@@ -681,7 +681,7 @@ func (m *Manager[C, I]) dropAll(ctx context.Context, why string) {
 	clear(m.tab.claimed)
 	clear(m.tab.waiting)
 	clear(m.tab.failures)
-	if session, _ := m.lease.current(); session != "" {
+	if session, _ := m.membership.current(); session != "" {
 		m.syncStates(context.WithoutCancel(ctx), session, nil)
 	}
 	clear(m.tab.states)
@@ -693,7 +693,7 @@ func (m *Manager[C, I]) dropAll(ctx context.Context, why string) {
 func (m *Manager[C, I]) claim(ctx context.Context, session string, keys []string) (granted map[string]uint64, held int, err error) {
 	granted = make(map[string]uint64, len(keys))
 	for i := 0; i < len(keys); i += claimChunk {
-		if m.checkLease() != session {
+		if m.membership.checkLease() != session {
 			return granted, held, nil // fenced: claims died with the lease
 		}
 		chunk := keys[i:min(i+claimChunk, len(keys))]
@@ -726,7 +726,7 @@ const claimChunk = 500
 func (m *Manager[C, I]) claimChunk(ctx context.Context, session string, keys []string, granted map[string]uint64) (held int, graceEnd time.Time, done bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
-	res, err := m.db().claim(ctx, m.s.nodeID, session, m.ttlFloor(), m.durable(), keys)
+	res, err := m.db().claim(ctx, m.s.nodeID, session, m.membership.ttlFloor(), m.membership.durable(), keys)
 	var bad *badReply
 	if err != nil && !errors.As(err, &bad) {
 		// The script may have run with its reply lost: keep the keys on the
@@ -747,7 +747,7 @@ func (m *Manager[C, I]) claimChunk(ctx context.Context, session string, keys []s
 	}
 	switch res.status {
 	case -1:
-		m.fenceSession(session, "claim refused: not a live member")
+		m.membership.fence(session, "claim refused: not a live member")
 		return 0, time.Time{}, true, nil
 	case -2:
 		m.log.Debug("claims wait for the grace period", "wait_ms", res.wait.Milliseconds())
@@ -893,7 +893,7 @@ func (m *Manager[C, I]) create(ctx, leaseCtx context.Context, session string, jo
 	ictx, cancel := context.WithCancel(context.WithValue(leaseCtx, ownershipKey{}, ownership{job.key, job.token}))
 	// A fence or a suspend between the claim and now: the claim died with
 	// the lease, and createInstance must not see a context that has ended.
-	if m.checkLease() != session || ictx.Err() != nil {
+	if m.membership.checkLease() != session || ictx.Err() != nil {
 		cancel()
 		return nil, fmt.Errorf("%w: the lease ended before create", errNotCreated)
 	}
@@ -1048,6 +1048,29 @@ func (m *Manager[C, I]) disconnectOne(e *entry[I]) {
 	}
 }
 
+// fenced is the membership's word that the lease ended: every
+// instance's context ended with it, and every disconnect hook is called
+// now, all at once, whatever the node loop is doing. The node rejoins once
+// the node loop has seen every instance stop (see fenceCh).
+func (m *Manager[C, I]) fenced() {
+	m.life.fence()
+	m.instances.stopAll()
+	m.stepDown()
+	signal(m.fenceCh)
+}
+
+// newGeneration files the generation of Redis's record that a join or
+// renewal read. When it changed, what the node holds was claimed in another
+// record: the check it returns confirms it in the new one (see
+// verifyOwnership).
+func (m *Manager[C, I]) newGeneration(gen string) func(session string, until time.Time) error {
+	changed, check := m.instances.setGeneration(gen)
+	if !changed {
+		return nil
+	}
+	return func(session string, until time.Time) error { return m.verifyOwnership(session, check, until) }
+}
+
 // verifyOwnership makes Redis's restored record say again what this node's
 // session holds: every key it runs, stops, or has a create or disconnect
 // call in flight for (see verifyScript). It runs before the heartbeat that
@@ -1188,7 +1211,7 @@ func (m *Manager[C, I]) onHealth(r healthResult[I]) {
 	m.tel.healthFailed(m.runCtx, "instance")
 	m.disconnectAll([]*entry[I]{r.e})
 	m.recordFailure(r.e.key, "health check", r.err)
-	if session, _ := m.lease.current(); session != "" {
+	if session, _ := m.membership.current(); session != "" {
 		m.syncStates(m.runCtx, session, nil)
 	}
 	m.publishView()

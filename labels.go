@@ -85,20 +85,6 @@ func WithPlacement[C any](placementOf func(C) Placement) Option {
 	})
 }
 
-// publishLabels records this node's labels and caps for the leader, or
-// removes a previous incarnation's.
-func (m *Manager[C, I]) publishLabels(ctx context.Context) error {
-	l := nodeLabels{Labels: m.s.labels, MaxKeys: m.s.maxKeys, MaxCost: m.s.maxCost}
-	if l.empty() {
-		return m.client.Do(ctx, m.client.B().Hdel().Key(m.k.labels).Field(m.s.nodeID).Build()).Error()
-	}
-	b, err := json.Marshal(l)
-	if err != nil {
-		return err
-	}
-	return m.client.Do(ctx, m.client.B().Hset().Key(m.k.labels).FieldValue().FieldValue(m.s.nodeID, string(b)).Build()).Error()
-}
-
 // placements derives the placement of every configured key that has one
 // other than the zero value, and, if sum is set, a checksum of them (see
 // placingHash); nil without WithPlacement.

@@ -323,7 +323,7 @@ func (m *Manager[C, I]) observe(ctx context.Context, st *leaderMemory) {
 func (m *Manager[C, I]) rebalance(ctx context.Context, epoch uint64, trigger string, st *leaderMemory) (time.Duration, error) {
 	start := time.Now()
 	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-	now, live, err := m.members(rctx)
+	now, live, err := m.db().members(rctx)
 	cancel()
 	if err != nil {
 		return 0, fmt.Errorf("read members: %w", err)

@@ -48,7 +48,7 @@ func TestClusterSlotMigratedKeyByKeyWhileTheServiceRuns(t *testing.T) {
 
 	sessions := map[string]string{}
 	for _, id := range nodes {
-		sessions[id], _ = c.node(id).m.lease.current()
+		sessions[id], _ = c.node(id).m.membership.lease.current()
 	}
 	before := liveInstances(c.rec)
 	creates := c.creates.Load()
@@ -76,7 +76,7 @@ func TestClusterSlotMigratedKeyByKeyWhileTheServiceRuns(t *testing.T) {
 	t.Logf("%s: migrated %d keys of slot %d from %s to %s, 900 ms apart", service, moved, slot, to, third)
 
 	for _, id := range nodes {
-		now, _ := c.node(id).m.lease.current()
+		now, _ := c.node(id).m.membership.lease.current()
 		assert.Equal(t, sessions[id], now, "%s fenced or rejoined during the migration", id)
 	}
 	assert.Equal(t, before, liveInstances(c.rec), "instances replaced during the migration")

@@ -250,7 +250,7 @@ func TestAnEntryConfirmedAfterItsReleaseIsReleasedAgain(t *testing.T) {
 		return err == nil && !n
 	})
 
-	session, _ := n1.m.lease.current()
+	session, _ := n1.m.membership.lease.current()
 	require.NoError(t, n1.m.verifyOwnership(session, []*entry[*testInst]{{key: gone, session: session}}, time.Now().Add(testTTL)))
 	v, err := admin.Do(context.Background(), admin.B().Hget().Key(ownerKey).Field(gone).Build()).ToString()
 	require.NoError(t, err, "the race's write: the node confirmed a key it had let go")

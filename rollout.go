@@ -185,7 +185,7 @@ func (m *Manager[C, I]) dropHolds(ctx context.Context, back, joined []string) {
 func (m *Manager[C, I]) hold(ctx context.Context, key string, d time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
-	session, _ := m.lease.current()
+	session, _ := m.membership.current()
 	if err := m.db().hold(ctx, key, m.s.nodeID, d, session); err != nil {
 		return fmt.Errorf("%w: record a hold: %w", ErrRedis, err)
 	}

@@ -455,7 +455,7 @@ func TestCreateInstanceIsNeverCalledWithAnEndedContext(t *testing.T) {
 	})
 	c.startNode(n1)
 	c.eventually(10*time.Second, "the link cut at the first create", cut.Load)
-	c.eventually(5*time.Second, "n1 fenced", func() bool { s, _ := n1.m.lease.current(); return s == "" })
+	c.eventually(5*time.Second, "n1 fenced", func() bool { s, _ := n1.m.membership.lease.current(); return s == "" })
 	// The node loop handles the fence once the reconcile with the creates
 	// is over.
 	c.eventually(10*time.Second, "the fence handled", func() bool { return n1.m.life.load() != phaseFenced })

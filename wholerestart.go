@@ -35,7 +35,7 @@ func (m *Manager[C, I]) dealToJoiners(ctx context.Context, epoch uint64, st *lea
 	}
 	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
 	defer cancel()
-	now, live, err := m.members(rctx)
+	now, live, err := m.db().members(rctx)
 	if err != nil {
 		return
 	}
