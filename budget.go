@@ -97,20 +97,20 @@ func inFlight(ctx context.Context, client rueidis.Client, k keyspace, moving map
 
 // budgetLeft is how many voluntary moves this rebalance may start: the
 // budget less the moves of earlier steps still in flight (-1: no budget).
-func (m *Manager[C, I]) budgetLeft(ctx context.Context, st *leaderMemory, prev Assignment, keys int) (int, error) {
-	limit := moveBudget(m.s.budgetAbs, m.s.budgetRel, keys)
+func (e *elector) budgetLeft(ctx context.Context, st *leaderMemory, prev Assignment, keys int) (int, error) {
+	limit := moveBudget(e.s.budgetAbs, e.s.budgetRel, keys)
 	st.budget = limit
 	if limit < 0 {
 		st.moving = map[string]string{}
 		return -1, nil
 	}
-	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	rctx, cancel := context.WithTimeout(ctx, e.s.heartbeat)
 	defer cancel()
 	if st.moving == nil {
 		// A new term: moves an earlier leader started may still be in
 		// flight. Every key in a handoff (its state published by a node
 		// other than its assignee) counts as one until it lands.
-		handing, err := m.client.Do(rctx, m.client.B().Smembers().Key(m.k.moving()).Build()).AsStrSlice()
+		handing, err := e.client.Do(rctx, e.client.B().Smembers().Key(e.k.moving()).Build()).AsStrSlice()
 		if err != nil {
 			return 0, fmt.Errorf("read moves in flight: %w", err)
 		}
@@ -126,7 +126,7 @@ func (m *Manager[C, I]) budgetLeft(ctx context.Context, st *leaderMemory, prev A
 			delete(st.moving, key) // moved on since: no longer this step's
 		}
 	}
-	flying, err := inFlight(rctx, m.client, m.k, st.moving)
+	flying, err := inFlight(rctx, e.client, e.k, st.moving)
 	if err != nil {
 		return 0, err
 	}

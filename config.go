@@ -239,6 +239,24 @@ func (c *configErrors) report(ctx context.Context, m interface {
 	}
 }
 
+// leaderInput reads the configs for the leader (see electorFeed.configs):
+// their keys, placements and, unless membership is set, fingerprint.
+func (m *Manager[C, I]) leaderInput(ctx context.Context, membership bool) (leaderInput, error) {
+	configs, err := m.load(ctx, membership, &m.leaderConfigGuard)
+	if err != nil {
+		return leaderInput{}, err
+	}
+	in := leaderInput{keys: make([]string, 0, len(configs))}
+	for key := range configs {
+		in.keys = append(in.keys, key)
+	}
+	in.placements, in.placementSum, in.placementErr = m.placements(configs, !membership)
+	if !membership {
+		in.print = fingerprint(configs)
+	}
+	return in, nil
+}
+
 // publishConfigError writes or clears this node's config error.
 func (e *env) publishConfigError(ctx context.Context, msg string, kept int) error {
 	ctx, cancel := context.WithTimeout(ctx, e.s.heartbeat)

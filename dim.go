@@ -111,12 +111,8 @@ type Manager[C, I any] struct {
 	wg   sync.WaitGroup
 
 	membership *membership // the lease, and with it every instance's context
-	term       leaderTerm
+	elector    *elector    // the campaign and, while it leads, the leader loop
 	instances  liveSet[I]
-
-	requests   requestSet    // rebalance requests waiting for the leader's answer
-	cfgErrs    configErrors  // what Status shows of this node's getConfig
-	deadLeader atomic.Uint64 // epoch of a dead leader seen by the last leader check
 
 	// One call of each kind at a time; see guard.
 	nodeConfigGuard   guard
@@ -127,9 +123,8 @@ type Manager[C, I any] struct {
 	fenceCh      chan struct{}
 	healthTickCh chan struct{}
 	// Unbuffered: the sender waits for the loop that takes it.
-	healthCh        chan healthResult[I]
-	handoffCh       chan chan struct{}
-	handoffLeaderCh chan chan struct{}
+	healthCh  chan healthResult[I]
+	handoffCh chan chan struct{}
 
 	// Owned by the node loop.
 	tab           table[I]
@@ -197,22 +192,20 @@ func New[C, I any](
 		return nil, err
 	}
 	m := &Manager[C, I]{
-		env:             newEnv(s),
-		getConfig:       getConfig,
-		createInstance:  createInstance,
-		claimRetry:      max(s.heartbeat/4, 10*time.Millisecond),
-		retryMin:        100 * time.Millisecond,
-		retryMax:        30 * time.Second,
-		fenceCh:         make(chan struct{}, 1),
-		healthTickCh:    make(chan struct{}, 1),
-		healthCh:        make(chan healthResult[I]),
-		handoffCh:       make(chan chan struct{}),
-		handoffLeaderCh: make(chan chan struct{}),
-		tab:             newTable[I](),
-		configBackoff:   newBackoff(100*time.Millisecond, 30*time.Second),
-		view:            map[string]I{},
+		env:            newEnv(s),
+		getConfig:      getConfig,
+		createInstance: createInstance,
+		claimRetry:     max(s.heartbeat/4, 10*time.Millisecond),
+		retryMin:       100 * time.Millisecond,
+		retryMax:       30 * time.Second,
+		fenceCh:        make(chan struct{}, 1),
+		healthTickCh:   make(chan struct{}, 1),
+		healthCh:       make(chan healthResult[I]),
+		handoffCh:      make(chan chan struct{}),
+		tab:            newTable[I](),
+		configBackoff:  newBackoff(100*time.Millisecond, 30*time.Second),
+		view:           map[string]I{},
 	}
-	m.term.taken = make(chan grant, 1)
 	var err error
 	if m.keyOf, err = checkHook[func(C) string]("WithKey", s.key, "config type"); err != nil {
 		return nil, err
@@ -237,6 +230,14 @@ func New[C, I any](
 	m.slot = &slotNotice{}
 	m.tel = newTelemetry(s, m.log)
 	m.tel.slot = m.slot
+	m.elector = newElector(&m.env, electorFeed{
+		member: func() (string, bool) {
+			session, _ := m.membership.current()
+			return session, m.life.canTakeWork(session)
+		},
+		generation: m.instances.generation,
+		configs:    m.leaderInput,
+	})
 	m.membership = newMembership(&m.env, memberHooks{
 		generation: m.newGeneration,
 		fenced:     m.fenced,
@@ -258,8 +259,7 @@ func (m *Manager[C, I]) Service() string { return m.s.service }
 
 // IsLeader reports whether this replica currently leads the service.
 func (m *Manager[C, I]) IsLeader() bool {
-	epoch, _ := m.term.current()
-	return epoch != 0
+	return m.elector.isLeader()
 }
 
 // Instances returns a snapshot of the instances running on this replica, by
@@ -315,7 +315,7 @@ func (m *Manager[C, I]) start(ctx context.Context) error {
 	if m.s.joinHold > 0 {
 		// Before the join, so that the leader never gives this node a share
 		// of everyone's keys in between.
-		if err := m.hold(ctx, m.k.joinWait, m.s.joinHold); err != nil {
+		if err := m.membership.hold(ctx, m.k.joinWait, m.s.joinHold); err != nil {
 			return fail(fmt.Errorf("join hold at %s: %w", addr, err))
 		}
 	}
@@ -428,10 +428,10 @@ func (m *Manager[C, I]) runLoops() {
 	m.wg.Go(m.membership.heartbeatLoop)
 	m.wg.Go(m.membership.watchdog)
 	m.wg.Go(m.nodeLoop)
-	m.wg.Go(m.campaignLoop)
+	m.wg.Go(m.elector.campaignLoop)
 	m.wg.Go(func() { m.every(m.s.health, nil, func() { signal(m.healthTickCh) }) })
 	// The leader check also runs whenever a subscription comes back.
-	m.wg.Go(func() { m.every(m.s.leaderHealth, m.leaderCheckCh, m.checkLeader) })
+	m.wg.Go(func() { m.every(m.s.leaderHealth, m.leaderCheckCh, m.elector.checkLeader) })
 	m.wg.Go(func() {
 		m.every(m.s.refresh, nil, func() {
 			m.configsStale.Store(true)
@@ -544,8 +544,8 @@ func (m *Manager[C, I]) stillRunning() []string {
 // Stop has returned.
 func (m *Manager[C, I]) shutdown(ctx context.Context) {
 	m.moveKeysAway(ctx)
-	m.handOffLeadership(ctx)
-	m.stepDown()
+	m.elector.handOff(ctx)
+	m.elector.stepDown()
 	m.stopLocal(ctx)
 	m.leaveAndClose()
 }
@@ -557,7 +557,7 @@ func (m *Manager[C, I]) moveKeysAway(ctx context.Context) {
 	case ctx.Err() != nil:
 	case m.s.restartHold > 0:
 		// A stop to restart: the keys wait for this node ID.
-		if err := m.hold(ctx, m.k.restarting, m.s.restartHold); err != nil {
+		if err := m.membership.hold(ctx, m.k.restarting, m.s.restartHold); err != nil {
 			m.log.Warn("restart hold not recorded; keys move away as on any stop", "err", err)
 		} else {
 			m.log.Info("stopping to restart: keys wait for this node", "hold", m.s.restartHold)
@@ -570,26 +570,6 @@ func (m *Manager[C, I]) moveKeysAway(ctx context.Context) {
 			m.log.Warn("drain failed; keys move when the lease expires", "err", err)
 		}
 		cancel()
-	}
-}
-
-// handOffLeadership waits while the leader moves this node's keys itself
-// before it lets go, unless its leadership (or ctx) ends first.
-func (m *Manager[C, I]) handOffLeadership(ctx context.Context) {
-	epoch, lctx := m.term.current()
-	if epoch == 0 {
-		return
-	}
-	done := make(chan struct{})
-	select {
-	case m.handoffLeaderCh <- done:
-		select {
-		case <-done:
-		case <-lctx.Done():
-		case <-ctx.Done():
-		}
-	case <-lctx.Done():
-	case <-ctx.Done():
 	}
 }
 
@@ -629,7 +609,7 @@ func (m *Manager[C, I]) leaveAndClose() {
 	m.wg.Wait()
 	// Leadership released its lock in lead(); only now may the clients go.
 	select {
-	case g := <-m.term.taken:
+	case g := <-m.elector.term.taken:
 		g.release()
 	default:
 	}
@@ -730,7 +710,7 @@ func (m *Manager[C, I]) onEvent(msg rueidis.PubSubMessage) {
 		m.triggerLeader("node " + verb)
 	case evRebalance:
 		if len(args) > 0 {
-			m.requests.add(args[0])
+			m.elector.requests.add(args[0])
 		}
 		m.configsStale.Store(true)
 		m.triggerLeader(triggerRequested)

@@ -23,12 +23,13 @@ type env struct {
 	k            keyspace
 	log          *slog.Logger
 	tel          *telemetry
-	plainScripts atomic.Bool // the server does not compile flagged scripts (see keepLua)
-	clock        redisClock  // this node's offset from Redis's clock
-	clockWarned  atomic.Bool // a large offset was logged
-	slot         *slotNotice // a slot migration in the Cluster, told once
-	panics       sync.Map    // panics whose stack was logged, by what and message
-	live         liveness    // the loops' progress, for Live
+	plainScripts atomic.Bool  // the server does not compile flagged scripts (see keepLua)
+	clock        redisClock   // this node's offset from Redis's clock
+	clockWarned  atomic.Bool  // a large offset was logged
+	slot         *slotNotice  // a slot migration in the Cluster, told once
+	panics       sync.Map     // panics whose stack was logged, by what and message
+	live         liveness     // the loops' progress, for Live
+	cfgErrs      configErrors // what Status shows of this node's getConfig
 
 	// Set by Start.
 	runCtx    context.Context

@@ -186,7 +186,7 @@ func TestAStuckLeaderLoopStepsDown(t *testing.T) {
 	defer cancel()
 	var busy atomic.Int64
 	stepped := make(chan struct{})
-	go m.watchLeaderLoop(ctx, &busy, func() { close(stepped) })
+	go m.elector.watchLeaderLoop(ctx, &busy, func() { close(stepped) })
 	// Idle: waiting for a trigger is not being stuck.
 	select {
 	case <-stepped:

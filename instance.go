@@ -1055,7 +1055,7 @@ func (m *Manager[C, I]) disconnectOne(e *entry[I]) {
 func (m *Manager[C, I]) fenced() {
 	m.life.fence()
 	m.instances.stopAll()
-	m.stepDown()
+	m.elector.stepDown()
 	signal(m.fenceCh)
 }
 

@@ -155,25 +155,25 @@ type unplaceableRecord struct {
 
 // recordUnplaceable records, logs and counts the keys no live node may
 // take, when they changed.
-func (m *Manager[C, I]) recordUnplaceable(ctx context.Context, st *leaderMemory, keys []string) {
-	m.tel.setUnplaceable(len(keys))
+func (e *elector) recordUnplaceable(ctx context.Context, st *leaderMemory, keys []string) {
+	e.tel.setUnplaceable(len(keys))
 	sig := strings.Join(keys, "\x00")
 	if st.recordedUnplaceable != nil && *st.recordedUnplaceable == sig {
 		return
 	}
 	if len(keys) > 0 {
-		m.log.Warn("keys no live node may take: not running anywhere", "count", len(keys), "keys", keys[:min(len(keys), 10)])
+		e.log.Warn("keys no live node may take: not running anywhere", "count", len(keys), "keys", keys[:min(len(keys), 10)])
 	}
-	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	ctx, cancel := context.WithTimeout(ctx, e.s.heartbeat)
 	defer cancel()
 	var cmd rueidis.Completed
 	if len(keys) == 0 {
-		cmd = m.client.B().Del().Key(m.k.unplace).Build()
+		cmd = e.client.B().Del().Key(e.k.unplace).Build()
 	} else {
 		b, _ := json.Marshal(unplaceableRecord{N: len(keys), Keys: slices.Clone(keys[:min(len(keys), unplaceableShown)])})
-		cmd = m.client.B().Set().Key(m.k.unplace).Value(string(b)).Build()
+		cmd = e.client.B().Set().Key(e.k.unplace).Value(string(b)).Build()
 	}
-	if m.client.Do(ctx, cmd).Error() == nil {
+	if e.client.Do(ctx, cmd).Error() == nil {
 		st.recordedUnplaceable = &sig
 	}
 }

@@ -90,12 +90,12 @@ func TestLeaderCrashElectsANewLeaderWithAHigherEpoch(t *testing.T) {
 	}
 	c.waitConverged(10*time.Second, "n1", "n2", "n3")
 	old := c.leader()
-	oldEpoch, _ := old.m.term.current()
+	oldEpoch, _ := old.m.elector.term.current()
 	start := time.Now()
 	c.crash(old.id)
 	next := c.leader()
 	elected := time.Since(start)
-	newEpoch, _ := next.m.term.current()
+	newEpoch, _ := next.m.elector.term.current()
 	assert.NotEqual(t, old.id, next.id)
 	assert.Greater(t, newEpoch, oldEpoch)
 	rest := without([]string{"n1", "n2", "n3"}, old.id)
@@ -109,14 +109,14 @@ func TestADeposedLeadersWriteIsRefused(t *testing.T) {
 	c.start("n2")
 	c.waitConverged(10*time.Second, "n1", "n2")
 	old := c.leader()
-	oldEpoch, _ := old.m.term.current()
+	oldEpoch, _ := old.m.elector.term.current()
 	c.stop(old.id)
 	survivor := c.leader()
-	newEpoch, _ := survivor.m.term.current()
+	newEpoch, _ := survivor.m.elector.term.current()
 	require.Greater(t, newEpoch, oldEpoch)
 
 	// The survivor writes with the old epoch, as a deposed leader would.
-	err := survivor.m.writeChunk(context.Background(), oldEpoch, []change{{key: "cfg-00", to: "ghost"}}, func(string) bool { return true })
+	err := survivor.m.elector.writeChunk(context.Background(), oldEpoch, []change{{key: "cfg-00", to: "ghost"}}, func(string) bool { return true })
 	require.ErrorIs(t, err, errStaleEpoch)
 	assigned, err := c.srv.Client(t).Do(context.Background(),
 		c.srv.Client(t).B().Hget().Key(survivor.m.k.assign).Field("cfg-00").Build()).ToString()

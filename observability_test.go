@@ -125,7 +125,7 @@ func TestSpansAndMetricsTellWhatHappened(t *testing.T) {
 	c.waitConverged(10*time.Second, "n1", "n2", "n3")
 	leader := c.leader()
 	lo := obs[leader.id]
-	epoch, _ := leader.m.term.current()
+	epoch, _ := leader.m.elector.term.current()
 
 	// Elections: the leader won with its epoch; the others found the lock
 	// held, which is not an error.
@@ -243,7 +243,7 @@ func TestStatusMatchesTheService(t *testing.T) {
 	c.start("n3", WithWeight(2))
 	c.waitConverged(10*time.Second, "n1", "n2", "n3")
 	leader := c.leader()
-	epoch, _ := leader.m.term.current()
+	epoch, _ := leader.m.elector.term.current()
 	n1 := c.node("n1")
 
 	var st *Status

@@ -275,16 +275,16 @@ func readPlacing(ctx context.Context, client rueidis.Client, k keyspace, progres
 // differ: nothing at all while the placements stay as they are. A failed
 // write is read again next time. Best effort, like the reasons of moves:
 // Plan and Explain are worse off without it, placement is not.
-func (m *Manager[C, I]) storePlacing(ctx context.Context, st *leaderMemory) {
-	gen := m.instances.generation()
+func (e *elector) storePlacing(ctx context.Context, st *leaderMemory) {
+	gen := e.feed.generation()
 	sum := st.placementSum
 	switch {
 	case st.placing == nil || st.placing.gen != gen:
-		rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-		t, err := readPlacing(rctx, m.client, m.k, st.progress)
+		rctx, cancel := context.WithTimeout(ctx, e.s.heartbeat)
+		t, err := readPlacing(rctx, e.client, e.k, st.progress)
 		cancel()
 		if err != nil {
-			m.log.Debug("reading the stored placements failed", "err", err)
+			e.log.Debug("reading the stored placements failed", "err", err)
 			return
 		}
 		t.gen = gen
@@ -306,13 +306,13 @@ func (m *Manager[C, I]) storePlacing(ctx context.Context, st *leaderMemory) {
 	// A few commands of a thousand fields at a time, each batch bounded by
 	// a timeout of its own: the first write of a big service is 100
 	// commands for 100k keys.
-	for batch := range slices.Chunk(w.cmds(m.client.B(), m.k), 8) {
-		rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-		res := m.client.DoMulti(rctx, batch...)
+	for batch := range slices.Chunk(w.cmds(e.client.B(), e.k), 8) {
+		rctx, cancel := context.WithTimeout(ctx, e.s.heartbeat)
+		res := e.client.DoMulti(rctx, batch...)
 		cancel()
 		for _, r := range res {
 			if err := r.Error(); err != nil {
-				m.log.Debug("storing the placements failed", "err", err)
+				e.log.Debug("storing the placements failed", "err", err)
 				st.placing = nil
 				return
 			}

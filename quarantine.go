@@ -600,8 +600,8 @@ func readStates(ctx context.Context, client rueidis.Client, k keyspace, look []s
 }
 
 // recordVerdict writes what the review changed and logs it.
-func (m *Manager[C, I]) recordVerdict(ctx context.Context, f *failureFacts, v *verdict) error {
-	b := m.client.B()
+func (e *elector) recordVerdict(ctx context.Context, f *failureFacts, v *verdict) error {
+	b := e.client.B()
 	var cmds rueidis.Commands
 	var del []string
 	for key, q := range v.setQuarantine {
@@ -610,10 +610,10 @@ func (m *Manager[C, I]) recordVerdict(ctx context.Context, f *failureFacts, v *v
 			continue
 		}
 		raw, _ := json.Marshal(q)
-		cmds = append(cmds, b.Hset().Key(m.k.quarantine).FieldValue().FieldValue(key, string(raw)).Build())
+		cmds = append(cmds, b.Hset().Key(e.k.quarantine).FieldValue().FieldValue(key, string(raw)).Build())
 	}
 	if len(del) > 0 {
-		cmds = append(cmds, b.Hdel().Key(m.k.quarantine).Field(del...).Build())
+		cmds = append(cmds, b.Hdel().Key(e.k.quarantine).Field(del...).Build())
 	}
 	del = del[:0]
 	for node, u := range v.setUnhealthy {
@@ -622,22 +622,22 @@ func (m *Manager[C, I]) recordVerdict(ctx context.Context, f *failureFacts, v *v
 			continue
 		}
 		raw, _ := json.Marshal(u)
-		cmds = append(cmds, b.Hset().Key(m.k.unhealthy).FieldValue().FieldValue(node, string(raw)).Build())
+		cmds = append(cmds, b.Hset().Key(e.k.unhealthy).FieldValue().FieldValue(node, string(raw)).Build())
 	}
 	if len(del) > 0 {
-		cmds = append(cmds, b.Hdel().Key(m.k.unhealthy).Field(del...).Build())
+		cmds = append(cmds, b.Hdel().Key(e.k.unhealthy).Field(del...).Build())
 	}
 	switch {
 	case v.outage != nil && (f.outage == nil || f.outage.Keys != v.outage.Keys):
 		raw, _ := json.Marshal(v.outage)
-		cmds = append(cmds, b.Set().Key(m.k.outage).Value(string(raw)).Build())
+		cmds = append(cmds, b.Set().Key(e.k.outage).Value(string(raw)).Build())
 	case v.outage == nil && f.outage != nil:
-		cmds = append(cmds, b.Del().Key(m.k.outage).Build())
+		cmds = append(cmds, b.Del().Key(e.k.outage).Build())
 	}
-	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	ctx, cancel := context.WithTimeout(ctx, e.s.heartbeat)
 	defer cancel()
 	if len(cmds) > 0 {
-		for _, r := range m.client.DoMulti(ctx, cmds...) {
+		for _, r := range e.client.DoMulti(ctx, cmds...) {
 			if err := r.Error(); err != nil {
 				return fmt.Errorf("record failure review: %w", err)
 			}
@@ -646,33 +646,33 @@ func (m *Manager[C, I]) recordVerdict(ctx context.Context, f *failureFacts, v *v
 	// A key out of quarantine starts afresh: the give-ups that led to it
 	// must not quarantine it again.
 	if len(v.released) > 0 {
-		if err := m.db().forgive(ctx, v.released); err != nil {
+		if err := e.db().forgive(ctx, v.released); err != nil {
 			return fmt.Errorf("record failure review: %w", err)
 		}
 	}
-	m.recordVerdictHistory(ctx, v, f)
+	e.recordVerdictHistory(ctx, v, f)
 	for _, key := range v.quarantined {
 		q := v.setQuarantine[key]
-		m.log.Warn("quarantining a key that failed on every node it was given to; no node runs it until it is tried again",
+		e.log.Warn("quarantining a key that failed on every node it was given to; no node runs it until it is tried again",
 			"key", key, "nodes", q.Nodes, "level", q.Level, "retry_in", time.Duration(q.Until-f.now)*time.Millisecond, "err", q.Err)
 	}
 	for _, key := range v.released {
-		m.log.Info("key left quarantine", "key", key)
+		e.log.Info("key left quarantine", "key", key)
 	}
 	for _, node := range v.sick {
 		u := v.setUnhealthy[node]
-		m.log.Warn("node marked unhealthy: keys fail there that run on other nodes; it gets no keys until a probe runs",
+		e.log.Warn("node marked unhealthy: keys fail there that run on other nodes; it gets no keys until a probe runs",
 			"node", node, "keys", u.Keys, "level", u.Level, "probe_in", time.Duration(u.Until-f.now)*time.Millisecond)
 	}
 	for _, node := range v.healed {
-		m.log.Info("node healthy again: its probe key runs", "node", node)
+		e.log.Info("node healthy again: its probe key runs", "node", node)
 	}
 	switch {
 	case v.outage != nil && f.outage == nil:
-		m.log.Warn("outage: most keys fail on every node; keys stay where they are and retry with backoff",
+		e.log.Warn("outage: most keys fail on every node; keys stay where they are and retry with backoff",
 			"failing_keys", v.outage.Keys)
 	case v.outage == nil && f.outage != nil:
-		m.log.Info("outage over", "lasted", time.Duration(f.now-f.outage.Since)*time.Millisecond)
+		e.log.Info("outage over", "lasted", time.Duration(f.now-f.outage.Since)*time.Millisecond)
 	}
 	return nil
 }

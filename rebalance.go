@@ -118,7 +118,7 @@ const (
 // events, a lease that is about to expire, the config refresh schedule and
 // Rebalance requests. It returns why it ended, or "" when ctx did. busy
 // holds when the current rebalance began, for watchLeaderLoop.
-func (m *Manager[C, I]) leaderLoop(ctx context.Context, epoch uint64, busy *atomic.Int64) string {
+func (e *elector) leaderLoop(ctx context.Context, epoch uint64, busy *atomic.Int64) string {
 	expiry := time.NewTimer(0)
 	defer expiry.Stop()
 	// Quarantines and unhealthy nodes end, and probes are looked at, on
@@ -126,7 +126,7 @@ func (m *Manager[C, I]) leaderLoop(ctx context.Context, epoch uint64, busy *atom
 	reviewT := time.NewTimer(time.Hour)
 	reviewT.Stop()
 	defer reviewT.Stop()
-	backoff := newBackoff(50*time.Millisecond, m.s.heartbeat)
+	backoff := newBackoff(50*time.Millisecond, e.s.heartbeat)
 	// The first look at what runs comes one TTL into the term: a full
 	// status read of a big service would only slow its start down.
 	st := leaderMemory{observed: time.Now(), fleet: -1, busy: busy}
@@ -135,35 +135,35 @@ func (m *Manager[C, I]) leaderLoop(ctx context.Context, epoch uint64, busy *atom
 		switch trigger {
 		case triggerElected, "node " + evJoin, "node " + evDrain, "node " + evLeave:
 			// Nodes that start or stop together are balanced over once.
-			m.settleJoins(ctx, epoch, &st)
+			e.settleJoins(ctx, epoch, &st)
 		}
 		busy.Store(time.Now().UnixNano())
-		next, err := m.rebalance(ctx, epoch, trigger, &st)
-		m.answer(ctx, epoch, &st, err)
+		next, err := e.rebalance(ctx, epoch, trigger, &st)
+		e.answer(ctx, epoch, &st, err)
 		switch {
 		case errors.Is(err, errStaleEpoch):
-			m.log.Warn("stepping down: a newer leader exists", "epoch", epoch)
+			e.log.Warn("stepping down: a newer leader exists", "epoch", epoch)
 			return "write refused"
 		case err != nil:
 			if ctx.Err() != nil {
 				return ""
 			}
 			if isOOM(err) {
-				m.log.Warn(outOfMemory, "epoch", epoch, "trigger", trigger, "err", err)
-			} else if !m.slot.saw(m.log, "rebalance", err) {
-				m.log.Warn("rebalance failed", "epoch", epoch, "trigger", trigger, "err", err)
+				e.log.Warn(outOfMemory, "epoch", epoch, "trigger", trigger, "err", err)
+			} else if !e.slot.saw(e.log, "rebalance", err) {
+				e.log.Warn("rebalance failed", "epoch", epoch, "trigger", trigger, "err", err)
 			}
 			expiry.Reset(backoff.next())
 		default:
-			m.slot.over(m.log)
+			e.slot.over(e.log)
 			backoff.reset()
 			expiry.Reset(next)
 		}
-		if trigger == triggerRefresh || time.Since(st.observed) > m.s.nodeTTL {
-			m.observe(ctx, &st)
+		if trigger == triggerRefresh || time.Since(st.observed) > e.s.nodeTTL {
+			e.observe(ctx, &st)
 		}
 		if trigger == triggerRefresh {
-			m.sweepOwners(ctx, &st)
+			e.sweepOwners(ctx, &st)
 		}
 		reviewT.Stop()
 		if !st.reviewAt.IsZero() {
@@ -173,17 +173,17 @@ func (m *Manager[C, I]) leaderLoop(ctx context.Context, epoch uint64, busy *atom
 		select {
 		case <-ctx.Done():
 			return ""
-		case trigger = <-m.leaderCh:
+		case trigger = <-e.leaderCh:
 		case <-expiry.C:
 			trigger = triggerExpiry
 		case <-reviewT.C:
 			trigger = triggerReview
-		case done := <-m.handoffLeaderCh:
+		case done := <-e.handoffCh:
 			// This node is stopping: one last rebalance moves its keys
 			// away, then leadership is released.
 			busy.Store(time.Now().UnixNano())
-			if _, err := m.rebalance(ctx, epoch, triggerStopping, &st); err != nil && !m.slot.saw(m.log, "final rebalance", err) {
-				m.log.Warn("final rebalance failed", "err", err)
+			if _, err := e.rebalance(ctx, epoch, triggerStopping, &st); err != nil && !e.slot.saw(e.log, "final rebalance", err) {
+				e.log.Warn("final rebalance failed", "err", err)
 			}
 			close(done)
 			return "handed off"
@@ -196,13 +196,13 @@ const sweepChunk = 1000
 
 // sweepOwners removes one page of owner entries left by keys that were
 // removed while their owner was dead (see sweepScript).
-func (m *Manager[C, I]) sweepOwners(ctx context.Context, st *leaderMemory) {
+func (e *elector) sweepOwners(ctx context.Context, st *leaderMemory) {
 	if st.sweep == "" {
 		st.sweep = "0"
 	}
-	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	ctx, cancel := context.WithTimeout(ctx, e.s.heartbeat)
 	defer cancel()
-	next, err := m.db().sweep(ctx, st.sweep, sweepChunk)
+	next, err := e.db().sweep(ctx, st.sweep, sweepChunk)
 	if err == nil {
 		st.sweep = next
 	}
@@ -214,14 +214,14 @@ func (m *Manager[C, I]) sweepOwners(ctx context.Context, st *leaderMemory) {
 // nodes as the service had instead, for at most one heartbeat interval
 // after the restart began, and gives each node that joins meanwhile
 // its share of departed nodes' keys where it can (see dealToJoiners).
-func (m *Manager[C, I]) settleJoins(ctx context.Context, epoch uint64, st *leaderMemory) {
-	f, err := m.readFleet(ctx)
+func (e *elector) settleJoins(ctx context.Context, epoch uint64, st *leaderMemory) {
+	f, err := e.readFleet(ctx)
 	if err == nil {
 		st.fleet = f.size
 	}
-	if err == nil && f.restarting(m.s.heartbeat) {
-		m.prefetch(ctx, st)
-		m.awaitFleet(ctx, epoch, st, f.size, m.s.heartbeat-f.since)
+	if err == nil && f.restarting(e.s.heartbeat) {
+		e.prefetch(ctx, st)
+		e.awaitFleet(ctx, epoch, st, f.size, e.s.heartbeat-f.since)
 		return
 	}
 	deadline := time.NewTimer(joinWindowMax)
@@ -236,7 +236,7 @@ func (m *Manager[C, I]) settleJoins(ctx context.Context, epoch uint64, st *leade
 			return
 		case <-quiet.C:
 			return
-		case <-m.leaderCh:
+		case <-e.leaderCh:
 			quiet.Reset(joinWindow)
 		}
 	}
@@ -247,21 +247,21 @@ func (m *Manager[C, I]) settleJoins(ctx context.Context, epoch uint64, st *leade
 // join as fast as their processes start, which a quiet window cannot tell
 // from the end of the restart. The nodes that joined so far take departed
 // nodes' keys as they come (see dealToJoiners).
-func (m *Manager[C, I]) awaitFleet(ctx context.Context, epoch uint64, st *leaderMemory, size int, left time.Duration) {
+func (e *elector) awaitFleet(ctx context.Context, epoch uint64, st *leaderMemory, size int, left time.Duration) {
 	deadline := time.NewTimer(left)
 	defer deadline.Stop()
-	m.dealToJoiners(ctx, epoch, st, size)
+	e.dealToJoiners(ctx, epoch, st, size)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-deadline.C:
 			return
-		case <-m.leaderCh:
-			if f, err := m.readFleet(ctx); err == nil && f.live >= f.size {
+		case <-e.leaderCh:
+			if f, err := e.readFleet(ctx); err == nil && f.live >= f.size {
 				return
 			}
-			m.dealToJoiners(ctx, epoch, st, size)
+			e.dealToJoiners(ctx, epoch, st, size)
 		}
 	}
 }
@@ -279,10 +279,10 @@ func (f fleet) restarting(window time.Duration) bool {
 	return f.size > 0 && f.since >= 0 && f.since < window && f.live < f.size
 }
 
-func (m *Manager[C, I]) readFleet(ctx context.Context) (fleet, error) {
-	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+func (e *elector) readFleet(ctx context.Context) (fleet, error) {
+	ctx, cancel := context.WithTimeout(ctx, e.s.heartbeat)
 	defer cancel()
-	f, err := m.db().fleet(ctx)
+	f, err := e.db().fleet(ctx)
 	if err != nil {
 		return fleet{}, fmt.Errorf("read fleet: %w", err)
 	}
@@ -293,13 +293,13 @@ func (m *Manager[C, I]) readFleet(ctx context.Context) (fleet, error) {
 // of its next restart: at once when it grew, and on the config refresh
 // schedule when it shrank (a service that stops as a whole shrinks for a
 // moment on every drain; that must not count).
-func (m *Manager[C, I]) recordFleet(ctx context.Context, st *leaderMemory, n int, trigger string) {
+func (e *elector) recordFleet(ctx context.Context, st *leaderMemory, n int, trigger string) {
 	if n == 0 || n == st.fleet || (n < st.fleet && trigger != triggerRefresh) {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	ctx, cancel := context.WithTimeout(ctx, e.s.heartbeat)
 	defer cancel()
-	if size, err := m.db().fleetSize(ctx, n, trigger == triggerRefresh); err == nil {
+	if size, err := e.db().fleetSize(ctx, n, trigger == triggerRefresh); err == nil {
 		st.fleet = size
 	}
 }
@@ -307,23 +307,23 @@ func (m *Manager[C, I]) recordFleet(ctx context.Context, st *leaderMemory, n int
 // observe records how many keys are not running where they should, from a
 // summary that only counts, so that its cost to Redis does not grow with the
 // number of keys: both counts drain to zero after every disturbance.
-func (m *Manager[C, I]) observe(ctx context.Context, st *leaderMemory) {
+func (e *elector) observe(ctx context.Context, st *leaderMemory) {
 	st.observed = time.Now()
-	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	rctx, cancel := context.WithTimeout(ctx, e.s.heartbeat)
 	defer cancel()
-	sum, err := readSummary(rctx, m.client, m.s.service, m.k, 0)
+	sum, err := readSummary(rctx, e.client, e.s.service, e.k, 0)
 	if err != nil {
 		return
 	}
-	m.tel.setPending(sum.Unowned, sum.Moving)
+	e.tel.setPending(sum.Unowned, sum.Moving)
 }
 
 // rebalance computes and writes a new assignment. It returns how long until
 // the next lease may expire, when it should look again.
-func (m *Manager[C, I]) rebalance(ctx context.Context, epoch uint64, trigger string, st *leaderMemory) (time.Duration, error) {
+func (e *elector) rebalance(ctx context.Context, epoch uint64, trigger string, st *leaderMemory) (time.Duration, error) {
 	start := time.Now()
-	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-	now, live, err := m.db().members(rctx)
+	rctx, cancel := context.WithTimeout(ctx, e.s.heartbeat)
+	now, live, err := e.db().members(rctx)
 	cancel()
 	if err != nil {
 		return 0, fmt.Errorf("read members: %w", err)
@@ -341,7 +341,7 @@ func (m *Manager[C, I]) rebalance(ctx context.Context, epoch uint64, trigger str
 			fmt.Fprintf(&sig, "%s=%d%s ", mb.id, mb.weight, mb.labels)
 		}
 	}
-	next := m.s.nodeTTL
+	next := e.s.nodeTTL
 	if earliest > 0 {
 		// Look again just after the earliest lease can expire.
 		next = time.Duration(earliest-now)*time.Millisecond + 5*time.Millisecond
@@ -352,14 +352,14 @@ func (m *Manager[C, I]) rebalance(ctx context.Context, epoch uint64, trigger str
 		return next, nil
 	}
 	st.ran = true
-	ctx, span := m.tel.startRebalance(ctx, trigger, epoch, start)
+	ctx, span := e.tel.startRebalance(ctx, trigger, epoch, start)
 	stats := rebalanceStats{start: start}
-	stats.err = m.assign(ctx, epoch, trigger, now, nodes, st, &stats)
-	m.tel.endRebalance(ctx, span, stats)
+	stats.err = e.assign(ctx, epoch, trigger, now, nodes, st, &stats)
+	e.tel.endRebalance(ctx, span, stats)
 	st.moves = stats.moves
 	if stats.err == nil {
 		st.members = sig.String()
-		m.recordFleet(ctx, st, stats.nodes, trigger)
+		e.recordFleet(ctx, st, stats.nodes, trigger)
 	}
 	return next, stats.err
 }
@@ -367,8 +367,8 @@ func (m *Manager[C, I]) rebalance(ctx context.Context, epoch uint64, trigger str
 // answer tells the requesters of a rebalance how it went, and records the
 // outcome where Status reads it when it changed: a failure, a recovery, or
 // moves.
-func (m *Manager[C, I]) answer(ctx context.Context, epoch uint64, st *leaderMemory, err error) {
-	ids := m.requests.take()
+func (e *elector) answer(ctx context.Context, epoch uint64, st *leaderMemory, err error) {
+	ids := e.requests.take()
 	if !st.ran && len(ids) == 0 {
 		return
 	}
@@ -377,24 +377,24 @@ func (m *Manager[C, I]) answer(ctx context.Context, epoch uint64, st *leaderMemo
 		outcome, msg = "error", strings.Join(strings.Fields(err.Error()), " ")
 	}
 	for _, id := range ids {
-		m.publish(ctx, fmt.Sprintf("%s %s %d %d %s %s", evRebalanced, id, epoch, st.moves, outcome, msg))
+		e.publish(ctx, fmt.Sprintf("%s %s %d %d %s %s", evRebalanced, id, epoch, st.moves, outcome, msg))
 	}
 	if st.recorded && msg == st.lastErr && st.moves == 0 && len(ids) == 0 && st.pending == st.recordedPending &&
 		len(st.moving) == st.recordedFlying {
 		return
 	}
-	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	rctx, cancel := context.WithTimeout(ctx, e.s.heartbeat)
 	defer cancel()
-	if m.db().result(rctx, epoch, rebalanceResult{moves: st.moves, err: msg, pending: st.pending, inFlight: len(st.moving), budget: st.budget}) == nil {
+	if e.db().result(rctx, epoch, rebalanceResult{moves: st.moves, err: msg, pending: st.pending, inFlight: len(st.moving), budget: st.budget}) == nil {
 		st.recorded, st.lastErr, st.recordedPending, st.recordedFlying = true, msg, st.pending, len(st.moving)
 	}
 }
 
 // assign balances the keys over nodes and writes the difference.
-func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string, now int64, nodes []Node, st *leaderMemory, stats *rebalanceStats) error {
+func (e *elector) assign(ctx context.Context, epoch uint64, trigger string, now int64, nodes []Node, st *leaderMemory, stats *rebalanceStats) error {
 	// Within a term this leader is the only writer of the assignment, so
 	// it reads it once; after a restore of Redis, or a failed write, again.
-	prev, err := m.previous(ctx, st, trigger == triggerRefresh)
+	prev, err := e.previous(ctx, st, trigger == triggerRefresh)
 	if err != nil {
 		return err
 	}
@@ -409,51 +409,51 @@ func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string
 	}
 	keys, keep := prefetched, false
 	if keys == nil {
-		keys, keep = m.leaderKeys(ctx, st, prev, trigger)
+		keys, keep = e.leaderKeys(ctx, st, prev, trigger)
 	}
-	budget, err := m.budgetLeft(ctx, st, prev, len(keys))
+	budget, err := e.budgetLeft(ctx, st, prev, len(keys))
 	if err != nil {
 		return err
 	}
 	// Each read has a heartbeat; the balancing between them takes what it
 	// takes (a second or more at a million keys), under the leader-loop
 	// watchdog.
-	p, err := place(ctx, m.client, m.k, placeInput{now: now, prev: prev, keys: keys, nodes: nodes,
-		first: m.s.quarantineFirst, max: m.s.quarantineMax, poll: m.s.heartbeat, budget: budget, placements: st.placements,
-		read: m.s.heartbeat})
+	p, err := place(ctx, e.client, e.k, placeInput{now: now, prev: prev, keys: keys, nodes: nodes,
+		first: e.s.quarantineFirst, max: e.s.quarantineMax, poll: e.s.heartbeat, budget: budget, placements: st.placements,
+		read: e.s.heartbeat})
 	if err != nil {
 		return err
 	}
-	m.recordUnplaceable(ctx, st, p.unplaceable)
+	e.recordUnplaceable(ctx, st, p.unplaceable)
 	for _, key := range p.moving {
 		st.moving[key] = p.next[key]
 	}
-	m.dropHolds(ctx, p.back, p.joined)
+	e.dropHolds(ctx, p.back, p.joined)
 	st.pending = p.held
-	if err := m.recordVerdict(ctx, p.facts, p.verdict); err != nil {
+	if err := e.recordVerdict(ctx, p.facts, p.verdict); err != nil {
 		return err
 	}
-	m.tel.setFailures(p.verdict.underBan, p.verdict.unhealthy, p.verdict.outage != nil)
+	e.tel.setFailures(p.verdict.underBan, p.verdict.unhealthy, p.verdict.outage != nil)
 	st.reviewAt = time.Time{}
 	if w := earliestNonZero(p.verdict.wake, p.holds.wake()); w > 0 {
 		st.reviewAt = time.Now().Add(time.Duration(w-now) * time.Millisecond)
 	}
 	switch {
 	case p.held > 0 && p.holds.frozen > 0:
-		m.log.Info("frozen: voluntary moves held back", "held", p.held)
+		e.log.Info("frozen: voluntary moves held back", "held", p.held)
 	case p.held > 0:
-		m.log.Info("move budget: voluntary moves held for later steps", "started", len(p.moving), "in_flight", len(st.moving), "held", p.held)
+		e.log.Info("move budget: voluntary moves held for later steps", "started", len(p.moving), "in_flight", len(st.moving), "held", p.held)
 	}
 	if len(st.moving) > 0 || (p.held > 0 && p.holds.frozen == 0) {
 		// Look again when the moves in flight may have landed.
-		at := time.Now().Add(m.s.heartbeat)
+		at := time.Now().Add(e.s.heartbeat)
 		if st.reviewAt.IsZero() || at.Before(st.reviewAt) {
 			st.reviewAt = at
 		}
 	}
 	assignment, avoid, nodes := p.next, p.verdict.avoid, p.nodes
 	if !keep {
-		m.dropAvoidances(ctx, avoid, keys)
+		e.dropAvoidances(ctx, avoid, keys)
 	}
 	if keep {
 		// Without configs nodes may not be able to read them either: move
@@ -471,15 +471,15 @@ func (m *Manager[C, I]) assign(ctx context.Context, epoch uint64, trigger string
 	stats.nodes, stats.keys = len(nodes), len(assignment)
 	stats.moves = Moves(prev, assignment)
 	st.assigned = nil // unknown until the write is done
-	if err := m.writeAssignment(ctx, epoch, prev, assignment, stats, st.progress); err != nil {
+	if err := e.writeAssignment(ctx, epoch, prev, assignment, stats, st.progress); err != nil {
 		return err
 	}
 	st.assigned = assignment
-	m.storePlacing(ctx, st)
+	e.storePlacing(ctx, st)
 	if changes := diff(prev, assignment); len(changes) > 0 {
 		// Why each key moved, and the history: one round trip.
-		cmds := m.whyCmds(changes, moveReasons(changes, p, trigger))
-		m.bestEffort(ctx, "recording the moves", append(cmds, m.moveCmds(epoch, changes)...))
+		cmds := e.whyCmds(changes, moveReasons(changes, p, trigger))
+		e.bestEffort(ctx, "recording the moves", append(cmds, e.moveCmds(epoch, changes)...))
 	}
 	return nil
 }
@@ -494,12 +494,12 @@ func (st *leaderMemory) progress() {
 // previous returns the assignment as this leader last wrote it, reading it
 // from Redis once a term, after a restore of Redis, after a failed write,
 // or when fresh is set.
-func (m *Manager[C, I]) previous(ctx context.Context, st *leaderMemory, fresh bool) (Assignment, error) {
-	gen := m.instances.generation()
+func (e *elector) previous(ctx context.Context, st *leaderMemory, fresh bool) (Assignment, error) {
+	gen := e.feed.generation()
 	if st.assigned != nil && gen == st.gen && !fresh {
 		return st.assigned, nil
 	}
-	read, err := m.readAssignment(ctx, st.progress)
+	read, err := e.readAssignment(ctx, st.progress)
 	if err != nil {
 		return nil, fmt.Errorf("read assignment: %w", err)
 	}
@@ -517,12 +517,12 @@ const assignPage = 10000
 // a bounded command with a timeout of its own. It runs once a term, and the
 // leader is the only writer: a page may repeat an entry, which the map
 // absorbs, and no entry changes while it reads.
-func (m *Manager[C, I]) readAssignment(ctx context.Context, progress func()) (Assignment, error) {
+func (e *elector) readAssignment(ctx context.Context, progress func()) (Assignment, error) {
 	read := Assignment{}
 	var cursor uint64
 	for {
-		rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-		page, err := m.client.Do(rctx, m.client.B().Hscan().Key(m.k.assign).Cursor(cursor).Count(assignPage).Build()).AsScanEntry()
+		rctx, cancel := context.WithTimeout(ctx, e.s.heartbeat)
+		page, err := e.client.Do(rctx, e.client.B().Hscan().Key(e.k.assign).Cursor(cursor).Count(assignPage).Build()).AsScanEntry()
 		cancel()
 		if err != nil {
 			return nil, err
@@ -541,12 +541,12 @@ func (m *Manager[C, I]) readAssignment(ctx context.Context, progress func()) (As
 // the part of placing keys that does not depend on who joins: it reads the
 // assignment and the configs, so that the rebalance that follows the last
 // join does not.
-func (m *Manager[C, I]) prefetch(ctx context.Context, st *leaderMemory) {
-	prev, err := m.previous(ctx, st, false)
+func (e *elector) prefetch(ctx context.Context, st *leaderMemory) {
+	prev, err := e.previous(ctx, st, false)
 	if err != nil {
 		return
 	}
-	if keys, keep := m.leaderKeys(ctx, st, prev, triggerElected); !keep {
+	if keys, keep := e.leaderKeys(ctx, st, prev, triggerElected); !keep {
 		st.prefetched = keys
 	}
 }
@@ -555,7 +555,7 @@ func (m *Manager[C, I]) prefetch(ctx context.Context, st *leaderMemory) {
 // that cannot read configs must not move running instances to nodes that
 // may not be able to read them either. If getConfig fails, the last keys
 // (or those of the current assignment) stay and keep is true.
-func (m *Manager[C, I]) leaderKeys(ctx context.Context, st *leaderMemory, prev Assignment, trigger string) (keys []string, keep bool) {
+func (e *elector) leaderKeys(ctx context.Context, st *leaderMemory, prev Assignment, trigger string) (keys []string, keep bool) {
 	// Content changes matter on a refresh or a request; a membership change
 	// needs the keys only, not a hash of every config's content.
 	membership := false
@@ -563,12 +563,12 @@ func (m *Manager[C, I]) leaderKeys(ctx context.Context, st *leaderMemory, prev A
 	case triggerExpiry, "node " + evJoin, "node " + evDrain, "node " + evLeave, "node " + evAvoid, triggerStopping, triggerReview:
 		membership = st.print != ""
 	}
-	configs, err := m.load(ctx, membership, &m.leaderConfigGuard)
+	in, err := e.feed.configs(ctx, membership)
 	if err != nil {
-		m.logPanic("getConfig", err)
-		m.log.Error("cannot read configs; keeping the current assignment", "err", err)
-		m.tel.configFailed(ctx)
-		m.cfgErrs.report(ctx, m, err, len(prev))
+		e.logPanic("getConfig", err)
+		e.log.Error("cannot read configs; keeping the current assignment", "err", err)
+		e.tel.configFailed(ctx)
+		e.cfgErrs.report(ctx, e.env, err, len(prev))
 		if st.keys != nil {
 			return st.keys, true
 		}
@@ -577,34 +577,30 @@ func (m *Manager[C, I]) leaderKeys(ctx context.Context, st *leaderMemory, prev A
 		}
 		return keys, true
 	}
-	m.cfgErrs.report(ctx, m, nil, 0)
+	e.cfgErrs.report(ctx, e.env, nil, 0)
 	st.placementSummed = false
-	if pl, sum, err := m.placements(configs, !membership); err != nil {
-		m.log.Error("bad placement; keeping the last placements", "err", err)
+	if in.placementErr != nil {
+		e.log.Error("bad placement; keeping the last placements", "err", in.placementErr)
 	} else {
-		st.placements, st.placementSum, st.placementSummed = pl, sum, !membership
+		st.placements, st.placementSum, st.placementSummed = in.placements, in.placementSum, !membership
 	}
-	keys = make([]string, 0, len(configs))
-	for key := range configs {
-		keys = append(keys, key)
-	}
-	st.keys = keys
+	st.keys = in.keys
 	if membership {
-		return keys, false
+		return in.keys, false
 	}
-	fp := fingerprint(configs)
+	fp := in.print
 	if st.print != "" && fp != st.print {
 		// Content may have changed under unchanged keys: nodes read their
 		// configs again.
-		m.publish(ctx, evConfig)
+		e.publish(ctx, evConfig)
 	}
 	st.print = fp
-	return keys, false
+	return in.keys, false
 }
 
 // dropAvoidances forgets the avoidances of keys that are no longer
 // configured.
-func (m *Manager[C, I]) dropAvoidances(ctx context.Context, avoid map[string][]string, keys []string) {
+func (e *elector) dropAvoidances(ctx context.Context, avoid map[string][]string, keys []string) {
 	if len(avoid) == 0 {
 		return
 	}
@@ -621,9 +617,9 @@ func (m *Manager[C, I]) dropAvoidances(ctx context.Context, avoid map[string][]s
 	if len(gone) == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	ctx, cancel := context.WithTimeout(ctx, e.s.heartbeat)
 	defer cancel()
-	_ = m.client.Do(ctx, m.client.B().Hdel().Key(m.k.avoid).Field(gone...).Build()).Error()
+	_ = e.client.Do(ctx, e.client.B().Hdel().Key(e.k.avoid).Field(gone...).Build()).Error()
 }
 
 // change is one key whose node changes; "" means none.
@@ -631,7 +627,7 @@ type change struct{ key, from, to string }
 
 // writeAssignment writes only the difference between prev and next, fenced
 // by the epoch.
-func (m *Manager[C, I]) writeAssignment(ctx context.Context, epoch uint64, prev, next Assignment, stats *rebalanceStats, progress func()) error {
+func (e *elector) writeAssignment(ctx context.Context, epoch uint64, prev, next Assignment, stats *rebalanceStats, progress func()) error {
 	changes := diff(prev, next)
 	stats.changes = len(changes)
 	if len(changes) == 0 {
@@ -656,13 +652,13 @@ func (m *Manager[C, I]) writeAssignment(ctx context.Context, epoch uint64, prev,
 		}
 	}
 	for i, chunk := range chunks {
-		if err := m.writeChunk(ctx, epoch, chunk, func(node string) bool { return last[node] == i }); err != nil {
+		if err := e.writeChunk(ctx, epoch, chunk, func(node string) bool { return last[node] == i }); err != nil {
 			return err
 		}
 		progress()
 	}
 	for _, c := range changes {
-		m.log.Debug("assigned", "key", c.key, "from", c.from, "to", c.to, "epoch", epoch)
+		e.log.Debug("assigned", "key", c.key, "from", c.from, "to", c.to, "epoch", epoch)
 	}
 	return nil
 }
@@ -710,7 +706,7 @@ func nodeChunks(changes []change, size int) iter.Seq[[]change] {
 
 // writeChunk writes one chunk of changes, and tells the nodes for which
 // tell is true that their keys changed.
-func (m *Manager[C, I]) writeChunk(ctx context.Context, epoch uint64, chunk []change, tell func(node string) bool) error {
+func (e *elector) writeChunk(ctx context.Context, epoch uint64, chunk []change, tell func(node string) bool) error {
 	index := map[string]int{"": 0}
 	var nodes []string
 	for _, c := range chunk {
@@ -726,9 +722,9 @@ func (m *Manager[C, I]) writeChunk(ctx context.Context, epoch uint64, chunk []ch
 		told[i] = tell(n)
 	}
 	trace := traceparent(ctx)
-	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat+time.Duration(len(chunk))*time.Millisecond)
+	ctx, cancel := context.WithTimeout(ctx, e.s.heartbeat+time.Duration(len(chunk))*time.Millisecond)
 	defer cancel()
-	ok, err := m.db().write(ctx, epoch, trace, nodes, told, writeGroups(chunk, index))
+	ok, err := e.db().write(ctx, epoch, trace, nodes, told, writeGroups(chunk, index))
 	if err != nil {
 		return fmt.Errorf("write assignment: %w", err)
 	}

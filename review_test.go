@@ -272,7 +272,7 @@ func TestAMoveBudgetHoldsAcrossAChangeOfLeader(t *testing.T) {
 	c.startNode(c.prepNode("n3", slow, budget))
 	c.eventually(5*time.Second, "the first step's moves preparing", func() bool { return now.Load() == 2 })
 	leader := c.leader()
-	leader.m.stepDown() // its lock lost: a new term begins
+	leader.m.elector.stepDown() // its lock lost: a new term begins
 	c.waitConverged(30*time.Second, "n1", "n2", "n3")
 	assert.LessOrEqual(t, most.Load(), int32(2), "voluntary moves in flight at once, under a budget of 2")
 	assert.Empty(t, history.Overlaps(c.rec.Events()))

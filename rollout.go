@@ -166,27 +166,27 @@ func (r *rolloutHolds) wake() int64 {
 
 // dropHolds removes holds that are over: restarting nodes that are back,
 // joiners that took a leaver's keys.
-func (m *Manager[C, I]) dropHolds(ctx context.Context, back, joined []string) {
-	b := m.client.B()
+func (e *elector) dropHolds(ctx context.Context, back, joined []string) {
+	b := e.client.B()
 	var cmds rueidis.Commands
 	if len(back) > 0 {
-		cmds = append(cmds, b.Hdel().Key(m.k.restarting).Field(back...).Build())
+		cmds = append(cmds, b.Hdel().Key(e.k.restarting).Field(back...).Build())
 	}
 	if len(joined) > 0 {
-		cmds = append(cmds, b.Hdel().Key(m.k.joinWait).Field(joined...).Build())
+		cmds = append(cmds, b.Hdel().Key(e.k.joinWait).Field(joined...).Build())
 	}
-	m.bestEffort(ctx, "dropping rollout holds (they end by themselves)", cmds)
+	e.bestEffort(ctx, "dropping rollout holds (they end by themselves)", cmds)
 	for _, node := range joined {
-		m.log.Info("a waiting joiner takes keys", "node", node)
+		e.log.Info("a waiting joiner takes keys", "node", node)
 	}
 }
 
 // hold records a restart or join hold for this node.
-func (m *Manager[C, I]) hold(ctx context.Context, key string, d time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+func (mb *membership) hold(ctx context.Context, key string, d time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, mb.s.heartbeat)
 	defer cancel()
-	session, _ := m.membership.current()
-	if err := m.db().hold(ctx, key, m.s.nodeID, d, session); err != nil {
+	session, _ := mb.current()
+	if err := mb.db().hold(ctx, key, mb.s.nodeID, d, session); err != nil {
 		return fmt.Errorf("%w: record a hold: %w", ErrRedis, err)
 	}
 	return nil

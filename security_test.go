@@ -407,7 +407,7 @@ func TestServicesSharingARedisNeverSeeEachOther(t *testing.T) {
 	beta.waitConverged(10*time.Second, nodes...)
 
 	betaLeader := beta.leader()
-	betaEpoch, _ := betaLeader.m.term.current()
+	betaEpoch, _ := betaLeader.m.elector.term.current()
 	betaEvents := len(beta.rec.Events())
 	betaStatus, err := betaLeader.m.Status(context.Background())
 	require.NoError(t, err)
@@ -422,7 +422,7 @@ func TestServicesSharingARedisNeverSeeEachOther(t *testing.T) {
 
 	assert.Len(t, beta.rec.Events(), betaEvents, "beta's instances started or stopped")
 	assert.Same(t, betaLeader, beta.leader(), "beta's leader")
-	epoch, _ := betaLeader.m.term.current()
+	epoch, _ := betaLeader.m.elector.term.current()
 	assert.Equal(t, betaEpoch, epoch, "beta's epoch")
 	after, err := betaLeader.m.Status(context.Background())
 	require.NoError(t, err)
@@ -521,12 +521,12 @@ func TestDisableCacheOnARealServer(t *testing.T) {
 	// Without invalidations the followers poll the leader lock: a crashed
 	// leader, whose lock nobody deletes, is replaced once it expires.
 	old := c.leader()
-	oldEpoch, _ := old.m.term.current()
+	oldEpoch, _ := old.m.elector.term.current()
 	start := time.Now()
 	c.crash(old.id)
 	next := c.leader()
 	elected := time.Since(start)
-	epoch, _ := next.m.term.current()
+	epoch, _ := next.m.elector.term.current()
 	assert.Greater(t, epoch, oldEpoch)
 	c.waitConverged(testTTL+2*time.Second, c.running()...)
 	t.Logf("leader crash: new leader after %v (lock TTL %v), every key live after %v", elected, testLockTTL, time.Since(start))

@@ -60,7 +60,7 @@ func TestTenantsSharingARedisNeitherLearnNorDisturbEachOther(t *testing.T) {
 	_, b := tenant("dim-b", "b:")
 	assert.Empty(t, aclLog(t, admin), "the tenant line is enough to run dim")
 	bLeader := b.leader()
-	bEpoch, _ := bLeader.m.term.current()
+	bEpoch, _ := bLeader.m.elector.term.current()
 	bEvents := len(b.rec.Events())
 	bBefore, err := bLeader.m.Status(ctx)
 	require.NoError(t, err)
@@ -132,7 +132,7 @@ func TestTenantsSharingARedisNeitherLearnNorDisturbEachOther(t *testing.T) {
 	// b noticed nothing.
 	assert.Len(t, b.rec.Events(), bEvents, "b's instances started or stopped")
 	assert.Same(t, bLeader, b.leader(), "b's leader")
-	epoch, _ := bLeader.m.term.current()
+	epoch, _ := bLeader.m.elector.term.current()
 	assert.Equal(t, bEpoch, epoch, "b's epoch")
 	after, err := bLeader.m.Status(ctx)
 	require.NoError(t, err)

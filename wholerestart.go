@@ -29,21 +29,21 @@ import (
 // prefetch; without them it does nothing. Like every assignment write, it
 // is fenced by the epoch; a failed write leaves the keys to the rebalance
 // that follows.
-func (m *Manager[C, I]) dealToJoiners(ctx context.Context, epoch uint64, st *leaderMemory, size int) {
+func (e *elector) dealToJoiners(ctx context.Context, epoch uint64, st *leaderMemory, size int) {
 	if st.prefetched == nil || st.assigned == nil || len(st.placements) > 0 || size <= 0 {
 		return
 	}
-	rctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	rctx, cancel := context.WithTimeout(ctx, e.s.heartbeat)
 	defer cancel()
-	now, live, err := m.db().members(rctx)
+	now, live, err := e.db().members(rctx)
 	if err != nil {
 		return
 	}
-	h, err := readHolds(rctx, m.client, m.k, now)
+	h, err := readHolds(rctx, e.client, e.k, now)
 	if err != nil || len(h.rollout.restarting) > 0 || len(h.rollout.waiting) > 0 {
 		return
 	}
-	pins, err := m.client.Do(rctx, m.client.B().Hlen().Key(m.k.pins).Build()).AsInt64()
+	pins, err := e.client.Do(rctx, e.client.B().Hlen().Key(e.k.pins).Build()).AsInt64()
 	if err != nil || pins > 0 {
 		return
 	}
@@ -69,18 +69,18 @@ func (m *Manager[C, I]) dealToJoiners(ctx context.Context, epoch uint64, st *lea
 	}
 	stats := rebalanceStats{}
 	st.assigned = nil // unknown until the write is done
-	if err := m.writeAssignment(ctx, epoch, prev, next, &stats, st.progress); err != nil {
+	if err := e.writeAssignment(ctx, epoch, prev, next, &stats, st.progress); err != nil {
 		return
 	}
 	st.assigned = next
 	changes := diff(prev, next)
-	m.log.Info("restart: joiners took departed nodes' keys", "keys", len(changes), "epoch", epoch)
+	e.log.Info("restart: joiners took departed nodes' keys", "keys", len(changes), "epoch", epoch)
 	why := make(map[string]whyRecord, len(changes))
 	at := now
 	for _, c := range changes {
 		why[c.key] = whyRecord{At: at, From: c.from, To: c.to, Reason: MoveNodeGone, Trigger: triggerWholeRestart}
 	}
-	m.bestEffort(ctx, "recording the moves", append(m.whyCmds(changes, why), m.moveCmds(epoch, changes)...))
+	e.bestEffort(ctx, "recording the moves", append(e.whyCmds(changes, why), e.moveCmds(epoch, changes)...))
 }
 
 // triggerWholeRestart names, in the reasons of moves, the keys dealt to
