@@ -108,7 +108,6 @@ type Manager[C, I any] struct {
 	retryMax   time.Duration
 
 	life lifecycle // new, running, fenced, stopping, stopped
-	wg   sync.WaitGroup
 
 	membership *membership // the lease, and with it every instance's context
 	elector    *elector    // the campaign and, while it leads, the leader loop
@@ -309,7 +308,7 @@ func (m *Manager[C, I]) start(ctx context.Context) error {
 		m.closeClient(m.client)
 		return err
 	}
-	if err := m.subscribe(ctx); err != nil {
+	if err := m.subscribe(ctx, m.onEvent); err != nil {
 		return fail(fmt.Errorf("%w: subscribe at %s: %w", ErrRedis, addr, err))
 	}
 	if m.s.joinHold > 0 {
@@ -356,15 +355,15 @@ func lean(opt rueidis.ClientOption) rueidis.ClientOption {
 
 // connect makes the Redis client (or takes the given one) and the locker of
 // the leader lock, and returns the address to name in errors.
-func (m *Manager[C, I]) connect() (string, error) {
-	addr := fmt.Sprint(m.s.redis.InitAddress)
-	opt := lean(m.s.redis)
+func (e *env) connect() (string, error) {
+	addr := fmt.Sprint(e.s.redis.InitAddress)
+	opt := lean(e.s.redis)
 	lockOpt := rueidislock.LockerOption{
 		ClientOption:   opt,
-		KeyPrefix:      m.k.lock,
-		KeyValidity:    m.s.lockTTL,
-		ExtendInterval: m.s.lockRefresh,
-		KeyMajority:    int32(m.s.lockMajority),
+		KeyPrefix:      e.k.lock,
+		KeyValidity:    e.s.lockTTL,
+		ExtendInterval: e.s.lockRefresh,
+		KeyMajority:    int32(e.s.lockMajority),
 		// Without NOLOOP, each extension of the lock notifies the leader
 		// itself, and rueidislock extends again on every notice: a busy loop
 		// of thousands of scripts a second for as long as a leader leads.
@@ -377,10 +376,10 @@ func (m *Manager[C, I]) connect() (string, error) {
 			if err != nil {
 				return nil, err
 			}
-			return lockClient{Client: c, clock: &m.clock, prefix: m.k.lock}, nil
+			return lockClient{Client: c, clock: &e.clock, prefix: e.k.lock}, nil
 		},
 	}
-	client := m.s.client
+	client := e.s.client
 	if client == nil {
 		var err error
 		if client, err = rueidis.NewClient(opt); err != nil {
@@ -392,34 +391,16 @@ func (m *Manager[C, I]) connect() (string, error) {
 		addr = "the given client"
 		lockOpt.ClientOption = rueidis.ClientOption{DisableCache: true}
 		lockOpt.ClientBuilder = func(rueidis.ClientOption) (rueidis.Client, error) {
-			return lockClient{Client: unclosable{client}, clock: &m.clock, prefix: m.k.lock}, nil
+			return lockClient{Client: unclosable{client}, clock: &e.clock, prefix: e.k.lock}, nil
 		}
 	}
 	locker, err := rueidislock.NewLocker(lockOpt)
 	if err != nil {
-		m.closeClient(client)
+		e.closeClient(client)
 		return addr, fmt.Errorf("%w: connect to %s: %w", ErrRedis, addr, err)
 	}
-	m.client, m.locker = client, locker
+	e.client, e.locker = client, locker
 	return addr, nil
-}
-
-// subscribe starts the subscription loop and waits until the server has
-// confirmed the subscription, refused it, or not answered in time.
-func (m *Manager[C, I]) subscribe(ctx context.Context) error {
-	subscribed := make(chan struct{})
-	refused := make(chan error, 1)
-	m.wg.Go(func() { m.subscribeLoop(subscribed, refused) })
-	select {
-	case <-subscribed:
-		return nil
-	case err := <-refused:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(max(m.s.nodeTTL, 5*time.Second)):
-		return fmt.Errorf("no answer within %v", max(m.s.nodeTTL, 5*time.Second))
-	}
 }
 
 // runLoops starts the goroutines of a node that has joined.
@@ -633,109 +614,6 @@ func (m *Manager[C, I]) Rebalance(ctx context.Context) error {
 		return fmt.Errorf("%w: %w", ErrRedis, err)
 	}
 	return nil
-}
-
-// subscribeLoop listens on the service channel for as long as the node runs,
-// resubscribing after a lost connection. Messages may be lost while it is
-// away, so every resubscription triggers a full reconcile and rebalance. The
-// subscription has a connection of its own, which also suits servers that
-// allow no other command on a subscribed connection.
-func (m *Manager[C, I]) subscribeLoop(subscribed chan<- struct{}, refused chan<- error) {
-	var once sync.Once
-	var ever atomic.Bool
-	backoff := newBackoff(50*time.Millisecond, m.s.heartbeat)
-	for m.runCtx.Err() == nil {
-		var ok atomic.Bool
-		err := m.subscribeOnce(func() {
-			ok.Store(true)
-			ever.Store(true)
-			once.Do(func() { close(subscribed) })
-			m.triggerNode()
-			m.triggerLeader(triggerResub)
-			signal(m.leaderCheckCh)
-		})
-		if m.runCtx.Err() != nil {
-			return
-		}
-		// A server that refuses the subscription itself (an ACL without the
-		// channel, say) will not change its mind: Start reports it at once.
-		if _, isRedisErr := rueidis.IsRedisErr(err); isRedisErr && !ever.Load() {
-			select {
-			case refused <- err:
-			default:
-			}
-		}
-		m.log.Debug("subscription lost", "err", err)
-		if ok.Load() {
-			backoff.reset()
-		}
-		sleepCtx(m.runCtx, backoff.next())
-	}
-}
-
-// subscribeOnce holds one subscription until its connection breaks or the
-// node stops; onSubscribed runs once the server confirmed it.
-func (m *Manager[C, I]) subscribeOnce(onSubscribed func()) error {
-	// Closed, not returned to the pool: unsubscribing a connection that is
-	// cut off would block for the write timeout.
-	dc, _ := m.client.Dedicate()
-	defer dc.Close()
-	lost := dc.SetPubSubHooks(rueidis.PubSubHooks{
-		OnMessage: m.onEvent,
-		OnSubscription: func(s rueidis.PubSubSubscription) {
-			if s.Kind == "subscribe" {
-				onSubscribed()
-			}
-		},
-	})
-	ctx, cancel := context.WithTimeout(m.runCtx, m.s.nodeTTL)
-	err := dc.Do(ctx, dc.B().Subscribe().Channel(m.k.channel).Build()).Error()
-	cancel()
-	if err != nil {
-		return err
-	}
-	select {
-	case err = <-lost:
-		return err
-	case <-m.runCtx.Done():
-		return nil
-	}
-}
-
-// onEvent routes one message of the service channel.
-func (m *Manager[C, I]) onEvent(msg rueidis.PubSubMessage) {
-	verb, args := parseEvent(msg.Message)
-	switch verb {
-	case evJoin, evLeave, evDrain, evAvoid:
-		m.triggerLeader("node " + verb)
-	case evRebalance:
-		if len(args) > 0 {
-			m.elector.requests.add(args[0])
-		}
-		m.configsStale.Store(true)
-		m.triggerLeader(triggerRequested)
-	case evAssign:
-		if len(args) > 1 && slices.Contains(args[1:], m.s.nodeID) {
-			m.triggerNode()
-		}
-	case evPrepared:
-		if len(args) > 1 && args[0] != m.s.nodeID {
-			m.announced.add(decodeKeys(args[1:]))
-			m.triggerNode()
-		}
-	case evRelease:
-		if len(args) > 0 && args[0] != m.s.nodeID {
-			// A claim refused a moment ago may succeed now: retry it at
-			// once, not after claimRetry.
-			m.released.Store(true)
-			m.triggerNode()
-		}
-	case evConfig:
-		m.configsStale.Store(true)
-		m.triggerNode()
-	case evLeader:
-		m.log.Debug("new leader", "leader", args)
-	}
 }
 
 func signal(ch chan struct{}) {

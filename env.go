@@ -34,6 +34,7 @@ type env struct {
 	// Set by Start.
 	runCtx    context.Context
 	runCancel context.CancelFunc
+	wg        sync.WaitGroup // the node's goroutines
 	client    rueidis.Client
 	locker    rueidislock.Locker
 

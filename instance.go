@@ -1221,8 +1221,8 @@ func (m *Manager[C, I]) onHealth(r healthResult[I]) {
 // recovered. It returns the callback's error, or, when the callback outlives
 // the timeout, an error wrapping [ErrCallback] and a channel (late) that
 // closes once the abandoned call returns at last.
-func (m *Manager[C, I]) bounded(ctx context.Context, fn func(context.Context) error) (late <-chan struct{}, err error) {
-	ctx, cancel := context.WithTimeout(ctx, m.s.timeout)
+func (e *env) bounded(ctx context.Context, fn func(context.Context) error) (late <-chan struct{}, err error) {
+	ctx, cancel := context.WithTimeout(ctx, e.s.timeout)
 	done := make(chan error, 1)
 	returned := make(chan struct{})
 	go func() {
@@ -1242,13 +1242,13 @@ func (m *Manager[C, I]) bounded(ctx context.Context, fn func(context.Context) er
 		default:
 		}
 	}
-	return returned, fmt.Errorf("%w: did not return within %v", ErrCallback, m.s.timeout)
+	return returned, fmt.Errorf("%w: did not return within %v", ErrCallback, e.s.timeout)
 }
 
 // callGuarded runs fn bounded with g already held, and lets g go when fn
 // returns, even long after an abandoned call.
-func (m *Manager[C, I]) callGuarded(ctx context.Context, g *guard, fn func(context.Context) error) error {
-	late, err := m.bounded(ctx, fn)
+func (e *env) callGuarded(ctx context.Context, g *guard, fn func(context.Context) error) error {
+	late, err := e.bounded(ctx, fn)
 	if late == nil {
 		g.busy.Store(false)
 		return err
@@ -1262,11 +1262,11 @@ func (m *Manager[C, I]) callGuarded(ctx context.Context, g *guard, fn func(conte
 
 // callOnce runs fn like callGuarded if no earlier call of g's kind is still
 // running, and fails at once otherwise.
-func (m *Manager[C, I]) callOnce(ctx context.Context, g *guard, what string, fn func(context.Context) error) error {
+func (e *env) callOnce(ctx context.Context, g *guard, what string, fn func(context.Context) error) error {
 	if !g.busy.CompareAndSwap(false, true) {
 		return fmt.Errorf("%w: %s: an earlier call has not returned yet", ErrCallback, what)
 	}
-	return m.callGuarded(ctx, g, fn)
+	return e.callGuarded(ctx, g, fn)
 }
 
 // callWithTimeout runs fn bounded. A call given up on for a key holds that
