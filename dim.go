@@ -60,36 +60,42 @@ import (
 // replica of a deployment, under one node ID (see [WithNodeID]). The docs
 // say "node" throughout; "replica" means the same.
 //
-// How a node runs, for the reader of this package (not part of the API):
+// How a node runs, for the reader of this package (not part of the API).
+// A Manager is made of three parts that share an env (env.go: settings,
+// Redis names, the client and the locker, telemetry, the signals):
 //
-//   - The subscription (subscribeLoop, dim.go) holds a connection of its
-//     own to the service's channel and turns events into signals: nodeCh
-//     for the node loop, leaderCh for the leader loop, leaderCheckCh after
-//     every resubscription.
-//   - The heartbeat loop (membership.go) renews the lease; the watchdog
-//     checks it on the boot clock. Whichever sees the lease lost fences:
-//     it cancels every instance and calls every disconnect hook at once,
-//     whatever the node loop is doing, then signals fenceCh.
-//   - The node loop (nodeLoop, instance.go) owns the instance table: it
-//     reconciles on nodeCh (its assigned keys against what runs), stops
-//     everything on fenceCh, runs health checks on healthTickCh and takes
-//     their results from healthCh, and hands off on handoffCh when Stop
-//     asks.
-//   - The campaign (campaignLoop, elector.go) competes for the leader lock,
-//     woken by campaignCh; while it holds the lock the leader loop
-//     (leaderLoop, rebalance.go) runs under a context that ends with the
-//     term, rebalancing on leaderCh and its timers, and once more on
-//     handoffLeaderCh when Stop asks. watchLeaderLoop steps down a leader
-//     whose loop stops making progress.
-//   - The schedules (every, dim.go): health checks, the leader check on
-//     leaderCheckCh, and the config refresh, which wakes both loops.
+//   - membership (membership.go) is the node's session, like etcd's
+//     Session: its heartbeat loop renews the lease and rejoins after a
+//     fence; its watchdog checks the lease on the boot clock. Whichever
+//     sees the lease lost fences, and tells the Manager through its hooks:
+//     every instance is cancelled and every disconnect hook called at once,
+//     whatever the node loop is doing, then fenceCh is signalled.
+//   - elector (elector.go, rebalance.go) campaigns for the leader lock,
+//     woken by campaignCh; while it holds the lock its leader loop runs
+//     under a context that ends with the term, rebalancing on leaderCh and
+//     its timers, and once more on its handoffCh when Stop asks.
+//     watchLeaderLoop steps down a leader whose loop stops making
+//     progress. The Manager feeds it the keys to balance (electorFeed).
+//   - The Manager keeps the lifecycle (lifecycle.go), the configs
+//     (config.go) and the callbacks, and runs the node loop (nodeLoop,
+//     instance.go), which owns the instance table: it reconciles on nodeCh
+//     (its assigned keys against what runs), stops everything on fenceCh,
+//     runs health checks on healthTickCh and takes their results from
+//     healthCh, and hands off on handoffCh when Stop asks.
+//
+// Two more goroutines serve all three: the subscription (subscription.go)
+// holds a connection of its own to the service's channel and turns events
+// into signals (nodeCh, leaderCh, and leaderCheckCh after every
+// resubscription); the schedules (every, env.go) run the health checks,
+// the leader check (also on leaderCheckCh) and the config refresh, which
+// wakes both loops.
 //
 // Each signal channel has a buffer of one and signal never blocks, so a
-// burst of events wakes its loop once. healthCh, handoffCh and
-// handoffLeaderCh are unbuffered: a sender waits for the loop (or for the
-// node to stop).
+// burst of events wakes its loop once. healthCh, handoffCh and the
+// elector's handoffCh are unbuffered: a sender waits for the loop (or for
+// the node to stop).
 type Manager[C, I any] struct {
-	env
+	*env
 	getConfig      func(context.Context) ([]C, error)
 	createInstance func(context.Context, C) (I, error)
 	keyOf          func(C) string
@@ -225,11 +231,7 @@ func New[C, I any](
 		return nil, err
 	}
 	m.prepareCh = make(chan prepareResult[I])
-	m.log = s.logger.With("service", s.service, "node", s.nodeID)
-	m.slot = &slotNotice{}
-	m.tel = newTelemetry(s, m.log)
-	m.tel.slot = m.slot
-	m.elector = newElector(&m.env, electorFeed{
+	m.elector = newElector(m.env, electorFeed{
 		member: func() (string, bool) {
 			session, _ := m.membership.current()
 			return session, m.life.canTakeWork(session)
@@ -237,7 +239,7 @@ func New[C, I any](
 		generation: m.instances.generation,
 		configs:    m.leaderInput,
 	})
-	m.membership = newMembership(&m.env, memberHooks{
+	m.membership = newMembership(m.env, memberHooks{
 		generation: m.newGeneration,
 		fenced:     m.fenced,
 		mayRejoin:  func() bool { return m.life.load() == phaseRunning },

@@ -46,10 +46,18 @@ type env struct {
 	leaderCh      chan string
 }
 
-func newEnv(s settings) env {
-	return env{
+// newEnv returns the env of a node with settings s, which New has checked.
+func newEnv(s settings) *env {
+	log := s.logger.With("service", s.service, "node", s.nodeID)
+	slot := &slotNotice{}
+	tel := newTelemetry(s, log)
+	tel.slot = slot
+	return &env{
 		s:             s,
 		k:             newKeyspace(s.keyPrefix, s.service),
+		log:           log,
+		tel:           tel,
+		slot:          slot,
 		nodeCh:        make(chan struct{}, 1),
 		campaignCh:    make(chan struct{}, 1),
 		leaderCheckCh: make(chan struct{}, 1),
