@@ -1,0 +1,273 @@
+package dim
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-dim/dim/internal/faultproxy"
+	"github.com/go-dim/dim/internal/redistest"
+	"github.com/redis/rueidis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// The tests in this file and in elector_test.go run a membership and an
+// elector without a Manager, against a real redis-server: what each
+// promises, told apart from the node loop and the instances.
+
+// unitNode is one node's env, membership and elector, with hooks and a
+// feed that the test controls.
+type unitNode struct {
+	id    string
+	env   *env
+	mb    *membership
+	el    *elector
+	proxy *faultproxy.Proxy
+
+	fences    atomic.Int32
+	rejoins   atomic.Int32
+	asked     atomic.Int32 // how often the heartbeat loop asked mayRejoin
+	polled    atomic.Int32 // how often the elector asked whether the node is a member
+	mayRejoin atomic.Bool
+	keys      atomic.Pointer[[]string] // what the elector is fed; nil: the configs cannot be read
+	fenced    chan struct{}            // one value per fence
+}
+
+// newUnitNode connects a node named id to srv through a fault proxy. It
+// has joined nothing and runs nothing yet.
+func newUnitNode(t *testing.T, srv *redistest.Server, id string, extra ...Option) *unitNode {
+	t.Helper()
+	proxy, err := faultproxy.New(srv.Addr())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = proxy.Close() })
+	opts := []Option{
+		WithService("unit"), WithNodeID(id),
+		WithRedis(rueidis.ClientOption{InitAddress: []string{proxy.Addr()}, DisableRetry: true}),
+		WithNodeTTL(testTTL), WithHeartbeat(testHeartbeat),
+		WithLeaderLockTTL(testLockTTL), WithLeaderLockRefresh(testLockEvery),
+	}
+	if l := testLogger(t); l != nil {
+		opts = append(opts, WithLogger(l))
+	}
+	s := defaultSettings()
+	for _, o := range append(opts, extra...) {
+		require.NoError(t, o.apply(&s))
+	}
+	s.fillDefaults()
+	require.NoError(t, s.validate())
+
+	n := &unitNode{id: id, env: newEnv(s), proxy: proxy, fenced: make(chan struct{}, 16)}
+	n.mayRejoin.Store(true)
+	_, err = n.env.connect()
+	require.NoError(t, err)
+	n.env.runCtx, n.env.runCancel = context.WithCancel(context.Background())
+	n.mb = newMembership(n.env, memberHooks{
+		generation: func(string) func(string, time.Time) error { return nil },
+		fenced: func() {
+			n.fences.Add(1)
+			n.el.stepDown()
+			n.fenced <- struct{}{}
+		},
+		mayRejoin: func() bool {
+			n.asked.Add(1)
+			return n.mayRejoin.Load()
+		},
+		rejoined: func() {
+			n.rejoins.Add(1)
+			n.env.triggerCampaign()
+		},
+	})
+	n.el = newElector(n.env, electorFeed{
+		member: func() (string, bool) {
+			n.polled.Add(1)
+			session, _ := n.mb.current()
+			return session, session != ""
+		},
+		generation: func() string { return "" },
+		configs: func(context.Context, bool) (leaderInput, error) {
+			keys := n.keys.Load()
+			if keys == nil {
+				return leaderInput{}, errors.New("configs unreadable")
+			}
+			return leaderInput{keys: slices.Clone(*keys), print: "p"}, nil
+		},
+	})
+	t.Cleanup(n.close)
+	return n
+}
+
+// runSession starts the heartbeat loop and the watchdog of a joined node.
+func (n *unitNode) runSession() {
+	n.env.wg.Go(n.mb.heartbeatLoop)
+	n.env.wg.Go(n.mb.watchdog)
+}
+
+// runElector starts the campaign.
+func (n *unitNode) runElector() {
+	n.env.wg.Go(n.el.campaignLoop)
+	n.env.triggerCampaign()
+}
+
+func (n *unitNode) feed(keys ...string) { n.keys.Store(&keys) }
+
+func (n *unitNode) close() {
+	n.mb.lease.end()
+	n.env.runCancel()
+	n.env.wg.Wait()
+	select {
+	case g := <-n.el.term.taken:
+		g.release()
+	default:
+	}
+	n.env.locker.Close()
+	n.env.closeClient(n.env.client)
+}
+
+// members lists the live members as the leader reads them.
+func (n *unitNode) members(t *testing.T) []string {
+	t.Helper()
+	_, live, err := n.env.db().members(context.Background())
+	require.NoError(t, err)
+	var ids []string
+	for _, m := range live {
+		ids = append(ids, m.id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// waitFor polls cond until it holds or within passes.
+func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %v: %s", within, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestAMembershipJoinsRenewsAndLeaves(t *testing.T) {
+	srv := redistest.Start(t)
+	n := newUnitNode(t, srv, "n1")
+	ctx := context.Background()
+
+	require.NoError(t, n.mb.join(ctx))
+	session, lease := n.mb.current()
+	require.NotEmpty(t, session)
+	require.NoError(t, lease.Err(), "a member's lease context is live")
+	assert.Equal(t, []string{"n1"}, n.members(t))
+
+	// The heartbeat keeps the lease for many TTLs.
+	n.runSession()
+	n.mb.lease.mu.Lock()
+	first := n.mb.lease.sent
+	n.mb.lease.mu.Unlock()
+	waitFor(t, 3*testTTL, "three TTLs of renewals", func() bool {
+		n.mb.lease.mu.Lock()
+		defer n.mb.lease.mu.Unlock()
+		return n.mb.lease.sent.Sub(first) > 3*testTTL-testHeartbeat
+	})
+	again, _ := n.mb.current()
+	assert.Equal(t, session, again, "renewals keep the session")
+	assert.Zero(t, n.fences.Load())
+
+	require.NoError(t, n.mb.leave(ctx))
+	left, _ := n.mb.current()
+	assert.Empty(t, left)
+	assert.Error(t, lease.Err(), "leaving ends the lease context")
+	assert.Empty(t, n.members(t))
+	assert.Zero(t, n.fences.Load(), "a leave is not a fence")
+}
+
+func TestAMembershipCutOffFencesBeforeItsLeaseEndsAndRejoins(t *testing.T) {
+	srv := redistest.Start(t)
+	n := newUnitNode(t, srv, "n1")
+	require.NoError(t, n.mb.join(context.Background()))
+	n.runSession()
+	before, lease := n.mb.current()
+
+	n.proxy.Cut(faultproxy.Both)
+	n.mb.lease.mu.Lock()
+	lastSent := n.mb.lease.sent
+	n.mb.lease.mu.Unlock()
+	select {
+	case <-n.fenced:
+	case <-time.After(2 * testTTL):
+		t.Fatal("a node cut off from Redis did not fence")
+	}
+	fencedAt := time.Now()
+	assert.Error(t, lease.Err(), "the fence ends the lease context")
+	// The lease in Redis counts from when the renewal arrived, which is
+	// after it was sent: the fence comes a margin before it can end.
+	assert.Less(t, fencedAt.Sub(lastSent), testTTL+testHeartbeat, "fenced within the TTL of the last renewal sent")
+	session, _ := n.mb.current()
+	assert.Empty(t, session)
+
+	n.proxy.Heal()
+	waitFor(t, 3*testTTL, "a rejoin", func() bool { return n.rejoins.Load() > 0 })
+	after, lease := n.mb.current()
+	assert.NotEmpty(t, after)
+	assert.NotEqual(t, before, after, "a rejoin starts a new session")
+	assert.NoError(t, lease.Err())
+	assert.Equal(t, int32(1), n.fences.Load())
+}
+
+func TestAFencedMembershipRejoinsOnlyWhenItsNodeAllows(t *testing.T) {
+	srv := redistest.Start(t)
+	n := newUnitNode(t, srv, "n1")
+	require.NoError(t, n.mb.join(context.Background()))
+	n.mayRejoin.Store(false)
+	n.runSession()
+
+	n.mb.fence(func() string { s, _ := n.mb.current(); return s }(), "test")
+	<-n.fenced
+	asked := n.asked.Load()
+	waitFor(t, 2*testTTL, "five more heartbeats", func() bool { return n.asked.Load() >= asked+5 })
+	assert.Zero(t, n.rejoins.Load(), "no rejoin while the node's instances are still stopping")
+	session, _ := n.mb.current()
+	assert.Empty(t, session)
+
+	n.mayRejoin.Store(true)
+	waitFor(t, 2*testTTL, "a rejoin once allowed", func() bool { return n.rejoins.Load() == 1 })
+}
+
+func TestAMembershipFencesOnlyTheCurrentSession(t *testing.T) {
+	srv := redistest.Start(t)
+	n := newUnitNode(t, srv, "n1")
+	require.NoError(t, n.mb.join(context.Background()))
+	session, _ := n.mb.current()
+
+	n.mb.fence("an-older-session", "stale verdict")
+	now, lease := n.mb.current()
+	assert.Equal(t, session, now, "a verdict on another session leaves this one alone")
+	assert.NoError(t, lease.Err())
+	assert.Zero(t, n.fences.Load())
+
+	n.mb.fence(session, "test")
+	assert.Equal(t, int32(1), n.fences.Load())
+	n.mb.fence(session, "twice")
+	assert.Equal(t, int32(1), n.fences.Load(), "a session is fenced once")
+}
+
+func TestASecondMembershipWithTheSameIDWaitsForTheFirst(t *testing.T) {
+	srv := redistest.Start(t)
+	first := newUnitNode(t, srv, "n1")
+	second := newUnitNode(t, srv, "n1")
+	require.NoError(t, first.mb.join(context.Background()))
+
+	err := second.mb.join(context.Background())
+	require.ErrorIs(t, err, ErrNodeIDInUse)
+	var inUse *idInUseError
+	require.ErrorAs(t, err, &inUse)
+	assert.Greater(t, inUse.wait, time.Duration(0))
+	assert.LessOrEqual(t, inUse.wait, testTTL)
+
+	require.NoError(t, first.mb.leave(context.Background()))
+	require.NoError(t, second.mb.join(context.Background()), "the ID is free once its holder left")
+}
