@@ -37,6 +37,7 @@ func startUnit(t *testing.T, n *unitNode) {
 }
 
 func TestAnElectorLeadsAndAssignsTheKeysItIsFed(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	n := newUnitNode(t, srv, "n1")
 	n.feed("a", "b", "c", "d", "e", "f")
@@ -57,6 +58,7 @@ func TestAnElectorLeadsAndAssignsTheKeysItIsFed(t *testing.T) {
 }
 
 func TestOneOfTwoElectorsLeadsAndSplitsTheKeysEvenly(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	n1, n2 := newUnitNode(t, srv, "n1"), newUnitNode(t, srv, "n2")
 	for _, n := range []*unitNode{n1, n2} {
@@ -84,6 +86,7 @@ func (n *unitNode) lead(t *testing.T) (uint64, *leaderMemory) {
 }
 
 func TestAnElectorThatCannotReadConfigsMovesNothingThatRuns(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	n1, n2 := newUnitNode(t, srv, "n1"), newUnitNode(t, srv, "n2")
 	ctx := context.Background()
@@ -117,6 +120,7 @@ func TestAnElectorThatCannotReadConfigsMovesNothingThatRuns(t *testing.T) {
 }
 
 func TestAFencedLeaderStepsDownAndTheNextLeadsWithANewerEpoch(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	n1, n2 := newUnitNode(t, srv, "n1"), newUnitNode(t, srv, "n2")
 	n1.feed("a", "b")
@@ -137,6 +141,7 @@ func TestAFencedLeaderStepsDownAndTheNextLeadsWithANewerEpoch(t *testing.T) {
 }
 
 func TestAnElectorWhoseNodeIsNotAMemberDoesNotCampaign(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	n := newUnitNode(t, srv, "n1")
 	n.feed("a")
@@ -158,6 +163,7 @@ func TestAnElectorWhoseNodeIsNotAMemberDoesNotCampaign(t *testing.T) {
 }
 
 func TestAnElectorHandsOffWithALastRebalance(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	n1, n2 := newUnitNode(t, srv, "n1"), newUnitNode(t, srv, "n2")
 	for _, n := range []*unitNode{n1, n2} {
