@@ -43,8 +43,8 @@ func TestAnElectorLeadsAndAssignsTheKeysItIsFed(t *testing.T) {
 	n.feed("a", "b", "c", "d", "e", "f")
 	startUnit(t, n)
 
-	waitFor(t, 2*testTTL, "n1 leads", n.el.isLeader)
-	waitFor(t, 2*testTTL, "every fed key assigned", func() bool { return len(n.assignment(t)) == 6 })
+	eventually(t, 2*testTTL, "n1 leads", n.el.isLeader)
+	eventually(t, 2*testTTL, "every fed key assigned", func() bool { return len(n.assignment(t)) == 6 })
 	assert.Equal(t, map[string]int{"n1": 6}, counts(n.assignment(t)))
 	rec, err := n.env.db().leader(context.Background())
 	require.NoError(t, err)
@@ -54,7 +54,7 @@ func TestAnElectorLeadsAndAssignsTheKeysItIsFed(t *testing.T) {
 	// A new key in the feed is assigned on the next refresh.
 	n.feed("a", "b", "c", "d", "e", "f", "g")
 	n.env.triggerLeader(triggerRefresh)
-	waitFor(t, 2*testTTL, "the new key assigned", func() bool { return n.assignment(t)["g"] == "n1" })
+	eventually(t, 2*testTTL, "the new key assigned", func() bool { return n.assignment(t)["g"] == "n1" })
 }
 
 func TestOneOfTwoElectorsLeadsAndSplitsTheKeysEvenly(t *testing.T) {
@@ -65,7 +65,7 @@ func TestOneOfTwoElectorsLeadsAndSplitsTheKeysEvenly(t *testing.T) {
 		n.feed("a", "b", "c", "d", "e", "f")
 		startUnit(t, n)
 	}
-	waitFor(t, 3*testTTL, "3 keys on each node", func() bool {
+	eventually(t, 3*testTTL, "3 keys on each node", func() bool {
 		c := counts(n1.assignment(t))
 		return c["n1"] == 3 && c["n2"] == 3
 	})
@@ -126,18 +126,18 @@ func TestAFencedLeaderStepsDownAndTheNextLeadsWithANewerEpoch(t *testing.T) {
 	n1.feed("a", "b")
 	n2.feed("a", "b")
 	startUnit(t, n1)
-	waitFor(t, 2*testTTL, "n1 leads", n1.el.isLeader)
+	eventually(t, 2*testTTL, "n1 leads", n1.el.isLeader)
 	old, _ := n1.el.term.current()
 	startUnit(t, n2)
 
 	n1.mayRejoin.Store(false)
 	session, _ := n1.mb.current()
 	n1.mb.fence(session, "test")
-	waitFor(t, 3*testTTL, "n2 leads", n2.el.isLeader)
+	eventually(t, 3*testTTL, "n2 leads", n2.el.isLeader)
 	assert.False(t, n1.el.isLeader(), "a fenced node does not lead")
 	next, _ := n2.el.term.current()
 	assert.Greater(t, next, old, "every term has a newer epoch")
-	waitFor(t, 3*testTTL, "both keys on n2", func() bool { return counts(n2.assignment(t))["n2"] == 2 })
+	eventually(t, 3*testTTL, "both keys on n2", func() bool { return counts(n2.assignment(t))["n2"] == 2 })
 }
 
 func TestAnElectorWhoseNodeIsNotAMemberDoesNotCampaign(t *testing.T) {
@@ -149,7 +149,7 @@ func TestAnElectorWhoseNodeIsNotAMemberDoesNotCampaign(t *testing.T) {
 	for range 3 {
 		asked := n.polled.Load()
 		n.env.triggerCampaign()
-		waitFor(t, testTTL, "the campaign looks", func() bool { return n.polled.Load() > asked })
+		eventually(t, testTTL, "the campaign looks", func() bool { return n.polled.Load() > asked })
 	}
 	assert.False(t, n.el.isLeader())
 	rec, err := n.env.db().leader(context.Background())
@@ -159,7 +159,7 @@ func TestAnElectorWhoseNodeIsNotAMemberDoesNotCampaign(t *testing.T) {
 	require.NoError(t, n.mb.join(context.Background()))
 	n.runSession()
 	n.env.triggerCampaign()
-	waitFor(t, 2*testTTL, "n1 leads once a member", n.el.isLeader)
+	eventually(t, 2*testTTL, "n1 leads once a member", n.el.isLeader)
 }
 
 func TestAnElectorHandsOffWithALastRebalance(t *testing.T) {
@@ -170,9 +170,9 @@ func TestAnElectorHandsOffWithALastRebalance(t *testing.T) {
 		n.feed("a", "b", "c", "d")
 	}
 	startUnit(t, n1)
-	waitFor(t, 2*testTTL, "n1 leads", n1.el.isLeader)
+	eventually(t, 2*testTTL, "n1 leads", n1.el.isLeader)
 	startUnit(t, n2)
-	waitFor(t, 3*testTTL, "keys split", func() bool { return counts(n1.assignment(t))["n2"] == 2 })
+	eventually(t, 3*testTTL, "keys split", func() bool { return counts(n1.assignment(t))["n2"] == 2 })
 
 	// Stop's order: drain (weight 0), then the leader's last rebalance.
 	require.NoError(t, n1.mb.drain(context.Background()))
@@ -182,5 +182,5 @@ func TestAnElectorHandsOffWithALastRebalance(t *testing.T) {
 	n1.el.handOff(ctx)
 	assert.Less(t, time.Since(start), testTTL, "the handoff waits for one rebalance, not a lease")
 	assert.Equal(t, map[string]int{"n2": 4}, counts(n1.assignment(t)), "the last rebalance moved the leader's keys away")
-	waitFor(t, testTTL, "the term ended", func() bool { return !n1.el.isLeader() })
+	eventually(t, testTTL, "the term ended", func() bool { return !n1.el.isLeader() })
 }

@@ -143,18 +143,6 @@ func (n *unitNode) members(t *testing.T) []string {
 	return ids
 }
 
-// waitFor polls cond until it holds or within passes.
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %v: %s", within, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func TestAMembershipJoinsRenewsAndLeaves(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
@@ -172,7 +160,7 @@ func TestAMembershipJoinsRenewsAndLeaves(t *testing.T) {
 	n.mb.lease.mu.Lock()
 	first := n.mb.lease.sent
 	n.mb.lease.mu.Unlock()
-	waitFor(t, 3*testTTL, "three TTLs of renewals", func() bool {
+	eventually(t, 3*testTTL, "three TTLs of renewals", func() bool {
 		n.mb.lease.mu.Lock()
 		defer n.mb.lease.mu.Unlock()
 		return n.mb.lease.sent.Sub(first) > 3*testTTL-testHeartbeat
@@ -215,7 +203,7 @@ func TestAMembershipCutOffFencesBeforeItsLeaseEndsAndRejoins(t *testing.T) {
 	assert.Empty(t, session)
 
 	n.proxy.Heal()
-	waitFor(t, 3*testTTL, "a rejoin", func() bool { return n.rejoins.Load() > 0 })
+	eventually(t, 3*testTTL, "a rejoin", func() bool { return n.rejoins.Load() > 0 })
 	after, lease := n.mb.current()
 	assert.NotEmpty(t, after)
 	assert.NotEqual(t, before, after, "a rejoin starts a new session")
@@ -234,13 +222,13 @@ func TestAFencedMembershipRejoinsOnlyWhenItsNodeAllows(t *testing.T) {
 	n.mb.fence(func() string { s, _ := n.mb.current(); return s }(), "test")
 	<-n.fenced
 	asked := n.asked.Load()
-	waitFor(t, 2*testTTL, "five more heartbeats", func() bool { return n.asked.Load() >= asked+5 })
+	eventually(t, 2*testTTL, "five more heartbeats", func() bool { return n.asked.Load() >= asked+5 })
 	assert.Zero(t, n.rejoins.Load(), "no rejoin while the node's instances are still stopping")
 	session, _ := n.mb.current()
 	assert.Empty(t, session)
 
 	n.mayRejoin.Store(true)
-	waitFor(t, 2*testTTL, "a rejoin once allowed", func() bool { return n.rejoins.Load() == 1 })
+	eventually(t, 2*testTTL, "a rejoin once allowed", func() bool { return n.rejoins.Load() == 1 })
 }
 
 func TestAMembershipFencesOnlyTheCurrentSession(t *testing.T) {
