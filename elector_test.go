@@ -174,7 +174,9 @@ func TestAnElectorHandsOffWithALastRebalance(t *testing.T) {
 	startUnit(t, n2)
 	eventually(t, 3*testTTL, "keys split", func() bool { return counts(n1.assignment(t))["n2"] == 2 })
 
-	// Stop's order: drain (weight 0), then the leader's last rebalance.
+	// Stop's order: the node stops taking work, drains (weight 0), and the
+	// leader makes its last rebalance.
+	n1.stopping.Store(true)
 	require.NoError(t, n1.mb.drain(context.Background()))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*testTTL)
 	defer cancel()

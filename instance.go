@@ -1048,13 +1048,15 @@ func (m *Manager[C, I]) disconnectOne(e *entry[I]) {
 	}
 }
 
-// fenced is the membership's word that the lease ended: every
+// fenced is the membership's word that the lease ended, and why: every
 // instance's context ended with it, and every disconnect hook is called
 // now, all at once, whatever the node loop is doing. The node rejoins once
 // the node loop has seen every instance stop (see fenceCh).
-func (m *Manager[C, I]) fenced() {
+func (m *Manager[C, I]) fenced(reason string) {
 	m.life.fence()
 	m.instances.stopAll()
+	m.log.Warn("fenced: stopping all instances", "reason", reason)
+	m.tel.fenced(m.runCtx, reason)
 	m.elector.stepDown()
 	signal(m.fenceCh)
 }

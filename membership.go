@@ -25,6 +25,7 @@ type membership struct {
 	maxTTLSeen  atomic.Int64 // largest node TTL declared in the service, ms
 	noIDsLogged atomic.Bool
 	lastFence   atomic.Pointer[fenceNote] // a fence not yet in the history
+	fencing     sync.Mutex                // held while a fence is told to the node
 }
 
 // memberHooks are how a membership tells its node what happened. Each is
@@ -37,8 +38,9 @@ type memberHooks struct {
 	// the renewal fails and the node fences.
 	generation func(gen string) (check func(session string, until time.Time) error)
 	// fenced runs once the lease ended without a renewal or was
-	// disowned by Redis: every instance must stop at once.
-	fenced func()
+	// disowned by Redis, for reason: every instance must stop at once. The
+	// membership does not rejoin before it has returned.
+	fenced func(reason string)
 	// mayRejoin reports whether the node may join again after a fence: not
 	// while its fenced instances are still stopping, nor once it stops.
 	mayRejoin func() bool
@@ -174,7 +176,7 @@ func (mb *membership) heartbeatLoop() {
 		switch {
 		case session != "":
 			_ = mb.renew(session)
-		case !mb.hooks.mayRejoin():
+		case !mb.mayRejoin():
 			// Instances of the fenced session are still stopping, or the
 			// node stops: it talks to Redis again only once they are gone.
 		default:
@@ -270,16 +272,30 @@ func (mb *membership) renew(session string) error {
 
 // fence fences only if session is still the current one: a verdict on
 // an older session says nothing about a newer one.
+//
+// From the end of the lease until the node has heard of the fence, the
+// membership does not rejoin (see mayRejoin): a node that has not yet
+// begun to stop what it ran must not start a new session.
 func (mb *membership) fence(session, reason string) {
+	mb.fencing.Lock()
+	defer mb.fencing.Unlock()
 	if !mb.lease.endIf(session) {
 		return
 	}
+	// The history records the fence before the join that follows it.
+	mb.lastFence.Store(&fenceNote{at: time.Now(), reason: reason})
 	// Every instance's context ended with the lease; the node calls every
 	// disconnect hook now, all at once, whatever its loop is doing.
-	mb.hooks.fenced()
-	mb.log.Warn("fenced: stopping all instances", "reason", reason)
-	mb.lastFence.Store(&fenceNote{at: time.Now(), reason: reason})
-	mb.tel.fenced(mb.runCtx, reason)
+	mb.hooks.fenced(reason)
+}
+
+// mayRejoin reports whether the heartbeat loop may join again: the node is
+// not a member, no fence is under way, and the node allows it.
+func (mb *membership) mayRejoin() bool {
+	mb.fencing.Lock()
+	defer mb.fencing.Unlock()
+	session, _ := mb.lease.current()
+	return session == "" && mb.hooks.mayRejoin()
 }
 
 // drain tells the leader to move this node's keys away while the node keeps

@@ -38,6 +38,8 @@ type unitNode struct {
 	mayRejoin atomic.Bool
 	keys      atomic.Pointer[[]string] // what the elector is fed; nil: the configs cannot be read
 	fenced    chan struct{}            // one value per fence
+	hold      chan struct{}            // if set, the fenced hook waits for it to close
+	stopping  atomic.Bool              // the node has begun to stop: it takes no work
 }
 
 // newUnitNode connects a node named id to srv through a fault proxy. It
@@ -70,7 +72,10 @@ func newUnitNode(t *testing.T, srv *redistest.Server, id string, extra ...Option
 	n.env.runCtx, n.env.runCancel = context.WithCancel(context.Background())
 	n.mb = newMembership(n.env, memberHooks{
 		generation: func(string) func(string, time.Time) error { return nil },
-		fenced: func() {
+		fenced: func(string) {
+			if n.hold != nil {
+				<-n.hold
+			}
 			n.fences.Add(1)
 			n.el.stepDown()
 			n.fenced <- struct{}{}
@@ -88,7 +93,7 @@ func newUnitNode(t *testing.T, srv *redistest.Server, id string, extra ...Option
 		member: func() (string, bool) {
 			n.polled.Add(1)
 			session, _ := n.mb.current()
-			return session, session != ""
+			return session, session != "" && !n.stopping.Load()
 		},
 		generation: func() string { return "" },
 		configs: func(context.Context, bool) (leaderInput, error) {
@@ -160,10 +165,10 @@ func TestAMembershipJoinsRenewsAndLeaves(t *testing.T) {
 	n.mb.lease.mu.Lock()
 	first := n.mb.lease.sent
 	n.mb.lease.mu.Unlock()
-	eventually(t, 3*testTTL, "three TTLs of renewals", func() bool {
+	eventually(t, 4*testTTL, "renewals for two TTLs", func() bool {
 		n.mb.lease.mu.Lock()
 		defer n.mb.lease.mu.Unlock()
-		return n.mb.lease.sent.Sub(first) > 3*testTTL-testHeartbeat
+		return n.mb.lease.sent.Sub(first) > 2*testTTL
 	})
 	again, _ := n.mb.current()
 	assert.Equal(t, session, again, "renewals keep the session")
@@ -198,7 +203,7 @@ func TestAMembershipCutOffFencesBeforeItsLeaseEndsAndRejoins(t *testing.T) {
 	assert.Error(t, lease.Err(), "the fence ends the lease context")
 	// The lease in Redis counts from when the renewal arrived, which is
 	// after it was sent: the fence comes a margin before it can end.
-	assert.Less(t, fencedAt.Sub(lastSent), testTTL+testHeartbeat, "fenced within the TTL of the last renewal sent")
+	assert.Less(t, fencedAt.Sub(lastSent), testTTL, "fenced before the lease of the last renewal can end in Redis")
 	session, _ := n.mb.current()
 	assert.Empty(t, session)
 
@@ -236,6 +241,7 @@ func TestAMembershipFencesOnlyTheCurrentSession(t *testing.T) {
 	srv := redistest.Start(t)
 	n := newUnitNode(t, srv, "n1")
 	require.NoError(t, n.mb.join(context.Background()))
+	n.runSession()
 	session, _ := n.mb.current()
 
 	n.mb.fence("an-older-session", "stale verdict")
@@ -256,6 +262,7 @@ func TestASecondMembershipWithTheSameIDWaitsForTheFirst(t *testing.T) {
 	first := newUnitNode(t, srv, "n1")
 	second := newUnitNode(t, srv, "n1")
 	require.NoError(t, first.mb.join(context.Background()))
+	first.runSession()
 
 	err := second.mb.join(context.Background())
 	require.ErrorIs(t, err, ErrNodeIDInUse)
@@ -266,4 +273,95 @@ func TestASecondMembershipWithTheSameIDWaitsForTheFirst(t *testing.T) {
 
 	require.NoError(t, first.mb.leave(context.Background()))
 	require.NoError(t, second.mb.join(context.Background()), "the ID is free once its holder left")
+}
+
+func TestAMembershipDoesNotRejoinWhileItsFenceIsUnderWay(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	n := newUnitNode(t, srv, "n1")
+	ctx := context.Background()
+	require.NoError(t, n.mb.join(ctx))
+	n.hold = make(chan struct{})
+	n.runSession()
+	session, _ := n.mb.current()
+	// Redis has dropped the session (a restore without it, say), so a join
+	// would succeed at once: only the membership can hold it back.
+	require.NoError(t, n.env.db().leave(ctx, "n1", session))
+
+	fenced := make(chan struct{})
+	go func() {
+		defer close(fenced)
+		n.mb.fence(session, "test")
+	}()
+	// The node has not yet had the chance to stop its instances (its
+	// hook is running): heartbeats pass, and none may rejoin meanwhile.
+	time.Sleep(5 * testHeartbeat)
+	assert.Zero(t, n.rejoins.Load(), "rejoined while the node was still being fenced")
+	close(n.hold)
+	<-fenced
+	eventually(t, 2*testTTL, "a rejoin once the fence is done", func() bool { return n.rejoins.Load() == 1 })
+}
+
+func TestAFenceIsInTheHistoryBeforeTheRejoinThatFollowsIt(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	n := newUnitNode(t, srv, "n1")
+	ctx := context.Background()
+	require.NoError(t, n.mb.join(ctx))
+	first, _ := n.mb.current()
+	n.runSession()
+
+	n.mb.fence(first, "a test fence")
+	eventually(t, 2*testTTL, "a rejoin", func() bool { return n.rejoins.Load() == 1 })
+	second, _ := n.mb.current()
+
+	var kinds, details []string
+	eventually(t, testTTL, "three entries", func() bool {
+		h, err := ReadHistory(ctx, n.env.client, Service{Name: "unit"}, HistoryFilter{Node: "n1"})
+		require.NoError(t, err)
+		kinds, details = nil, nil
+		for i := len(h) - 1; i >= 0; i-- { // oldest first
+			kinds, details = append(kinds, h[i].Kind), append(details, h[i].Detail)
+		}
+		return len(h) >= 3
+	})
+	assert.Equal(t, []string{HistoryJoined, HistoryFenced, HistoryJoined}, kinds)
+	assert.Equal(t, first, details[0])
+	assert.Contains(t, details[1], "a test fence")
+	assert.Equal(t, second, details[2])
+}
+
+func TestARestoredRecordThatDisownsTheNodeFencesItAtTheNextRenewal(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t, redistest.WithPersistence())
+	n := newUnitNode(t, srv, "n1")
+	checked := make(chan string, 1)
+	seen := ""
+	n.mb.hooks.generation = func(gen string) func(string, time.Time) error {
+		if seen == "" || gen == seen {
+			seen = gen
+			return nil
+		}
+		seen = gen
+		return func(session string, _ time.Time) error {
+			checked <- session
+			return errors.New("the restored record does not hold this node's keys")
+		}
+	}
+	require.NoError(t, n.mb.join(context.Background()))
+	session, lease := n.mb.current()
+	n.runSession()
+
+	// The snapshot holds the node's live session; the restarted server
+	// has a new run id, so the record's generation changes.
+	srv.Save()
+	srv.RestartFromRDB()
+	select {
+	case s := <-checked:
+		assert.Equal(t, session, s, "the check confirms the current session")
+	case <-time.After(2 * testTTL):
+		t.Fatal("the renewal after a restart asked for no check")
+	}
+	eventually(t, testTTL, "the fence", func() bool { return n.fences.Load() == 1 })
+	assert.Error(t, lease.Err())
 }
