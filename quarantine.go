@@ -290,14 +290,21 @@ func (v *verdict) forgetGone(in *reviewInput, live map[string]bool) {
 	}
 }
 
-// detectOutage reports an outage: most keys fail somewhere. Then nothing
-// moves because of a failure, nothing is quarantined and no node is
-// unhealthy: every node keeps its keys and retries them with its backoff.
+// detectOutage reports an outage: most keys fail somewhere and run
+// nowhere. Then nothing moves because of a failure, nothing is quarantined
+// and no node is unhealthy: every node keeps its keys and retries them with
+// its backoff.
+//
+// A give-up lasts its cooldown, but a key given up by one node may run on
+// another (it moved before the outage began), and a key that starts to run
+// again publishes no event: so an outage is looked at again every poll,
+// and ends once most keys run.
 func (v *verdict) detectOutage(in *reviewInput, live map[string]bool) bool {
 	failing := 0
 	for _, key := range in.keys {
 		_, q := in.quarantine[key]
-		if q || slices.ContainsFunc(in.gaveUp(key), func(e avoidEntry) bool { return live[e.node] }) {
+		gaveUp := slices.ContainsFunc(in.gaveUp(key), func(e avoidEntry) bool { return live[e.node] })
+		if (q || gaveUp) && in.runsOn(key) == "" {
 			failing++
 		}
 	}
@@ -310,6 +317,7 @@ func (v *verdict) detectOutage(in *reviewInput, live map[string]bool) bool {
 	}
 	v.outage.Keys = failing
 	v.keys = in.keys
+	v.wake = in.now + in.poll.Milliseconds()
 	return true
 }
 

@@ -170,6 +170,31 @@ func TestReviewCallsItAnOutageWhenMostKeysFail(t *testing.T) {
 	assert.Nil(t, review(in).outage)
 }
 
+// An outage ends when the keys run again, even where the nodes that gave
+// them up keep their give-ups until their cooldown ends: a key that moved
+// before the outage was declared runs on another node, and its first
+// node's give-up says nothing about it any more.
+func TestReviewEndsAnOutageWhenTheKeysRunAgain(t *testing.T) {
+	in := reviewCase(6, 3)
+	for i, key := range in.keys[:4] {
+		in.giveUp(key, "n1", in.now-int64(1000+i))
+	}
+	in.outage = &outageRecord{Since: in.now - 5000, Keys: 4}
+	v := review(in)
+	require.NotNil(t, v.outage, "4 of 6 keys given up and not running")
+	assert.Equal(t, in.now+in.poll.Milliseconds(), v.wake, "an outage is looked at again every poll: keys that run again publish no event")
+
+	for _, key := range in.keys[:3] {
+		in.runs(key, "n2")
+	}
+	v = review(in)
+	assert.Nil(t, v.outage, "3 of the 4 keys run on n2: 1 of 6 fails, no outage")
+
+	// A key that runs on a node whose session is gone does not run.
+	in.sessions["n2"] = "s-n2-new"
+	assert.NotNil(t, review(in).outage)
+}
+
 func TestReviewFindsANodeOnWhichKeysFailThatRunElsewhere(t *testing.T) {
 	in := reviewCase(9, 3)
 	in.giveUp("k0", "n1", in.now-2000)
