@@ -163,6 +163,15 @@ func TestACLMinimalUserFromTheDocsRunsEveryScenario(t *testing.T) {
 	opt.Username, opt.Password = aclDocUser, password
 	c := newDirectCluster(t, aclDocService, opt, 8)
 	runScenarios(t, c)
+	// A node drains and undrains itself as the same user.
+	drained := c.node(c.follower())
+	_, err := drained.m.Drain(context.Background(), time.Minute)
+	require.NoError(t, err)
+	c.waitConverged(5*time.Second, without(c.running(), drained.id)...)
+	was, err := drained.m.Undrain(context.Background())
+	require.NoError(t, err)
+	require.True(t, was)
+	c.waitConverged(5*time.Second, c.running()...)
 	c.stopAll()
 	// Enough: nothing was refused.
 	assert.Empty(t, aclLog(t, admin), "commands refused to the documented user")
