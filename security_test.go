@@ -164,6 +164,8 @@ func TestACLMinimalUserFromTheDocsRunsEveryScenario(t *testing.T) {
 	c := newDirectCluster(t, aclDocService, opt, 8)
 	runScenarios(t, c)
 	// A node drains and undrains itself as the same user.
+	c.start("n5")
+	c.waitConverged(5*time.Second, c.running()...)
 	drained := c.node(c.follower())
 	_, err := drained.m.Drain(context.Background(), time.Minute)
 	require.NoError(t, err)
