@@ -3,6 +3,7 @@ package dim
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -180,4 +181,47 @@ func TestPlacedBySaysWhichRulesPlaceAKey(t *testing.T) {
 			assert.Equal(t, tt.want, tt.e.PlacedBy)
 		})
 	}
+}
+
+func TestExplainShowsAFailingKeysLastErrorAndItsQuarantine(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 6)
+	var broken atomic.Bool
+	broken.Store(true)
+	c.createErr.Store("cfg-02", failing(&broken, "upstream refused: code 42"))
+	for _, id := range []string{"n1", "n2", "n3"} {
+		c.start(id, fastQuarantine)
+	}
+	admin := c.srv.Client(t)
+	ctx := context.Background()
+	svc := Service{Name: c.service}
+
+	var e *Explanation
+	var err error
+	c.eventually(10*time.Second, "cfg-02 shown failing with its error", func() bool {
+		e, err = Explain(ctx, admin, svc, "cfg-02")
+		return err == nil && e.State != nil && e.State.State == KeyFailing
+	})
+	assert.Contains(t, e.State.LastError, "upstream refused: code 42")
+	assert.Positive(t, e.State.Attempts)
+	assert.False(t, e.State.NextRetry.IsZero(), "a failing key says when it is tried again")
+
+	c.eventually(30*time.Second, "cfg-02 quarantined after failing on every node", func() bool {
+		e, err = Explain(ctx, admin, svc, "cfg-02")
+		return err == nil && e.Quarantine != nil
+	})
+	assert.Equal(t, 1, e.Quarantine.Level)
+	assert.ElementsMatch(t, []string{"n1", "n2", "n3"}, e.Quarantine.Nodes)
+	assert.Contains(t, e.Quarantine.LastError, "upstream refused: code 42")
+	assert.True(t, e.Quarantine.Until.After(e.Quarantine.Since))
+
+	// Once it runs, the quarantine is gone from the explanation.
+	broken.Store(false)
+	c.eventually(30*time.Second, "cfg-02 running again", func() bool {
+		e, err = Explain(ctx, admin, svc, "cfg-02")
+		return err == nil && e.Quarantine == nil && e.State != nil && e.State.State == KeyRunning
+	})
+	assert.Empty(t, e.State.LastError)
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-dim/dim/internal/faultproxy"
 	"github.com/go-dim/dim/internal/history"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -145,5 +146,87 @@ func TestAFreezeHoldsVoluntaryMovesButNotFailures(t *testing.T) {
 	assert.True(t, was)
 	c.waitConverged(5*time.Second, "n2", "n3")
 	assert.Nil(t, c.status().Frozen)
+	assert.Empty(t, history.Overlaps(c.rec.Events()))
+}
+
+// A freeze holds what an operator or a deploy does (a join, a new weight,
+// the end of a drain) and nothing a failure needs: a leave and a fence move
+// their keys at once.
+func TestAFreezeHandlesLeavesAndFencesAndHoldsJoinsWeightsAndDrainEnds(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 6)
+	for _, id := range []string{"n1", "n2", "n3"} {
+		c.start(id)
+	}
+	c.waitConverged(10*time.Second, "n1", "n2", "n3")
+	admin := c.srv.Client(t)
+	ctx := context.Background()
+	svc := Service{Name: c.service}
+	require.NoError(t, Freeze(ctx, admin, svc, time.Minute))
+	movesNow := func() int {
+		t.Helper()
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		res, err := RequestRebalance(rctx, admin, svc)
+		require.NoError(t, err)
+		return res.Moves
+	}
+	runsOnly := func(nodes ...string) func() bool {
+		return func() bool {
+			live := c.rec.LiveByKey()
+			if len(live) != 6 {
+				return false
+			}
+			for _, on := range live {
+				if len(on) != 1 || !slices.Contains(nodes, on[0]) {
+					return false
+				}
+			}
+			return true
+		}
+	}
+
+	// A graceful leave hands its keys off at once.
+	c.stop("n3")
+	c.eventually(5*time.Second, "n3's keys running on n1 and n2", runsOnly("n1", "n2"))
+
+	// The same node back with another weight is a voluntary change: held.
+	c.start("n3", WithWeight(3))
+	assert.Zero(t, movesNow(), "a join with a new weight moves nothing while frozen")
+	assert.Zero(t, c.loads()["n3"])
+
+	// A fence is a failure: the fenced node's keys move at once.
+	victim := c.node("n1")
+	victim.proxy.Cut(faultproxy.Both)
+	c.eventually(testTTL+3*time.Second, "n1's keys running elsewhere", func() bool {
+		return runsOnly("n2", "n3")()
+	})
+	victim.proxy.Heal()
+	c.eventually(5*time.Second, "n1 back as a member", func() bool {
+		n := c.status().node("n1")
+		return n != nil && n.State == NodeActive
+	})
+	assert.Zero(t, movesNow(), "the fenced node's rejoin moves nothing while frozen")
+
+	// A drain moves its node's keys even now; its end moves nothing back.
+	_, err := DrainNode(ctx, admin, svc, "n2", 1500*time.Millisecond)
+	require.NoError(t, err)
+	c.eventually(5*time.Second, "n2's keys moved", func() bool { return c.loads()["n2"] == 0 && runsOnly("n1", "n3")() })
+	c.eventually(5*time.Second, "the drain over", func() bool {
+		n := c.status().node("n2")
+		return n != nil && n.DrainedFor == 0 && n.State == NodeActive
+	})
+	assert.Zero(t, movesNow(), "the end of a drain moves nothing while frozen")
+	assert.Zero(t, c.loads()["n2"])
+
+	// Thawed, the service balances by the weights: 1, 1 and 3.
+	_, err = Thaw(ctx, admin, svc)
+	require.NoError(t, err)
+	c.eventually(10*time.Second, "balanced by weight", func() bool {
+		l := c.loads()
+		return l["n1"] == 1 && l["n2"] == 1 && l["n3"] == 4 && runsOnly("n1", "n2", "n3")()
+	})
 	assert.Empty(t, history.Overlaps(c.rec.Events()))
 }

@@ -163,6 +163,17 @@ func TestACLMinimalUserFromTheDocsRunsEveryScenario(t *testing.T) {
 	opt.Username, opt.Password = aclDocUser, password
 	c := newDirectCluster(t, aclDocService, opt, 8)
 	runScenarios(t, c)
+	// A node drains and undrains itself as the same user.
+	c.start("n5")
+	c.waitConverged(5*time.Second, c.running()...)
+	drained := c.node(c.follower())
+	_, err := drained.m.Drain(context.Background(), time.Minute)
+	require.NoError(t, err)
+	c.waitConverged(5*time.Second, without(c.running(), drained.id)...)
+	was, err := drained.m.Undrain(context.Background())
+	require.NoError(t, err)
+	require.True(t, was)
+	c.waitConverged(5*time.Second, c.running()...)
 	// The leader sweeps stale owner entries on the config refresh, which a
 	// short run may not reach (a busy leader loop coalesces it with other
 	// triggers): sweep once, as the leader does.

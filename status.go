@@ -228,8 +228,11 @@ func RequestRebalance(ctx context.Context, client rueidis.Client, svc Service) (
 	}
 	id := randomSuffix() + randomSuffix()
 	answers := make(chan []string, 1)
-	dc, release := client.Dedicate()
-	defer release()
+	// Closed, not returned to the pool: a connection returned after a
+	// subscription is reset with UNSUBSCRIBE and DISCARD, which a user
+	// for one service need not be allowed.
+	dc, _ := client.Dedicate()
+	defer dc.Close()
 	lost := dc.SetPubSubHooks(rueidis.PubSubHooks{OnMessage: func(msg rueidis.PubSubMessage) {
 		if verb, args := parseEvent(msg.Message); verb == evRebalanced && len(args) >= 4 && args[0] == id {
 			select {

@@ -51,8 +51,12 @@ func (o *options) explain(ctx context.Context, client rueidis.Client, stdout io.
 	switch mv := e.LastMove; {
 	case e.Quarantine != nil:
 		q := e.Quarantine
-		fmt.Fprintf(tw, "why\tquarantined since %s (level %d) after failing on %s; tried again at %s\n",
+		fmt.Fprintf(tw, "why\tquarantined since %s (level %d) after failing on %s; tried again at %s",
 			q.Since.UTC().Format(time.TimeOnly), q.Level, list(q.Nodes, quote), q.Until.UTC().Format(time.TimeOnly))
+		if q.LastError != "" {
+			fmt.Fprintf(tw, "; last error %s", quote(q.LastError))
+		}
+		fmt.Fprintln(tw)
 	case mv != nil:
 		fmt.Fprintf(tw, "why\tmoved from %s to %s at %s: %s", quote(mv.From), orDash(mv.To), mv.At.UTC().Format(time.TimeOnly), mv.Reason)
 		if mv.Reason == dim.MoveBalance && mv.Trigger != "" {

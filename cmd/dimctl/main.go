@@ -63,53 +63,6 @@ const (
 // given, so that the password need not show in the process list.
 const passwordEnv = "DIMCTL_PASSWORD"
 
-const usageHead = `Usage: dimctl [flags] <command> <service>
-       dimctl [flags] services
-
-Shows and steers a dim service through the Redis it coordinates in.
-
-Commands:
-  status     leader, epoch, live nodes with the keys assigned to and running
-             on each, and the keys not running (a summary; -keys or -json
-             for every key); exits 3 when keys are down or quarantined, nodes
-             suspect, the last rebalance failed or Redis is out of memory
-  watch      status, redrawn every -interval until Ctrl-C
-  rebalance  ask the service's leader to rebalance now, and wait for its
-             answer
-  drain      drain <service> <node> [-for 1h]: the node stays a member and
-             gets no keys until the drain ends by itself or is undone
-  undrain    undrain <service> <node>: give a drained node keys again
-  pin        pin <service> <key> <node>: keep the key on the node while the
-             node is live and meets the key's requirements
-  unpin      unpin <service> <key>: remove the key's pin
-  freeze     freeze <service> [-for 30m]: no voluntary moves (joins, weight
-             changes, rebalances) until it ends; failures and drains still
-             move keys
-  thaw       thaw <service>: end a freeze
-  history    history <service> [-key k] [-node n] [-since 1h] [-limit 100]:
-             elections, joins, leaves, fences, moves, claims, releases and
-             verdicts, newest first (needs +xrevrange on the service's keys)
-  explain    explain <service> <key>: where the key is assigned, who runs it
-             with which token, its state, why it is where it is, and which
-             constraint placed it (a pin, a requirement, a spread, a cost)
-  plan       plan <service> drain <node> | plan <service> join [<node>]
-             [-weight w]: print the moves the leader would make, and change
-             nothing
-  web        web <service> [-listen 127.0.0.1:8080] [-allow-actions]: serve a
-             live page of the service (nodes, a grid of their keys coloured
-             by state, the keys not running, the history); read-only unless
-             -allow-actions, loopback unless -allow-remote; -json does not
-             apply (the page's JSON is at /snapshot)
-  purge      remove every key of a retired service; refused while any of
-             its nodes is live
-  services   list the services in this Redis (under -prefix)
-
-Flags may come before or after the command. The password may also come from
-$` + passwordEnv + `.
-
-Flags:
-`
-
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
@@ -156,7 +109,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs, o := newFlagSet()
 	if err := o.parse(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			printUsage(stdout, fs)
+			printHelp(stdout, fs, commandIn(args))
 			return exitOK
 		}
 		fmt.Fprintf(stderr, "dimctl: %v\n\n", err)
@@ -223,7 +176,7 @@ func newFlagSet() (*flag.FlagSet, *options) {
 	fs.Usage = func() {}
 	fs.StringVar(&o.redis, "redis", dim.DefaultRedisAddress, "`host:port` of Redis; comma-separate several to try for a cluster")
 	fs.StringVar(&o.prefix, "prefix", "", "the service's key `prefix`, as given to dim.WithKeyPrefix")
-	fs.BoolVar(&o.json, "json", false, "print the whole status, every key included, as indented JSON")
+	fs.BoolVar(&o.json, "json", false, "print JSON instead of text: for status and watch the whole status, every key included; for the other commands what they found or did")
 	fs.BoolVar(&o.keys, "keys", false, "status, watch: read every key and list the instances each node runs; without it (and -json) dimctl reads a summary whose cost to Redis does not grow with the number of keys")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "bound on connecting and on each Redis call")
 	fs.DurationVar(&o.interval, "interval", time.Second, "watch, web: time between refreshes")
@@ -243,13 +196,6 @@ func newFlagSet() (*flag.FlagSet, *options) {
 	fs.StringVar(&o.password, "password", "", "Redis `password` (default $"+passwordEnv+")")
 	fs.BoolVar(&o.tls, "tls", false, "connect with TLS, verifying the server against the system's roots")
 	return fs, o
-}
-
-func printUsage(w io.Writer, fs *flag.FlagSet) {
-	fmt.Fprint(w, usageHead)
-	fs.SetOutput(w)
-	fs.PrintDefaults()
-	fs.SetOutput(io.Discard)
 }
 
 // parse reads the command line, allowing flags after the positional
@@ -328,7 +274,7 @@ func (o *options) parse(fs *flag.FlagSet, args []string) error {
 			return fmt.Errorf("too many arguments: %q", pos[2:])
 		}
 	default:
-		return fmt.Errorf("unknown command %q (commands: status, watch, rebalance, history, explain, drain, undrain, pin, unpin, freeze, thaw, plan, web, purge, services)", o.command)
+		return fmt.Errorf("unknown command %q (commands: %s)", o.command, strings.Join(commandNames(), ", "))
 	}
 
 	if o.redis == "" {
@@ -663,8 +609,8 @@ func (o *options) rebalance(ctx context.Context, client rueidis.Client, stdout i
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(stdout, "rebalanced %q: leader epoch %d moved %d keys\n", o.service, res.Epoch, res.Moves)
-	return err
+	return o.done(stdout, map[string]any{"epoch": res.Epoch, "moves": res.Moves},
+		"rebalanced %q: leader epoch %d moved %d keys\n", o.service, res.Epoch, res.Moves)
 }
 
 // purge removes a retired service's keys.
@@ -675,8 +621,7 @@ func (o *options) purge(ctx context.Context, client rueidis.Client, stdout io.Wr
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(stdout, "purged %q: %d keys removed\n", o.service, n)
-	return err
+	return o.done(stdout, map[string]any{"purged": true, "removed": n}, "purged %q: %d keys removed\n", o.service, n)
 }
 
 // services lists the services in Redis, one per line.

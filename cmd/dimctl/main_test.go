@@ -923,6 +923,27 @@ func TestHistoryPrintsWhatHappened(t *testing.T) {
 	code, _, errOut = dimctl(t, append(base, "history", "told", "-limit", "0")...)
 	assert.Equal(t, 2, code)
 	assert.Contains(t, errOut, "-limit 0 is below 1")
+
+	// -since leaves out what is older: a drain now is in the last second,
+	// the elections and joins of the start are not.
+	code, _, errOut = dimctl(t, append(base, "drain", "told", "n2")...)
+	require.Equal(t, 0, code, errOut)
+	require.Eventually(t, func() bool {
+		_, out, _ = dimctl(t, append(base, "history", "told", "-node", "n2")...)
+		return strings.Contains(out, "released")
+	}, 10*time.Second, 20*time.Millisecond)
+	time.Sleep(1100 * time.Millisecond) // let the start fall out of a 1 s window
+	code, _, errOut = dimctl(t, append(base, "undrain", "told", "n2")...)
+	require.Equal(t, 0, code, errOut)
+	require.Eventually(t, func() bool {
+		code, out, _ = dimctl(t, append(base, "-json", "history", "told", "-since", "1s")...)
+		return code == 0 && strings.Contains(out, `"claimed"`)
+	}, 10*time.Second, 20*time.Millisecond)
+	require.NoError(t, json.Unmarshal([]byte(out), &entries))
+	for _, e := range entries {
+		assert.WithinDuration(t, time.Now(), e.At, 2*time.Second, "an entry older than -since: %+v", e)
+		assert.NotEqual(t, dim.HistoryJoined, e.Kind, "the start is older than -since")
+	}
 }
 
 func TestPinUnpin(t *testing.T) {

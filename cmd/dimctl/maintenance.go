@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"time"
@@ -22,9 +23,9 @@ func (o *options) drain(ctx context.Context, client rueidis.Client, stdout io.Wr
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(stdout, "drained %s in %q until %s (%v): its keys move to the other nodes; it stays a member\n",
+	return o.done(stdout, map[string]any{"drained": o.node, "until": until.UTC(), "for_ms": d.Milliseconds()},
+		"drained %s in %q until %s (%v): its keys move to the other nodes; it stays a member\n",
 		quote(o.node), o.service, until.Local().Format(time.DateTime), d)
-	return err
 }
 
 // undrain gives a drained node keys again.
@@ -38,8 +39,8 @@ func (o *options) undrain(ctx context.Context, client rueidis.Client, stdout io.
 	if !was {
 		return fmt.Errorf("%s is not drained in %q", quote(o.node), o.service)
 	}
-	_, err = fmt.Fprintf(stdout, "undrained %s in %q: the leader gives it keys again\n", quote(o.node), o.service)
-	return err
+	return o.done(stdout, map[string]any{"undrained": o.node},
+		"undrained %s in %q: the leader gives it keys again\n", quote(o.node), o.service)
 }
 
 // freeze holds voluntary moves back for -for.
@@ -53,8 +54,8 @@ func (o *options) freeze(ctx context.Context, client rueidis.Client, stdout io.W
 	if err := dim.Freeze(ctx, client, o.dimService(), d); err != nil {
 		return err
 	}
-	_, err := fmt.Fprintf(stdout, "froze %q for %v: joins, weight changes and rebalances move nothing; failures and drains still do\n", o.service, d)
-	return err
+	return o.done(stdout, map[string]any{"frozen": true, "for_ms": d.Milliseconds()},
+		"froze %q for %v: joins, weight changes and rebalances move nothing; failures and drains still do\n", o.service, d)
 }
 
 // thaw ends a freeze.
@@ -68,8 +69,7 @@ func (o *options) thaw(ctx context.Context, client rueidis.Client, stdout io.Wri
 	if !was {
 		return fmt.Errorf("%q is not frozen", o.service)
 	}
-	_, err = fmt.Fprintf(stdout, "thawed %q: the leader balances again\n", o.service)
-	return err
+	return o.done(stdout, map[string]any{"frozen": false}, "thawed %q: the leader balances again\n", o.service)
 }
 
 // pin pins a key to a node.
@@ -79,8 +79,8 @@ func (o *options) pin(ctx context.Context, client rueidis.Client, stdout io.Writ
 	if err := dim.Pin(ctx, client, o.dimService(), o.node, o.pinTo); err != nil {
 		return err
 	}
-	_, err := fmt.Fprintf(stdout, "pinned %s to %s in %q: it stays there while the node is live and meets the key's requirements\n", quote(o.node), quote(o.pinTo), o.service)
-	return err
+	return o.done(stdout, map[string]any{"pinned": o.node, "node": o.pinTo},
+		"pinned %s to %s in %q: it stays there while the node is live and meets the key's requirements\n", quote(o.node), quote(o.pinTo), o.service)
 }
 
 // unpin removes a key's pin.
@@ -94,6 +94,16 @@ func (o *options) unpin(ctx context.Context, client rueidis.Client, stdout io.Wr
 	if !was {
 		return fmt.Errorf("%s is not pinned in %q", quote(o.node), o.service)
 	}
-	_, err = fmt.Fprintf(stdout, "unpinned %s in %q\n", quote(o.node), o.service)
+	return o.done(stdout, map[string]any{"unpinned": o.node}, "unpinned %s in %q\n", quote(o.node), o.service)
+}
+
+// done prints what a command did: a sentence, or with -json an object of
+// fields, the service's name among them.
+func (o *options) done(w io.Writer, fields map[string]any, format string, args ...any) error {
+	if o.json {
+		fields["service"] = o.service
+		return json.NewEncoder(w).Encode(fields)
+	}
+	_, err := fmt.Fprintf(w, format, args...)
 	return err
 }

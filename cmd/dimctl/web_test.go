@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -369,4 +370,30 @@ func TestWebUsage(t *testing.T) {
 		assert.Empty(t, out)
 		assert.Equal(t, fmt.Sprintf("dimctl: no service %q in Redis at %s (check the name and -prefix)\n", "nope", srv.Addr()), errOut)
 	})
+}
+
+func TestOpenPagesShareOnePoller(t *testing.T) {
+	srv := redistest.Start(t)
+	startService(t, srv, "shared")
+	w := startWeb(t, "-redis", srv.Addr(), "-prefix", testPrefix, "-interval", "100ms", "web", "shared")
+
+	// Two pages read at once; one poller feeds both, so they see the same
+	// snapshots (each snapshot is stamped with the time of its read).
+	pages := make([][]webView, 2)
+	var wg sync.WaitGroup
+	for i := range pages {
+		wg.Go(func() { pages[i] = w.readSnapshots(t, 6) })
+	}
+	wg.Wait()
+	seen := map[time.Time]bool{}
+	for _, v := range pages[0] {
+		seen[v.At] = true
+	}
+	shared := 0
+	for _, v := range pages[1] {
+		if seen[v.At] {
+			shared++
+		}
+	}
+	assert.GreaterOrEqual(t, shared, 4, "the pages saw different reads: one poller per page")
 }
