@@ -130,6 +130,7 @@ type chaosResult struct {
 	Recoveries     int            `json:"recoveries"`
 	Converged      int            `json:"converged"`
 	WorstRecovery  string         `json:"worst_recovery"`
+	WorstLive      string         `json:"worst_live"`
 	RecoveryBound  string         `json:"recovery_bound"`
 	Slowest        []string       `json:"slowest_recoveries"` // took, quiet event, the round's faults
 	Wakes          int            `json:"wakeups"`
@@ -200,7 +201,9 @@ func TestChaosRun(t *testing.T) {
 		rounds++
 		r.round(planRound(rng, d, nodes))
 	}
-	rep := c.Finish(DefaultLimits)
+	lim := DefaultLimits
+	lim.Budget = chaosBudget
+	rep := c.Finish(lim)
 	t.Logf("chaos seed %d: %d rounds\n%s", seed, rounds, rep.Summary())
 	t.Logf("faults by kind (skipped: %v; failovers the Sentinel did not make: %d):\n%s", r.skippedBy, r.failedFailovers, kindTable(rep.Faults))
 	for _, f := range rep.Failures() {
@@ -682,6 +685,7 @@ func writeChaosReport(t *testing.T, path string, seed uint64, nodes, rounds int,
 		StaleWrites: len(rep.StaleWrites), EpochViolation: len(rep.EpochViolations), LeaderTerms: rep.Terms,
 		Recoveries: len(rep.Recoveries), Converged: converged,
 		WorstRecovery: rep.WorstRecovery().Round(time.Millisecond).String(),
+		WorstLive:     rep.WorstLive().Round(time.Millisecond).String(),
 		Slowest:       slowest(rep),
 		RecoveryBound: DefaultLimits.recoveryBound(rep.MaxTTL).String(),
 		Wakes:         len(rep.Wakes), WakeCancel: wc.Round(time.Microsecond).String(), WakeDown: wd.Round(time.Microsecond).String(),

@@ -23,6 +23,28 @@ type Limits struct {
 	// exceeds NodeTTL; with larger TTLs in play it grows by the largest
 	// TTL's excess over NodeTTL.
 	RecoveryBound time.Duration
+	// Budget is the move budget of the nodes (voluntary moves in flight at
+	// once; 0: none), and BudgetStep how long one step of it may take: the
+	// leader starts at most Budget moves, and looks again once they may
+	// have landed. Keys must be live exactly once within RecoveryBound;
+	// the even spread may take one BudgetStep more for every Budget keys
+	// that must still move once they are (see budgetAllowance).
+	Budget     int
+	BudgetStep time.Duration
+}
+
+// budgetAllowance is how much longer than the recovery bound an even spread
+// may take when excess keys must still move under the move budget, scaled
+// like the recovery bound to the largest TTL in play.
+func (lim Limits) budgetAllowance(excess int, maxTTL time.Duration) time.Duration {
+	if lim.Budget <= 0 || excess <= 0 {
+		return 0
+	}
+	step := lim.BudgetStep
+	if lim.NodeTTL > 0 && maxTTL > lim.NodeTTL {
+		step = time.Duration(int64(step) * int64(maxTTL) / int64(lim.NodeTTL))
+	}
+	return time.Duration((excess+lim.Budget-1)/lim.Budget) * step
 }
 
 // ttl returns a process's node TTL, NodeTTL if the history does not say.
@@ -81,6 +103,7 @@ type Recovery struct {
 	Quiet     time.Time
 	Converged bool
 	Took      time.Duration // Quiet → the moment it converged for good
+	Live      time.Duration // Quiet → every key first live exactly once
 	Why       string        // why it had not converged at Settled
 	// Faults are the kinds of the faults injected since the last
 	// Settled, in order: what this recovery recovered from.
@@ -159,6 +182,18 @@ func (r *Report) WorstRecovery() time.Duration {
 	return worst
 }
 
+// WorstLive returns the longest a converged recovery took until every key
+// was live exactly once (its spread may have taken longer).
+func (r *Report) WorstLive() time.Duration {
+	var worst time.Duration
+	for _, rc := range r.Recoveries {
+		if rc.Converged {
+			worst = max(worst, rc.Live)
+		}
+	}
+	return worst
+}
+
 // SlowestRecoveries returns the n slowest converged recoveries, slowest
 // first.
 func (r *Report) SlowestRecoveries(n int) []Recovery {
@@ -211,7 +246,8 @@ func (r *Report) Summary() string {
 			ok++
 		}
 	}
-	fmt.Fprintf(&b, "recoveries: %d/%d converged, worst %v\n", ok, len(r.Recoveries), r.WorstRecovery().Round(time.Millisecond))
+	fmt.Fprintf(&b, "recoveries: %d/%d converged, worst %v (every key live exactly once within %v at worst)\n",
+		ok, len(r.Recoveries), r.WorstRecovery().Round(time.Millisecond), r.WorstLive().Round(time.Millisecond))
 	for _, rc := range r.SlowestRecoveries(5) {
 		fmt.Fprintf(&b, "  quiet at event %d took %v after %s\n", rc.Seq, rc.Took.Round(time.Millisecond), strings.Join(rc.Faults, ", "))
 	}
@@ -245,9 +281,10 @@ type segment struct {
 //     other, and the rules above hold it (its activation is its Up);
 //   - a leader observed after another leader's observation was written has
 //     a strictly higher epoch;
-//   - after each Quiet, every configured key is live exactly once, evenly
-//     spread over the running nodes, within RecoveryBound, and stays so
-//     until Settled.
+//   - after each Quiet, every configured key is live exactly once on the
+//     running nodes within RecoveryBound, evenly spread over them within
+//     that bound plus the move budget's pacing (see Limits.Budget), and
+//     stays so until Settled.
 func Check(events []Event, lim Limits) *Report {
 	r := &Report{Events: len(events), Faults: map[string]int{}}
 	if len(events) == 0 {
@@ -261,6 +298,12 @@ func Check(events []Event, lim Limits) *Report {
 		quiet Event
 		since Event // Seq 0 while not converged
 		why   string
+		// live is the first event at which every key was live exactly
+		// once (Seq 0 before), and excess how many keys then had to move
+		// for an even spread: the moves that follow are handoffs, each
+		// with its own short gap, paced by the move budget.
+		live   Event
+		excess int
 	}
 	var q *pending
 	// inPlay is the largest TTL of the processes alive since the last
@@ -299,7 +342,11 @@ func Check(events []Event, lim Limits) *Report {
 			q = &pending{quiet: e}
 		}
 		if q != nil {
-			if ok, why := s.Converged(q.quiet.Keys, q.quiet.Nodes); ok {
+			live, excess, why := s.Spread(q.quiet.Keys, q.quiet.Nodes)
+			if live && q.live.Seq == 0 {
+				q.live, q.excess = e, excess
+			}
+			if live && excess == 0 {
 				if q.since.Seq == 0 {
 					q.since = e
 				}
@@ -311,8 +358,15 @@ func Check(events []Event, lim Limits) *Report {
 				round = nil
 				if rc.Converged {
 					rc.Took = time.Duration(q.since.T - q.quiet.T)
-					if bound := lim.recoveryBound(inPlay); lim.RecoveryBound > 0 && rc.Took > bound {
-						r.RecoveryFailures = append(r.RecoveryFailures, fmt.Sprintf("quiet at event %d took %v to converge (bound %v)", q.quiet.Seq, rc.Took, bound))
+					rc.Live = time.Duration(q.live.T - q.quiet.T)
+					bound := lim.recoveryBound(inPlay)
+					spread := bound + lim.budgetAllowance(q.excess, inPlay)
+					switch {
+					case lim.RecoveryBound <= 0:
+					case rc.Live > bound:
+						r.RecoveryFailures = append(r.RecoveryFailures, fmt.Sprintf("quiet at event %d: every key live only after %v (bound %v)", q.quiet.Seq, rc.Live, bound))
+					case rc.Took > spread:
+						r.RecoveryFailures = append(r.RecoveryFailures, fmt.Sprintf("quiet at event %d took %v to converge (bound %v, %v with %d keys to move under the move budget)", q.quiet.Seq, rc.Took, bound, spread, q.excess))
 					}
 				} else {
 					r.RecoveryFailures = append(r.RecoveryFailures, fmt.Sprintf("quiet at event %d: not converged at event %d: %s", q.quiet.Seq, e.Seq, q.why))

@@ -359,6 +359,34 @@ func TestRecoveryIsMeasuredFromQuietToLastingConvergence(t *testing.T) {
 		require.Len(t, r.RecoveryFailures, 1)
 		assert.Contains(t, r.RecoveryFailures[0], "bound")
 	})
+	t.Run("a move budget paces the spread, not the keys coming back", func(t *testing.T) {
+		// Every key live at once, all on n1; one must move, and does after
+		// 2.3 s: past the bound, within one budget step more.
+		spread := newHist().spawn("n1").spawn("n2").add(quiet).
+			up("n1", "k1", "a").up("n1", "k2", "b").up("n1", "k3", "c").
+			at(2300*time.Millisecond).
+			down("n1", "k3", "c").up("n2", "k3", "d").
+			add(Event{Kind: Settled})
+		budget := testLimits
+		budget.Budget, budget.BudgetStep = 1, 500*time.Millisecond
+		r := Check(spread.events, budget)
+		assert.Empty(t, r.Failures())
+		require.Len(t, r.Recoveries, 1)
+		assert.Greater(t, r.Recoveries[0].Took, 2300*time.Millisecond)
+		assert.Less(t, r.Recoveries[0].Live, 10*time.Millisecond)
+
+		r = Check(spread.events, testLimits)
+		require.Len(t, r.RecoveryFailures, 1, "without a budget the same spread is too slow")
+		assert.Contains(t, r.RecoveryFailures[0], "bound")
+
+		late := newHist().spawn("n1").spawn("n2").add(quiet).
+			at(2500*time.Millisecond).
+			up("n1", "k1", "a").up("n2", "k2", "b").up("n2", "k3", "c").
+			add(Event{Kind: Settled})
+		r = Check(late.events, budget)
+		require.Len(t, r.RecoveryFailures, 1, "keys that come back late are late under any budget")
+		assert.Contains(t, r.RecoveryFailures[0], "every key live only after")
+	})
 	t.Run("convergence lost again counts from when it came back", func(t *testing.T) {
 		h := newHist().spawn("n1").spawn("n2").add(quiet).
 			up("n1", "k1", "a").up("n2", "k2", "b").up("n2", "k3", "c").

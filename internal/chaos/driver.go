@@ -72,10 +72,16 @@ func MaxTTL() time.Duration {
 // With nodes of other TTLs in play ([Timings]), the checker scales both:
 // the wake bound with the paused node's own TTL (its fence margin), the
 // recovery bound by the largest TTL in play over NodeTTL.
+//
+// A run whose nodes have a move budget sets Limits.Budget: the even spread
+// may then take half a node TTL more for every Budget keys that must still
+// move once every key is live (a step of the budget is a heartbeat or two
+// for the leader to look again, plus the handoffs, prepares included).
 var DefaultLimits = Limits{
 	NodeTTL:       NodeTTL,
 	WakeBound:     FenceMargin,
 	RecoveryBound: NodeTTL + 2*time.Second,
+	BudgetStep:    NodeTTL / 2,
 }
 
 // Service is the dim service name of the test nodes.

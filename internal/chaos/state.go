@@ -326,8 +326,17 @@ func (s *State) Leader() string {
 // instances of a paused process are left out: they do nothing. If not
 // converged, it says why.
 func (s *State) Converged(keys, nodes []string) (bool, string) {
+	live, excess, why := s.Spread(keys, nodes)
+	return live && excess == 0, why
+}
+
+// Spread is Converged in two parts: live reports whether every key of keys
+// is live exactly once, created and on a running process of one of nodes,
+// and no other key is live; excess is then how many keys must still move
+// for the loads to be even (0: converged). why says what is not so.
+func (s *State) Spread(keys, nodes []string) (live bool, excess int, why string) {
 	if len(nodes) == 0 {
-		return false, "no nodes"
+		return false, 0, "no nodes"
 	}
 	want := make(map[string]bool, len(keys))
 	for _, k := range keys {
@@ -344,7 +353,7 @@ func (s *State) Converged(keys, nodes []string) (bool, string) {
 				continue
 			}
 			if !want[key] {
-				return false, fmt.Sprintf("key %s is live on %s but not configured", key, in.node)
+				return false, 0, fmt.Sprintf("key %s is live on %s but not configured", key, in.node)
 			}
 			running[key] = append(running[key], in)
 		}
@@ -353,14 +362,14 @@ func (s *State) Converged(keys, nodes []string) (bool, string) {
 	for _, key := range keys {
 		list := running[key]
 		if len(list) != 1 {
-			return false, fmt.Sprintf("key %s is live %d times", key, len(list))
+			return false, 0, fmt.Sprintf("key %s is live %d times", key, len(list))
 		}
 		in := list[0]
 		switch p := s.procs[in.proc]; {
 		case !in.created:
-			return false, fmt.Sprintf("key %s is still being created on %s", key, in.node)
+			return false, 0, fmt.Sprintf("key %s is still being created on %s", key, in.node)
 		case !member[in.node] || p == nil || !p.alive:
-			return false, fmt.Sprintf("key %s runs on %s, which is not one of the running nodes", key, in.node)
+			return false, 0, fmt.Sprintf("key %s runs on %s, which is not one of the running nodes", key, in.node)
 		}
 		loads[in.node]++
 	}
@@ -369,12 +378,15 @@ func (s *State) Converged(keys, nodes []string) (bool, string) {
 	if len(keys)%len(nodes) != 0 {
 		hi++
 	}
+	over, under := 0, 0
 	for _, n := range nodes {
-		if loads[n] < lo || loads[n] > hi {
-			return false, fmt.Sprintf("uneven loads %s (want %d..%d each)", formatLoads(loads, nodes), lo, hi)
-		}
+		over += max(0, loads[n]-hi)
+		under += max(0, lo-loads[n])
 	}
-	return true, ""
+	if excess = max(over, under); excess > 0 {
+		return true, excess, fmt.Sprintf("uneven loads %s (want %d..%d each)", formatLoads(loads, nodes), lo, hi)
+	}
+	return true, 0, ""
 }
 
 func formatLoads(loads map[string]int, nodes []string) string {
