@@ -10,8 +10,10 @@
 //	dimctl [flags] <command> <service>
 //
 // The commands are status, watch, rebalance, history, explain, drain,
-// undrain, freeze, thaw, plan, web, purge and services; `dimctl -h` lists
-// them and the flags.
+// undrain, pin, unpin, freeze, thaw, plan, web, purge and services;
+// `dimctl -h` lists them and every flag, `dimctl <command> -h` shows one
+// command with its flags. -json makes every command but web print JSON:
+// status and watch the whole status, the others what they found or did.
 //
 // web serves one page that shows the service live (server-sent events,
 // assets embedded, no external resources): the leader, each node with its
