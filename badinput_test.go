@@ -124,9 +124,9 @@ func TestAStopDeadlineMidHandoffStillDisconnectsEverything(t *testing.T) {
 	c.start("n1")
 	c.waitConverged(10*time.Second, "n1")
 	n1 := c.node("n1")
-	slow := n1.m.disconnect
+	slow := n1.m.calls.disconnect
 	var called atomic.Int64
-	n1.m.disconnect = func(ctx context.Context, inst *testInst) error {
+	n1.m.calls.disconnect = func(ctx context.Context, inst *testInst) error {
 		called.Add(1)
 		time.Sleep(300 * time.Millisecond) // a slow close, longer than Stop allows
 		return slow(ctx, inst)

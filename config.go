@@ -181,7 +181,7 @@ func (m *Manager[C, I]) nodeConfigs(ctx context.Context, assigned map[string]boo
 		m.tel.configFailed(ctx)
 		m.cfgErrs.report(ctx, m, err, len(assigned))
 		m.configsStale.Store(true)
-		m.tab.retryAt = time.Now().Add(m.configBackoff.next())
+		m.ledger.retryAt = time.Now().Add(m.configBackoff.next())
 		if m.configs == nil {
 			return map[string]config[C]{}, false
 		}

@@ -76,12 +76,21 @@ import (
 //     its timers, and once more on its handoffCh when Stop asks.
 //     watchLeaderLoop steps down a leader whose loop stops making
 //     progress. The Manager feeds it the keys to balance (electorFeed).
-//   - The Manager keeps the lifecycle (lifecycle.go), the configs
-//     (config.go) and the callbacks, and runs the node loop (nodeLoop,
-//     instance.go), which owns the instance table: it reconciles on nodeCh
-//     (its assigned keys against what runs), stops everything on fenceCh,
-//     runs health checks on healthTickCh and takes their results from
-//     healthCh, and hands off on handoffCh when Stop asks.
+//   - The Manager keeps the lifecycle (lifecycle.go) and the configs
+//     (config.go), and runs the node loop (nodeLoop, instance.go), which
+//     owns the instance table: it reconciles on nodeCh (its assigned keys
+//     against what runs), stops everything on fenceCh, runs health checks
+//     on healthTickCh and takes their results from healthCh, files
+//     prepares from prepareCh, and hands off on handoffCh when Stop asks.
+//     It works through three helpers it owns, none of which decides
+//     anything: callbacks (callbacks.go) calls the user's hooks, bounded
+//     and traced, and keeps the live instances and the keys whose calls
+//     hang, which the fence and Stop reach from other goroutines; ledger
+//     (ledger.go, keystate.go) holds what the node holds in Redis — claims
+//     and their tokens, refused claims, failures and their backoff, the
+//     published key states — and makes the calls that change it; handoffs
+//     (handoff.go) prepares keys that move here and holds those that move
+//     away (WithPrepare).
 //
 // Two more goroutines serve all three: the subscription (subscription.go)
 // holds a connection of its own to the service's channel and turns events
@@ -96,28 +105,15 @@ import (
 // the node to stop).
 type Manager[C, I any] struct {
 	*env
-	getConfig      func(context.Context) ([]C, error)
-	createInstance func(context.Context, C) (I, error)
-	keyOf          func(C) string
-	placementOf    func(C) Placement // nil: none
-	healthcheck    func(context.Context, I) error
-	disconnect     func(context.Context, I) error
-	prepare        func(context.Context, C) (I, error) // nil: no make-before-break (see WithPrepare)
-	activate       func(context.Context, I) error
-	prepareCh      chan prepareResult[I]
-	announced      announced // keys whose new owner prepared them
-	handoffsShown  [2]int    // prepared and held, as last published; node loop only
-	prepares       hungSet   // keys with a prepare call in flight, until its outcome is filed or disposed of
-
-	claimRetry time.Duration // how soon a refused claim is tried again
-	retryMin   time.Duration // backoff after a failed create or health check
-	retryMax   time.Duration
+	getConfig   func(context.Context) ([]C, error)
+	keyOf       func(C) string
+	placementOf func(C) Placement // nil: none
 
 	life lifecycle // new, running, fenced, stopping, stopped
 
-	membership *membership // the lease, and with it every instance's context
-	elector    *elector    // the campaign and, while it leads, the leader loop
-	instances  liveSet[I]
+	membership *membership      // the lease, and with it every instance's context
+	elector    *elector         // the campaign and, while it leads, the leader loop
+	calls      *callbacks[C, I] // the instances, and the hooks that start and stop them
 
 	// One call of each kind at a time; see guard.
 	nodeConfigGuard   guard
@@ -133,9 +129,8 @@ type Manager[C, I any] struct {
 
 	// Owned by the node loop.
 	tab           table[I]
-	hung          hungSet
-	inflight      hungSet // keys with a create or disconnect call under way
-	confirmed     confirmedKeys
+	ledger        *ledger         // what this node holds in Redis
+	handoffs      *handoffs[C, I] // make-before-break (WithPrepare)
 	configs       map[string]config[C]
 	configsAt     time.Time
 	configsStale  atomic.Bool
@@ -197,19 +192,16 @@ func New[C, I any](
 		return nil, err
 	}
 	m := &Manager[C, I]{
-		env:            newEnv(s),
-		getConfig:      getConfig,
-		createInstance: createInstance,
-		claimRetry:     max(s.heartbeat/4, 10*time.Millisecond),
-		retryMin:       100 * time.Millisecond,
-		retryMax:       30 * time.Second,
-		fenceCh:        make(chan struct{}, 1),
-		healthTickCh:   make(chan struct{}, 1),
-		healthCh:       make(chan healthResult[I]),
-		handoffCh:      make(chan chan struct{}),
-		tab:            newTable[I](),
-		configBackoff:  newBackoff(100*time.Millisecond, 30*time.Second),
-		view:           map[string]I{},
+		env:           newEnv(s),
+		getConfig:     getConfig,
+		calls:         &callbacks[C, I]{createInstance: createInstance},
+		fenceCh:       make(chan struct{}, 1),
+		healthTickCh:  make(chan struct{}, 1),
+		healthCh:      make(chan healthResult[I]),
+		handoffCh:     make(chan chan struct{}),
+		tab:           newTable[I](),
+		configBackoff: newBackoff(100*time.Millisecond, 30*time.Second),
+		view:          map[string]I{},
 	}
 	var err error
 	if m.keyOf, err = checkHook[func(C) string]("WithKey", s.key, "config type"); err != nil {
@@ -218,29 +210,28 @@ func New[C, I any](
 	if m.placementOf, err = checkHook[func(C) Placement]("WithPlacement", s.placement, "config type"); err != nil {
 		return nil, err
 	}
-	if m.healthcheck, err = checkHook[func(context.Context, I) error]("WithHealthcheck", s.healthcheck, "instance type"); err != nil {
+	if m.calls.healthcheck, err = checkHook[func(context.Context, I) error]("WithHealthcheck", s.healthcheck, "instance type"); err != nil {
 		return nil, err
 	}
-	if m.disconnect, err = checkHook[func(context.Context, I) error]("WithDisconnect", s.disconnect, "instance type"); err != nil {
+	if m.calls.disconnect, err = checkHook[func(context.Context, I) error]("WithDisconnect", s.disconnect, "instance type"); err != nil {
 		return nil, err
 	}
-	if m.prepare, err = checkHook[func(context.Context, C) (I, error)]("WithPrepare", s.prepare, "config and instance types"); err != nil {
+	if m.calls.prepare, err = checkHook[func(context.Context, C) (I, error)]("WithPrepare", s.prepare, "config and instance types"); err != nil {
 		return nil, err
 	}
-	if m.activate, err = checkHook[func(context.Context, I) error]("WithPrepare", s.activate, "instance type"); err != nil {
+	if m.calls.activate, err = checkHook[func(context.Context, I) error]("WithPrepare", s.activate, "instance type"); err != nil {
 		return nil, err
 	}
-	m.prepareCh = make(chan prepareResult[I])
 	m.elector = newElector(m.env, electorFeed{
 		member: func() (string, bool) {
 			session, _ := m.membership.current()
 			return session, m.life.canTakeWork(session)
 		},
-		generation: m.instances.generation,
+		generation: m.calls.instances.generation,
 		configs:    m.leaderInput,
 	})
 	m.membership = newMembership(m.env, memberHooks{
-		generation: m.newGeneration,
+		generation: m.calls.newGeneration,
 		fenced:     m.fenced,
 		mayRejoin:  func() bool { return m.life.load() == phaseRunning },
 		rejoined: func() {
@@ -248,7 +239,10 @@ func New[C, I any](
 			m.triggerCampaign()
 		},
 	})
-	m.instances.stop = m.disconnectOne
+	m.calls.env, m.calls.membership = m.env, m.membership
+	m.handoffs = newHandoffs(m.env, m.calls, &m.life)
+	m.ledger = newLedger(m.env, m.membership, &m.calls.hung, &m.calls.confirmed)
+	m.calls.instances.stop = m.calls.disconnectOne
 	return m, nil
 }
 
@@ -492,7 +486,7 @@ func (m *Manager[C, I]) Stop(ctx context.Context) error {
 // work goes on in the background, and the error names what still runs.
 func (m *Manager[C, I]) stopLate(ctx context.Context, start time.Time) error {
 	// Nothing may outlive Stop unasked: every instance is told to stop now.
-	m.instances.stopAll()
+	m.calls.instances.stopAll()
 	left := m.stillRunning()
 	m.log.Warn("stop deadline passed; finishing in the background", "took", time.Since(start), "still_running", left)
 	if len(left) == 0 {
@@ -505,8 +499,8 @@ func (m *Manager[C, I]) stopLate(ctx context.Context, start time.Time) error {
 // instances and hung creates or disconnects, by key.
 func (m *Manager[C, I]) stillRunning() []string {
 	seen := map[string]bool{}
-	m.instances.each(func(e *entry[I]) { seen[e.key] = true })
-	for _, key := range m.hung.list() {
+	m.calls.instances.each(func(e *entry[I]) { seen[e.key] = true })
+	for _, key := range m.calls.hung.list() {
 		seen[key] = true
 	}
 	keys := make([]string, 0, len(seen))
@@ -568,14 +562,14 @@ func (m *Manager[C, I]) stopLocal(ctx context.Context) {
 	// A prepare still running may yet return an instance: the node loop
 	// disposes of it, before Stop returns unless ctx ends first (a prepare
 	// holds no claim, so the lease need not wait for it).
-	if err := m.prepares.wait(ctx); err != nil {
+	if err := m.handoffs.prepares.wait(ctx); err != nil {
 		m.log.Warn("prepare calls still running; what they return is disposed of when they do")
 	}
 	// A callback that still hangs may yet bring an instance to life: keep
 	// the lease (and so the claims) until it returns.
-	if m.hung.wait(ctx) != nil {
+	if m.calls.hung.wait(ctx) != nil {
 		m.log.Warn("callbacks still running; their keys stay claimed until they return")
-		_ = m.hung.wait(context.Background())
+		_ = m.calls.hung.wait(context.Background())
 	}
 }
 

@@ -212,8 +212,8 @@ func TestADisconnectThatReturnsAnErrorStillReleasesItsKey(t *testing.T) {
 	c.waitConverged(10*time.Second, "n1", "n2")
 	// Returning, with an error or not, means the instance stopped: the key
 	// moves at once, not after a lease.
-	down := n1.m.disconnect
-	n1.m.disconnect = func(ctx context.Context, inst *testInst) error {
+	down := n1.m.calls.disconnect
+	n1.m.calls.disconnect = func(ctx context.Context, inst *testInst) error {
 		_ = down(ctx, inst)
 		return errors.New("close: connection reset")
 	}

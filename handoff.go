@@ -20,6 +20,101 @@ import (
 // disconnect, a release and a claim, not for a whole create. Failures
 // (a crash, a fence, a key given up) take the normal path.
 
+// handoffs is this node's part in make-before-break handoffs: the
+// instances it prepares for keys that move here, and the running keys it
+// holds for their new owner. Owned by the node loop, but for the prepare
+// calls, which report on prepareCh, and the announcements, which the event
+// goroutine files.
+type handoffs[C, I any] struct {
+	*env
+	calls *callbacks[C, I]
+	life  *lifecycle
+
+	prepareCh chan prepareResult[I] // unbuffered: a prepare's outcome, for the node loop
+	announced announced             // keys whose new owner prepared them
+	prepares  hungSet               // keys with a prepare call in flight, until its outcome is filed or disposed of
+	shown     [2]int                // prepared and held, as last published
+
+	prepared  map[string]*prepared[I]       // instances prepared for keys that move here
+	preparing map[string]context.CancelFunc // prepare calls in flight, with their contexts' cancel
+	holding   map[string]time.Time          // moved keys still run here until the new owner prepared, until then
+	// unprepared are keys whose prepare failed here, and until when they
+	// move the normal way: not prepared again while their old owner lets
+	// them go.
+	unprepared map[string]time.Time
+}
+
+func newHandoffs[C, I any](e *env, calls *callbacks[C, I], life *lifecycle) *handoffs[C, I] {
+	return &handoffs[C, I]{
+		env:        e,
+		calls:      calls,
+		life:       life,
+		prepareCh:  make(chan prepareResult[I]),
+		prepared:   make(map[string]*prepared[I]),
+		preparing:  make(map[string]context.CancelFunc),
+		holding:    make(map[string]time.Time),
+		unprepared: make(map[string]time.Time),
+	}
+}
+
+// enabled reports whether the service prepares instances (WithPrepare).
+func (h *handoffs[C, I]) enabled() bool { return h.calls.prepare != nil }
+
+// take returns the instance prepared for key, if any, for activation.
+func (h *handoffs[C, I]) take(key string) *prepared[I] {
+	p := h.prepared[key]
+	delete(h.prepared, key)
+	return p
+}
+
+// granted forgets a failed prepare of key: its claim was granted.
+func (h *handoffs[C, I]) granted(key string) { delete(h.unprepared, key) }
+
+// held reports whether key runs on here for its new owner.
+func (h *handoffs[C, I]) held(key string) bool {
+	_, ok := h.holding[key]
+	return ok
+}
+
+// settle forgets holds of keys that are this node's again or no longer run
+// here, and failed prepares of keys that are no longer this node's or whose
+// time to move the normal way has passed.
+func (h *handoffs[C, I]) settle(mine map[string]bool, running func(key string) bool, now time.Time) {
+	for key := range h.holding {
+		if mine[key] || !running(key) {
+			delete(h.holding, key)
+		}
+	}
+	for key, until := range h.unprepared {
+		if !mine[key] || !now.Before(until) {
+			delete(h.unprepared, key)
+		}
+	}
+}
+
+// nextDeadline is the earliest end of a hold; zero if none.
+func (h *handoffs[C, I]) nextDeadline() time.Time {
+	var at time.Time
+	for _, d := range h.holding {
+		if at.IsZero() || d.Before(at) {
+			at = d
+		}
+	}
+	return at
+}
+
+// dropAll ends every handoff: the node is fenced or stopping. Prepared
+// instances are disposed of, prepare calls cancelled (what they return is
+// disposed of: nothing will be activated), holds end.
+func (h *handoffs[C, I]) dropAll() {
+	h.dropPrepared(nil)
+	for _, cancel := range h.preparing {
+		cancel()
+	}
+	clear(h.holding)
+	clear(h.unprepared)
+}
+
 // prepared is an instance prepared for a key that moves here, not yet
 // activated. Owned by the node loop.
 type prepared[I any] struct {
@@ -91,18 +186,18 @@ func decodeKeys(parts []string) []string {
 // keeps running it until the new owner has prepared: only with WithPrepare,
 // only while the node is not stopping, and only until the announcement or
 // the prepare timeout.
-func (m *Manager[C, I]) holdMoved(key string, ready map[string]bool, now time.Time) bool {
-	if m.prepare == nil || m.life.stopping() {
+func (h *handoffs[C, I]) holdMoved(key string, ready map[string]bool, now time.Time) bool {
+	if !h.enabled() || h.life.stopping() {
 		return false
 	}
-	deadline, held := m.tab.holding[key]
+	deadline, held := h.holding[key]
 	if !held {
-		deadline = now.Add(m.s.prepareTimeout)
-		m.tab.holding[key] = deadline
-		m.log.Debug("keeping a moved key until its new owner prepared it", "key", key, "for", m.s.prepareTimeout)
+		deadline = now.Add(h.s.prepareTimeout)
+		h.holding[key] = deadline
+		h.log.Debug("keeping a moved key until its new owner prepared it", "key", key, "for", h.s.prepareTimeout)
 	}
 	if ready[key] || !now.Before(deadline) {
-		delete(m.tab.holding, key)
+		delete(h.holding, key)
 		return false
 	}
 	return true
@@ -110,42 +205,42 @@ func (m *Manager[C, I]) holdMoved(key string, ready map[string]bool, now time.Ti
 
 // startPrepare prepares key in the background, once at a time per key. Its
 // span is a child of the reconcile's (ctx), like a create's.
-func (m *Manager[C, I]) startPrepare(ctx, leaseCtx context.Context, session, key string, cfg config[C]) {
-	if _, ok := m.tab.preparing[key]; m.prepare == nil || ok {
+func (h *handoffs[C, I]) startPrepare(ctx, leaseCtx context.Context, session, key string, cfg config[C]) {
+	if _, ok := h.preparing[key]; !h.enabled() || ok {
 		return
 	}
-	if _, ok := m.tab.prepared[key]; ok {
+	if _, ok := h.prepared[key]; ok {
 		return
 	}
-	if _, failed := m.tab.unprepared[key]; failed {
+	if _, failed := h.unprepared[key]; failed {
 		return // this move goes the normal way
 	}
 	pctx, cancel := context.WithCancel(leaseCtx)
-	m.tab.preparing[key] = cancel
+	h.preparing[key] = cancel
 	// Stop waits for it (see shutdown): what it returns is disposed of
 	// before Stop returns.
-	m.prepares.add(key)
+	h.prepares.add(key)
 	go func() {
-		defer m.prepares.remove(key)
+		defer h.prepares.remove(key)
 		// prepare runs under the callback timeout: past it, its context
 		// ends, and an instance it returns all the same is disposed of.
-		late := time.AfterFunc(m.s.timeout, cancel)
-		spanCtx, span := m.tel.startCallback(ctx, spanPrepare, key)
+		late := time.AfterFunc(h.s.timeout, cancel)
+		spanCtx, span := h.tel.startCallback(ctx, spanPrepare, key)
 		start := time.Now()
-		inst, err := callSafely(func() (I, error) { return m.prepare(pctx, cfg.value) })
+		inst, err := callSafely(func() (I, error) { return h.calls.prepare(pctx, cfg.value) })
 		if !late.Stop() {
 			if err == nil {
-				m.dispose(&prepared[I]{inst: inst, ctx: pctx, cancel: cancel}, key)
+				h.calls.dispose(&prepared[I]{inst: inst, ctx: pctx, cancel: cancel}, key)
 			}
-			err = fmt.Errorf("%w: prepare did not return within %v", ErrCallback, m.s.timeout)
+			err = fmt.Errorf("%w: prepare did not return within %v", ErrCallback, h.s.timeout)
 		}
-		m.tel.endCallback(spanCtx, span, spanPrepare, start, err)
+		h.tel.endCallback(spanCtx, span, spanPrepare, start, err)
 		r := prepareResult[I]{key: key, session: session, sum: cfg.sum, inst: inst, err: err, ctx: pctx, cancel: cancel}
 		select {
-		case m.prepareCh <- r:
-		case <-m.runCtx.Done():
+		case h.prepareCh <- r:
+		case <-h.runCtx.Done():
 			if err == nil {
-				m.dispose(&prepared[I]{inst: inst, ctx: pctx, cancel: cancel}, key)
+				h.calls.dispose(&prepared[I]{inst: inst, ctx: pctx, cancel: cancel}, key)
 			}
 			cancel()
 		}
@@ -155,120 +250,53 @@ func (m *Manager[C, I]) startPrepare(ctx, leaseCtx context.Context, session, key
 // onPrepared files a prepare's outcome and announces it, so that the old
 // owner lets the key go. A failed prepare is announced too: the key then
 // moves the normal way, at once.
-func (m *Manager[C, I]) onPrepared(r prepareResult[I]) {
-	delete(m.tab.preparing, r.key)
-	session, _ := m.membership.current()
-	_, running := m.tab.running[r.key]
+func (h *handoffs[C, I]) onPrepared(r prepareResult[I], session string, running bool) {
+	delete(h.preparing, r.key)
 	switch {
 	case r.err != nil:
 		r.cancel()
-		m.tab.unprepared[r.key] = time.Now().Add(m.s.prepareTimeout)
-		m.logPanic(r.key, r.err)
-		m.log.Warn("prepare failed; the key moves the normal way", "key", r.key, "err", r.err)
-	case r.session != session || running || m.life.stopping():
-		m.dispose(&prepared[I]{inst: r.inst, ctx: r.ctx, cancel: r.cancel}, r.key)
+		h.unprepared[r.key] = time.Now().Add(h.s.prepareTimeout)
+		h.logPanic(r.key, r.err)
+		h.log.Warn("prepare failed; the key moves the normal way", "key", r.key, "err", r.err)
+	case r.session != session || running || h.life.stopping():
+		h.calls.dispose(&prepared[I]{inst: r.inst, ctx: r.ctx, cancel: r.cancel}, r.key)
 		return
 	default:
-		m.tab.prepared[r.key] = &prepared[I]{inst: r.inst, ctx: r.ctx, cancel: r.cancel, session: r.session, sum: r.sum}
+		h.prepared[r.key] = &prepared[I]{inst: r.inst, ctx: r.ctx, cancel: r.cancel, session: r.session, sum: r.sum}
 	}
-	m.publish(m.runCtx, evPrepared+" "+m.s.nodeID+" "+encodeKeys([]string{r.key}))
-	m.triggerNode()
+	h.publish(h.runCtx, evPrepared+" "+h.s.nodeID+" "+encodeKeys([]string{r.key}))
+	h.triggerNode()
 }
 
 // dropPrepared disposes of prepared instances that will not be activated:
 // the key is no longer this node's, its config changed or went, or the
 // session they were prepared under ended (all of them, with keep nil).
-func (m *Manager[C, I]) dropPrepared(keep func(key string, p *prepared[I]) bool) {
+func (h *handoffs[C, I]) dropPrepared(keep func(key string, p *prepared[I]) bool) {
 	var wg sync.WaitGroup
-	for key, p := range m.tab.prepared {
+	for key, p := range h.prepared {
 		if keep == nil || !keep(key, p) {
-			delete(m.tab.prepared, key)
-			wg.Go(func() { m.dispose(p, key) })
+			delete(h.prepared, key)
+			wg.Go(func() { h.calls.dispose(p, key) })
 		}
 	}
 	wg.Wait()
 }
 
-// dispose ends a prepared instance that is not activated: its context is
-// cancelled and the disconnect hook is called, exactly once.
-func (m *Manager[C, I]) dispose(p *prepared[I], key string) {
-	p.cancel()
-	if m.disconnect == nil {
-		return
-	}
-	err := m.callWithTimeout(context.WithoutCancel(m.runCtx), "", func(ctx context.Context) error {
-		return m.disconnect(ctx, p.inst)
-	})
-	if err != nil {
-		m.log.Warn("disposing of a prepared instance failed", "key", key, "err", err)
-	}
-}
-
-// activateJob starts a prepared instance as the claim's instance: activate
-// runs with the claim's fencing token, and the instance's context is the
-// one it was prepared with.
-func (m *Manager[C, I]) activateJob(ctx context.Context, session string, job createJob[C], p *prepared[I]) (*entry[I], error) {
-	actx := context.WithValue(p.ctx, ownershipKey{}, ownership{job.key, job.token})
-	if m.membership.checkLease() != session || actx.Err() != nil {
-		m.dispose(p, job.key)
-		return nil, fmt.Errorf("%w: the lease ended before activate", errNotCreated)
-	}
-	// In flight until activate returns, however long, as a create is.
-	m.inflight.add(job.key)
-	if job.gen != m.instances.generation() {
-		m.inflight.remove(job.key)
-		m.dispose(p, job.key)
-		return nil, fmt.Errorf("%w: the record was restored by Redis after the claim; claiming again", errNotCreated)
-	}
-	spanCtx, span := m.tel.startCallback(ctx, spanActivate, job.key)
-	start := time.Now()
-	late, err := m.bounded(actx, func(cctx context.Context) error { return m.activate(cctx, p.inst) })
-	m.tel.endCallback(spanCtx, span, spanActivate, start, err)
-	if late != nil {
-		// Abandoned at the timeout or a fence, activate may still begin the
-		// work: like a late createInstance, the key is neither created
-		// again nor released until it returns, and then its instance is
-		// disposed of (not before: a disconnect must follow the work's start).
-		p.cancel()
-		m.hung.add(job.key)
-		go func() {
-			defer m.triggerNode()
-			defer m.hung.remove(job.key)
-			defer m.inflight.remove(job.key)
-			<-late
-			m.dispose(p, job.key)
-		}()
-		return nil, err
-	}
-	m.inflight.remove(job.key)
-	if err != nil {
-		m.dispose(p, job.key)
-		return nil, err
-	}
-	e := &entry[I]{key: job.key, sum: job.cfg.sum, inst: p.inst, token: job.token, session: session,
-		gen: job.gen, ctx: actx, cancel: p.cancel, lease: job.lease, stopped: make(chan struct{})}
-	if !m.instances.add(e) {
-		<-m.instances.begin(e)
-		return nil, fmt.Errorf("fenced while activating: %w", actx.Err())
-	}
-	return e, nil
-}
-
 // syncHandoffs publishes this node's handoffs in progress (instances
 // prepared, keys held for their new owner) when they changed, for Status.
-func (m *Manager[C, I]) syncHandoffs(ctx context.Context) {
-	now := [2]int{len(m.tab.prepared), len(m.tab.holding)}
-	if now == m.handoffsShown {
+func (h *handoffs[C, I]) syncHandoffs(ctx context.Context) {
+	now := [2]int{len(h.prepared), len(h.holding)}
+	if now == h.shown {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	ctx, cancel := context.WithTimeout(ctx, h.s.heartbeat)
 	defer cancel()
-	b := m.client.B()
-	cmd := b.Hdel().Key(m.k.handoffs).Field(m.s.nodeID).Build()
+	b := h.client.B()
+	cmd := b.Hdel().Key(h.k.handoffs).Field(h.s.nodeID).Build()
 	if now != [2]int{} {
-		cmd = b.Hset().Key(m.k.handoffs).FieldValue().FieldValue(m.s.nodeID, fmt.Sprintf("%d %d", now[0], now[1])).Build()
+		cmd = b.Hset().Key(h.k.handoffs).FieldValue().FieldValue(h.s.nodeID, fmt.Sprintf("%d %d", now[0], now[1])).Build()
 	}
-	if err := m.client.Do(ctx, cmd).Error(); err == nil {
-		m.handoffsShown = now
+	if err := h.client.Do(ctx, cmd).Error(); err == nil {
+		h.shown = now
 	}
 }

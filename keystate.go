@@ -96,22 +96,20 @@ const stateChunk = 500
 // syncStates publishes what changed in what this node's keys are doing:
 // nothing in a steady state, so the cost to Redis does not grow with the
 // number of keys. It runs on the node loop, after every change.
-func (m *Manager[C, I]) syncStates(ctx context.Context, session string, unknown map[string]bool) {
+func (l *ledger) syncStates(ctx context.Context, session string, running []string, unknown map[string]bool) {
 	if session == "" {
-		clear(m.tab.states)
+		clear(l.states)
 		return
 	}
-	want := make(map[string]keyRecord, len(m.tab.running))
+	want := make(map[string]keyRecord, len(running))
 	now := time.Now()
 	rec := func(st KeyState) keyRecord {
-		return keyRecord{Node: m.s.nodeID, Session: session, State: st, Since: now.UnixMilli()}
+		return keyRecord{Node: l.s.nodeID, Session: session, State: st, Since: now.UnixMilli()}
 	}
-	for key, e := range m.tab.running {
-		if !e.stopping.Load() {
-			want[key] = rec(KeyRunning)
-		}
+	for _, key := range running {
+		want[key] = rec(KeyRunning)
 	}
-	for key, f := range m.tab.failures {
+	for key, f := range l.failures {
 		if _, ok := want[key]; ok {
 			continue
 		}
@@ -119,8 +117,8 @@ func (m *Manager[C, I]) syncStates(ctx context.Context, session string, unknown 
 		r.Attempts, r.Retry, r.Err = f.attempts, f.next.UnixMilli(), f.err
 		want[key] = r
 	}
-	for _, key := range m.hung.list() {
-		if _, claimed := m.tab.claimed[key]; claimed {
+	for _, key := range l.hung.list() {
+		if _, claimed := l.claimed[key]; claimed {
 			want[key] = rec(KeyHung)
 		}
 	}
@@ -133,7 +131,7 @@ func (m *Manager[C, I]) syncStates(ctx context.Context, session string, unknown 
 	// keys); any other state is a record.
 	var run, pairs []string
 	for key, r := range want {
-		if old, ok := m.tab.states[key]; ok && old.same(r) {
+		if old, ok := l.states[key]; ok && old.same(r) {
 			continue
 		}
 		if r.plainRunning() {
@@ -143,7 +141,7 @@ func (m *Manager[C, I]) syncStates(ctx context.Context, session string, unknown 
 		b, _ := json.Marshal(r)
 		pairs = append(pairs, key, string(b))
 	}
-	for key := range m.tab.states {
+	for key := range l.states {
 		if _, ok := want[key]; !ok {
 			pairs = append(pairs, key, "")
 		}
@@ -151,23 +149,23 @@ func (m *Manager[C, I]) syncStates(ctx context.Context, session string, unknown 
 	if len(run) == 0 && len(pairs) == 0 {
 		return
 	}
-	refused, err := m.publishStates(ctx, session, now.UnixMilli(), run, pairs)
+	refused, err := l.publishStates(ctx, session, now.UnixMilli(), run, pairs)
 	if err != nil {
-		m.log.Debug("publishing key states failed; trying again", "err", err)
-		m.tab.retryAt = time.Now().Add(m.claimRetry)
+		l.log.Debug("publishing key states failed; trying again", "err", err)
+		l.retryAt = time.Now().Add(l.claimRetry)
 		return
 	}
 	// Keep the timestamps already published for states that did not change;
 	// a refused key (another node still owns it) is tried again later.
 	for key, r := range want {
-		if old, ok := m.tab.states[key]; (ok && old.same(r)) || refused[key] {
+		if old, ok := l.states[key]; (ok && old.same(r)) || refused[key] {
 			continue
 		}
-		m.tab.states[key] = r
+		l.states[key] = r
 	}
-	for key := range m.tab.states {
+	for key := range l.states {
 		if _, ok := want[key]; !ok {
-			delete(m.tab.states, key)
+			delete(l.states, key)
 		}
 	}
 }
@@ -181,29 +179,45 @@ func (r keyRecord) plainRunning() bool {
 // publishStates writes the states of keys in bounded chunks: run, the keys
 // that run since the time since (unix ms), then key/value pairs of records
 // ("" deletes). It returns the keys Redis refused because another node owns
-// them.
-func (m *Manager[C, I]) publishStates(ctx context.Context, session string, since int64, run, pairs []string) (map[string]bool, error) {
+// thel.
+func (l *ledger) publishStates(ctx context.Context, session string, since int64, run, pairs []string) (map[string]bool, error) {
 	refused := map[string]bool{}
 	for len(run) > 0 || len(pairs) > 0 {
 		r := min(len(run), stateChunk)
 		p := min(len(pairs), 2*(stateChunk-r))
-		cctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
-		_, res, err := m.db().state(cctx, m.s.nodeID, session, since, run[:r], pairs[:p])
+		cctx, cancel := context.WithTimeout(ctx, l.s.heartbeat)
+		_, res, err := l.db().state(cctx, l.s.nodeID, session, since, run[:r], pairs[:p])
 		cancel()
 		run, pairs = run[r:], pairs[p:]
-		m.live.advance()
+		l.live.advance()
 		if err != nil {
 			return nil, fmt.Errorf("publish key states: %w", err)
 		}
-		m.slot.over(m.log)
+		l.slot.over(l.log)
 		for _, key := range res {
 			refused[key] = true
 		}
 	}
 	if len(refused) > 0 {
-		m.tab.retryAt = time.Now().Add(m.claimRetry)
+		l.retryAt = time.Now().Add(l.claimRetry)
 	}
 	return refused, nil
+}
+
+// markStopping publishes keys whose disconnect still runs as stopping,
+// each under the session its instance ran under.
+func (l *ledger) markStopping(keys, sessions []string) {
+	if len(keys) == 0 {
+		return
+	}
+	args := make([]string, 0, 2*len(keys))
+	for i, key := range keys {
+		r := keyRecord{Node: l.s.nodeID, Session: sessions[i], State: KeyStopping, Since: time.Now().UnixMilli()}
+		b, _ := json.Marshal(r)
+		args = append(args, key, string(b))
+		l.states[key] = r
+	}
+	_, _ = l.publishStates(l.runCtx, sessions[len(sessions)-1], 0, nil, args)
 }
 
 // shortError is an error's message, cut to maxErrLen.
@@ -237,35 +251,35 @@ const giveUpCooldown = time.Minute
 // getConfig does not return (until it does), and keys whose create failed
 // too often in a row (for a cooldown), so that the leader places them on
 // other nodes. It runs on the node loop, after a reconcile.
-func (m *Manager[C, I]) syncAvoid(ctx context.Context, configs map[string]config[C], unknown map[string]bool) {
+func (l *ledger) syncAvoid(ctx context.Context, known, running func(key string) bool, unknown map[string]bool) {
 	var args []string
 	now := time.Now()
 	next := map[string]avoidMark{}
 	for key := range unknown {
 		next[key] = avoidMark{why: avoidUnknown}
-		if m.tab.avoiding[key].why != avoidUnknown {
+		if l.avoiding[key].why != avoidUnknown {
 			args = append(args, key, "0")
 		}
 	}
-	for key, f := range m.tab.failures {
-		if _, ok := next[key]; ok || m.s.giveUpAfter == 0 || f.kind != "create" || f.attempts < m.s.giveUpAfter {
+	for key, f := range l.failures {
+		if _, ok := next[key]; ok || l.s.giveUpAfter == 0 || f.kind != "create" || f.attempts < l.s.giveUpAfter {
 			continue
 		}
 		// Given up again once the last give-up ran out while the key still
 		// fails here: the leader judges outages and unhealthy nodes from
 		// live give-ups.
-		if old := m.tab.avoiding[key]; old.why == avoidGaveUp && now.Before(old.until) {
+		if old := l.avoiding[key]; old.why == avoidGaveUp && now.Before(old.until) {
 			next[key] = old
 			continue
 		}
 		next[key] = avoidMark{why: avoidGaveUp, until: now.Add(giveUpCooldown)}
-		if m.tab.avoiding[key].why != avoidGaveUp {
-			m.log.Warn("giving the key up after failed creates; the leader places it on another node",
+		if l.avoiding[key].why != avoidGaveUp {
+			l.log.Warn("giving the key up after failed creates; the leader places it on another node",
 				"key", key, "attempts", f.attempts, "cooldown", giveUpCooldown, "err", f.err)
 		}
 		args = append(args, key, strconv.FormatInt(giveUpCooldown.Milliseconds(), 10))
 	}
-	for key, mark := range m.tab.avoiding {
+	for key, mark := range l.avoiding {
 		if _, still := next[key]; still {
 			continue
 		}
@@ -273,28 +287,26 @@ func (m *Manager[C, I]) syncAvoid(ctx context.Context, configs map[string]config
 		// does not know stays avoided (and tracked) after it moved away. A
 		// key given up keeps its cooldown in Redis, unless it runs here
 		// after all.
-		_, known := configs[key]
-		_, running := m.tab.running[key]
 		switch {
-		case mark.why == avoidUnknown && known, mark.why == avoidGaveUp && running:
+		case mark.why == avoidUnknown && known(key), mark.why == avoidGaveUp && running(key):
 			args = append(args, key, "-")
 		case mark.why == avoidUnknown:
 			next[key] = mark
 		}
 	}
 	if len(args) == 0 {
-		m.tab.avoiding = next
+		l.avoiding = next
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, m.s.heartbeat)
+	ctx, cancel := context.WithTimeout(ctx, l.s.heartbeat)
 	defer cancel()
 	for chunk := range slices.Chunk(args, 2*stateChunk) {
-		err := m.db().avoid(ctx, m.s.nodeID, chunk)
+		err := l.db().avoid(ctx, l.s.nodeID, chunk)
 		if err != nil {
-			m.log.Debug("publishing the keys this node cannot run failed; trying again", "err", err)
-			m.tab.retryAt = time.Now().Add(m.claimRetry)
+			l.log.Debug("publishing the keys this node cannot run failed; trying again", "err", err)
+			l.retryAt = time.Now().Add(l.claimRetry)
 			return
 		}
 	}
-	m.tab.avoiding = next
+	l.avoiding = next
 }

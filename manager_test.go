@@ -210,7 +210,7 @@ func TestCreateInstanceThatErrsPanicsOrHangsIsRetried(t *testing.T) {
 		return nil
 	})
 	n := c.start("n1", WithCallbackTimeout(300*time.Millisecond))
-	c.eventually(5*time.Second, "the hanging create given up on", func() bool { return n.m.hung.has("cfg-02") })
+	c.eventually(5*time.Second, "the hanging create given up on", func() bool { return n.m.calls.hung.has("cfg-02") })
 	// While the call hangs it may still bring an instance to life, so the
 	// key is not created again...
 	c.eventually(10*time.Second, "the other keys live", func() bool {
@@ -527,7 +527,7 @@ func TestAHangingCreateDoesNotSpinTheNodeLoop(t *testing.T) {
 	c.createErr.Store("cfg-01", func() error { <-release; return nil })
 	obs := newObserved(t)
 	n := c.start("n1", append(obs.options(), WithCallbackTimeout(200*time.Millisecond))...)
-	c.eventually(5*time.Second, "the create given up on", func() bool { return n.m.hung.has("cfg-01") })
+	c.eventually(5*time.Second, "the create given up on", func() bool { return n.m.calls.hung.has("cfg-01") })
 	before := len(obs.ended(spanReconcile))
 	// Long enough for many backoff rounds of a key that is not hung.
 	c.eventually(5*time.Second, "two seconds of hanging", func() bool {
@@ -579,9 +579,9 @@ func TestCreateConcurrencyBoundsCreatesAtOnce(t *testing.T) {
 	}
 	c := newTestCluster(t, 12)
 	n1 := c.newNode("n1", WithCreateConcurrency(2))
-	create := n1.m.createInstance
+	create := n1.m.calls.createInstance
 	var now, most atomic.Int64
-	n1.m.createInstance = func(ctx context.Context, cfg testConfig) (*testInst, error) {
+	n1.m.calls.createInstance = func(ctx context.Context, cfg testConfig) (*testInst, error) {
 		cur := now.Add(1)
 		defer now.Add(-1)
 		for {

@@ -372,8 +372,8 @@ func TestANodeOnWhichKeysFailThatRunElsewhereIsUnhealthyUntilAProbeRuns(t *testi
 	var sick atomic.Bool
 	sick.Store(true)
 	n3 := c.newNode("n3", fastQuarantine)
-	create := n3.m.createInstance
-	n3.m.createInstance = func(ctx context.Context, cfg testConfig) (*testInst, error) {
+	create := n3.m.calls.createInstance
+	n3.m.calls.createInstance = func(ctx context.Context, cfg testConfig) (*testInst, error) {
 		if sick.Load() {
 			return nil, errors.New("n3 cannot resolve the upstream's name")
 		}

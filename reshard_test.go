@@ -55,7 +55,7 @@ func TestClusterSlotMigratedKeyByKeyWhileTheServiceRuns(t *testing.T) {
 	events := len(c.rec.Events())
 	k := newKeyspace("", c.service)
 	slot := slotOf(t, admin, k.nodes)
-	gen := c.node("n1").m.instances.generation()
+	gen := c.node("n1").m.calls.instances.generation()
 	require.NotEmpty(t, gen)
 
 	// First the membership record goes first: heartbeats reach it on the
@@ -65,7 +65,7 @@ func TestClusterSlotMigratedKeyByKeyWhileTheServiceRuns(t *testing.T) {
 	t.Logf("%s: migrated %d keys of slot %d from %s to %s, 900 ms apart, the record first", service, moved, slot, from, to)
 	assert.Greater(t, moved, 10, "keys migrated one by one")
 	for _, id := range nodes {
-		assert.Equal(t, gen, c.node(id).m.instances.generation(), "%s: the record's generation changed: a migration taken for a restore", id)
+		assert.Equal(t, gen, c.node(id).m.calls.instances.generation(), "%s: the record's generation changed: a migration taken for a restore", id)
 	}
 	// Then on to the third master in the order the server lists the keys:
 	// the record may come last, right before the slot changes hands, and

@@ -251,7 +251,7 @@ func TestAnEntryConfirmedAfterItsReleaseIsReleasedAgain(t *testing.T) {
 	})
 
 	session, _ := n1.m.membership.lease.current()
-	require.NoError(t, n1.m.verifyOwnership(session, []*entry[*testInst]{{key: gone, session: session}}, time.Now().Add(testTTL)))
+	require.NoError(t, n1.m.calls.verifyOwnership(session, []*entry[*testInst]{{key: gone, session: session}}, time.Now().Add(testTTL)))
 	v, err := admin.Do(context.Background(), admin.B().Hget().Key(ownerKey).Field(gone).Build()).ToString()
 	require.NoError(t, err, "the race's write: the node confirmed a key it had let go")
 	require.True(t, strings.HasPrefix(v, "n1 "+session+" "), v)

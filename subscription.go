@@ -114,7 +114,7 @@ func (m *Manager[C, I]) onEvent(msg rueidis.PubSubMessage) {
 		}
 	case evPrepared:
 		if len(args) > 1 && args[0] != m.s.nodeID {
-			m.announced.add(decodeKeys(args[1:]))
+			m.handoffs.announced.add(decodeKeys(args[1:]))
 			m.triggerNode()
 		}
 	case evRelease:

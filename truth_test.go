@@ -114,8 +114,8 @@ func TestAKeyThatFailsOnOneNodeMovesToAnother(t *testing.T) {
 	}
 	c := newTestCluster(t, 2)
 	n1 := c.newNode("n1")
-	create := n1.m.createInstance
-	n1.m.createInstance = func(ctx context.Context, cfg testConfig) (*testInst, error) {
+	create := n1.m.calls.createInstance
+	n1.m.calls.createInstance = func(ctx context.Context, cfg testConfig) (*testInst, error) {
 		if cfg.Key == "cfg-01" {
 			return nil, errors.New("n1 has no route to this upstream")
 		}
