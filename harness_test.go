@@ -325,13 +325,31 @@ func (c *testCluster) eventually(within time.Duration, what string, cond func() 
 	deadline := time.Now().Add(within)
 	for !cond() {
 		if time.Now().After(deadline) {
-			c.t.Fatalf("not within %v: %s; live: %s", within, what, c.rec.Summary())
+			c.t.Fatalf("not within %v: %s\nlive per node: %v\nin Redis: %s\nlive: %s", within, what, c.loads(), c.redisView(), c.rec.Summary())
 		}
 		select {
 		case <-c.rec.Changed():
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
+}
+
+// redisView is what Redis says of the service, for a failure message: the
+// leader, the live members, and the assignment and key states by count.
+func (c *testCluster) redisView() string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	client := c.srv.Client(c.t)
+	sum, err := ReadSummary(ctx, client, Service{Name: c.service})
+	if err != nil {
+		return "unreadable: " + err.Error()
+	}
+	nodes := make([]string, 0, len(sum.Nodes))
+	for _, n := range sum.Nodes {
+		nodes = append(nodes, fmt.Sprintf("%s(%s, %d assigned, %d running)", n.ID, n.State, n.Assigned, n.Running))
+	}
+	return fmt.Sprintf("leader %q (live %v, epoch %d), nodes %v, assigned %d, running %d, unowned %d, on dead nodes %d, states %v",
+		sum.Leader, sum.LeaderLive, sum.Epoch, nodes, sum.Assigned, sum.Running, sum.Unowned, sum.OnDeadNodes, sum.States)
 }
 
 // converged reports whether every configured key is live exactly once, on a
