@@ -240,6 +240,7 @@ func (mb *membership) renew(session string) error {
 	defer cancel()
 	sent, sentBoot, sentClock := time.Now(), mb.lease.boot(), mb.clock.now()
 	res, err := mb.db().heartbeat(ctx, mb.s.nodeID, session, mb.s.nodeTTL, mb.s.weight, mb.ttlFloor(), mb.durable())
+	receivedClock := mb.clock.now()
 	if err != nil {
 		if mb.runCtx.Err() == nil {
 			mb.log.Debug("heartbeat failed", "err", err)
@@ -247,7 +248,7 @@ func (mb *membership) renew(session string) error {
 		return err
 	}
 	if res.hasServer {
-		mb.observeClock(res.server, sentClock)
+		mb.observeClock(res.server, sentClock, receivedClock)
 	}
 	gen := res.gen
 	mb.seeTTL(res.maxTTL)

@@ -96,17 +96,29 @@ func (c lockClient) onRedisClock(cmd rueidis.Completed) rueidis.Completed {
 	return moved
 }
 
-// observeClock records this node's offset from Redis's clock, and warns once
-// per episode when it is large enough to matter to anything that does not
-// read Redis's clock (the lock's own idea of its validity stays local and
-// safe; the user's own code may not be).
-func (e *env) observeClock(server int64, sent time.Time) {
-	off := e.clock.observe(server, sent)
-	e.tel.setClockOffset(off)
-	far := off.Abs() > e.s.lockTTL/4
+// observeClock records this node's offset from Redis's clock, from a
+// heartbeat sent and answered at the node's times sent and received, and
+// warns once per episode when the node's clock is off by enough to matter
+// to anything that does not read Redis's clock (the lock's own idea of its
+// validity stays local and safe; the user's own code may not be). Redis
+// read its clock somewhere between sending and receiving, so the offset
+// lies between server − received and server − sent: the lock's deadlines
+// move by the larger, and only an offset beyond what the round trip
+// allows is warned of, so that a slow network or a busy process is not
+// mistaken for a wrong clock.
+func (e *env) observeClock(server int64, sent, received time.Time) {
+	most := e.clock.observe(server, sent)
+	least := time.Duration(server-received.UnixMilli()) * time.Millisecond
+	e.tel.setClockOffset(most)
+	limit := e.s.lockTTL / 4
+	far := least > limit || most < -limit
 	if far && !e.clockWarned.Load() {
+		off := most
+		if least > limit {
+			off = least
+		}
 		e.log.Warn("this node's clock is off Redis's; dim keeps leases and the leader lock on Redis's clock, but check the node's time sync",
-			"offset", off, "lock_ttl", e.s.lockTTL)
+			"offset", off, "round_trip", received.Sub(sent), "lock_ttl", e.s.lockTTL)
 	}
 	e.clockWarned.Store(far)
 }

@@ -3,9 +3,12 @@ package dim
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/go-dim/dim/internal/syncbuf"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -66,4 +69,31 @@ func TestLockClientMovesOnlyLockDeadlines(t *testing.T) {
 		same := lc.onRedisClock(b.Arbitrary(cmd...).Build())
 		assert.Equal(t, cmd, same.Commands())
 	}
+}
+
+// A slow round trip is not a wrong clock: Redis's time lies somewhere
+// between sending and receiving, so only an offset beyond what the round
+// trip allows is warned of.
+func TestASlowHeartbeatIsNotMistakenForAClockThatIsOff(t *testing.T) {
+	s := defaultSettings()
+	s.service, s.nodeID, s.lockTTL = "svc", "n1", time.Second
+	var logs syncbuf.Buffer
+	require.NoError(t, WithLogger(slog.New(slog.NewTextHandler(&logs, nil))).apply(&s))
+	s.fillDefaults()
+	e := newEnv(s)
+	sent := time.UnixMilli(2_000_000_000_000)
+
+	// In step with Redis, 300 ms each way: the reply's server time is 300
+	// ms after sending.
+	e.observeClock(sent.Add(300*time.Millisecond).UnixMilli(), sent, sent.Add(600*time.Millisecond))
+	assert.NotContains(t, logs.String(), "clock is off", "a slow round trip")
+	assert.Equal(t, int64(300), e.clock.offset.Load(), "the lock's deadlines still move by the most the round trip allows")
+
+	// 1.5 s behind Redis, answered at once, and 1.5 s ahead: off beyond
+	// doubt.
+	e.observeClock(sent.Add(1500*time.Millisecond).UnixMilli(), sent, sent.Add(10*time.Millisecond))
+	assert.Contains(t, logs.String(), "clock is off")
+	e.observeClock(sent.UnixMilli(), sent, sent) // back in step: a new episode
+	e.observeClock(sent.Add(-1500*time.Millisecond).UnixMilli(), sent, sent.Add(10*time.Millisecond))
+	assert.Equal(t, 2, strings.Count(logs.String(), "clock is off"), "one warning per episode")
 }
