@@ -246,7 +246,7 @@ func (e *elector) settleJoins(ctx context.Context, epoch uint64, st *leaderMemor
 // most left. No quiet gap ends the wait: the nodes of a restarting service
 // join as fast as their processes start, which a quiet window cannot tell
 // from the end of the restart. The nodes that joined so far take departed
-// nodes' keys as they come (see dealToJoiners).
+// nodes' keys as they come, the last one included (see dealToJoiners).
 func (e *elector) awaitFleet(ctx context.Context, epoch uint64, st *leaderMemory, size int, left time.Duration) {
 	deadline := time.NewTimer(left)
 	defer deadline.Stop()
@@ -258,10 +258,13 @@ func (e *elector) awaitFleet(ctx context.Context, epoch uint64, st *leaderMemory
 		case <-deadline.C:
 			return
 		case <-e.leaderCh:
+			// The last joiner too takes its share here, from what prefetch
+			// read, before the rebalance that follows reads everything
+			// again: that rebalance then moves none of the dealt keys.
+			e.dealToJoiners(ctx, epoch, st, size)
 			if f, err := e.readFleet(ctx); err == nil && f.live >= f.size {
 				return
 			}
-			e.dealToJoiners(ctx, epoch, st, size)
 		}
 	}
 }

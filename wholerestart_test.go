@@ -111,6 +111,31 @@ func TestAWholeRestartWithNewIDsPlacesEachNodeAsItJoins(t *testing.T) {
 	assert.Equal(t, triggerWholeRestart, ex.LastMove.Trigger)
 }
 
+// The last node of a whole restart with new IDs takes its share as it
+// joins too, from what the leader read while it waited, instead of waiting
+// for the rebalance that follows the last join, which reads everything
+// again first. (A heartbeat of 3 s gives the restart a window of 3 s, so
+// that the joins, 150 ms apart, all fall within it.)
+func TestTheLastNodeOfAWholeRestartTakesItsShareAsItJoins(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	opts := []Option{WithNodeTTL(8 * time.Second), WithHeartbeat(3 * time.Second)}
+	c := newTestCluster(t, 12)
+	c.startSpread([]string{"a", "b", "c"}, 0, opts...)
+	c.waitConverged(10*time.Second, "a", "b", "c")
+	c.stopAll()
+
+	c.startSpread([]string{"d", "e", "f"}, 150*time.Millisecond, opts...)
+	c.waitConverged(10*time.Second, "d", "e", "f")
+	for _, key := range c.keys() {
+		ex, err := Explain(t.Context(), c.srv.Client(t), Service{Name: c.service}, key)
+		require.NoError(t, err)
+		require.NotNil(t, ex.LastMove, key)
+		assert.Equal(t, triggerWholeRestart, ex.LastMove.Trigger, "%s, on %s", key, ex.LastMove.To)
+	}
+}
+
 // liveOn returns, sorted, the keys live on node.
 func liveOn(c *testCluster, node string) []string {
 	var keys []string
