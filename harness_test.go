@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	"github.com/go-dim/dim/internal/faultproxy"
 	"github.com/go-dim/dim/internal/history"
 	"github.com/go-dim/dim/internal/redistest"
+	"github.com/go-dim/dim/internal/syncbuf"
 	"github.com/redis/rueidis"
 	"github.com/stretchr/testify/require"
 )
@@ -52,6 +54,7 @@ type testCluster struct {
 	srv     *redistest.Server
 	rec     *history.Recorder
 	service string
+	logs    syncbuf.Buffer // the nodes' logs at Info and up, shown if the test fails
 
 	mu      sync.Mutex
 	configs []testConfig
@@ -109,8 +112,20 @@ func newTestClusterOn(t *testing.T, keys int, srv *redistest.Server) *testCluste
 		if problems := history.Problems(c.rec.Events()); len(problems) > 0 {
 			t.Errorf("history has %d problems:\n%v", len(problems), problems)
 		}
+		if t.Failed() {
+			t.Logf("the nodes' logs, Info and up, last %d lines:\n%s", failureLogLines, lastLines(c.logs.String(), failureLogLines))
+		}
 	})
 	return c
+}
+
+// failureLogLines is how much of the nodes' logs a failed test shows.
+const failureLogLines = 300
+
+// lastLines returns the last n lines of s.
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 func (c *testCluster) setKeys(n int) {
@@ -213,9 +228,11 @@ func (c *testCluster) newNode(id string, extra ...Option) *testNode {
 			return nil
 		}),
 	}
-	if l := testLogger(c.t); l != nil {
-		opts = append(opts, WithLogger(l))
+	l := testLogger(c.t)
+	if l == nil {
+		l = slog.New(slog.NewTextHandler(&c.logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
+	opts = append(opts, WithLogger(l))
 	return c.register(id, proxy, create, append(testOptions(opts...), extra...))
 }
 
