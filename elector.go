@@ -106,11 +106,21 @@ func (e *elector) campaignLoop() {
 			}
 		}
 	}()
+	// The locker wakes its waiter when Redis tells it that the lock key
+	// changed. A notice that never comes (the key deleted by this node's own
+	// connection, of which NOLOOP tracking says nothing, or one lost under
+	// load) would leave the node waiting while the lock is free, and with
+	// no other node to take it, the service without a leader: so the
+	// campaign also tries again every lock TTL while it waits.
+	poll := time.NewTimer(e.s.lockTTL)
+	defer poll.Stop()
+	due := false // the poll timer fired while the node waited
 	for e.runCtx.Err() == nil {
 		if !e.waitMember() {
 			return
 		}
-		if !waiting {
+		if !waiting || due {
+			due = false
 			// One quick try first, so that every attempt is visible: a lock
 			// held elsewhere is an expected outcome, not an error.
 			start := time.Now()
@@ -123,15 +133,18 @@ func (e *elector) campaignLoop() {
 					continue
 				}
 				release()
-			} else if errors.Is(err, rueidislock.ErrNotLocked) {
+			} else if errors.Is(err, rueidislock.ErrNotLocked) && !waiting {
 				e.tel.election(e.runCtx, start, "lost", 0, nil)
 			}
-			waiting = true
-			go func() {
-				ctx, release, err := e.locker.WithContext(e.runCtx, lockName)
-				waited <- grant{ctx, release, err}
-			}()
+			if !waiting {
+				waiting = true
+				go func() {
+					ctx, release, err := e.locker.WithContext(e.runCtx, lockName)
+					waited <- grant{ctx, release, err}
+				}()
+			}
 		}
+		poll.Reset(e.s.lockTTL)
 		var g grant
 		select {
 		case <-e.runCtx.Done():
@@ -139,6 +152,9 @@ func (e *elector) campaignLoop() {
 		case g = <-waited:
 			waiting = false
 		case g = <-e.term.taken:
+		case <-poll.C:
+			due = true
+			continue
 		}
 		if g.err != nil {
 			if e.runCtx.Err() != nil || errors.Is(g.err, rueidislock.ErrLockerClosed) {

@@ -2,10 +2,12 @@ package dim
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/go-dim/dim/internal/redistest"
+	"github.com/redis/rueidis/rueidislock"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -185,4 +187,41 @@ func TestAnElectorHandsOffWithALastRebalance(t *testing.T) {
 	assert.Less(t, time.Since(start), testTTL, "the handoff waits for one rebalance, not a lease")
 	assert.Equal(t, map[string]int{"n2": 4}, counts(n1.assignment(t)), "the last rebalance moved the leader's keys away")
 	eventually(t, testTTL, "the term ended", func() bool { return !n1.el.isLeader() })
+}
+
+// deafLocker is a locker whose waiters are never woken: the lock key's
+// invalidation is lost (the key deleted by the node's own connection, which
+// NOLOOP keeps quiet, or a notification dropped under load). Its first try
+// fails, as if the lock were still held.
+type deafLocker struct {
+	rueidislock.Locker
+	tries atomic.Int32
+}
+
+func (l *deafLocker) WithContext(ctx context.Context, _ string) (context.Context, context.CancelFunc, error) {
+	<-ctx.Done()
+	return nil, nil, ctx.Err()
+}
+
+func (l *deafLocker) TryWithContext(ctx context.Context, name string) (context.Context, context.CancelFunc, error) {
+	if l.tries.Add(1) == 1 {
+		return nil, nil, rueidislock.ErrNotLocked
+	}
+	return l.Locker.TryWithContext(ctx, name)
+}
+
+// A waiter that is never woken still takes a free lock: the campaign tries
+// again every lock TTL while it waits. (Seen under load: a leader lost its
+// lock, its node waited for a notice that never came, the other node was
+// cut off, and for 13 s nobody led and a dead node's keys stayed dark.)
+func TestACampaignWhoseWakeUpIsLostStillTakesAFreeLock(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	n := newUnitNode(t, srv, "n1")
+	deaf := &deafLocker{Locker: n.env.locker}
+	n.env.locker = deaf
+	n.feed("a", "b")
+	startUnit(t, n)
+	eventually(t, 4*testLockTTL, "n1 leads", n.el.isLeader)
+	assert.GreaterOrEqual(t, deaf.tries.Load(), int32(2), "it tried again")
 }
