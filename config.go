@@ -21,6 +21,14 @@ type config[C any] struct {
 	hashed bool // sum is known; a node hashes only the keyed configs assigned to it
 }
 
+// hashedSum is the content hash, or "" while it is not known.
+func (c config[C]) hashedSum() string {
+	if !c.hashed {
+		return ""
+	}
+	return c.sum
+}
+
 // load calls getConfig and keys its result, all under the callback timeout:
 // getConfig, the key function and a config's JSON encoding are the user's
 // code and may hang or panic. Lazy leaves keyed configs unhashed: a node

@@ -343,10 +343,8 @@ func (p *reconcilePass[C, I]) wanted(now time.Time) []string {
 		if _, running := m.tab.running[key]; running {
 			continue
 		}
-		if _, ok := p.configs[key]; !ok || m.calls.hung.has(key) {
-			continue
-		}
-		if f := m.ledger.failures[key]; f != nil && now.Before(f.next) {
+		cfg, ok := p.configs[key]
+		if !ok || m.calls.hung.has(key) || m.ledger.backingOff(key, cfg.hashedSum(), now) {
 			continue
 		}
 		if w, ok := m.ledger.waiting[key]; ok && now.Before(w) && !retryRefused {
@@ -477,7 +475,7 @@ func (m *Manager[C, I]) createAll(ctx, leaseCtx context.Context, session string,
 		}
 		if r.err != nil {
 			failed++
-			m.ledger.recordFailure(r.job.key, "create", r.err)
+			m.ledger.recordFailure(r.job.key, r.job.cfg.hashedSum(), "create", r.err)
 			continue
 		}
 		created++
@@ -559,7 +557,7 @@ func (m *Manager[C, I]) onHealth(r healthResult[I]) {
 	}
 	m.tel.healthFailed(m.runCtx, "instance")
 	m.disconnectAll([]*entry[I]{r.e})
-	m.ledger.recordFailure(r.e.key, "health check", r.err)
+	m.ledger.recordFailure(r.e.key, r.e.sum, "health check", r.err)
 	if session, _ := m.membership.current(); session != "" {
 		m.ledger.syncStates(m.runCtx, session, m.tab.runs(), nil)
 	}

@@ -56,6 +56,27 @@ type failure struct {
 	next     time.Time
 	err      string // the last error, shortened
 	kind     string // "create" or "health check": what failed last
+	sum      string // content hash of the config that failed; "" unknown
+}
+
+// changed reports whether sum, a config's content hash, is not the one the
+// failure was made with; an unknown hash on either side counts as the same.
+func (f *failure) changed(sum string) bool { return sum != "" && f.sum != "" && sum != f.sum }
+
+// backingOff reports whether key waits out the backoff of its failures at
+// now. A config that changed since the last failure ends the streak: the
+// new config is tried at once, without the old one's backoff, which is how
+// an operator fixes a broken config.
+func (l *ledger) backingOff(key, sum string, now time.Time) bool {
+	f := l.failures[key]
+	if f == nil {
+		return false
+	}
+	if f.changed(sum) {
+		delete(l.failures, key)
+		return false
+	}
+	return now.Before(f.next)
 }
 
 // nextRetry is the earliest time a failed or refused key, or a failed read
@@ -261,12 +282,16 @@ func (l *ledger) releaseChunk(ctx context.Context, session string, keys []string
 	return nil
 }
 
-func (l *ledger) recordFailure(key, what string, err error) {
+// recordFailure counts a failed create or health check of key's instance,
+// made from the config whose content hash is sum ("" unknown), and sets
+// when the key is tried again.
+func (l *ledger) recordFailure(key, sum, what string, err error) {
 	f := l.failures[key]
-	if f == nil {
+	if f == nil || f.changed(sum) {
 		f = &failure{}
 		l.failures[key] = f
 	}
+	f.sum = sum
 	l.logPanic(key, err)
 	f.attempts++
 	f.kind = what

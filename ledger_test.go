@@ -129,7 +129,7 @@ func TestALedgerClaimsPublishesAndReleasesItsKeys(t *testing.T) {
 	// schedules the node's next look.
 	clear(l1.waiting) // as the reconcile does for granted keys
 	before := time.Now()
-	l1.recordFailure(mine[0], "health check", errors.New("boom"))
+	l1.recordFailure(mine[0], "v1", "health check", errors.New("boom"))
 	l1.syncStates(ctx, session, mine[1:], nil)
 	r, ok := n1.record(t, mine[0])
 	require.True(t, ok)
@@ -139,6 +139,19 @@ func TestALedgerClaimsPublishesAndReleasesItsKeys(t *testing.T) {
 	next := l1.nextRetry()
 	assert.False(t, next.Before(before.Add(l1.retryMin/2)), "the backoff is at least half the base delay")
 	assert.False(t, next.After(time.Now().Add(l1.retryMin)), "the first retry comes within the base delay")
+
+	// The backoff holds for the config that failed (and for a config whose
+	// hash is not known yet); a changed config ends the streak.
+	now := time.Now()
+	assert.True(t, l1.backingOff(mine[0], "v1", now))
+	assert.True(t, l1.backingOff(mine[0], "", now))
+	l1.recordFailure(mine[0], "v1", "health check", errors.New("boom"))
+	assert.Equal(t, 2, l1.failures[mine[0]].attempts, "the same config fails again: the streak goes on")
+	assert.False(t, l1.backingOff(mine[0], "v2", now), "a changed config is tried at once")
+	assert.NotContains(t, l1.failures, mine[0])
+	l1.recordFailure(mine[0], "v1", "health check", errors.New("boom"))
+	l1.recordFailure(mine[0], "v2", "create", errors.New("bad password"))
+	assert.Equal(t, 1, l1.failures[mine[0]].attempts, "the new config's first failure counts from one")
 
 	// A release frees the keys and their records.
 	require.NoError(t, l1.release(ctx, session, mine))

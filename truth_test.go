@@ -270,6 +270,40 @@ func TestAnInstanceThatAlwaysFailsItsHealthCheckBacksOff(t *testing.T) {
 	assert.Contains(t, ks.LastError, "upstream answers 500")
 }
 
+// A changed config is tried at once: the backoff a key earned with its old
+// config is not carried over to the new one, which is how an operator fixes
+// a broken config.
+func TestAChangedConfigEndsTheBackoffOfItsKey(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 2)
+	var fixed atomic.Bool
+	c.healthErr.Store("cfg-01", func() error {
+		if fixed.Load() {
+			return nil
+		}
+		return errors.New("wrong password")
+	})
+	n := c.newNode("n1")
+	// A backoff far longer than the test: only a reset brings the key back.
+	n.m.ledger.retryMin, n.m.ledger.retryMax = time.Hour, time.Hour
+	c.startNode(n)
+	c.eventually(10*time.Second, "cfg-01 failed its health check", func() bool {
+		return c.status().Keys["cfg-01"].Attempts == 1
+	})
+	require.Empty(t, c.rec.LiveByKey()["cfg-01"], "disconnected, and waiting out its backoff")
+
+	fixed.Store(true)
+	cfgs := []testConfig{{Key: "cfg-00"}, {Key: "cfg-01", Version: 2}}
+	c.setConfigs(cfgs)
+	c.eventually(10*time.Second, "the new config of cfg-01 created at once", func() bool {
+		live := c.rec.LiveByKey()["cfg-01"]
+		return len(live) == 1 && c.status().Keys["cfg-01"].Attempts == 0
+	})
+	c.waitConverged(10*time.Second, "n1")
+}
+
 func TestAPanicLogsItsStackOnce(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test")
