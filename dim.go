@@ -81,7 +81,8 @@ import (
 //     owns the instance table: it reconciles on nodeCh (its assigned keys
 //     against what runs), stops everything on fenceCh, runs health checks
 //     on healthTickCh and takes their results from healthCh, files
-//     prepares from prepareCh, and hands off on handoffCh when Stop asks.
+//     prepares from prepareCh and creates that outlast their reconcile
+//     from createdCh, and hands off on handoffCh when Stop asks.
 //     It works through three helpers it owns, none of which decides
 //     anything: callbacks (callbacks.go) calls the user's hooks, bounded
 //     and traced, and keeps the live instances and the keys whose calls
@@ -100,9 +101,9 @@ import (
 // wakes both loops.
 //
 // Each signal channel has a buffer of one and signal never blocks, so a
-// burst of events wakes its loop once. healthCh, handoffCh and the
-// elector's handoffCh are unbuffered: a sender waits for the loop (or for
-// the node to stop).
+// burst of events wakes its loop once. healthCh, createdCh, handoffCh and
+// the elector's handoffCh are unbuffered: a sender waits for the loop (or
+// for the node to stop).
 type Manager[C, I any] struct {
 	*env
 	getConfig   func(context.Context) ([]C, error)
@@ -126,6 +127,8 @@ type Manager[C, I any] struct {
 	// Unbuffered: the sender waits for the loop that takes it.
 	healthCh  chan healthResult[I]
 	handoffCh chan chan struct{}
+	createdCh chan createResult[C, I] // creates that outlasted their reconcile
+	createSem chan struct{}           // a slot per create under way (WithCreateConcurrency)
 
 	// Owned by the node loop.
 	tab           table[I]
@@ -199,6 +202,8 @@ func New[C, I any](
 		healthTickCh:  make(chan struct{}, 1),
 		healthCh:      make(chan healthResult[I]),
 		handoffCh:     make(chan chan struct{}),
+		createdCh:     make(chan createResult[C, I]),
+		createSem:     make(chan struct{}, s.createConcurrency),
 		tab:           newTable[I](),
 		configBackoff: newBackoff(100*time.Millisecond, 30*time.Second),
 		view:          map[string]I{},

@@ -63,6 +63,7 @@ type testCluster struct {
 	// Failure injection, by key; nil means succeed.
 	createErr    sync.Map // key → func() error
 	healthErr    sync.Map // key → func() error
+	disconnectIn sync.Map // key → func(): runs in the disconnect hook, before the instance ends
 	crashes      sync.WaitGroup
 	getConfErr   atomic.Pointer[error]
 	getConfFails atomic.Int64
@@ -218,6 +219,9 @@ func (c *testCluster) newNode(id string, extra ...Option) *testNode {
 		WithNodeID(id),
 		WithRedis(ropt),
 		WithDisconnect(func(_ context.Context, inst *testInst) error {
+			if f, ok := c.disconnectIn.Load(inst.key); ok {
+				f.(func())()
+			}
 			c.rec.Down(inst.node, inst.key, inst.id)
 			return nil
 		}),

@@ -122,6 +122,12 @@ func (l *ledger) syncStates(ctx context.Context, session string, running []strin
 			want[key] = rec(KeyHung)
 		}
 	}
+	// A disconnect that runs on shows as stopping until it returns.
+	for key := range l.stopping {
+		if r, ok := l.states[key]; ok && r.State == KeyStopping {
+			want[key] = r
+		}
+	}
 	for key := range unknown {
 		if _, ok := want[key]; !ok {
 			want[key] = rec(KeyUnknown)
@@ -205,10 +211,14 @@ func (l *ledger) publishStates(ctx context.Context, session string, since int64,
 }
 
 // markStopping publishes keys whose disconnect still runs as stopping,
-// each under the session its instance ran under.
+// each under the session its instance ran under; they show so until
+// stopped is called for them.
 func (l *ledger) markStopping(keys, sessions []string) {
 	if len(keys) == 0 {
 		return
+	}
+	for _, key := range keys {
+		l.stopping[key] = true
 	}
 	args := make([]string, 0, 2*len(keys))
 	for i, key := range keys {
@@ -219,6 +229,9 @@ func (l *ledger) markStopping(keys, sessions []string) {
 	}
 	_, _ = l.publishStates(l.runCtx, sessions[len(sessions)-1], 0, nil, args)
 }
+
+// stopped ends the stopping state of key: its disconnect returned.
+func (l *ledger) stopped(key string) { delete(l.stopping, key) }
 
 // shortError is an error's message, cut to maxErrLen.
 func shortError(err error) string {

@@ -27,6 +27,7 @@ type ledger struct {
 
 	claimed  map[string]uint64    // keys this node owns in Redis, with tokens
 	failures map[string]*failure  // keys whose create or health check failed
+	stopping map[string]bool      // keys shown as stopping until their disconnect returns
 	waiting  map[string]time.Time // keys whose claim was refused, and when to retry
 	states   map[string]keyRecord // what Redis holds of this node's key states
 	avoiding map[string]avoidMark // keys this node asked the leader to place elsewhere, and why
@@ -44,6 +45,7 @@ func newLedger(e *env, mem *membership, hung *hungSet, confirmed *confirmedKeys)
 		retryMax:   30 * time.Second,
 		claimed:    make(map[string]uint64),
 		failures:   make(map[string]*failure),
+		stopping:   make(map[string]bool),
 		waiting:    make(map[string]time.Time),
 		states:     make(map[string]keyRecord),
 		avoiding:   make(map[string]avoidMark),
@@ -104,6 +106,7 @@ func (l *ledger) nextRetry() time.Time {
 
 // forget drops the books of a session that ended: its claims died with it.
 func (l *ledger) forget() {
+	clear(l.stopping)
 	clear(l.claimed)
 	clear(l.waiting)
 	clear(l.states)
@@ -129,6 +132,7 @@ func (l *ledger) releaseAll(ctx context.Context, session string) {
 	clear(l.claimed)
 	clear(l.waiting)
 	clear(l.failures)
+	clear(l.stopping)
 	if session, _ := l.membership.current(); session != "" {
 		l.syncStates(context.WithoutCancel(ctx), session, nil, nil)
 	}

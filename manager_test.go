@@ -538,6 +538,60 @@ func TestAHangingCreateDoesNotSpinTheNodeLoop(t *testing.T) {
 	c.waitConverged(10*time.Second, "n1")
 }
 
+// A create that takes its time holds up no other key: while it runs, the
+// node creates a key that fails over to it, and stops one that moves away.
+func TestASlowCreateHoldsUpNoOtherKey(t *testing.T) {
+	c := newTestCluster(t, 4)
+	release := make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock)
+	n := c.start("n1", WithCallbackTimeout(time.Minute))
+	c.waitConverged(10*time.Second, "n1")
+	c.createErr.Store("cfg-04", func() error { <-release; return nil })
+	c.setKeys(6) // cfg-04 is slow; cfg-05 is not
+	c.eventually(10*time.Second, "cfg-05 running while cfg-04's create runs", func() bool {
+		_, ok := n.m.Instances()["cfg-05"]
+		return ok && c.status().Keys["cfg-05"].State == KeyRunning
+	})
+	// A second node joins: keys move to it while the create still runs.
+	c.start("n2", WithCallbackTimeout(time.Minute))
+	c.eventually(10*time.Second, "keys moved to n2 while cfg-04's create runs", func() bool {
+		return c.loads()["n2"] >= 2
+	})
+	_, created := n.m.Instances()["cfg-04"]
+	require.False(t, created, "cfg-04's create still runs")
+	unblock()
+	c.waitConverged(10*time.Second, "n1", "n2")
+}
+
+// A disconnect that takes its time holds up no other key: while it runs,
+// the node replaces every other instance whose config changed.
+func TestASlowDisconnectHoldsUpNoOtherKey(t *testing.T) {
+	c := newTestCluster(t, 4)
+	release := make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock)
+	n := c.start("n1", WithCallbackTimeout(time.Minute))
+	c.waitConverged(10*time.Second, "n1")
+	c.disconnectIn.Store("cfg-00", func() { <-release })
+	cfgs := []testConfig{{Key: "cfg-00", Version: 2}, {Key: "cfg-01", Version: 2}, {Key: "cfg-02", Version: 2}, {Key: "cfg-03"}}
+	c.setConfigs(cfgs)
+	c.eventually(10*time.Second, "cfg-01 and cfg-02 replaced while cfg-00's disconnect runs", func() bool {
+		return n.m.Instances()["cfg-01"] != nil && n.m.Instances()["cfg-01"].version == 2 &&
+			n.m.Instances()["cfg-02"] != nil && n.m.Instances()["cfg-02"].version == 2
+	})
+	assert.Equal(t, KeyStopping, c.status().Keys["cfg-00"].State, "the slow one shows as stopping")
+	assert.Len(t, c.rec.LiveByKey()["cfg-00"], 1, "its old instance has not returned from disconnect")
+	unblock()
+	c.eventually(10*time.Second, "cfg-00 replaced once its disconnect returned", func() bool {
+		inst := n.m.Instances()["cfg-00"]
+		return inst != nil && inst.version == 2
+	})
+	c.waitConverged(10*time.Second, "n1")
+}
+
 func TestStopDuringAStartThatCannotReachRedis(t *testing.T) {
 	c := newTestCluster(t, 1)
 	n := c.newNode("n1")
