@@ -417,3 +417,22 @@ func (c *testCluster) loads() map[string]int {
 func redisOption(addrs ...string) rueidis.ClientOption {
 	return rueidis.ClientOption{InitAddress: addrs, Dialer: net.Dialer{Timeout: time.Second}}
 }
+
+// gate holds a callback until the test opens it; a test's cleanup opens it
+// at the latest, so that nothing waits on it past the test.
+type gate struct {
+	ch   chan struct{}
+	once sync.Once
+}
+
+func newGate(t *testing.T) *gate {
+	g := &gate{ch: make(chan struct{})}
+	t.Cleanup(g.open)
+	return g
+}
+
+// wait blocks until the gate opens.
+func (g *gate) wait() { <-g.ch }
+
+// open lets every waiter go; it may be called more than once.
+func (g *gate) open() { g.once.Do(func() { close(g.ch) }) }

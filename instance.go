@@ -629,7 +629,20 @@ func (m *Manager[C, I]) awaitCreates() {
 
 // disconnectAll stops entries, all at once, removes them from the table and
 // waits until each disconnect hook returned or was abandoned.
-func (m *Manager[C, I]) disconnectAll(entries []*entry[I]) {
+func (m *Manager[C, I]) disconnectAll(entries []*entry[I]) { m.stopEntries(entries, false) }
+
+// stopInBackground is disconnectAll for the node loop's own moves: the
+// disconnects still running after stoppingAfter finish in the background,
+// their keys busy (see table) until they return, which wakes the node loop.
+func (m *Manager[C, I]) stopInBackground(entries []*entry[I]) { m.stopEntries(entries, true) }
+
+// stopEntries stops entries, all at once, and removes them from the table.
+// Disconnects that take longer than stoppingAfter show as stopping; in the
+// background, or waited for.
+func (m *Manager[C, I]) stopEntries(entries []*entry[I], background bool) {
+	if len(entries) == 0 {
+		return
+	}
 	chans := make([]<-chan struct{}, 0, len(entries))
 	for _, e := range entries {
 		delete(m.tab.running, e.key)
@@ -643,51 +656,31 @@ func (m *Manager[C, I]) disconnectAll(entries []*entry[I]) {
 			m.live.advance()
 			continue
 		case <-slow.C:
-			// Disconnects that take their time show as stopping.
-			m.ledger.markStopping(stillStopping(entries[i:], chans[i:]))
 		}
-		<-ch
-		m.live.advance()
+		keys, sessions := stillStopping(entries[i:], chans[i:])
+		m.ledger.markStopping(keys, sessions)
+		if background {
+			// Each key marked stopping goes to the table's stopping set, even
+			// if its disconnect has returned since: the sweep ends its state.
+			for _, e := range entries[i:] {
+				if slices.Contains(keys, e.key) {
+					m.tab.stopping[e.key] = e
+					m.calls.wg.Go(func() {
+						<-e.stopped
+						m.calls.triggerNode()
+					})
+				}
+			}
+			return
+		}
+		for _, ch := range chans[i:] {
+			<-ch
+			m.live.advance()
+		}
+		break
 	}
 	for _, e := range entries {
 		m.ledger.stopped(e.key)
-	}
-}
-
-// stopInBackground stops entries, all at once, and removes them from the
-// table. It waits stoppingAfter for their disconnect hooks; those still
-// running then show as stopping and finish in the background, their keys
-// busy (see table) until they return, which wakes the node loop.
-func (m *Manager[C, I]) stopInBackground(entries []*entry[I]) {
-	if len(entries) == 0 {
-		return
-	}
-	chans := make([]<-chan struct{}, 0, len(entries))
-	for _, e := range entries {
-		delete(m.tab.running, e.key)
-		chans = append(chans, m.calls.instances.begin(e))
-	}
-	wait := time.NewTimer(stoppingAfter)
-	defer wait.Stop()
-	for i, ch := range chans {
-		select {
-		case <-ch:
-			m.live.advance()
-			continue
-		case <-wait.C:
-		}
-		keys, sessions := stillStopping(entries[i:], chans[i:])
-		for _, e := range entries[i:] {
-			if slices.Contains(keys, e.key) {
-				m.tab.stopping[e.key] = e
-				m.calls.wg.Go(func() {
-					<-e.stopped
-					m.calls.triggerNode()
-				})
-			}
-		}
-		m.ledger.markStopping(keys, sessions)
-		return
 	}
 }
 

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -187,10 +186,7 @@ func TestAFailingHealthCheckDisconnectsAndRecreates(t *testing.T) {
 func TestCreateInstanceThatErrsPanicsOrHangsIsRetried(t *testing.T) {
 	c := newTestCluster(t, 4)
 	var errs, panics, hangs atomic.Int32
-	release := make(chan struct{})
-	var once sync.Once
-	unblock := func() { once.Do(func() { close(release) }) }
-	t.Cleanup(unblock)
+	hold := newGate(t)
 	c.createErr.Store("cfg-00", func() error {
 		if errs.Add(1) <= 2 {
 			return errors.New("connection refused")
@@ -205,7 +201,7 @@ func TestCreateInstanceThatErrsPanicsOrHangsIsRetried(t *testing.T) {
 	})
 	c.createErr.Store("cfg-02", func() error {
 		if hangs.Add(1) == 1 {
-			<-release // ignores its context, like a stuck dial
+			hold.wait() // ignores its context, like a stuck dial
 		}
 		return nil
 	})
@@ -220,7 +216,7 @@ func TestCreateInstanceThatErrsPanicsOrHangsIsRetried(t *testing.T) {
 	assert.EqualValues(t, 1, hangs.Load())
 	// ...until it returns; then its late instance is disconnected and the
 	// key created anew.
-	unblock()
+	hold.open()
 	c.eventually(10*time.Second, "cfg-02 created again", func() bool { return hangs.Load() >= 2 })
 	c.waitConverged(15*time.Second, "n1")
 	assert.GreaterOrEqual(t, errs.Load(), int32(3))
@@ -520,11 +516,8 @@ func TestStopReturnsWhenLeadershipEndsDuringTheHandoff(t *testing.T) {
 
 func TestAHangingCreateDoesNotSpinTheNodeLoop(t *testing.T) {
 	c := newTestCluster(t, 2)
-	release := make(chan struct{})
-	var once sync.Once
-	unblock := func() { once.Do(func() { close(release) }) }
-	t.Cleanup(unblock)
-	c.createErr.Store("cfg-01", func() error { <-release; return nil })
+	hold := newGate(t)
+	c.createErr.Store("cfg-01", func() error { hold.wait(); return nil })
 	obs := newObserved(t)
 	n := c.start("n1", append(obs.options(), WithCallbackTimeout(200*time.Millisecond))...)
 	c.eventually(5*time.Second, "the create given up on", func() bool { return n.m.calls.hung.has("cfg-01") })
@@ -534,7 +527,7 @@ func TestAHangingCreateDoesNotSpinTheNodeLoop(t *testing.T) {
 		return len(obs.ended(spanCreate)) > 0 && obs.ended(spanCreate)[0].EndTime().Add(2*time.Second).Before(time.Now())
 	})
 	assert.Less(t, len(obs.ended(spanReconcile))-before, 20, "reconciles while one create hangs")
-	unblock()
+	hold.open()
 	c.waitConverged(10*time.Second, "n1")
 }
 
@@ -542,13 +535,10 @@ func TestAHangingCreateDoesNotSpinTheNodeLoop(t *testing.T) {
 // node creates a key that fails over to it, and stops one that moves away.
 func TestASlowCreateHoldsUpNoOtherKey(t *testing.T) {
 	c := newTestCluster(t, 4)
-	release := make(chan struct{})
-	var once sync.Once
-	unblock := func() { once.Do(func() { close(release) }) }
-	t.Cleanup(unblock)
+	hold := newGate(t)
 	n := c.start("n1", WithCallbackTimeout(time.Minute))
 	c.waitConverged(10*time.Second, "n1")
-	c.createErr.Store("cfg-04", func() error { <-release; return nil })
+	c.createErr.Store("cfg-04", func() error { hold.wait(); return nil })
 	c.setKeys(6) // cfg-04 is slow; cfg-05 is not
 	c.eventually(10*time.Second, "cfg-05 running while cfg-04's create runs", func() bool {
 		_, ok := n.m.Instances()["cfg-05"]
@@ -561,7 +551,7 @@ func TestASlowCreateHoldsUpNoOtherKey(t *testing.T) {
 	})
 	_, created := n.m.Instances()["cfg-04"]
 	require.False(t, created, "cfg-04's create still runs")
-	unblock()
+	hold.open()
 	c.waitConverged(10*time.Second, "n1", "n2")
 }
 
@@ -569,13 +559,10 @@ func TestASlowCreateHoldsUpNoOtherKey(t *testing.T) {
 // the node replaces every other instance whose config changed.
 func TestASlowDisconnectHoldsUpNoOtherKey(t *testing.T) {
 	c := newTestCluster(t, 4)
-	release := make(chan struct{})
-	var once sync.Once
-	unblock := func() { once.Do(func() { close(release) }) }
-	t.Cleanup(unblock)
+	hold := newGate(t)
 	n := c.start("n1", WithCallbackTimeout(time.Minute))
 	c.waitConverged(10*time.Second, "n1")
-	c.disconnectIn.Store("cfg-00", func() { <-release })
+	c.disconnectIn.Store("cfg-00", func() { hold.wait() })
 	cfgs := []testConfig{{Key: "cfg-00", Version: 2}, {Key: "cfg-01", Version: 2}, {Key: "cfg-02", Version: 2}, {Key: "cfg-03"}}
 	c.setConfigs(cfgs)
 	c.eventually(10*time.Second, "cfg-01 and cfg-02 replaced while cfg-00's disconnect runs", func() bool {
@@ -584,7 +571,7 @@ func TestASlowDisconnectHoldsUpNoOtherKey(t *testing.T) {
 	})
 	assert.Equal(t, KeyStopping, c.status().Keys["cfg-00"].State, "the slow one shows as stopping")
 	assert.Len(t, c.rec.LiveByKey()["cfg-00"], 1, "its old instance has not returned from disconnect")
-	unblock()
+	hold.open()
 	c.eventually(10*time.Second, "cfg-00 replaced once its disconnect returned", func() bool {
 		inst := n.m.Instances()["cfg-00"]
 		return inst != nil && inst.version == 2

@@ -266,10 +266,7 @@ func TestAHangingKeyFunctionFreezesNeitherTheNodeNorTheLeader(t *testing.T) {
 		t.Skip("integration test")
 	}
 	c := newSafetyCluster(t, 4)
-	release := make(chan struct{})
-	var once sync.Once
-	unblock := func() { once.Do(func() { close(release) }) }
-	t.Cleanup(unblock)
+	hold := newGate(t)
 	var armed atomic.Bool
 	var inflight, most, calls atomic.Int32
 	// On n1 only, the key of cfg-00 hangs while armed, ignoring everything,
@@ -284,7 +281,7 @@ func TestAHangingKeyFunctionFreezesNeitherTheNodeNorTheLeader(t *testing.T) {
 					break
 				}
 			}
-			<-release
+			hold.wait()
 			inflight.Add(-1)
 		}
 		return cfg.Key
@@ -318,14 +315,14 @@ func TestAHangingKeyFunctionFreezesNeitherTheNodeNorTheLeader(t *testing.T) {
 		t.Logf("Stop(500ms) returned after %v", time.Since(start))
 	case <-time.After(1500 * time.Millisecond):
 		t.Errorf("Stop with a 500ms context has not returned after %v while the key function hangs", time.Since(start))
-		unblock()
+		hold.open()
 		<-stopped
 	}
 
 	// (c) No pile-up: at most one abandoned call of each kind (the leader's
 	// configs, the node's configs) hangs at a time.
 	assert.LessOrEqual(t, most.Load(), int32(2), "concurrent calls of the hanging key function on n1 (%d calls in all)", calls.Load())
-	unblock()
+	hold.open()
 }
 
 // 7. json.Marshal does not recover a panic of MarshalJSON: the content hash,
