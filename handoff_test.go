@@ -44,9 +44,9 @@ func (l *handoffLog) counts() (prepared, activated, disposed int) {
 // preparingNode makes a node whose instances are prepared by prepare (after
 // its own delay or error) and activated; activated lives are recorded in the
 // cluster's history, prepared ones in log.
-func (c *testCluster) preparingNode(id string, log *handoffLog, prepare func(ctx context.Context, key string) error, within time.Duration) *testNode {
+func (c *testCluster) preparingNode(id string, log *handoffLog, prepare func(ctx context.Context, key string) error, within time.Duration, extra ...Option) *testNode {
 	type handoffInst = *testInst
-	return c.newNode(id,
+	return c.newNode(id, append([]Option{
 		WithPrepare(func(ctx context.Context, cfg testConfig) (handoffInst, error) {
 			log.add("prepare %s %s", cfg.Key, id)
 			if err := prepare(ctx, cfg.Key); err != nil {
@@ -80,7 +80,7 @@ func (c *testCluster) preparingNode(id string, log *handoffLog, prepare func(ctx
 			log.add("down %s %s", inst.key, id)
 			c.rec.Down(inst.node, inst.key, inst.id)
 			return nil
-		}))
+		})}, extra...)...)
 }
 
 // sleepFor is a prepare that takes d, like a slow login.
@@ -133,6 +133,38 @@ func TestAHandoffPreparesTheNewInstanceBeforeTheOldOneStops(t *testing.T) {
 	assert.Equal(t, 4, a, "a cold start creates with createInstance; only the moves activate")
 	assert.Zero(t, d)
 	assert.Empty(t, history.Overlaps(c.rec.Events()), "activated instances never overlap")
+}
+
+// A key that moves while its create still runs on the old owner: the new
+// owner prepares and announces meanwhile, and the old owner lets the key go
+// as soon as its create is filed, not after the whole prepare timeout.
+func TestAnAnnouncementForAKeyStillBeingCreatedIsKept(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 8)
+	hold := newGate(t)
+	for _, key := range c.keys() {
+		c.createErr.Store(key, func() error { hold.wait(); return nil })
+	}
+	const within = 20 * time.Second
+	log := &handoffLog{}
+	obs := newObserved(t)
+	c.startNode(c.preparingNode("n1", log, sleepFor(0), within, append(obs.options(), WithCallbackTimeout(time.Minute))...))
+	c.eventually(10*time.Second, "every create under way on n1", func() bool { return c.creates.Load() == 8 })
+	c.startNode(c.preparingNode("n2", log, sleepFor(0), within, WithCallbackTimeout(time.Minute)))
+	c.eventually(10*time.Second, "n2 prepared its share and announced it", func() bool {
+		p, _, _ := log.counts()
+		return p == 4
+	})
+	// n1 reconciles after the announcements, while its creates still run.
+	seen := len(obs.ended(spanReconcile))
+	c.eventually(10*time.Second, "n1 reconciled since", func() bool { return len(obs.ended(spanReconcile)) > seen })
+	hold.open()
+	c.eventually(within/4, "n2 runs its share well before the prepare timeout", func() bool {
+		return c.converged("n1", "n2")
+	})
+	assert.Empty(t, history.Overlaps(c.rec.Events()))
 }
 
 func TestAPreparedInstanceThatIsNotActivatedIsDisposedOfOnce(t *testing.T) {

@@ -73,7 +73,9 @@ func (t *table[I]) runs() []string {
 	return keys
 }
 
-// has reports whether key has an instance in the table, running or stopping.
+// has reports whether key has an instance in the table: running, or
+// stopped behind the node loop's back and not yet taken out (see dropStale);
+// not creating, nor stopping in the background.
 func (t *table[I]) has(key string) bool {
 	_, ok := t.running[key]
 	return ok
@@ -166,7 +168,7 @@ func (m *Manager[C, I]) nextRetry() (time.Time, bool) {
 	if session, _ := m.membership.current(); !m.life.canTakeWork(session) {
 		return time.Time{}, false
 	}
-	at := m.ledger.nextRetry()
+	at := m.ledger.nextRetry(func(key string) bool { return m.tab.has(key) || m.tab.busy(key) })
 	if d := m.handoffs.nextDeadline(); !d.IsZero() && (at.IsZero() || d.Before(at)) {
 		at = d
 	}
@@ -253,10 +255,6 @@ func (p *reconcilePass[C, I]) stopMoved() time.Time {
 	for key, e := range m.tab.running {
 		cfg, ok := configs[key]
 		switch {
-		case e.stopping.Load():
-			// Stopped behind the node loop's back: after a restore, Redis
-			// no longer says this node owns it.
-			stop = append(stop, e)
 		case !mine[key] && ok && m.handoffs.holdMoved(key, ready, now):
 			// Moved away: it runs on until the new owner has prepared.
 		case !mine[key] || !ok:
@@ -267,6 +265,15 @@ func (p *reconcilePass[C, I]) stopMoved() time.Time {
 			replace = append(replace, e)
 		}
 	}
+	// An announcement for a key whose create still runs here counts once
+	// the create is filed: keep it for a later reconcile.
+	var later []string
+	for key := range ready {
+		if _, creating := m.tab.creating[key]; creating {
+			later = append(later, key)
+		}
+	}
+	m.handoffs.announced.add(later)
 	m.stopInBackground(append(stop, replace...))
 	p.stats.disconnected = len(stop)
 	p.stats.replaced = len(replace)
@@ -425,8 +432,10 @@ func (p *reconcilePass[C, I]) unknown() map[string]bool {
 // asked for: each page is a bounded command, however many keys there are.
 const scanPage = 1000
 
-// dropStale disconnects instances that run under an older lease: the node was
-// fenced and may have rejoined since.
+// dropStale stops instances that run under an older lease (the node was
+// fenced and may have rejoined since) and takes out those stopped behind
+// the node loop's back (after a restore, Redis no longer says this node
+// owns them).
 func (m *Manager[C, I]) dropStale(session string) {
 	var stale []*entry[I]
 	for _, e := range m.tab.running {
@@ -434,9 +443,7 @@ func (m *Manager[C, I]) dropStale(session string) {
 			stale = append(stale, e)
 		}
 	}
-	if len(stale) > 0 {
-		m.disconnectAll(stale)
-	}
+	m.stopInBackground(stale)
 	if session == "" {
 		m.ledger.forget()
 	}
@@ -484,7 +491,8 @@ type createResult[C, I any] struct {
 // createAll starts creating instances, at most WithCreateConcurrency at a
 // time, and files them in the table as they come, until passWait passes
 // with none. The others finish in the background: the node loop files them
-// from createdCh, and until then their keys are busy (see table).
+// from createdCh, and until then their keys are busy (see table). It counts
+// the creates it filed, for the reconcile's span.
 func (m *Manager[C, I]) createAll(ctx, leaseCtx context.Context, session string, jobs []createJob[C]) (created, failed int) {
 	if len(jobs) == 0 {
 		return 0, 0

@@ -82,12 +82,13 @@ func (l *ledger) backingOff(key, sum string, now time.Time) bool {
 }
 
 // nextRetry is the earliest time a failed or refused key, or a failed read
-// or write, should be tried again; zero if none.
-func (l *ledger) nextRetry() time.Time {
+// or write, should be tried again; zero if none. A failed key that is busy
+// (it runs again, or a call of its is under way) waits for no time.
+func (l *ledger) nextRetry(busy func(key string) bool) time.Time {
 	var at time.Time
 	for key, f := range l.failures {
-		if l.hung.has(key) {
-			continue // its call's return wakes the loop
+		if l.hung.has(key) || busy(key) {
+			continue // its call's return, or its instance's next check, wakes the loop
 		}
 		if at.IsZero() || f.next.Before(at) {
 			at = f.next

@@ -136,7 +136,8 @@ func TestALedgerClaimsPublishesAndReleasesItsKeys(t *testing.T) {
 	assert.Equal(t, KeyFailing, r.State)
 	assert.Equal(t, 1, r.Attempts)
 	assert.Equal(t, "boom", r.Err)
-	next := l1.nextRetry()
+	next := l1.nextRetry(func(string) bool { return false })
+	assert.True(t, l1.nextRetry(func(string) bool { return true }).IsZero(), "a busy key's backoff wakes nothing")
 	assert.False(t, next.Before(before.Add(l1.retryMin/2)), "the backoff is at least half the base delay")
 	assert.False(t, next.After(time.Now().Add(l1.retryMin)), "the first retry comes within the base delay")
 

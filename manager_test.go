@@ -579,6 +579,65 @@ func TestASlowDisconnectHoldsUpNoOtherKey(t *testing.T) {
 	c.waitConverged(10*time.Second, "n1")
 }
 
+// reconcilesDuring counts the reconciles that end within the next d: a node
+// loop that waits for nothing runs a handful, one that spins thousands.
+func reconcilesDuring(obs *observed, d time.Duration) int {
+	before := len(obs.ended(spanReconcile))
+	<-time.After(d) // the window measured, not a synchronisation
+	return len(obs.ended(spanReconcile)) - before
+}
+
+// A key whose backoff has passed while a call of its is still under way, or
+// while it runs again, wakes the node loop for nothing: the loop must not
+// spin on it.
+func TestABusyKeysBackoffDoesNotSpinTheNodeLoop(t *testing.T) {
+	c := newTestCluster(t, 3)
+	hold := newGate(t)
+	var creates, checks atomic.Int32
+	// cfg-01: its first create fails, its retry takes its time.
+	c.createErr.Store("cfg-01", func() error {
+		if creates.Add(1) == 1 {
+			return errors.New("first attempt fails")
+		}
+		hold.wait()
+		return nil
+	})
+	// cfg-02: fails one health check and runs again; its failure is kept
+	// until a check passes.
+	c.healthErr.Store("cfg-02", func() error {
+		if checks.Add(1) == 1 {
+			return errors.New("unhealthy once")
+		}
+		return nil
+	})
+	obs := newObserved(t)
+	n := c.start("n1", append(obs.options(), WithCallbackTimeout(time.Minute), WithHealthcheckSchedule("@every 3s"))...)
+	c.eventually(10*time.Second, "cfg-01's retry under way and cfg-02 running again", func() bool {
+		_, again := n.m.Instances()["cfg-02"]
+		return creates.Load() >= 2 && checks.Load() >= 1 && again
+	})
+	assert.Less(t, reconcilesDuring(obs, time.Second), 20, "reconciles in a second, with both backoffs passed")
+	hold.open()
+	c.waitConverged(10*time.Second, "n1")
+}
+
+// A slow disconnect after a failed health check: once the backoff has
+// passed, the node loop waits for the disconnect without spinning.
+func TestASlowDisconnectAfterAFailedHealthCheckDoesNotSpinTheNodeLoop(t *testing.T) {
+	c := newTestCluster(t, 2)
+	hold := newGate(t)
+	obs := newObserved(t)
+	c.start("n1", append(obs.options(), WithCallbackTimeout(time.Minute))...)
+	c.waitConverged(10*time.Second, "n1")
+	c.disconnectIn.Store("cfg-01", hold.wait)
+	c.healthErr.Store("cfg-01", func() error { return errors.New("unhealthy") })
+	c.eventually(10*time.Second, "cfg-01 stopping", func() bool { return c.status().Keys["cfg-01"].State == KeyStopping })
+	assert.Less(t, reconcilesDuring(obs, time.Second), 20, "reconciles in a second while the disconnect runs")
+	hold.open()
+	c.healthErr.Delete("cfg-01")
+	c.waitConverged(10*time.Second, "n1")
+}
+
 func TestStopDuringAStartThatCannotReachRedis(t *testing.T) {
 	c := newTestCluster(t, 1)
 	n := c.newNode("n1")
