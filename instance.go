@@ -534,7 +534,9 @@ const passWait = 100 * time.Millisecond
 
 // dispatch runs the jobs' creates (or activates, with a prepared instance),
 // at most WithCreateConcurrency at a time, and hands each result to the node
-// loop. If the node stops first, the jobs not begun are given back undone.
+// loop. Once the node has stopped, the jobs not begun are dropped (their
+// prepared instances disposed of) and an instance nobody will file is
+// stopped.
 func (m *Manager[C, I]) dispatch(ctx, leaseCtx context.Context, session string, jobs []createJob[C], pres []*prepared[I]) {
 	for i, job := range jobs {
 		select {
