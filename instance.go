@@ -667,19 +667,21 @@ func (m *Manager[C, I]) stopEntries(entries []*entry[I], background bool) {
 			continue
 		case <-slow.C:
 		}
-		keys, sessions := stillStopping(entries[i:], chans[i:])
+		slow := stillStopping(entries[i:], chans[i:])
+		keys, sessions := make([]string, len(slow)), make([]string, len(slow))
+		for j, e := range slow {
+			keys[j], sessions[j] = e.key, e.session
+		}
 		m.ledger.markStopping(keys, sessions)
 		if background {
 			// Each key marked stopping goes to the table's stopping set, even
 			// if its disconnect has returned since: the sweep ends its state.
-			for _, e := range entries[i:] {
-				if slices.Contains(keys, e.key) {
-					m.tab.stopping[e.key] = e
-					m.calls.wg.Go(func() {
-						<-e.stopped
-						m.calls.triggerNode()
-					})
-				}
+			for _, e := range slow {
+				m.tab.stopping[e.key] = e
+				m.calls.wg.Go(func() {
+					<-e.stopped
+					m.calls.triggerNode()
+				})
 			}
 			return
 		}
@@ -720,17 +722,17 @@ func (m *Manager[C, I]) awaitStopping() {
 // stopping; quicker ones are never published.
 const stoppingAfter = 100 * time.Millisecond
 
-// stillStopping lists the entries whose disconnect still runs, with their
-// sessions.
-func stillStopping[I any](entries []*entry[I], chans []<-chan struct{}) (keys, sessions []string) {
+// stillStopping lists the entries whose disconnect still runs.
+func stillStopping[I any](entries []*entry[I], chans []<-chan struct{}) []*entry[I] {
+	var slow []*entry[I]
 	for i, e := range entries {
 		select {
 		case <-chans[i]:
 		default:
-			keys, sessions = append(keys, e.key), append(sessions, e.session)
+			slow = append(slow, e)
 		}
 	}
-	return keys, sessions
+	return slow
 }
 
 // fenced is the membership's word that the lease ended, and why: every
