@@ -77,19 +77,22 @@ import (
 //     watchLeaderLoop steps down a leader whose loop stops making
 //     progress. The Manager feeds it the keys to balance (electorFeed).
 //   - The Manager keeps the lifecycle (lifecycle.go) and the configs
-//     (config.go), and runs the node loop (nodeLoop, instance.go), which
-//     owns the instance table: it reconciles on nodeCh (its assigned keys
-//     against what runs), stops everything on fenceCh, runs health checks
-//     on healthTickCh and takes their results from healthCh, files
-//     prepares from prepareCh and creates that outlast their reconcile
-//     from createdCh, and hands off on handoffCh when Stop asks.
-//     It works through three helpers it owns, none of which decides
-//     anything: callbacks (callbacks.go) calls the user's hooks, bounded
-//     and traced, and keeps the live instances and the keys whose calls
-//     hang, which the fence and Stop reach from other goroutines; ledger
-//     (ledger.go, keystate.go) holds what the node holds in Redis — claims
-//     and their tokens, refused claims, failures and their backoff, the
-//     published key states — and makes the calls that change it; handoffs
+//     (config.go), and runs the node loop (nodeLoop, instance.go): it
+//     reconciles on nodeCh (its assigned keys against what runs), stops
+//     everything on fenceCh, runs health checks on healthTickCh and takes
+//     their results from healthCh, files prepares from prepareCh and
+//     creates that outlast their reconcile from the table's created
+//     channel, and hands off on handoffCh when Stop asks.
+//     It works through four helpers it owns, none of which decides
+//     anything: table (table.go) is what runs here and the creates and
+//     disconnects under way, started at most WithCreateConcurrency at a
+//     time and left to finish in the background when they are slow;
+//     callbacks (callbacks.go) calls the user's hooks, bounded and traced,
+//     and keeps the live instances and the keys whose calls hang, which
+//     the fence and Stop reach from other goroutines; ledger (ledger.go,
+//     keystate.go) holds what the node holds in Redis — claims and their
+//     tokens, refused claims, failures and their backoff, the published
+//     key states — and makes the calls that change it; handoffs
 //     (handoff.go) prepares keys that move here and holds those that move
 //     away (WithPrepare).
 //
@@ -101,9 +104,9 @@ import (
 // wakes both loops.
 //
 // Each signal channel has a buffer of one and signal never blocks, so a
-// burst of events wakes its loop once. healthCh, createdCh, handoffCh and
-// the elector's handoffCh are unbuffered: a sender waits for the loop (or
-// for the node to stop).
+// burst of events wakes its loop once. healthCh, the table's created
+// channel, handoffCh and the elector's handoffCh are unbuffered: a sender
+// waits for the loop (or for the node to stop).
 type Manager[C, I any] struct {
 	*env
 	getConfig   func(context.Context) ([]C, error)
@@ -127,11 +130,9 @@ type Manager[C, I any] struct {
 	// Unbuffered: the sender waits for the loop that takes it.
 	healthCh  chan healthResult[I]
 	handoffCh chan chan struct{}
-	createdCh chan createResult[C, I] // creates that outlasted their reconcile
-	createSem chan struct{}           // a slot per create under way (WithCreateConcurrency)
 
 	// Owned by the node loop.
-	tab           table[I]
+	tab           *table[C, I]    // what runs here, and the calls under way that change it
 	ledger        *ledger         // what this node holds in Redis
 	handoffs      *handoffs[C, I] // make-before-break (WithPrepare)
 	configs       map[string]config[C]
@@ -202,9 +203,6 @@ func New[C, I any](
 		healthTickCh:  make(chan struct{}, 1),
 		healthCh:      make(chan healthResult[I]),
 		handoffCh:     make(chan chan struct{}),
-		createdCh:     make(chan createResult[C, I]),
-		createSem:     make(chan struct{}, s.createConcurrency),
-		tab:           newTable[I](),
 		configBackoff: newBackoff(100*time.Millisecond, 30*time.Second),
 		view:          map[string]I{},
 	}
@@ -247,6 +245,7 @@ func New[C, I any](
 	m.calls.env, m.calls.membership = m.env, m.membership
 	m.handoffs = newHandoffs(m.env, m.calls, &m.life)
 	m.ledger = newLedger(m.env, m.membership, &m.calls.hung, &m.calls.confirmed)
+	m.tab = newTable(m.env, m.calls, m.ledger, m.handoffs, &m.life)
 	m.calls.instances.stop = m.calls.disconnectOne
 	return m, nil
 }

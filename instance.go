@@ -2,7 +2,6 @@ package dim
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -28,57 +27,6 @@ type entry[I any] struct {
 	stopOnce sync.Once
 	stopping atomic.Bool   // stop has begun: the instance is no longer running
 	stopped  chan struct{} // closed once disconnect returned or was abandoned
-}
-
-// table is the node's instance table, owned by the node loop: nothing else
-// touches it, so reconciliation is serialised by construction. What the
-// node holds in Redis is on its ledger; its handoffs are in handoffs.
-//
-// A create or a disconnect that takes its time holds up no other key: the
-// node loop waits a moment for the calls it starts, and leaves the slower
-// ones to finish in the background. Their keys are busy until then: neither
-// claimed again nor released, so a key still has at most one instance.
-type table[I any] struct {
-	running  map[string]*entry[I] // by key
-	creating map[string]struct{}  // keys whose create runs; its result is not filed yet
-	stopping map[string]*entry[I] // by key: entries whose disconnect runs in the background
-}
-
-func newTable[I any]() table[I] {
-	return table[I]{
-		running:  make(map[string]*entry[I]),
-		creating: make(map[string]struct{}),
-		stopping: make(map[string]*entry[I]),
-	}
-}
-
-// busy reports whether key has a create or a background disconnect under
-// way.
-func (t *table[I]) busy(key string) bool {
-	if _, ok := t.creating[key]; ok {
-		return true
-	}
-	_, ok := t.stopping[key]
-	return ok
-}
-
-// runs lists the keys whose instances run: not stopping.
-func (t *table[I]) runs() []string {
-	keys := make([]string, 0, len(t.running))
-	for key, e := range t.running {
-		if !e.stopping.Load() {
-			keys = append(keys, key)
-		}
-	}
-	return keys
-}
-
-// has reports whether key has an instance in the table: running, or
-// stopped behind the node loop's back and not yet taken out (see dropStale);
-// not creating, nor stopping in the background.
-func (t *table[I]) has(key string) bool {
-	_, ok := t.running[key]
-	return ok
 }
 
 // ownershipKey is the context key under which an instance's context holds
@@ -133,13 +81,13 @@ func (m *Manager[C, I]) nodeLoop() {
 		case res := <-m.healthCh:
 			m.live.enter()
 			m.onHealth(res)
-		case r := <-m.createdCh:
+		case r := <-m.tab.created:
 			// A create that outlasted its reconcile: file it, and whatever
 			// else has come, and reconcile to publish it (or to stop it, if
 			// its key moved meanwhile).
 			m.live.enter()
-			m.fileCreated(r)
-			m.fileReadyCreates()
+			m.tab.file(r)
+			m.tab.fileReady()
 			m.triggerNode()
 		case r := <-m.handoffs.prepareCh:
 			m.live.enter()
@@ -181,7 +129,7 @@ func (m *Manager[C, I]) nextRetry() (time.Time, bool) {
 // the key states.
 func (m *Manager[C, I]) reconcile() {
 	session, leaseCtx := m.membership.current()
-	m.sweepStopped()
+	m.tab.sweepStopped()
 	m.dropStale(session)
 	if !m.life.canTakeWork(session) {
 		return
@@ -274,7 +222,7 @@ func (p *reconcilePass[C, I]) stopMoved() time.Time {
 		}
 	}
 	m.handoffs.announced.add(later)
-	m.stopInBackground(append(stop, replace...))
+	m.tab.stopInBackground(append(stop, replace...))
 	p.stats.disconnected = len(stop)
 	p.stats.replaced = len(replace)
 	return now
@@ -354,7 +302,7 @@ func (p *reconcilePass[C, I]) claimAndCreate() {
 			m.ledger.waiting[key] = retry
 		}
 	}
-	p.stats.created, p.stats.failed = m.createAll(ctx, leaseCtx, session, jobs)
+	p.stats.created, p.stats.failed = m.tab.createAll(ctx, leaseCtx, session, jobs)
 	if len(granted) > 0 {
 		claimed := make([]string, 0, len(granted))
 		for key := range granted {
@@ -443,7 +391,7 @@ func (m *Manager[C, I]) dropStale(session string) {
 			stale = append(stale, e)
 		}
 	}
-	m.stopInBackground(stale)
+	m.tab.stopInBackground(stale)
 	if session == "" {
 		m.ledger.forget()
 	}
@@ -453,7 +401,7 @@ func (m *Manager[C, I]) dropStale(session string) {
 // dropAll disconnects every instance and releases every claim: the node is
 // fenced or stopping.
 func (m *Manager[C, I]) dropAll(ctx context.Context, why string) {
-	m.awaitCreates()
+	m.tab.awaitCreates()
 	m.handoffs.dropAll()
 	all := make([]*entry[I], 0, len(m.tab.running))
 	for _, e := range m.tab.running {
@@ -462,277 +410,14 @@ func (m *Manager[C, I]) dropAll(ctx context.Context, why string) {
 	if len(all) > 0 {
 		m.log.Info("disconnecting all instances", "reason", why, "count", len(all))
 	}
-	m.disconnectAll(all)
-	m.awaitStopping()
+	m.tab.disconnectAll(all)
+	m.tab.awaitStopping()
 	session, _ := m.membership.current()
 	if session != "" {
 		m.ledger.bookConfirmed(session)
 	}
 	m.ledger.releaseAll(ctx, session)
 	m.publishView()
-}
-
-type createJob[C any] struct {
-	key   string
-	cfg   config[C]
-	token uint64
-	gen   string          // the record's generation when the claim was sent
-	lease context.Context // the lease the claim was made under
-}
-
-// createResult is what a create or an activate returned, for the node loop
-// to file.
-type createResult[C, I any] struct {
-	job createJob[C]
-	e   *entry[I]
-	err error
-}
-
-// createAll starts creating instances, at most WithCreateConcurrency at a
-// time, and files them in the table as they come, until passWait passes
-// with none. The others finish in the background: the node loop files them
-// from createdCh, and until then their keys are busy (see table). It counts
-// the creates it filed, for the reconcile's span.
-func (m *Manager[C, I]) createAll(ctx, leaseCtx context.Context, session string, jobs []createJob[C]) (created, failed int) {
-	if len(jobs) == 0 {
-		return 0, 0
-	}
-	pres := make([]*prepared[I], len(jobs))
-	ours := make(map[string]bool, len(jobs))
-	for i, job := range jobs {
-		m.tab.creating[job.key] = struct{}{}
-		pres[i] = m.handoffs.take(job.key)
-		ours[job.key] = true
-	}
-	m.calls.wg.Go(func() { m.dispatch(ctx, leaseCtx, session, jobs, pres) })
-	idle := time.NewTimer(passWait)
-	defer idle.Stop()
-	for left := len(jobs); left > 0; {
-		select {
-		case r := <-m.createdCh:
-			if ours[r.job.key] {
-				left--
-			}
-			switch m.fileCreated(r) {
-			case createdOK:
-				created++
-			case createFailed:
-				failed++
-			}
-			idle.Reset(passWait)
-		case <-idle.C:
-			return created, failed
-		}
-	}
-	return created, failed
-}
-
-// passWait is how long a reconcile waits for the next of the creates it
-// started before it goes on: many quick creates are filed in one pass, and
-// slow ones when they return.
-const passWait = 100 * time.Millisecond
-
-// dispatch runs the jobs' creates (or activates, with a prepared instance),
-// at most WithCreateConcurrency at a time, and hands each result to the node
-// loop. Once the node has stopped, the jobs not begun are dropped (their
-// prepared instances disposed of) and an instance nobody will file is
-// stopped.
-func (m *Manager[C, I]) dispatch(ctx, leaseCtx context.Context, session string, jobs []createJob[C], pres []*prepared[I]) {
-	for i, job := range jobs {
-		select {
-		case m.createSem <- struct{}{}:
-		case <-m.runCtx.Done():
-			for j, job := range jobs[i:] {
-				if p := pres[i+j]; p != nil {
-					m.calls.dispose(p, job.key)
-				}
-			}
-			return
-		}
-		p := pres[i]
-		m.calls.wg.Go(func() {
-			var r createResult[C, I]
-			r.job = job
-			if m.life.stopping() {
-				// Stop came while this create waited for its turn.
-				if p != nil {
-					m.calls.dispose(p, job.key)
-				}
-				r.err = fmt.Errorf("%w: the node is stopping", errNotCreated)
-			} else if p != nil {
-				r.e, r.err = m.calls.activateJob(ctx, session, job, p)
-			} else {
-				r.e, r.err = m.calls.create(ctx, leaseCtx, session, job)
-			}
-			// The slot is held until the node loop has the result, so that
-			// no more than WithCreateConcurrency results wait for it.
-			defer func() { <-m.createSem }()
-			select {
-			case m.createdCh <- r:
-			case <-m.runCtx.Done():
-				// Nobody will file it: the node has stopped.
-				if r.e != nil {
-					<-m.calls.instances.begin(r.e)
-				}
-			}
-		})
-	}
-}
-
-// What filing a create's result did.
-const (
-	createSkipped = iota // not created: the claim is tried again
-	createFailed
-	createdOK
-)
-
-// fileCreated files a create's result: the instance in the table, or the
-// failure and its backoff.
-func (m *Manager[C, I]) fileCreated(r createResult[C, I]) int {
-	delete(m.tab.creating, r.job.key)
-	m.live.advance()
-	if errors.Is(r.err, errNotCreated) {
-		m.log.Debug("create skipped", "key", r.job.key, "reason", r.err)
-		m.ledger.waiting[r.job.key] = time.Now().Add(m.ledger.claimRetry)
-		return createSkipped
-	}
-	if r.err != nil {
-		m.ledger.recordFailure(r.job.key, r.job.cfg.hashedSum(), "create", r.err)
-		return createFailed
-	}
-	// A create that works ends a streak of failed creates; a streak of
-	// failed health checks ends only with a passing check, so that an
-	// instance that connects and then always fails is not recreated at
-	// the base delay forever.
-	if f := m.ledger.failures[r.job.key]; f != nil && f.kind != "health check" {
-		delete(m.ledger.failures, r.job.key)
-	}
-	m.tab.running[r.job.key] = r.e
-	return createdOK
-}
-
-// fileReadyCreates files the results that have come, without waiting.
-func (m *Manager[C, I]) fileReadyCreates() {
-	for {
-		select {
-		case r := <-m.createdCh:
-			m.fileCreated(r)
-		default:
-			return
-		}
-	}
-}
-
-// awaitCreates files every create under way, waiting for each (a create
-// returns by the callback timeout, and at once when the lease ends): the
-// node is fenced or stopping, and must stop what they bring to life.
-func (m *Manager[C, I]) awaitCreates() {
-	for len(m.tab.creating) > 0 {
-		select {
-		case r := <-m.createdCh:
-			m.fileCreated(r)
-		case <-m.runCtx.Done():
-			return
-		}
-	}
-}
-
-// disconnectAll stops entries, all at once, removes them from the table and
-// waits until each disconnect hook returned or was abandoned.
-func (m *Manager[C, I]) disconnectAll(entries []*entry[I]) { m.stopEntries(entries, false) }
-
-// stopInBackground is disconnectAll for the node loop's own moves: the
-// disconnects still running after stoppingAfter finish in the background,
-// their keys busy (see table) until they return, which wakes the node loop.
-func (m *Manager[C, I]) stopInBackground(entries []*entry[I]) { m.stopEntries(entries, true) }
-
-// stopEntries stops entries, all at once, and removes them from the table.
-// Disconnects that take longer than stoppingAfter show as stopping; in the
-// background, or waited for.
-func (m *Manager[C, I]) stopEntries(entries []*entry[I], background bool) {
-	if len(entries) == 0 {
-		return
-	}
-	chans := make([]<-chan struct{}, 0, len(entries))
-	for _, e := range entries {
-		delete(m.tab.running, e.key)
-		chans = append(chans, m.calls.instances.begin(e))
-	}
-	slow := time.NewTimer(stoppingAfter)
-	defer slow.Stop()
-	for i, ch := range chans {
-		select {
-		case <-ch:
-			m.live.advance()
-			continue
-		case <-slow.C:
-		}
-		slow := stillStopping(entries[i:], chans[i:])
-		keys, sessions := make([]string, len(slow)), make([]string, len(slow))
-		for j, e := range slow {
-			keys[j], sessions[j] = e.key, e.session
-		}
-		m.ledger.markStopping(keys, sessions)
-		if background {
-			// Each key marked stopping goes to the table's stopping set, even
-			// if its disconnect has returned since: the sweep ends its state.
-			for _, e := range slow {
-				m.tab.stopping[e.key] = e
-				m.calls.wg.Go(func() {
-					<-e.stopped
-					m.calls.triggerNode()
-				})
-			}
-			return
-		}
-		for _, ch := range chans[i:] {
-			<-ch
-			m.live.advance()
-		}
-		break
-	}
-	for _, e := range entries {
-		m.ledger.stopped(e.key)
-	}
-}
-
-// sweepStopped forgets the background disconnects that have returned.
-func (m *Manager[C, I]) sweepStopped() {
-	for key, e := range m.tab.stopping {
-		select {
-		case <-e.stopped:
-			delete(m.tab.stopping, key)
-			m.ledger.stopped(key)
-		default:
-		}
-	}
-}
-
-// awaitStopping waits for every background disconnect: the node is fenced
-// or stopping, and releases its keys next.
-func (m *Manager[C, I]) awaitStopping() {
-	for _, e := range m.tab.stopping {
-		<-e.stopped
-		m.live.advance()
-	}
-	m.sweepStopped()
-}
-
-// stoppingAfter is how long a disconnect runs before its key is shown as
-// stopping; quicker ones are never published.
-const stoppingAfter = 100 * time.Millisecond
-
-// stillStopping lists the entries whose disconnect still runs.
-func stillStopping[I any](entries []*entry[I], chans []<-chan struct{}) []*entry[I] {
-	var slow []*entry[I]
-	for i, e := range entries {
-		select {
-		case <-chans[i]:
-		default:
-			slow = append(slow, e)
-		}
-	}
-	return slow
 }
 
 // fenced is the membership's word that the lease ended, and why: every
@@ -759,7 +444,7 @@ func (m *Manager[C, I]) onHealth(r healthResult[I]) {
 		return
 	}
 	m.tel.healthFailed(m.runCtx, "instance")
-	m.stopInBackground([]*entry[I]{r.e})
+	m.tab.stopInBackground([]*entry[I]{r.e})
 	m.ledger.recordFailure(r.e.key, r.e.sum, "health check", r.err)
 	if session, _ := m.membership.current(); session != "" {
 		m.ledger.syncStates(m.runCtx, session, m.tab.runs(), nil)
