@@ -569,6 +569,9 @@ func (m *Manager[C, I]) stopLocal(ctx context.Context) {
 	if err := m.handoffs.prepares.wait(ctx); err != nil {
 		m.log.Warn("prepare calls still running; what they return is disposed of when they do")
 	}
+	if err := m.handoffs.disposing.wait(ctx); err != nil {
+		m.log.Warn("prepared instances still being disposed of; they finish in the background", "keys", m.handoffs.disposing.list())
+	}
 	// A callback that still hangs may yet bring an instance to life: keep
 	// the lease (and so the claims) until it returns.
 	if m.calls.hung.wait(ctx) != nil {

@@ -33,6 +33,7 @@ type handoffs[C, I any] struct {
 	prepareCh chan prepareResult[I] // unbuffered: a prepare's outcome, for the node loop
 	announced announced             // keys whose new owner prepared them
 	prepares  hungSet               // keys with a prepare call in flight, until its outcome is filed or disposed of
+	disposing hungSet               // keys whose prepared instance is being disposed of
 	shown     [2]int                // prepared and held, as last published
 
 	prepared  map[string]*prepared[I]       // instances prepared for keys that move here
@@ -107,12 +108,14 @@ func (h *handoffs[C, I]) nextDeadline() time.Time {
 // instances are disposed of, prepare calls cancelled (what they return is
 // disposed of: nothing will be activated), holds end.
 func (h *handoffs[C, I]) dropAll() {
-	h.dropPrepared(nil)
+	h.dropPrepared(func(string, *prepared[I]) bool { return false })
 	for _, cancel := range h.preparing {
 		cancel()
 	}
 	clear(h.holding)
 	clear(h.unprepared)
+	// Each disposal returns by the callback timeout.
+	_ = h.disposing.wait(h.runCtx)
 }
 
 // prepared is an instance prepared for a key that moves here, not yet
@@ -259,7 +262,7 @@ func (h *handoffs[C, I]) onPrepared(r prepareResult[I], session string, running 
 		h.logPanic(r.key, r.err)
 		h.log.Warn("prepare failed; the key moves the normal way", "key", r.key, "err", r.err)
 	case r.session != session || running || h.life.stopping():
-		h.calls.dispose(&prepared[I]{inst: r.inst, ctx: r.ctx, cancel: r.cancel}, r.key)
+		h.disposeInBackground(&prepared[I]{inst: r.inst, ctx: r.ctx, cancel: r.cancel}, r.key)
 		return
 	default:
 		h.prepared[r.key] = &prepared[I]{inst: r.inst, ctx: r.ctx, cancel: r.cancel, session: r.session, sum: r.sum}
@@ -268,18 +271,28 @@ func (h *handoffs[C, I]) onPrepared(r prepareResult[I], session string, running 
 	h.triggerNode()
 }
 
-// dropPrepared disposes of prepared instances that will not be activated:
-// the key is no longer this node's, its config changed or went, or the
-// session they were prepared under ended (all of them, with keep nil).
+// dropPrepared disposes of the prepared instances that will not be
+// activated (the key is no longer this node's, its config changed or went,
+// or the session they were prepared under ended): those keep refuses.
 func (h *handoffs[C, I]) dropPrepared(keep func(key string, p *prepared[I]) bool) {
-	var wg sync.WaitGroup
 	for key, p := range h.prepared {
-		if keep == nil || !keep(key, p) {
+		if !keep(key, p) {
 			delete(h.prepared, key)
-			wg.Go(func() { h.calls.dispose(p, key) })
+			h.disposeInBackground(p, key)
 		}
 	}
-	wg.Wait()
+}
+
+// disposeInBackground disposes of a prepared instance without waiting for
+// it: a slow disconnect holds up no other key. A prepared instance is not
+// live, so its key may meanwhile be prepared, created or activated again;
+// the fence and Stop wait for every disposal (see disposing).
+func (h *handoffs[C, I]) disposeInBackground(p *prepared[I], key string) {
+	h.disposing.add(key)
+	h.wg.Go(func() {
+		defer h.disposing.remove(key)
+		h.calls.dispose(p, key)
+	})
 }
 
 // syncHandoffs publishes this node's handoffs in progress (instances

@@ -71,6 +71,9 @@ func (c *testCluster) preparingNode(id string, log *handoffLog, prepare func(ctx
 		}, within),
 		WithDisconnect(func(_ context.Context, inst *testInst) error {
 			if inst.id == 0 {
+				if f, ok := c.disposeIn.Load(inst.key); ok {
+					f.(func())()
+				}
 				log.mu.Lock()
 				log.disposed++
 				log.mu.Unlock()
@@ -205,6 +208,73 @@ func TestAPreparedInstanceThatIsNotActivatedIsDisposedOfOnce(t *testing.T) {
 		return log.index("dispose "+key+" n2") >= 0
 	})
 	c.waitConverged(10*time.Second, "n1", "n2")
+	assert.Negative(t, log.index("activate "+key+" n2"), "never activated")
+	p, a, d := log.counts()
+	assert.Equal(t, p, a+d, "every prepared instance activated or disposed of, once: %v", log.lines)
+	assert.Empty(t, history.Overlaps(c.rec.Events()))
+}
+
+// A prepared instance whose disposal takes its time holds up no other key:
+// the node creates, and takes keys that move to it, while it is disposed of.
+func TestASlowDisposalHoldsUpNoOtherKey(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 4)
+	log := &handoffLog{}
+	c.startNode(c.preparingNode("n1", log, sleepFor(0), 10*time.Second))
+	c.waitConverged(10*time.Second, "n1")
+	release := make(chan struct{})
+	started := make(chan string, 4)
+	c.startNode(c.preparingNode("n2", log, func(ctx context.Context, key string) error {
+		started <- key
+		<-release
+		return nil
+	}, 10*time.Second, WithCallbackTimeout(time.Minute)))
+	var key string
+	select {
+	case key = <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("n2 never prepared a key")
+	}
+	hold := newGate(t)
+	disposing := make(chan struct{})
+	c.disposeIn.Store(key, func() { close(disposing); hold.wait() })
+
+	// The key is removed while n2 prepares it: what the prepare returns is
+	// disposed of, and that takes a while.
+	var keep []testConfig
+	for _, k := range c.keys() {
+		if k != key {
+			keep = append(keep, testConfig{Key: k})
+		}
+	}
+	c.setConfigs(keep)
+	rebalance := func() {
+		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := RequestRebalance(rctx, c.srv.Client(t), Service{Name: c.service})
+		require.NoError(t, err)
+	}
+	rebalance()
+	close(release)
+	select {
+	case <-disposing:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the prepared instance of the removed key was never disposed of")
+	}
+
+	// New keys meanwhile: n2 takes its share of them at once.
+	for i := range 5 {
+		keep = append(keep, testConfig{Key: fmt.Sprintf("new-%d", i)})
+	}
+	c.setConfigs(keep)
+	rebalance()
+	c.waitConverged(5*time.Second, "n1", "n2")
+	assert.Negative(t, log.index("dispose "+key+" n2"), "the disposal still runs")
+
+	hold.open()
+	c.eventually(10*time.Second, "the disposal ends", func() bool { return log.index("dispose "+key+" n2") >= 0 })
 	assert.Negative(t, log.index("activate "+key+" n2"), "never activated")
 	p, a, d := log.counts()
 	assert.Equal(t, p, a+d, "every prepared instance activated or disposed of, once: %v", log.lines)

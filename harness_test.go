@@ -64,6 +64,7 @@ type testCluster struct {
 	createErr    sync.Map // key → func() error
 	healthErr    sync.Map // key → func() error
 	disconnectIn sync.Map // key → func(): runs in the disconnect hook, before the instance ends
+	disposeIn    sync.Map // key → func(): runs in a preparing node's disconnect hook, before a prepared instance is disposed of
 	crashes      sync.WaitGroup
 	getConfErr   atomic.Pointer[error]
 	getConfFails atomic.Int64

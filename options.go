@@ -480,9 +480,10 @@ func WithGiveUpAfter(n int) Option {
 // context, not in prepare's. prepare's context is the instance's lifetime
 // context: it ends when the instance must stop. A prepared instance that is
 // not activated (the plan changed, the key went, the node was fenced) is
-// disposed of with the disconnect hook, exactly once; that call's context
-// carries no fencing token (FencingToken reports false), which tells a
-// disposal from the stop of an activated instance.
+// disposed of with the disconnect hook, exactly once, in the background (a
+// slow disposal holds up no other key); that call's context carries no
+// fencing token (FencingToken reports false), which tells a disposal from
+// the stop of an activated instance.
 //
 // Failures take the normal path with createInstance: a crash, a fence, a
 // key given up, and a failed or late prepare (the old owner then lets the
