@@ -67,8 +67,9 @@ type telemetry struct {
 	tracer trace.Tracer
 	log    *slog.Logger
 	slot   *slotNotice
-	base   []attribute.KeyValue // of spans: the service and the node
-	mbase  []attribute.KeyValue // of metrics: the service, and the node if asked for
+	base   []attribute.KeyValue     // of spans: the service and the node
+	mbase  []attribute.KeyValue     // of metrics: the service, and the node if asked for
+	mset   metric.MeasurementOption // mbase as a set, made once: most measurements add nothing to it
 
 	linksMu sync.Mutex
 	links   []trace.Link // rebalances that changed this node's keys
@@ -115,6 +116,7 @@ func newTelemetry(s settings, log *slog.Logger) *telemetry {
 	if s.nodeMetrics {
 		t.mbase = append(t.mbase, attrNode.String(s.nodeID))
 	}
+	t.mset = metric.WithAttributeSet(attribute.NewSet(t.mbase...))
 	// Instrument constructors return a no-op instrument with their error, so
 	// the errors are safe to ignore: metrics never stop dim.
 	t.instances, _ = meter.Int64Gauge("dim.instances", metric.WithDescription("Instances running on this node."))
@@ -143,6 +145,9 @@ func newTelemetry(s settings, log *slog.Logger) *telemetry {
 }
 
 func (t *telemetry) attrs(extra ...attribute.KeyValue) metric.MeasurementOption {
+	if len(extra) == 0 {
+		return t.mset
+	}
 	return metric.WithAttributes(append(t.mbase[:len(t.mbase):len(t.mbase)], extra...)...)
 }
 
