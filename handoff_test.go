@@ -170,28 +170,29 @@ func TestAnAnnouncementForAKeyStillBeingCreatedIsKept(t *testing.T) {
 	assert.Empty(t, history.Overlaps(c.rec.Events()))
 }
 
-func TestAPreparedInstanceThatIsNotActivatedIsDisposedOfOnce(t *testing.T) {
-	if testing.Short() {
-		t.Skip("integration test")
-	}
-	c := newTestCluster(t, 4)
-	log := &handoffLog{}
+// removedWhilePrepared starts n1 with the cluster's keys, then n2 (with
+// extra options), whose prepares wait until release is closed. Once n2
+// prepares a key, onKey (if not nil) is called with it, the key is removed
+// from the configs and the leader rebalances.
+func (c *testCluster) removedWhilePrepared(log *handoffLog, onKey func(key string), extra ...Option) (key string, release chan struct{}) {
+	c.t.Helper()
 	c.startNode(c.preparingNode("n1", log, sleepFor(0), 10*time.Second))
 	c.waitConverged(10*time.Second, "n1")
-	release := make(chan struct{})
+	release = make(chan struct{})
 	started := make(chan string, 4)
 	c.startNode(c.preparingNode("n2", log, func(ctx context.Context, key string) error {
 		started <- key
 		<-release
 		return nil
-	}, 10*time.Second))
-	var key string
+	}, 10*time.Second, extra...))
 	select {
 	case key = <-started:
 	case <-time.After(10 * time.Second):
-		t.Fatal("n2 never prepared a key")
+		c.t.Fatal("n2 never prepared a key")
 	}
-	// The plan changes while n2 prepares: the key is removed.
+	if onKey != nil {
+		onKey(key)
+	}
 	var keep []testConfig
 	for _, k := range c.keys() {
 		if k != key {
@@ -199,10 +200,26 @@ func TestAPreparedInstanceThatIsNotActivatedIsDisposedOfOnce(t *testing.T) {
 		}
 	}
 	c.setConfigs(keep)
-	rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	_, err := RequestRebalance(rctx, c.srv.Client(t), Service{Name: c.service})
-	cancel()
-	require.NoError(t, err)
+	c.requestRebalance()
+	return key, release
+}
+
+// requestRebalance asks the leader to rebalance now.
+func (c *testCluster) requestRebalance() {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := RequestRebalance(ctx, c.srv.Client(c.t), Service{Name: c.service})
+	require.NoError(c.t, err)
+}
+
+func TestAPreparedInstanceThatIsNotActivatedIsDisposedOfOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newTestCluster(t, 4)
+	log := &handoffLog{}
+	key, release := c.removedWhilePrepared(log, nil)
 	close(release)
 	c.eventually(10*time.Second, "the prepared instance of the removed key disposed of", func() bool {
 		return log.index("dispose "+key+" n2") >= 0
@@ -222,41 +239,13 @@ func TestASlowDisposalHoldsUpNoOtherKey(t *testing.T) {
 	}
 	c := newTestCluster(t, 4)
 	log := &handoffLog{}
-	c.startNode(c.preparingNode("n1", log, sleepFor(0), 10*time.Second))
-	c.waitConverged(10*time.Second, "n1")
-	release := make(chan struct{})
-	started := make(chan string, 4)
-	c.startNode(c.preparingNode("n2", log, func(ctx context.Context, key string) error {
-		started <- key
-		<-release
-		return nil
-	}, 10*time.Second, WithCallbackTimeout(time.Minute)))
-	var key string
-	select {
-	case key = <-started:
-	case <-time.After(10 * time.Second):
-		t.Fatal("n2 never prepared a key")
-	}
 	hold := newGate(t)
 	disposing := make(chan struct{})
-	c.disposeIn.Store(key, func() { close(disposing); hold.wait() })
-
-	// The key is removed while n2 prepares it: what the prepare returns is
-	// disposed of, and that takes a while.
-	var keep []testConfig
-	for _, k := range c.keys() {
-		if k != key {
-			keep = append(keep, testConfig{Key: k})
-		}
-	}
-	c.setConfigs(keep)
-	rebalance := func() {
-		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_, err := RequestRebalance(rctx, c.srv.Client(t), Service{Name: c.service})
-		require.NoError(t, err)
-	}
-	rebalance()
+	// What the prepare of the removed key returns is disposed of, and that
+	// takes a while.
+	key, release := c.removedWhilePrepared(log, func(key string) {
+		c.disposeIn.Store(key, func() { close(disposing); hold.wait() })
+	}, WithCallbackTimeout(time.Minute))
 	close(release)
 	select {
 	case <-disposing:
@@ -265,11 +254,15 @@ func TestASlowDisposalHoldsUpNoOtherKey(t *testing.T) {
 	}
 
 	// New keys meanwhile: n2 takes its share of them at once.
+	var keep []testConfig
+	for _, k := range c.keys() {
+		keep = append(keep, testConfig{Key: k})
+	}
 	for i := range 5 {
 		keep = append(keep, testConfig{Key: fmt.Sprintf("new-%d", i)})
 	}
 	c.setConfigs(keep)
-	rebalance()
+	c.requestRebalance()
 	c.waitConverged(5*time.Second, "n1", "n2")
 	assert.Negative(t, log.index("dispose "+key+" n2"), "the disposal still runs")
 
