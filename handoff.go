@@ -224,7 +224,6 @@ func (h *handoffs[C, I]) startPrepare(ctx, leaseCtx context.Context, session, ke
 	// before Stop returns.
 	h.prepares.add(key)
 	go func() {
-		defer h.prepares.remove(key)
 		// prepare runs under the callback timeout: past it, its context
 		// ends, and an instance it returns all the same is disposed of.
 		late := time.AfterFunc(h.s.timeout, cancel)
@@ -241,11 +240,14 @@ func (h *handoffs[C, I]) startPrepare(ctx, leaseCtx context.Context, session, ke
 		r := prepareResult[I]{key: key, session: session, sum: cfg.sum, inst: inst, err: err, ctx: pctx, cancel: cancel}
 		select {
 		case h.prepareCh <- r:
+			// onPrepared takes the key out of prepares once the outcome is
+			// filed or its disposal begun, so that Stop sees no gap.
 		case <-h.runCtx.Done():
 			if err == nil {
 				h.calls.dispose(&prepared[I]{inst: inst, ctx: pctx, cancel: cancel}, key)
 			}
 			cancel()
+			h.prepares.remove(key)
 		}
 	}()
 }
@@ -254,6 +256,7 @@ func (h *handoffs[C, I]) startPrepare(ctx, leaseCtx context.Context, session, ke
 // owner lets the key go. A failed prepare is announced too: the key then
 // moves the normal way, at once.
 func (h *handoffs[C, I]) onPrepared(r prepareResult[I], session string, running bool) {
+	defer h.prepares.remove(r.key)
 	delete(h.preparing, r.key)
 	switch {
 	case r.err != nil:

@@ -480,10 +480,13 @@ func WithGiveUpAfter(n int) Option {
 // context, not in prepare's. prepare's context is the instance's lifetime
 // context: it ends when the instance must stop. A prepared instance that is
 // not activated (the plan changed, the key went, the node was fenced) is
-// disposed of with the disconnect hook, exactly once, in the background (a
-// slow disposal holds up no other key); that call's context carries no
+// disposed of with the disconnect hook, exactly once, in the background: a
+// slow disposal holds up no other key, and does not hold its own either, so
+// the disconnect hook of a disposal may run while the same key is prepared,
+// created or activated again on this node. That call's context carries no
 // fencing token (FencingToken reports false), which tells a disposal from
-// the stop of an activated instance.
+// the stop of an activated instance: a disposal must not tear down state
+// that a newer instance of the key shares.
 //
 // Failures take the normal path with createInstance: a crash, a fence, a
 // key given up, and a failed or late prepare (the old owner then lets the
